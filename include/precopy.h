@@ -1,0 +1,351 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * precopy.h - live migration of memory by iterative precopy.
+ *
+ * This is the only header a VMM includes. A migration has two ends, each a
+ * `struct precopy_session`:
+ *
+ *   source:       precopy_new(PRECOPY_ROLE_SOURCE, ...)
+ *                 precopy_add_region(...)          one call per RAM block
+ *                 precopy_migrate(s, "tcp:HOST:PORT")   blocks until the end
+ *
+ *   destination:  precopy_new(PRECOPY_ROLE_DEST, ...)
+ *                 precopy_add_region(...)          same order, same lengths
+ *                 precopy_listen(s, "tcp:HOST:PORT")
+ *                 precopy_incoming(s)               blocks until the end
+ *
+ * precopy_query() and precopy_cancel() may be called from any thread while
+ * precopy_migrate() or precopy_incoming() runs.
+ *
+ * Conventions: every function returns 0 (or a non-negative count where it
+ * says so) on success and a negative errno on failure; none aborts the
+ * process on bad input. Strings describing the last failure are available
+ * from precopy_strerror(). Sizes are in bytes, rates in bytes per second,
+ * times in milliseconds unless a name says otherwise.
+ */
+#ifndef PRECOPY_H
+#define PRECOPY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PRECOPY_VERSION_MAJOR 0
+#define PRECOPY_VERSION_MINOR 1
+
+/** Page size used by the engine and on the wire. */
+#define PRECOPY_PAGE_SIZE 4096u
+
+/** Longest error description kept by a session, including the NUL. */
+#define PRECOPY_ERRMSG_MAX 256
+
+/** Most RAM regions one session can carry. */
+#define PRECOPY_MAX_REGIONS 64
+
+/** Most parallel channels (TCP connections, queue pairs) of one migration. */
+#define PRECOPY_MAX_CHANNELS 16
+
+struct precopy_session;
+
+/** Which end of a migration a session is. */
+enum precopy_role {
+	PRECOPY_ROLE_SOURCE = 1,
+	PRECOPY_ROLE_DEST = 2,
+};
+
+/**
+ * Migration status, as QEMU's query-migrate reports it, with the active
+ * phase split in two. Terminal states: COMPLETED, FAILED, CANCELLED.
+ */
+enum precopy_status {
+	PRECOPY_STATUS_NONE = 0,   /**< created, not started */
+	PRECOPY_STATUS_SETUP,      /**< connecting, negotiating, arming dirty log */
+	PRECOPY_STATUS_BULK,       /**< first pass: every page */
+	PRECOPY_STATUS_ITERATE,    /**< later passes: pages dirtied since */
+	PRECOPY_STATUS_SWITCHOVER, /**< guest stopped, last pages and device state */
+	PRECOPY_STATUS_COMPLETED,
+	PRECOPY_STATUS_FAILED,
+	PRECOPY_STATUS_CANCELLED,
+};
+
+/** How a region's writes are found between passes. */
+enum precopy_dirty_mode {
+	/** userfaultfd write-protect (async) + PAGEMAP_SCAN if the kernel has
+	 *  them, else soft-dirty bits. */
+	PRECOPY_DIRTY_AUTO = 0,
+	/** userfaultfd async write-protect + PAGEMAP_SCAN (Linux >= 6.7). */
+	PRECOPY_DIRTY_UFFD_WP,
+	/** /proc/self/clear_refs 4 + pagemap bit 55. */
+	PRECOPY_DIRTY_SOFT_DIRTY,
+	/** The VMM reports writes with precopy_region_mark_dirty(), as a KVM
+	 *  VMM would from KVM_GET_DIRTY_LOG. */
+	PRECOPY_DIRTY_EXTERNAL,
+};
+
+/** What the watchdog does when a limit is hit. */
+enum precopy_on_limit {
+	/** Switch over now; the downtime is longer than downtime-limit. */
+	PRECOPY_ON_LIMIT_FORCE = 0,
+	/** Fail the migration; the source guest keeps running. */
+	PRECOPY_ON_LIMIT_ABORT,
+};
+
+/**
+ * Tunables. Fill with precopy_params_init() and change what you need.
+ * The README explains each default.
+ */
+struct precopy_params {
+	/** Rate cap for RAM passes in bytes/s; 0 = unlimited (default). The
+	 *  final switchover burst is never capped. */
+	uint64_t max_bandwidth;
+	/** Longest acceptable guest pause, ms (default 300). */
+	uint64_t downtime_limit_ms;
+	/** Bandwidth in bytes/s to assume for the switchover decision only;
+	 *  0 = use the measured estimate (default). */
+	uint64_t avail_switchover_bandwidth;
+	/** Throttle vCPUs when the guest dirties faster than we send
+	 *  (default off). */
+	bool auto_converge;
+	/** Percent of bytes sent in a period that, when dirtied in that
+	 *  period, counts toward throttling (default 50). */
+	unsigned throttle_trigger_threshold;
+	/** First throttle step, percent (default 20). */
+	unsigned cpu_throttle_initial;
+	/** Step between throttle levels, percent (default 10). */
+	unsigned cpu_throttle_increment;
+	/** Highest throttle, percent (default 99). */
+	unsigned max_cpu_throttle;
+	/** Increase the throttle in proportion to how far the dirty rate is
+	 *  above the threshold rather than in fixed steps (default off). */
+	bool cpu_throttle_tailslow;
+	/** Passes after the bulk pass before the watchdog acts; 0 = no
+	 *  limit (default 0). */
+	unsigned max_iterations;
+	/** Wall time before the watchdog acts, ms; 0 = no limit (default). */
+	uint64_t max_time_ms;
+	/** Passes in a row in which the remaining bytes did not shrink before
+	 *  the watchdog acts; 0 = off (default 0). */
+	unsigned stall_iterations;
+	/** What the watchdog does (default FORCE). */
+	enum precopy_on_limit on_limit;
+	/** Parallel channels (default 1, at most PRECOPY_MAX_CHANNELS). */
+	unsigned channels;
+};
+
+/** Statistics; names and meanings follow QEMU's query-migrate. */
+struct precopy_stats {
+	enum precopy_status status;
+	/** ms since the migration started (until its end once ended). */
+	uint64_t total_time;
+	/** ms spent in SETUP. */
+	uint64_t setup_time;
+	/** ms the guest was stopped (valid once COMPLETED). */
+	uint64_t downtime;
+	/** ms the guest would be stopped if switchover began now. */
+	uint64_t expected_downtime;
+	/** bytes put on the transport, headers included. */
+	uint64_t transferred;
+	/** bytes of RAM still dirty (to send). */
+	uint64_t remaining;
+	/** bytes of RAM registered. */
+	uint64_t total;
+	/** pages found to hold only zeros (sent as run records). */
+	uint64_t duplicate;
+	/** pages sent with their contents. */
+	uint64_t normal;
+	/** bytes of page contents sent. */
+	uint64_t normal_bytes;
+	/** pages skipped because the VMM reported them free. */
+	uint64_t free_skipped;
+	/** pages dirtied per second, over the last pass. */
+	uint64_t dirty_pages_rate;
+	/** throughput in megabits per second, from the busy-time estimate. */
+	double mbps;
+	/** bandwidth estimate from the time the channels were busy, bytes/s. */
+	uint64_t bandwidth_busy;
+	/** bandwidth from wall time (QEMU's method), bytes/s. */
+	uint64_t bandwidth_wall;
+	/** dirty-log syncs done. */
+	uint64_t dirty_sync_count;
+	/** current vCPU throttle, percent. */
+	unsigned cpu_throttle_percentage;
+	/** current pass: 0 = bulk, 1.. = iterations. */
+	unsigned iteration;
+	/** true if the watchdog forced the switchover. */
+	bool forced_switchover;
+	/** the dirty-tracking method in use on region 0 (source). */
+	enum precopy_dirty_mode dirty_mode;
+	/** why the migration failed or was cancelled, else "". */
+	char error[PRECOPY_ERRMSG_MAX];
+};
+
+/**
+ * Hooks a VMM provides. Every hook is optional (NULL = nothing to do, or
+ * no device state). Hooks run on the thread that called
+ * precopy_migrate() / precopy_incoming(), except that set_throttle may also
+ * be called from it. A hook returns 0 or a negative errno; an error fails
+ * the migration.
+ */
+struct precopy_callbacks {
+	void *opaque; /**< passed to every hook */
+	/** Source: pause all vCPUs (switchover begins). */
+	int (*stop_vm)(void *opaque);
+	/** Source: resume vCPUs after a failed or cancelled migration.
+	 *  Destination: start the guest after verified success. */
+	int (*resume_vm)(void *opaque);
+	/** Source: serialise device state into a malloc()ed buffer; the
+	 *  engine frees it. Called with the guest stopped. */
+	int (*save_device_state)(void *opaque, void **buf, size_t *len);
+	/** Destination: restore device state; the buffer belongs to the
+	 *  engine and is valid during the call only. */
+	int (*load_device_state)(void *opaque, const void *buf, size_t len);
+	/** Source: throttle vCPUs to run (100 - pct)% of the time. */
+	int (*set_throttle)(void *opaque, unsigned pct);
+	/** Either end: progress, at most every 100 ms and at every change of
+	 *  status. Must not call back into the session except precopy_query()
+	 *  and precopy_cancel(). */
+	void (*progress)(void *opaque, const struct precopy_stats *st);
+};
+
+/**
+ * precopy_params_init() - fill @p with the defaults.
+ * Return: 0, or -EINVAL if @p is NULL.
+ */
+int precopy_params_init(struct precopy_params *p);
+
+/**
+ * precopy_params_check() - validate @p.
+ * Return: 0, or -EINVAL with a description in @why (if non-NULL, of
+ * @whylen bytes) naming the first bad field.
+ */
+int precopy_params_check(const struct precopy_params *p, char *why, size_t whylen);
+
+/**
+ * precopy_new() - create a session.
+ * @role:   source or destination.
+ * @params: tunables (copied); NULL = defaults. Only channels matters at
+ *          the destination (it follows the source's choice).
+ * @cb:     VMM hooks (copied); NULL = none.
+ * @out:    receives the session; the caller frees it with precopy_delete().
+ * Return: 0; -EINVAL for a bad role or params; -ENOMEM.
+ */
+int precopy_new(enum precopy_role role, const struct precopy_params *params,
+		const struct precopy_callbacks *cb, struct precopy_session **out);
+
+/**
+ * precopy_delete() - free a session and everything it holds, and set *@s
+ * to NULL. The session must not be running (return from precopy_migrate()
+ * or precopy_incoming() first). Registered memory stays the VMM's.
+ * Return: 0; -EINVAL if @s is NULL; -EBUSY if the session is running.
+ */
+int precopy_delete(struct precopy_session **s);
+
+/**
+ * precopy_add_region() - register a RAM block.
+ * @addr, @len: page-aligned, @len > 0; the memory stays the caller's and
+ *              must outlive the session.
+ * @mode:       source: how writes are tracked; ignored at the destination.
+ * Regions are matched between the two ends by order and length.
+ * Return: the region index (>= 0); -EINVAL for misaligned or overlapping
+ * ranges; -ENOSPC past PRECOPY_MAX_REGIONS; -EBUSY once started; or the
+ * error of arming the dirty log (-ENOTSUP if @mode is not available here).
+ */
+int precopy_add_region(struct precopy_session *s, void *addr, size_t len,
+		       enum precopy_dirty_mode mode);
+
+/**
+ * precopy_region_mark_dirty() - report writes on an EXTERNAL region.
+ * @bitmap: one bit per page from @first_page (bit i of word i/64), as
+ *          KVM_GET_DIRTY_LOG returns it; @npages bits are read.
+ * May be called from any thread at any time; the bits are merged into the
+ * next dirty sync. Return: 0; -EINVAL for a bad region or a range past its
+ * end; -ENOTSUP if the region is not EXTERNAL.
+ */
+int precopy_region_mark_dirty(struct precopy_session *s, int region,
+			      uint64_t first_page, const uint64_t *bitmap,
+			      uint64_t npages);
+
+/**
+ * precopy_region_hint_free() - report pages the guest does not use
+ * (e.g. from virtio-balloon free page reporting), before precopy_migrate().
+ * The bulk pass skips them (the destination treats them as zero); they are
+ * sent later only if written. Bitmap layout as precopy_region_mark_dirty().
+ * Return: 0; -EINVAL for a bad range; -EBUSY once the bulk pass started.
+ */
+int precopy_region_hint_free(struct precopy_session *s, int region,
+			     uint64_t first_page, const uint64_t *bitmap,
+			     uint64_t npages);
+
+/**
+ * precopy_migrate() - run a migration from the source to @uri.
+ * @uri: "tcp:HOST:PORT" (more transports where built in).
+ * Blocks until the end. On success the guest stays stopped (it now runs at
+ * the destination). On failure or cancel, resume_vm has been called if
+ * stop_vm had been, and memory is untouched.
+ * Return: 0 = COMPLETED; -ECANCELED; -ETIMEDOUT if the watchdog aborted;
+ * -EPROTO, -ECONNRESET, -EIO... for failures (see precopy_strerror()).
+ * A session runs once; make a new one to retry.
+ */
+int precopy_migrate(struct precopy_session *s, const char *uri);
+
+/**
+ * precopy_listen() - bind the destination to @uri ("tcp:HOST:PORT"; port 0
+ * picks a free one, see precopy_local_uri()). Does not block.
+ * Return: 0; -EINVAL for a malformed URI; -EADDRINUSE...; -EBUSY if already
+ * listening.
+ */
+int precopy_listen(struct precopy_session *s, const char *uri);
+
+/**
+ * precopy_local_uri() - the address precopy_listen() bound, as a URI,
+ * written with its NUL into @buf of @len bytes.
+ * Return: 0; -ENOTCONN if not listening; -ENOSPC if @buf is too short.
+ */
+int precopy_local_uri(struct precopy_session *s, char *buf, size_t len);
+
+/**
+ * precopy_incoming() - accept one source and receive a migration into the
+ * registered regions. Blocks until the end. Returns 0 only after every
+ * region's checksum matched the source's and device state was loaded;
+ * resume_vm is then called.
+ * Return: 0; -ECANCELED; -EPROTO for a malformed stream; -EBADMSG if the
+ * checksum did not match; -ECONNRESET... (see precopy_strerror()).
+ */
+int precopy_incoming(struct precopy_session *s);
+
+/**
+ * precopy_cancel() - ask a running migration to stop; safe from any thread
+ * and from signal handlers' deferred work. The running call returns
+ * -ECANCELED soon after. Cancelling an ended or never-started session is
+ * harmless.
+ * Return: 0; -EINVAL if @s is NULL; -EALREADY if it had already ended.
+ */
+int precopy_cancel(struct precopy_session *s);
+
+/**
+ * precopy_query() - copy the current statistics into @out.
+ * Safe from any thread. Return: 0; -EINVAL if an argument is NULL.
+ */
+int precopy_query(struct precopy_session *s, struct precopy_stats *out);
+
+/**
+ * precopy_strerror() - the last failure's description into @buf (with its
+ * NUL, truncated to @len). Return: 0; -EINVAL for NULL arguments.
+ */
+int precopy_strerror(struct precopy_session *s, char *buf, size_t len);
+
+/** precopy_status_name() - "setup", "active"... never NULL. */
+const char *precopy_status_name(enum precopy_status st);
+
+/** precopy_dirty_mode_name() - "uffd-wp", "soft-dirty"... never NULL. */
+const char *precopy_dirty_mode_name(enum precopy_dirty_mode m);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PRECOPY_H */

@@ -1,0 +1,46 @@
+/* SPDX-License-Identifier: MIT */
+/* cli.h - the precopy command's shared state and subcommands. */
+#ifndef PC_CLI_H
+#define PC_CLI_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdint.h>
+
+#include "guest.h"
+#include "precopy.h"
+
+struct pc_cli {
+	const char *listen, *to;
+	uint64_t ram;
+	double dirty_rate;
+	enum pc_guest_pattern pattern;
+	unsigned threads, zero_pct, free_pct;
+	uint64_t seed;
+	enum precopy_dirty_mode dirty_mode;
+	struct precopy_params params;
+	bool no_verify, json, quiet, estimator_wall;
+	double bandwidth;
+	int ready_fd; /* demo: where the destination writes its URI, or -1 */
+};
+
+void pc_cli_defaults(struct pc_cli *c);
+/** Sizes and rates: digits with an optional K/M/G/T (x1024) suffix, an
+ *  optional "iB"/"B" and "/s". Return: 0 or -EINVAL. */
+int pc_cli_parse_size(const char *s, uint64_t *out);
+int pc_cli_parse_u64(const char *s, uint64_t *out);
+/** Format @bytes as "1.5 GiB" into @buf. */
+const char *pc_cli_fmt_bytes(double bytes, char *buf, size_t len);
+
+/* Subcommands: each returns the process exit status (0, 1, or 2). */
+int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current);
+int pc_cli_migrate(struct pc_cli *c, struct precopy_session **current);
+int pc_cli_demo(struct pc_cli *c, struct precopy_session **current);
+int pc_cli_simulate(struct pc_cli *c);
+
+/** Print stats as one JSON object line to @f, with "event": @event. */
+void pc_cli_json_stats(FILE *f, const char *event, const char *role,
+		       const struct precopy_stats *st);
+
+#endif /* PC_CLI_H */

@@ -1,0 +1,369 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * precopy.c - the command-line tool: migrate | incoming | demo | simulate.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "guest.h"
+#include "precopy.h"
+
+static struct precopy_session *g_session; /* for SIGINT */
+
+static void on_sigint(int sig)
+{
+	(void)sig;
+	if (g_session)
+		precopy_cancel(g_session);
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+"usage: precopy COMMAND [OPTIONS]\n"
+"\n"
+"Live-migrate memory by iterative precopy.\n"
+"\n"
+"commands:\n"
+"  demo                      both ends on this machine: a 1 GiB guest with an active\n"
+"                            workload migrated over TCP loopback, verified\n"
+"  incoming --listen URI --ram SIZE\n"
+"                            receive a migration into SIZE bytes and verify it\n"
+"  migrate --to URI --ram SIZE [--dirty-rate RATE] [--pattern P]\n"
+"                            run a synthetic guest and migrate it to URI\n"
+"  simulate --ram SIZE --bandwidth RATE --dirty-rate RATE\n"
+"                            predict a migration with the policy code, no I/O\n"
+"  help                      this text\n"
+"  version                   print the version\n"
+"\n"
+"URI: tcp:HOST:PORT (IPv6 as tcp:[ADDR]:PORT). SIZE and RATE take K, M, G, T\n"
+"suffixes (powers of 1024); a RATE is per second.\n"
+"\n"
+"guest (migrate, demo, simulate):\n"
+"  --ram SIZE                memory of the guest (demo: 1G)\n"
+"  --dirty-rate RATE         page writes per second, as bytes; 0 = idle guest,\n"
+"                            'max' = as fast as the writers can (demo: 256M)\n"
+"  --pattern P               sequential | random | hotset (default sequential)\n"
+"  --threads N               writer threads (default 1; sequential with 1 writer\n"
+"                            is the verification pattern)\n"
+"  --zero-pct PCT            share of pages that stay all zero (default 0)\n"
+"  --free-pct PCT            share of pages hinted free to the engine (default 0)\n"
+"  --seed N                  content seed (default 1)\n"
+"  --dirty-mode M            auto | uffd-wp | soft-dirty (default auto)\n"
+"\n"
+"migration parameters (defaults in brackets):\n"
+"  --max-bandwidth RATE      cap for RAM passes, 0 = unlimited [0]\n"
+"  --downtime-limit MS       longest acceptable guest pause [300]\n"
+"  --avail-switchover-bandwidth RATE\n"
+"                            bandwidth assumed for the switchover decision,\n"
+"                            0 = measured estimate [0]\n"
+"  --auto-converge           throttle the guest's vCPUs when it dirties too fast [off]\n"
+"  --throttle-trigger-threshold PCT  dirtied/sent ratio that counts [50]\n"
+"  --cpu-throttle-initial PCT        first throttle step [20]\n"
+"  --cpu-throttle-increment PCT      further steps [10]\n"
+"  --max-cpu-throttle PCT            highest throttle [99]\n"
+"  --cpu-throttle-tailslow   steps in proportion to the excess [off]\n"
+"  --max-iterations N        passes after bulk before the watchdog acts, 0 = none [0]\n"
+"  --max-time MS             time before the watchdog acts, 0 = none [0]\n"
+"  --stall-iterations N      passes without progress before it acts, 0 = off [0]\n"
+"  --on-limit force|abort    what the watchdog does [force]\n"
+"  --channels N              parallel connections [1]\n"
+"\n"
+"incoming:\n"
+"  --listen URI              where to listen (port 0 picks one; printed)\n"
+"  --no-verify               skip the synthetic guest's content check\n"
+"\n"
+"simulate:\n"
+"  --bandwidth RATE          link bandwidth\n"
+"  --estimator busy|wall     bandwidth estimate to decide with [busy]\n"
+"\n"
+"output:\n"
+"  --json                    JSON lines: progress events and a result\n"
+"  --quiet                   no progress line\n"
+"\n"
+"Exit status: 0 success, 1 migration failed or cancelled, 2 bad usage.\n");
+}
+
+enum {
+	OPT_LISTEN = 256, OPT_TO, OPT_RAM, OPT_DIRTY_RATE, OPT_PATTERN, OPT_THREADS,
+	OPT_ZERO_PCT, OPT_FREE_PCT, OPT_SEED, OPT_DIRTY_MODE, OPT_MAX_BW, OPT_DOWNTIME,
+	OPT_AVAIL_BW, OPT_AUTO_CONVERGE, OPT_TRIGGER, OPT_T_INITIAL, OPT_T_INCREMENT,
+	OPT_T_MAX, OPT_TAILSLOW, OPT_MAX_ITER, OPT_MAX_TIME, OPT_STALL, OPT_ON_LIMIT,
+	OPT_CHANNELS, OPT_NO_VERIFY, OPT_JSON, OPT_QUIET, OPT_BANDWIDTH, OPT_ESTIMATOR,
+	OPT_HELP,
+};
+
+static const struct option long_opts[] = {
+	{ "listen", required_argument, 0, OPT_LISTEN },
+	{ "to", required_argument, 0, OPT_TO },
+	{ "ram", required_argument, 0, OPT_RAM },
+	{ "dirty-rate", required_argument, 0, OPT_DIRTY_RATE },
+	{ "pattern", required_argument, 0, OPT_PATTERN },
+	{ "threads", required_argument, 0, OPT_THREADS },
+	{ "zero-pct", required_argument, 0, OPT_ZERO_PCT },
+	{ "free-pct", required_argument, 0, OPT_FREE_PCT },
+	{ "seed", required_argument, 0, OPT_SEED },
+	{ "dirty-mode", required_argument, 0, OPT_DIRTY_MODE },
+	{ "max-bandwidth", required_argument, 0, OPT_MAX_BW },
+	{ "downtime-limit", required_argument, 0, OPT_DOWNTIME },
+	{ "avail-switchover-bandwidth", required_argument, 0, OPT_AVAIL_BW },
+	{ "auto-converge", no_argument, 0, OPT_AUTO_CONVERGE },
+	{ "throttle-trigger-threshold", required_argument, 0, OPT_TRIGGER },
+	{ "cpu-throttle-initial", required_argument, 0, OPT_T_INITIAL },
+	{ "cpu-throttle-increment", required_argument, 0, OPT_T_INCREMENT },
+	{ "max-cpu-throttle", required_argument, 0, OPT_T_MAX },
+	{ "cpu-throttle-tailslow", no_argument, 0, OPT_TAILSLOW },
+	{ "max-iterations", required_argument, 0, OPT_MAX_ITER },
+	{ "max-time", required_argument, 0, OPT_MAX_TIME },
+	{ "stall-iterations", required_argument, 0, OPT_STALL },
+	{ "on-limit", required_argument, 0, OPT_ON_LIMIT },
+	{ "channels", required_argument, 0, OPT_CHANNELS },
+	{ "no-verify", no_argument, 0, OPT_NO_VERIFY },
+	{ "json", no_argument, 0, OPT_JSON },
+	{ "quiet", no_argument, 0, OPT_QUIET },
+	{ "bandwidth", required_argument, 0, OPT_BANDWIDTH },
+	{ "estimator", required_argument, 0, OPT_ESTIMATOR },
+	{ "help", no_argument, 0, OPT_HELP },
+	{ 0, 0, 0, 0 },
+};
+
+static int bad_value(const char *opt, const char *val, const char *what)
+{
+	fprintf(stderr, "precopy: --%s '%s': %s\n", opt, val, what);
+	return -EINVAL;
+}
+
+static int parse_uint(const char *opt, const char *s, uint64_t max, uint64_t *out)
+{
+	uint64_t v;
+
+	if (pc_cli_parse_u64(s, &v) || v > max)
+		return bad_value(opt, s, "expected a whole number in range");
+	*out = v;
+	return 0;
+}
+
+static int parse_args(int argc, char **argv, struct pc_cli *c)
+{
+	int opt;
+	uint64_t v;
+
+	optind = 1;
+	while ((opt = getopt_long(argc, argv, "h", long_opts, NULL)) != -1) {
+		const char *a = optarg;
+		const char *name = NULL;
+
+		for (const struct option *o = long_opts; o->name; o++)
+			if (o->val == opt)
+				name = o->name;
+		switch (opt) {
+		case OPT_LISTEN: c->listen = a; break;
+		case OPT_TO: c->to = a; break;
+		case OPT_RAM:
+			if (pc_cli_parse_size(a, &v) || v == 0 || v % PRECOPY_PAGE_SIZE)
+				return bad_value(name, a, "expected a size in whole 4 KiB pages, e.g. 256M");
+			c->ram = v;
+			break;
+		case OPT_DIRTY_RATE:
+			if (!strcmp(a, "max")) {
+				c->dirty_rate = -1;
+				break;
+			}
+			if (pc_cli_parse_size(a, &v))
+				return bad_value(name, a, "expected a rate such as 64M or 'max'");
+			c->dirty_rate = (double)v;
+			break;
+		case OPT_PATTERN:
+			if (!strcmp(a, "sequential") || !strcmp(a, "seq"))
+				c->pattern = PC_GUEST_SEQUENTIAL;
+			else if (!strcmp(a, "random"))
+				c->pattern = PC_GUEST_RANDOM;
+			else if (!strcmp(a, "hotset"))
+				c->pattern = PC_GUEST_HOTSET;
+			else
+				return bad_value(name, a, "expected sequential, random or hotset");
+			break;
+		case OPT_THREADS:
+			if (parse_uint(name, a, 64, &v) || v == 0)
+				return bad_value(name, a, "expected 1..64");
+			c->threads = (unsigned)v;
+			break;
+		case OPT_ZERO_PCT:
+			if (parse_uint(name, a, 100, &v))
+				return -EINVAL;
+			c->zero_pct = (unsigned)v;
+			break;
+		case OPT_FREE_PCT:
+			if (parse_uint(name, a, 100, &v))
+				return -EINVAL;
+			c->free_pct = (unsigned)v;
+			break;
+		case OPT_SEED:
+			if (parse_uint(name, a, UINT64_MAX, &c->seed))
+				return -EINVAL;
+			break;
+		case OPT_DIRTY_MODE:
+			if (!strcmp(a, "auto"))
+				c->dirty_mode = PRECOPY_DIRTY_AUTO;
+			else if (!strcmp(a, "uffd-wp"))
+				c->dirty_mode = PRECOPY_DIRTY_UFFD_WP;
+			else if (!strcmp(a, "soft-dirty"))
+				c->dirty_mode = PRECOPY_DIRTY_SOFT_DIRTY;
+			else
+				return bad_value(name, a, "expected auto, uffd-wp or soft-dirty");
+			break;
+		case OPT_MAX_BW:
+			if (pc_cli_parse_size(a, &c->params.max_bandwidth))
+				return bad_value(name, a, "expected a rate such as 1G");
+			break;
+		case OPT_DOWNTIME:
+			if (parse_uint(name, a, 2000000, &c->params.downtime_limit_ms))
+				return -EINVAL;
+			break;
+		case OPT_AVAIL_BW:
+			if (pc_cli_parse_size(a, &c->params.avail_switchover_bandwidth))
+				return bad_value(name, a, "expected a rate such as 1G");
+			break;
+		case OPT_AUTO_CONVERGE: c->params.auto_converge = true; break;
+		case OPT_TRIGGER:
+			if (parse_uint(name, a, 100, &v))
+				return -EINVAL;
+			c->params.throttle_trigger_threshold = (unsigned)v;
+			break;
+		case OPT_T_INITIAL:
+			if (parse_uint(name, a, 99, &v))
+				return -EINVAL;
+			c->params.cpu_throttle_initial = (unsigned)v;
+			break;
+		case OPT_T_INCREMENT:
+			if (parse_uint(name, a, 99, &v))
+				return -EINVAL;
+			c->params.cpu_throttle_increment = (unsigned)v;
+			break;
+		case OPT_T_MAX:
+			if (parse_uint(name, a, 99, &v))
+				return -EINVAL;
+			c->params.max_cpu_throttle = (unsigned)v;
+			break;
+		case OPT_TAILSLOW: c->params.cpu_throttle_tailslow = true; break;
+		case OPT_MAX_ITER:
+			if (parse_uint(name, a, UINT32_MAX, &v))
+				return -EINVAL;
+			c->params.max_iterations = (unsigned)v;
+			break;
+		case OPT_MAX_TIME:
+			if (parse_uint(name, a, UINT32_MAX, &c->params.max_time_ms))
+				return -EINVAL;
+			break;
+		case OPT_STALL:
+			if (parse_uint(name, a, UINT32_MAX, &v))
+				return -EINVAL;
+			c->params.stall_iterations = (unsigned)v;
+			break;
+		case OPT_ON_LIMIT:
+			if (!strcmp(a, "force"))
+				c->params.on_limit = PRECOPY_ON_LIMIT_FORCE;
+			else if (!strcmp(a, "abort"))
+				c->params.on_limit = PRECOPY_ON_LIMIT_ABORT;
+			else
+				return bad_value(name, a, "expected force or abort");
+			break;
+		case OPT_CHANNELS:
+			if (parse_uint(name, a, PRECOPY_MAX_CHANNELS, &v) || v == 0)
+				return bad_value(name, a, "expected 1..16");
+			c->params.channels = (unsigned)v;
+			break;
+		case OPT_NO_VERIFY: c->no_verify = true; break;
+		case OPT_JSON: c->json = true; break;
+		case OPT_QUIET: c->quiet = true; break;
+		case OPT_BANDWIDTH:
+			if (pc_cli_parse_size(a, &v) || v == 0)
+				return bad_value(name, a, "expected a rate such as 1G");
+			c->bandwidth = (double)v;
+			break;
+		case OPT_ESTIMATOR:
+			if (strcmp(a, "busy") && strcmp(a, "wall"))
+				return bad_value(name, a, "expected busy or wall");
+			c->estimator_wall = !strcmp(a, "wall");
+			break;
+		case 'h':
+		case OPT_HELP:
+			usage(stdout);
+			exit(0);
+		default:
+			fprintf(stderr, "precopy: see 'precopy help'\n");
+			return -EINVAL;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "precopy: unexpected argument '%s'\n", argv[optind]);
+		return -EINVAL;
+	}
+	{
+		char why[128];
+
+		if (precopy_params_check(&c->params, why, sizeof(why))) {
+			fprintf(stderr, "precopy: %s\n", why);
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct pc_cli c;
+	const char *cmd;
+	struct sigaction sa = { .sa_handler = on_sigint };
+	int err;
+
+	if (argc < 2) {
+		usage(stderr);
+		return 2;
+	}
+	cmd = argv[1];
+	if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
+		usage(stdout);
+		return 0;
+	}
+	if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+		printf("precopy %d.%d\n", PRECOPY_VERSION_MAJOR, PRECOPY_VERSION_MINOR);
+		return 0;
+	}
+	pc_cli_defaults(&c);
+	if (!strcmp(cmd, "demo")) {
+		c.ram = 1ull << 30;
+		c.dirty_rate = 256.0 * (1 << 20);
+	}
+	if (parse_args(argc - 1, argv + 1, &c))
+		return 2;
+
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	/* Each command returns the exit status. */
+	if (!strcmp(cmd, "incoming"))
+		err = pc_cli_incoming(&c, &g_session);
+	else if (!strcmp(cmd, "migrate"))
+		err = pc_cli_migrate(&c, &g_session);
+	else if (!strcmp(cmd, "demo"))
+		err = pc_cli_demo(&c, &g_session);
+	else if (!strcmp(cmd, "simulate"))
+		err = pc_cli_simulate(&c);
+	else {
+		fprintf(stderr, "precopy: unknown command '%s' (see 'precopy help')\n", cmd);
+		return 2;
+	}
+	return err;
+}

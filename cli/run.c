@@ -1,0 +1,496 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * run.c - precopy incoming, migrate and demo.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+void pc_cli_defaults(struct pc_cli *c)
+{
+	memset(c, 0, sizeof(*c));
+	precopy_params_init(&c->params);
+	c->pattern = PC_GUEST_SEQUENTIAL;
+	c->threads = 1;
+	c->seed = 1;
+	c->ready_fd = -1;
+}
+
+int pc_cli_parse_u64(const char *s, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+
+	if (!s || !*s || *s == '-' || *s == '+')
+		return -EINVAL;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno || *end)
+		return -EINVAL;
+	*out = v;
+	return 0;
+}
+
+int pc_cli_parse_size(const char *s, uint64_t *out)
+{
+	char *end;
+	double v;
+	uint64_t mul = 1;
+
+	if (!s || !*s || *s == '-' || *s == '+')
+		return -EINVAL;
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno || end == s || !isfinite(v) || v < 0)
+		return -EINVAL;
+	switch (*end) {
+	case 'k': case 'K': mul = 1ull << 10; end++; break;
+	case 'm': case 'M': mul = 1ull << 20; end++; break;
+	case 'g': case 'G': mul = 1ull << 30; end++; break;
+	case 't': case 'T': mul = 1ull << 40; end++; break;
+	default: break;
+	}
+	if (mul > 1 && *end == 'i')
+		end++;
+	if (*end == 'B' || *end == 'b')
+		end++;
+	if (!strcmp(end, "/s"))
+		end += 2;
+	if (*end)
+		return -EINVAL;
+	if (v * (double)mul >= 18446744073709551615.0)
+		return -EINVAL;
+	*out = (uint64_t)(v * (double)mul);
+	return 0;
+}
+
+const char *pc_cli_fmt_bytes(double b, char *buf, size_t len)
+{
+	static const char *const unit[] = { "B", "KiB", "MiB", "GiB", "TiB" };
+	int u = 0;
+
+	while (b >= 1024 && u < 4) {
+		b /= 1024;
+		u++;
+	}
+	snprintf(buf, len, u ? "%.2f %s" : "%.0f %s", b, unit[u]);
+	return buf;
+}
+
+void pc_cli_json_stats(FILE *f, const char *event, const char *role,
+		       const struct precopy_stats *st)
+{
+	fprintf(f,
+		"{\"event\":\"%s\",\"role\":\"%s\",\"status\":\"%s\",\"total-time\":%" PRIu64
+		",\"setup-time\":%" PRIu64 ",\"downtime\":%" PRIu64
+		",\"expected-downtime\":%" PRIu64 ",\"transferred\":%" PRIu64
+		",\"remaining\":%" PRIu64 ",\"total\":%" PRIu64 ",\"duplicate\":%" PRIu64
+		",\"normal\":%" PRIu64 ",\"normal-bytes\":%" PRIu64 ",\"free-skipped\":%" PRIu64
+		",\"dirty-pages-rate\":%" PRIu64 ",\"mbps\":%.1f,\"bandwidth-busy\":%" PRIu64
+		",\"bandwidth-wall\":%" PRIu64 ",\"dirty-sync-count\":%" PRIu64
+		",\"cpu-throttle-percentage\":%u,\"iteration\":%u,\"forced-switchover\":%s"
+		",\"dirty-mode\":\"%s\",\"error\":\"",
+		event, role, precopy_status_name(st->status), st->total_time, st->setup_time,
+		st->downtime, st->expected_downtime, st->transferred, st->remaining, st->total,
+		st->duplicate, st->normal, st->normal_bytes, st->free_skipped,
+		st->dirty_pages_rate, st->mbps, st->bandwidth_busy, st->bandwidth_wall,
+		st->dirty_sync_count, st->cpu_throttle_percentage, st->iteration,
+		st->forced_switchover ? "true" : "false", precopy_dirty_mode_name(st->dirty_mode));
+	for (const char *p = st->error; *p; p++) {
+		if (*p == '"' || *p == '\\')
+			fputc('\\', f);
+		fputc((unsigned char)*p < 0x20 ? ' ' : *p, f);
+	}
+	fputs("\"}\n", f);
+	fflush(f);
+}
+
+/* --- progress output ---------------------------------------------------- */
+
+struct ctx {
+	struct pc_cli *c;
+	const char *role;
+	struct pc_guest *guest;          /* source */
+	struct pc_guest_desc desc;       /* destination: from device state */
+	bool have_desc;
+	bool tty;
+	bool line_open;
+};
+
+static void progress(void *opaque, const struct precopy_stats *st)
+{
+	struct ctx *x = opaque;
+	char a[32], b[32], r[32];
+
+	if (x->c->json) {
+		pc_cli_json_stats(stdout, "progress", x->role, st);
+		return;
+	}
+	if (!x->tty || x->c->quiet)
+		return;
+	fprintf(stderr, "\r\033[K%-10s pass %-3u sent %s  remaining %s  bw %s/s  throttle %u%%",
+		precopy_status_name(st->status), st->iteration,
+		pc_cli_fmt_bytes((double)st->transferred, a, sizeof(a)),
+		pc_cli_fmt_bytes((double)st->remaining, r, sizeof(r)),
+		pc_cli_fmt_bytes((double)st->bandwidth_busy, b, sizeof(b)),
+		st->cpu_throttle_percentage);
+	x->line_open = true;
+}
+
+static void end_progress(struct ctx *x)
+{
+	if (x->line_open)
+		fputs("\r\033[K", stderr);
+	x->line_open = false;
+}
+
+/* --- VMM hooks of the synthetic guest ------------------------------------ */
+
+static int g_stop(void *o)
+{
+	return pc_guest_pause(((struct ctx *)o)->guest);
+}
+
+static int g_resume(void *o)
+{
+	struct ctx *x = o;
+
+	return x->guest ? pc_guest_resume(x->guest) : 0;
+}
+
+static int g_save(void *o, void **buf, size_t *len)
+{
+	struct pc_guest_desc *d = malloc(sizeof(*d));
+
+	if (!d)
+		return -ENOMEM;
+	pc_guest_describe(((struct ctx *)o)->guest, d);
+	*buf = d;
+	*len = sizeof(*d);
+	return 0;
+}
+
+static int g_load(void *o, const void *buf, size_t len)
+{
+	struct ctx *x = o;
+
+	if (len != sizeof(x->desc))
+		return -EINVAL;
+	memcpy(&x->desc, buf, len);
+	if (x->desc.magic != PC_GUEST_MAGIC)
+		return -EINVAL;
+	x->have_desc = true;
+	return 0;
+}
+
+static int g_throttle(void *o, unsigned pct)
+{
+	return pc_guest_set_throttle(((struct ctx *)o)->guest, pct);
+}
+
+static void print_summary(struct ctx *x, const struct precopy_stats *st)
+{
+	char a[32], b[32], c[32], d[32];
+	double ram = (double)st->total;
+
+	if (x->c->json) {
+		pc_cli_json_stats(stdout, "result", x->role, st);
+		return;
+	}
+	if (st->status != PRECOPY_STATUS_COMPLETED) {
+		printf("precopy: %s migration %s after %.2f s: %s\n", x->role,
+		       precopy_status_name(st->status), st->total_time / 1e3, st->error);
+		return;
+	}
+	printf("precopy: %s: migration completed in %.2f s (setup %" PRIu64 " ms)\n", x->role,
+	       st->total_time / 1e3, st->setup_time);
+	if (!strcmp(x->role, "source")) {
+		printf("  downtime         %" PRIu64 " ms (expected %" PRIu64 " ms, limit %" PRIu64
+		       " ms)%s\n",
+		       st->downtime, st->expected_downtime, x->c->params.downtime_limit_ms,
+		       st->forced_switchover ? ", switchover forced by the watchdog" : "");
+		printf("  transferred      %s for %s of RAM (%.2fx) in %u passes after bulk\n",
+		       pc_cli_fmt_bytes((double)st->transferred, a, sizeof(a)),
+		       pc_cli_fmt_bytes(ram, b, sizeof(b)), ram ? st->transferred / ram : 0,
+		       st->iteration);
+		printf("  pages            %" PRIu64 " sent, %" PRIu64 " zero, %" PRIu64
+		       " skipped as free\n",
+		       st->normal, st->duplicate, st->free_skipped);
+		printf("  bandwidth        %s/s from busy time, %s/s from wall time\n",
+		       pc_cli_fmt_bytes((double)st->bandwidth_busy, c, sizeof(c)),
+		       pc_cli_fmt_bytes((double)st->bandwidth_wall, d, sizeof(d)));
+		printf("  throttle         %u%% (auto-converge %s)\n", st->cpu_throttle_percentage,
+		       x->c->params.auto_converge ? "on" : "off");
+		printf("  dirty tracking   %s, %" PRIu64 " syncs\n",
+		       precopy_dirty_mode_name(st->dirty_mode), st->dirty_sync_count);
+	} else {
+		printf("  received         %s in %" PRIu64 " pages, %" PRIu64 " zero pages\n",
+		       pc_cli_fmt_bytes((double)st->normal_bytes, a, sizeof(a)), st->normal,
+		       st->duplicate);
+		printf("  checksums        every region matches the source\n");
+	}
+	fflush(stdout);
+}
+
+static void *map_ram(uint64_t len)
+{
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	return p == MAP_FAILED ? NULL : p;
+}
+
+/* --- incoming ----------------------------------------------------------- */
+
+int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current)
+{
+	struct ctx x = { .c = c, .role = "destination", .tty = isatty(2) };
+	struct precopy_callbacks cb = {
+		.opaque = &x, .load_device_state = g_load, .progress = progress,
+	};
+	struct precopy_session *s = NULL;
+	struct precopy_stats st;
+	char uri[128], why[256];
+	void *ram;
+	int err, rc = 1;
+
+	if (!c->listen || !c->ram) {
+		fprintf(stderr, "precopy incoming: --listen URI and --ram SIZE are required\n");
+		return 2;
+	}
+	ram = map_ram(c->ram);
+	if (!ram) {
+		fprintf(stderr, "precopy incoming: cannot map %" PRIu64 " bytes\n", c->ram);
+		return 1;
+	}
+	err = precopy_new(PRECOPY_ROLE_DEST, &c->params, &cb, &s);
+	if (!err) {
+		err = precopy_add_region(s, ram, c->ram, PRECOPY_DIRTY_AUTO);
+		err = err < 0 ? err : 0;
+	}
+	if (err) {
+		fprintf(stderr, "precopy incoming: %s\n", strerror(-err));
+		goto out;
+	}
+	err = precopy_listen(s, c->listen);
+	if (err) {
+		fprintf(stderr, "precopy incoming: cannot listen on '%s': %s\n", c->listen,
+			err == -EINVAL ? "malformed URI (expected tcp:HOST:PORT)" : strerror(-err));
+		rc = err == -EINVAL || err == -EPROTONOSUPPORT ? 2 : 1;
+		goto out;
+	}
+	precopy_local_uri(s, uri, sizeof(uri));
+	if (c->ready_fd >= 0) {
+		dprintf(c->ready_fd, "%s\n", uri);
+		close(c->ready_fd);
+		c->ready_fd = -1;
+	}
+	if (c->json)
+		printf("{\"event\":\"listening\",\"uri\":\"%s\"}\n", uri);
+	else if (!c->quiet)
+		fprintf(stderr, "precopy: listening on %s\n", uri);
+	fflush(stdout);
+	*current = s;
+	err = precopy_incoming(s);
+	*current = NULL;
+	end_progress(&x);
+	precopy_query(s, &st);
+	print_summary(&x, &st);
+	if (err)
+		goto out;
+	if (!c->no_verify) {
+		if (!x.have_desc) {
+			fprintf(stderr, "precopy incoming: the source sent no guest descriptor; "
+					"use --no-verify for a guest that is not precopy's own\n");
+			goto out;
+		}
+		err = pc_guest_verify(ram, c->ram, &x.desc, why, sizeof(why));
+		if (c->json)
+			printf("{\"event\":\"verify\",\"role\":\"destination\",\"verified\":%s,"
+			       "\"pages\":%" PRIu64 ",\"writes\":%" PRIu64 ",\"detail\":\"%s\"}\n",
+			       err ? "false" : "true", x.desc.npages, x.desc.writes,
+			       err ? why : "ok");
+		else if (err)
+			printf("  guest pattern    BROKEN: %s\n", why);
+		else
+			printf("  guest pattern    verified: %" PRIu64 " pages, %" PRIu64
+			       " guest writes accounted for\n",
+			       x.desc.npages, x.desc.writes);
+		fflush(stdout);
+		if (err)
+			goto out;
+	}
+	rc = 0;
+out:
+	if (s)
+		precopy_delete(&s);
+	munmap(ram, c->ram);
+	return rc;
+}
+
+/* --- migrate ------------------------------------------------------------ */
+
+int pc_cli_migrate(struct pc_cli *c, struct precopy_session **current)
+{
+	struct ctx x = { .c = c, .role = "source", .tty = isatty(2) };
+	struct precopy_callbacks cb = {
+		.opaque = &x,
+		.stop_vm = g_stop,
+		.resume_vm = g_resume,
+		.save_device_state = g_save,
+		.set_throttle = g_throttle,
+		.progress = progress,
+	};
+	struct pc_guest_opts go = {
+		.ram = c->ram, .dirty_rate = c->dirty_rate, .pattern = c->pattern,
+		.threads = c->threads, .zero_pct = c->zero_pct, .free_pct = c->free_pct,
+		.seed = c->seed,
+	};
+	struct precopy_session *s = NULL;
+	struct precopy_stats st;
+	uint64_t *free_bm, nfree = 0;
+	int err, region, rc = 1;
+
+	if (!c->to || !c->ram) {
+		fprintf(stderr, "precopy migrate: --to URI and --ram SIZE are required\n");
+		return 2;
+	}
+	err = pc_guest_new(&go, &x.guest);
+	if (err) {
+		fprintf(stderr, "precopy migrate: cannot create a %" PRIu64 "-byte guest: %s\n",
+			c->ram, strerror(-err));
+		return 1;
+	}
+	err = precopy_new(PRECOPY_ROLE_SOURCE, &c->params, &cb, &s);
+	if (err) {
+		fprintf(stderr, "precopy migrate: %s\n", strerror(-err));
+		goto out;
+	}
+	region = precopy_add_region(s, pc_guest_ram(x.guest, NULL), c->ram, c->dirty_mode);
+	if (region < 0) {
+		fprintf(stderr, "precopy migrate: cannot track writes to guest memory (%s): %s\n",
+			precopy_dirty_mode_name(c->dirty_mode), strerror(-region));
+		goto out;
+	}
+	free_bm = pc_guest_free_bitmap(x.guest, &nfree);
+	if (free_bm) {
+		precopy_region_hint_free(s, region, 0, free_bm, nfree);
+		free(free_bm);
+	}
+	err = pc_guest_start(x.guest);
+	if (err) {
+		fprintf(stderr, "precopy migrate: cannot start the guest: %s\n", strerror(-err));
+		goto out;
+	}
+	*current = s;
+	err = precopy_migrate(s, c->to);
+	*current = NULL;
+	end_progress(&x);
+	precopy_query(s, &st);
+	print_summary(&x, &st);
+	if (!err)
+		rc = 0;
+	else if (err == -EPROTONOSUPPORT || (err == -EINVAL && strstr(st.error, "URI")))
+		rc = 2;
+out:
+	if (s)
+		precopy_delete(&s);
+	pc_guest_delete(&x.guest);
+	return rc;
+}
+
+/* --- demo: both ends on this machine ------------------------------------ */
+
+int pc_cli_demo(struct pc_cli *c, struct precopy_session **current)
+{
+	int pfd[2], status = 0, rc;
+	char uri[128] = "";
+	ssize_t n;
+	pid_t pid;
+	char a[32], r[32];
+
+	if (!c->ram) {
+		fprintf(stderr, "precopy demo: --ram must not be 0\n");
+		return 2;
+	}
+	if (pipe(pfd)) {
+		perror("precopy demo: pipe");
+		return 1;
+	}
+	if (!c->json)
+		printf("precopy demo: migrating a %s guest that writes %s%s (%s) over TCP "
+		       "loopback\n",
+		       pc_cli_fmt_bytes((double)c->ram, a, sizeof(a)),
+		       c->dirty_rate < 0 ? "flat out"
+					 : pc_cli_fmt_bytes(c->dirty_rate, r, sizeof(r)),
+		       c->dirty_rate < 0 ? "" : "/s",
+		       c->pattern == PC_GUEST_SEQUENTIAL ? "sequential verification pattern"
+		       : c->pattern == PC_GUEST_RANDOM  ? "random pages"
+							: "hot set");
+	fflush(stdout);
+	pid = fork();
+	if (pid < 0) {
+		perror("precopy demo: fork");
+		return 1;
+	}
+	if (pid == 0) {
+		struct pc_cli dc = *c;
+
+		close(pfd[0]);
+		dc.listen = "tcp:127.0.0.1:0";
+		dc.ready_fd = pfd[1];
+		dc.quiet = true;
+		_exit(pc_cli_incoming(&dc, current));
+	}
+	close(pfd[1]);
+	n = read(pfd[0], uri, sizeof(uri) - 1);
+	close(pfd[0]);
+	if (n <= 0) {
+		fprintf(stderr, "precopy demo: the destination did not start\n");
+		waitpid(pid, &status, 0);
+		return 1;
+	}
+	uri[n] = '\0';
+	uri[strcspn(uri, "\n")] = '\0';
+	c->to = uri;
+	/* The source's summary comes after the destination's verdict. */
+	{
+		struct pc_cli sc = *c;
+		FILE *saved = stdout;
+		char *buf = NULL;
+		size_t blen = 0;
+		FILE *mem = open_memstream(&buf, &blen);
+
+		if (mem)
+			stdout = mem;
+		rc = pc_cli_migrate(&sc, current);
+		if (mem) {
+			fclose(mem);
+			stdout = saved;
+		}
+		if (rc)
+			kill(pid, SIGTERM);
+		waitpid(pid, &status, 0);
+		if (buf)
+			fputs(buf, stdout);
+		free(buf);
+	}
+	if (rc)
+		return rc;
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+		fprintf(stderr, "precopy demo: the destination did not verify the migration\n");
+		return 1;
+	}
+	if (!c->json)
+		printf("precopy demo: done; every page verified at the destination\n");
+	return 0;
+}

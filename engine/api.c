@@ -1,0 +1,462 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * api.c - the public functions of precopy.h that are not the migration
+ * itself: sessions, regions, parameters, statistics, cancel.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "page.h"
+#include "session.h"
+
+uint64_t pc_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * PC_NSEC_PER_SEC + (uint64_t)ts.tv_nsec;
+}
+
+int pc_fail(struct precopy_session *s, int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	pthread_mutex_lock(&s->lock);
+	if (!s->st.error[0]) {
+		va_start(ap, fmt);
+		vsnprintf(s->st.error, sizeof(s->st.error), fmt, ap);
+		va_end(ap);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return err;
+}
+
+void pc_snapshot(struct precopy_session *s, struct precopy_stats *out)
+{
+	pthread_mutex_lock(&s->lock);
+	*out = s->st;
+	if (s->t_start && out->status != PRECOPY_STATUS_COMPLETED &&
+	    out->status != PRECOPY_STATUS_FAILED && out->status != PRECOPY_STATUS_CANCELLED)
+		out->total_time = (pc_now() - s->t_start) / PC_NSEC_PER_MSEC;
+	pthread_mutex_unlock(&s->lock);
+}
+
+void pc_progress(struct precopy_session *s)
+{
+	struct precopy_stats st;
+
+	if (!s->cb.progress)
+		return;
+	pc_snapshot(s, &st);
+	s->cb.progress(s->cb.opaque, &st);
+}
+
+void pc_set_status(struct precopy_session *s, enum precopy_status status)
+{
+	pthread_mutex_lock(&s->lock);
+	s->st.status = status;
+	if (status >= PRECOPY_STATUS_COMPLETED && s->t_start)
+		s->st.total_time = (pc_now() - s->t_start) / PC_NSEC_PER_MSEC;
+	pthread_mutex_unlock(&s->lock);
+	pc_progress(s);
+}
+
+const char *pc_err_context(struct precopy_session *s, int err)
+{
+	if (s->tp && s->tp->why[0])
+		return s->tp->why;
+	return strerror(-err);
+}
+
+void pc_sleep_ns(struct precopy_session *s, uint64_t ns)
+{
+	while (ns > 0 && !atomic_load(&s->cancel)) {
+		uint64_t step = ns < 10 * PC_NSEC_PER_MSEC ? ns : 10 * PC_NSEC_PER_MSEC;
+		struct timespec ts = { 0, (long)step };
+
+		nanosleep(&ts, NULL);
+		ns -= step;
+	}
+}
+
+int precopy_params_init(struct precopy_params *p)
+{
+	if (!p)
+		return -EINVAL;
+	memset(p, 0, sizeof(*p));
+	p->max_bandwidth = 0;
+	p->downtime_limit_ms = 300;
+	p->avail_switchover_bandwidth = 0;
+	p->auto_converge = false;
+	p->throttle_trigger_threshold = 50;
+	p->cpu_throttle_initial = 20;
+	p->cpu_throttle_increment = 10;
+	p->max_cpu_throttle = 99;
+	p->cpu_throttle_tailslow = false;
+	p->max_iterations = 0;
+	p->max_time_ms = 0;
+	p->stall_iterations = 0;
+	p->on_limit = PRECOPY_ON_LIMIT_FORCE;
+	p->channels = 1;
+	return 0;
+}
+
+static int why(char *buf, size_t len, const char *text)
+{
+	if (buf && len)
+		snprintf(buf, len, "%s", text);
+	return -EINVAL;
+}
+
+int precopy_params_check(const struct precopy_params *p, char *w, size_t wl)
+{
+	if (!p)
+		return why(w, wl, "no parameters");
+	if (p->downtime_limit_ms == 0 || p->downtime_limit_ms > 2000000)
+		return why(w, wl, "downtime-limit must be 1..2000000 ms");
+	if (p->throttle_trigger_threshold < 1 || p->throttle_trigger_threshold > 100)
+		return why(w, wl, "throttle-trigger-threshold must be 1..100");
+	if (p->cpu_throttle_initial < 1 || p->cpu_throttle_initial > 99)
+		return why(w, wl, "cpu-throttle-initial must be 1..99");
+	if (p->cpu_throttle_increment < 1 || p->cpu_throttle_increment > 99)
+		return why(w, wl, "cpu-throttle-increment must be 1..99");
+	if (p->max_cpu_throttle < 1 || p->max_cpu_throttle > 99)
+		return why(w, wl, "max-cpu-throttle must be 1..99");
+	if (p->cpu_throttle_initial > p->max_cpu_throttle)
+		return why(w, wl, "cpu-throttle-initial must not exceed max-cpu-throttle");
+	if (p->on_limit != PRECOPY_ON_LIMIT_FORCE && p->on_limit != PRECOPY_ON_LIMIT_ABORT)
+		return why(w, wl, "on-limit must be force or abort");
+	if (p->channels < 1 || p->channels > PRECOPY_MAX_CHANNELS)
+		return why(w, wl, "channels must be 1..16");
+	if (w && wl)
+		w[0] = '\0';
+	return 0;
+}
+
+int precopy_new(enum precopy_role role, const struct precopy_params *params,
+		const struct precopy_callbacks *cb, struct precopy_session **out)
+{
+	struct precopy_session *s;
+	struct precopy_params def;
+
+	if (!out || (role != PRECOPY_ROLE_SOURCE && role != PRECOPY_ROLE_DEST))
+		return -EINVAL;
+	if (!params) {
+		precopy_params_init(&def);
+		params = &def;
+	}
+	if (precopy_params_check(params, NULL, 0))
+		return -EINVAL;
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->role = role;
+	s->params = *params;
+	if (cb)
+		s->cb = *cb;
+	atomic_init(&s->run_state, PC_IDLE);
+	atomic_init(&s->cancel, false);
+	pthread_mutex_init(&s->lock, NULL);
+	s->st.status = PRECOPY_STATUS_NONE;
+	s->st.dirty_mode = PRECOPY_DIRTY_AUTO;
+	*out = s;
+	return 0;
+}
+
+int precopy_delete(struct precopy_session **sp)
+{
+	struct precopy_session *s;
+
+	if (!sp || !*sp)
+		return -EINVAL;
+	s = *sp;
+	if (atomic_load(&s->run_state) == PC_RUNNING)
+		return -EBUSY;
+	for (unsigned i = 0; i < s->nreg; i++) {
+		pc_dirty_delete(&s->reg[i].dirty);
+		free(s->reg[i].free_bm);
+		free(s->reg[i].hash);
+	}
+	free(s->word_region);
+	if (s->lst)
+		s->lst->ops->listener_close(s->lst);
+	pc_tp_close(s->tp);
+	pthread_mutex_destroy(&s->lock);
+	free(s);
+	*sp = NULL;
+	return 0;
+}
+
+int precopy_add_region(struct precopy_session *s, void *addr, size_t len,
+		       enum precopy_dirty_mode mode)
+{
+	struct pc_region *r;
+	uintptr_t a = (uintptr_t)addr;
+	int err;
+
+	if (!s || !addr || len == 0 || a % PRECOPY_PAGE_SIZE || len % PRECOPY_PAGE_SIZE ||
+	    a + len < a || mode > PRECOPY_DIRTY_EXTERNAL)
+		return -EINVAL;
+	if (atomic_load(&s->run_state) != PC_IDLE || s->lst)
+		return -EBUSY;
+	if (s->nreg == PRECOPY_MAX_REGIONS)
+		return -ENOSPC;
+	for (unsigned i = 0; i < s->nreg; i++) {
+		uintptr_t b = (uintptr_t)s->reg[i].addr;
+
+		if (a < b + s->reg[i].len && b < a + len)
+			return -EINVAL;
+	}
+	r = &s->reg[s->nreg];
+	memset(r, 0, sizeof(*r));
+	r->addr = addr;
+	r->len = len;
+	r->npages = len / PRECOPY_PAGE_SIZE;
+	r->mode = mode;
+	r->hash = malloc(r->npages * sizeof(uint64_t));
+	if (!r->hash)
+		return -ENOMEM;
+	if (s->role == PRECOPY_ROLE_SOURCE) {
+		err = pc_dirty_new(addr, len, mode, &r->dirty);
+		if (err) {
+			free(r->hash);
+			r->hash = NULL;
+			return err;
+		}
+		r->mode = pc_dirty_mode(r->dirty);
+		if (s->nreg == 0)
+			s->st.dirty_mode = r->mode;
+	}
+	r->word_base = s->nwords;
+	s->nwords += (r->npages + 63) / 64;
+	s->total_pages += r->npages;
+	s->st.total = s->total_pages * PRECOPY_PAGE_SIZE;
+	return (int)s->nreg++;
+}
+
+static int check_bitmap_args(struct precopy_session *s, int region, uint64_t first,
+			     const uint64_t *bitmap, uint64_t npages)
+{
+	if (!s || !bitmap || region < 0 || (unsigned)region >= s->nreg)
+		return -EINVAL;
+	if (first > s->reg[region].npages || npages > s->reg[region].npages - first)
+		return -EINVAL;
+	return 0;
+}
+
+int precopy_region_mark_dirty(struct precopy_session *s, int region, uint64_t first_page,
+			      const uint64_t *bitmap, uint64_t npages)
+{
+	int err = check_bitmap_args(s, region, first_page, bitmap, npages);
+
+	if (err)
+		return err;
+	if (s->role != PRECOPY_ROLE_SOURCE || s->reg[region].mode != PRECOPY_DIRTY_EXTERNAL)
+		return -ENOTSUP;
+	return pc_dirty_mark(s->reg[region].dirty, first_page, bitmap, npages);
+}
+
+int precopy_region_hint_free(struct precopy_session *s, int region, uint64_t first_page,
+			     const uint64_t *bitmap, uint64_t npages)
+{
+	struct pc_region *r;
+	int err = check_bitmap_args(s, region, first_page, bitmap, npages);
+
+	if (err)
+		return err;
+	if (s->role != PRECOPY_ROLE_SOURCE)
+		return -EINVAL;
+	if (atomic_load(&s->run_state) != PC_IDLE)
+		return -EBUSY;
+	r = &s->reg[region];
+	if (!r->free_bm) {
+		r->free_bm = calloc((r->npages + 63) / 64, sizeof(uint64_t));
+		if (!r->free_bm)
+			return -ENOMEM;
+	}
+	for (uint64_t i = 0; i < npages; i++) {
+		uint64_t p = first_page + i;
+
+		if (bitmap[i / 64] >> (i % 64) & 1)
+			r->free_bm[p / 64] |= 1ull << (p % 64);
+		else
+			r->free_bm[p / 64] &= ~(1ull << (p % 64));
+	}
+	return 0;
+}
+
+/* Claim the session for one run; a session runs once. */
+static int begin_run(struct precopy_session *s, enum precopy_role role)
+{
+	int idle = PC_IDLE;
+
+	if (s->role != role)
+		return -EINVAL;
+	if (s->nreg == 0)
+		return -ENOENT;
+	if (!atomic_compare_exchange_strong(&s->run_state, &idle, PC_RUNNING))
+		return -EBUSY;
+	if (!s->word_region) {
+		s->word_region = malloc(s->nwords * sizeof(uint16_t));
+		if (!s->word_region) {
+			atomic_store(&s->run_state, PC_ENDED);
+			return -ENOMEM;
+		}
+		for (unsigned i = 0; i < s->nreg; i++)
+			for (uint64_t w = 0; w < (s->reg[i].npages + 63) / 64; w++)
+				s->word_region[s->reg[i].word_base + w] = (uint16_t)i;
+	}
+	pthread_mutex_lock(&s->lock);
+	s->t_start = pc_now();
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
+
+static int end_run(struct precopy_session *s, int err)
+{
+	enum precopy_status st = PRECOPY_STATUS_COMPLETED;
+
+	if (err == -ECANCELED || (err && atomic_load(&s->cancel))) {
+		err = -ECANCELED;
+		st = PRECOPY_STATUS_CANCELLED;
+		pc_fail(s, err, "cancelled");
+	} else if (err) {
+		st = PRECOPY_STATUS_FAILED;
+		pc_fail(s, err, "%s", strerror(-err));
+	}
+	pthread_mutex_lock(&s->lock);
+	if (s->tp) {
+		struct pc_transport *tp = s->tp;
+
+		s->tp = NULL;
+		pthread_mutex_unlock(&s->lock);
+		pc_tp_close(tp);
+		pthread_mutex_lock(&s->lock);
+	}
+	pthread_mutex_unlock(&s->lock);
+	pc_set_status(s, st);
+	atomic_store(&s->run_state, PC_ENDED);
+	return err;
+}
+
+int precopy_migrate(struct precopy_session *s, const char *uri)
+{
+	int err;
+
+	if (!s || !uri)
+		return -EINVAL;
+	err = begin_run(s, PRECOPY_ROLE_SOURCE);
+	if (err)
+		return err;
+	err = pc_source_run(s, uri);
+	return end_run(s, err);
+}
+
+int precopy_listen(struct precopy_session *s, const char *uri)
+{
+	const struct pc_transport_ops *ops;
+	struct pc_transport_opts o = { .channels = 0 };
+	const char *rest;
+	int err;
+
+	if (!s || !uri || s->role != PRECOPY_ROLE_DEST)
+		return -EINVAL;
+	if (s->lst || atomic_load(&s->run_state) != PC_IDLE)
+		return -EBUSY;
+	err = pc_transport_split_uri(uri, &ops, &rest);
+	if (err)
+		return err;
+	err = ops->listen(rest, &o, &s->lst);
+	if (err)
+		return err;
+	s->ops = ops;
+	return 0;
+}
+
+int precopy_local_uri(struct precopy_session *s, char *buf, size_t len)
+{
+	if (!s || !buf || !len)
+		return -EINVAL;
+	if (!s->lst)
+		return -ENOTCONN;
+	return s->lst->ops->listener_addr(s->lst, buf, len);
+}
+
+int precopy_incoming(struct precopy_session *s)
+{
+	int err;
+
+	if (!s)
+		return -EINVAL;
+	if (!s->lst)
+		return -ENOTCONN;
+	err = begin_run(s, PRECOPY_ROLE_DEST);
+	if (err)
+		return err;
+	err = pc_dest_run(s);
+	return end_run(s, err);
+}
+
+int precopy_cancel(struct precopy_session *s)
+{
+	if (!s)
+		return -EINVAL;
+	if (atomic_load(&s->run_state) == PC_ENDED)
+		return -EALREADY;
+	atomic_store(&s->cancel, true);
+	pthread_mutex_lock(&s->lock);
+	if (s->tp)
+		pc_tp_abort(s->tp);
+	if (s->lst)
+		s->lst->ops->listener_abort(s->lst);
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
+
+int precopy_query(struct precopy_session *s, struct precopy_stats *out)
+{
+	if (!s || !out)
+		return -EINVAL;
+	pc_snapshot(s, out);
+	return 0;
+}
+
+int precopy_strerror(struct precopy_session *s, char *buf, size_t len)
+{
+	if (!s || !buf || !len)
+		return -EINVAL;
+	pthread_mutex_lock(&s->lock);
+	snprintf(buf, len, "%s", s->st.error);
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
+
+const char *precopy_status_name(enum precopy_status st)
+{
+	switch (st) {
+	case PRECOPY_STATUS_NONE: return "none";
+	case PRECOPY_STATUS_SETUP: return "setup";
+	case PRECOPY_STATUS_BULK: return "bulk";
+	case PRECOPY_STATUS_ITERATE: return "iterate";
+	case PRECOPY_STATUS_SWITCHOVER: return "switchover";
+	case PRECOPY_STATUS_COMPLETED: return "completed";
+	case PRECOPY_STATUS_FAILED: return "failed";
+	case PRECOPY_STATUS_CANCELLED: return "cancelled";
+	}
+	return "unknown";
+}
+
+const char *precopy_dirty_mode_name(enum precopy_dirty_mode m)
+{
+	switch (m) {
+	case PRECOPY_DIRTY_AUTO: return "auto";
+	case PRECOPY_DIRTY_UFFD_WP: return "uffd-wp";
+	case PRECOPY_DIRTY_SOFT_DIRTY: return "soft-dirty";
+	case PRECOPY_DIRTY_EXTERNAL: return "external";
+	}
+	return "unknown";
+}

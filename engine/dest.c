@@ -1,0 +1,467 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * dest.c - the receiving end.
+ *
+ * Everything that arrives is untrusted. The caller's thread reads channel
+ * 0 (control and its share of pages); one thread per further channel
+ * reads the others. Page contents are placed by the transport; RUNS
+ * records then say which pages of the pass are in place: data pages are
+ * checksummed from memory, zero and free pages are made zero. When every
+ * channel has reached the end of a pass, ITER_ACK goes back. COMPLETE
+ * carries the source's checksum of every region; only if all match, and
+ * the device state loaded, is the guest resumed and success reported.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "page.h"
+#include "session.h"
+
+struct dest;
+
+struct receiver {
+	struct dest *d;
+	unsigned chan;
+	pthread_t thread;
+	bool started;
+	uint32_t iteration; /* the pass this channel is in */
+	uint8_t *buf;
+};
+
+struct dest {
+	struct precopy_session *s;
+	struct pc_transport *tp;
+	unsigned nchan;
+	uint64_t zero_hash;
+
+	pthread_mutex_t mu;      /* barrier */
+	unsigned at_end[2];      /* channels at the end of pass (parity) */
+	uint32_t acked;          /* passes acknowledged */
+	atomic_int err;
+	atomic_bool finished;    /* COMPLETE handled: the others may stop */
+
+	uint8_t *devstate;
+	uint64_t devstate_total, devstate_have;
+	bool devstate_seen;
+
+	struct receiver rcv[PRECOPY_MAX_CHANNELS];
+};
+
+static void set_err(struct dest *d, int err)
+{
+	int none = 0;
+
+	if (atomic_compare_exchange_strong(&d->err, &none, err))
+		pc_tp_abort(d->tp);
+}
+
+static int send_rec(struct dest *d, const uint8_t *buf, int n)
+{
+	struct iovec v = { (void *)buf, (size_t)n };
+
+	if (n < 0)
+		return n;
+	return pc_tp_send_msg(d->tp, 0, &v, 1);
+}
+
+static int handle_runs(struct receiver *rc, const struct pc_wire_msg *m)
+{
+	struct dest *d = rc->d;
+	struct precopy_session *s = d->s;
+	uint64_t data = 0, zero = 0;
+
+	if (m->u.runs.iteration != rc->iteration)
+		return pc_fail(s, -EPROTO,
+			       "malformed stream: RUNS of pass %u on channel %u during pass %u",
+			       m->u.runs.iteration, rc->chan, rc->iteration);
+	for (uint32_t i = 0; i < m->u.runs.count; i++) {
+		struct pc_wire_run r;
+		struct pc_region *reg;
+
+		pc_wire_get_run(m->u.runs.entries, i, &r);
+		if (r.region >= s->nreg)
+			return pc_fail(s, -EPROTO, "malformed stream: run for region %u of %u",
+				       r.region, s->nreg);
+		reg = &s->reg[r.region];
+		if (r.first_page >= reg->npages || r.npages > reg->npages - r.first_page)
+			return pc_fail(s, -EPROTO,
+				       "malformed stream: pages [%llu, +%llu) outside region %u of %llu pages",
+				       (unsigned long long)r.first_page,
+				       (unsigned long long)r.npages, r.region,
+				       (unsigned long long)reg->npages);
+		for (uint64_t p = r.first_page; p < r.first_page + r.npages; p++) {
+			uint8_t *pg = reg->addr + p * PRECOPY_PAGE_SIZE;
+
+			if (r.kind == PC_RUN_DATA) {
+				reg->hash[p] = pc_page_hash(pg);
+				data++;
+			} else {
+				if (!pc_page_is_zero(pg))
+					memset(pg, 0, PRECOPY_PAGE_SIZE);
+				reg->hash[p] = d->zero_hash;
+				zero++;
+			}
+		}
+	}
+	pthread_mutex_lock(&s->lock);
+	s->st.normal += data;
+	s->st.normal_bytes += data * PRECOPY_PAGE_SIZE;
+	s->st.duplicate += zero;
+	s->st.transferred += data * PRECOPY_PAGE_SIZE + 8 + m->u.runs.count * PC_WIRE_RUN_SIZE;
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
+
+static int handle_iter_end(struct receiver *rc, const struct pc_wire_msg *m)
+{
+	struct dest *d = rc->d;
+	struct precopy_session *s = d->s;
+	uint8_t ack[PC_WIRE_HDR + 4];
+	bool all = false;
+	uint32_t it = rc->iteration;
+	int err = 0;
+
+	if (m->u.iter_end.iteration != it || m->u.iter_end.channel != rc->chan)
+		return pc_fail(s, -EPROTO,
+			       "malformed stream: ITER_END %u/%u on channel %u in pass %u",
+			       m->u.iter_end.iteration, m->u.iter_end.channel, rc->chan, it);
+	pthread_mutex_lock(&d->mu);
+	/* A channel can run one pass ahead of the slowest only after the
+	 * ack, so two counters (by parity) are enough. */
+	if (++d->at_end[it & 1] == d->nchan) {
+		d->at_end[it & 1] = 0;
+		d->acked = it + 1;
+		all = true;
+		err = send_rec(d, ack, pc_wire_enc_iter_ack(ack, sizeof(ack), it));
+	}
+	pthread_mutex_unlock(&d->mu);
+	rc->iteration++;
+	if (err)
+		return pc_fail(s, err, "sending ITER_ACK: %s", pc_err_context(s, err));
+	if (all) {
+		pthread_mutex_lock(&s->lock);
+		s->st.iteration = it;
+		s->st.dirty_sync_count++;
+		pthread_mutex_unlock(&s->lock);
+		if (it == 0)
+			pc_set_status(s, PRECOPY_STATUS_ITERATE);
+		else
+			pc_progress(s);
+	}
+	return 0;
+}
+
+static int handle_devstate(struct dest *d, const struct pc_wire_msg *m)
+{
+	struct precopy_session *s = d->s;
+
+	if (!d->devstate_seen) {
+		d->devstate_seen = true;
+		d->devstate_total = m->u.devstate.total;
+		d->devstate = malloc(d->devstate_total ? d->devstate_total : 1);
+		if (!d->devstate)
+			return pc_fail(s, -ENOMEM, "no memory for %llu bytes of device state",
+				       (unsigned long long)d->devstate_total);
+		pc_set_status(s, PRECOPY_STATUS_SWITCHOVER);
+	}
+	if (m->u.devstate.total != d->devstate_total || m->u.devstate.offset != d->devstate_have)
+		return pc_fail(s, -EPROTO,
+			       "malformed stream: device state piece at %llu of %llu, expected %llu of %llu",
+			       (unsigned long long)m->u.devstate.offset,
+			       (unsigned long long)m->u.devstate.total,
+			       (unsigned long long)d->devstate_have,
+			       (unsigned long long)d->devstate_total);
+	memcpy(d->devstate + d->devstate_have, m->u.devstate.data, m->u.devstate.len);
+	d->devstate_have += m->u.devstate.len;
+	return 0;
+}
+
+/* COMPLETE: verify everything, load device state, start the guest. */
+static int handle_complete(struct dest *d, const struct pc_wire_msg *m)
+{
+	struct precopy_session *s = d->s;
+	uint8_t buf[PC_WIRE_HDR + 8 + PC_WIRE_TEXT_MAX];
+	char text[PC_WIRE_TEXT_MAX + 1] = "";
+	int status = 0, err;
+
+	pthread_mutex_lock(&d->mu);
+	if (d->acked != d->rcv[0].iteration || d->at_end[0] || d->at_end[1])
+		status = -EPROTO;
+	pthread_mutex_unlock(&d->mu);
+	pc_set_status(s, PRECOPY_STATUS_SWITCHOVER);
+	if (status) {
+		snprintf(text, sizeof(text), "COMPLETE before every channel finished its pass");
+	} else if (m->u.complete.nregions != s->nreg) {
+		status = -EPROTO;
+		snprintf(text, sizeof(text), "COMPLETE for %u regions, %u registered",
+			 m->u.complete.nregions, s->nreg);
+	} else if (d->devstate_seen && d->devstate_have != d->devstate_total) {
+		status = -EPROTO;
+		snprintf(text, sizeof(text), "device state incomplete: %llu of %llu bytes",
+			 (unsigned long long)d->devstate_have,
+			 (unsigned long long)d->devstate_total);
+	}
+	for (unsigned i = 0; !status && i < s->nreg; i++) {
+		struct pc_region *r = &s->reg[i];
+
+		if (m->u.complete.npages[i] != r->npages) {
+			status = -EPROTO;
+			snprintf(text, sizeof(text), "region %u: %llu pages at the source, %llu here",
+				 i, (unsigned long long)m->u.complete.npages[i],
+				 (unsigned long long)r->npages);
+		} else if (pc_hash_combine(r->hash, r->npages) != m->u.complete.hash[i]) {
+			status = -EBADMSG;
+			snprintf(text, sizeof(text),
+				 "region %u: checksum mismatch, memory differs from the source", i);
+		}
+	}
+	if (!status && s->cb.load_device_state) {
+		err = s->cb.load_device_state(s->cb.opaque, d->devstate ? d->devstate : (void *)"",
+					      (size_t)d->devstate_have);
+		if (err) {
+			status = err;
+			snprintf(text, sizeof(text), "load_device_state failed: %s", strerror(-err));
+		}
+	}
+	if (!status && s->cb.resume_vm) {
+		err = s->cb.resume_vm(s->cb.opaque);
+		if (err) {
+			status = err;
+			snprintf(text, sizeof(text), "resume_vm failed: %s", strerror(-err));
+		}
+	}
+	err = send_rec(d, buf, pc_wire_enc_result(buf, sizeof(buf), PC_MSG_RESULT, status, text));
+	if (status)
+		return pc_fail(s, status, "%s", text);
+	/* A lost RESULT does not undo success here: memory is verified and
+	 * the guest runs; the source learns it from the lost connection. */
+	(void)err;
+	atomic_store(&d->finished, true);
+	return 0;
+}
+
+static int handle(struct receiver *rc, const uint8_t *buf, size_t len)
+{
+	struct dest *d = rc->d;
+	struct precopy_session *s = d->s;
+	struct pc_wire_msg m;
+	char why[160];
+	int err = pc_wire_decode(buf, len, &m, why, sizeof(why));
+
+	if (err)
+		return pc_fail(s, err, "malformed stream on channel %u: %s", rc->chan, why);
+	switch (m.type) {
+	case PC_MSG_RUNS:
+		return handle_runs(rc, &m);
+	case PC_MSG_ITER_END:
+		return handle_iter_end(rc, &m);
+	case PC_MSG_DEVICE_STATE:
+		if (rc->chan == 0)
+			return handle_devstate(d, &m);
+		break;
+	case PC_MSG_COMPLETE:
+		if (rc->chan == 0)
+			return handle_complete(d, &m) ? -EBADMSG : 1;
+		break;
+	case PC_MSG_ERROR:
+		if (rc->chan == 0)
+			return pc_fail(s, m.u.result.status ? m.u.result.status : -EIO,
+				       "source gave up: %s", m.u.result.text);
+		break;
+	default:
+		break;
+	}
+	return pc_fail(s, -EPROTO, "malformed stream: unexpected %s on channel %u",
+		       pc_wire_type_name(m.type), rc->chan);
+}
+
+/* Read and handle records until COMPLETE (1), an error (< 0). */
+static int receive(struct receiver *rc)
+{
+	struct dest *d = rc->d;
+	struct precopy_session *s = d->s;
+
+	for (;;) {
+		size_t len;
+		int err = pc_tp_recv_msg(d->tp, rc->chan, rc->buf, PC_WIRE_MSG_MAX, &len);
+
+		if (err) {
+			if (atomic_load(&d->finished))
+				return 1;
+			if (err == -ECANCELED || atomic_load(&s->cancel))
+				return -ECANCELED;
+			if (atomic_load(&d->err))
+				return atomic_load(&d->err);
+			return pc_fail(s, err == -EMSGSIZE ? -EPROTO : err,
+				       "%s on channel %u: %s",
+				       err == -EPROTO || err == -EMSGSIZE ? "malformed stream"
+									  : "connection to the source lost",
+				       rc->chan, pc_err_context(s, err));
+		}
+		err = handle(rc, rc->buf, len);
+		if (err)
+			return err;
+	}
+}
+
+static void *receiver_main(void *arg)
+{
+	struct receiver *rc = arg;
+	int err = receive(rc);
+
+	if (err < 0)
+		set_err(rc->d, err);
+	return NULL;
+}
+
+static int handshake(struct dest *d)
+{
+	struct precopy_session *s = d->s;
+	uint8_t *buf = d->rcv[0].buf;
+	uint8_t ack[PC_WIRE_HDR + 24 + PC_WIRE_TEXT_MAX];
+	char why[160], text[PC_WIRE_TEXT_MAX + 1] = "";
+	struct pc_wire_msg m;
+	size_t len;
+	int status = 0, err;
+
+	err = pc_tp_recv_msg(d->tp, 0, buf, PC_WIRE_MSG_MAX, &len);
+	if (err)
+		return pc_fail(s, err == -EMSGSIZE ? -EPROTO : err, "handshake: %s",
+			       pc_err_context(s, err));
+	err = pc_wire_decode(buf, len, &m, why, sizeof(why));
+	if (!err && m.type != PC_MSG_HELLO) {
+		err = -EPROTO;
+		snprintf(why, sizeof(why), "expected HELLO, got %s", pc_wire_type_name(m.type));
+	}
+	if (err) {
+		snprintf(text, sizeof(text), "%s", why);
+		send_rec(d, ack, pc_wire_enc_hello_ack(ack, sizeof(ack), 0, err, text));
+		return pc_fail(s, err, "malformed stream: %s", why);
+	}
+	if (m.u.hello.page_size != PRECOPY_PAGE_SIZE) {
+		status = -EPROTO;
+		snprintf(text, sizeof(text), "page size %u, expected %u", m.u.hello.page_size,
+			 PRECOPY_PAGE_SIZE);
+	} else if (m.u.hello.nregions != s->nreg) {
+		status = -EINVAL;
+		snprintf(text, sizeof(text), "source has %u regions, destination %u",
+			 m.u.hello.nregions, s->nreg);
+	} else if (m.u.hello.channels != d->tp->nchan) {
+		status = -EPROTO;
+		snprintf(text, sizeof(text), "HELLO says %u channels, %u connected",
+			 m.u.hello.channels, d->tp->nchan);
+	} else if ((m.u.hello.caps & PC_CAP_REQUIRED) != PC_CAP_REQUIRED) {
+		status = -EPROTO;
+		snprintf(text, sizeof(text), "source lacks required capabilities");
+	}
+	for (unsigned i = 0; !status && i < s->nreg; i++) {
+		if (m.u.hello.region_len[i] != s->reg[i].len) {
+			status = -EINVAL;
+			snprintf(text, sizeof(text),
+				 "region %u is %llu bytes at the source, %zu here", i,
+				 (unsigned long long)m.u.hello.region_len[i], s->reg[i].len);
+		}
+	}
+	for (unsigned i = 0; !status && i < s->nreg; i++) {
+		err = d->tp->ops->expose_region(d->tp, i, s->reg[i].addr, s->reg[i].len);
+		if (err) {
+			status = err;
+			snprintf(text, sizeof(text), "cannot expose region %u: %s", i,
+				 strerror(-err));
+		}
+	}
+	err = send_rec(d, ack, pc_wire_enc_hello_ack(ack, sizeof(ack),
+						     m.u.hello.caps & PC_CAP_ALL, status, text));
+	if (status)
+		return pc_fail(s, status, "refused the source: %s", text);
+	if (err)
+		return pc_fail(s, err, "handshake: %s", pc_err_context(s, err));
+	return 0;
+}
+
+static int incoming(struct dest *d)
+{
+	struct precopy_session *s = d->s;
+	struct pc_transport_opts o = { .channels = 0 };
+	struct pc_transport *tp;
+	int err;
+
+	pc_set_status(s, PRECOPY_STATUS_SETUP);
+	if (atomic_load(&s->cancel))
+		return -ECANCELED;
+	err = s->lst->ops->accept(s->lst, &o, &tp);
+	if (err)
+		return err == -ECANCELED ? err : pc_fail(s, err, "accept: %s", strerror(-err));
+	pthread_mutex_lock(&s->lock);
+	s->tp = tp;
+	pthread_mutex_unlock(&s->lock);
+	d->tp = tp;
+	d->nchan = tp->nchan;
+	if (atomic_load(&s->cancel))
+		return -ECANCELED;
+	for (unsigned c = 0; c < d->nchan; c++) {
+		d->rcv[c].d = d;
+		d->rcv[c].chan = c;
+		d->rcv[c].buf = malloc(PC_WIRE_MSG_MAX);
+		if (!d->rcv[c].buf)
+			return pc_fail(s, -ENOMEM, "out of memory");
+	}
+	err = handshake(d);
+	if (err)
+		return err;
+	pthread_mutex_lock(&s->lock);
+	s->st.setup_time = (pc_now() - s->t_start) / PC_NSEC_PER_MSEC;
+	pthread_mutex_unlock(&s->lock);
+	pc_set_status(s, PRECOPY_STATUS_BULK);
+
+	for (unsigned c = 1; c < d->nchan; c++) {
+		if (pthread_create(&d->rcv[c].thread, NULL, receiver_main, &d->rcv[c])) {
+			set_err(d, -EAGAIN);
+			return pc_fail(s, -EAGAIN, "cannot start a receiver thread");
+		}
+		d->rcv[c].started = true;
+	}
+	err = receive(&d->rcv[0]);
+	if (err < 0)
+		set_err(d, err);
+	return err < 0 ? err : 0;
+}
+
+int pc_dest_run(struct precopy_session *s)
+{
+	struct dest *d = calloc(1, sizeof(*d));
+	int err;
+
+	if (!d)
+		return pc_fail(s, -ENOMEM, "out of memory");
+	d->s = s;
+	d->zero_hash = pc_zero_page_hash();
+	atomic_init(&d->err, 0);
+	atomic_init(&d->finished, false);
+	pthread_mutex_init(&d->mu, NULL);
+	/* Pages never received must not pass as received. */
+	for (unsigned i = 0; i < s->nreg; i++)
+		for (uint64_t p = 0; p < s->reg[i].npages; p++)
+			s->reg[i].hash[p] = ~d->zero_hash;
+
+	err = incoming(d);
+	if (d->tp) {
+		/* Done or failed: wake the other receivers, then forget the
+		 * regions so nothing more can be written into them. */
+		pc_tp_abort(d->tp);
+		for (unsigned c = 1; c < d->nchan; c++)
+			if (d->rcv[c].started)
+				pthread_join(d->rcv[c].thread, NULL);
+		d->tp->ops->unexpose_all(d->tp);
+	}
+	if (!err && atomic_load(&d->err) && !atomic_load(&d->finished))
+		err = atomic_load(&d->err);
+	for (unsigned c = 0; c < PRECOPY_MAX_CHANNELS; c++)
+		free(d->rcv[c].buf);
+	free(d->devstate);
+	pthread_mutex_destroy(&d->mu);
+	free(d);
+	return err;
+}

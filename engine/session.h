@@ -1,0 +1,87 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * session.h - the session object shared by api.c, source.c and dest.c.
+ */
+#ifndef PC_SESSION_H
+#define PC_SESSION_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "dirty.h"
+#include "policy.h"
+#include "precopy.h"
+#include "transport.h"
+#include "wire.h"
+
+/** Pages a channel owns in a row before the next channel's turn. */
+#define PC_CHUNK_WORDS 4 /* 4 bitmap words = 256 pages = 1 MiB */
+
+struct pc_region {
+	uint8_t *addr;
+	size_t len;
+	uint64_t npages;
+	uint64_t word_base;          /**< first word in the session bitmap */
+	enum precopy_dirty_mode mode;
+	struct pc_dirty *dirty;      /**< source: the tracker */
+	uint64_t *free_bm;           /**< source: free-page hints, or NULL */
+	uint64_t *hash;              /**< per-page checksums (both ends) */
+};
+
+enum pc_run_state {
+	PC_IDLE = 0,
+	PC_RUNNING,
+	PC_ENDED,
+};
+
+struct precopy_session {
+	enum precopy_role role;
+	struct precopy_params params;
+	struct precopy_callbacks cb;
+
+	struct pc_region reg[PRECOPY_MAX_REGIONS];
+	unsigned nreg;
+	uint64_t total_pages;
+	uint64_t nwords;             /**< words of the session bitmap */
+	uint16_t *word_region;       /**< bitmap word -> region */
+
+	atomic_int run_state;        /**< enum pc_run_state */
+	atomic_bool cancel;
+
+	/* lock protects: st, tp and lst (for cancel), the error text */
+	pthread_mutex_t lock;
+	struct precopy_stats st;
+	uint64_t t_start;            /**< ns, monotonic */
+	struct pc_transport *tp;
+	struct pc_listener *lst;
+	const struct pc_transport_ops *ops;
+};
+
+/** pc_now() - monotonic nanoseconds. */
+uint64_t pc_now(void);
+
+/** pc_fail() - record the first failure's text; returns @err. */
+int pc_fail(struct precopy_session *s, int err, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/** pc_set_status() - change status under the lock and report progress. */
+void pc_set_status(struct precopy_session *s, enum precopy_status st);
+
+/** pc_progress() - call the progress hook with a fresh snapshot. */
+void pc_progress(struct precopy_session *s);
+
+/** pc_snapshot() - copy the stats (lock held inside). */
+void pc_snapshot(struct precopy_session *s, struct precopy_stats *out);
+
+/** pc_err_context() - why the transport failed, else strerror(-err). */
+const char *pc_err_context(struct precopy_session *s, int err);
+
+/** pc_sleep_ns() - sleep, waking early if the session is cancelled. */
+void pc_sleep_ns(struct precopy_session *s, uint64_t ns);
+
+int pc_source_run(struct precopy_session *s, const char *uri);
+int pc_dest_run(struct precopy_session *s);
+
+#endif /* PC_SESSION_H */

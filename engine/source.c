@@ -1,0 +1,804 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * source.c - the sending end: setup, bulk pass, iterations, switchover.
+ *
+ * Threads: the caller's thread runs the state machine, the dirty syncs and
+ * the policy; one sender thread per channel walks its share of the dirty
+ * bitmap in each pass. The session bitmap holds one bit per page; senders
+ * take a word with an atomic exchange, syncs OR new bits in atomically, so
+ * a page dirtied ahead of the senders goes once in this pass and one
+ * dirtied behind them waits for the next. A page belongs to channel
+ * (word / PC_CHUNK_WORDS) % channels, always the same one, so two copies
+ * of a page never race each other on different channels.
+ *
+ * Each pass ends with ITER_END on every channel; the destination answers
+ * ITER_ACK once all channels got there. The next pass starts after it, so
+ * runs of different passes are never in flight at once.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "page.h"
+#include "session.h"
+
+/** Longest data run in one frame (pages). */
+#define MAX_RUN_PAGES 64
+/** Flush a batch when it holds this much page data. */
+#define BATCH_BYTES (1u << 20)
+
+struct source;
+
+struct sender {
+	struct source *src;
+	unsigned chan;
+	pthread_t thread;
+	bool started;
+	/* batch being built */
+	struct pc_page_run data[PC_WIRE_RUNS_MAX];
+	unsigned ndata;
+	uint64_t data_bytes;
+	uint8_t *msg; /* RUNS record */
+	uint32_t nruns;
+	struct pc_wire_run cur; /* run being extended */
+	bool have_cur;
+	/* counters, folded into the stats by the control thread */
+	_Atomic uint64_t normal, duplicate, free_skipped, bytes, wire;
+};
+
+struct source {
+	struct precopy_session *s;
+	struct pc_transport *tp;
+	unsigned nchan;
+	_Atomic uint64_t *dirty; /* session bitmap */
+	uint64_t *tmp;           /* sync scratch, one region at a time */
+	uint64_t zero_hash;
+
+	pthread_mutex_t plock; /* policy + stats counters */
+	struct pc_policy pol;
+
+	/* pass hand-off */
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	unsigned gen;        /* bumped to start a pass */
+	unsigned done;       /* senders finished with the current pass */
+	bool quit;
+	unsigned iteration;  /* the pass being sent */
+	bool bulk;           /* pass 0: free hints apply */
+	bool final;          /* switchover pass: no throttle */
+	atomic_bool stop_pass; /* the watchdog wants the pass cut short */
+	atomic_int err;      /* first sender error */
+
+	struct sender snd[PRECOPY_MAX_CHANNELS];
+};
+
+static void set_err(struct source *src, int err)
+{
+	int none = 0;
+
+	if (atomic_compare_exchange_strong(&src->err, &none, err) && src->tp)
+		pc_tp_abort(src->tp); /* wake everybody */
+}
+
+/* --- sender side ------------------------------------------------------ */
+
+static int flush_batch(struct sender *sd)
+{
+	struct source *src = sd->src;
+	uint64_t t0, busy, wait;
+	struct iovec v;
+	size_t len;
+	int err = 0;
+
+	if (sd->have_cur) {
+		pc_wire_put_run(sd->msg, sd->nruns++, &sd->cur);
+		sd->have_cur = false;
+	}
+	if (sd->nruns == 0)
+		return 0;
+	len = pc_wire_finish_runs(sd->msg, sd->nruns);
+	v.iov_base = sd->msg;
+	v.iov_len = len;
+	t0 = pc_now();
+	if (sd->ndata)
+		err = pc_tp_write_pages(src->tp, sd->chan, sd->data, sd->ndata);
+	if (!err)
+		err = pc_tp_send_msg(src->tp, sd->chan, &v, 1);
+	busy = pc_now() - t0;
+	if (err)
+		return err;
+
+	pthread_mutex_lock(&src->plock);
+	wait = pc_policy_sent(&src->pol, sd->chan, sd->data_bytes + len, busy, pc_now());
+	pthread_mutex_unlock(&src->plock);
+	sd->wire += sd->data_bytes + len + (uint64_t)sd->ndata * 24;
+	sd->bytes += sd->data_bytes;
+	sd->ndata = 0;
+	sd->data_bytes = 0;
+	sd->nruns = 0;
+	pc_wire_enc_runs_hdr(sd->msg, PC_WIRE_MSG_MAX, src->iteration);
+	if (wait && !src->final)
+		pc_sleep_ns(src->s, wait);
+	return 0;
+}
+
+/* Append one page of @kind to the batch, extending the current run. */
+static int add_page(struct sender *sd, unsigned r, uint64_t page, uint32_t kind)
+{
+	struct pc_region *reg = &sd->src->s->reg[r];
+	int err;
+
+	if (sd->have_cur && sd->cur.region == r && sd->cur.kind == kind &&
+	    sd->cur.first_page + sd->cur.npages == page &&
+	    (kind != PC_RUN_DATA || sd->cur.npages < MAX_RUN_PAGES)) {
+		sd->cur.npages++;
+		if (kind == PC_RUN_DATA) {
+			sd->data[sd->ndata - 1].len += PRECOPY_PAGE_SIZE;
+			sd->data_bytes += PRECOPY_PAGE_SIZE;
+		}
+		return 0;
+	}
+	if (sd->have_cur) {
+		pc_wire_put_run(sd->msg, sd->nruns++, &sd->cur);
+		sd->have_cur = false;
+	}
+	if (sd->nruns == PC_WIRE_RUNS_MAX || sd->data_bytes >= BATCH_BYTES) {
+		err = flush_batch(sd);
+		if (err)
+			return err;
+	}
+	sd->cur = (struct pc_wire_run){ r, kind, page, 1 };
+	sd->have_cur = true;
+	if (kind == PC_RUN_DATA) {
+		sd->data[sd->ndata++] = (struct pc_page_run){
+			.src = reg->addr + page * PRECOPY_PAGE_SIZE,
+			.region = r,
+			.offset = page * PRECOPY_PAGE_SIZE,
+			.len = PRECOPY_PAGE_SIZE,
+		};
+		sd->data_bytes += PRECOPY_PAGE_SIZE;
+	}
+	return 0;
+}
+
+static int send_word(struct sender *sd, uint64_t w, uint64_t bits)
+{
+	struct source *src = sd->src;
+	unsigned r = src->s->word_region[w];
+	struct pc_region *reg = &src->s->reg[r];
+	uint64_t base = (w - reg->word_base) * 64;
+	int err;
+
+	while (bits) {
+		unsigned b = (unsigned)__builtin_ctzll(bits);
+		uint64_t page = base + b;
+		uint32_t kind;
+		uint64_t h;
+
+		bits &= bits - 1;
+		if (page >= reg->npages)
+			break;
+		if (src->bulk && reg->free_bm && (reg->free_bm[page / 64] >> (page % 64) & 1)) {
+			kind = PC_RUN_FREE;
+			h = src->zero_hash;
+			sd->free_skipped++;
+		} else if (pc_page_scan(reg->addr + page * PRECOPY_PAGE_SIZE, &h)) {
+			kind = PC_RUN_ZERO;
+			sd->duplicate++;
+		} else {
+			kind = PC_RUN_DATA;
+			sd->normal++;
+		}
+		reg->hash[page] = h;
+		err = add_page(sd, r, page, kind);
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+static int send_pass(struct sender *sd)
+{
+	struct source *src = sd->src;
+	uint64_t nchunks = (src->s->nwords + PC_CHUNK_WORDS - 1) / PC_CHUNK_WORDS;
+	uint8_t end[PC_WIRE_HDR + 8];
+	struct iovec v = { end, sizeof(end) };
+	int err;
+
+	pc_wire_enc_runs_hdr(sd->msg, PC_WIRE_MSG_MAX, src->iteration);
+	sd->nruns = 0;
+	sd->ndata = 0;
+	sd->data_bytes = 0;
+	sd->have_cur = false;
+	for (uint64_t c = sd->chan; c < nchunks; c += src->nchan) {
+		uint64_t w0 = c * PC_CHUNK_WORDS;
+		uint64_t w1 = w0 + PC_CHUNK_WORDS < src->s->nwords ? w0 + PC_CHUNK_WORDS
+								      : src->s->nwords;
+
+		if (atomic_load(&src->err))
+			return atomic_load(&src->err);
+		if (atomic_load(&src->stop_pass) && !src->final)
+			break;
+		for (uint64_t w = w0; w < w1; w++) {
+			uint64_t bits = atomic_load_explicit(&src->dirty[w], memory_order_relaxed);
+
+			if (!bits)
+				continue;
+			bits = atomic_exchange(&src->dirty[w], 0);
+			err = send_word(sd, w, bits);
+			if (err)
+				return err;
+		}
+	}
+	err = flush_batch(sd);
+	if (err)
+		return err;
+	pc_wire_enc_iter_end(end, sizeof(end), src->iteration, sd->chan);
+	return pc_tp_send_msg(src->tp, sd->chan, &v, 1);
+}
+
+static void *sender_main(void *arg)
+{
+	struct sender *sd = arg;
+	struct source *src = sd->src;
+	unsigned seen = 0;
+
+	for (;;) {
+		int err;
+
+		pthread_mutex_lock(&src->mu);
+		while (src->gen == seen && !src->quit)
+			pthread_cond_wait(&src->cv, &src->mu);
+		if (src->quit) {
+			pthread_mutex_unlock(&src->mu);
+			return NULL;
+		}
+		seen = src->gen;
+		pthread_mutex_unlock(&src->mu);
+
+		err = send_pass(sd);
+		if (err)
+			set_err(src, err);
+
+		pthread_mutex_lock(&src->mu);
+		src->done++;
+		pthread_cond_broadcast(&src->cv);
+		pthread_mutex_unlock(&src->mu);
+	}
+}
+
+/* --- control side ----------------------------------------------------- */
+
+/* Fold the counters of the senders into the stats. */
+static void fold_counters(struct source *src)
+{
+	struct precopy_stats *st = &src->s->st;
+
+	pthread_mutex_lock(&src->s->lock);
+	for (unsigned c = 0; c < src->nchan; c++) {
+		struct sender *sd = &src->snd[c];
+
+		st->normal += atomic_exchange(&sd->normal, 0);
+		st->duplicate += atomic_exchange(&sd->duplicate, 0);
+		st->free_skipped += atomic_exchange(&sd->free_skipped, 0);
+		st->normal_bytes += atomic_exchange(&sd->bytes, 0);
+		st->transferred += atomic_exchange(&sd->wire, 0);
+	}
+	pthread_mutex_unlock(&src->s->lock);
+}
+
+static uint64_t count_dirty(struct source *src)
+{
+	uint64_t n = 0;
+
+	for (uint64_t w = 0; w < src->s->nwords; w++)
+		n += (uint64_t)__builtin_popcountll(
+			atomic_load_explicit(&src->dirty[w], memory_order_relaxed));
+	return n;
+}
+
+/* Sync every region's dirty log into the session bitmap; feed the policy. */
+static int sync_dirty(struct source *src, uint64_t *newly)
+{
+	struct precopy_session *s = src->s;
+	uint64_t t0 = pc_now(), added = 0;
+	unsigned pct, old;
+
+	for (unsigned i = 0; i < s->nreg; i++) {
+		struct pc_region *r = &s->reg[i];
+		uint64_t nw = (r->npages + 63) / 64;
+		int64_t n;
+
+		memset(src->tmp, 0, nw * sizeof(uint64_t));
+		n = pc_dirty_sync(r->dirty, src->tmp);
+		if (n < 0)
+			return pc_fail(s, (int)n, "dirty log sync of region %u failed: %s", i,
+				       strerror((int)-n));
+		if (n == 0)
+			continue;
+		for (uint64_t w = 0; w < nw; w++) {
+			uint64_t b = src->tmp[w], old_bits;
+
+			if (!b)
+				continue;
+			old_bits = atomic_fetch_or(&src->dirty[r->word_base + w], b);
+			added += (uint64_t)__builtin_popcountll(b & ~old_bits);
+		}
+	}
+	pthread_mutex_lock(&src->plock);
+	old = src->pol.throttle.pct;
+	pct = pc_policy_synced(&src->pol, added * PRECOPY_PAGE_SIZE, pc_now() - t0, pc_now());
+	pthread_mutex_unlock(&src->plock);
+
+	pthread_mutex_lock(&s->lock);
+	s->st.dirty_sync_count++;
+	s->st.cpu_throttle_percentage = pct;
+	pthread_mutex_unlock(&s->lock);
+	if (pct != old && s->cb.set_throttle) {
+		int err = s->cb.set_throttle(s->cb.opaque, pct);
+
+		if (err)
+			return pc_fail(s, err, "set_throttle(%u) failed", pct);
+	}
+	if (newly)
+		*newly = added;
+	return 0;
+}
+
+static void update_live_stats(struct source *src)
+{
+	struct precopy_session *s = src->s;
+	uint64_t remaining = count_dirty(src) * PRECOPY_PAGE_SIZE;
+	double busy, wall;
+
+	pthread_mutex_lock(&src->plock);
+	busy = pc_policy_bw_busy(&src->pol);
+	wall = pc_policy_bw_wall(&src->pol);
+	pthread_mutex_unlock(&src->plock);
+	pthread_mutex_lock(&s->lock);
+	s->st.remaining = remaining;
+	s->st.bandwidth_busy = (uint64_t)busy;
+	s->st.bandwidth_wall = (uint64_t)wall;
+	s->st.mbps = busy * 8 / 1e6;
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* Wait for an ITER_ACK of @iteration on channel 0. */
+static int wait_ack(struct source *src, unsigned iteration)
+{
+	struct precopy_session *s = src->s;
+	uint8_t buf[PC_WIRE_HDR + 8 + PC_WIRE_TEXT_MAX];
+	struct pc_wire_msg m;
+	char why[160];
+	size_t len;
+	int err;
+
+	err = pc_tp_recv_msg(src->tp, 0, buf, sizeof(buf), &len);
+	if (err)
+		return pc_fail(s, err, "waiting for the destination: %s", pc_err_context(s, err));
+	err = pc_wire_decode(buf, len, &m, why, sizeof(why));
+	if (err)
+		return pc_fail(s, err, "malformed reply from destination: %s", why);
+	if (m.type == PC_MSG_ERROR)
+		return pc_fail(s, m.u.result.status ? m.u.result.status : -EIO,
+			       "destination failed: %s", m.u.result.text);
+	if (m.type != PC_MSG_ITER_ACK || m.u.iter_ack.iteration != iteration)
+		return pc_fail(s, -EPROTO, "destination sent %s, expected ITER_ACK %u",
+			       pc_wire_type_name(m.type), iteration);
+	return 0;
+}
+
+/* Run one pass with all senders; the caller's thread syncs and ticks. */
+static int run_pass(struct source *src, unsigned iteration, enum pc_decision *tick)
+{
+	struct precopy_session *s = src->s;
+	uint64_t last_sync = pc_now(), last_progress = 0;
+	int err;
+
+	pthread_mutex_lock(&src->mu);
+	src->iteration = iteration;
+	src->done = 0;
+	src->gen++;
+	pthread_cond_broadcast(&src->cv);
+	while (src->done < src->nchan) {
+		struct timespec ts;
+		uint64_t now;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 100 * 1000 * 1000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&src->cv, &src->mu, &ts);
+		if (src->done >= src->nchan)
+			break;
+		pthread_mutex_unlock(&src->mu);
+
+		now = pc_now();
+		if (!src->final) {
+			enum pc_decision d;
+
+			/* Periodic sync: auto-converge judges periods, not passes. */
+			if (now - last_sync >= PC_THROTTLE_PERIOD_NS) {
+				err = sync_dirty(src, NULL);
+				if (err)
+					set_err(src, err);
+				last_sync = now;
+			}
+			pthread_mutex_lock(&src->plock);
+			d = pc_policy_tick(&src->pol, now);
+			pthread_mutex_unlock(&src->plock);
+			if (d != PC_CONTINUE && tick && *tick == PC_CONTINUE) {
+				*tick = d;
+				atomic_store(&src->stop_pass, true);
+			}
+		}
+		if (now - last_progress >= 100 * PC_NSEC_PER_MSEC) {
+			fold_counters(src);
+			update_live_stats(src);
+			pc_progress(s);
+			last_progress = now;
+		}
+		pthread_mutex_lock(&src->mu);
+	}
+	pthread_mutex_unlock(&src->mu);
+	fold_counters(src);
+	if (atomic_load(&src->err))
+		return atomic_load(&src->err);
+	if (atomic_load(&s->cancel))
+		return -ECANCELED;
+	return wait_ack(src, iteration);
+}
+
+static int send_device_state(struct source *src)
+{
+	struct precopy_session *s = src->s;
+	uint8_t hdr[PC_WIRE_HDR + 24];
+	void *buf = NULL;
+	size_t len = 0, off = 0;
+	int err;
+
+	if (!s->cb.save_device_state)
+		return 0;
+	err = s->cb.save_device_state(s->cb.opaque, &buf, &len);
+	if (err)
+		return pc_fail(s, err, "save_device_state failed: %s", strerror(-err));
+	if (len > PC_WIRE_DEVSTATE_MAX) {
+		free(buf);
+		return pc_fail(s, -EFBIG, "device state of %zu bytes exceeds the limit", len);
+	}
+	do {
+		uint32_t n = (uint32_t)(len - off < PC_WIRE_DEVSTATE_CHUNK ? len - off
+									    : PC_WIRE_DEVSTATE_CHUNK);
+		struct iovec v[2] = { { hdr, sizeof(hdr) }, { (uint8_t *)buf + off, n } };
+
+		pc_wire_enc_devstate_hdr(hdr, sizeof(hdr), len, off, n);
+		err = pc_tp_send_msg(src->tp, 0, v, n ? 2 : 1);
+		off += n;
+	} while (!err && off < len);
+	free(buf);
+	pthread_mutex_lock(&s->lock);
+	s->st.transferred += len;
+	pthread_mutex_unlock(&s->lock);
+	if (err)
+		return pc_fail(s, err, "sending device state: %s", pc_err_context(s, err));
+	return 0;
+}
+
+static int complete(struct source *src)
+{
+	struct precopy_session *s = src->s;
+	uint64_t npages[PRECOPY_MAX_REGIONS], hash[PRECOPY_MAX_REGIONS];
+	uint8_t buf[PC_WIRE_HDR + 8 + 16 * PRECOPY_MAX_REGIONS];
+	uint8_t rbuf[PC_WIRE_HDR + 8 + PC_WIRE_TEXT_MAX];
+	struct pc_wire_msg m;
+	struct iovec v = { buf, 0 };
+	char why[160];
+	size_t len;
+	int n, err;
+
+	for (unsigned i = 0; i < s->nreg; i++) {
+		npages[i] = s->reg[i].npages;
+		hash[i] = pc_hash_combine(s->reg[i].hash, s->reg[i].npages);
+	}
+	n = pc_wire_enc_complete(buf, sizeof(buf), s->nreg, npages, hash);
+	if (n < 0)
+		return pc_fail(s, n, "encoding COMPLETE");
+	v.iov_len = (size_t)n;
+	err = pc_tp_send_msg(src->tp, 0, &v, 1);
+	if (err)
+		return pc_fail(s, err, "sending COMPLETE: %s", pc_err_context(s, err));
+	err = pc_tp_recv_msg(src->tp, 0, rbuf, sizeof(rbuf), &len);
+	if (err)
+		return pc_fail(s, err, "waiting for the destination's verdict: %s",
+			       pc_err_context(s, err));
+	err = pc_wire_decode(rbuf, len, &m, why, sizeof(why));
+	if (err)
+		return pc_fail(s, err, "malformed verdict from destination: %s", why);
+	if (m.type != PC_MSG_RESULT && m.type != PC_MSG_ERROR)
+		return pc_fail(s, -EPROTO, "destination sent %s, expected RESULT",
+			       pc_wire_type_name(m.type));
+	if (m.u.result.status)
+		return pc_fail(s, m.u.result.status, "destination refused: %s", m.u.result.text);
+	return 0;
+}
+
+static int handshake(struct source *src)
+{
+	struct precopy_session *s = src->s;
+	uint64_t lens[PRECOPY_MAX_REGIONS];
+	uint8_t buf[PC_WIRE_HDR + 32 + 8 * PRECOPY_MAX_REGIONS];
+	struct iovec v = { buf, 0 };
+	struct pc_wire_msg m;
+	char why[160];
+	size_t len;
+	int n, err;
+
+	for (unsigned i = 0; i < s->nreg; i++)
+		lens[i] = s->reg[i].len;
+	n = pc_wire_enc_hello(buf, sizeof(buf), PC_CAP_ALL, s->nreg, lens, src->nchan);
+	if (n < 0)
+		return pc_fail(s, n, "encoding HELLO");
+	v.iov_len = (size_t)n;
+	err = pc_tp_send_msg(src->tp, 0, &v, 1);
+	if (!err)
+		err = pc_tp_recv_msg(src->tp, 0, buf, sizeof(buf), &len);
+	if (err)
+		return pc_fail(s, err, "handshake: %s", pc_err_context(s, err));
+	err = pc_wire_decode(buf, len, &m, why, sizeof(why));
+	if (err)
+		return pc_fail(s, err, "handshake: %s", why);
+	if (m.type != PC_MSG_HELLO_ACK)
+		return pc_fail(s, -EPROTO, "handshake: destination sent %s",
+			       pc_wire_type_name(m.type));
+	if (m.u.hello_ack.status)
+		return pc_fail(s, m.u.hello_ack.status, "destination refused: %s",
+			       m.u.hello_ack.text);
+	if ((m.u.hello_ack.caps & PC_CAP_REQUIRED) != PC_CAP_REQUIRED)
+		return pc_fail(s, -EPROTO, "destination lacks required capabilities (0x%llx)",
+			       (unsigned long long)m.u.hello_ack.caps);
+	return 0;
+}
+
+/* Best effort: tell the destination why we give up. */
+static void send_error(struct source *src, int err)
+{
+	uint8_t buf[PC_WIRE_HDR + 8 + PC_WIRE_TEXT_MAX];
+	char text[PRECOPY_ERRMSG_MAX];
+	struct iovec v = { buf, 0 };
+	int n;
+
+	precopy_strerror(src->s, text, sizeof(text));
+	n = pc_wire_enc_result(buf, sizeof(buf), PC_MSG_ERROR, err, text);
+	if (n > 0) {
+		v.iov_len = (size_t)n;
+		pc_tp_send_msg(src->tp, 0, &v, 1);
+	}
+}
+
+static int migrate(struct source *src, const char *uri)
+{
+	struct precopy_session *s = src->s;
+	const struct pc_transport_ops *ops;
+	struct pc_transport_opts o = { .channels = src->nchan };
+	struct pc_transport *tp;
+	const char *rest;
+	enum pc_decision d = PC_CONTINUE;
+	bool stopped = false, forced = false;
+	uint64_t t_setup, t_stop = 0;
+	unsigned iter = 0;
+	int err;
+
+	pc_set_status(s, PRECOPY_STATUS_SETUP);
+	err = pc_transport_split_uri(uri, &ops, &rest);
+	if (err)
+		return pc_fail(s, err, "bad destination URI '%s' (expected %s:HOST:PORT)", uri,
+			       pc_transport_schemes());
+	if (atomic_load(&s->cancel))
+		return -ECANCELED;
+	err = ops->connect(rest, &o, &tp);
+	if (err)
+		return pc_fail(s, err, "connecting to %s: %s", uri, strerror(-err));
+	pthread_mutex_lock(&s->lock);
+	s->tp = tp;
+	pthread_mutex_unlock(&s->lock);
+	src->tp = tp;
+	if (atomic_load(&s->cancel))
+		return -ECANCELED;
+	err = handshake(src);
+	if (err)
+		return err;
+	for (unsigned i = 0; i < s->nreg; i++) {
+		err = tp->ops->reg_local(tp, s->reg[i].addr, s->reg[i].len);
+		if (err)
+			return pc_fail(s, err, "registering region %u: %s", i, strerror(-err));
+	}
+
+	/* Arm the dirty log before the first page is read, then send all. */
+	for (unsigned i = 0; i < s->nreg; i++) {
+		err = pc_dirty_start(s->reg[i].dirty);
+		if (err)
+			return pc_fail(s, err, "arming the dirty log of region %u: %s", i,
+				       strerror(-err));
+	}
+	for (unsigned i = 0; i < s->nreg; i++) {
+		struct pc_region *r = &s->reg[i];
+
+		for (uint64_t p = 0; p < r->npages; p += 64) {
+			uint64_t n = r->npages - p < 64 ? r->npages - p : 64;
+
+			atomic_store(&src->dirty[r->word_base + p / 64],
+				     n == 64 ? ~0ull : (1ull << n) - 1);
+		}
+	}
+	t_setup = pc_now();
+	pthread_mutex_lock(&s->lock);
+	s->st.setup_time = (t_setup - s->t_start) / PC_NSEC_PER_MSEC;
+	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_lock(&src->plock);
+	pc_policy_init(&src->pol, &s->params, t_setup);
+	pthread_mutex_unlock(&src->plock);
+	pc_set_status(s, PRECOPY_STATUS_BULK);
+
+	for (;;) {
+		uint64_t before, newly = 0, t_pass = pc_now();
+
+		src->bulk = iter == 0;
+		err = run_pass(src, iter, &d);
+		if (err)
+			goto fail;
+		err = sync_dirty(src, &newly);
+		if (err)
+			goto fail;
+		before = count_dirty(src);
+		update_live_stats(src);
+		pthread_mutex_lock(&src->plock);
+		if (d == PC_CONTINUE)
+			d = pc_policy_pass_end(&src->pol, iter, before * PRECOPY_PAGE_SIZE,
+					       pc_now());
+		pthread_mutex_unlock(&src->plock);
+		pthread_mutex_lock(&s->lock);
+		s->st.expected_downtime = src->pol.expected_downtime_ns / PC_NSEC_PER_MSEC;
+		s->st.iteration = iter;
+		if (pc_now() > t_pass)
+			s->st.dirty_pages_rate =
+				newly * PC_NSEC_PER_SEC / (pc_now() - t_pass);
+		pthread_mutex_unlock(&s->lock);
+		if (d == PC_SWITCHOVER || d == PC_FORCE)
+			break;
+		if (d == PC_ABORT) {
+			err = pc_fail(s, -ETIMEDOUT, "watchdog: %s; migration aborted, guest keeps running",
+				      pc_wd_reason(src->pol.last_verdict));
+			goto fail;
+		}
+		iter++;
+		if (iter == 1)
+			pc_set_status(s, PRECOPY_STATUS_ITERATE);
+	}
+	forced = d == PC_FORCE;
+
+	/* Switchover: stop the guest, send what is left, unthrottled. */
+	pc_set_status(s, PRECOPY_STATUS_SWITCHOVER);
+	pthread_mutex_lock(&src->plock);
+	pc_policy_set_switchover(&src->pol);
+	pthread_mutex_unlock(&src->plock);
+	t_stop = pc_now();
+	if (s->cb.stop_vm) {
+		err = s->cb.stop_vm(s->cb.opaque);
+		if (err) {
+			pc_fail(s, err, "stop_vm failed: %s", strerror(-err));
+			goto fail;
+		}
+	}
+	stopped = true;
+	err = sync_dirty(src, NULL);
+	if (err)
+		goto fail;
+	src->final = true;
+	src->bulk = false;
+	atomic_store(&src->stop_pass, false);
+	err = run_pass(src, ++iter, NULL);
+	if (err)
+		goto fail;
+	err = send_device_state(src);
+	if (err)
+		goto fail;
+	err = complete(src);
+	if (err)
+		goto fail;
+	pthread_mutex_lock(&s->lock);
+	s->st.downtime = (pc_now() - t_stop) / PC_NSEC_PER_MSEC;
+	s->st.remaining = 0;
+	s->st.iteration = iter;
+	s->st.forced_switchover = forced;
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+
+fail:
+	if (atomic_load(&s->cancel))
+		err = -ECANCELED;
+	if (err != -ECANCELED && !atomic_load(&src->err))
+		send_error(src, err);
+	if (err == -ECANCELED || atomic_load(&src->err) == -ECANCELED)
+		err = -ECANCELED;
+	else if (atomic_load(&src->err) && !s->st.error[0])
+		pc_fail(s, atomic_load(&src->err), "sending pages: %s",
+			pc_err_context(s, atomic_load(&src->err)));
+	if (src->pol.throttle.pct && s->cb.set_throttle)
+		s->cb.set_throttle(s->cb.opaque, 0);
+	if (stopped && s->cb.resume_vm)
+		s->cb.resume_vm(s->cb.opaque);
+	return err;
+}
+
+int pc_source_run(struct precopy_session *s, const char *uri)
+{
+	struct source *src;
+	uint64_t maxw = 0;
+	int err = 0;
+
+	src = calloc(1, sizeof(*src));
+	if (!src)
+		return pc_fail(s, -ENOMEM, "out of memory");
+	src->s = s;
+	src->nchan = s->params.channels;
+	src->zero_hash = pc_zero_page_hash();
+	atomic_init(&src->err, 0);
+	atomic_init(&src->stop_pass, false);
+	pthread_mutex_init(&src->plock, NULL);
+	pthread_mutex_init(&src->mu, NULL);
+	pthread_cond_init(&src->cv, NULL);
+	for (unsigned i = 0; i < s->nreg; i++)
+		if ((s->reg[i].npages + 63) / 64 > maxw)
+			maxw = (s->reg[i].npages + 63) / 64;
+	src->dirty = calloc(s->nwords, sizeof(*src->dirty));
+	src->tmp = calloc(maxw, sizeof(uint64_t));
+	if (!src->dirty || !src->tmp) {
+		err = pc_fail(s, -ENOMEM, "out of memory for the dirty bitmap");
+		goto out_free;
+	}
+	for (unsigned c = 0; c < src->nchan; c++) {
+		struct sender *sd = &src->snd[c];
+
+		sd->src = src;
+		sd->chan = c;
+		sd->msg = malloc(PC_WIRE_MSG_MAX);
+		if (!sd->msg) {
+			err = pc_fail(s, -ENOMEM, "out of memory");
+			goto out_threads;
+		}
+		if (pthread_create(&sd->thread, NULL, sender_main, sd)) {
+			err = pc_fail(s, -EAGAIN, "cannot start a sender thread");
+			goto out_threads;
+		}
+		sd->started = true;
+	}
+
+	err = migrate(src, uri);
+
+out_threads:
+	if (err && src->tp)
+		pc_tp_abort(src->tp);
+	pthread_mutex_lock(&src->mu);
+	src->quit = true;
+	pthread_cond_broadcast(&src->cv);
+	pthread_mutex_unlock(&src->mu);
+	for (unsigned c = 0; c < src->nchan; c++) {
+		if (src->snd[c].started)
+			pthread_join(src->snd[c].thread, NULL);
+		free(src->snd[c].msg);
+	}
+out_free:
+	/* Stop tracking: the guest's memory goes back to plain memory. */
+	for (unsigned i = 0; i < s->nreg; i++)
+		pc_dirty_delete(&s->reg[i].dirty);
+	pthread_cond_destroy(&src->cv);
+	pthread_mutex_destroy(&src->mu);
+	pthread_mutex_destroy(&src->plock);
+	free(src->dirty);
+	free(src->tmp);
+	free(src);
+	return err;
+}

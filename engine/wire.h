@@ -1,0 +1,165 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * wire.h - the engine's records, as they travel inside transport messages.
+ *
+ * Every record: le16 type, le16 zero, le32 payload length, payload. All
+ * integers little-endian. The decoder treats its input as untrusted: every
+ * length is checked against what was received before use, and reserved
+ * fields must be zero. Semantic checks that need the session's regions
+ * (a page inside a registered region) are the engine's.
+ *
+ *   HELLO        src->dst  ch0  magic "PCPY", version, capabilities,
+ *                                page size, regions (lengths), channels
+ *   HELLO_ACK    dst->src  ch0  version, capabilities accepted, status, text
+ *   RUNS         src->dst  any  pages of one pass now in place: data runs
+ *                                (contents already written), zero runs and
+ *                                free runs (destination makes them zero)
+ *   ITER_END     src->dst  each end of a pass on that channel
+ *   ITER_ACK     dst->src  ch0  every channel reached the end of the pass
+ *   DEVICE_STATE src->dst  ch0  a piece of the device state blob
+ *   COMPLETE     src->dst  ch0  per-region page count and checksum
+ *   RESULT       dst->src  ch0  0 = verified and running, else -errno + text
+ *   ERROR        either    ch0  the sender gives up: -errno + text
+ */
+#ifndef PC_WIRE_H
+#define PC_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "precopy.h"
+
+#define PC_WIRE_MAGIC 0x59504350u /* "PCPY" */
+#define PC_WIRE_MAJOR 1
+#define PC_WIRE_MINOR 0
+#define PC_WIRE_HDR 8
+
+/* Capabilities, negotiated at HELLO: the destination answers with the
+ * intersection; the source fails if a required one is missing. */
+#define PC_CAP_ZERO_RUNS (1ull << 0)  /* zero pages as run records */
+#define PC_CAP_PAGE_HASH (1ull << 1)  /* per-page checksums, COMPLETE */
+#define PC_CAP_FREE_RUNS (1ull << 2)  /* free-page hint runs */
+#define PC_CAP_REQUIRED (PC_CAP_ZERO_RUNS | PC_CAP_PAGE_HASH)
+#define PC_CAP_ALL (PC_CAP_ZERO_RUNS | PC_CAP_PAGE_HASH | PC_CAP_FREE_RUNS)
+
+enum pc_wire_type {
+	PC_MSG_HELLO = 1,
+	PC_MSG_HELLO_ACK,
+	PC_MSG_RUNS,
+	PC_MSG_ITER_END,
+	PC_MSG_ITER_ACK,
+	PC_MSG_DEVICE_STATE,
+	PC_MSG_COMPLETE,
+	PC_MSG_RESULT,
+	PC_MSG_ERROR,
+	PC_MSG_TYPE_MAX = PC_MSG_ERROR,
+};
+
+enum pc_run_kind {
+	PC_RUN_DATA = 1,
+	PC_RUN_ZERO = 2,
+	PC_RUN_FREE = 3,
+};
+
+#define PC_WIRE_RUN_SIZE 24
+#define PC_WIRE_TEXT_MAX 200
+/** Most entries in one RUNS record. */
+#define PC_WIRE_RUNS_MAX 1024
+/** Most bytes of device state in one DEVICE_STATE record. */
+#define PC_WIRE_DEVSTATE_CHUNK (512u * 1024)
+/** Largest device state accepted. */
+#define PC_WIRE_DEVSTATE_MAX (256ull << 20)
+/** Largest record. */
+#define PC_WIRE_MSG_MAX (PC_WIRE_HDR + 24 + PC_WIRE_DEVSTATE_CHUNK)
+
+struct pc_wire_run {
+	uint32_t region;
+	uint32_t kind; /* enum pc_run_kind */
+	uint64_t first_page;
+	uint64_t npages;
+};
+
+struct pc_wire_msg {
+	uint16_t type;
+	union {
+		struct {
+			uint16_t major, minor;
+			uint64_t caps;
+			uint32_t page_size, nregions, channels;
+			uint64_t region_len[PRECOPY_MAX_REGIONS];
+		} hello;
+		struct {
+			uint16_t major, minor;
+			uint64_t caps;
+			int32_t status;
+			char text[PC_WIRE_TEXT_MAX + 1];
+		} hello_ack;
+		struct {
+			uint32_t iteration, count;
+			const uint8_t *entries; /* count * PC_WIRE_RUN_SIZE, in the input */
+		} runs;
+		struct {
+			uint32_t iteration, channel;
+		} iter_end;
+		struct {
+			uint32_t iteration;
+		} iter_ack;
+		struct {
+			uint64_t total, offset;
+			const uint8_t *data; /* in the input */
+			uint32_t len;
+		} devstate;
+		struct {
+			uint32_t nregions;
+			uint64_t npages[PRECOPY_MAX_REGIONS];
+			uint64_t hash[PRECOPY_MAX_REGIONS];
+		} complete;
+		struct {
+			int32_t status;
+			char text[PC_WIRE_TEXT_MAX + 1];
+		} result; /* also ERROR */
+	} u;
+};
+
+/** pc_wire_type_name() - "HELLO"... or "unknown"; never NULL. */
+const char *pc_wire_type_name(unsigned type);
+
+/*
+ * Encoders write one record into @buf (@cap bytes) and return its length,
+ * or -ENOSPC if it does not fit, -EINVAL for arguments out of range.
+ */
+int pc_wire_enc_hello(uint8_t *buf, size_t cap, uint64_t caps, uint32_t nregions,
+		      const uint64_t *region_len, uint32_t channels);
+int pc_wire_enc_hello_ack(uint8_t *buf, size_t cap, uint64_t caps, int32_t status,
+			  const char *text);
+/** RUNS header only; append entries with pc_wire_put_run() and then
+ *  pc_wire_finish_runs() to fix the length and count. */
+int pc_wire_enc_runs_hdr(uint8_t *buf, size_t cap, uint32_t iteration);
+void pc_wire_put_run(uint8_t *buf, uint32_t index, const struct pc_wire_run *r);
+/** Return: the record's length with @count entries. */
+size_t pc_wire_finish_runs(uint8_t *buf, uint32_t count);
+int pc_wire_enc_iter_end(uint8_t *buf, size_t cap, uint32_t iteration, uint32_t channel);
+int pc_wire_enc_iter_ack(uint8_t *buf, size_t cap, uint32_t iteration);
+/** DEVICE_STATE header (24 bytes after the record header); the @len bytes
+ *  of data follow it in the same message (send them from their buffer). */
+int pc_wire_enc_devstate_hdr(uint8_t *buf, size_t cap, uint64_t total, uint64_t offset,
+			     uint32_t len);
+int pc_wire_enc_complete(uint8_t *buf, size_t cap, uint32_t nregions, const uint64_t *npages,
+			 const uint64_t *hash);
+int pc_wire_enc_result(uint8_t *buf, size_t cap, unsigned type, int32_t status,
+		       const char *text);
+
+/**
+ * pc_wire_decode() - parse one record of @len bytes. Pointers in @out
+ * point into @buf. Return: 0; -EPROTO with a description in @why for
+ * anything malformed (bad magic or version, a length that disagrees with
+ * what was received, an unknown type, a count out of range, reserved bits
+ * set).
+ */
+int pc_wire_decode(const uint8_t *buf, size_t len, struct pc_wire_msg *out, char *why,
+		   size_t whylen);
+
+/** pc_wire_get_run() - entry @i of a decoded RUNS record. */
+void pc_wire_get_run(const uint8_t *entries, uint32_t i, struct pc_wire_run *r);
+
+#endif /* PC_WIRE_H */

@@ -1,0 +1,358 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * stream.c - messages and page runs framed onto byte-stream channels.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "stream.h"
+
+#define RBUF_SIZE (256u * 1024)
+#define RUNS_PER_WRITE 256 /* 2 iovecs a run; well under IOV_MAX */
+
+static void set_why(struct pc_stream *s, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void set_why(struct pc_stream *s, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (s->base.why[0])
+		return;
+	va_start(ap, fmt);
+	vsnprintf(s->base.why, sizeof(s->base.why), fmt, ap);
+	va_end(ap);
+}
+
+int pc_stream_init(struct pc_stream *s, const struct pc_transport_ops *ops, const int *fds,
+		   unsigned nchan)
+{
+	unsigned i;
+
+	if (!s || !ops || !fds || nchan == 0 || nchan > PRECOPY_MAX_CHANNELS)
+		return -EINVAL;
+	memset(s, 0, sizeof(*s));
+	s->base.ops = ops;
+	s->base.nchan = nchan;
+	atomic_init(&s->aborted, false);
+	for (i = 0; i < PRECOPY_MAX_CHANNELS; i++)
+		s->ch[i].fd = -1;
+	for (i = 0; i < nchan; i++) {
+		s->ch[i].rbuf = malloc(RBUF_SIZE);
+		if (!s->ch[i].rbuf)
+			goto err_free;
+		pthread_mutex_init(&s->ch[i].send_lock, NULL);
+	}
+	for (i = 0; i < nchan; i++)
+		s->ch[i].fd = fds[i];
+	return 0;
+
+err_free:
+	while (i--) {
+		pthread_mutex_destroy(&s->ch[i].send_lock);
+		free(s->ch[i].rbuf);
+	}
+	return -ENOMEM;
+}
+
+void pc_stream_fini(struct pc_stream *s)
+{
+	for (unsigned i = 0; i < s->base.nchan; i++) {
+		if (s->ch[i].fd >= 0)
+			close(s->ch[i].fd);
+		pthread_mutex_destroy(&s->ch[i].send_lock);
+		free(s->ch[i].rbuf);
+		s->ch[i].fd = -1;
+		s->ch[i].rbuf = NULL;
+	}
+}
+
+int pc_stream_abort(struct pc_transport *t)
+{
+	struct pc_stream *s = (struct pc_stream *)t;
+
+	atomic_store(&s->aborted, true);
+	/* shutdown() wakes blocked send/recv without closing the fds, so no
+	 * fd number can be reused while another thread still uses it. */
+	for (unsigned i = 0; i < t->nchan; i++)
+		if (s->ch[i].fd >= 0)
+			shutdown(s->ch[i].fd, SHUT_RDWR);
+	return 0;
+}
+
+int pc_stream_expose_region(struct pc_transport *t, uint32_t id, void *addr, size_t len)
+{
+	struct pc_stream *s = (struct pc_stream *)t;
+
+	if (id >= PRECOPY_MAX_REGIONS || !addr || len == 0)
+		return -EINVAL;
+	s->region[id].addr = addr;
+	s->region[id].len = len;
+	return 0;
+}
+
+int pc_stream_unexpose_all(struct pc_transport *t)
+{
+	struct pc_stream *s = (struct pc_stream *)t;
+
+	memset(s->region, 0, sizeof(s->region));
+	return 0;
+}
+
+int pc_stream_reg_local(struct pc_transport *t, const void *addr, size_t len)
+{
+	(void)t, (void)addr, (void)len;
+	return 0; /* a stream reads local memory as it is */
+}
+
+int pc_fd_writev_all(int fd, struct iovec *iov, int iovcnt)
+{
+	while (iovcnt > 0) {
+		struct msghdr mh = { .msg_iov = iov, .msg_iovlen = (size_t)iovcnt };
+		ssize_t n = sendmsg(fd, &mh, MSG_NOSIGNAL);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return errno == EPIPE ? -ECONNRESET : -errno;
+		}
+		while (iovcnt > 0 && (size_t)n >= iov->iov_len) {
+			n -= (ssize_t)iov->iov_len;
+			iov++;
+			iovcnt--;
+		}
+		if (iovcnt > 0) {
+			iov->iov_base = (uint8_t *)iov->iov_base + n;
+			iov->iov_len -= (size_t)n;
+		}
+	}
+	return 0;
+}
+
+int pc_fd_read_all(int fd, void *buf, size_t len)
+{
+	uint8_t *p = buf;
+
+	while (len > 0) {
+		ssize_t n = recv(fd, p, len, MSG_WAITALL);
+
+		if (n == 0)
+			return -ECONNRESET;
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static int chan_check(struct pc_stream *s, unsigned chan)
+{
+	if (chan >= s->base.nchan)
+		return -EINVAL;
+	if (atomic_load(&s->aborted))
+		return -ECANCELED;
+	return atomic_load(&s->ch[chan].err);
+}
+
+static int chan_fail(struct pc_stream *s, unsigned chan, int err)
+{
+	if (atomic_load(&s->aborted))
+		err = -ECANCELED;
+	int none = 0;
+
+	atomic_compare_exchange_strong(&s->ch[chan].err, &none, err);
+	return err;
+}
+
+int pc_stream_send_msg(struct pc_transport *t, unsigned chan, const struct iovec *iov,
+		       int iovcnt)
+{
+	struct pc_stream *s = (struct pc_stream *)t;
+	struct iovec v[9];
+	uint8_t hdr[PC_FRAME_HDR];
+	size_t total = 0;
+	int err;
+
+	if (iovcnt < 0 || iovcnt > 8 || (iovcnt && !iov))
+		return -EINVAL;
+	for (int i = 0; i < iovcnt; i++)
+		total += iov[i].iov_len;
+	if (total > PC_MSG_MAX)
+		return -EMSGSIZE;
+	pc_put_le32(hdr, PC_FRAME_MSG);
+	pc_put_le32(hdr + 4, 0);
+	pc_put_le64(hdr + 8, 0);
+	pc_put_le64(hdr + 16, total);
+	v[0].iov_base = hdr;
+	v[0].iov_len = sizeof(hdr);
+	for (int i = 0; i < iovcnt; i++)
+		v[i + 1] = iov[i];
+
+	if (chan >= t->nchan)
+		return -EINVAL;
+	pthread_mutex_lock(&s->ch[chan].send_lock);
+	err = chan_check(s, chan);
+	if (!err) {
+		err = pc_fd_writev_all(s->ch[chan].fd, v, iovcnt + 1);
+		if (err)
+			err = chan_fail(s, chan, err);
+	}
+	pthread_mutex_unlock(&s->ch[chan].send_lock);
+	return err;
+}
+
+int pc_stream_write_pages(struct pc_transport *t, unsigned chan,
+			  const struct pc_page_run *runs, unsigned n)
+{
+	struct pc_stream *s = (struct pc_stream *)t;
+	uint8_t hdr[RUNS_PER_WRITE][PC_FRAME_HDR];
+	struct iovec v[2 * RUNS_PER_WRITE];
+	int err = 0;
+
+	if (chan >= t->nchan || (n && !runs))
+		return -EINVAL;
+	for (unsigned i = 0; i < n; i++)
+		if (!runs[i].src || runs[i].len == 0 || runs[i].region >= PRECOPY_MAX_REGIONS)
+			return -EINVAL;
+
+	pthread_mutex_lock(&s->ch[chan].send_lock);
+	err = chan_check(s, chan);
+	while (!err && n > 0) {
+		unsigned k = n < RUNS_PER_WRITE ? n : RUNS_PER_WRITE;
+
+		for (unsigned i = 0; i < k; i++) {
+			pc_put_le32(hdr[i], PC_FRAME_PAGES);
+			pc_put_le32(hdr[i] + 4, runs[i].region);
+			pc_put_le64(hdr[i] + 8, runs[i].offset);
+			pc_put_le64(hdr[i] + 16, runs[i].len);
+			v[2 * i].iov_base = hdr[i];
+			v[2 * i].iov_len = PC_FRAME_HDR;
+			v[2 * i + 1].iov_base = (void *)runs[i].src;
+			v[2 * i + 1].iov_len = runs[i].len;
+		}
+		err = pc_fd_writev_all(s->ch[chan].fd, v, (int)(2 * k));
+		if (err)
+			err = chan_fail(s, chan, err);
+		runs += k;
+		n -= k;
+	}
+	pthread_mutex_unlock(&s->ch[chan].send_lock);
+	return err;
+}
+
+/* Read exactly @n bytes from the channel, through its buffer; large reads
+ * go straight into @dst. */
+static int chan_read(struct pc_stream *s, unsigned chan, void *dst, size_t n)
+{
+	struct pc_stream_chan *c = &s->ch[chan];
+	uint8_t *p = dst;
+
+	while (n > 0) {
+		size_t have = c->rlen - c->rpos;
+		ssize_t r;
+
+		if (have) {
+			size_t k = have < n ? have : n;
+
+			memcpy(p, c->rbuf + c->rpos, k);
+			c->rpos += k;
+			p += k;
+			n -= k;
+			continue;
+		}
+		if (n >= RBUF_SIZE / 2) {
+			r = recv(c->fd, p, n, MSG_WAITALL);
+			if (r > 0) {
+				p += r;
+				n -= (size_t)r;
+				continue;
+			}
+		} else {
+			r = recv(c->fd, c->rbuf, RBUF_SIZE, 0);
+			if (r > 0) {
+				c->rpos = 0;
+				c->rlen = (size_t)r;
+				continue;
+			}
+		}
+		if (r == 0) {
+			if (!atomic_load(&s->aborted))
+				set_why(s, "peer closed channel %u", chan);
+			return -ECONNRESET;
+		}
+		if (errno == EINTR)
+			continue;
+		return -errno;
+	}
+	return 0;
+}
+
+int pc_stream_recv_msg(struct pc_transport *t, unsigned chan, void *buf, size_t cap,
+		       size_t *len)
+{
+	struct pc_stream *s = (struct pc_stream *)t;
+	uint8_t hdr[PC_FRAME_HDR];
+	int err;
+
+	if (!len || (cap && !buf))
+		return -EINVAL;
+	err = chan_check(s, chan);
+	if (err)
+		return err;
+	for (;;) {
+		uint32_t kind, region;
+		uint64_t off, n;
+
+		err = chan_read(s, chan, hdr, sizeof(hdr));
+		if (err)
+			return chan_fail(s, chan, err);
+		kind = pc_get_le32(hdr);
+		region = pc_get_le32(hdr + 4);
+		off = pc_get_le64(hdr + 8);
+		n = pc_get_le64(hdr + 16);
+
+		if (kind == PC_FRAME_MSG) {
+			if (region || off) {
+				set_why(s, "message frame with region/offset set");
+				return chan_fail(s, chan, -EPROTO);
+			}
+			if (n > cap || n > PC_MSG_MAX) {
+				set_why(s, "message of %llu bytes exceeds %zu",
+					(unsigned long long)n, cap);
+				return chan_fail(s, chan, -EMSGSIZE);
+			}
+			err = chan_read(s, chan, buf, (size_t)n);
+			if (err)
+				return chan_fail(s, chan, err);
+			*len = (size_t)n;
+			return 0;
+		}
+		if (kind != PC_FRAME_PAGES) {
+			set_why(s, "unknown frame kind 0x%08x", kind);
+			return chan_fail(s, chan, -EPROTO);
+		}
+		if (region >= PRECOPY_MAX_REGIONS || !s->region[region].addr) {
+			set_why(s, "page run for region %u, which is not registered", region);
+			return chan_fail(s, chan, -EPROTO);
+		}
+		if (n == 0 || off > s->region[region].len || n > s->region[region].len - off) {
+			set_why(s, "page run [%llu, +%llu) outside region %u of %zu bytes",
+				(unsigned long long)off, (unsigned long long)n, region,
+				s->region[region].len);
+			return chan_fail(s, chan, -EPROTO);
+		}
+		err = chan_read(s, chan, s->region[region].addr + off, (size_t)n);
+		if (err)
+			return chan_fail(s, chan, err);
+	}
+}

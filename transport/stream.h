@@ -1,0 +1,72 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * stream.h - framing of messages and page runs onto byte-stream channels
+ * (TCP sockets, unix sockets). Shared by the stream transports.
+ *
+ * Every frame starts with a 24-byte little-endian header:
+ *   le32 kind     PC_FRAME_MSG or PC_FRAME_PAGES
+ *   le32 region   PAGES: the receiver's exposed region id; MSG: 0
+ *   le64 offset   PAGES: byte offset in the region; MSG: 0
+ *   le64 len      bytes that follow
+ * PAGES frames are received straight into the exposed region after the
+ * bounds check; a MSG frame is handed to the caller of recv_msg.
+ */
+#ifndef PC_STREAM_H
+#define PC_STREAM_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "precopy.h"
+#include "le.h"
+#include "transport.h"
+
+#define PC_FRAME_MSG 0x50434d31u   /* "PCM1" */
+#define PC_FRAME_PAGES 0x50435031u /* "PCP1" */
+#define PC_FRAME_HDR 24u
+
+struct pc_stream_chan {
+	int fd;
+	pthread_mutex_t send_lock;
+	atomic_int err;   /* sticky: first error seen on this channel */
+	uint8_t *rbuf;    /* receive buffer */
+	size_t rpos, rlen;
+};
+
+struct pc_stream_region {
+	uint8_t *addr;
+	size_t len;
+};
+
+struct pc_stream {
+	struct pc_transport base;
+	struct pc_stream_chan ch[PRECOPY_MAX_CHANNELS];
+	struct pc_stream_region region[PRECOPY_MAX_REGIONS];
+	atomic_bool aborted;
+};
+
+/** pc_stream_init() - set up @s with @nchan connected fds (taken over). */
+int pc_stream_init(struct pc_stream *s, const struct pc_transport_ops *ops,
+		   const int *fds, unsigned nchan);
+/** pc_stream_fini() - close the fds and free buffers. */
+void pc_stream_fini(struct pc_stream *s);
+
+int pc_stream_abort(struct pc_transport *t);
+int pc_stream_expose_region(struct pc_transport *t, uint32_t id, void *addr, size_t len);
+int pc_stream_unexpose_all(struct pc_transport *t);
+int pc_stream_reg_local(struct pc_transport *t, const void *addr, size_t len);
+int pc_stream_send_msg(struct pc_transport *t, unsigned chan, const struct iovec *iov,
+		       int iovcnt);
+int pc_stream_recv_msg(struct pc_transport *t, unsigned chan, void *buf, size_t cap,
+		       size_t *len);
+int pc_stream_write_pages(struct pc_transport *t, unsigned chan,
+			  const struct pc_page_run *runs, unsigned n);
+
+/* Helpers for the transports' own handshakes. */
+/** pc_fd_write_all() - write all of @iov (consumed), or -errno. */
+int pc_fd_writev_all(int fd, struct iovec *iov, int iovcnt);
+/** pc_fd_read_all() - read exactly @len bytes; -ECONNRESET on EOF. */
+int pc_fd_read_all(int fd, void *buf, size_t len);
+
+#endif /* PC_STREAM_H */

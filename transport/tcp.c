@@ -1,0 +1,415 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * tcp.c - the TCP transport: "tcp:HOST:PORT" (IPv6 hosts in brackets).
+ *
+ * One TCP connection per channel. Each connection opens with a 32-byte
+ * hello: le32 magic "PCT1", le16 version, le16 channel index, le16 channel
+ * count, le16 reserved, le64 cookie (random, the same on all channels of
+ * one migration), le64 reserved. The acceptor takes channel 0 first,
+ * then the others with the same cookie; a stranger's connection is
+ * closed. Dead peers are found by keepalive and TCP_USER_TIMEOUT.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+
+#include "stream.h"
+
+#define TCP_HELLO_MAGIC 0x31544350u /* "PCT1" */
+#define TCP_HELLO_VERSION 1
+#define TCP_HELLO_SIZE 32
+#define DEFAULT_TIMEOUT_MS 15000
+
+struct tcp_listener {
+	struct pc_listener base;
+	int fd;
+	atomic_bool aborted;
+};
+
+struct tcp_conn {
+	struct pc_stream s;
+};
+
+/* Split "HOST:PORT" or "[V6]:PORT" into host and port strings. */
+static int split_hostport(const char *addr, char *host, size_t hostlen, char *port,
+			  size_t portlen)
+{
+	const char *colon, *h = addr;
+	size_t n;
+
+	if (!addr || !*addr)
+		return -EINVAL;
+	if (*addr == '[') {
+		const char *end = strchr(addr, ']');
+
+		if (!end || end[1] != ':')
+			return -EINVAL;
+		h = addr + 1;
+		n = (size_t)(end - h);
+		colon = end + 1;
+	} else {
+		colon = strrchr(addr, ':');
+		if (!colon)
+			return -EINVAL;
+		n = (size_t)(colon - addr);
+		if (memchr(addr, ':', n))
+			return -EINVAL; /* bare IPv6 needs brackets */
+	}
+	if (n == 0 || n >= hostlen || strlen(colon + 1) == 0 || strlen(colon + 1) >= portlen)
+		return -EINVAL;
+	memcpy(host, h, n);
+	host[n] = '\0';
+	strcpy(port, colon + 1);
+	for (const char *p = port; *p; p++)
+		if (*p < '0' || *p > '9')
+			return -EINVAL;
+	if (atol(port) > 65535)
+		return -EINVAL;
+	return 0;
+}
+
+static int resolve(const char *addr, bool passive, struct addrinfo **res)
+{
+	char host[256], port[8];
+	struct addrinfo hints = {
+		.ai_family = AF_UNSPEC,
+		.ai_socktype = SOCK_STREAM,
+		.ai_flags = passive ? AI_PASSIVE : 0,
+	};
+	int err = split_hostport(addr, host, sizeof(host), port, sizeof(port));
+
+	if (err)
+		return err;
+	err = getaddrinfo(host, port, &hints, res);
+	if (err)
+		return err == EAI_SYSTEM ? -errno : -EHOSTUNREACH;
+	return 0;
+}
+
+static void tune_socket(int fd, unsigned timeout_ms)
+{
+	int one = 1, idle = 5, intvl = 2, cnt = 3;
+	unsigned uto = timeout_ms ? timeout_ms : DEFAULT_TIMEOUT_MS;
+
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+	setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &uto, sizeof(uto));
+}
+
+static void hello_encode(uint8_t *b, unsigned chan, unsigned nchan, uint64_t cookie)
+{
+	memset(b, 0, TCP_HELLO_SIZE);
+	pc_put_le32(b, TCP_HELLO_MAGIC);
+	b[4] = TCP_HELLO_VERSION;
+	b[6] = (uint8_t)chan;
+	b[8] = (uint8_t)nchan;
+	pc_put_le64(b + 12, cookie);
+}
+
+/* Wait up to @ms for @fd to be readable; -ETIMEDOUT, or -ECANCELED. */
+static int wait_readable(int fd, int ms, atomic_bool *aborted)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+
+	while (ms > 0) {
+		int step = ms < 200 ? ms : 200;
+		int r = poll(&p, 1, step);
+
+		if (aborted && atomic_load(aborted))
+			return -ECANCELED;
+		if (r > 0)
+			return 0;
+		if (r < 0 && errno != EINTR)
+			return -errno;
+		ms -= step;
+	}
+	return -ETIMEDOUT;
+}
+
+static int tcp_listen(const char *addr, const struct pc_transport_opts *o,
+		      struct pc_listener **out)
+{
+	struct tcp_listener *l;
+	struct addrinfo *res, *ai;
+	int err, fd = -1, one = 1;
+
+	(void)o;
+	if (!out)
+		return -EINVAL;
+	err = resolve(addr, true, &res);
+	if (err)
+		return err;
+	err = -EADDRNOTAVAIL;
+	for (ai = res; ai; ai = ai->ai_next) {
+		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
+		if (fd < 0) {
+			err = -errno;
+			continue;
+		}
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 16) == 0)
+			break;
+		err = -errno;
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(res);
+	if (fd < 0)
+		return err;
+	l = calloc(1, sizeof(*l));
+	if (!l) {
+		close(fd);
+		return -ENOMEM;
+	}
+	l->base.ops = pc_transport_find("tcp");
+	l->fd = fd;
+	atomic_init(&l->aborted, false);
+	*out = &l->base;
+	return 0;
+}
+
+static int tcp_listener_addr(struct pc_listener *pl, char *buf, size_t len)
+{
+	struct tcp_listener *l = (struct tcp_listener *)pl;
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	char host[INET6_ADDRSTRLEN];
+	int port, n;
+
+	if (getsockname(l->fd, (struct sockaddr *)&ss, &sl) < 0)
+		return -errno;
+	if (ss.ss_family == AF_INET) {
+		struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+
+		inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+		port = ntohs(in->sin_port);
+		n = snprintf(buf, len, "tcp:%s:%d", host, port);
+	} else {
+		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+
+		inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+		port = ntohs(in6->sin6_port);
+		n = snprintf(buf, len, "tcp:[%s]:%d", host, port);
+	}
+	return n < 0 || (size_t)n >= len ? -ENOSPC : 0;
+}
+
+static int tcp_listener_abort(struct pc_listener *pl)
+{
+	struct tcp_listener *l = (struct tcp_listener *)pl;
+
+	atomic_store(&l->aborted, true);
+	shutdown(l->fd, SHUT_RDWR);
+	return 0;
+}
+
+static void tcp_listener_close(struct pc_listener *pl)
+{
+	struct tcp_listener *l = (struct tcp_listener *)pl;
+
+	if (!l)
+		return;
+	close(l->fd);
+	free(l);
+}
+
+/* Accept one connection and read its hello within @ms. */
+static int accept_one(struct tcp_listener *l, int ms, unsigned timeout_ms, int *fdp,
+		      uint8_t *hello)
+{
+	int err, fd;
+
+	err = wait_readable(l->fd, ms, &l->aborted);
+	if (err)
+		return err;
+	fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
+	if (fd < 0)
+		return atomic_load(&l->aborted) ? -ECANCELED : -errno;
+	tune_socket(fd, timeout_ms);
+	err = wait_readable(fd, 5000, &l->aborted);
+	if (!err)
+		err = pc_fd_read_all(fd, hello, TCP_HELLO_SIZE);
+	if (err) {
+		close(fd);
+		return err == -ECANCELED ? err : -EAGAIN; /* a stranger; ignore */
+	}
+	*fdp = fd;
+	return 0;
+}
+
+static int tcp_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
+		      struct pc_transport **out)
+{
+	struct tcp_listener *l = (struct tcp_listener *)pl;
+	struct tcp_conn *c;
+	int fds[PRECOPY_MAX_CHANNELS];
+	unsigned nchan = 0, have = 0, timeout_ms = o ? o->timeout_ms : 0;
+	uint64_t cookie = 0;
+	uint8_t h[TCP_HELLO_SIZE];
+	int err;
+
+	if (!out)
+		return -EINVAL;
+	/* Channel 0: wait as long as it takes (until cancelled). */
+	for (;;) {
+		int fd;
+
+		err = accept_one(l, 1 << 30, timeout_ms, &fd, h);
+		if (err == -EAGAIN)
+			continue;
+		if (err)
+			return err;
+		if (pc_get_le32(h) != TCP_HELLO_MAGIC || h[4] != TCP_HELLO_VERSION || h[6] != 0 ||
+		    h[8] == 0 || h[8] > PRECOPY_MAX_CHANNELS) {
+			close(fd); /* not one of ours, or not channel 0 */
+			continue;
+		}
+		nchan = h[8];
+		cookie = pc_get_le64(h + 12);
+		fds[0] = fd;
+		have = 1;
+		break;
+	}
+	/* The other channels follow at once; a stranger is dropped. */
+	while (have < nchan) {
+		int fd;
+
+		err = accept_one(l, 10000, timeout_ms, &fd, h);
+		if (err == -EAGAIN)
+			continue;
+		if (err)
+			goto err_close;
+		if (pc_get_le32(h) != TCP_HELLO_MAGIC || pc_get_le64(h + 12) != cookie ||
+		    h[6] != have || h[8] != nchan) {
+			close(fd);
+			continue;
+		}
+		fds[have++] = fd;
+	}
+	c = calloc(1, sizeof(*c));
+	if (!c) {
+		err = -ENOMEM;
+		goto err_close;
+	}
+	err = pc_stream_init(&c->s, pl->ops, fds, nchan);
+	if (err) {
+		free(c);
+		goto err_close;
+	}
+	*out = &c->s.base;
+	return 0;
+
+err_close:
+	while (have--)
+		close(fds[have]);
+	return err;
+}
+
+static int tcp_connect(const char *addr, const struct pc_transport_opts *o,
+		       struct pc_transport **out)
+{
+	struct addrinfo *res, *ai;
+	struct tcp_conn *c;
+	int fds[PRECOPY_MAX_CHANNELS];
+	unsigned nchan = o && o->channels ? o->channels : 1, have = 0;
+	uint64_t cookie;
+	int err;
+
+	if (!out || nchan > PRECOPY_MAX_CHANNELS)
+		return -EINVAL;
+	err = resolve(addr, false, &res);
+	if (err)
+		return err;
+	if (getrandom(&cookie, sizeof(cookie), 0) != sizeof(cookie))
+		cookie = (uint64_t)getpid() << 32 ^ (uint64_t)(uintptr_t)&cookie;
+
+	for (; have < nchan; have++) {
+		uint8_t h[TCP_HELLO_SIZE];
+		struct iovec v = { h, sizeof(h) };
+		int fd = -1;
+
+		err = -ECONNREFUSED;
+		for (ai = res; ai; ai = ai->ai_next) {
+			fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
+			if (fd < 0) {
+				err = -errno;
+				continue;
+			}
+			tune_socket(fd, o ? o->timeout_ms : 0);
+			if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+				break;
+			err = -errno;
+			close(fd);
+			fd = -1;
+		}
+		if (fd < 0)
+			goto err_close;
+		hello_encode(h, have, nchan, cookie);
+		err = pc_fd_writev_all(fd, &v, 1);
+		if (err) {
+			close(fd);
+			goto err_close;
+		}
+		fds[have] = fd;
+	}
+	freeaddrinfo(res);
+	c = calloc(1, sizeof(*c));
+	if (!c) {
+		err = -ENOMEM;
+		goto err_close_nores;
+	}
+	err = pc_stream_init(&c->s, pc_transport_find("tcp"), fds, nchan);
+	if (err) {
+		free(c);
+		goto err_close_nores;
+	}
+	*out = &c->s.base;
+	return 0;
+
+err_close:
+	freeaddrinfo(res);
+err_close_nores:
+	while (have--)
+		close(fds[have]);
+	return err;
+}
+
+static void tcp_close(struct pc_transport *t)
+{
+	struct tcp_conn *c = (struct tcp_conn *)t;
+
+	pc_stream_fini(&c->s);
+	free(c);
+}
+
+const struct pc_transport_ops pc_tcp_ops = {
+	.scheme = "tcp",
+	.caps = 0,
+	.listen = tcp_listen,
+	.listener_addr = tcp_listener_addr,
+	.accept = tcp_accept,
+	.listener_abort = tcp_listener_abort,
+	.listener_close = tcp_listener_close,
+	.connect = tcp_connect,
+	.abort = pc_stream_abort,
+	.close = tcp_close,
+	.expose_region = pc_stream_expose_region,
+	.unexpose_all = pc_stream_unexpose_all,
+	.reg_local = pc_stream_reg_local,
+	.send_msg = pc_stream_send_msg,
+	.recv_msg = pc_stream_recv_msg,
+	.write_pages = pc_stream_write_pages,
+};

@@ -1,0 +1,170 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * transport.c - the table of built-in transports and the -EOPNOTSUPP ops
+ * that stand in for whatever a transport does not implement.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "config.h"
+#include "transport.h"
+
+static int no_listen(const char *a, const struct pc_transport_opts *o, struct pc_listener **l)
+{
+	(void)a, (void)o, (void)l;
+	return -EOPNOTSUPP;
+}
+static int no_listener_addr(struct pc_listener *l, char *b, size_t n)
+{
+	(void)l, (void)b, (void)n;
+	return -EOPNOTSUPP;
+}
+static int no_accept(struct pc_listener *l, const struct pc_transport_opts *o,
+		     struct pc_transport **t)
+{
+	(void)l, (void)o, (void)t;
+	return -EOPNOTSUPP;
+}
+static int no_listener_abort(struct pc_listener *l)
+{
+	(void)l;
+	return -EOPNOTSUPP;
+}
+static void no_listener_close(struct pc_listener *l)
+{
+	(void)l;
+}
+static int no_connect(const char *a, const struct pc_transport_opts *o, struct pc_transport **t)
+{
+	(void)a, (void)o, (void)t;
+	return -EOPNOTSUPP;
+}
+static int no_abort(struct pc_transport *t)
+{
+	(void)t;
+	return -EOPNOTSUPP;
+}
+static void no_close(struct pc_transport *t)
+{
+	(void)t;
+}
+static int no_expose_region(struct pc_transport *t, uint32_t id, void *a, size_t n)
+{
+	(void)t, (void)id, (void)a, (void)n;
+	return -EOPNOTSUPP;
+}
+static int no_unexpose_all(struct pc_transport *t)
+{
+	(void)t;
+	return -EOPNOTSUPP;
+}
+static int no_reg_local(struct pc_transport *t, const void *a, size_t n)
+{
+	(void)t, (void)a, (void)n;
+	return -EOPNOTSUPP;
+}
+static int no_send_msg(struct pc_transport *t, unsigned c, const struct iovec *v, int n)
+{
+	(void)t, (void)c, (void)v, (void)n;
+	return -EOPNOTSUPP;
+}
+static int no_recv_msg(struct pc_transport *t, unsigned c, void *b, size_t cap, size_t *n)
+{
+	(void)t, (void)c, (void)b, (void)cap, (void)n;
+	return -EOPNOTSUPP;
+}
+static int no_write_pages(struct pc_transport *t, unsigned c, const struct pc_page_run *r,
+			  unsigned n)
+{
+	(void)t, (void)c, (void)r, (void)n;
+	return -EOPNOTSUPP;
+}
+
+static const struct pc_transport_ops no_ops = {
+	.listen = no_listen,
+	.listener_addr = no_listener_addr,
+	.accept = no_accept,
+	.listener_abort = no_listener_abort,
+	.listener_close = no_listener_close,
+	.connect = no_connect,
+	.abort = no_abort,
+	.close = no_close,
+	.expose_region = no_expose_region,
+	.unexpose_all = no_unexpose_all,
+	.reg_local = no_reg_local,
+	.send_msg = no_send_msg,
+	.recv_msg = no_recv_msg,
+	.write_pages = no_write_pages,
+};
+
+static const struct pc_transport_ops *const builtin[] = {
+	&pc_tcp_ops,
+};
+
+#define NBUILTIN (sizeof(builtin) / sizeof(builtin[0]))
+
+/* Merged tables: the transport's ops over no_ops. Built once, read-only
+ * afterwards; the merge is idempotent so a racing first use is harmless. */
+static struct pc_transport_ops merged[NBUILTIN];
+
+#define MERGE(dst, src, op) ((dst)->op = (src)->op ? (src)->op : no_ops.op)
+
+const struct pc_transport_ops *pc_transport_find(const char *scheme)
+{
+	if (!scheme)
+		return NULL;
+	for (size_t i = 0; i < NBUILTIN; i++) {
+		const struct pc_transport_ops *src = builtin[i];
+		struct pc_transport_ops *m = &merged[i];
+
+		if (strcmp(src->scheme, scheme) != 0)
+			continue;
+		m->scheme = src->scheme;
+		m->caps = src->caps;
+		MERGE(m, src, listen);
+		MERGE(m, src, listener_addr);
+		MERGE(m, src, accept);
+		MERGE(m, src, listener_abort);
+		MERGE(m, src, listener_close);
+		MERGE(m, src, connect);
+		MERGE(m, src, abort);
+		MERGE(m, src, close);
+		MERGE(m, src, expose_region);
+		MERGE(m, src, unexpose_all);
+		MERGE(m, src, reg_local);
+		MERGE(m, src, send_msg);
+		MERGE(m, src, recv_msg);
+		MERGE(m, src, write_pages);
+		return m;
+	}
+	return NULL;
+}
+
+int pc_transport_split_uri(const char *uri, const struct pc_transport_ops **ops,
+			   const char **rest)
+{
+	char scheme[16];
+	const char *colon;
+	size_t n;
+
+	if (!uri || !ops || !rest)
+		return -EINVAL;
+	colon = strchr(uri, ':');
+	if (!colon || colon == uri || !colon[1])
+		return -EINVAL;
+	n = (size_t)(colon - uri);
+	if (n >= sizeof(scheme))
+		return -EPROTONOSUPPORT;
+	memcpy(scheme, uri, n);
+	scheme[n] = '\0';
+	*ops = pc_transport_find(scheme);
+	if (!*ops)
+		return -EPROTONOSUPPORT;
+	*rest = colon + 1;
+	return 0;
+}
+
+const char *pc_transport_schemes(void)
+{
+	return "tcp";
+}

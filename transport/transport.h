@@ -1,0 +1,191 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * transport.h - the one interface between the engine and a transport.
+ *
+ * A transport moves two kinds of traffic over one or more channels:
+ *  - messages: opaque engine records, delivered whole and in order per
+ *    channel (send_msg / recv_msg);
+ *  - page runs: bytes of local memory written into a region the peer has
+ *    exposed (write_pages). RDMA puts them there with the NIC; a stream
+ *    transport frames them onto the channel (scatter-gather straight from
+ *    memory) and the receiving side places them while it waits in
+ *    recv_msg(). Either way a message sent on a channel after a
+ *    write_pages() on the same channel is received only once those pages
+ *    are in place.
+ *
+ * Every transport fills a struct pc_transport_ops. Ops it does not
+ * implement are left NULL in its definition and replaced by the entries
+ * of a table that return -EOPNOTSUPP (pc_transport_find() returns the
+ * merged table), so callers never test for NULL. What a transport can do
+ * is advertised by PC_TCAP_* bits.
+ *
+ * All ops return 0 or a negative errno. A channel that failed stays
+ * failed (sticky error). abort() may be called from any thread; it makes
+ * every blocked and later call fail with -ECANCELED.
+ *
+ * The receiving side treats everything as untrusted: frames are length-
+ * and bounds-checked against what was received and against the exposed
+ * regions before a byte is written.
+ */
+#ifndef PC_TRANSPORT_H
+#define PC_TRANSPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+/** Pages are written into remote memory without the peer's CPU. */
+#define PC_TCAP_DIRECT_WRITE (1u << 0)
+/** Local memory must be registered (reg_local) before write_pages. */
+#define PC_TCAP_NEEDS_REG (1u << 1)
+/** File descriptors can be handed to the peer. */
+#define PC_TCAP_FD_PASS (1u << 2)
+
+/** Largest message a transport must carry (device state comes in parts). */
+#define PC_MSG_MAX (1u << 20)
+
+struct pc_transport_ops;
+
+/** A connection: the base every transport embeds first. */
+struct pc_transport {
+	const struct pc_transport_ops *ops;
+	unsigned nchan; /**< channels, >= 1; channel 0 carries control */
+	/** Why the first failure happened, for the engine's error message
+	 *  (empty if the errno says it all). Written once, before the
+	 *  failing op returns. */
+	char why[160];
+};
+
+/** A listening endpoint: the base every transport embeds first. */
+struct pc_listener {
+	const struct pc_transport_ops *ops;
+};
+
+/** One contiguous run of bytes from local memory into a peer region. */
+struct pc_page_run {
+	const void *src;  /**< local source address */
+	uint32_t region;  /**< the peer's region id (expose_region) */
+	uint64_t offset;  /**< byte offset in that region */
+	uint64_t len;     /**< bytes, > 0 */
+};
+
+/** Options common to every transport. */
+struct pc_transport_opts {
+	unsigned channels;      /**< connect: how many channels to open */
+	unsigned timeout_ms;    /**< give up on a silent peer after this */
+};
+
+typedef int (*pc_tp_listen_op)(const char *addr, const struct pc_transport_opts *o,
+			       struct pc_listener **out);
+typedef int (*pc_tp_listener_addr_op)(struct pc_listener *l, char *buf, size_t len);
+typedef int (*pc_tp_accept_op)(struct pc_listener *l, const struct pc_transport_opts *o,
+			       struct pc_transport **out);
+typedef int (*pc_tp_listener_abort_op)(struct pc_listener *l);
+typedef void (*pc_tp_listener_close_op)(struct pc_listener *l);
+typedef int (*pc_tp_connect_op)(const char *addr, const struct pc_transport_opts *o,
+				struct pc_transport **out);
+typedef int (*pc_tp_abort_op)(struct pc_transport *t);
+typedef void (*pc_tp_close_op)(struct pc_transport *t);
+typedef int (*pc_tp_expose_region_op)(struct pc_transport *t, uint32_t id, void *addr,
+				      size_t len);
+typedef int (*pc_tp_unexpose_all_op)(struct pc_transport *t);
+typedef int (*pc_tp_reg_local_op)(struct pc_transport *t, const void *addr, size_t len);
+typedef int (*pc_tp_send_msg_op)(struct pc_transport *t, unsigned chan,
+				 const struct iovec *iov, int iovcnt);
+typedef int (*pc_tp_recv_msg_op)(struct pc_transport *t, unsigned chan, void *buf,
+				 size_t cap, size_t *len);
+typedef int (*pc_tp_write_pages_op)(struct pc_transport *t, unsigned chan,
+				    const struct pc_page_run *runs, unsigned n);
+
+struct pc_transport_ops {
+	const char *scheme; /**< URI scheme: "tcp", "rdma", "shm" */
+	uint32_t caps;      /**< PC_TCAP_* */
+
+	/* --- connection set-up (addr is the URI without "scheme:") --- */
+	/** Bind and listen; does not block. */
+	pc_tp_listen_op listen;
+	/** The bound address as "scheme:addr". */
+	pc_tp_listener_addr_op listener_addr;
+	/** Block until a peer has connected all its channels. */
+	pc_tp_accept_op accept;
+	/** Wake a blocked accept with -ECANCELED; any thread. */
+	pc_tp_listener_abort_op listener_abort;
+	/** Stop listening and free. */
+	pc_tp_listener_close_op listener_close;
+	/** Open o->channels channels to a listening peer. */
+	pc_tp_connect_op connect;
+	/** Fail every blocked and later call with -ECANCELED; any thread. */
+	pc_tp_abort_op abort;
+	/** Close all channels and free; after abort or at the end. */
+	pc_tp_close_op close;
+
+	/* --- memory --- */
+	/** Receiving side: let the peer write region @id = [addr, addr+len). */
+	pc_tp_expose_region_op expose_region;
+	/** Receiving side: revoke every exposed region (old keys then fail). */
+	pc_tp_unexpose_all_op unexpose_all;
+	/** Sending side: make local memory usable as a write_pages source. */
+	pc_tp_reg_local_op reg_local;
+
+	/* --- data --- */
+	/** Send one message (the iovec's bytes, <= PC_MSG_MAX) on @chan. */
+	pc_tp_send_msg_op send_msg;
+	/**
+	 * Receive the next message on @chan into @buf (@cap bytes), placing
+	 * page runs that arrive before it. -EMSGSIZE if it is longer than
+	 * @cap, -EPROTO for a malformed frame, -ECONNRESET when the peer
+	 * went away.
+	 */
+	pc_tp_recv_msg_op recv_msg;
+	/** Write @n runs of local memory into the peer's regions on @chan. */
+	pc_tp_write_pages_op write_pages;
+};
+
+/** pc_transport_find() - the merged ops table for @scheme, or NULL. */
+const struct pc_transport_ops *pc_transport_find(const char *scheme);
+
+/**
+ * pc_transport_split_uri() - split "scheme:rest" into the ops table and a
+ * pointer to rest. Return: 0; -EINVAL for a malformed URI;
+ * -EPROTONOSUPPORT for a scheme not built in.
+ */
+int pc_transport_split_uri(const char *uri, const struct pc_transport_ops **ops,
+			   const char **rest);
+
+/** pc_transport_schemes() - the built-in schemes, e.g. "tcp, shm". */
+const char *pc_transport_schemes(void);
+
+/* Inline dispatch, so callers read like plain calls. */
+static inline int pc_tp_send_msg(struct pc_transport *t, unsigned chan,
+				 const struct iovec *iov, int iovcnt)
+{
+	return t->ops->send_msg(t, chan, iov, iovcnt);
+}
+
+static inline int pc_tp_recv_msg(struct pc_transport *t, unsigned chan, void *buf,
+				 size_t cap, size_t *len)
+{
+	return t->ops->recv_msg(t, chan, buf, cap, len);
+}
+
+static inline int pc_tp_write_pages(struct pc_transport *t, unsigned chan,
+				    const struct pc_page_run *runs, unsigned n)
+{
+	return t->ops->write_pages(t, chan, runs, n);
+}
+
+static inline int pc_tp_abort(struct pc_transport *t)
+{
+	return t->ops->abort(t);
+}
+
+static inline void pc_tp_close(struct pc_transport *t)
+{
+	if (t)
+		t->ops->close(t);
+}
+
+/* Transports built into this library (defined in their own files). */
+extern const struct pc_transport_ops pc_tcp_ops;
+
+#endif /* PC_TRANSPORT_H */

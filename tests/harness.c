@@ -1,0 +1,176 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#include "harness.h"
+
+static int d_load(void *o, const void *buf, size_t len)
+{
+	struct h_dest *d = o;
+
+	if (len != sizeof(d->desc))
+		return -EINVAL;
+	memcpy(&d->desc, buf, len);
+	d->have_desc = true;
+	return 0;
+}
+
+static int d_resume(void *o)
+{
+	((struct h_dest *)o)->resumed++;
+	return 0;
+}
+
+static void *d_main(void *arg)
+{
+	struct h_dest *d = arg;
+
+	d->err = precopy_incoming(d->s);
+	return NULL;
+}
+
+int h_dest_start(struct h_dest *d, size_t len)
+{
+	struct precopy_callbacks cb = { .opaque = d, .load_device_state = d_load,
+					.resume_vm = d_resume };
+	int err;
+
+	memset(d, 0, sizeof(*d));
+	d->len = len;
+	d->ram = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (d->ram == MAP_FAILED)
+		return -ENOMEM;
+	err = precopy_new(PRECOPY_ROLE_DEST, NULL, &cb, &d->s);
+	if (err)
+		return err;
+	err = precopy_add_region(d->s, d->ram, len, PRECOPY_DIRTY_AUTO);
+	if (err < 0)
+		return err;
+	err = precopy_listen(d->s, "tcp:127.0.0.1:0");
+	if (err)
+		return err;
+	err = precopy_local_uri(d->s, d->uri, sizeof(d->uri));
+	if (err)
+		return err;
+	return pthread_create(&d->thread, NULL, d_main, d) ? -EAGAIN : 0;
+}
+
+int h_dest_join(struct h_dest *d)
+{
+	pthread_join(d->thread, NULL);
+	return d->err;
+}
+
+void h_dest_free(struct h_dest *d)
+{
+	if (d->s)
+		precopy_delete(&d->s);
+	if (d->ram)
+		munmap(d->ram, d->len);
+	d->ram = NULL;
+}
+
+static int s_stop(void *o)
+{
+	struct h_src *s = o;
+
+	s->stops++;
+	return pc_guest_pause(s->guest);
+}
+
+static int s_resume(void *o)
+{
+	struct h_src *s = o;
+
+	s->resumes++;
+	return pc_guest_resume(s->guest);
+}
+
+static int s_save(void *o, void **buf, size_t *len)
+{
+	struct pc_guest_desc *d = malloc(sizeof(*d));
+
+	if (!d)
+		return -ENOMEM;
+	pc_guest_describe(((struct h_src *)o)->guest, d);
+	*buf = d;
+	*len = sizeof(*d);
+	return 0;
+}
+
+static int s_throttle(void *o, unsigned pct)
+{
+	return pc_guest_set_throttle(((struct h_src *)o)->guest, pct);
+}
+
+int h_src_new(struct h_src *s, struct pc_guest *guest, const struct precopy_params *p,
+	      enum precopy_dirty_mode mode)
+{
+	struct precopy_callbacks cb = {
+		.opaque = s, .stop_vm = s_stop, .resume_vm = s_resume,
+		.save_device_state = s_save, .set_throttle = s_throttle,
+	};
+	size_t len;
+	void *ram = pc_guest_ram(guest, &len);
+	int err;
+
+	memset(s, 0, sizeof(*s));
+	s->guest = guest;
+	if (p)
+		s->params = *p;
+	else
+		precopy_params_init(&s->params);
+	err = precopy_new(PRECOPY_ROLE_SOURCE, &s->params, &cb, &s->s);
+	if (err)
+		return err;
+	err = precopy_add_region(s->s, ram, len, mode);
+	return err < 0 ? err : 0;
+}
+
+static void *s_main(void *arg)
+{
+	struct h_src *s = arg;
+
+	s->err = precopy_migrate(s->s, s->uri);
+	return NULL;
+}
+
+int h_src_start(struct h_src *s, const char *uri)
+{
+	s->uri = uri;
+	s->running = true;
+	return pthread_create(&s->thread, NULL, s_main, s) ? -EAGAIN : 0;
+}
+
+int h_src_join(struct h_src *s)
+{
+	if (s->running)
+		pthread_join(s->thread, NULL);
+	s->running = false;
+	return s->err;
+}
+
+void h_src_free(struct h_src *s)
+{
+	if (s->s)
+		precopy_delete(&s->s);
+}
+
+bool h_wait_status(struct precopy_session *s, enum precopy_status want, unsigned ms)
+{
+	for (unsigned i = 0; i < ms; i += 5) {
+		struct precopy_stats st;
+		struct timespec ts = { 0, 5 * 1000 * 1000 };
+
+		precopy_query(s, &st);
+		if (st.status == want)
+			return true;
+		if (st.status >= PRECOPY_STATUS_COMPLETED)
+			return false;
+		nanosleep(&ts, NULL);
+	}
+	return false;
+}

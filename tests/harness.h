@@ -1,0 +1,53 @@
+/* SPDX-License-Identifier: MIT */
+/* harness.h - run both ends of a migration in one process for tests. */
+#ifndef PC_HARNESS_H
+#define PC_HARNESS_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "guest.h"
+#include "precopy.h"
+
+struct h_dest {
+	struct precopy_session *s;
+	void *ram;
+	size_t len;
+	char uri[128];
+	pthread_t thread;
+	int err;
+	struct pc_guest_desc desc;
+	bool have_desc;
+	unsigned resumed;
+};
+
+struct h_src {
+	struct pc_guest *guest;
+	struct precopy_session *s;
+	struct precopy_params params;
+	const char *uri;
+	pthread_t thread;
+	int err;
+	unsigned stops, resumes;
+	bool running;
+};
+
+/** Map @len bytes, listen on tcp:127.0.0.1:0, accept in a thread. */
+int h_dest_start(struct h_dest *d, size_t len);
+/** Wait for the destination's thread; returns its precopy_incoming() result. */
+int h_dest_join(struct h_dest *d);
+void h_dest_free(struct h_dest *d);
+
+/** A source session for @guest (which keeps running) with @p. */
+int h_src_new(struct h_src *s, struct pc_guest *guest, const struct precopy_params *p,
+	      enum precopy_dirty_mode mode);
+/** Run precopy_migrate(@uri) in a thread. */
+int h_src_start(struct h_src *s, const char *uri);
+int h_src_join(struct h_src *s);
+void h_src_free(struct h_src *s);
+
+/** Wait until @s reaches @st (or ends), at most @ms. Return: true if reached. */
+bool h_wait_status(struct precopy_session *s, enum precopy_status st, unsigned ms);
+
+#endif

@@ -1,0 +1,284 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * A destination fed malformed streams over a raw TCP socket: each is
+ * refused with a clear error, nothing is reported as success, the guest is
+ * never resumed, and nothing is written outside the registered region.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+#include "le.h"
+#include "stream.h"
+#include "wire.h"
+
+#define RAM (1u << 20)
+
+static int raw_connect(const char *uri)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	const char *port = strrchr(uri, ':');
+
+	assert_true(fd >= 0 && port);
+	a.sin_port = htons((uint16_t)atoi(port + 1));
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	return fd;
+}
+
+static void put(int fd, const void *p, size_t n)
+{
+	assert_int_equal(send(fd, p, n, MSG_NOSIGNAL), (ssize_t)n);
+}
+
+static void tcp_hello(int fd)
+{
+	uint8_t h[32] = { 0 };
+
+	pc_put_le32(h, 0x31544350u); /* "PCT1" */
+	h[4] = 1;                    /* version */
+	h[6] = 0;                    /* channel 0 */
+	h[8] = 1;                    /* of 1 */
+	pc_put_le64(h + 12, 0x1234);
+	put(fd, h, sizeof(h));
+}
+
+static void frame(int fd, uint32_t kind, uint32_t region, uint64_t off, const void *p,
+		  uint64_t n)
+{
+	uint8_t h[PC_FRAME_HDR];
+
+	pc_put_le32(h, kind);
+	pc_put_le32(h + 4, region);
+	pc_put_le64(h + 8, off);
+	pc_put_le64(h + 16, n);
+	put(fd, h, sizeof(h));
+	if (p && n)
+		put(fd, p, (size_t)n);
+}
+
+static void msg(int fd, const uint8_t *rec, int n)
+{
+	assert_true(n > 0);
+	frame(fd, PC_FRAME_MSG, 0, 0, rec, (uint64_t)n);
+}
+
+static void engine_hello(int fd)
+{
+	uint8_t rec[256];
+	uint64_t len = RAM;
+
+	msg(fd, rec, pc_wire_enc_hello(rec, sizeof(rec), PC_CAP_ALL, 1, &len, 1));
+}
+
+/* Run @feed against a fresh destination; expect failure mentioning @text. */
+static void expect_refused(void (*feed)(int fd), const char *text)
+{
+	struct h_dest d;
+	char err[PRECOPY_ERRMSG_MAX];
+	uint8_t *canary;
+	int fd;
+
+	assert_int_equal(h_dest_start(&d, RAM), 0);
+	canary = (uint8_t *)d.ram;
+	memset(canary, 0x77, RAM);
+	fd = raw_connect(d.uri);
+	tcp_hello(fd);
+	feed(fd);
+	shutdown(fd, SHUT_WR);
+	assert_true(h_dest_join(&d) < 0);
+	close(fd);
+	precopy_strerror(d.s, err, sizeof(err));
+	if (!strstr(err, text))
+		fail_msg("error '%s' does not mention '%s'", err, text);
+	assert_int_equal(d.resumed, 0);
+	{
+		struct precopy_stats st;
+
+		precopy_query(d.s, &st);
+		assert_int_equal(st.status, PRECOPY_STATUS_FAILED);
+	}
+	h_dest_free(&d);
+}
+
+static void feed_bad_magic(int fd)
+{
+	uint8_t rec[256];
+	uint64_t len = RAM;
+	int n = pc_wire_enc_hello(rec, sizeof(rec), PC_CAP_ALL, 1, &len, 1);
+
+	rec[PC_WIRE_HDR] = 'X';
+	msg(fd, rec, n);
+}
+
+static void feed_bad_version(int fd)
+{
+	uint8_t rec[256];
+	uint64_t len = RAM;
+	int n = pc_wire_enc_hello(rec, sizeof(rec), PC_CAP_ALL, 1, &len, 1);
+
+	pc_put_le16(rec + PC_WIRE_HDR + 4, 99);
+	msg(fd, rec, n);
+}
+
+static void feed_page_unregistered_region(int fd)
+{
+	static uint8_t page[4096];
+
+	engine_hello(fd);
+	frame(fd, PC_FRAME_PAGES, 3, 0, page, sizeof(page));
+}
+
+static void feed_page_past_region_end(int fd)
+{
+	static uint8_t page[8192];
+
+	engine_hello(fd);
+	frame(fd, PC_FRAME_PAGES, 0, RAM - 4096, page, sizeof(page));
+}
+
+static void feed_unknown_frame(int fd)
+{
+	engine_hello(fd);
+	frame(fd, 0xdeadbeef, 0, 0, NULL, 0);
+}
+
+static void feed_unknown_record(int fd)
+{
+	uint8_t rec[16];
+
+	engine_hello(fd);
+	pc_wire_enc_iter_ack(rec, sizeof(rec), 0);
+	pc_put_le16(rec, 77);
+	msg(fd, rec, PC_WIRE_HDR + 4);
+}
+
+static void feed_run_outside_region(int fd)
+{
+	static uint8_t rec[PC_WIRE_MSG_MAX];
+	struct pc_wire_run r = { 0, PC_RUN_ZERO, RAM / 4096 - 1, 2 };
+
+	engine_hello(fd);
+	pc_wire_enc_runs_hdr(rec, sizeof(rec), 0);
+	pc_wire_put_run(rec, 0, &r);
+	msg(fd, rec, (int)pc_wire_finish_runs(rec, 1));
+}
+
+static void feed_truncated(int fd)
+{
+	uint8_t part[10] = { 0 };
+
+	engine_hello(fd);
+	frame(fd, PC_FRAME_MSG, 0, 0, NULL, 100); /* announces 100 bytes */
+	put(fd, part, sizeof(part));               /* sends 10, then EOF */
+}
+
+static void feed_complete_without_pages(int fd)
+{
+	uint8_t rec[256];
+	uint64_t np = RAM / 4096, h = 0;
+
+	engine_hello(fd);
+	msg(fd, rec, pc_wire_enc_complete(rec, sizeof(rec), 1, &np, &h));
+}
+
+static void feed_oversized_message(int fd)
+{
+	engine_hello(fd);
+	frame(fd, PC_FRAME_MSG, 0, 0, NULL, 1ull << 40);
+}
+
+static void incoming__bad_magic(void **s) { (void)s; expect_refused(feed_bad_magic, "magic"); }
+static void incoming__bad_version(void **s) { (void)s; expect_refused(feed_bad_version, "version"); }
+static void incoming__page_for_unregistered_region(void **s)
+{
+	(void)s;
+	expect_refused(feed_page_unregistered_region, "not registered");
+}
+static void incoming__page_past_region_end(void **s)
+{
+	(void)s;
+	expect_refused(feed_page_past_region_end, "outside region");
+}
+static void incoming__unknown_frame_kind(void **s)
+{
+	(void)s;
+	expect_refused(feed_unknown_frame, "unknown frame");
+}
+static void incoming__unknown_record_type(void **s)
+{
+	(void)s;
+	expect_refused(feed_unknown_record, "unknown record");
+}
+static void incoming__run_outside_region(void **s)
+{
+	(void)s;
+	expect_refused(feed_run_outside_region, "outside region");
+}
+static void incoming__truncated_stream(void **s)
+{
+	(void)s;
+	expect_refused(feed_truncated, "closed");
+}
+static void incoming__complete_without_pages(void **s)
+{
+	(void)s;
+	expect_refused(feed_complete_without_pages, "checksum mismatch");
+}
+static void incoming__oversized_message(void **s)
+{
+	(void)s;
+	expect_refused(feed_oversized_message, "malformed");
+}
+
+/* A connection that is not precopy at all is dropped; the destination
+ * keeps waiting for a real source, and cancel ends the wait. */
+static void incoming__stranger_dropped(void **state)
+{
+	struct h_dest d;
+	char junk[64] = "GET / HTTP/1.0\r\n\r\n", c;
+	int fd;
+
+	(void)state;
+	assert_int_equal(h_dest_start(&d, RAM), 0);
+	fd = raw_connect(d.uri);
+	put(fd, junk, sizeof(junk));
+	assert_true(recv(fd, &c, 1, 0) <= 0); /* closed on us */
+	close(fd);
+	assert_int_equal(precopy_cancel(d.s), 0);
+	assert_int_equal(h_dest_join(&d), -ECANCELED);
+	assert_int_equal(d.resumed, 0);
+	h_dest_free(&d);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(incoming__bad_magic),
+		cmocka_unit_test(incoming__bad_version),
+		cmocka_unit_test(incoming__page_for_unregistered_region),
+		cmocka_unit_test(incoming__page_past_region_end),
+		cmocka_unit_test(incoming__unknown_frame_kind),
+		cmocka_unit_test(incoming__unknown_record_type),
+		cmocka_unit_test(incoming__run_outside_region),
+		cmocka_unit_test(incoming__truncated_stream),
+		cmocka_unit_test(incoming__complete_without_pages),
+		cmocka_unit_test(incoming__oversized_message),
+		cmocka_unit_test(incoming__stranger_dropped),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,365 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The transport conformance group: the same cases for every transport.
+ * Usage: test_transport SCHEME [ADDRESS]   (ADDRESS defaults per scheme;
+ * PRECOPY_TEST_ADDR overrides it). Exits 77 if the transport is not built.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "precopy.h"
+#include "transport.h"
+
+static const struct pc_transport_ops *ops;
+static char listen_addr[256];
+
+struct pair {
+	struct pc_listener *l;
+	struct pc_transport *a; /* connector */
+	struct pc_transport *b; /* acceptor */
+	char addr[256];
+	unsigned nchan;
+	int cerr;
+};
+
+static void *connector(void *arg)
+{
+	struct pair *p = arg;
+	struct pc_transport_opts o = { .channels = p->nchan };
+
+	p->cerr = ops->connect(p->addr, &o, &p->a);
+	return NULL;
+}
+
+static void pair_open(struct pair *p, unsigned nchan)
+{
+	struct pc_transport_opts o = { 0 };
+	pthread_t t;
+	char uri[300];
+
+	memset(p, 0, sizeof(*p));
+	p->nchan = nchan;
+	assert_int_equal(ops->listen(listen_addr, &o, &p->l), 0);
+	assert_int_equal(ops->listener_addr(p->l, uri, sizeof(uri)), 0);
+	snprintf(p->addr, sizeof(p->addr), "%s", strchr(uri, ':') + 1);
+	assert_int_equal(pthread_create(&t, NULL, connector, p), 0);
+	assert_int_equal(ops->accept(p->l, &o, &p->b), 0);
+	pthread_join(t, NULL);
+	assert_int_equal(p->cerr, 0);
+	assert_int_equal(p->a->nchan, nchan);
+	assert_int_equal(p->b->nchan, nchan);
+}
+
+static void pair_close(struct pair *p)
+{
+	pc_tp_close(p->a);
+	pc_tp_close(p->b);
+	ops->listener_close(p->l);
+}
+
+static void connect_accept__channels(void **state)
+{
+	struct pair p;
+
+	(void)state;
+	for (unsigned n = 1; n <= 4; n += 3) {
+		pair_open(&p, n);
+		pair_close(&p);
+	}
+}
+
+static void send_recv__in_order_per_channel(void **state)
+{
+	static uint8_t out[65536], in[65536];
+	struct pair p;
+
+	(void)state;
+	pair_open(&p, 3);
+	for (unsigned i = 0; i < sizeof(out); i++)
+		out[i] = (uint8_t)(i * 13);
+	for (unsigned chan = 0; chan < 3; chan++) {
+		for (unsigned i = 1; i <= 40; i++) {
+			struct iovec v[2] = { { out, i }, { out + i, i * 1000 } };
+
+			assert_int_equal(pc_tp_send_msg(p.a, chan, v, 2), 0);
+		}
+		for (unsigned i = 1; i <= 40; i++) {
+			size_t len = 0;
+
+			assert_int_equal(pc_tp_recv_msg(p.b, chan, in, sizeof(in), &len), 0);
+			assert_int_equal(len, i + i * 1000);
+			assert_memory_equal(in, out, len);
+		}
+	}
+	/* and the other way */
+	{
+		struct iovec v = { out, 5 };
+		size_t len;
+
+		assert_int_equal(pc_tp_send_msg(p.b, 0, &v, 1), 0);
+		assert_int_equal(pc_tp_recv_msg(p.a, 0, in, sizeof(in), &len), 0);
+		assert_int_equal(len, 5);
+	}
+	pair_close(&p);
+}
+
+static void write_pages__in_place_before_next_message(void **state)
+{
+	size_t rlen = 1 << 20;
+	uint8_t *src = malloc(rlen), *dst = calloc(1, rlen);
+	struct pc_page_run runs[3];
+	struct pair p;
+	uint8_t msg[8] = "marker";
+	struct iovec v = { msg, sizeof(msg) };
+	size_t len;
+
+	(void)state;
+	for (size_t i = 0; i < rlen; i++)
+		src[i] = (uint8_t)(i * 7 + 1);
+	pair_open(&p, 2);
+	assert_int_equal(p.b->ops->expose_region(p.b, 3, dst, rlen), 0);
+	assert_int_equal(p.a->ops->reg_local(p.a, src, rlen), 0);
+	runs[0] = (struct pc_page_run){ src, 3, 0, 4096 };
+	runs[1] = (struct pc_page_run){ src + 8192, 3, 8192, 3 * 4096 };
+	runs[2] = (struct pc_page_run){ src + rlen - 4096, 3, rlen - 4096, 4096 };
+	assert_int_equal(pc_tp_write_pages(p.a, 1, runs, 3), 0);
+	assert_int_equal(pc_tp_send_msg(p.a, 1, &v, 1), 0);
+	assert_int_equal(pc_tp_recv_msg(p.b, 1, msg, sizeof(msg), &len), 0);
+	assert_memory_equal(dst, src, 4096);
+	assert_memory_equal(dst + 8192, src + 8192, 3 * 4096);
+	assert_memory_equal(dst + rlen - 4096, src + rlen - 4096, 4096);
+	for (size_t i = 4096; i < 8192; i++)
+		assert_int_equal(dst[i], 0); /* untouched between runs */
+	pair_close(&p);
+	free(src);
+	free(dst);
+}
+
+/* A run outside the exposed region fails at one end or the other, and
+ * nothing around the region is written. */
+static void write_pages__outside_region_refused(void **state)
+{
+	size_t rlen = 64 * 1024;
+	uint8_t *src = malloc(2 * rlen), *area = malloc(3 * rlen);
+	uint8_t msg[8];
+	struct iovec v = { msg, 4 };
+	struct pair p;
+	size_t len;
+	int we, re;
+
+	(void)state;
+	memset(src, 0xab, 2 * rlen);
+	memset(area, 0x11, 3 * rlen);
+	pair_open(&p, 1);
+	assert_int_equal(p.b->ops->expose_region(p.b, 0, area + rlen, rlen), 0);
+	p.a->ops->reg_local(p.a, src, 2 * rlen);
+	{
+		struct pc_page_run run = { src, 0, rlen - 4096, 8192 };
+
+		we = pc_tp_write_pages(p.a, 0, &run, 1);
+		if (!we)
+			we = pc_tp_send_msg(p.a, 0, &v, 1);
+		re = pc_tp_recv_msg(p.b, 0, msg, sizeof(msg), &len);
+	}
+	assert_true(we < 0 || re == -EPROTO);
+	for (size_t i = 2 * rlen; i < 3 * rlen; i++)
+		assert_int_equal(area[i], 0x11);
+	for (size_t i = 0; i < rlen; i++)
+		assert_int_equal(area[i], 0x11);
+	pair_close(&p);
+	free(src);
+	free(area);
+}
+
+static void write_pages__unexposed_region_refused(void **state)
+{
+	uint8_t src[4096] = { 1 }, msg[8];
+	struct iovec v = { msg, 4 };
+	struct pc_page_run run = { src, 5, 0, 4096 };
+	struct pair p;
+	size_t len;
+	int we, re;
+
+	(void)state;
+	pair_open(&p, 1);
+	p.a->ops->reg_local(p.a, src, sizeof(src));
+	we = pc_tp_write_pages(p.a, 0, &run, 1);
+	if (!we)
+		we = pc_tp_send_msg(p.a, 0, &v, 1);
+	re = pc_tp_recv_msg(p.b, 0, msg, sizeof(msg), &len);
+	assert_true(we < 0 || re == -EPROTO);
+	pair_close(&p);
+}
+
+static void recv_msg__longer_than_buffer(void **state)
+{
+	uint8_t out[1000] = { 0 }, in[100];
+	struct iovec v = { out, sizeof(out) };
+	struct pair p;
+	size_t len;
+
+	(void)state;
+	pair_open(&p, 1);
+	assert_int_equal(pc_tp_send_msg(p.a, 0, &v, 1), 0);
+	assert_int_equal(pc_tp_recv_msg(p.b, 0, in, sizeof(in), &len), -EMSGSIZE);
+	/* sticky: the channel stays failed */
+	assert_true(pc_tp_recv_msg(p.b, 0, in, sizeof(in), &len) < 0);
+	pair_close(&p);
+}
+
+struct blocked {
+	struct pc_transport *t;
+	int err;
+};
+
+static void *block_in_recv(void *arg)
+{
+	struct blocked *b = arg;
+	uint8_t buf[64];
+	size_t len;
+
+	b->err = pc_tp_recv_msg(b->t, 0, buf, sizeof(buf), &len);
+	return NULL;
+}
+
+static void abort__wakes_blocked_recv(void **state)
+{
+	struct pair p;
+	struct blocked b;
+	pthread_t t;
+
+	(void)state;
+	pair_open(&p, 2);
+	b.t = p.b;
+	b.err = 1;
+	assert_int_equal(pthread_create(&t, NULL, block_in_recv, &b), 0);
+	usleep(100 * 1000);
+	assert_int_equal(pc_tp_abort(p.b), 0);
+	pthread_join(t, NULL);
+	assert_int_equal(b.err, -ECANCELED);
+	/* later calls fail too */
+	{
+		uint8_t x = 0;
+		struct iovec v = { &x, 1 };
+
+		assert_int_equal(pc_tp_send_msg(p.b, 1, &v, 1), -ECANCELED);
+	}
+	pair_close(&p);
+}
+
+static void peer_gone__recv_fails(void **state)
+{
+	struct pair p;
+	uint8_t buf[64];
+	size_t len;
+
+	(void)state;
+	pair_open(&p, 1);
+	pc_tp_close(p.a);
+	p.a = NULL;
+	assert_true(pc_tp_recv_msg(p.b, 0, buf, sizeof(buf), &len) < 0);
+	pair_close(&p);
+}
+
+static void *abort_listener_later(void *arg)
+{
+	usleep(100 * 1000);
+	ops->listener_abort(arg);
+	return NULL;
+}
+
+static void listener_abort__wakes_accept(void **state)
+{
+	struct pc_transport_opts o = { 0 };
+	struct pc_listener *l;
+	struct pc_transport *t = NULL;
+	pthread_t th;
+
+	(void)state;
+	assert_int_equal(ops->listen(listen_addr, &o, &l), 0);
+	assert_int_equal(pthread_create(&th, NULL, abort_listener_later, l), 0);
+	assert_int_equal(ops->accept(l, &o, &t), -ECANCELED);
+	pthread_join(th, NULL);
+	assert_null(t);
+	ops->listener_close(l);
+}
+
+static void connect__nobody_listening(void **state)
+{
+	struct pc_transport_opts o = { .channels = 1 };
+	struct pc_listener *l;
+	struct pc_transport *t = NULL;
+	char uri[300], addr[300];
+
+	(void)state;
+	/* bind, learn the address, close: now nobody listens there */
+	assert_int_equal(ops->listen(listen_addr, &o, &l), 0);
+	assert_int_equal(ops->listener_addr(l, uri, sizeof(uri)), 0);
+	snprintf(addr, sizeof(addr), "%s", strchr(uri, ':') + 1);
+	ops->listener_close(l);
+	assert_true(ops->connect(addr, &o, &t) < 0);
+	assert_null(t);
+}
+
+static void uri__malformed(void **state)
+{
+	const struct pc_transport_ops *o;
+	const char *rest;
+
+	(void)state;
+	assert_int_equal(pc_transport_split_uri("nocolon", &o, &rest), -EINVAL);
+	assert_int_equal(pc_transport_split_uri(":x", &o, &rest), -EINVAL);
+	assert_int_equal(pc_transport_split_uri("tcp:", &o, &rest), -EINVAL);
+	assert_int_equal(pc_transport_split_uri("carrier-pigeon:x", &o, &rest),
+			 -EPROTONOSUPPORT);
+}
+
+int main(int argc, char **argv)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(connect_accept__channels),
+		cmocka_unit_test(send_recv__in_order_per_channel),
+		cmocka_unit_test(write_pages__in_place_before_next_message),
+		cmocka_unit_test(write_pages__outside_region_refused),
+		cmocka_unit_test(write_pages__unexposed_region_refused),
+		cmocka_unit_test(recv_msg__longer_than_buffer),
+		cmocka_unit_test(abort__wakes_blocked_recv),
+		cmocka_unit_test(peer_gone__recv_fails),
+		cmocka_unit_test(listener_abort__wakes_accept),
+		cmocka_unit_test(connect__nobody_listening),
+		cmocka_unit_test(uri__malformed),
+	};
+	const char *scheme = argc > 1 ? argv[1] : "tcp";
+	const char *env = getenv("PRECOPY_TEST_ADDR");
+
+	ops = pc_transport_find(scheme);
+	if (!ops) {
+		printf("transport '%s' is not built in (built: %s): skipped\n", scheme,
+		       pc_transport_schemes());
+		return 77;
+	}
+	if (argc > 2)
+		snprintf(listen_addr, sizeof(listen_addr), "%s", argv[2]);
+	else if (env)
+		snprintf(listen_addr, sizeof(listen_addr), "%s", env);
+	else if (!strcmp(scheme, "tcp"))
+		snprintf(listen_addr, sizeof(listen_addr), "127.0.0.1:0");
+	else {
+		printf("no address to test transport '%s' on: skipped\n", scheme);
+		return 77;
+	}
+	cmocka_set_test_filter(getenv("PRECOPY_TEST_FILTER"));
+	return cmocka_run_group_tests_name(scheme, tests, NULL, NULL);
+}

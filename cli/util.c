@@ -1,0 +1,102 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * util.c - parsing and printing shared by the CLI and the benchmarks.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+int pc_cli_parse_u64(const char *s, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+
+	if (!s || !*s || *s == '-' || *s == '+')
+		return -EINVAL;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno || *end)
+		return -EINVAL;
+	*out = v;
+	return 0;
+}
+
+int pc_cli_parse_size(const char *s, uint64_t *out)
+{
+	char *end;
+	double v;
+	uint64_t mul = 1;
+
+	if (!s || !*s || *s == '-' || *s == '+')
+		return -EINVAL;
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno || end == s || !isfinite(v) || v < 0)
+		return -EINVAL;
+	switch (*end) {
+	case 'k': case 'K': mul = 1ull << 10; end++; break;
+	case 'm': case 'M': mul = 1ull << 20; end++; break;
+	case 'g': case 'G': mul = 1ull << 30; end++; break;
+	case 't': case 'T': mul = 1ull << 40; end++; break;
+	default: break;
+	}
+	if (mul > 1 && *end == 'i')
+		end++;
+	if (*end == 'B' || *end == 'b')
+		end++;
+	if (!strcmp(end, "/s"))
+		end += 2;
+	if (*end)
+		return -EINVAL;
+	if (v * (double)mul >= 18446744073709551615.0)
+		return -EINVAL;
+	*out = (uint64_t)(v * (double)mul);
+	return 0;
+}
+
+const char *pc_cli_fmt_bytes(double b, char *buf, size_t len)
+{
+	static const char *const unit[] = { "B", "KiB", "MiB", "GiB", "TiB" };
+	int u = 0;
+
+	while (b >= 1024 && u < 4) {
+		b /= 1024;
+		u++;
+	}
+	snprintf(buf, len, u ? "%.2f %s" : "%.0f %s", b, unit[u]);
+	return buf;
+}
+
+void pc_cli_json_stats(FILE *f, const char *event, const char *role,
+		       const struct precopy_stats *st)
+{
+	fprintf(f,
+		"{\"event\":\"%s\",\"role\":\"%s\",\"status\":\"%s\",\"total-time\":%" PRIu64
+		",\"setup-time\":%" PRIu64 ",\"downtime\":%" PRIu64
+		",\"expected-downtime\":%" PRIu64 ",\"transferred\":%" PRIu64
+		",\"remaining\":%" PRIu64 ",\"total\":%" PRIu64 ",\"duplicate\":%" PRIu64
+		",\"normal\":%" PRIu64 ",\"normal-bytes\":%" PRIu64 ",\"free-skipped\":%" PRIu64
+		",\"dirty-pages-rate\":%" PRIu64 ",\"mbps\":%.1f,\"bandwidth-busy\":%" PRIu64
+		",\"bandwidth-wall\":%" PRIu64 ",\"dirty-sync-count\":%" PRIu64
+		",\"cpu-throttle-percentage\":%u,\"iteration\":%u,\"forced-switchover\":%s"
+		",\"dirty-mode\":\"%s\",\"error\":\"",
+		event, role, precopy_status_name(st->status), st->total_time, st->setup_time,
+		st->downtime, st->expected_downtime, st->transferred, st->remaining, st->total,
+		st->duplicate, st->normal, st->normal_bytes, st->free_skipped,
+		st->dirty_pages_rate, st->mbps, st->bandwidth_busy, st->bandwidth_wall,
+		st->dirty_sync_count, st->cpu_throttle_percentage, st->iteration,
+		st->forced_switchover ? "true" : "false", precopy_dirty_mode_name(st->dirty_mode));
+	for (const char *p = st->error; *p; p++) {
+		if (*p == '"' || *p == '\\')
+			fputc('\\', f);
+		fputc((unsigned char)*p < 0x20 ? ' ' : *p, f);
+	}
+	fputs("\"}\n", f);
+	fflush(f);
+}
+

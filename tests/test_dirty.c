@@ -316,7 +316,7 @@ struct writer {
 	atomic_bool stop;
 	atomic_bool pause_req;
 	atomic_bool paused;
-	uint64_t writes;
+	atomic_uint_fast64_t writes;
 };
 
 static void *writer_main(void *arg)
@@ -344,7 +344,7 @@ static void *writer_main(void *arg)
 				abort();
 		}
 		w->recorded[i / 64] |= 1ull << (i % 64);
-		w->writes++;
+		atomic_fetch_add_explicit(&w->writes, 1, memory_order_relaxed);
 	}
 	return NULL;
 }
@@ -384,12 +384,19 @@ static void pc_dirty_sync__concurrent_writer_loses_no_write(void **state)
 				sched_yield();
 		}
 		assert_true(pc_dirty_sync(d, all) >= 0);
-		if (pause)
-			atomic_store(&w.pause_req, false);
 		syncs++;
+		if (pause) {
+			/* Let the writer get some work in between syncs. */
+			uint64_t before = atomic_load(&w.writes);
+
+			atomic_store(&w.pause_req, false);
+			while (atomic_load(&w.writes) - before < 500)
+				sched_yield();
+		}
 		clock_gettime(CLOCK_MONOTONIC, &t);
-	} while ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) <
-		 400000000L);
+	} while (syncs < 50 ||
+		 (t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) <
+			 400000000L);
 
 	atomic_store(&w.stop, true);
 	assert_int_equal(pthread_join(th, NULL), 0);
@@ -402,13 +409,13 @@ static void pc_dirty_sync__concurrent_writer_loses_no_write(void **state)
 			first = i;
 	}
 	print_message("[          ] %s: %llu writes on %llu pages, %d syncs, %llu missed\n",
-		      c->name, (unsigned long long)w.writes,
+		      c->name, (unsigned long long)atomic_load(&w.writes),
 		      (unsigned long long)bitmap_count(w.recorded, npages), syncs,
 		      (unsigned long long)missed);
 	if (missed)
 		fail_msg("%llu written pages never reported (first: %llu)",
 			 (unsigned long long)missed, (unsigned long long)first);
-	assert_true(w.writes > 0);
+	assert_true(atomic_load(&w.writes) > 0);
 
 	pthread_barrier_destroy(&w.go);
 	pc_dirty_delete(&d);

@@ -290,12 +290,22 @@ static unsigned throttle_step(const struct pc_throttle *t)
 		return t->increment;
 
 	unsigned cpu_now = 100 - t->pct;
-	double ratio = t->dirtied ? (double)t->threshold / 100.0 * (double)t->sent /
-				    (double)t->dirtied : 1.0;
-	if (ratio > 1.0)
-		ratio = 1.0;
+	unsigned cpu_ideal;
 
-	unsigned cpu_ideal = (unsigned)floor((double)cpu_now * ratio);
+	if (t->dirtied == 0) {
+		cpu_ideal = cpu_now; /* not reached: no dirtying is never over */
+	} else if (t->sent <= UINT64_MAX / 10000 && t->dirtied <= UINT64_MAX / 100) {
+		/* Exact: no rounding can move the floor. */
+		uint64_t num = (uint64_t)cpu_now * t->threshold * t->sent;
+		uint64_t q = num / (t->dirtied * 100);
+
+		cpu_ideal = q < cpu_now ? (unsigned)q : cpu_now;
+	} else {
+		double r = (double)t->threshold / 100.0 * (double)t->sent / (double)t->dirtied;
+
+		cpu_ideal = r < 1.0 ? (unsigned)floor((double)cpu_now * r) : cpu_now;
+	}
+
 	unsigned step = cpu_now - cpu_ideal;
 
 	return step < t->increment ? step : t->increment;

@@ -20,6 +20,7 @@
 #define PC_POLICY_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "precopy.h"
@@ -28,11 +29,57 @@
 #define PC_NSEC_PER_MSEC 1000000ull
 
 /* ------------------------------------------------------------------ */
+/* Parameters (addition: one home for the defaults and ranges of the   */
+/* policy knobs, so precopy_params_init()/check() can delegate here)   */
+/* ------------------------------------------------------------------ */
+
+/** Largest downtime_limit_ms accepted (QEMU's MAX_MIGRATE_DOWNTIME). */
+#define PC_DOWNTIME_LIMIT_MAX_MS 2000000ull
+
+/**
+ * pc_policy_params_defaults() - fill @p with the defaults documented in
+ * precopy.h: unlimited bandwidth, 300 ms downtime limit, auto-converge off
+ * with QEMU's knobs (50 / 20 / 10 / 99, no tailslow), watchdog off,
+ * on_limit FORCE, one channel.
+ */
+void pc_policy_params_defaults(struct precopy_params *p);
+
+/**
+ * pc_policy_params_check() - validate the policy fields of @p.
+ * Ranges (QEMU's where it has them): downtime_limit_ms <= 2000000,
+ * throttle_trigger_threshold 1..100, cpu_throttle_initial,
+ * cpu_throttle_increment and max_cpu_throttle 1..99, on_limit FORCE or
+ * ABORT, channels 1..PRECOPY_MAX_CHANNELS. 0 is allowed where precopy.h
+ * gives it a meaning (bandwidths, limits off).
+ * Return: 0, or -EINVAL with the first bad field named in @why (if
+ * non-NULL, @whylen bytes, NUL-terminated).
+ */
+int pc_policy_params_check(const struct precopy_params *p, char *why, size_t whylen);
+
+/* ------------------------------------------------------------------ */
 /* Bandwidth estimate                                                  */
 /* ------------------------------------------------------------------ */
 
 /** Shortest window over which an estimate is formed. */
 #define PC_BW_WINDOW_NS (100 * PC_NSEC_PER_MSEC)
+
+/**
+ * Weight of a new window in the moving averages (EWMA). With windows of
+ * >= 100 ms, 0.25 remembers about (2 - w) / w = 7 windows (0.7 s, the
+ * scale of a throttle period or a short pass): one odd window (a stall of
+ * the sender, a burst of retransmits) moves the estimate by at most a
+ * quarter of the difference, and a real change of the link is 90% taken
+ * in after 8 windows (0.75^8 = 0.10), under a second. The first window
+ * is taken as is.
+ */
+#define PC_BW_EWMA_WEIGHT 0.25
+
+/**
+ * A window whose channel was busy for less than this is not used for the
+ * busy-time estimate (it keeps its previous value): the rate it would give
+ * is noise at best and infinite at worst (busy 0).
+ */
+#define PC_BW_MIN_BUSY_NS 1000ull
 
 struct pc_bw {
 	uint64_t win_start;   /**< start of the current window */
@@ -51,6 +98,15 @@ void pc_bw_init(struct pc_bw *b, uint64_t now);
  * (the time spent inside the transport's send calls, not the time spent
  * scanning bitmaps or testing zero pages). Closes the window when
  * >= PC_BW_WINDOW_NS of wall time has passed since it opened.
+ *
+ * On closing a window:
+ *  - wall estimate: EWMA of window bytes / window wall time, every window
+ *    counting; an idle window (no bytes) therefore pulls it toward 0.
+ *  - busy estimate: EWMA of window bytes / window busy time, only for
+ *    windows with bytes and busy >= PC_BW_MIN_BUSY_NS. An idle window
+ *    keeps it: the link did not get slower because we had nothing to send.
+ * Busy time of sends that overlap on one channel must not be counted
+ * twice (report the time the channel had data in flight).
  */
 void pc_bw_sample(struct pc_bw *b, uint64_t bytes, uint64_t busy_ns, uint64_t now);
 
@@ -64,6 +120,13 @@ double pc_bw_wall(const struct pc_bw *b);
 /* Switchover                                                          */
 /* ------------------------------------------------------------------ */
 
+/**
+ * The switchover test, in numbers:
+ *   expected = (remaining + device state) / bandwidth + sync cost
+ * rounded to the nearest ns; UINT64_MAX ("never") when there is something
+ * to send and bandwidth <= 0 (or NaN); just the sync cost when there is
+ * nothing to send. Switch when expected <= limit (equal passes).
+ */
 struct pc_switch_in {
 	uint64_t remaining_bytes;    /**< dirty RAM still to send */
 	uint64_t device_state_bytes; /**< size of the device state */
@@ -84,7 +147,8 @@ double pc_switch_bandwidth(uint64_t avail, double estimate);
  */
 uint64_t pc_switch_expected_ns(const struct pc_switch_in *in);
 
-/** pc_switch_ok() - expected downtime <= downtime limit. */
+/** pc_switch_ok() - expected downtime <= downtime limit (UINT64_MAX,
+ *  "never", fails whatever the limit). */
 bool pc_switch_ok(const struct pc_switch_in *in);
 
 /* ------------------------------------------------------------------ */
@@ -109,6 +173,12 @@ void pc_bucket_set_rate(struct pc_bucket *b, uint64_t rate, uint64_t now);
 /**
  * pc_bucket_take() - spend @bytes at @now. Return: how many ns the caller
  * must wait before sending more (0 = go on).
+ *
+ * The bucket holds at most 10 ms worth of rate (PC_BUCKET_SLICE_NS), so
+ * after an idle stretch at most that much (plus the one send that takes
+ * it into debt) goes out at once. Tokens refill with the time elapsed
+ * since the last call; a send bigger than the tokens is let through and
+ * the debt is paid by the wait returned. Rate 0: always 0.
  */
 uint64_t pc_bucket_take(struct pc_bucket *b, uint64_t bytes, uint64_t now);
 
@@ -141,6 +211,15 @@ void pc_throttle_init(struct pc_throttle *t, const struct precopy_params *p, uin
  * or with tailslow in proportion to the excess, capped at max).
  * Return: the throttle percent now in force (compare with the previous
  * value to know whether to tell the VMM).
+ *
+ * Details: equal to threshold% is not over; a period with nothing sent
+ * and something dirtied is over. A period under the threshold resets the
+ * count (QEMU only resets it after throttling); so does raising. The
+ * first raise goes to initial. Tailslow (QEMU's rule): with the guest at
+ * cpu_now = 100 - pct percent, cpu_ideal = floor(cpu_now * threshold% *
+ * sent / dirtied) and the step is min(increment, cpu_now - cpu_ideal),
+ * i.e. between 1 and increment, larger for a larger dirtied/sent ratio.
+ * Every raise is capped at max. Disabled: returns 0, counts nothing.
  */
 unsigned pc_throttle_account(struct pc_throttle *t, uint64_t dirtied, uint64_t sent,
 			     uint64_t now);
@@ -174,6 +253,13 @@ enum pc_wd_verdict pc_watchdog_tick(const struct pc_watchdog *w, uint64_t now);
  * pc_watchdog_pass_end() - at the end of pass @iteration (1 = the first
  * pass after bulk) with @remaining dirty bytes found by the sync that
  * ended it. Checks all three limits.
+ *
+ * max-iterations: iteration >= max_iterations (0 = off; the bulk pass,
+ * iteration 0, never reaches it). max-time: now - start >= max_time.
+ * stall: a pass end whose remaining is not below the best seen so far
+ * counts one; a new best resets the count; stall_iterations in a row
+ * (0 = off) is a stall. Stall bookkeeping happens on every call. When
+ * several limits are hit the first in that order is returned.
  */
 enum pc_wd_verdict pc_watchdog_pass_end(struct pc_watchdog *w, unsigned iteration,
 					uint64_t remaining, uint64_t now);
@@ -192,6 +278,19 @@ enum pc_decision {
 	PC_ABORT,        /**< watchdog hit, strategy abort: fail cleanly */
 };
 
+/*
+ * How the engine calls the controller (the simulator does the same):
+ *   pc_policy_init()               when the bulk pass starts
+ *   pc_policy_set_device_state()   as soon as the size is known
+ *   pc_policy_sent()               after each chunk of sends; wait as told
+ *   pc_policy_tick()               often (every chunk); obey FORCE / ABORT
+ *   pc_policy_synced()             after every dirty sync: at each pass
+ *                                  end and at least every second mid-pass;
+ *                                  tell the VMM when the percent changes
+ *   pc_policy_pass_end()           after the sync that ends a pass
+ *   pc_policy_set_switchover()     before the final burst (SWITCHOVER or
+ *                                  FORCE)
+ */
 struct pc_policy {
 	struct precopy_params params;
 	struct pc_bw bw[PRECOPY_MAX_CHANNELS]; /**< one per channel */
@@ -200,13 +299,21 @@ struct pc_policy {
 	struct pc_watchdog wd;
 	uint64_t device_state_bytes; /**< expected device-state size */
 	uint64_t sync_cost_ns;       /**< last measured dirty-sync cost */
-	uint64_t expected_downtime_ns;
-	enum pc_wd_verdict last_verdict;
+	uint64_t expected_downtime_ns; /**< at the last pass end; UINT64_MAX
+					    before it, or when not predictable */
+	enum pc_wd_verdict last_verdict; /**< why the last FORCE / ABORT */
 	bool switchover;             /**< final burst: never throttled */
 };
 
-/** pc_policy_init() - copy @p (validated by the caller) and start at @now. */
+/** pc_policy_init() - copy @p (validated by the caller) and start at @now.
+ *  channels outside 1..PRECOPY_MAX_CHANNELS is clamped. */
 void pc_policy_init(struct pc_policy *pol, const struct precopy_params *p, uint64_t now);
+
+/**
+ * pc_policy_set_device_state() - the device state is expected to be
+ * @bytes long (0 until called). Counted in every expected downtime.
+ */
+void pc_policy_set_device_state(struct pc_policy *pol, uint64_t bytes);
 
 /**
  * pc_policy_sent() - a send of @bytes on channel @chan that kept it busy
@@ -214,6 +321,8 @@ void pc_policy_init(struct pc_policy *pol, const struct precopy_params *p, uint6
  * busy-time estimate of the whole migration is the sum of the channels'
  * estimates; the wall-time one likewise. The token bucket is shared by all
  * channels. Return: ns to wait (max-bandwidth), 0 = go on.
+ * A @chan >= PRECOPY_MAX_CHANNELS still counts in the bucket and the
+ * throttle period but in no estimate.
  */
 uint64_t pc_policy_sent(struct pc_policy *pol, unsigned chan, uint64_t bytes,
 			uint64_t busy_ns, uint64_t now);
@@ -233,6 +342,9 @@ void pc_policy_set_switchover(struct pc_policy *pol);
 /**
  * pc_policy_synced() - a dirty sync that took @cost_ns found @dirtied
  * bytes newly dirty at @now. Return: the throttle percent now in force.
+ * "Newly": pages not already marked to send (as QEMU counts them). The
+ * cost becomes the sync cost of the next expected downtime; the throttle
+ * period is judged here (and only here) once >= 1 s old.
  */
 unsigned pc_policy_synced(struct pc_policy *pol, uint64_t dirtied, uint64_t cost_ns, uint64_t now);
 
@@ -240,14 +352,24 @@ unsigned pc_policy_synced(struct pc_policy *pol, uint64_t dirtied, uint64_t cost
  * pc_policy_pass_end() - pass @iteration ended (0 = bulk) and the sync
  * after it left @remaining dirty bytes. Return: what to do next. Updates
  * expected_downtime_ns.
+ *
+ * SWITCHOVER if (remaining + device state) / pc_policy_switch_bandwidth()
+ * + sync cost <= downtime limit (the bulk pass may end so); else FORCE or
+ * ABORT (params.on_limit) if the watchdog says so (last_verdict tells
+ * why); else CONTINUE. With no estimate yet (no window closed) and no
+ * avail-switchover-bandwidth, only remaining + device state = 0 switches.
  */
 enum pc_decision pc_policy_pass_end(struct pc_policy *pol, unsigned iteration,
 				    uint64_t remaining, uint64_t now);
 
-/** pc_policy_tick() - mid-pass: PC_CONTINUE, or PC_FORCE / PC_ABORT on max-time. */
+/** pc_policy_tick() - mid-pass: PC_CONTINUE, or PC_FORCE / PC_ABORT on max-time.
+ *  Always PC_CONTINUE once pc_policy_set_switchover() was called. */
 enum pc_decision pc_policy_tick(struct pc_policy *pol, uint64_t now);
 
 /** pc_policy_switch_bandwidth() - bytes/s the switchover decision uses now. */
 double pc_policy_switch_bandwidth(const struct pc_policy *pol);
+
+/** pc_policy_downtime_limit_ns() - params.downtime_limit_ms in ns. */
+uint64_t pc_policy_downtime_limit_ns(const struct pc_policy *pol);
 
 #endif /* PC_POLICY_H */

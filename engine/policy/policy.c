@@ -1,0 +1,535 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * policy.c - the decisions of a precopy migration, as pure code.
+ *
+ * No I/O, no clock reads, no allocation: every time comes in as an
+ * argument in nanoseconds. See policy.h for the contract; the choices made
+ * here (smoothing weight, tailslow step, guards) are documented next to the
+ * code that makes them.
+ */
+#include "policy.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+/* a * b without wrapping: UINT64_MAX when the product does not fit. */
+static uint64_t mul_sat(uint64_t a, uint64_t b)
+{
+	if (a != 0 && b > UINT64_MAX / a)
+		return UINT64_MAX;
+	return a * b;
+}
+
+static uint64_t add_sat(uint64_t a, uint64_t b)
+{
+	return a > UINT64_MAX - b ? UINT64_MAX : a + b;
+}
+
+/* ------------------------------------------------------------------ */
+/* Parameters                                                          */
+/* ------------------------------------------------------------------ */
+
+void pc_policy_params_defaults(struct precopy_params *p)
+{
+	memset(p, 0, sizeof(*p));
+	p->max_bandwidth = 0;
+	p->downtime_limit_ms = 300;
+	p->avail_switchover_bandwidth = 0;
+	p->auto_converge = false;
+	p->throttle_trigger_threshold = 50;
+	p->cpu_throttle_initial = 20;
+	p->cpu_throttle_increment = 10;
+	p->max_cpu_throttle = 99;
+	p->cpu_throttle_tailslow = false;
+	p->max_iterations = 0;
+	p->max_time_ms = 0;
+	p->stall_iterations = 0;
+	p->on_limit = PRECOPY_ON_LIMIT_FORCE;
+	p->channels = 1;
+}
+
+static int bad(char *why, size_t whylen, const char *what)
+{
+	if (why && whylen)
+		snprintf(why, whylen, "%s", what);
+	return -EINVAL;
+}
+
+int pc_policy_params_check(const struct precopy_params *p, char *why, size_t whylen)
+{
+	if (!p)
+		return bad(why, whylen, "params: NULL");
+	if (p->downtime_limit_ms > PC_DOWNTIME_LIMIT_MAX_MS)
+		return bad(why, whylen, "downtime_limit_ms: above 2000000 (2000 s)");
+	if (p->throttle_trigger_threshold < 1 || p->throttle_trigger_threshold > 100)
+		return bad(why, whylen, "throttle_trigger_threshold: not in 1..100");
+	if (p->cpu_throttle_initial < 1 || p->cpu_throttle_initial > 99)
+		return bad(why, whylen, "cpu_throttle_initial: not in 1..99");
+	if (p->cpu_throttle_increment < 1 || p->cpu_throttle_increment > 99)
+		return bad(why, whylen, "cpu_throttle_increment: not in 1..99");
+	if (p->max_cpu_throttle < 1 || p->max_cpu_throttle > 99)
+		return bad(why, whylen, "max_cpu_throttle: not in 1..99");
+	if (p->on_limit != PRECOPY_ON_LIMIT_FORCE && p->on_limit != PRECOPY_ON_LIMIT_ABORT)
+		return bad(why, whylen, "on_limit: neither FORCE nor ABORT");
+	if (p->channels < 1 || p->channels > PRECOPY_MAX_CHANNELS)
+		return bad(why, whylen, "channels: not in 1..PRECOPY_MAX_CHANNELS");
+	if (why && whylen)
+		why[0] = '\0';
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Bandwidth estimate                                                  */
+/* ------------------------------------------------------------------ */
+
+void pc_bw_init(struct pc_bw *b, uint64_t now)
+{
+	memset(b, 0, sizeof(*b));
+	b->win_start = now;
+}
+
+static double ewma(double prev, double sample)
+{
+	return prev + PC_BW_EWMA_WEIGHT * (sample - prev);
+}
+
+void pc_bw_sample(struct pc_bw *b, uint64_t bytes, uint64_t busy_ns, uint64_t now)
+{
+	b->win_bytes = add_sat(b->win_bytes, bytes);
+	b->win_busy = add_sat(b->win_busy, busy_ns);
+
+	/* A clock that stepped back (callers on several threads reading the
+	 * clock before taking the lock) just extends the window. */
+	if (now < b->win_start || now - b->win_start < PC_BW_WINDOW_NS)
+		return;
+
+	double wall_ns = (double)(now - b->win_start);
+	double wall = (double)b->win_bytes * 1e9 / wall_ns;
+
+	/* Wall estimate: every window counts, idle ones too. An idle window
+	 * drags it down: that is what wall time measures (and QEMU's figure
+	 * does the same); it is reported, not used for decisions. */
+	b->wall_bps = b->windows == 0 ? wall : ewma(b->wall_bps, wall);
+
+	/* Busy estimate: only windows that saw the channel transmit for a
+	 * measurable time. An idle window (no bytes) says nothing about the
+	 * link, and a window with bytes but (almost) no busy time would give
+	 * an absurd or infinite rate: both keep the previous estimate. */
+	if (b->win_bytes > 0 && b->win_busy >= PC_BW_MIN_BUSY_NS) {
+		double busy = (double)b->win_bytes * 1e9 / (double)b->win_busy;
+
+		b->busy_bps = b->busy_bps <= 0 ? busy : ewma(b->busy_bps, busy);
+	}
+
+	b->windows++;
+	b->win_start = now;
+	b->win_bytes = 0;
+	b->win_busy = 0;
+}
+
+double pc_bw_busy(const struct pc_bw *b)
+{
+	return b->busy_bps;
+}
+
+double pc_bw_wall(const struct pc_bw *b)
+{
+	return b->wall_bps;
+}
+
+/* ------------------------------------------------------------------ */
+/* Switchover                                                          */
+/* ------------------------------------------------------------------ */
+
+double pc_switch_bandwidth(uint64_t avail, double estimate)
+{
+	return avail ? (double)avail : estimate;
+}
+
+uint64_t pc_switch_expected_ns(const struct pc_switch_in *in)
+{
+	uint64_t bytes = add_sat(in->remaining_bytes, in->device_state_bytes);
+
+	if (bytes == 0)
+		return in->sync_cost_ns;
+	/* !(bw > 0) also catches NaN. */
+	if (!(in->bandwidth > 0))
+		return UINT64_MAX;
+
+	/* Rounded to the nearest ns so that a transfer time that is exactly
+	 * the limit in decimal (30 MB at 100 MB/s = 300 ms) is not pushed
+	 * over it by binary rounding. */
+	double t = (double)bytes * 1e9 / in->bandwidth;
+
+	if (!(t < 18446744073709549568.0)) /* largest double below 2^64 */
+		return UINT64_MAX;
+	return add_sat((uint64_t)llround(t), in->sync_cost_ns);
+}
+
+bool pc_switch_ok(const struct pc_switch_in *in)
+{
+	uint64_t e = pc_switch_expected_ns(in);
+
+	/* UINT64_MAX means "never": it does not fit even an unbounded limit. */
+	return e != UINT64_MAX && e <= in->downtime_limit_ns;
+}
+
+/* ------------------------------------------------------------------ */
+/* max-bandwidth                                                       */
+/* ------------------------------------------------------------------ */
+
+static double bucket_depth(uint64_t rate)
+{
+	return (double)rate * (double)PC_BUCKET_SLICE_NS / 1e9;
+}
+
+static void bucket_refill(struct pc_bucket *b, uint64_t now)
+{
+	if (now <= b->last)
+		return; /* never move last back: see pc_bw_sample() */
+	if (b->rate) {
+		double depth = bucket_depth(b->rate);
+
+		b->tokens += (double)b->rate * (double)(now - b->last) / 1e9;
+		if (b->tokens > depth)
+			b->tokens = depth;
+	}
+	b->last = now;
+}
+
+void pc_bucket_init(struct pc_bucket *b, uint64_t rate, uint64_t now)
+{
+	b->rate = rate;
+	b->tokens = bucket_depth(rate);
+	b->last = now;
+}
+
+void pc_bucket_set_rate(struct pc_bucket *b, uint64_t rate, uint64_t now)
+{
+	bucket_refill(b, now);
+	if (b->rate == 0) {
+		/* From unlimited: start full, as after init. */
+		b->tokens = bucket_depth(rate);
+	} else if (rate) {
+		/* Keep any debt; cap savings to the new depth. */
+		double depth = bucket_depth(rate);
+
+		if (b->tokens > depth)
+			b->tokens = depth;
+	}
+	b->rate = rate;
+	if (rate == 0)
+		b->tokens = 0;
+}
+
+uint64_t pc_bucket_take(struct pc_bucket *b, uint64_t bytes, uint64_t now)
+{
+	if (b->rate == 0)
+		return 0;
+	bucket_refill(b, now);
+	b->tokens -= (double)bytes;
+	if (b->tokens >= 0)
+		return 0;
+
+	double wait = ceil(-b->tokens * 1e9 / (double)b->rate);
+
+	if (!(wait < 18446744073709549568.0))
+		return UINT64_MAX;
+	return (uint64_t)wait;
+}
+
+/* ------------------------------------------------------------------ */
+/* Auto-converge                                                       */
+/* ------------------------------------------------------------------ */
+
+void pc_throttle_init(struct pc_throttle *t, const struct precopy_params *p, uint64_t now)
+{
+	memset(t, 0, sizeof(*t));
+	t->enabled = p->auto_converge;
+	t->threshold = p->throttle_trigger_threshold;
+	t->initial = p->cpu_throttle_initial;
+	t->increment = p->cpu_throttle_increment;
+	t->max = p->max_cpu_throttle;
+	t->tailslow = p->cpu_throttle_tailslow;
+	t->period_start = now;
+}
+
+/* dirtied > threshold% of sent, exactly (equal is not over). */
+static bool over_threshold(uint64_t dirtied, uint64_t sent, unsigned threshold)
+{
+	if (sent == 0)
+		return dirtied > 0;
+	/* Scale both down until the products fit; the loss of a few low bits
+	 * on petabyte periods does not matter. */
+	while (dirtied > UINT64_MAX / 100 || sent > UINT64_MAX / 100) {
+		dirtied >>= 1;
+		sent >>= 1;
+	}
+	return dirtied * 100 > (uint64_t)threshold * sent;
+}
+
+/*
+ * The step after the first one. Without tailslow: increment. With
+ * tailslow, QEMU's rule (migration/ram.c, mig_throttle_guest_down()):
+ * the guest now runs cpu_now = 100 - pct percent of the time; if dirtying
+ * scales with guest CPU time, running
+ *     cpu_ideal = floor(cpu_now * threshold_bytes / dirtied)
+ * percent would bring the bytes dirtied down to the threshold
+ * (threshold_bytes = threshold% of sent). The step is
+ *     min(increment, cpu_now - cpu_ideal),
+ * at least 1 (dirtied > threshold_bytes makes the ratio < 1 and the floor
+ * strictly below cpu_now), never more than increment, and monotone: a
+ * larger dirtied/sent ratio gives a smaller cpu_ideal, so a step at least
+ * as large. With nothing sent the ratio is 0 and the step is increment.
+ */
+static unsigned throttle_step(const struct pc_throttle *t)
+{
+	if (!t->tailslow)
+		return t->increment;
+
+	unsigned cpu_now = 100 - t->pct;
+	unsigned cpu_ideal;
+
+	if (t->dirtied == 0) {
+		cpu_ideal = cpu_now; /* not reached: no dirtying is never over */
+	} else if (t->sent <= UINT64_MAX / 10000 && t->dirtied <= UINT64_MAX / 100) {
+		/* Exact: no rounding can move the floor. */
+		uint64_t num = (uint64_t)cpu_now * t->threshold * t->sent;
+		uint64_t q = num / (t->dirtied * 100);
+
+		cpu_ideal = q < cpu_now ? (unsigned)q : cpu_now;
+	} else {
+		double r = (double)t->threshold / 100.0 * (double)t->sent / (double)t->dirtied;
+
+		cpu_ideal = r < 1.0 ? (unsigned)floor((double)cpu_now * r) : cpu_now;
+	}
+
+	unsigned step = cpu_now - cpu_ideal;
+
+	return step < t->increment ? step : t->increment;
+}
+
+static void throttle_raise(struct pc_throttle *t)
+{
+	unsigned next;
+
+	if (t->pct == 0)
+		next = t->initial;
+	else
+		next = t->pct + throttle_step(t);
+	if (next > t->max)
+		next = t->max;
+	if (next > t->pct)
+		t->pct = next;
+}
+
+unsigned pc_throttle_account(struct pc_throttle *t, uint64_t dirtied, uint64_t sent,
+			     uint64_t now)
+{
+	if (!t->enabled)
+		return 0;
+	t->dirtied = add_sat(t->dirtied, dirtied);
+	t->sent = add_sat(t->sent, sent);
+	if (now < t->period_start || now - t->period_start < PC_THROTTLE_PERIOD_NS)
+		return t->pct;
+
+	/* Judge the period. Unlike QEMU (whose dirty_rate_high_cnt is only
+	 * reset after throttling), a period under the threshold resets the
+	 * count: two periods over it must be in a row, as documented. */
+	if (over_threshold(t->dirtied, t->sent, t->threshold)) {
+		if (++t->hits >= 2) {
+			throttle_raise(t);
+			t->hits = 0;
+		}
+	} else {
+		t->hits = 0;
+	}
+	t->period_start = now;
+	t->dirtied = 0;
+	t->sent = 0;
+	return t->pct;
+}
+
+/* ------------------------------------------------------------------ */
+/* Watchdog                                                            */
+/* ------------------------------------------------------------------ */
+
+void pc_watchdog_init(struct pc_watchdog *w, const struct precopy_params *p, uint64_t now)
+{
+	memset(w, 0, sizeof(*w));
+	w->max_iterations = p->max_iterations;
+	w->max_time_ns = mul_sat(p->max_time_ms, PC_NSEC_PER_MSEC);
+	w->stall_iterations = p->stall_iterations;
+	w->start = now;
+	w->best_remaining = UINT64_MAX;
+}
+
+enum pc_wd_verdict pc_watchdog_tick(const struct pc_watchdog *w, uint64_t now)
+{
+	if (w->max_time_ns && now >= w->start && now - w->start >= w->max_time_ns)
+		return PC_WD_MAX_TIME;
+	return PC_WD_OK;
+}
+
+enum pc_wd_verdict pc_watchdog_pass_end(struct pc_watchdog *w, unsigned iteration,
+					uint64_t remaining, uint64_t now)
+{
+	/* Stall bookkeeping first, whatever the verdict. */
+	if (remaining < w->best_remaining) {
+		w->best_remaining = remaining;
+		w->stalled = 0;
+	} else {
+		w->stalled++;
+	}
+
+	if (w->max_iterations && iteration >= w->max_iterations)
+		return PC_WD_MAX_ITERATIONS;
+	if (pc_watchdog_tick(w, now) != PC_WD_OK)
+		return PC_WD_MAX_TIME;
+	if (w->stall_iterations && w->stalled >= w->stall_iterations)
+		return PC_WD_STALL;
+	return PC_WD_OK;
+}
+
+const char *pc_wd_reason(enum pc_wd_verdict v)
+{
+	switch (v) {
+	case PC_WD_OK:
+		return "no limit reached";
+	case PC_WD_MAX_ITERATIONS:
+		return "max-iterations reached";
+	case PC_WD_MAX_TIME:
+		return "max-time reached";
+	case PC_WD_STALL:
+		return "stalled: remaining not shrinking";
+	}
+	return "unknown watchdog verdict";
+}
+
+/* ------------------------------------------------------------------ */
+/* The controller                                                      */
+/* ------------------------------------------------------------------ */
+
+void pc_policy_init(struct pc_policy *pol, const struct precopy_params *p, uint64_t now)
+{
+	memset(pol, 0, sizeof(*pol));
+	pol->params = *p;
+	if (pol->params.channels < 1)
+		pol->params.channels = 1;
+	if (pol->params.channels > PRECOPY_MAX_CHANNELS)
+		pol->params.channels = PRECOPY_MAX_CHANNELS;
+	for (unsigned i = 0; i < PRECOPY_MAX_CHANNELS; i++)
+		pc_bw_init(&pol->bw[i], now);
+	pc_bucket_init(&pol->bucket, p->max_bandwidth, now);
+	pc_throttle_init(&pol->throttle, p, now);
+	pc_watchdog_init(&pol->wd, p, now);
+	pol->device_state_bytes = 0;
+	pol->sync_cost_ns = 0;
+	pol->expected_downtime_ns = UINT64_MAX;
+	pol->last_verdict = PC_WD_OK;
+	pol->switchover = false;
+}
+
+void pc_policy_set_device_state(struct pc_policy *pol, uint64_t bytes)
+{
+	pol->device_state_bytes = bytes;
+}
+
+uint64_t pc_policy_sent(struct pc_policy *pol, unsigned chan, uint64_t bytes,
+			uint64_t busy_ns, uint64_t now)
+{
+	if (chan < PRECOPY_MAX_CHANNELS)
+		pc_bw_sample(&pol->bw[chan], bytes, busy_ns, now);
+	/* Sent bytes join the current throttle period; it is judged only at
+	 * a sync, when the bytes dirtied in the same period are known. */
+	if (pol->throttle.enabled)
+		pol->throttle.sent = add_sat(pol->throttle.sent, bytes);
+	if (pol->switchover)
+		return 0;
+	return pc_bucket_take(&pol->bucket, bytes, now);
+}
+
+double pc_policy_bw_busy(const struct pc_policy *pol)
+{
+	double sum = 0;
+
+	for (unsigned i = 0; i < PRECOPY_MAX_CHANNELS; i++)
+		sum += pc_bw_busy(&pol->bw[i]);
+	return sum;
+}
+
+double pc_policy_bw_wall(const struct pc_policy *pol)
+{
+	double sum = 0;
+
+	for (unsigned i = 0; i < PRECOPY_MAX_CHANNELS; i++)
+		sum += pc_bw_wall(&pol->bw[i]);
+	return sum;
+}
+
+void pc_policy_set_switchover(struct pc_policy *pol)
+{
+	pol->switchover = true;
+}
+
+unsigned pc_policy_synced(struct pc_policy *pol, uint64_t dirtied, uint64_t cost_ns, uint64_t now)
+{
+	pol->sync_cost_ns = cost_ns;
+	return pc_throttle_account(&pol->throttle, dirtied, 0, now);
+}
+
+double pc_policy_switch_bandwidth(const struct pc_policy *pol)
+{
+	return pc_switch_bandwidth(pol->params.avail_switchover_bandwidth,
+				   pc_policy_bw_busy(pol));
+}
+
+uint64_t pc_policy_downtime_limit_ns(const struct pc_policy *pol)
+{
+	return mul_sat(pol->params.downtime_limit_ms, PC_NSEC_PER_MSEC);
+}
+
+static enum pc_decision on_limit(const struct pc_policy *pol)
+{
+	return pol->params.on_limit == PRECOPY_ON_LIMIT_ABORT ? PC_ABORT : PC_FORCE;
+}
+
+enum pc_decision pc_policy_pass_end(struct pc_policy *pol, unsigned iteration,
+				    uint64_t remaining, uint64_t now)
+{
+	struct pc_switch_in in = {
+		.remaining_bytes = remaining,
+		.device_state_bytes = pol->device_state_bytes,
+		.bandwidth = pc_policy_switch_bandwidth(pol),
+		.sync_cost_ns = pol->sync_cost_ns,
+		.downtime_limit_ns = pc_policy_downtime_limit_ns(pol),
+	};
+	/* The watchdog sees every pass end, so its stall count is right even
+	 * on the pass that switches over. */
+	enum pc_wd_verdict v = pc_watchdog_pass_end(&pol->wd, iteration, remaining, now);
+
+	pol->expected_downtime_ns = pc_switch_expected_ns(&in);
+	if (pc_switch_ok(&in)) {
+		pol->last_verdict = PC_WD_OK;
+		return PC_SWITCHOVER;
+	}
+	pol->last_verdict = v;
+	if (v != PC_WD_OK)
+		return on_limit(pol);
+	return PC_CONTINUE;
+}
+
+enum pc_decision pc_policy_tick(struct pc_policy *pol, uint64_t now)
+{
+	if (pol->switchover)
+		return PC_CONTINUE;
+
+	enum pc_wd_verdict v = pc_watchdog_tick(&pol->wd, now);
+
+	if (v == PC_WD_OK)
+		return PC_CONTINUE;
+	pol->last_verdict = v;
+	return on_limit(pol);
+}

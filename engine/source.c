@@ -26,7 +26,7 @@
 /** Longest data run in one frame (pages). */
 #define MAX_RUN_PAGES 64
 /** Flush a batch when it holds this much page data. */
-#define BATCH_BYTES (1u << 20)
+#define BATCH_BYTES (256u << 10) /* still in cache when sent */
 
 struct source;
 
@@ -298,12 +298,95 @@ static uint64_t count_dirty(struct source *src)
 	return n;
 }
 
+/*
+ * Soft-dirty cannot read and clear a page's bit in one step: a write that
+ * lands between the two is lost. So while a soft-dirty region is armed or
+ * synced, the guest is paused through the VMM's hooks (a pause as long as
+ * the sync itself); the other methods need no pause. @vm_stopped: the
+ * guest is already stopped (switchover).
+ */
+static bool needs_pause(struct source *src, bool vm_stopped)
+{
+	struct precopy_session *s = src->s;
+
+	if (vm_stopped || !s->cb.stop_vm || !s->cb.resume_vm)
+		return false;
+	for (unsigned i = 0; i < s->nreg; i++)
+		if (s->reg[i].mode == PRECOPY_DIRTY_SOFT_DIRTY)
+			return true;
+	return false;
+}
+
+static int pause_guest(struct source *src)
+{
+	struct precopy_session *s = src->s;
+	int err = s->cb.stop_vm(s->cb.opaque);
+
+	return err ? pc_fail(s, err, "stop_vm for a soft-dirty sync failed: %s", strerror(-err))
+		   : 0;
+}
+
+static int resume_guest(struct source *src)
+{
+	struct precopy_session *s = src->s;
+	int err = s->cb.resume_vm(s->cb.opaque);
+
+	return err ? pc_fail(s, err, "resume_vm after a soft-dirty sync failed: %s",
+			     strerror(-err))
+		   : 0;
+}
+
+static int sync_regions(struct source *src, uint64_t *added);
+
 /* Sync every region's dirty log into the session bitmap; feed the policy. */
-static int sync_dirty(struct source *src, uint64_t *newly)
+static int sync_dirty_ex(struct source *src, uint64_t *newly, bool vm_stopped)
 {
 	struct precopy_session *s = src->s;
 	uint64_t t0 = pc_now(), added = 0;
 	unsigned pct, old;
+	bool pause = needs_pause(src, vm_stopped);
+	int err;
+
+	if (pause && (err = pause_guest(src)))
+		return err;
+	err = sync_regions(src, &added);
+	if (pause) {
+		int e2 = resume_guest(src);
+
+		err = err ? err : e2;
+	}
+	if (err)
+		return err;
+
+	pthread_mutex_lock(&src->plock);
+	old = src->pol.throttle.pct;
+	pct = pc_policy_synced(&src->pol, added * PRECOPY_PAGE_SIZE, pc_now() - t0, pc_now());
+	pthread_mutex_unlock(&src->plock);
+
+	pthread_mutex_lock(&s->lock);
+	s->st.dirty_sync_count++;
+	s->st.cpu_throttle_percentage = pct;
+	pthread_mutex_unlock(&s->lock);
+	if (pct != old && s->cb.set_throttle) {
+		err = s->cb.set_throttle(s->cb.opaque, pct);
+		if (err)
+			return pc_fail(s, err, "set_throttle(%u) failed", pct);
+	}
+	if (newly)
+		*newly = added;
+	return 0;
+}
+
+static int sync_dirty(struct source *src, uint64_t *newly)
+{
+	return sync_dirty_ex(src, newly, false);
+}
+
+/* OR each region's dirty log into the session bitmap; count new bits. */
+static int sync_regions(struct source *src, uint64_t *addedp)
+{
+	struct precopy_session *s = src->s;
+	uint64_t added = 0;
 
 	for (unsigned i = 0; i < s->nreg; i++) {
 		struct pc_region *r = &s->reg[i];
@@ -326,23 +409,7 @@ static int sync_dirty(struct source *src, uint64_t *newly)
 			added += (uint64_t)__builtin_popcountll(b & ~old_bits);
 		}
 	}
-	pthread_mutex_lock(&src->plock);
-	old = src->pol.throttle.pct;
-	pct = pc_policy_synced(&src->pol, added * PRECOPY_PAGE_SIZE, pc_now() - t0, pc_now());
-	pthread_mutex_unlock(&src->plock);
-
-	pthread_mutex_lock(&s->lock);
-	s->st.dirty_sync_count++;
-	s->st.cpu_throttle_percentage = pct;
-	pthread_mutex_unlock(&s->lock);
-	if (pct != old && s->cb.set_throttle) {
-		int err = s->cb.set_throttle(s->cb.opaque, pct);
-
-		if (err)
-			return pc_fail(s, err, "set_throttle(%u) failed", pct);
-	}
-	if (newly)
-		*newly = added;
+	*addedp = added;
 	return 0;
 }
 
@@ -617,12 +684,20 @@ static int migrate(struct source *src, const char *uri)
 	}
 
 	/* Arm the dirty log before the first page is read, then send all. */
-	for (unsigned i = 0; i < s->nreg; i++) {
+	if (needs_pause(src, false) && (err = pause_guest(src)))
+		return err;
+	for (unsigned i = 0; i < s->nreg && !err; i++) {
 		err = pc_dirty_start(s->reg[i].dirty);
 		if (err)
-			return pc_fail(s, err, "arming the dirty log of region %u: %s", i,
-				       strerror(-err));
+			pc_fail(s, err, "arming the dirty log of region %u: %s", i, strerror(-err));
 	}
+	if (needs_pause(src, false)) {
+		int e2 = resume_guest(src);
+
+		err = err ? err : e2;
+	}
+	if (err)
+		return err;
 	for (unsigned i = 0; i < s->nreg; i++) {
 		struct pc_region *r = &s->reg[i];
 
@@ -693,7 +768,7 @@ static int migrate(struct source *src, const char *uri)
 		}
 	}
 	stopped = true;
-	err = sync_dirty(src, NULL);
+	err = sync_dirty_ex(src, NULL, true);
 	if (err)
 		goto fail;
 	src->final = true;

@@ -41,8 +41,9 @@ static void check_migrated(struct h_src *s, struct h_dest *d)
 	size_t len;
 	void *src = pc_guest_ram(s->guest, &len);
 
-	assert_int_equal(s->stops, 1);
-	assert_int_equal(s->resumes, 0);
+	/* stopped once for good (soft-dirty also pauses around each sync) */
+	assert_true(s->stops >= 1);
+	assert_int_equal(s->resumes, s->stops - 1);
 	assert_int_equal(d->resumed, 1);
 	assert_true(d->have_desc);
 	assert_int_equal(memcmp(src, d->ram, len), 0);

@@ -13,7 +13,8 @@
 
 #include "stream.h"
 
-#define RBUF_SIZE (256u * 1024)
+#define RTAIL (16u * 1024) /* what may spill past a read */
+#define RBUF_SIZE RTAIL
 #define RUNS_PER_WRITE 256 /* 2 iovecs a run; well under IOV_MAX */
 
 static void set_why(struct pc_stream *s, const char *fmt, ...)
@@ -250,8 +251,12 @@ int pc_stream_write_pages(struct pc_transport *t, unsigned chan,
 	return err;
 }
 
-/* Read exactly @n bytes from the channel, through its buffer; large reads
- * go straight into @dst. */
+/* Read exactly @n bytes from the channel into @dst. Bytes already in the
+ * channel's buffer are taken first; then each recvmsg() puts the wanted
+ * bytes straight into @dst and lets at most RTAIL bytes that follow (the
+ * next frame header, say) spill into the buffer, so page data is not
+ * bounced through a staging buffer and small frames do not cost a system
+ * call each. */
 static int chan_read(struct pc_stream *s, unsigned chan, void *dst, size_t n)
 {
 	struct pc_stream_chan *c = &s->ch[chan];
@@ -259,6 +264,8 @@ static int chan_read(struct pc_stream *s, unsigned chan, void *dst, size_t n)
 
 	while (n > 0) {
 		size_t have = c->rlen - c->rpos;
+		struct iovec v[2];
+		struct msghdr mh = { .msg_iov = v, .msg_iovlen = 2 };
 		ssize_t r;
 
 		if (have) {
@@ -270,20 +277,21 @@ static int chan_read(struct pc_stream *s, unsigned chan, void *dst, size_t n)
 			n -= k;
 			continue;
 		}
-		if (n >= RBUF_SIZE / 2) {
-			r = recv(c->fd, p, n, MSG_WAITALL);
-			if (r > 0) {
+		v[0].iov_base = p;
+		v[0].iov_len = n;
+		v[1].iov_base = c->rbuf;
+		v[1].iov_len = RTAIL;
+		r = recvmsg(c->fd, &mh, 0);
+		if (r > 0) {
+			if ((size_t)r <= n) {
 				p += r;
 				n -= (size_t)r;
-				continue;
-			}
-		} else {
-			r = recv(c->fd, c->rbuf, RBUF_SIZE, 0);
-			if (r > 0) {
+			} else {
 				c->rpos = 0;
-				c->rlen = (size_t)r;
-				continue;
+				c->rlen = (size_t)r - n;
+				n = 0;
 			}
+			continue;
 		}
 		if (r == 0) {
 			if (!atomic_load(&s->aborted))

@@ -193,7 +193,7 @@ static int parse_args(int argc, char **argv, struct pc_cli *c)
 				return bad_value(name, a, "expected sequential, random or hotset");
 			break;
 		case OPT_THREADS:
-			if (parse_uint(name, a, 64, &v) || v == 0)
+			if (pc_cli_parse_u64(a, &v) || v == 0 || v > 64)
 				return bad_value(name, a, "expected 1..64");
 			c->threads = (unsigned)v;
 			break;
@@ -278,7 +278,7 @@ static int parse_args(int argc, char **argv, struct pc_cli *c)
 				return bad_value(name, a, "expected force or abort");
 			break;
 		case OPT_CHANNELS:
-			if (parse_uint(name, a, PRECOPY_MAX_CHANNELS, &v) || v == 0)
+			if (pc_cli_parse_u64(a, &v) || v == 0 || v > PRECOPY_MAX_CHANNELS)
 				return bad_value(name, a, "expected 1..16");
 			c->params.channels = (unsigned)v;
 			break;

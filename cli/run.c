@@ -119,8 +119,9 @@ static void print_summary(struct ctx *x, const struct precopy_stats *st)
 		return;
 	}
 	if (st->status != PRECOPY_STATUS_COMPLETED) {
-		printf("precopy: %s migration %s after %.2f s: %s\n", x->role,
-		       precopy_status_name(st->status), st->total_time / 1e3, st->error);
+		fflush(stdout);
+		fprintf(stderr, "precopy: %s: migration %s after %.2f s: %s\n", x->role,
+			precopy_status_name(st->status), st->total_time / 1e3, st->error);
 		return;
 	}
 	printf("precopy: %s: migration completed in %.2f s (setup %" PRIu64 " ms)\n", x->role,

@@ -1,0 +1,228 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The policy rules in real migrations over TCP loopback with the synthetic
+ * guest: auto-converge makes a too-busy guest converge; the watchdog's
+ * force and abort do what they say; free-page hints cut the bytes sent.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+
+#define MiB (1ull << 20)
+
+static struct pc_guest *make_guest(size_t ram, double rate, enum pc_guest_pattern pat,
+				   unsigned free_pct)
+{
+	struct pc_guest_opts o = { .ram = ram, .dirty_rate = rate, .pattern = pat,
+				   .threads = 1, .free_pct = free_pct, .seed = 9 };
+	struct pc_guest *g;
+
+	assert_int_equal(pc_guest_new(&o, &g), 0);
+	assert_int_equal(pc_guest_start(g), 0);
+	return g;
+}
+
+struct outcome {
+	int src_err, dest_err;
+	struct precopy_stats src, dest;
+	bool verified;
+	unsigned max_throttle;
+};
+
+/* Migrate @g with @p to a fresh destination; check what came across. */
+static void migrate(struct pc_guest *g, const struct precopy_params *p, bool hint_free,
+		    struct outcome *o)
+{
+	struct h_dest d;
+	struct h_src s;
+	size_t len;
+	void *mem = pc_guest_ram(g, &len);
+	char why[256];
+
+	memset(o, 0, sizeof(*o));
+	assert_int_equal(h_dest_start(&d, len), 0);
+	assert_int_equal(h_src_new(&s, g, p, PRECOPY_DIRTY_AUTO), 0);
+	if (hint_free) {
+		uint64_t n = 0, *bm = pc_guest_free_bitmap(g, &n);
+
+		assert_non_null(bm);
+		assert_int_equal(precopy_region_hint_free(s.s, 0, 0, bm, n), 0);
+		free(bm);
+	}
+	assert_int_equal(h_src_start(&s, d.uri), 0);
+	/* watch the throttle while it runs */
+	for (;;) {
+		struct precopy_stats st;
+
+		precopy_query(s.s, &st);
+		if (st.cpu_throttle_percentage > o->max_throttle)
+			o->max_throttle = st.cpu_throttle_percentage;
+		if (st.status >= PRECOPY_STATUS_COMPLETED)
+			break;
+		usleep(20 * 1000);
+	}
+	o->src_err = h_src_join(&s);
+	o->dest_err = h_dest_join(&d);
+	precopy_query(s.s, &o->src);
+	precopy_query(d.s, &o->dest);
+	if (!o->src_err && !o->dest_err) {
+		/* hinted free pages hold garbage here and zeros there */
+		if (!hint_free)
+			assert_int_equal(memcmp(mem, d.ram, len), 0);
+		o->verified = pc_guest_verify(d.ram, len, &d.desc, why, sizeof(why)) == 0;
+	} else {
+		struct pc_guest_desc desc;
+		uint64_t w0 = pc_guest_writes(g);
+
+		/* failed: the guest runs on, its memory exactly what it wrote */
+		assert_int_equal(s.resumes, s.stops);
+		usleep(50 * 1000);
+		assert_true(pc_guest_writes(g) > w0);
+		pc_guest_pause(g);
+		pc_guest_describe(g, &desc);
+		assert_int_equal(pc_guest_verify(mem, len, &desc, why, sizeof(why)), 0);
+		pc_guest_resume(g);
+		assert_int_equal(d.resumed, 0);
+	}
+	h_src_free(&s);
+	h_dest_free(&d);
+}
+
+/* A guest that dirties 64 MiB/s over a link the operator says gives
+ * 24 MiB/s (rate cap and switchover bandwidth alike). */
+static void busy_params(struct precopy_params *p)
+{
+	precopy_params_init(p);
+	p->max_bandwidth = 24 * MiB;
+	p->avail_switchover_bandwidth = 24 * MiB;
+	p->downtime_limit_ms = 300;
+}
+
+static void auto_converge__off_never_converges(void **state)
+{
+	struct pc_guest *g = make_guest(48 * MiB, 64.0 * MiB, PC_GUEST_RANDOM, 0);
+	struct precopy_params p;
+	struct outcome o;
+
+	(void)state;
+	busy_params(&p);
+	p.max_time_ms = 7000;
+	p.on_limit = PRECOPY_ON_LIMIT_ABORT;
+	migrate(g, &p, false, &o);
+	assert_int_equal(o.src_err, -ETIMEDOUT);
+	assert_int_equal(o.src.status, PRECOPY_STATUS_FAILED);
+	assert_non_null(strstr(o.src.error, "watchdog"));
+	assert_int_equal(o.max_throttle, 0);
+	assert_true(o.dest_err < 0);
+	pc_guest_delete(&g);
+}
+
+static void auto_converge__on_converges(void **state)
+{
+	struct pc_guest *g = make_guest(48 * MiB, 64.0 * MiB, PC_GUEST_RANDOM, 0);
+	struct precopy_params p;
+	struct outcome o;
+
+	(void)state;
+	busy_params(&p);
+	p.auto_converge = true;
+	p.cpu_throttle_initial = 50;
+	p.cpu_throttle_increment = 20;
+	p.max_time_ms = 60000; /* a guard; it must converge well before */
+	p.on_limit = PRECOPY_ON_LIMIT_ABORT;
+	migrate(g, &p, false, &o);
+	assert_int_equal(o.src_err, 0);
+	assert_int_equal(o.dest_err, 0);
+	assert_true(o.verified);
+	assert_false(o.src.forced_switchover);
+	assert_true(o.max_throttle >= 50);
+	assert_true(o.src.expected_downtime <= 300);
+	pc_guest_delete(&g);
+}
+
+static void watchdog__force_switches_over(void **state)
+{
+	struct pc_guest *g = make_guest(48 * MiB, 64.0 * MiB, PC_GUEST_RANDOM, 0);
+	struct precopy_params p;
+	struct outcome o;
+
+	(void)state;
+	busy_params(&p);
+	p.max_iterations = 2;
+	p.on_limit = PRECOPY_ON_LIMIT_FORCE;
+	migrate(g, &p, false, &o);
+	assert_int_equal(o.src_err, 0);
+	assert_int_equal(o.dest_err, 0);
+	assert_true(o.verified);
+	assert_true(o.src.forced_switchover);
+	assert_int_equal(o.src.status, PRECOPY_STATUS_COMPLETED);
+	/* it went when the limit said, not when the downtime allowed */
+	assert_true(o.src.iteration <= 3);
+	assert_true(o.src.expected_downtime > 300);
+	pc_guest_delete(&g);
+}
+
+static void watchdog__abort_fails_cleanly(void **state)
+{
+	struct pc_guest *g = make_guest(48 * MiB, 64.0 * MiB, PC_GUEST_RANDOM, 0);
+	struct precopy_params p;
+	struct outcome o;
+
+	(void)state;
+	busy_params(&p);
+	p.max_iterations = 2;
+	p.on_limit = PRECOPY_ON_LIMIT_ABORT;
+	migrate(g, &p, false, &o);
+	assert_int_equal(o.src_err, -ETIMEDOUT);
+	assert_non_null(strstr(o.src.error, "max-iterations"));
+	assert_true(o.dest_err < 0);
+	assert_int_equal(o.dest.status, PRECOPY_STATUS_FAILED);
+	pc_guest_delete(&g);
+}
+
+static void free_hints__cut_bytes_by_free_share(void **state)
+{
+	struct pc_guest *g = make_guest(64 * MiB, 0, PC_GUEST_SEQUENTIAL, 50);
+	struct outcome plain, hinted;
+	double ratio;
+
+	(void)state;
+	migrate(g, NULL, false, &plain);
+	migrate(g, NULL, true, &hinted);
+	assert_int_equal(plain.src_err, 0);
+	assert_int_equal(hinted.src_err, 0);
+	assert_true(hinted.verified); /* free pages arrive as zero */
+	assert_int_equal(plain.src.free_skipped, 0);
+	ratio = (double)hinted.src.free_skipped / (64 * MiB / 4096);
+	assert_true(ratio > 0.45 && ratio < 0.55);
+	/* bytes of page contents sent drop by the free share */
+	ratio = (double)hinted.src.normal_bytes / (double)plain.src.normal_bytes;
+	print_message("normal bytes with hints / without: %.3f (free share %.3f)\n", ratio,
+		      (double)hinted.src.free_skipped / (64 * MiB / 4096));
+	assert_true(ratio > 0.45 && ratio < 0.55);
+	pc_guest_delete(&g);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(free_hints__cut_bytes_by_free_share),
+		cmocka_unit_test(watchdog__force_switches_over),
+		cmocka_unit_test(watchdog__abort_fails_cleanly),
+		cmocka_unit_test(auto_converge__off_never_converges),
+		cmocka_unit_test(auto_converge__on_converges),
+	};
+
+	cmocka_set_test_filter(getenv("PRECOPY_TEST_FILTER"));
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

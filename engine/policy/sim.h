@@ -47,9 +47,11 @@
  *    goes at full link speed, never throttled:
  *      downtime = sync cost + zero pages × cpu_ns_per_page
  *                 + (bytes of the pages + device state) / link.
- *    It exceeds the controller's expected downtime by what the guest
- *    wrote during the sync that ended the last pass (dirty rate × sync
- *    cost / link, as the engine will): both figures are reported.
+ *    This differs from the controller's expected downtime, and both are
+ *    reported: it is longer by what the guest wrote during the sync that
+ *    ended the last pass (up to dirty rate × sync cost / link; the real
+ *    engine has the same gap), and shorter when some final pages are zero
+ *    (the controller counts every remaining page whole).
  *  - With channels > 1 every chunk is split evenly over the channels,
  *    which share the link and transmit in parallel.
  *
@@ -181,7 +183,8 @@ struct pc_sim_event {
  * Return: 0 (whatever the outcome: see out->outcome); -EINVAL for a bad
  * argument, described in out->error (if @out is not NULL); -ENOMEM;
  * -ETIMEDOUT past max_sim_ns or -ELOOP past max_passes (out->error says
- * which, e.g. a guest that never converges with no watchdog).
+ * which, e.g. a guest that never converges with no watchdog). On error,
+ * only out->error and the table are meaningful.
  */
 int pc_sim_run(const struct pc_sim_params *in, struct pc_sim_result *out,
 	       void (*event)(void *opaque, const struct pc_sim_event *ev), void *opaque);

@@ -359,6 +359,8 @@ int main(int argc, char **argv)
 		err = pc_cli_migrate(&c, &g_session);
 	else if (!strcmp(cmd, "demo"))
 		err = pc_cli_demo(&c, &g_session);
+	else if (!strcmp(cmd, "simulate"))
+		err = pc_cli_simulate(&c);
 	else {
 		fprintf(stderr, "precopy: unknown command '%s' (see 'precopy help')\n", cmd);
 		return 2;

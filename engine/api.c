@@ -87,54 +87,13 @@ int precopy_params_init(struct precopy_params *p)
 {
 	if (!p)
 		return -EINVAL;
-	memset(p, 0, sizeof(*p));
-	p->max_bandwidth = 0;
-	p->downtime_limit_ms = 300;
-	p->avail_switchover_bandwidth = 0;
-	p->auto_converge = false;
-	p->throttle_trigger_threshold = 50;
-	p->cpu_throttle_initial = 20;
-	p->cpu_throttle_increment = 10;
-	p->max_cpu_throttle = 99;
-	p->cpu_throttle_tailslow = false;
-	p->max_iterations = 0;
-	p->max_time_ms = 0;
-	p->stall_iterations = 0;
-	p->on_limit = PRECOPY_ON_LIMIT_FORCE;
-	p->channels = 1;
+	pc_policy_params_defaults(p);
 	return 0;
 }
 
-static int why(char *buf, size_t len, const char *text)
+int precopy_params_check(const struct precopy_params *p, char *why, size_t whylen)
 {
-	if (buf && len)
-		snprintf(buf, len, "%s", text);
-	return -EINVAL;
-}
-
-int precopy_params_check(const struct precopy_params *p, char *w, size_t wl)
-{
-	if (!p)
-		return why(w, wl, "no parameters");
-	if (p->downtime_limit_ms == 0 || p->downtime_limit_ms > 2000000)
-		return why(w, wl, "downtime-limit must be 1..2000000 ms");
-	if (p->throttle_trigger_threshold < 1 || p->throttle_trigger_threshold > 100)
-		return why(w, wl, "throttle-trigger-threshold must be 1..100");
-	if (p->cpu_throttle_initial < 1 || p->cpu_throttle_initial > 99)
-		return why(w, wl, "cpu-throttle-initial must be 1..99");
-	if (p->cpu_throttle_increment < 1 || p->cpu_throttle_increment > 99)
-		return why(w, wl, "cpu-throttle-increment must be 1..99");
-	if (p->max_cpu_throttle < 1 || p->max_cpu_throttle > 99)
-		return why(w, wl, "max-cpu-throttle must be 1..99");
-	if (p->cpu_throttle_initial > p->max_cpu_throttle)
-		return why(w, wl, "cpu-throttle-initial must not exceed max-cpu-throttle");
-	if (p->on_limit != PRECOPY_ON_LIMIT_FORCE && p->on_limit != PRECOPY_ON_LIMIT_ABORT)
-		return why(w, wl, "on-limit must be force or abort");
-	if (p->channels < 1 || p->channels > PRECOPY_MAX_CHANNELS)
-		return why(w, wl, "channels must be 1..16");
-	if (w && wl)
-		w[0] = '\0';
-	return 0;
+	return pc_policy_params_check(p, why, whylen);
 }
 
 int precopy_new(enum precopy_role role, const struct precopy_params *params,

@@ -61,6 +61,8 @@ int pc_policy_params_check(const struct precopy_params *p, char *why, size_t why
 {
 	if (!p)
 		return bad(why, whylen, "params: NULL");
+	if (p->downtime_limit_ms == 0)
+		return bad(why, whylen, "downtime_limit_ms: 0 (a pause of no time cannot be met)");
 	if (p->downtime_limit_ms > PC_DOWNTIME_LIMIT_MAX_MS)
 		return bad(why, whylen, "downtime_limit_ms: above 2000000 (2000 s)");
 	if (p->throttle_trigger_threshold < 1 || p->throttle_trigger_threshold > 100)
@@ -71,6 +73,8 @@ int pc_policy_params_check(const struct precopy_params *p, char *why, size_t why
 		return bad(why, whylen, "cpu_throttle_increment: not in 1..99");
 	if (p->max_cpu_throttle < 1 || p->max_cpu_throttle > 99)
 		return bad(why, whylen, "max_cpu_throttle: not in 1..99");
+	if (p->cpu_throttle_initial > p->max_cpu_throttle)
+		return bad(why, whylen, "cpu_throttle_initial: above max_cpu_throttle");
 	if (p->on_limit != PRECOPY_ON_LIMIT_FORCE && p->on_limit != PRECOPY_ON_LIMIT_ABORT)
 		return bad(why, whylen, "on_limit: neither FORCE nor ABORT");
 	if (p->channels < 1 || p->channels > PRECOPY_MAX_CHANNELS)

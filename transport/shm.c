@@ -150,7 +150,7 @@ static int peer_allowed(int fd, const char *who, char *why, size_t whylen)
 		return -errno;
 	if (cr.uid == me || cr.uid == 0)
 		return 0;
-	snprintf(why, whylen, "%s (pid %d) runs as uid %u; only uid %u or root may take part",
+	snprintf(why, whylen, "%s (pid %d) runs as uid %u; only uid %u (ours) or root may take part",
 		 who, (int)cr.pid, (unsigned)cr.uid, (unsigned)me);
 	return -EACCES;
 }

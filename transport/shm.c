@@ -8,7 +8,7 @@
  * le32 region, le64 offset, le64 len). Each connection opens with a 32-byte
  * hello (le32 "PCS1", u8 version at 4, u8 channel at 6, u8 channel count
  * at 8, le64 cookie at 12) which the acceptor answers with a 64-byte
- * verdict (le32 "PCS1", le32 status as -errno, 56 bytes of text).
+ * verdict (le32 "PCS1", le32 status as -errno, 152 bytes of text).
  *
  * Peers. Only a peer running as our uid, or as root, is accepted: the
  * acceptor checks SO_PEERCRED of every connection and answers a stranger
@@ -61,7 +61,8 @@
 #define SHM_MAGIC 0x31534350u /* "PCS1" */
 #define SHM_VERSION 1
 #define SHM_HELLO_SIZE 32
-#define SHM_REPLY_SIZE 64
+#define SHM_REPLY_SIZE 160
+#define SHM_REPLY_TEXT (SHM_REPLY_SIZE - 8)
 #define PC_FRAME_REGION 0x50435231u   /* "PCR1": dest exposes a memfd region */
 #define PC_FRAME_UNEXPOSE 0x50435531u /* "PCU1": dest revokes every region */
 #define RBUF_SIZE (256u * 1024)
@@ -938,7 +939,10 @@ static void reply_encode(uint8_t *b, int status, const char *text)
 	memset(b, 0, SHM_REPLY_SIZE);
 	pc_put_le32(b, SHM_MAGIC);
 	pc_put_le32(b + 4, (uint32_t)status);
-	snprintf((char *)b + 8, SHM_REPLY_SIZE - 8, "%s", text ? text : "");
+	size_t n = text ? strnlen(text, SHM_REPLY_TEXT - 1) : 0;
+
+	if (n)
+		memcpy(b + 8, text, n); /* NUL-terminated: b was zeroed */
 }
 
 static int shm_listen(const char *path, const struct pc_transport_opts *o,
@@ -1049,7 +1053,7 @@ static void shm_listener_close(struct pc_listener *pl)
  * stranger (answered and dropped). */
 static int accept_one(struct shm_listener *l, unsigned ms, int *fdp, uint8_t *hello)
 {
-	char why[SHM_REPLY_SIZE];
+	char why[SHM_REPLY_TEXT];
 	uint8_t reply[SHM_REPLY_SIZE];
 	int err, fd;
 
@@ -1175,7 +1179,8 @@ static int connect_one(const struct sockaddr_un *sa, unsigned chan, unsigned nch
 
 		if (recv(fd, r, sizeof(r), MSG_WAITALL) == (ssize_t)sizeof(r) &&
 		    pc_get_le32(r) == SHM_MAGIC && pc_get_le32(r + 4)) {
-			snprintf(why, whylen, "refused by the listener: %.56s", (char *)r + 8);
+			snprintf(why, whylen, "refused by the listener: %.*s", (int)SHM_REPLY_TEXT - 1,
+				 (char *)r + 8);
 			err = (int)pc_get_le32(r + 4);
 		}
 		close(fd);
@@ -1199,7 +1204,7 @@ static int shm_connect(const char *path, const struct pc_transport_opts *o,
 	unsigned nchan = o && o->channels ? o->channels : 1, have = 0;
 	uint64_t cookie;
 	uint8_t r[SHM_REPLY_SIZE];
-	char why[160] = "";
+	char why[SHM_REPLY_SIZE + 32] = "";
 	int err;
 
 	if (!out || nchan > PRECOPY_MAX_CHANNELS)
@@ -1223,7 +1228,8 @@ static int shm_connect(const char *path, const struct pc_transport_opts *o,
 			err = -EPROTO;
 		if (!err && pc_get_le32(r + 4)) {
 			err = (int)pc_get_le32(r + 4);
-			snprintf(why, sizeof(why), "refused by the listener: %.56s", (char *)r + 8);
+			snprintf(why, sizeof(why), "refused by the listener: %.*s",
+				 (int)SHM_REPLY_TEXT - 1, (char *)r + 8);
 		}
 		if (err)
 			goto err_close;

@@ -23,6 +23,8 @@ struct pc_cli {
 	bool no_verify, json, quiet, estimator_wall;
 	double bandwidth;
 	int ready_fd; /* demo: where the destination writes its URI, or -1 */
+	int numa_node; /* incoming: bind the RAM to this node, or -1 */
+	bool memfd;    /* migrate: the guest's RAM is a memfd (handoff over shm) */
 };
 
 void pc_cli_defaults(struct pc_cli *c);

@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "guest.h"
@@ -29,6 +31,7 @@ struct writer {
 struct pc_guest {
 	struct pc_guest_opts o;
 	uint8_t *mem;
+	int fd; /* memfd behind mem, or -1 */
 	uint64_t npages;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;     /* writers wait here */
@@ -132,8 +135,24 @@ int pc_guest_new(const struct pc_guest_opts *o, struct pc_guest **out)
 	if (g->o.threads == 0)
 		g->o.threads = 1;
 	g->npages = o->ram / PAGE;
-	g->mem = mmap(NULL, o->ram, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	g->fd = -1;
+	if (o->memfd) {
+		g->fd = memfd_create("pc-guest-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+		if (g->fd < 0 || ftruncate(g->fd, (off_t)o->ram) < 0 ||
+		    fcntl(g->fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) {
+			int err = -errno;
+
+			if (g->fd >= 0)
+				close(g->fd);
+			free(g);
+			return err;
+		}
+	}
+	g->mem = mmap(NULL, o->ram, PROT_READ | PROT_WRITE,
+		      g->fd >= 0 ? MAP_SHARED : MAP_PRIVATE | MAP_ANONYMOUS, g->fd, 0);
 	if (g->mem == MAP_FAILED) {
+		if (g->fd >= 0)
+			close(g->fd);
 		free(g);
 		return -ENOMEM;
 	}
@@ -148,6 +167,11 @@ int pc_guest_new(const struct pc_guest_opts *o, struct pc_guest **out)
 	atomic_init(&g->writes, 0);
 	*out = g;
 	return 0;
+}
+
+int pc_guest_fd(struct pc_guest *g)
+{
+	return g ? g->fd : -1;
 }
 
 void *pc_guest_ram(struct pc_guest *g, size_t *len)
@@ -367,6 +391,8 @@ void pc_guest_delete(struct pc_guest **gp)
 		for (unsigned i = 0; i < g->o.threads; i++)
 			pthread_join(g->w[i].thread, NULL);
 	munmap(g->mem, g->o.ram);
+	if (g->fd >= 0)
+		close(g->fd);
 	pthread_cond_destroy(&g->cv);
 	pthread_cond_destroy(&g->parked_cv);
 	pthread_mutex_destroy(&g->mu);

@@ -35,6 +35,8 @@ struct pc_guest_opts {
 	unsigned free_pct;        /* share of other pages the guest calls free:
 				   * garbage never written, zero after migration */
 	uint64_t seed;            /* content seed */
+	bool memfd;               /* back the memory with a sealed memfd (MAP_SHARED),
+				   * so it can be handed over; see pc_guest_fd() */
 };
 
 /** What a destination needs to verify the memory: sent as device state. */
@@ -60,6 +62,9 @@ int pc_guest_new(const struct pc_guest_opts *o, struct pc_guest **out);
 void pc_guest_delete(struct pc_guest **g);
 /** pc_guest_ram() - the memory and its length. */
 void *pc_guest_ram(struct pc_guest *g, size_t *len);
+/** pc_guest_fd() - the memfd behind the memory (opts.memfd), else -1.
+ *  The guest owns it (pc_guest_delete() closes it). */
+int pc_guest_fd(struct pc_guest *g);
 /** pc_guest_start() - start the writers (no-op for an idle guest). */
 int pc_guest_start(struct pc_guest *g);
 /** pc_guest_pause() - park every writer; returns once none writes. */

@@ -35,18 +35,21 @@ static void usage(FILE *f)
 "\n"
 "commands:\n"
 "  demo                      both ends on this machine: a 1 GiB guest with an active\n"
-"                            workload migrated over TCP loopback, verified\n"
-"  incoming --listen URI --ram SIZE\n"
+"                            workload migrated over TCP loopback (or --listen URI,\n"
+"                            e.g. shm:/tmp/pc.sock), verified\n"
+"  incoming --listen URI --ram SIZE [--numa-node N]\n"
 "                            receive a migration into SIZE bytes and verify it\n"
-"  migrate --to URI --ram SIZE [--dirty-rate RATE] [--pattern P]\n"
+"  migrate --to URI --ram SIZE [--dirty-rate RATE] [--pattern P] [--memfd]\n"
 "                            run a synthetic guest and migrate it to URI\n"
 "  simulate --ram SIZE --bandwidth RATE --dirty-rate RATE\n"
 "                            predict a migration with the policy code, no I/O\n"
 "  help                      this text\n"
 "  version                   print the version\n"
 "\n"
-"URI: tcp:HOST:PORT (IPv6 as tcp:[ADDR]:PORT). SIZE and RATE take K, M, G, T\n"
-"suffixes (powers of 1024); a RATE is per second.\n"
+"URI: tcp:HOST:PORT (IPv6 as tcp:[ADDR]:PORT), or shm:PATH between two processes\n"
+"on one host (PATH: a unix socket the destination creates; both ends must run\n"
+"as the same user, or as root). SIZE and RATE take K, M, G, T suffixes (powers\n"
+"of 1024); a RATE is per second.\n"
 "\n"
 "guest (migrate, demo, simulate):\n"
 "  --ram SIZE                memory of the guest (demo: 1G)\n"
@@ -59,6 +62,9 @@ static void usage(FILE *f)
 "  --free-pct PCT            share of pages hinted free to the engine (default 0)\n"
 "  --seed N                  content seed (default 1)\n"
 "  --dirty-mode M            auto | uffd-wp | soft-dirty (default auto)\n"
+"  --memfd                   migrate: back the guest's RAM with a memfd; over shm\n"
+"                            its RAM is then handed over (no page copied, downtime\n"
+"                            independent of RAM size) instead of copied\n"
 "\n"
 "migration parameters (defaults in brackets):\n"
 "  --max-bandwidth RATE      cap for RAM passes, 0 = unlimited [0]\n"
@@ -80,6 +86,8 @@ static void usage(FILE *f)
 "\n"
 "incoming:\n"
 "  --listen URI              where to listen (port 0 picks one; printed)\n"
+"  --numa-node N             place the received RAM on NUMA node N and report\n"
+"                            where its pages landed [no binding]\n"
 "  --no-verify               skip the synthetic guest's content check\n"
 "\n"
 "simulate:\n"
@@ -99,7 +107,7 @@ enum {
 	OPT_AVAIL_BW, OPT_AUTO_CONVERGE, OPT_TRIGGER, OPT_T_INITIAL, OPT_T_INCREMENT,
 	OPT_T_MAX, OPT_TAILSLOW, OPT_MAX_ITER, OPT_MAX_TIME, OPT_STALL, OPT_ON_LIMIT,
 	OPT_CHANNELS, OPT_NO_VERIFY, OPT_JSON, OPT_QUIET, OPT_BANDWIDTH, OPT_ESTIMATOR,
-	OPT_HELP,
+	OPT_HELP, OPT_NUMA_NODE, OPT_MEMFD,
 };
 
 static const struct option long_opts[] = {
@@ -133,6 +141,8 @@ static const struct option long_opts[] = {
 	{ "bandwidth", required_argument, 0, OPT_BANDWIDTH },
 	{ "estimator", required_argument, 0, OPT_ESTIMATOR },
 	{ "help", no_argument, 0, OPT_HELP },
+	{ "numa-node", required_argument, 0, OPT_NUMA_NODE },
+	{ "memfd", no_argument, 0, OPT_MEMFD },
 	{ 0, 0, 0, 0 },
 };
 
@@ -283,6 +293,12 @@ static int parse_args(int argc, char **argv, struct pc_cli *c)
 			c->params.channels = (unsigned)v;
 			break;
 		case OPT_NO_VERIFY: c->no_verify = true; break;
+		case OPT_NUMA_NODE:
+			if (parse_uint(name, a, 1023, &v))
+				return -EINVAL;
+			c->numa_node = (int)v;
+			break;
+		case OPT_MEMFD: c->memfd = true; break;
 		case OPT_JSON: c->json = true; break;
 		case OPT_QUIET: c->quiet = true; break;
 		case OPT_BANDWIDTH:

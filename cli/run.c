@@ -24,6 +24,7 @@ void pc_cli_defaults(struct pc_cli *c)
 	c->threads = 1;
 	c->seed = 1;
 	c->ready_fd = -1;
+	c->numa_node = -1;
 }
 
 /* --- progress output ---------------------------------------------------- */
@@ -131,6 +132,8 @@ static void print_summary(struct ctx *x, const struct precopy_stats *st)
 		       " ms)%s\n",
 		       st->downtime, st->expected_downtime, x->c->params.downtime_limit_ms,
 		       st->forced_switchover ? ", switchover forced by the watchdog" : "");
+		if (st->normal + st->duplicate == 0)
+			printf("  handoff          guest RAM handed over as a memfd; no page copied\n");
 		printf("  transferred      %s for %s of RAM (%.2fx) in %u passes after bulk\n",
 		       pc_cli_fmt_bytes((double)st->transferred, a, sizeof(a)),
 		       pc_cli_fmt_bytes(ram, b, sizeof(b)), ram ? st->transferred / ram : 0,
@@ -145,6 +148,10 @@ static void print_summary(struct ctx *x, const struct precopy_stats *st)
 		       x->c->params.auto_converge ? "on" : "off");
 		printf("  dirty tracking   %s, %" PRIu64 " syncs\n",
 		       precopy_dirty_mode_name(st->dirty_mode), st->dirty_sync_count);
+	} else if (st->normal + st->duplicate == 0) {
+		/* no page came: the source's RAM was handed over (memfd, shm) */
+		printf("  handoff          the source's RAM is mapped here; no page copied, no "
+		       "checksum (the pages are the source's own)\n");
 	} else {
 		printf("  received         %s in %" PRIu64 " pages, %" PRIu64 " zero pages\n",
 		       pc_cli_fmt_bytes((double)st->normal_bytes, a, sizeof(a)), st->normal,
@@ -154,14 +161,39 @@ static void print_summary(struct ctx *x, const struct precopy_stats *st)
 	fflush(stdout);
 }
 
-static void *map_ram(uint64_t len)
-{
-	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-
-	return p == MAP_FAILED ? NULL : p;
-}
-
 /* --- incoming ----------------------------------------------------------- */
+
+/* Where the received RAM landed, from a sample of its pages. */
+static void report_numa(struct pc_cli *c, const void *ram)
+{
+	uint64_t per_node[64], absent = 0;
+	int n = precopy_numa_where(ram, c->ram, 1024, per_node, 64, &absent);
+	int max = precopy_numa_max_node();
+
+	if (n <= 0 || max < 0)
+		return;
+	if (max > 63)
+		max = 63;
+	if (c->json) {
+		printf("{\"event\":\"numa\",\"role\":\"destination\",\"requested_node\":%d,"
+		       "\"sampled\":%d,\"absent\":%" PRIu64 ",\"pages_per_node\":[",
+		       c->numa_node, n, absent);
+		for (int i = 0; i <= max; i++)
+			printf("%s%" PRIu64, i ? "," : "", per_node[i]);
+		printf("]}\n");
+	} else {
+		printf("  memory placement");
+		for (int i = 0; i <= max; i++)
+			if (per_node[i])
+				printf(" node %d: %" PRIu64 "/%d", i, per_node[i], n);
+		if (absent)
+			printf(" not allocated: %" PRIu64 "/%d", absent, n);
+		printf(" sampled pages%s\n", c->numa_node >= 0 ? "" : " (no --numa-node)");
+		if (c->numa_node >= 0)
+			printf("                   requested node %d\n", c->numa_node);
+	}
+	fflush(stdout);
+}
 
 int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current)
 {
@@ -172,21 +204,38 @@ int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current)
 	struct precopy_session *s = NULL;
 	struct precopy_stats st;
 	char uri[128], why[256];
-	void *ram;
-	int err, rc = 1;
+	void *ram = NULL;
+	int err, rc = 1, ramfd = -1;
 
 	if (!c->listen || !c->ram) {
 		fprintf(stderr, "precopy incoming: --listen URI and --ram SIZE are required\n");
 		return 2;
 	}
-	ram = map_ram(c->ram);
-	if (!ram) {
-		fprintf(stderr, "precopy incoming: cannot map %" PRIu64 " bytes\n", c->ram);
+	if (c->numa_node >= 0 && precopy_numa_node_ok(c->numa_node)) {
+		int max = precopy_numa_max_node();
+
+		if (max < 0)
+			fprintf(stderr, "precopy incoming: --numa-node %d: this kernel has no NUMA "
+					"support\n", c->numa_node);
+		else if (max == 0)
+			fprintf(stderr, "precopy incoming: --numa-node %d: no such NUMA node (this "
+					"machine has node 0 only)\n", c->numa_node);
+		else
+			fprintf(stderr, "precopy incoming: --numa-node %d: no such NUMA node (this "
+					"machine has nodes 0..%d)\n", c->numa_node, max);
+		return 2;
+	}
+	/* RAM as a sealed memfd: shm shares it with the source (one copy);
+	 * other transports write into it like any memory. */
+	err = precopy_memfd_alloc(c->ram, c->numa_node, &ram, &ramfd);
+	if (err) {
+		fprintf(stderr, "precopy incoming: cannot allocate %" PRIu64 " bytes: %s\n", c->ram,
+			strerror(-err));
 		return 1;
 	}
 	err = precopy_new(PRECOPY_ROLE_DEST, &c->params, &cb, &s);
 	if (!err) {
-		err = precopy_add_region(s, ram, c->ram, PRECOPY_DIRTY_AUTO);
+		err = precopy_add_region_fd(s, ram, c->ram, ramfd, 0, PRECOPY_DIRTY_AUTO);
 		err = err < 0 ? err : 0;
 	}
 	if (err) {
@@ -196,7 +245,8 @@ int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current)
 	err = precopy_listen(s, c->listen);
 	if (err) {
 		fprintf(stderr, "precopy incoming: cannot listen on '%s': %s\n", c->listen,
-			err == -EINVAL ? "malformed URI (expected tcp:HOST:PORT)" : strerror(-err));
+			err == -EINVAL ? "malformed URI (expected tcp:HOST:PORT or shm:PATH)"
+				       : strerror(-err));
 		rc = err == -EINVAL || err == -EPROTONOSUPPORT ? 2 : 1;
 		goto out;
 	}
@@ -241,11 +291,13 @@ int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current)
 		if (err)
 			goto out;
 	}
+	report_numa(c, ram);
 	rc = 0;
 out:
 	if (s)
 		precopy_delete(&s);
 	munmap(ram, c->ram);
+	close(ramfd);
 	return rc;
 }
 
@@ -265,7 +317,7 @@ int pc_cli_migrate(struct pc_cli *c, struct precopy_session **current)
 	struct pc_guest_opts go = {
 		.ram = c->ram, .dirty_rate = c->dirty_rate, .pattern = c->pattern,
 		.threads = c->threads, .zero_pct = c->zero_pct, .free_pct = c->free_pct,
-		.seed = c->seed,
+		.seed = c->seed, .memfd = c->memfd,
 	};
 	struct precopy_session *s = NULL;
 	struct precopy_stats st;
@@ -287,7 +339,11 @@ int pc_cli_migrate(struct pc_cli *c, struct precopy_session **current)
 		fprintf(stderr, "precopy migrate: %s\n", strerror(-err));
 		goto out;
 	}
-	region = precopy_add_region(s, pc_guest_ram(x.guest, NULL), c->ram, c->dirty_mode);
+	if (c->memfd) /* over shm: the RAM itself is handed over */
+		region = precopy_add_region_fd(s, pc_guest_ram(x.guest, NULL), c->ram,
+					       pc_guest_fd(x.guest), 0, c->dirty_mode);
+	else
+		region = precopy_add_region(s, pc_guest_ram(x.guest, NULL), c->ram, c->dirty_mode);
 	if (region < 0) {
 		fprintf(stderr, "precopy migrate: cannot track writes to guest memory (%s): %s\n",
 			precopy_dirty_mode_name(c->dirty_mode), strerror(-region));
@@ -339,15 +395,15 @@ int pc_cli_demo(struct pc_cli *c, struct precopy_session **current)
 		return 1;
 	}
 	if (!c->json)
-		printf("precopy demo: migrating a %s guest that writes %s%s (%s) over TCP "
-		       "loopback\n",
+		printf("precopy demo: migrating a %s guest that writes %s%s (%s) over %s\n",
 		       pc_cli_fmt_bytes((double)c->ram, a, sizeof(a)),
 		       c->dirty_rate < 0 ? "flat out"
 					 : pc_cli_fmt_bytes(c->dirty_rate, r, sizeof(r)),
 		       c->dirty_rate < 0 ? "" : "/s",
 		       c->pattern == PC_GUEST_SEQUENTIAL ? "sequential verification pattern"
 		       : c->pattern == PC_GUEST_RANDOM  ? "random pages"
-							: "hot set");
+							: "hot set",
+		       c->listen ? c->listen : "TCP loopback");
 	fflush(stdout);
 	pid = fork();
 	if (pid < 0) {
@@ -358,7 +414,7 @@ int pc_cli_demo(struct pc_cli *c, struct precopy_session **current)
 		struct pc_cli dc = *c;
 
 		close(pfd[0]);
-		dc.listen = "tcp:127.0.0.1:0";
+		dc.listen = c->listen ? c->listen : "tcp:127.0.0.1:0";
 		dc.ready_fd = pfd[1];
 		dc.quiet = true;
 		_exit(pc_cli_incoming(&dc, current));

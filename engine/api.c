@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "page.h"
 #include "session.h"
@@ -139,6 +140,8 @@ int precopy_delete(struct precopy_session **sp)
 		pc_dirty_delete(&s->reg[i].dirty);
 		free(s->reg[i].free_bm);
 		free(s->reg[i].hash);
+		if (s->reg[i].fd >= 0)
+			close(s->reg[i].fd);
 	}
 	free(s->word_region);
 	if (s->lst)
@@ -176,6 +179,7 @@ int precopy_add_region(struct precopy_session *s, void *addr, size_t len,
 	r->len = len;
 	r->npages = len / PRECOPY_PAGE_SIZE;
 	r->mode = mode;
+	r->fd = -1;
 	r->hash = malloc(r->npages * sizeof(uint64_t));
 	if (!r->hash)
 		return -ENOMEM;

@@ -15,6 +15,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "page.h"
 #include "session.h"
@@ -45,6 +48,7 @@ struct dest {
 	uint8_t *devstate;
 	uint64_t devstate_total, devstate_have;
 	bool devstate_seen;
+	bool handoff;            /* PC_CAP_HANDOFF accepted: see handoff.c */
 
 	struct receiver rcv[PRECOPY_MAX_CHANNELS];
 };
@@ -364,8 +368,15 @@ static int handshake(struct dest *d)
 				 (unsigned long long)m.u.hello.region_len[i], s->reg[i].len);
 		}
 	}
-	for (unsigned i = 0; !status && i < s->nreg; i++) {
-		err = d->tp->ops->expose_region(d->tp, i, s->reg[i].addr, s->reg[i].len);
+	if (!status && (m.u.hello.caps & PC_CAP_HANDOFF) && (d->tp->ops->caps & PC_TCAP_FD_PASS))
+		d->handoff = true; /* the source's memfds replace our regions */
+	for (unsigned i = 0; !status && !d->handoff && i < s->nreg; i++) {
+		err = -EOPNOTSUPP;
+		if (s->reg[i].fd >= 0) /* shared: the source writes straight into it */
+			err = d->tp->ops->expose_region_fd(d->tp, i, s->reg[i].addr, s->reg[i].len,
+							   s->reg[i].fd, s->reg[i].fd_offset);
+		if (err == -EOPNOTSUPP)
+			err = d->tp->ops->expose_region(d->tp, i, s->reg[i].addr, s->reg[i].len);
 		if (err) {
 			status = err;
 			snprintf(text, sizeof(text), "cannot expose region %u: %s", i,
@@ -373,12 +384,173 @@ static int handshake(struct dest *d)
 		}
 	}
 	err = send_rec(d, ack, pc_wire_enc_hello_ack(ack, sizeof(ack),
-						     m.u.hello.caps & PC_CAP_ALL, status, text));
+						     (m.u.hello.caps & PC_CAP_ALL) |
+							     (d->handoff ? PC_CAP_HANDOFF : 0),
+						     status, text));
 	if (status)
 		return pc_fail(s, status, "refused the source: %s", text);
 	if (err)
 		return pc_fail(s, err, "handshake: %s", pc_err_context(s, err));
 	return 0;
+}
+
+/* --- handoff: map the source's memfds over our regions ------------------ */
+
+/* Put plain anonymous memory back over regions [0, n) after a failure, so
+ * nothing of the source's RAM stays mapped here. */
+static void unmap_handed(struct dest *d, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		mmap(d->s->reg[i].addr, d->s->reg[i].len, PROT_READ | PROT_WRITE,
+		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+}
+
+/*
+ * COMPLETE of a handoff: every region's fd has come, is a regular file big
+ * enough (fstat: size >= offset + length) and maps at the region's own
+ * address (MAP_SHARED | MAP_FIXED over what was registered). There is no
+ * checksum: these are the source's pages themselves. Then device state,
+ * resume, RESULT.
+ */
+static int handoff_complete(struct dest *d, const struct pc_wire_msg *m, const int *fds,
+			    const uint64_t *offs)
+{
+	struct precopy_session *s = d->s;
+	uint8_t buf[PC_WIRE_HDR + 8 + PC_WIRE_TEXT_MAX];
+	char text[PC_WIRE_TEXT_MAX + 1] = "";
+	unsigned mapped = 0;
+	int status = 0, err;
+
+	pc_set_status(s, PRECOPY_STATUS_SWITCHOVER);
+	if (m->u.complete.nregions != s->nreg) {
+		status = -EPROTO;
+		snprintf(text, sizeof(text), "COMPLETE for %u regions, %u registered",
+			 m->u.complete.nregions, s->nreg);
+	} else if (d->devstate_seen && d->devstate_have != d->devstate_total) {
+		status = -EPROTO;
+		snprintf(text, sizeof(text), "device state incomplete");
+	}
+	for (unsigned i = 0; !status && i < s->nreg; i++) {
+		struct pc_region *r = &s->reg[i];
+		struct stat st;
+
+		if (fds[i] < 0 || m->u.complete.npages[i] != r->npages) {
+			status = -EPROTO;
+			snprintf(text, sizeof(text), "region %u was not handed over whole", i);
+		} else if (fstat(fds[i], &st) < 0 || !S_ISREG(st.st_mode) ||
+			   (uint64_t)st.st_size < offs[i] + r->len) {
+			status = -EINVAL;
+			snprintf(text, sizeof(text),
+				 "region %u: the fd is not a file of at least %llu bytes", i,
+				 (unsigned long long)(offs[i] + r->len));
+		}
+	}
+	for (unsigned i = 0; !status && i < s->nreg; i++, mapped++) {
+		struct pc_region *r = &s->reg[i];
+
+		if (mmap(r->addr, r->len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fds[i],
+			 (off_t)offs[i]) == MAP_FAILED) {
+			status = -errno;
+			snprintf(text, sizeof(text), "mapping region %u: %s", i, strerror(errno));
+		}
+	}
+	if (!status && s->cb.load_device_state) {
+		err = s->cb.load_device_state(s->cb.opaque, d->devstate ? d->devstate : (void *)"",
+					      (size_t)d->devstate_have);
+		if (err) {
+			status = err;
+			snprintf(text, sizeof(text), "load_device_state failed: %s", strerror(-err));
+		}
+	}
+	if (!status && s->cb.resume_vm) {
+		err = s->cb.resume_vm(s->cb.opaque);
+		if (err) {
+			status = err;
+			snprintf(text, sizeof(text), "resume_vm failed: %s", strerror(-err));
+		}
+	}
+	if (status)
+		unmap_handed(d, mapped);
+	send_rec(d, buf, pc_wire_enc_result(buf, sizeof(buf), PC_MSG_RESULT, status, text));
+	if (status)
+		return pc_fail(s, status, "%s", text);
+	pthread_mutex_lock(&s->lock);
+	s->st.remaining = 0;
+	pthread_mutex_unlock(&s->lock);
+	atomic_store(&d->finished, true);
+	return 0;
+}
+
+/* The destination's side of a handoff: HANDOFF records with their fds,
+ * device state, COMPLETE; all on channel 0. */
+static int receive_handoff(struct dest *d)
+{
+	struct precopy_session *s = d->s;
+	int fds[PRECOPY_MAX_REGIONS];
+	uint64_t offs[PRECOPY_MAX_REGIONS] = { 0 };
+	int err = 0;
+
+	for (unsigned i = 0; i < PRECOPY_MAX_REGIONS; i++)
+		fds[i] = -1;
+	pc_set_status(s, PRECOPY_STATUS_SWITCHOVER);
+	for (;;) {
+		struct pc_wire_msg m;
+		char why[160];
+		size_t len;
+		unsigned nfds = 0;
+		int fd = -1;
+
+		err = pc_tp_recv_fds(d->tp, 0, d->rcv[0].buf, PC_WIRE_MSG_MAX, &len, &fd, 1, &nfds);
+		if (err) {
+			if (err == -ECANCELED || atomic_load(&s->cancel))
+				err = -ECANCELED;
+			else
+				err = pc_fail(s, err == -EMSGSIZE ? -EPROTO : err,
+					      "handoff: %s", pc_err_context(s, err));
+			break;
+		}
+		err = pc_wire_decode(d->rcv[0].buf, len, &m, why, sizeof(why));
+		if (err) {
+			err = pc_fail(s, err, "malformed stream in handoff: %s", why);
+		} else if (m.type == PC_MSG_HANDOFF) {
+			struct pc_region *r = &s->reg[m.u.handoff.region < s->nreg ?
+							      m.u.handoff.region : 0];
+
+			if (nfds != 1 || m.u.handoff.region >= s->nreg ||
+			    fds[m.u.handoff.region] >= 0 || m.u.handoff.len != r->len)
+				err = pc_fail(s, -EPROTO,
+					      "malformed stream: HANDOFF of region %u (%llu bytes, %u fds)",
+					      m.u.handoff.region,
+					      (unsigned long long)m.u.handoff.len, nfds);
+			else {
+				fds[m.u.handoff.region] = fd;
+				offs[m.u.handoff.region] = m.u.handoff.offset;
+				fd = -1;
+			}
+		} else if (nfds) {
+			err = pc_fail(s, -EPROTO, "malformed stream: %s with a file descriptor",
+				      pc_wire_type_name(m.type));
+		} else if (m.type == PC_MSG_DEVICE_STATE) {
+			err = handle_devstate(d, &m);
+		} else if (m.type == PC_MSG_ERROR) {
+			err = pc_fail(s, m.u.result.status ? m.u.result.status : -EIO,
+				      "source gave up: %s", m.u.result.text);
+		} else if (m.type == PC_MSG_COMPLETE) {
+			err = handoff_complete(d, &m, fds, offs);
+			break;
+		} else {
+			err = pc_fail(s, -EPROTO, "malformed stream: unexpected %s in a handoff",
+				      pc_wire_type_name(m.type));
+		}
+		if (fd >= 0)
+			close(fd);
+		if (err)
+			break;
+	}
+	for (unsigned i = 0; i < PRECOPY_MAX_REGIONS; i++)
+		if (fds[i] >= 0)
+			close(fds[i]); /* the mappings keep the memory */
+	return err;
 }
 
 static int incoming(struct dest *d)
@@ -414,6 +586,8 @@ static int incoming(struct dest *d)
 	pthread_mutex_lock(&s->lock);
 	s->st.setup_time = (pc_now() - s->t_start) / PC_NSEC_PER_MSEC;
 	pthread_mutex_unlock(&s->lock);
+	if (d->handoff)
+		return receive_handoff(d);
 	pc_set_status(s, PRECOPY_STATUS_BULK);
 
 	for (unsigned c = 1; c < d->nchan; c++) {

@@ -28,6 +28,8 @@ struct pc_region {
 	struct pc_dirty *dirty;      /**< source: the tracker */
 	uint64_t *free_bm;           /**< source: free-page hints, or NULL */
 	uint64_t *hash;              /**< per-page checksums (both ends) */
+	int fd;                      /**< memfd behind the region (ours, a dup), or -1 */
+	uint64_t fd_offset;          /**< where the region starts in @fd */
 };
 
 enum pc_run_state {

@@ -69,6 +69,7 @@ struct source {
 	bool final;          /* switchover pass: no throttle */
 	atomic_bool stop_pass; /* the watchdog wants the pass cut short */
 	atomic_int err;      /* first sender error */
+	bool handoff;        /* PC_CAP_HANDOFF offered / accepted */
 
 	struct sender snd[PRECOPY_MAX_CHANNELS];
 };
@@ -568,7 +569,8 @@ static int complete(struct source *src)
 
 	for (unsigned i = 0; i < s->nreg; i++) {
 		npages[i] = s->reg[i].npages;
-		hash[i] = pc_hash_combine(s->reg[i].hash, s->reg[i].npages);
+		/* handoff: the destination maps these very pages; no checksum */
+		hash[i] = src->handoff ? 0 : pc_hash_combine(s->reg[i].hash, s->reg[i].npages);
 	}
 	n = pc_wire_enc_complete(buf, sizeof(buf), s->nreg, npages, hash);
 	if (n < 0)
@@ -605,7 +607,8 @@ static int handshake(struct source *src)
 
 	for (unsigned i = 0; i < s->nreg; i++)
 		lens[i] = s->reg[i].len;
-	n = pc_wire_enc_hello(buf, sizeof(buf), PC_CAP_ALL, s->nreg, lens, src->nchan);
+	n = pc_wire_enc_hello(buf, sizeof(buf), PC_CAP_ALL | (src->handoff ? PC_CAP_HANDOFF : 0),
+			      s->nreg, lens, src->nchan);
 	if (n < 0)
 		return pc_fail(s, n, "encoding HELLO");
 	v.iov_len = (size_t)n;
@@ -626,6 +629,7 @@ static int handshake(struct source *src)
 	if ((m.u.hello_ack.caps & PC_CAP_REQUIRED) != PC_CAP_REQUIRED)
 		return pc_fail(s, -EPROTO, "destination lacks required capabilities (0x%llx)",
 			       (unsigned long long)m.u.hello_ack.caps);
+	src->handoff = src->handoff && (m.u.hello_ack.caps & PC_CAP_HANDOFF);
 	return 0;
 }
 
@@ -645,11 +649,85 @@ static void send_error(struct source *src, int err)
 	}
 }
 
+/* --- handoff: the RAM itself changes hands ------------------------------- */
+
+/* Every region is a memfd and the transport can pass fds. */
+static bool handoff_possible(struct source *src)
+{
+	struct precopy_session *s = src->s;
+
+	if (!(src->tp->ops->caps & PC_TCAP_FD_PASS))
+		return false;
+	for (unsigned i = 0; i < s->nreg; i++)
+		if (s->reg[i].fd < 0)
+			return false;
+	return true;
+}
+
+/*
+ * Stop the guest, hand the memfds over, send the device state and
+ * COMPLETE. No page crosses: the downtime does not depend on RAM size. On
+ * failure the guest resumes; the destination unmaps what it mapped and
+ * never wrote into it.
+ */
+static int send_handoff(struct source *src)
+{
+	struct precopy_session *s = src->s;
+	uint64_t t_stop;
+	int err = 0;
+
+	pc_set_status(s, PRECOPY_STATUS_SWITCHOVER);
+	t_stop = pc_now();
+	if (s->cb.stop_vm) {
+		err = s->cb.stop_vm(s->cb.opaque);
+		if (err)
+			return pc_fail(s, err, "stop_vm failed: %s", strerror(-err));
+	}
+	for (unsigned i = 0; i < s->nreg; i++) {
+		struct pc_region *r = &s->reg[i];
+		uint8_t buf[PC_WIRE_HDR + 24];
+		struct iovec v = { buf, 0 };
+		int n = pc_wire_enc_handoff(buf, sizeof(buf), i, r->fd_offset, r->len);
+
+		if (n < 0) {
+			err = pc_fail(s, n, "encoding HANDOFF of region %u", i);
+			goto fail;
+		}
+		v.iov_len = (size_t)n;
+		err = pc_tp_send_fds(src->tp, 0, &r->fd, 1, &v, 1);
+		if (err) {
+			pc_fail(s, err, "handing over region %u: %s", i, pc_err_context(s, err));
+			goto fail;
+		}
+	}
+	err = send_device_state(src);
+	if (!err)
+		err = complete(src);
+	if (err)
+		goto fail;
+	pthread_mutex_lock(&s->lock);
+	s->st.downtime = (pc_now() - t_stop) / PC_NSEC_PER_MSEC;
+	s->st.remaining = 0;
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+
+fail:
+	if (atomic_load(&s->cancel))
+		err = -ECANCELED;
+	if (err != -ECANCELED)
+		send_error(src, err);
+	if (s->cb.resume_vm)
+		s->cb.resume_vm(s->cb.opaque);
+	return err;
+}
+
 static int migrate(struct source *src, const char *uri)
 {
 	struct precopy_session *s = src->s;
 	const struct pc_transport_ops *ops;
-	struct pc_transport_opts o = { .channels = src->nchan };
+	char why[160] = "";
+	struct pc_transport_opts o = { .channels = src->nchan, .why = why,
+				       .whylen = sizeof(why) };
 	struct pc_transport *tp;
 	const char *rest;
 	enum pc_decision d = PC_CONTINUE;
@@ -661,22 +739,25 @@ static int migrate(struct source *src, const char *uri)
 	pc_set_status(s, PRECOPY_STATUS_SETUP);
 	err = pc_transport_split_uri(uri, &ops, &rest);
 	if (err)
-		return pc_fail(s, err, "bad destination URI '%s' (expected %s:HOST:PORT)", uri,
-			       pc_transport_schemes());
+		return pc_fail(s, err, "bad destination URI '%s' (expected tcp:HOST:PORT or "
+				       "shm:PATH; built: %s)", uri, pc_transport_schemes());
 	if (atomic_load(&s->cancel))
 		return -ECANCELED;
 	err = ops->connect(rest, &o, &tp);
 	if (err)
-		return pc_fail(s, err, "connecting to %s: %s", uri, strerror(-err));
+		return pc_fail(s, err, "connecting to %s: %s", uri, why[0] ? why : strerror(-err));
 	pthread_mutex_lock(&s->lock);
 	s->tp = tp;
 	pthread_mutex_unlock(&s->lock);
 	src->tp = tp;
 	if (atomic_load(&s->cancel))
 		return -ECANCELED;
+	src->handoff = handoff_possible(src);
 	err = handshake(src);
 	if (err)
 		return err;
+	if (src->handoff)
+		return send_handoff(src);
 	for (unsigned i = 0; i < s->nreg; i++) {
 		err = tp->ops->reg_local(tp, s->reg[i].addr, s->reg[i].len);
 		if (err)

@@ -20,6 +20,7 @@ static const char *const type_names[] = {
 	[PC_MSG_COMPLETE] = "COMPLETE",
 	[PC_MSG_RESULT] = "RESULT",
 	[PC_MSG_ERROR] = "ERROR",
+	[PC_MSG_HANDOFF] = "HANDOFF",
 };
 
 const char *pc_wire_type_name(unsigned type)
@@ -248,6 +249,25 @@ static int check_version(const uint8_t *p, uint16_t *major, uint16_t *minor, cha
 	return 0;
 }
 
+int pc_wire_enc_handoff(uint8_t *buf, size_t cap, uint32_t region, uint64_t offset,
+			uint64_t len)
+{
+	uint8_t *p = buf + PC_WIRE_HDR;
+	int n;
+
+	if (region >= PRECOPY_MAX_REGIONS || len == 0 || offset % PRECOPY_PAGE_SIZE ||
+	    len % PRECOPY_PAGE_SIZE)
+		return -EINVAL;
+	n = put_hdr(buf, cap, PC_MSG_HANDOFF, 24);
+	if (n < 0)
+		return n;
+	pc_put_le32(p, region);
+	pc_put_le32(p + 4, 0);
+	pc_put_le64(p + 8, offset);
+	pc_put_le64(p + 16, len);
+	return n;
+}
+
 int pc_wire_decode(const uint8_t *buf, size_t len, struct pc_wire_msg *out, char *why,
 		   size_t whylen)
 {
@@ -396,6 +416,23 @@ int pc_wire_decode(const uint8_t *buf, size_t len, struct pc_wire_msg *out, char
 			return bad(why, whylen, "%s with positive status",
 				   pc_wire_type_name(out->type));
 		get_text(out->u.result.text, p + 8, plen - 8);
+		return 0;
+	case PC_MSG_HANDOFF:
+		if (plen != 24)
+			return bad(why, whylen, "HANDOFF of %u bytes", plen);
+		out->u.handoff.region = pc_get_le32(p);
+		out->u.handoff.offset = pc_get_le64(p + 8);
+		out->u.handoff.len = pc_get_le64(p + 16);
+		if (pc_get_le32(p + 4))
+			return bad(why, whylen, "HANDOFF reserved field set");
+		if (out->u.handoff.region >= PRECOPY_MAX_REGIONS || out->u.handoff.len == 0 ||
+		    out->u.handoff.offset % PRECOPY_PAGE_SIZE ||
+		    out->u.handoff.len % PRECOPY_PAGE_SIZE ||
+		    out->u.handoff.offset + out->u.handoff.len < out->u.handoff.offset)
+			return bad(why, whylen, "HANDOFF of region %u: %llu bytes at %llu",
+				   out->u.handoff.region,
+				   (unsigned long long)out->u.handoff.len,
+				   (unsigned long long)out->u.handoff.offset);
 		return 0;
 	default:
 		return bad(why, whylen, "unknown record type %u", out->type);

@@ -20,6 +20,8 @@
  *   COMPLETE     src->dst  ch0  per-region page count and checksum
  *   RESULT       dst->src  ch0  0 = verified and running, else -errno + text
  *   ERROR        either    ch0  the sender gives up: -errno + text
+ *   HANDOFF      src->dst  ch0  (PC_CAP_HANDOFF) region, offset in the fd,
+ *                                length; the region's memfd travels with it
  */
 #ifndef PC_WIRE_H
 #define PC_WIRE_H
@@ -39,6 +41,10 @@
 #define PC_CAP_ZERO_RUNS (1ull << 0)  /* zero pages as run records */
 #define PC_CAP_PAGE_HASH (1ull << 1)  /* per-page checksums, COMPLETE */
 #define PC_CAP_FREE_RUNS (1ull << 2)  /* free-page hint runs */
+/* The source's RAM is memfds handed over with HANDOFF records (fd passing
+ * transports only): no page passes, the destination maps the same pages.
+ * Offered by the source, accepted or not by the destination. */
+#define PC_CAP_HANDOFF (1ull << 3)
 #define PC_CAP_REQUIRED (PC_CAP_ZERO_RUNS | PC_CAP_PAGE_HASH)
 #define PC_CAP_ALL (PC_CAP_ZERO_RUNS | PC_CAP_PAGE_HASH | PC_CAP_FREE_RUNS)
 
@@ -52,7 +58,8 @@ enum pc_wire_type {
 	PC_MSG_COMPLETE,
 	PC_MSG_RESULT,
 	PC_MSG_ERROR,
-	PC_MSG_TYPE_MAX = PC_MSG_ERROR,
+	PC_MSG_HANDOFF,
+	PC_MSG_TYPE_MAX = PC_MSG_HANDOFF,
 };
 
 enum pc_run_kind {
@@ -118,6 +125,10 @@ struct pc_wire_msg {
 			int32_t status;
 			char text[PC_WIRE_TEXT_MAX + 1];
 		} result; /* also ERROR */
+		struct {
+			uint32_t region;
+			uint64_t offset, len;
+		} handoff;
 	} u;
 };
 
@@ -148,6 +159,10 @@ int pc_wire_enc_complete(uint8_t *buf, size_t cap, uint32_t nregions, const uint
 			 const uint64_t *hash);
 int pc_wire_enc_result(uint8_t *buf, size_t cap, unsigned type, int32_t status,
 		       const char *text);
+
+/** HANDOFF: region @region is @len bytes at @offset of the fd sent with it. */
+int pc_wire_enc_handoff(uint8_t *buf, size_t cap, uint32_t region, uint64_t offset,
+			uint64_t len);
 
 /**
  * pc_wire_decode() - parse one record of @len bytes. Pointers in @out

@@ -17,6 +17,13 @@
  * precopy_query() and precopy_cancel() may be called from any thread while
  * precopy_migrate() or precopy_incoming() runs.
  *
+ * Two processes on one host use "shm:PATH" (PATH a unix socket path). Give
+ * the destination memfd-backed regions (precopy_memfd_alloc() +
+ * precopy_add_region_fd()) and pages cross with one memcpy, source memory
+ * to destination memory; give the source memfd-backed guest RAM
+ * (precopy_add_region_fd()) and the RAM itself is handed over instead
+ * (see precopy_add_region_fd(): handoff).
+ *
  * Conventions: every function returns 0 (or a non-negative count where it
  * says so) on success and a negative errno on failure; none aborts the
  * process on bad input. Strings describing the last failure are available
@@ -258,6 +265,76 @@ int precopy_add_region(struct precopy_session *s, void *addr, size_t len,
 		       enum precopy_dirty_mode mode);
 
 /**
+ * precopy_add_region_fd() - register a RAM block that is a MAP_SHARED
+ * mapping of @fd (a memfd or other shmem/hugetlbfs file) at @offset.
+ * @addr, @len, @mode: as precopy_add_region(). The caller promises that
+ *              [@addr, @addr+@len) maps [@offset, @offset+@len) of @fd;
+ *              precopy only checks that @fd is a regular file of at least
+ *              @offset+@len bytes.
+ * @fd:         duplicated (the session closes its copy in
+ *              precopy_delete()); the caller keeps and closes its own.
+ *
+ * Destination, "shm:" copy mode: the region is shared with the source,
+ * whose page writes become one memcpy into it. That needs @offset 0, a
+ * file of exactly @len bytes, and seals against shrinking and growing
+ * (added here if the memfd allows sealing; precopy_memfd_alloc() makes
+ * such memory). Otherwise pages are framed over the socket: two copies.
+ *
+ * Source, handoff: if every source region was registered with an fd and
+ * the transport passes fds ("shm:"), precopy_migrate() does no page
+ * passes: it stops the guest, hands the fds over, sends device state and
+ * COMPLETE. The downtime does not depend on RAM size. The destination maps
+ * each fd with MAP_SHARED | MAP_FIXED over the range it registered for
+ * that region (same order and length, as ever), replacing whatever was
+ * mapped there, then loads device state and resumes. It checks what is
+ * cheap (every region handed over, length, fstat size >= offset + length)
+ * but computes no checksum: the pages are the source's own, not a copy.
+ * If the destination fails after mapping, it puts anonymous (zero) memory
+ * back over its ranges. After success the source must never run the guest
+ * or write its RAM again: both processes now map the same pages.
+ * Return: the region index (>= 0); -EINVAL for a bad @fd or @offset, or
+ * a file shorter than @offset+@len; else as precopy_add_region().
+ */
+int precopy_add_region_fd(struct precopy_session *s, void *addr, size_t len, int fd,
+			  uint64_t offset, enum precopy_dirty_mode mode);
+
+/**
+ * precopy_memfd_alloc() - create RAM for precopy_add_region_fd(): a memfd
+ * of @len bytes (page multiple), sealed against shrinking and growing,
+ * mapped MAP_SHARED at *@addr, its fd in *@fd (close-on-exec).
+ * @numa_node: >= 0 binds the memory to that node (MPOL_BIND, a shared
+ *             policy on the file, so pages land there whoever touches
+ *             them first, the source's copy included); -1 = default policy.
+ * The caller owns both: munmap(*@addr, @len) and close(*@fd).
+ * Return: 0; -EINVAL for a bad @len or a node that does not exist (see
+ * precopy_numa_max_node()); -ENOSYS if @numa_node >= 0 and the kernel has
+ * no NUMA support; -errno of memfd_create, ftruncate, mmap or mbind.
+ */
+int precopy_memfd_alloc(size_t len, int numa_node, void **addr, int *fd);
+
+/**
+ * precopy_numa_max_node() - the highest NUMA node number here (0 on a
+ * machine with one node). Return: >= 0, or -ENOSYS without NUMA support.
+ */
+int precopy_numa_max_node(void);
+
+/**
+ * precopy_numa_node_ok() - whether @node exists here (and memory can be
+ * placed on it). Return: 0; -EINVAL if not; -ENOSYS without NUMA support.
+ */
+int precopy_numa_node_ok(int node);
+
+/**
+ * precopy_numa_where() - where memory landed: up to @samples pages spread
+ * evenly over [@addr, @addr+@len) are looked up (move_pages() query);
+ * per_node[n] counts those on node n (n < @nnodes) and *@absent (if not
+ * NULL) those not allocated yet.
+ * Return: the number of pages sampled (>= 1); -EINVAL; -ENOMEM; -errno.
+ */
+int precopy_numa_where(const void *addr, size_t len, unsigned samples, uint64_t *per_node,
+		       unsigned nnodes, uint64_t *absent);
+
+/**
  * precopy_region_mark_dirty() - report writes on an EXTERNAL region.
  * @bitmap: one bit per page from @first_page (bit i of word i/64), as
  *          KVM_GET_DIRTY_LOG returns it; @npages bits are read.
@@ -282,7 +359,9 @@ int precopy_region_hint_free(struct precopy_session *s, int region,
 
 /**
  * precopy_migrate() - run a migration from the source to @uri.
- * @uri: "tcp:HOST:PORT" (more transports where built in).
+ * @uri: "tcp:HOST:PORT" or "shm:PATH" (PATH: the destination's unix
+ *       socket; both processes must run as the same user, or one as
+ *       root: others are refused with -EACCES).
  * Blocks until the end. On success the guest stays stopped (it now runs at
  * the destination). On failure or cancel, resume_vm has been called if
  * stop_vm had been, and memory is untouched.
@@ -294,7 +373,10 @@ int precopy_migrate(struct precopy_session *s, const char *uri);
 
 /**
  * precopy_listen() - bind the destination to @uri ("tcp:HOST:PORT"; port 0
- * picks a free one, see precopy_local_uri()). Does not block.
+ * picks a free one, see precopy_local_uri(); or "shm:PATH", a unix socket
+ * path, created here; a stale socket nobody listens on is replaced, and
+ * the path is removed when the session is deleted). Does not block. If the
+ * path is removed during a shm migration, the migration fails.
  * Return: 0; -EINVAL for a malformed URI; -EADDRINUSE...; -EBUSY if already
  * listening.
  */

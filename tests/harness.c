@@ -4,6 +4,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "harness.h"
 
@@ -34,22 +35,42 @@ static void *d_main(void *arg)
 
 int h_dest_start(struct h_dest *d, size_t len)
 {
+	return h_dest_start_uri(d, len, "tcp:127.0.0.1:0", false);
+}
+
+int h_dest_start_uri(struct h_dest *d, size_t len, const char *uri, bool memfd)
+{
 	struct precopy_callbacks cb = { .opaque = d, .load_device_state = d_load,
 					.resume_vm = d_resume };
 	int err;
 
 	memset(d, 0, sizeof(*d));
 	d->len = len;
-	d->ram = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (d->ram == MAP_FAILED)
-		return -ENOMEM;
+	d->fd = -1;
+	if (memfd) {
+		err = precopy_memfd_alloc(len, -1, &d->ram, &d->fd);
+		if (err) {
+			d->ram = NULL;
+			return err;
+		}
+	} else {
+		d->ram = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			      -1, 0);
+		if (d->ram == MAP_FAILED) {
+			d->ram = NULL;
+			return -ENOMEM;
+		}
+	}
 	err = precopy_new(PRECOPY_ROLE_DEST, NULL, &cb, &d->s);
 	if (err)
 		return err;
-	err = precopy_add_region(d->s, d->ram, len, PRECOPY_DIRTY_AUTO);
+	if (memfd)
+		err = precopy_add_region_fd(d->s, d->ram, len, d->fd, 0, PRECOPY_DIRTY_AUTO);
+	else
+		err = precopy_add_region(d->s, d->ram, len, PRECOPY_DIRTY_AUTO);
 	if (err < 0)
 		return err;
-	err = precopy_listen(d->s, "tcp:127.0.0.1:0");
+	err = precopy_listen(d->s, uri);
 	if (err)
 		return err;
 	err = precopy_local_uri(d->s, d->uri, sizeof(d->uri));
@@ -71,6 +92,9 @@ void h_dest_free(struct h_dest *d)
 	if (d->ram)
 		munmap(d->ram, d->len);
 	d->ram = NULL;
+	if (d->fd >= 0)
+		close(d->fd);
+	d->fd = -1;
 }
 
 static int s_stop(void *o)
@@ -126,7 +150,10 @@ int h_src_new(struct h_src *s, struct pc_guest *guest, const struct precopy_para
 	err = precopy_new(PRECOPY_ROLE_SOURCE, &s->params, &cb, &s->s);
 	if (err)
 		return err;
-	err = precopy_add_region(s->s, ram, len, mode);
+	if (pc_guest_fd(guest) >= 0)
+		err = precopy_add_region_fd(s->s, ram, len, pc_guest_fd(guest), 0, mode);
+	else
+		err = precopy_add_region(s->s, ram, len, mode);
 	return err < 0 ? err : 0;
 }
 

@@ -14,6 +14,7 @@ struct h_dest {
 	struct precopy_session *s;
 	void *ram;
 	size_t len;
+	int fd; /* memfd behind ram, or -1 */
 	char uri[128];
 	pthread_t thread;
 	int err;
@@ -35,11 +36,15 @@ struct h_src {
 
 /** Map @len bytes, listen on tcp:127.0.0.1:0, accept in a thread. */
 int h_dest_start(struct h_dest *d, size_t len);
+/** As h_dest_start, listening on @uri; with @memfd the RAM is a memfd
+ *  (precopy_memfd_alloc + precopy_add_region_fd), which shm shares. */
+int h_dest_start_uri(struct h_dest *d, size_t len, const char *uri, bool memfd);
 /** Wait for the destination's thread; returns its precopy_incoming() result. */
 int h_dest_join(struct h_dest *d);
 void h_dest_free(struct h_dest *d);
 
-/** A source session for @guest (which keeps running) with @p. */
+/** A source session for @guest (which keeps running) with @p; a memfd
+ *  guest (pc_guest_fd() >= 0) is registered with its fd. */
 int h_src_new(struct h_src *s, struct pc_guest *guest, const struct precopy_params *p,
 	      enum precopy_dirty_mode mode);
 /** Run precopy_migrate(@uri) in a thread. */

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -203,6 +204,99 @@ static void write_pages__unexposed_region_refused(void **state)
 	pair_close(&p);
 }
 
+/* A region exposed with its memfd (the engine's zero-extra-copy path):
+ * pages are in place before the next message, and a run past its end is
+ * refused without a byte written around it. Transports that cannot share
+ * memory take the plain expose_region path, as the engine does. */
+static void write_pages__shared_region(void **state)
+{
+	size_t rlen = 1 << 20;
+	uint8_t *src = malloc(rlen), *dst;
+	int fd = memfd_create("test-region", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	struct pc_page_run runs[2];
+	struct pair p;
+	uint8_t msg[8] = "marker";
+	struct iovec v = { msg, sizeof(msg) };
+	size_t len;
+	int err, we, re;
+
+	(void)state;
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, (off_t)rlen), 0);
+	dst = mmap(NULL, rlen, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	assert_true(dst != MAP_FAILED);
+	for (size_t i = 0; i < rlen; i++)
+		src[i] = (uint8_t)(i * 5 + 3);
+	pair_open(&p, 2);
+	err = p.b->ops->expose_region_fd(p.b, 1, dst, rlen, fd, 0);
+	if (err == -EOPNOTSUPP)
+		err = p.b->ops->expose_region(p.b, 1, dst, rlen);
+	assert_int_equal(err, 0);
+	/* the engine's order: the destination answers after exposing */
+	assert_int_equal(pc_tp_send_msg(p.b, 0, &v, 1), 0);
+	assert_int_equal(pc_tp_recv_msg(p.a, 0, msg, sizeof(msg), &len), 0);
+	assert_int_equal(p.a->ops->reg_local(p.a, src, rlen), 0);
+	runs[0] = (struct pc_page_run){ src, 1, 0, 8192 };
+	runs[1] = (struct pc_page_run){ src + rlen - 4096, 1, rlen - 4096, 4096 };
+	assert_int_equal(pc_tp_write_pages(p.a, 1, runs, 2), 0);
+	assert_int_equal(pc_tp_send_msg(p.a, 1, &v, 1), 0);
+	assert_int_equal(pc_tp_recv_msg(p.b, 1, msg, sizeof(msg), &len), 0);
+	assert_memory_equal(dst, src, 8192);
+	assert_memory_equal(dst + rlen - 4096, src + rlen - 4096, 4096);
+	for (size_t i = 8192; i < rlen - 4096; i++)
+		assert_int_equal(dst[i], 0);
+	/* past the end: refused at one end or the other */
+	runs[0] = (struct pc_page_run){ src, 1, rlen - 4096, 8192 };
+	we = pc_tp_write_pages(p.a, 0, runs, 1);
+	if (!we)
+		we = pc_tp_send_msg(p.a, 0, &v, 1);
+	re = we ? 0 : pc_tp_recv_msg(p.b, 0, msg, sizeof(msg), &len);
+	assert_true(we < 0 || re == -EPROTO);
+	if (!strcmp(ops->scheme, "shm"))
+		assert_int_equal(we, -EPROTO); /* shared: the writer checks */
+	for (size_t i = 8192; i < rlen - 4096; i++)
+		assert_int_equal(dst[i], 0);
+	pair_close(&p);
+	munmap(dst, rlen);
+	close(fd);
+	free(src);
+}
+
+/* fds handed over with a message arrive with it, in order. */
+static void send_fds__arrive_with_message(void **state)
+{
+	int fd = memfd_create("test-fd", MFD_CLOEXEC), got[4] = { -1, -1, -1, -1 };
+	uint8_t out[16] = "with-fd", in[16];
+	struct iovec v = { out, sizeof(out) };
+	struct pair p;
+	unsigned nfds = 9;
+	size_t len;
+	struct stat a, b;
+
+	(void)state;
+	if (!(ops->caps & PC_TCAP_FD_PASS))
+		skip();
+	assert_true(fd >= 0);
+	pair_open(&p, 1);
+	assert_int_equal(pc_tp_send_msg(p.a, 0, &v, 1), 0);
+	assert_int_equal(pc_tp_send_fds(p.a, 0, &fd, 1, &v, 1), 0);
+	/* a plain message first: no fds */
+	assert_int_equal(pc_tp_recv_fds(p.b, 0, in, sizeof(in), &len, got, 4, &nfds), 0);
+	assert_int_equal(nfds, 0);
+	assert_int_equal(pc_tp_recv_fds(p.b, 0, in, sizeof(in), &len, got, 4, &nfds), 0);
+	assert_int_equal(nfds, 1);
+	assert_int_equal(len, sizeof(out));
+	assert_int_equal(fstat(fd, &a), 0);
+	assert_int_equal(fstat(got[0], &b), 0);
+	assert_true(a.st_ino == b.st_ino && a.st_dev == b.st_dev);
+	close(got[0]);
+	/* a message with fds where none are expected is refused */
+	assert_int_equal(pc_tp_send_fds(p.a, 0, &fd, 1, &v, 1), 0);
+	assert_int_equal(pc_tp_recv_msg(p.b, 0, in, sizeof(in), &len), -EPROTO);
+	pair_close(&p);
+	close(fd);
+}
+
 static void recv_msg__longer_than_buffer(void **state)
 {
 	uint8_t out[1000] = { 0 }, in[100];
@@ -334,6 +428,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test(write_pages__in_place_before_next_message),
 		cmocka_unit_test(write_pages__outside_region_refused),
 		cmocka_unit_test(write_pages__unexposed_region_refused),
+		cmocka_unit_test(write_pages__shared_region),
+		cmocka_unit_test(send_fds__arrive_with_message),
 		cmocka_unit_test(recv_msg__longer_than_buffer),
 		cmocka_unit_test(abort__wakes_blocked_recv),
 		cmocka_unit_test(peer_gone__recv_fails),

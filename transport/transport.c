@@ -80,6 +80,25 @@ static int no_write_pages(struct pc_transport *t, unsigned c, const struct pc_pa
 	return -EOPNOTSUPP;
 }
 
+static int no_expose_region_fd(struct pc_transport *t, uint32_t id, void *a, size_t n, int fd,
+			       uint64_t off)
+{
+	(void)t, (void)id, (void)a, (void)n, (void)fd, (void)off;
+	return -EOPNOTSUPP;
+}
+static int no_send_fds(struct pc_transport *t, unsigned c, const int *fds, unsigned nfds,
+		       const struct iovec *v, int n)
+{
+	(void)t, (void)c, (void)fds, (void)nfds, (void)v, (void)n;
+	return -EOPNOTSUPP;
+}
+static int no_recv_fds(struct pc_transport *t, unsigned c, void *b, size_t cap, size_t *n,
+		       int *fds, unsigned maxfds, unsigned *nfds)
+{
+	(void)t, (void)c, (void)b, (void)cap, (void)n, (void)fds, (void)maxfds, (void)nfds;
+	return -EOPNOTSUPP;
+}
+
 static const struct pc_transport_ops no_ops = {
 	.listen = no_listen,
 	.listener_addr = no_listener_addr,
@@ -95,10 +114,14 @@ static const struct pc_transport_ops no_ops = {
 	.send_msg = no_send_msg,
 	.recv_msg = no_recv_msg,
 	.write_pages = no_write_pages,
+	.expose_region_fd = no_expose_region_fd,
+	.send_fds = no_send_fds,
+	.recv_fds = no_recv_fds,
 };
 
 static const struct pc_transport_ops *const builtin[] = {
 	&pc_tcp_ops,
+	&pc_shm_ops,
 };
 
 #define NBUILTIN (sizeof(builtin) / sizeof(builtin[0]))
@@ -135,6 +158,9 @@ const struct pc_transport_ops *pc_transport_find(const char *scheme)
 		MERGE(m, src, send_msg);
 		MERGE(m, src, recv_msg);
 		MERGE(m, src, write_pages);
+		MERGE(m, src, expose_region_fd);
+		MERGE(m, src, send_fds);
+		MERGE(m, src, recv_fds);
 		return m;
 	}
 	return NULL;
@@ -166,5 +192,5 @@ int pc_transport_split_uri(const char *uri, const struct pc_transport_ops **ops,
 
 const char *pc_transport_schemes(void)
 {
-	return "tcp";
+	return "tcp, shm";
 }

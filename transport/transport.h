@@ -73,6 +73,11 @@ struct pc_page_run {
 struct pc_transport_opts {
 	unsigned channels;      /**< connect: how many channels to open */
 	unsigned timeout_ms;    /**< give up on a silent peer after this */
+	/** connect: if set, receives why a connection failed or was refused
+	 *  (@whylen bytes with the NUL); transports that have nothing to add
+	 *  leave it alone. */
+	char *why;
+	size_t whylen;
 };
 
 typedef int (*pc_tp_listen_op)(const char *addr, const struct pc_transport_opts *o,
@@ -96,6 +101,13 @@ typedef int (*pc_tp_recv_msg_op)(struct pc_transport *t, unsigned chan, void *bu
 				 size_t cap, size_t *len);
 typedef int (*pc_tp_write_pages_op)(struct pc_transport *t, unsigned chan,
 				    const struct pc_page_run *runs, unsigned n);
+typedef int (*pc_tp_expose_region_fd_op)(struct pc_transport *t, uint32_t id, void *addr,
+					 size_t len, int fd, uint64_t offset);
+typedef int (*pc_tp_send_fds_op)(struct pc_transport *t, unsigned chan, const int *fds,
+				 unsigned nfds, const struct iovec *iov, int iovcnt);
+typedef int (*pc_tp_recv_fds_op)(struct pc_transport *t, unsigned chan, void *buf,
+				 size_t cap, size_t *len, int *fds, unsigned maxfds,
+				 unsigned *nfds);
 
 struct pc_transport_ops {
 	const char *scheme; /**< URI scheme: "tcp", "rdma", "shm" */
@@ -139,7 +151,33 @@ struct pc_transport_ops {
 	pc_tp_recv_msg_op recv_msg;
 	/** Write @n runs of local memory into the peer's regions on @chan. */
 	pc_tp_write_pages_op write_pages;
+
+	/* --- shared memory and fd passing (PC_TCAP_FD_PASS) --- */
+	/**
+	 * Receiving side: as expose_region, where [addr, addr+len) is a
+	 * MAP_SHARED mapping of @fd at @offset. A transport that can share
+	 * memory lets the peer write into it directly (one copy, source
+	 * memory to destination memory); the caller keeps @fd (the
+	 * transport dups what it needs). -EOPNOTSUPP: use expose_region.
+	 */
+	pc_tp_expose_region_fd_op expose_region_fd;
+	/**
+	 * Send one message with @nfds (<= PC_TP_FDS_MAX) file descriptors
+	 * attached, ordered with the other messages of @chan. The caller
+	 * keeps its fds; the peer receives duplicates.
+	 */
+	pc_tp_send_fds_op send_fds;
+	/**
+	 * Receive the next message on @chan like recv_msg, and the fds sent
+	 * with it into @fds (at most @maxfds; *@nfds says how many, 0 for a
+	 * plain message). The caller owns and closes the received fds.
+	 * Extra fds beyond @maxfds are closed and the call fails -EPROTO.
+	 */
+	pc_tp_recv_fds_op recv_fds;
 };
+
+/** Most fds one send_fds() message carries. */
+#define PC_TP_FDS_MAX 8
 
 /** pc_transport_find() - the merged ops table for @scheme, or NULL. */
 const struct pc_transport_ops *pc_transport_find(const char *scheme);
@@ -174,6 +212,19 @@ static inline int pc_tp_write_pages(struct pc_transport *t, unsigned chan,
 	return t->ops->write_pages(t, chan, runs, n);
 }
 
+static inline int pc_tp_send_fds(struct pc_transport *t, unsigned chan, const int *fds,
+				 unsigned nfds, const struct iovec *iov, int iovcnt)
+{
+	return t->ops->send_fds(t, chan, fds, nfds, iov, iovcnt);
+}
+
+static inline int pc_tp_recv_fds(struct pc_transport *t, unsigned chan, void *buf,
+				 size_t cap, size_t *len, int *fds, unsigned maxfds,
+				 unsigned *nfds)
+{
+	return t->ops->recv_fds(t, chan, buf, cap, len, fds, maxfds, nfds);
+}
+
 static inline int pc_tp_abort(struct pc_transport *t)
 {
 	return t->ops->abort(t);
@@ -187,5 +238,6 @@ static inline void pc_tp_close(struct pc_transport *t)
 
 /* Transports built into this library (defined in their own files). */
 extern const struct pc_transport_ops pc_tcp_ops;
+extern const struct pc_transport_ops pc_shm_ops;
 
 #endif /* PC_TRANSPORT_H */

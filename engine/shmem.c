@@ -1,0 +1,154 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * shmem.c - regions backed by memfds, and NUMA placement: the public
+ * calls that let a VMM migrate with one copy (shm copy mode) or none
+ * (handoff). See precopy.h.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <numa.h>
+#include <numaif.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "session.h"
+
+int precopy_add_region_fd(struct precopy_session *s, void *addr, size_t len, int fd,
+			  uint64_t offset, enum precopy_dirty_mode mode)
+{
+	struct stat st;
+	int dup, idx;
+
+	if (!s || fd < 0 || offset % PRECOPY_PAGE_SIZE || offset + len < offset)
+		return -EINVAL;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size < offset + len)
+		return -EINVAL;
+	dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	if (dup < 0)
+		return -errno;
+	idx = precopy_add_region(s, addr, len, mode);
+	if (idx < 0) {
+		close(dup);
+		return idx;
+	}
+	s->reg[idx].fd = dup;
+	s->reg[idx].fd_offset = offset;
+	return idx;
+}
+
+int precopy_numa_max_node(void)
+{
+	if (numa_available() < 0)
+		return -ENOSYS;
+	return numa_max_node();
+}
+
+int precopy_numa_node_ok(int node)
+{
+	int max = precopy_numa_max_node();
+
+	if (max < 0)
+		return max;
+	if (node < 0 || node > max || !numa_bitmask_isbitset(numa_all_nodes_ptr, (unsigned)node))
+		return -EINVAL;
+	return 0;
+}
+
+int precopy_memfd_alloc(size_t len, int numa_node, void **addr, int *fdp)
+{
+	void *p;
+	int fd, err;
+
+	if (!addr || !fdp || len == 0 || len % PRECOPY_PAGE_SIZE)
+		return -EINVAL;
+	if (numa_node >= 0) {
+		err = precopy_numa_node_ok(numa_node);
+		if (err)
+			return err;
+	}
+	fd = memfd_create("precopy-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (fd < 0)
+		return -errno;
+	if (ftruncate(fd, (off_t)len) < 0 ||
+	    fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) {
+		err = -errno;
+		close(fd);
+		return err;
+	}
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED) {
+		err = -errno;
+		close(fd);
+		return err;
+	}
+	if (numa_node >= 0) {
+		/* A shared policy on the file: pages land on the node whoever
+		 * touches them first (the peer's copy, too). */
+		struct bitmask *bm = numa_allocate_nodemask();
+
+		if (!bm) {
+			munmap(p, len);
+			close(fd);
+			return -ENOMEM;
+		}
+		numa_bitmask_setbit(bm, (unsigned)numa_node);
+		err = mbind(p, len, MPOL_BIND, bm->maskp, bm->size + 1, 0) < 0 ? -errno : 0;
+		numa_bitmask_free(bm);
+		if (err) {
+			munmap(p, len);
+			close(fd);
+			return err;
+		}
+	}
+	*addr = p;
+	*fdp = fd;
+	return 0;
+}
+
+int precopy_numa_where(const void *addr, size_t len, unsigned samples, uint64_t *per_node,
+		       unsigned nnodes, uint64_t *absent)
+{
+	uint64_t npages = len / PRECOPY_PAGE_SIZE, n;
+	void **pages;
+	int *status;
+	long r;
+
+	if (!addr || !len || (uintptr_t)addr % PRECOPY_PAGE_SIZE || !samples ||
+	    (nnodes && !per_node))
+		return -EINVAL;
+	n = npages < samples ? npages : samples;
+	pages = calloc(n, sizeof(*pages));
+	status = calloc(n, sizeof(*status));
+	if (!pages || !status) {
+		free(pages);
+		free(status);
+		return -ENOMEM;
+	}
+	for (uint64_t i = 0; i < n; i++)
+		pages[i] = (uint8_t *)addr + (i * npages / n) * PRECOPY_PAGE_SIZE;
+	r = move_pages(0, (unsigned long)n, pages, NULL, status, 0);
+	if (r < 0) {
+		r = -errno;
+		goto out;
+	}
+	if (absent)
+		*absent = 0;
+	for (unsigned k = 0; k < nnodes; k++)
+		per_node[k] = 0;
+	for (uint64_t i = 0; i < n; i++) {
+		if (status[i] >= 0 && (unsigned)status[i] < nnodes)
+			per_node[status[i]]++;
+		else if (status[i] < 0 && absent)
+			(*absent)++; /* -ENOENT: not allocated yet */
+	}
+	r = (long)n;
+out:
+	free(pages);
+	free(status);
+	return (int)r;
+}

@@ -1,0 +1,497 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Whole migrations over "shm:PATH": copy mode into a shared (memfd)
+ * destination and into plain memory, handoff of a memfd guest; every page
+ * verified with the synthetic guest's pattern. Robustness: a destination
+ * SIGKILLed mid-migration, the socket path removed mid-migration; both
+ * leave the source guest running and intact. Peer check: a process of
+ * another uid is refused in both directions. NUMA placement on node 0 and
+ * a clear error for a node that does not exist.
+ *
+ * Needs root for the uid tests (they setuid() to nobody); they skip
+ * otherwise.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+#include "transport.h"
+
+#define MiB (1ull << 20)
+#define NOBODY 65534
+
+static char tmpdir[64];
+static unsigned seq;
+
+/* A fresh "shm:PATH" in the test's directory. */
+static const char *new_uri(char *buf, size_t len)
+{
+	snprintf(buf, len, "shm:%s/s%u.sock", tmpdir, seq++);
+	return buf;
+}
+
+static struct pc_guest *make_guest(size_t ram, double rate, bool memfd)
+{
+	struct pc_guest_opts o = { .ram = ram, .dirty_rate = rate,
+				   .pattern = PC_GUEST_SEQUENTIAL, .threads = 1,
+				   .zero_pct = 10, .seed = 7, .memfd = memfd };
+	struct pc_guest *g;
+
+	assert_int_equal(pc_guest_new(&o, &g), 0);
+	assert_int_equal(pc_guest_start(g), 0);
+	return g;
+}
+
+static void check_migrated(struct h_src *s, struct h_dest *d)
+{
+	struct precopy_stats st;
+	char why[256];
+	size_t len;
+	void *src = pc_guest_ram(s->guest, &len);
+
+	assert_int_equal(s->stops, 1);
+	assert_int_equal(s->resumes, 0);
+	assert_int_equal(d->resumed, 1);
+	assert_true(d->have_desc);
+	assert_int_equal(memcmp(src, d->ram, len), 0);
+	if (pc_guest_verify(d->ram, d->len, &d->desc, why, sizeof(why)))
+		fail_msg("destination memory: %s", why);
+	precopy_query(s->s, &st);
+	assert_int_equal(st.status, PRECOPY_STATUS_COMPLETED);
+	precopy_query(d->s, &st);
+	assert_int_equal(st.status, PRECOPY_STATUS_COMPLETED);
+}
+
+/* The source guest runs on and its memory is exactly what it wrote. */
+static void check_source_intact(struct pc_guest *g)
+{
+	struct pc_guest_desc desc;
+	char why[256];
+	uint64_t w0 = pc_guest_writes(g);
+	size_t len;
+	void *mem = pc_guest_ram(g, &len);
+
+	usleep(100 * 1000);
+	assert_true(pc_guest_writes(g) > w0);
+	pc_guest_pause(g);
+	pc_guest_describe(g, &desc);
+	if (pc_guest_verify(mem, len, &desc, why, sizeof(why)))
+		fail_msg("source memory: %s", why);
+	pc_guest_resume(g);
+}
+
+static void copy_mode(bool shared_dest, unsigned channels)
+{
+	size_t ram = 128 * MiB;
+	struct pc_guest *g = make_guest(ram, 64.0 * MiB, false);
+	struct precopy_params p;
+	struct h_dest d;
+	struct h_src s;
+	char uri[128];
+
+	precopy_params_init(&p);
+	p.channels = channels;
+	assert_int_equal(h_dest_start_uri(&d, ram, new_uri(uri, sizeof(uri)), shared_dest), 0);
+	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
+	assert_int_equal(h_src_start(&s, d.uri), 0);
+	assert_int_equal(h_src_join(&s), 0);
+	assert_int_equal(h_dest_join(&d), 0);
+	assert_true(pc_guest_writes(g) > 0);
+	check_migrated(&s, &d);
+	h_src_free(&s);
+	h_dest_free(&d);
+	pc_guest_delete(&g);
+}
+
+static void copy__shared_destination_1_channel(void **state)
+{
+	(void)state;
+	copy_mode(true, 1);
+}
+
+static void copy__shared_destination_2_channels(void **state)
+{
+	(void)state;
+	copy_mode(true, 2);
+}
+
+static void copy__plain_destination_framed(void **state)
+{
+	(void)state;
+	copy_mode(false, 2);
+}
+
+/* The source guest is a memfd: its RAM changes hands; no page passes. */
+static void handoff__running_guest(void **state)
+{
+	size_t ram = 128 * MiB;
+	struct pc_guest *g = make_guest(ram, 64.0 * MiB, true);
+	struct precopy_stats st;
+	struct h_dest d;
+	struct h_src s;
+	char uri[128];
+	size_t len;
+	volatile uint8_t *src;
+
+	(void)state;
+	usleep(50 * 1000); /* let the guest write */
+	assert_int_equal(h_dest_start_uri(&d, ram, new_uri(uri, sizeof(uri)), false), 0);
+	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
+	assert_int_equal(h_src_start(&s, d.uri), 0);
+	assert_int_equal(h_src_join(&s), 0);
+	assert_int_equal(h_dest_join(&d), 0);
+	check_migrated(&s, &d);
+	precopy_query(s.s, &st);
+	assert_int_equal(st.normal, 0);       /* no page was copied */
+	assert_true(st.transferred < 64 * 1024); /* device state and records */
+	/* the same pages: a write at the destination shows at the source */
+	src = pc_guest_ram(g, &len);
+	((volatile uint8_t *)d.ram)[len - 1] ^= 0xff;
+	assert_int_equal(src[len - 1], ((volatile uint8_t *)d.ram)[len - 1]);
+	h_src_free(&s);
+	h_dest_free(&d);
+	pc_guest_delete(&g);
+}
+
+/* A destination whose region does not match refuses; the source guest was
+ * never stopped and its memory is untouched. */
+static void handoff__length_mismatch_refused(void **state)
+{
+	struct pc_guest *g = make_guest(8 * MiB, 16.0 * MiB, true);
+	struct h_dest d;
+	struct h_src s;
+	char uri[128], msg[PRECOPY_ERRMSG_MAX];
+
+	(void)state;
+	assert_int_equal(h_dest_start_uri(&d, 4 * MiB, new_uri(uri, sizeof(uri)), false), 0);
+	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
+	assert_int_equal(h_src_start(&s, d.uri), 0);
+	assert_true(h_src_join(&s) < 0);
+	assert_true(h_dest_join(&d) < 0);
+	precopy_strerror(s.s, msg, sizeof(msg));
+	assert_non_null(strstr(msg, "region 0"));
+	assert_int_equal(s.stops, 0);
+	check_source_intact(g);
+	h_src_free(&s);
+	h_dest_free(&d);
+	pc_guest_delete(&g);
+}
+
+/* --- robustness ------------------------------------------------------------- */
+
+/* A destination in a child process, on @path, with shared (memfd) RAM. */
+static pid_t fork_dest(const char *uri, size_t ram)
+{
+	char path[128];
+	pid_t pid;
+
+	snprintf(path, sizeof(path), "%s", uri + 4);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct h_dest d;
+
+		if (h_dest_start_uri(&d, ram, uri, true))
+			_exit(3);
+		_exit(h_dest_join(&d) ? 1 : 0);
+	}
+	for (int i = 0; i < 500; i++) { /* until it listens */
+		struct stat st;
+
+		if (stat(path, &st) == 0)
+			return pid;
+		usleep(10 * 1000);
+	}
+	fail_msg("the destination did not start");
+	return pid;
+}
+
+/* Migrate slowly into a peer, do @what mid-migration; the migration fails
+ * and the source guest runs on, intact. */
+static void fail_midway(bool kill_peer)
+{
+	size_t ram = 128 * MiB;
+	struct precopy_params p;
+	struct precopy_stats st;
+	struct pc_guest *g;
+	struct h_src s;
+	char uri[128], msg[PRECOPY_ERRMSG_MAX];
+	int status, err;
+	pid_t pid;
+
+	/* fork before any thread exists in this process */
+	new_uri(uri, sizeof(uri));
+	pid = fork_dest(uri, ram);
+	g = make_guest(ram, 64.0 * MiB, false);
+	precopy_params_init(&p);
+	p.max_bandwidth = 32 * MiB; /* about 4 s for the bulk pass */
+	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
+	assert_int_equal(h_src_start(&s, uri), 0);
+	assert_true(h_wait_status(s.s, PRECOPY_STATUS_BULK, 30000));
+	usleep(500 * 1000);
+	if (kill_peer)
+		kill(pid, SIGKILL);
+	else
+		assert_int_equal(unlink(uri + 4), 0);
+	err = h_src_join(&s);
+	assert_true(err < 0 && err != -ECANCELED);
+	waitpid(pid, &status, 0);
+	if (kill_peer)
+		assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+	else
+		assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 1); /* failed, not hung */
+	precopy_query(s.s, &st);
+	assert_int_equal(st.status, PRECOPY_STATUS_FAILED);
+	precopy_strerror(s.s, msg, sizeof(msg));
+	print_message("source: %s\n", msg);
+	assert_int_equal(s.resumes, s.stops);
+	h_src_free(&s);
+	check_source_intact(g);
+	pc_guest_delete(&g);
+}
+
+static void robust__peer_killed_mid_migration(void **state)
+{
+	(void)state;
+	fail_midway(true);
+}
+
+static void robust__socket_path_removed_mid_migration(void **state)
+{
+	(void)state;
+	fail_midway(false);
+}
+
+/* --- peer check ----------------------------------------------------------- */
+
+static void skip_unless_root(void)
+{
+	if (geteuid() != 0) {
+		print_message("not root: cannot setuid() to another user; skipped\n");
+		skip();
+	}
+}
+
+struct accepting {
+	struct pc_listener *l;
+	struct pc_transport *t;
+	int err;
+};
+
+static void *accept_main(void *arg)
+{
+	struct accepting *a = arg;
+	struct pc_transport_opts o = { 0 };
+
+	a->err = a->l->ops->accept(a->l, &o, &a->t);
+	return NULL;
+}
+
+/* A process of another uid connecting to us is refused, and told why. */
+static void peer__other_uid_connecting_refused(void **state)
+{
+	const struct pc_transport_ops *ops = pc_transport_find("shm");
+	struct pc_transport_opts o = { .channels = 1 };
+	struct accepting a = { 0 };
+	char uri[128];
+	pthread_t th;
+	int status;
+	pid_t pid;
+
+	(void)state;
+	skip_unless_root();
+	new_uri(uri, sizeof(uri));
+	assert_int_equal(ops->listen(uri + 4, &o, &a.l), 0);
+	assert_int_equal(chmod(uri + 4, 0777), 0); /* the kernel lets anyone connect */
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct pc_transport *t = NULL;
+		char why[160] = "";
+		struct pc_transport_opts co = { .channels = 1, .why = why, .whylen = sizeof(why) };
+		int err;
+
+		if (setgid(NOBODY) || setuid(NOBODY))
+			_exit(10);
+		err = ops->connect(uri + 4, &co, &t);
+		printf("  nobody connecting: %s (%s)\n", strerror(-err), why);
+		_exit(err == -EACCES && strstr(why, "uid 65534") ? 0 : 1);
+	}
+	assert_int_equal(pthread_create(&th, NULL, accept_main, &a), 0);
+	waitpid(pid, &status, 0);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+	/* our accept is still waiting: the stranger did not count */
+	usleep(50 * 1000);
+	ops->listener_abort(a.l);
+	pthread_join(th, NULL);
+	assert_int_equal(a.err, -ECANCELED);
+	ops->listener_close(a.l);
+}
+
+/* A listener of another uid is not trusted with our memory either. */
+static void peer__other_uid_listening_refused(void **state)
+{
+	const struct pc_transport_ops *ops = pc_transport_find("shm");
+	struct pc_transport *t = NULL;
+	char uri[128], why[160] = "";
+	struct pc_transport_opts o = { .channels = 1, .why = why, .whylen = sizeof(why) };
+	int pfd[2], status, err;
+	char c;
+	pid_t pid;
+
+	(void)state;
+	skip_unless_root();
+	new_uri(uri, sizeof(uri));
+	assert_int_equal(pipe(pfd), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct pc_listener *l;
+		struct pc_transport *at = NULL;
+		struct pc_transport_opts lo = { 0 };
+
+		close(pfd[0]);
+		if (setgid(NOBODY) || setuid(NOBODY))
+			_exit(10);
+		if (ops->listen(uri + 4, &lo, &l))
+			_exit(11);
+		if (write(pfd[1], "r", 1) != 1)
+			_exit(12);
+		/* accept would wait forever for a peer that never says hello;
+		 * the parent kills us */
+		ops->accept(l, &lo, &at);
+		_exit(13);
+	}
+	close(pfd[1]);
+	assert_int_equal(read(pfd[0], &c, 1), 1);
+	close(pfd[0]);
+	err = ops->connect(uri + 4, &o, &t);
+	print_message("connecting to nobody's listener: %s (%s)\n", strerror(-err), why);
+	assert_int_equal(err, -EACCES);
+	assert_non_null(strstr(why, "uid 65534"));
+	assert_null(t);
+	kill(pid, SIGKILL);
+	waitpid(pid, &status, 0);
+	unlink(uri + 4);
+}
+
+/* --- NUMA ------------------------------------------------------------------- */
+
+static void numa__node0_placement_reported(void **state)
+{
+	size_t len = 16 * MiB;
+	uint64_t per_node[64] = { 0 }, absent = 0;
+	void *mem;
+	int fd, n, max = precopy_numa_max_node();
+
+	(void)state;
+	if (max < 0) {
+		print_message("no NUMA support in this kernel: skipped\n");
+		skip();
+	}
+	assert_int_equal(precopy_memfd_alloc(len, 0, &mem, &fd), 0);
+	n = precopy_numa_where(mem, len, 64, per_node, 64, &absent);
+	assert_int_equal(n, 64);
+	assert_int_equal(absent, 64); /* nothing touched yet */
+	memset(mem, 1, len);
+	n = precopy_numa_where(mem, len, 64, per_node, 64, &absent);
+	assert_int_equal(n, 64);
+	assert_int_equal(absent, 0);
+	assert_int_equal(per_node[0], 64);
+	munmap(mem, len);
+	close(fd);
+}
+
+static void numa__invalid_node_refused(void **state)
+{
+	void *mem = NULL;
+	int fd = -1, max = precopy_numa_max_node();
+
+	(void)state;
+	if (max < 0)
+		skip();
+	assert_int_equal(precopy_numa_node_ok(max + 1), -EINVAL);
+	assert_int_equal(precopy_numa_node_ok(-2), -EINVAL);
+	assert_int_equal(precopy_memfd_alloc(4 * MiB, max + 1, &mem, &fd), -EINVAL);
+	assert_null(mem);
+	assert_int_equal(fd, -1);
+}
+
+static void api__region_fd_checked(void **state)
+{
+	struct precopy_session *s;
+	void *mem;
+	int fd;
+
+	(void)state;
+	assert_int_equal(precopy_memfd_alloc(8 * MiB, -1, &mem, &fd), 0);
+	assert_int_equal(precopy_new(PRECOPY_ROLE_DEST, NULL, NULL, &s), 0);
+	assert_int_equal(precopy_add_region_fd(s, mem, 8 * MiB, -1, 0, 0), -EINVAL);
+	assert_int_equal(precopy_add_region_fd(s, mem, 8 * MiB, fd, 4096, 0), -EINVAL); /* past EOF */
+	assert_int_equal(precopy_add_region_fd(s, mem, 8 * MiB, fd, 100, 0), -EINVAL);
+	assert_int_equal(precopy_add_region_fd(s, mem, 8 * MiB, fd, 0, 0), 0);
+	assert_int_equal(precopy_listen(s, "shm:"), -EINVAL);
+	assert_int_equal(precopy_delete(&s), 0);
+	munmap(mem, 8 * MiB);
+	close(fd);
+}
+
+static int teardown_dir(void)
+{
+	char cmd[128];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+	return system(cmd);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(api__region_fd_checked),
+		cmocka_unit_test(robust__peer_killed_mid_migration),
+		cmocka_unit_test(robust__socket_path_removed_mid_migration),
+		cmocka_unit_test(peer__other_uid_connecting_refused),
+		cmocka_unit_test(peer__other_uid_listening_refused),
+		cmocka_unit_test(numa__node0_placement_reported),
+		cmocka_unit_test(numa__invalid_node_refused),
+		cmocka_unit_test(copy__shared_destination_1_channel),
+		cmocka_unit_test(copy__shared_destination_2_channels),
+		cmocka_unit_test(copy__plain_destination_framed),
+		cmocka_unit_test(handoff__running_guest),
+		cmocka_unit_test(handoff__length_mismatch_refused),
+	};
+	int rc;
+
+	if (!pc_transport_find("shm")) {
+		printf("the shm transport is not built in: skipped\n");
+		return 77;
+	}
+	snprintf(tmpdir, sizeof(tmpdir), "/tmp/precopy-shm-XXXXXX");
+	if (!mkdtemp(tmpdir)) {
+		perror("mkdtemp");
+		return 1;
+	}
+	chmod(tmpdir, 0777); /* the uid tests' other user works here too */
+	signal(SIGPIPE, SIG_IGN);
+	cmocka_set_test_filter(getenv("PRECOPY_TEST_FILTER"));
+	rc = cmocka_run_group_tests_name("shm", tests, NULL, NULL);
+	teardown_dir();
+	return rc;
+}

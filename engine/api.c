@@ -120,6 +120,7 @@ int precopy_new(enum precopy_role role, const struct precopy_params *params,
 		s->cb = *cb;
 	atomic_init(&s->run_state, PC_IDLE);
 	atomic_init(&s->cancel, false);
+	atomic_init(&s->committed, false);
 	pthread_mutex_init(&s->lock, NULL);
 	s->st.status = PRECOPY_STATUS_NONE;
 	s->st.dirty_mode = PRECOPY_DIRTY_AUTO;
@@ -370,8 +371,12 @@ int precopy_cancel(struct precopy_session *s)
 		return -EINVAL;
 	if (atomic_load(&s->run_state) == PC_ENDED)
 		return -EALREADY;
-	atomic_store(&s->cancel, true);
 	pthread_mutex_lock(&s->lock);
+	if (atomic_load(&s->committed)) {
+		pthread_mutex_unlock(&s->lock);
+		return -EBUSY;
+	}
+	atomic_store(&s->cancel, true);
 	if (s->tp)
 		pc_tp_abort(s->tp);
 	if (s->lst)

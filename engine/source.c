@@ -576,6 +576,16 @@ static int complete(struct source *src)
 	if (n < 0)
 		return pc_fail(s, n, "encoding COMPLETE");
 	v.iov_len = (size_t)n;
+	/* Past this point the destination may resume the guest at any moment:
+	 * a cancel can no longer make the source the one that runs, so it is
+	 * refused from here on (see precopy_cancel()). */
+	pthread_mutex_lock(&s->lock);
+	if (atomic_load(&s->cancel)) {
+		pthread_mutex_unlock(&s->lock);
+		return -ECANCELED;
+	}
+	atomic_store(&s->committed, true);
+	pthread_mutex_unlock(&s->lock);
 	err = pc_tp_send_msg(src->tp, 0, &v, 1);
 	if (err)
 		return pc_fail(s, err, "sending COMPLETE: %s", pc_err_context(s, err));

@@ -403,8 +403,12 @@ int precopy_incoming(struct precopy_session *s);
  * precopy_cancel() - ask a running migration to stop; safe from any thread
  * and from signal handlers' deferred work. The running call returns
  * -ECANCELED soon after. Cancelling an ended or never-started session is
- * harmless.
- * Return: 0; -EINVAL if @s is NULL; -EALREADY if it had already ended.
+ * harmless. Once the source has sent its COMPLETE record the destination
+ * may resume the guest at any moment, so from then on a cancel is refused
+ * (-EBUSY) rather than risk the guest running at both ends; the migration
+ * ends a moment later either way.
+ * Return: 0; -EINVAL if @s is NULL; -EALREADY if it had already ended;
+ * -EBUSY if the source already handed the guest over.
  */
 int precopy_cancel(struct precopy_session *s);
 

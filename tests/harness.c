@@ -34,6 +34,12 @@ static void *d_main(void *arg)
 
 int h_dest_start(struct h_dest *d, size_t len)
 {
+	return h_dest_start_uri(d, len, "tcp:127.0.0.1:0", NULL, 0);
+}
+
+int h_dest_start_uri(struct h_dest *d, size_t len, const char *listen_uri, const void *key,
+		     size_t key_len)
+{
 	struct precopy_callbacks cb = { .opaque = d, .load_device_state = d_load,
 					.resume_vm = d_resume };
 	int err;
@@ -49,7 +55,10 @@ int h_dest_start(struct h_dest *d, size_t len)
 	err = precopy_add_region(d->s, d->ram, len, PRECOPY_DIRTY_AUTO);
 	if (err < 0)
 		return err;
-	err = precopy_listen(d->s, "tcp:127.0.0.1:0");
+	err = precopy_set_auth_key(d->s, key, key_len);
+	if (err)
+		return err;
+	err = precopy_listen(d->s, listen_uri);
 	if (err)
 		return err;
 	err = precopy_local_uri(d->s, d->uri, sizeof(d->uri));

@@ -35,6 +35,10 @@ struct h_src {
 
 /** Map @len bytes, listen on tcp:127.0.0.1:0, accept in a thread. */
 int h_dest_start(struct h_dest *d, size_t len);
+/** The same on @listen_uri (port 0 picks one; d->uri tells which), with
+ *  the authentication key @key of @key_len bytes (NULL = none). */
+int h_dest_start_uri(struct h_dest *d, size_t len, const char *listen_uri, const void *key,
+		     size_t key_len);
 /** Wait for the destination's thread; returns its precopy_incoming() result. */
 int h_dest_join(struct h_dest *d);
 void h_dest_free(struct h_dest *d);

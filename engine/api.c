@@ -145,6 +145,7 @@ int precopy_delete(struct precopy_session **sp)
 			close(s->reg[i].fd);
 	}
 	free(s->word_region);
+	free(s->key);
 	if (s->lst)
 		s->lst->ops->listener_close(s->lst);
 	pc_tp_close(s->tp);
@@ -307,6 +308,26 @@ static int end_run(struct precopy_session *s, int err)
 	return err;
 }
 
+int precopy_set_auth_key(struct precopy_session *s, const void *key, size_t len)
+{
+	uint8_t *k = NULL;
+
+	if (!s || len > PRECOPY_AUTH_KEY_MAX || (len && !key))
+		return -EINVAL;
+	if (atomic_load(&s->run_state) != PC_IDLE)
+		return -EBUSY;
+	if (len) {
+		k = malloc(len);
+		if (!k)
+			return -ENOMEM;
+		memcpy(k, key, len);
+	}
+	free(s->key);
+	s->key = k;
+	s->key_len = len;
+	return 0;
+}
+
 int precopy_migrate(struct precopy_session *s, const char *uri)
 {
 	int err;
@@ -323,7 +344,8 @@ int precopy_migrate(struct precopy_session *s, const char *uri)
 int precopy_listen(struct precopy_session *s, const char *uri)
 {
 	const struct pc_transport_ops *ops;
-	struct pc_transport_opts o = { .channels = 0 };
+	struct pc_transport_opts o = { .channels = 0, .key = s ? s->key : NULL,
+				       .key_len = s ? s->key_len : 0 };
 	const char *rest;
 	int err;
 

@@ -556,7 +556,7 @@ static int receive_handoff(struct dest *d)
 static int incoming(struct dest *d)
 {
 	struct precopy_session *s = d->s;
-	struct pc_transport_opts o = { .channels = 0 };
+	struct pc_transport_opts o = { .channels = 0, .key = s->key, .key_len = s->key_len };
 	struct pc_transport *tp;
 	int err;
 

@@ -60,6 +60,8 @@ struct precopy_session {
 	struct pc_transport *tp;
 	struct pc_listener *lst;
 	const struct pc_transport_ops *ops;
+	uint8_t *key;                /**< precopy_set_auth_key(), or NULL */
+	size_t key_len;
 };
 
 /** pc_now() - monotonic nanoseconds. */

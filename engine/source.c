@@ -737,7 +737,8 @@ static int migrate(struct source *src, const char *uri)
 	const struct pc_transport_ops *ops;
 	char why[160] = "";
 	struct pc_transport_opts o = { .channels = src->nchan, .why = why,
-				       .whylen = sizeof(why) };
+				       .whylen = sizeof(why), .key = s->key,
+				       .key_len = s->key_len };
 	struct pc_transport *tp;
 	const char *rest;
 	enum pc_decision d = PC_CONTINUE;

@@ -357,11 +357,33 @@ int precopy_region_hint_free(struct precopy_session *s, int region,
 			     uint64_t first_page, const uint64_t *bitmap,
 			     uint64_t npages);
 
+/** Longest key precopy_set_auth_key() takes. */
+#define PRECOPY_AUTH_KEY_MAX 1024
+
+/**
+ * precopy_set_auth_key() - the shared secret both ends use to authenticate
+ * the connection, before precopy_migrate() / precopy_incoming().
+ * @key, @len: copied; NULL or 0 clears it (the empty key).
+ * The RDMA transport sends, in its connection request, an HMAC-SHA256 token
+ * over a nonce and the request's fields keyed by this secret; the
+ * destination rejects a request whose token does not match before
+ * accepting it, and answers with a token of its own that the source checks.
+ * Without a key (the default) both ends use the empty key: the format and
+ * version are still checked, but anyone who can reach the port can connect.
+ * The key authenticates the connection set-up only; it does not encrypt or
+ * protect the data that follows. TCP ignores it today.
+ * Return: 0; -EINVAL if @s is NULL or @len > PRECOPY_AUTH_KEY_MAX;
+ * -EBUSY once the session runs; -ENOMEM.
+ */
+int precopy_set_auth_key(struct precopy_session *s, const void *key, size_t len);
+
 /**
  * precopy_migrate() - run a migration from the source to @uri.
- * @uri: "tcp:HOST:PORT" or "shm:PATH" (PATH: the destination's unix
+ * @uri: "tcp:HOST:PORT"; "shm:PATH" (PATH: the destination's unix
  *       socket; both processes must run as the same user, or one as
- *       root: others are refused with -EACCES).
+ *       root: others are refused with -EACCES); or "rdma:HOST:PORT" where
+ *       the RDMA transport is built in (HOST is an address on an RDMA
+ *       device's netdev).
  * Blocks until the end. On success the guest stays stopped (it now runs at
  * the destination). On failure or cancel, resume_vm has been called if
  * stop_vm had been, and memory is untouched.

@@ -40,6 +40,12 @@ int h_dest_start(struct h_dest *d, size_t len)
 
 int h_dest_start_uri(struct h_dest *d, size_t len, const char *uri, bool memfd)
 {
+	return h_dest_start_key(d, len, uri, memfd, NULL, 0);
+}
+
+int h_dest_start_key(struct h_dest *d, size_t len, const char *uri, bool memfd,
+		     const void *key, size_t key_len)
+{
 	struct precopy_callbacks cb = { .opaque = d, .load_device_state = d_load,
 					.resume_vm = d_resume };
 	int err;
@@ -69,6 +75,9 @@ int h_dest_start_uri(struct h_dest *d, size_t len, const char *uri, bool memfd)
 	else
 		err = precopy_add_region(d->s, d->ram, len, PRECOPY_DIRTY_AUTO);
 	if (err < 0)
+		return err;
+	err = precopy_set_auth_key(d->s, key, key_len);
+	if (err)
 		return err;
 	err = precopy_listen(d->s, uri);
 	if (err)

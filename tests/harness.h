@@ -39,6 +39,10 @@ int h_dest_start(struct h_dest *d, size_t len);
 /** As h_dest_start, listening on @uri; with @memfd the RAM is a memfd
  *  (precopy_memfd_alloc + precopy_add_region_fd), which shm shares. */
 int h_dest_start_uri(struct h_dest *d, size_t len, const char *uri, bool memfd);
+/** As h_dest_start_uri, with the authentication key @key of @key_len
+ *  bytes (NULL = none). */
+int h_dest_start_key(struct h_dest *d, size_t len, const char *uri, bool memfd,
+		     const void *key, size_t key_len);
 /** Wait for the destination's thread; returns its precopy_incoming() result. */
 int h_dest_join(struct h_dest *d);
 void h_dest_free(struct h_dest *d);

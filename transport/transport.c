@@ -122,6 +122,9 @@ static const struct pc_transport_ops no_ops = {
 static const struct pc_transport_ops *const builtin[] = {
 	&pc_tcp_ops,
 	&pc_shm_ops,
+#if PRECOPY_HAVE_RDMA
+	&pc_rdma_ops,
+#endif
 };
 
 #define NBUILTIN (sizeof(builtin) / sizeof(builtin[0]))
@@ -192,5 +195,9 @@ int pc_transport_split_uri(const char *uri, const struct pc_transport_ops **ops,
 
 const char *pc_transport_schemes(void)
 {
+#if PRECOPY_HAVE_RDMA
+	return "tcp, shm, rdma";
+#else
 	return "tcp, shm";
+#endif
 }

@@ -69,6 +69,9 @@ struct pc_page_run {
 	uint64_t len;     /**< bytes, > 0 */
 };
 
+/** Register every reg_local() range at once instead of on demand. */
+#define PC_TOPT_PIN_ALL (1u << 0)
+
 /** Options common to every transport. */
 struct pc_transport_opts {
 	unsigned channels;      /**< connect: how many channels to open */
@@ -78,6 +81,16 @@ struct pc_transport_opts {
 	 *  leave it alone. */
 	char *why;
 	size_t whylen;
+	/**
+	 * Shared secret that authenticates the connection (connect and
+	 * accept), @key_len bytes, read during the call only. NULL/0 = the
+	 * empty key: the handshake is still checked (format, version), but
+	 * anyone who can reach the port can connect. Transports that cannot
+	 * authenticate ignore it (TCP today).
+	 */
+	const void *key;
+	size_t key_len;
+	unsigned flags;         /**< PC_TOPT_* */
 };
 
 typedef int (*pc_tp_listen_op)(const char *addr, const struct pc_transport_opts *o,
@@ -239,5 +252,6 @@ static inline void pc_tp_close(struct pc_transport *t)
 /* Transports built into this library (defined in their own files). */
 extern const struct pc_transport_ops pc_tcp_ops;
 extern const struct pc_transport_ops pc_shm_ops;
+extern const struct pc_transport_ops pc_rdma_ops; /* if PRECOPY_HAVE_RDMA */
 
 #endif /* PC_TRANSPORT_H */

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * precopy.c - the command-line tool: migrate | incoming | demo | simulate.
+ * precopy.c - the command-line tool: migrate | incoming | demo | simulate |
+ * bridge.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -16,6 +17,7 @@
 #include "cli.h"
 #include "guest.h"
 #include "precopy.h"
+#include "transport.h"
 
 static struct precopy_session *g_session; /* for SIGINT */
 
@@ -42,10 +44,16 @@ static void usage(FILE *f)
 "                            run a synthetic guest and migrate it to URI\n"
 "  simulate --ram SIZE --bandwidth RATE --dirty-rate RATE\n"
 "                            predict a migration with the policy code, no I/O\n"
+"  bridge --listen-unix PATH --to URI\n"
+"  bridge --listen URI --to-unix PATH\n"
+"                            carry a byte stream (an unmodified QEMU's migration)\n"
+"                            from a unix socket over a precopy transport to a\n"
+"                            unix socket at the other end\n"
 "  help                      this text\n"
 "  version                   print the version\n"
 "\n"
-"URI: tcp:HOST:PORT (IPv6 as tcp:[ADDR]:PORT). SIZE and RATE take K, M, G, T\n"
+"URI: tcp:HOST:PORT (IPv6 as tcp:[ADDR]:PORT); 'precopy version' lists the\n"
+"transports built in. SIZE and RATE take K, M, G, T\n"
 "suffixes (powers of 1024); a RATE is per second.\n"
 "\n"
 "guest (migrate, demo, simulate):\n"
@@ -82,6 +90,12 @@ static void usage(FILE *f)
 "  --listen URI              where to listen (port 0 picks one; printed)\n"
 "  --no-verify               skip the synthetic guest's content check\n"
 "\n"
+"bridge:\n"
+"  --listen-unix PATH        source side: accept QEMU's 'migrate unix:PATH' here,\n"
+"                            then connect to --to URI (a bridge at the other end)\n"
+"  --to-unix PATH            destination side: once a bridge connected to\n"
+"                            --listen URI, connect to QEMU's '-incoming unix:PATH'\n"
+"\n"
 "simulate:\n"
 "  --bandwidth RATE          link bandwidth\n"
 "  --estimator busy|wall     bandwidth estimate to decide with [busy]\n"
@@ -99,7 +113,7 @@ enum {
 	OPT_AVAIL_BW, OPT_AUTO_CONVERGE, OPT_TRIGGER, OPT_T_INITIAL, OPT_T_INCREMENT,
 	OPT_T_MAX, OPT_TAILSLOW, OPT_MAX_ITER, OPT_MAX_TIME, OPT_STALL, OPT_ON_LIMIT,
 	OPT_CHANNELS, OPT_NO_VERIFY, OPT_JSON, OPT_QUIET, OPT_BANDWIDTH, OPT_ESTIMATOR,
-	OPT_HELP,
+	OPT_LISTEN_UNIX, OPT_TO_UNIX, OPT_HELP,
 };
 
 static const struct option long_opts[] = {
@@ -132,6 +146,8 @@ static const struct option long_opts[] = {
 	{ "quiet", no_argument, 0, OPT_QUIET },
 	{ "bandwidth", required_argument, 0, OPT_BANDWIDTH },
 	{ "estimator", required_argument, 0, OPT_ESTIMATOR },
+	{ "listen-unix", required_argument, 0, OPT_LISTEN_UNIX },
+	{ "to-unix", required_argument, 0, OPT_TO_UNIX },
 	{ "help", no_argument, 0, OPT_HELP },
 	{ 0, 0, 0, 0 },
 };
@@ -168,6 +184,8 @@ static int parse_args(int argc, char **argv, struct pc_cli *c)
 		switch (opt) {
 		case OPT_LISTEN: c->listen = a; break;
 		case OPT_TO: c->to = a; break;
+		case OPT_LISTEN_UNIX: c->listen_unix = a; break;
+		case OPT_TO_UNIX: c->to_unix = a; break;
 		case OPT_RAM:
 			if (pc_cli_parse_size(a, &v) || v == 0 || v % PRECOPY_PAGE_SIZE)
 				return bad_value(name, a, "expected a size in whole 4 KiB pages, e.g. 256M");
@@ -336,7 +354,8 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
-		printf("precopy %d.%d\n", PRECOPY_VERSION_MAJOR, PRECOPY_VERSION_MINOR);
+		printf("precopy %d.%d\ntransports: %s\n", PRECOPY_VERSION_MAJOR,
+		       PRECOPY_VERSION_MINOR, pc_transport_schemes());
 		return 0;
 	}
 	pc_cli_defaults(&c);
@@ -361,6 +380,8 @@ int main(int argc, char **argv)
 		err = pc_cli_demo(&c, &g_session);
 	else if (!strcmp(cmd, "simulate"))
 		err = pc_cli_simulate(&c);
+	else if (!strcmp(cmd, "bridge"))
+		err = pc_cli_bridge(&c);
 	else {
 		fprintf(stderr, "precopy: unknown command '%s' (see 'precopy help')\n", cmd);
 		return 2;

@@ -6,7 +6,7 @@
 #  - a program built with `pkg-config --cflags --libs precopy` against the
 #    installed header links the shared library and migrates memory;
 #  - the same program links the installed static library;
-#  - the header and the CLI are installed.
+#  - the header, the CLI and the man pages are installed.
 set -eu
 build=$1
 cc=$2
@@ -21,7 +21,8 @@ pc=$(find "$dest" -name precopy.pc | head -n1)
 lib=$(find "$dest" -name 'libprecopy.so.0.1.0' | head -n1)
 [ -n "$lib" ] || { echo "no libprecopy.so.0.1.0 installed"; exit 1; }
 libdir=$(dirname "$lib")
-for f in precopy.h libprecopy.a libprecopy.so.0 libprecopy.so bin/precopy; do
+for f in precopy.h libprecopy.a libprecopy.so.0 libprecopy.so bin/precopy \
+	 man1/precopy.1 man3/precopy.3 man3/precopy_migrate.3 man3/precopy_delete.3; do
 	find "$dest" -path "*/$f" | grep -q . || { echo "not installed: $f"; exit 1; }
 done
 echo "installed: $(cd "$dest" && find . -type f -o -type l | sort | tr '\n' ' ')"

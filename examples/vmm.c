@@ -328,6 +328,9 @@ static void vm_shutdown(struct vm *vm)
 	vm_resume(vm);
 	for (unsigned i = 0; i < vm->nvcpus; i++)
 		pthread_join(vm->vcpu[i], NULL);
+	free(vm->dirty_log);
+	free(vm->harvest);
+	munmap(vm->ram, vm->ram_size);
 }
 
 /* ---------------------------- the destination ---------------------------- */
@@ -368,10 +371,10 @@ static int destination(size_t ram_size, int fd)
 	printf("vmm dest: guest resumed; %u vCPUs made %" PRIu64 " writes, page counters add "
 	       "up to %" PRIu64 "\n", vm.nvcpus, total, sum);
 	fflush(stdout); /* the child leaves with _exit() */
-	if (write(fd, &hash, sizeof(hash)) != (ssize_t)sizeof(hash))
-		return 1;
+	err = write(fd, &hash, sizeof(hash)) == (ssize_t)sizeof(hash) && sum == total ? 0 : 1;
 	precopy_delete(&vm.s);
-	return sum == total ? 0 : 1;
+	munmap(vm.ram, ram_size);
+	return err;
 }
 
 /* ------------------------------- the source ------------------------------ */
@@ -476,6 +479,7 @@ int main(int argc, char **argv)
 		precopy_strerror(vm.s, why, sizeof(why));
 		fprintf(stderr, "vmm: migration failed: %s\n", why);
 		vm_shutdown(&vm);
+		precopy_delete(&vm.s);
 		kill(child, SIGTERM);
 		waitpid(child, NULL, 0);
 		return 1;

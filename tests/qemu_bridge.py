@@ -135,6 +135,8 @@ def main():
     ap.add_argument("--addr", default=None,
                     help="address the bridges use (default 127.0.0.1, or "
                          "$PRECOPY_RDMA_ADDR for rdma)")
+    ap.add_argument("--port", type=int, default=0,
+                    help="port the destination bridge listens on (default 0: any free one)")
     ap.add_argument("--ram", type=int, default=64, help="guest MiB (default 64)")
     ap.add_argument("--qemu", default="qemu-system-x86_64")
     ap.add_argument("--timeout", type=float, default=600,
@@ -162,6 +164,7 @@ def main():
         argv = [a.soft_roce, "--timeout", str(int(a.timeout * 3 + 120)), "--",
                 sys.executable, os.path.abspath(__file__), "--precopy",
                 os.path.abspath(a.precopy), "--transport", a.transport, "--ram", str(a.ram),
+                "--port", str(a.port),
                 "--qemu", a.qemu, "--timeout", str(a.timeout)]
         log("running in the Soft-RoCE environment: " + " ".join(argv))
         return subprocess.call(argv)
@@ -201,7 +204,7 @@ def main():
             f"up: source {src.cmd('query-status')['status']}, "
             f"destination {dst.cmd('query-status')['status']}")
 
-        dbr, uri = start_bridge([a.precopy, "bridge", "--listen", f"{a.transport}:{addr}:0",
+        dbr, uri = start_bridge([a.precopy, "bridge", "--listen", f"{a.transport}:{addr}:{a.port}",
                                  "--to-unix", in_sock], "destination", a.timeout)
         procs.append(dbr)
         sbr, _ = start_bridge([a.precopy, "bridge", "--listen-unix", out_sock, "--to", uri],

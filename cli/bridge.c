@@ -332,10 +332,22 @@ static int hello(struct bridge *b)
 	return 0;
 }
 
+/* @s as the body of a JSON string. */
+static void json_str(const char *s)
+{
+	for (; *s; s++) {
+		if (*s == '"' || *s == '\\')
+			putchar('\\');
+		putchar((unsigned char)*s < 0x20 ? ' ' : *s);
+	}
+}
+
 static void say(struct pc_cli *c, const char *event, const char *fmt, const char *arg)
 {
 	if (c->json) {
-		printf("{\"event\":\"%s\",\"uri\":\"%s\"}\n", event, arg);
+		printf("{\"event\":\"%s\",\"uri\":\"", event);
+		json_str(arg);
+		printf("\"}\n");
 	} else {
 		printf(fmt, arg);
 		putchar('\n');
@@ -354,11 +366,7 @@ static void report(struct bridge *b, int err)
 		printf("{\"event\":\"result\",\"role\":\"bridge\",\"status\":\"%s\","
 		       "\"to-peer\":%" PRIu64 ",\"from-peer\":%" PRIu64 ",\"time-ms\":%.0f,"
 		       "\"error\":\"", err ? "failed" : "completed", up, down, secs * 1e3);
-		for (const char *p = err ? b->why : ""; *p; p++) {
-			if (*p == '"' || *p == '\\')
-				putchar('\\');
-			putchar((unsigned char)*p < 0x20 ? ' ' : *p);
-		}
+		json_str(err ? b->why : "");
 		printf("\"}\n");
 		fflush(stdout);
 	} else if (!c->quiet) {

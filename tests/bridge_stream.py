@@ -21,6 +21,7 @@ Two bridges over TCP loopback, with this script playing both QEMUs:
 """
 import argparse
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -33,6 +34,10 @@ import time
 def start_bridge(argv):
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = p.stdout.readline().strip()
+    if line.startswith("{"):
+        ev = json.loads(line)
+        if ev.get("event") == "listening":
+            return p, ev["uri"]
     if not line.startswith("listening on "):
         p.kill()
         _, err = p.communicate()
@@ -69,10 +74,10 @@ def read_all(s):
 
 def finish(p, what, want):
     out, err = p.communicate(timeout=120)
-    sys.stdout.write(err)
+    sys.stdout.write(out + err)
     if p.returncode != want:
         raise AssertionError(f"{what} bridge exited {p.returncode}, expected {want}")
-    return err
+    return err, out
 
 
 def case_ok(precopy, tmp):
@@ -114,7 +119,7 @@ def case_ok(precopy, tmp):
 def case_no_dest(precopy, tmp):
     out_path = os.path.join(tmp, "nd-out.sock")
     dbr, uri = start_bridge([precopy, "bridge", "--listen", "tcp:127.0.0.1:0",
-                             "--to-unix", os.path.join(tmp, "nobody.sock")])
+                             "--to-unix", os.path.join(tmp, "nobody.sock"), "--json"])
     sbr, _ = start_bridge([precopy, "bridge", "--listen-unix", out_path, "--to", uri])
     s = connect_unix(out_path)
     try:
@@ -124,9 +129,12 @@ def case_no_dest(precopy, tmp):
     rest = read_all(s)  # returns once the source bridge closed us
     s.close()
     assert rest == b"", "unexpected bytes back"
-    err = finish(sbr, "source", 1)
+    err, _ = finish(sbr, "source", 1)
     assert "nobody.sock" in err, f"source bridge did not pass the reason on: {err!r}"
-    finish(dbr, "destination", 1)
+    _, out = finish(dbr, "destination", 1)
+    res = json.loads(out.strip().splitlines()[-1])  # --json: a result event
+    assert res["event"] == "result" and res["status"] == "failed" and \
+        "nobody.sock" in res["error"], res
     print("no-dest: source's socket closed, both bridges exit 1 with the reason")
 
 

@@ -13,6 +13,7 @@
 
 struct pc_cli {
 	const char *listen, *to;
+	const char *listen_unix, *to_unix; /* bridge */
 	uint64_t ram;
 	double dirty_rate;
 	enum pc_guest_pattern pattern;
@@ -40,6 +41,7 @@ int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current);
 int pc_cli_migrate(struct pc_cli *c, struct precopy_session **current);
 int pc_cli_demo(struct pc_cli *c, struct precopy_session **current);
 int pc_cli_simulate(struct pc_cli *c);
+int pc_cli_bridge(struct pc_cli *c);
 
 /** Print stats as one JSON object line to @f, with "event": @event. */
 void pc_cli_json_stats(FILE *f, const char *event, const char *role,

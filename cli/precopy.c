@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * precopy.c - the command-line tool: migrate | incoming | demo | simulate.
+ * precopy.c - the command-line tool: migrate | incoming | demo | simulate |
+ * bridge.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -16,6 +17,7 @@
 #include "cli.h"
 #include "guest.h"
 #include "precopy.h"
+#include "transport.h"
 
 static struct precopy_session *g_session; /* for SIGINT */
 
@@ -43,12 +45,18 @@ static void usage(FILE *f)
 "                            run a synthetic guest and migrate it to URI\n"
 "  simulate --ram SIZE --bandwidth RATE --dirty-rate RATE\n"
 "                            predict a migration with the policy code, no I/O\n"
+"  bridge --listen-unix PATH --to URI\n"
+"  bridge --listen URI --to-unix PATH\n"
+"                            carry a byte stream (an unmodified QEMU's migration)\n"
+"                            from a unix socket over a precopy transport to a\n"
+"                            unix socket at the other end\n"
 "  help                      this text\n"
 "  version                   print the version\n"
 "\n"
-"URI: tcp:HOST:PORT (IPv6 as tcp:[ADDR]:PORT), or shm:PATH between two processes\n"
+"URI: tcp:HOST:PORT (IPv6 as tcp:[ADDR]:PORT); shm:PATH between two processes\n"
 "on one host (PATH: a unix socket the destination creates; both ends must run\n"
-"as the same user, or as root). SIZE and RATE take K, M, G, T suffixes (powers\n"
+"as the same user, or as root); rdma:HOST:PORT where built in. 'precopy version'\n"
+"lists the transports built in. SIZE and RATE take K, M, G, T suffixes (powers\n"
 "of 1024); a RATE is per second.\n"
 "\n"
 "guest (migrate, demo, simulate):\n"
@@ -90,6 +98,12 @@ static void usage(FILE *f)
 "                            where its pages landed [no binding]\n"
 "  --no-verify               skip the synthetic guest's content check\n"
 "\n"
+"bridge:\n"
+"  --listen-unix PATH        source side: accept QEMU's 'migrate unix:PATH' here,\n"
+"                            then connect to --to URI (a bridge at the other end)\n"
+"  --to-unix PATH            destination side: once a bridge connected to\n"
+"                            --listen URI, connect to QEMU's '-incoming unix:PATH'\n"
+"\n"
 "simulate:\n"
 "  --bandwidth RATE          link bandwidth\n"
 "  --estimator busy|wall     bandwidth estimate to decide with [busy]\n"
@@ -107,7 +121,7 @@ enum {
 	OPT_AVAIL_BW, OPT_AUTO_CONVERGE, OPT_TRIGGER, OPT_T_INITIAL, OPT_T_INCREMENT,
 	OPT_T_MAX, OPT_TAILSLOW, OPT_MAX_ITER, OPT_MAX_TIME, OPT_STALL, OPT_ON_LIMIT,
 	OPT_CHANNELS, OPT_NO_VERIFY, OPT_JSON, OPT_QUIET, OPT_BANDWIDTH, OPT_ESTIMATOR,
-	OPT_HELP, OPT_NUMA_NODE, OPT_MEMFD,
+	OPT_HELP, OPT_NUMA_NODE, OPT_MEMFD, OPT_LISTEN_UNIX, OPT_TO_UNIX,
 };
 
 static const struct option long_opts[] = {
@@ -140,6 +154,8 @@ static const struct option long_opts[] = {
 	{ "quiet", no_argument, 0, OPT_QUIET },
 	{ "bandwidth", required_argument, 0, OPT_BANDWIDTH },
 	{ "estimator", required_argument, 0, OPT_ESTIMATOR },
+	{ "listen-unix", required_argument, 0, OPT_LISTEN_UNIX },
+	{ "to-unix", required_argument, 0, OPT_TO_UNIX },
 	{ "help", no_argument, 0, OPT_HELP },
 	{ "numa-node", required_argument, 0, OPT_NUMA_NODE },
 	{ "memfd", no_argument, 0, OPT_MEMFD },
@@ -178,6 +194,8 @@ static int parse_args(int argc, char **argv, struct pc_cli *c)
 		switch (opt) {
 		case OPT_LISTEN: c->listen = a; break;
 		case OPT_TO: c->to = a; break;
+		case OPT_LISTEN_UNIX: c->listen_unix = a; break;
+		case OPT_TO_UNIX: c->to_unix = a; break;
 		case OPT_RAM:
 			if (pc_cli_parse_size(a, &v) || v == 0 || v % PRECOPY_PAGE_SIZE)
 				return bad_value(name, a, "expected a size in whole 4 KiB pages, e.g. 256M");
@@ -352,7 +370,8 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
-		printf("precopy %d.%d\n", PRECOPY_VERSION_MAJOR, PRECOPY_VERSION_MINOR);
+		printf("precopy %d.%d\ntransports: %s\n", PRECOPY_VERSION_MAJOR,
+		       PRECOPY_VERSION_MINOR, pc_transport_schemes());
 		return 0;
 	}
 	pc_cli_defaults(&c);
@@ -377,6 +396,8 @@ int main(int argc, char **argv)
 		err = pc_cli_demo(&c, &g_session);
 	else if (!strcmp(cmd, "simulate"))
 		err = pc_cli_simulate(&c);
+	else if (!strcmp(cmd, "bridge"))
+		err = pc_cli_bridge(&c);
 	else {
 		fprintf(stderr, "precopy: unknown command '%s' (see 'precopy help')\n", cmd);
 		return 2;

@@ -1,0 +1,56 @@
+#!/bin/sh
+# check_install.sh BUILD_DIR CC - install the build into a scratch folder
+# (meson install --destdir) and use it as an outside project would:
+#  - the shared library exports only precopy_* (version node PRECOPY_0.1)
+#    and has the soname libprecopy.so.0;
+#  - a program built with `pkg-config --cflags --libs precopy` against the
+#    installed header links the shared library and migrates memory;
+#  - the same program links the installed static library;
+#  - the header, the CLI and the man pages are installed.
+set -eu
+build=$1
+cc=$2
+src=$(cd "$(dirname "$0")" && pwd)
+
+dest=$(mktemp -d)
+trap 'rm -rf "$dest"' EXIT INT TERM
+meson install -C "$build" --destdir "$dest" --no-rebuild --quiet >/dev/null
+
+pc=$(find "$dest" -name precopy.pc | head -n1)
+[ -n "$pc" ] || { echo "no precopy.pc installed"; exit 1; }
+lib=$(find "$dest" -name 'libprecopy.so.0.1.0' | head -n1)
+[ -n "$lib" ] || { echo "no libprecopy.so.0.1.0 installed"; exit 1; }
+libdir=$(dirname "$lib")
+for f in precopy.h libprecopy.a libprecopy.so.0 libprecopy.so bin/precopy \
+	 man1/precopy.1 man3/precopy.3 man3/precopy_migrate.3 man3/precopy_delete.3; do
+	find "$dest" -path "*/$f" | grep -q . || { echo "not installed: $f"; exit 1; }
+done
+echo "installed: $(cd "$dest" && find . -type f -o -type l | sort | tr '\n' ' ')"
+
+soname=$(objdump -p "$lib" | awk '$1 == "SONAME" { print $2 }')
+[ "$soname" = libprecopy.so.0 ] || { echo "soname is '$soname'"; exit 1; }
+bad=$(nm -D --defined-only "$lib" | awk '$2 != "A" { print $3 }' |
+	grep -v '^precopy_[a-z_]*@@PRECOPY_0\.1$' || true)
+[ -z "$bad" ] || { echo "exported besides precopy_*: $bad"; exit 1; }
+echo "exports: $(nm -D --defined-only "$lib" | awk '$2 == "T"' | wc -l) functions, all precopy_*@@PRECOPY_0.1"
+
+export PKG_CONFIG_PATH="$(dirname "$pc")" PKG_CONFIG_SYSROOT_DIR="$dest"
+cflags=$(pkg-config --cflags precopy)
+libs=$(pkg-config --libs precopy)
+echo "pkg-config: $cflags $libs"
+
+# shellcheck disable=SC2086
+"$cc" -std=c11 -Wall -Wextra -Werror $cflags "$src/installed/consumer.c" $libs \
+	-pthread -o "$dest/consumer-shared"
+objdump -p "$dest/consumer-shared" | grep -q 'NEEDED *libprecopy.so.0' ||
+	{ echo "consumer does not link libprecopy.so.0"; exit 1; }
+LD_LIBRARY_PATH="$libdir" "$dest/consumer-shared"
+
+# shellcheck disable=SC2086
+"$cc" -std=c11 -Wall -Wextra -Werror $cflags "$src/installed/consumer.c" \
+	"$libdir/libprecopy.a" $(pkg-config --libs --static precopy | sed 's/-lprecopy//') \
+	-pthread -o "$dest/consumer-static"
+if objdump -p "$dest/consumer-static" | grep -q 'NEEDED *libprecopy'; then
+	echo "static consumer still needs the shared library"; exit 1
+fi
+"$dest/consumer-static"

@@ -1,0 +1,52 @@
+#!/bin/sh
+# check_man.sh SRCDIR PRECOPY - the manual pages render without a warning
+# (mandoc -T lint, groff -ww, man -l, whichever are installed; skipped if
+# none is), and the command's flags are all documented: every long option
+# `precopy help` prints appears in man/precopy.1 and in README.md.
+set -eu
+src=$1
+precopy=$2
+status=0
+checked=""
+
+for page in "$src"/man/*.[1-9]; do
+	if command -v mandoc >/dev/null; then
+		out=$(mandoc -T lint -W warning "$page" 2>&1) || true
+		[ -z "$out" ] || { echo "$out"; status=1; }
+		checked="$checked mandoc"
+	fi
+	if command -v groff >/dev/null; then
+		out=$(groff -man -ww -z "$page" 2>&1) || true
+		[ -z "$out" ] || { echo "groff: $page: $out"; status=1; }
+		checked="$checked groff"
+	fi
+	if command -v man >/dev/null; then
+		out=$(MANWIDTH=80 LC_ALL=C.UTF-8 man --warnings -E UTF-8 -l "$page" 2>&1 >/dev/null) ||
+			{ echo "man -l $page failed: $out"; status=1; }
+		[ -z "$out" ] || { echo "man: $page: $out"; status=1; }
+		checked="$checked man"
+	fi
+	for sec in NAME SYNOPSIS DESCRIPTION; do
+		grep -q "^\.SH $sec" "$page" || { echo "$page: no $sec section"; status=1; }
+	done
+	case $page in *.3)
+		for sec in "RETURN VALUE" ERRORS; do
+			grep -q "^\.SH $sec" "$page" || { echo "$page: no $sec section"; status=1; }
+		done ;;
+	esac
+done
+[ -n "$checked" ] || { echo "skipped: none of mandoc, groff, man is installed"; exit 77; }
+echo "rendered with:$(echo "$checked" | tr ' ' '\n' | sort -u | tr '\n' ' ')"
+
+# Every flag of the command, in the man page and in the README.
+flags=$("$precopy" help | grep -o -- '--[a-z][a-z-]*' | sort -u)
+n=0
+for f in $flags; do
+	n=$((n + 1))
+	roff=$(printf '%s' "$f" | sed 's/-/\\\\-/g')
+	grep -q -- "$roff" "$src/man/precopy.1" || { echo "precopy.1 lacks $f"; status=1; }
+	name=${f#--}
+	grep -q -- "$name" "$src/README.md" || { echo "README.md lacks $f"; status=1; }
+done
+echo "$n flags of 'precopy help' checked against precopy.1 and README.md"
+exit $status

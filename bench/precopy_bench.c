@@ -476,6 +476,19 @@ static int cmd_transport(int argc, char **argv)
 			err = p.b->ops->expose_region(p.b, 0, dst, region);
 		if (!err)
 			err = p.a->ops->reg_local(p.a, src, region);
+		if (!err) {
+			/* As the engine does (HELLO_ACK): the destination says it is
+			 * ready after exposing its region, and the source reads that,
+			 * taking in whatever the transport sent along (shm's fd, RDMA's
+			 * keys) before its first write. */
+			struct iovec rv = { "redy", 4 };
+			uint8_t rb[16];
+			size_t rl;
+
+			err = pc_tp_send_msg(p.b, 0, &rv, 1);
+			if (!err)
+				err = pc_tp_recv_msg(p.a, 0, rb, sizeof(rb), &rl);
+		}
 		if (err) {
 			fprintf(stderr, "precopy-bench: %s: cannot connect: %s\n", schemes[s],
 				strerror(-err));

@@ -69,6 +69,7 @@ struct source {
 	bool final;          /* switchover pass: no throttle */
 	atomic_bool stop_pass; /* the watchdog wants the pass cut short */
 	atomic_int err;      /* first sender error */
+	uint64_t pass_dirtied; /* pages newly dirty by every sync of this pass */
 	bool handoff;        /* PC_CAP_HANDOFF offered / accepted */
 
 	struct sender snd[PRECOPY_MAX_CHANNELS];
@@ -373,6 +374,7 @@ static int sync_dirty_ex(struct source *src, uint64_t *newly, bool vm_stopped)
 		if (err)
 			return pc_fail(s, err, "set_throttle(%u) failed", pct);
 	}
+	src->pass_dirtied += added;
 	if (newly)
 		*newly = added;
 	return 0;
@@ -812,6 +814,8 @@ static int migrate(struct source *src, const char *uri)
 	for (;;) {
 		uint64_t before, newly = 0, t_pass = pc_now();
 
+		src->pass_dirtied = 0;
+
 		src->bulk = iter == 0;
 		err = run_pass(src, iter, &d);
 		if (err)
@@ -831,7 +835,7 @@ static int migrate(struct source *src, const char *uri)
 		s->st.iteration = iter;
 		if (pc_now() > t_pass)
 			s->st.dirty_pages_rate =
-				newly * PC_NSEC_PER_SEC / (pc_now() - t_pass);
+				src->pass_dirtied * PC_NSEC_PER_SEC / (pc_now() - t_pass);
 		pthread_mutex_unlock(&s->lock);
 		if (d == PC_SWITCHOVER || d == PC_FORCE)
 			break;

@@ -77,6 +77,7 @@ static void usage(FILE *f)
 "  --stall-iterations N      passes without progress before it acts, 0 = off [0]\n"
 "  --on-limit force|abort    what the watchdog does [force]\n"
 "  --channels N              parallel connections [1]\n"
+"  --timeout MS              give up on a silent peer after MS (both ends) [15000]\n"
 "\n"
 "incoming:\n"
 "  --listen URI              where to listen (port 0 picks one; printed)\n"
@@ -99,7 +100,7 @@ enum {
 	OPT_AVAIL_BW, OPT_AUTO_CONVERGE, OPT_TRIGGER, OPT_T_INITIAL, OPT_T_INCREMENT,
 	OPT_T_MAX, OPT_TAILSLOW, OPT_MAX_ITER, OPT_MAX_TIME, OPT_STALL, OPT_ON_LIMIT,
 	OPT_CHANNELS, OPT_NO_VERIFY, OPT_JSON, OPT_QUIET, OPT_BANDWIDTH, OPT_ESTIMATOR,
-	OPT_HELP,
+	OPT_TIMEOUT, OPT_HELP,
 };
 
 static const struct option long_opts[] = {
@@ -127,6 +128,7 @@ static const struct option long_opts[] = {
 	{ "stall-iterations", required_argument, 0, OPT_STALL },
 	{ "on-limit", required_argument, 0, OPT_ON_LIMIT },
 	{ "channels", required_argument, 0, OPT_CHANNELS },
+	{ "timeout", required_argument, 0, OPT_TIMEOUT },
 	{ "no-verify", no_argument, 0, OPT_NO_VERIFY },
 	{ "json", no_argument, 0, OPT_JSON },
 	{ "quiet", no_argument, 0, OPT_QUIET },
@@ -281,6 +283,11 @@ static int parse_args(int argc, char **argv, struct pc_cli *c)
 			if (pc_cli_parse_u64(a, &v) || v == 0 || v > PRECOPY_MAX_CHANNELS)
 				return bad_value(name, a, "expected 1..16");
 			c->params.channels = (unsigned)v;
+			break;
+		case OPT_TIMEOUT:
+			if (pc_cli_parse_u64(a, &v) || v < 100 || v > 3600000)
+				return bad_value(name, a, "expected 100..3600000 (ms)");
+			c->params.timeout_ms = (unsigned)v;
 			break;
 		case OPT_NO_VERIFY: c->no_verify = true; break;
 		case OPT_JSON: c->json = true; break;

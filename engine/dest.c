@@ -384,7 +384,7 @@ static int handshake(struct dest *d)
 static int incoming(struct dest *d)
 {
 	struct precopy_session *s = d->s;
-	struct pc_transport_opts o = { .channels = 0 };
+	struct pc_transport_opts o = { .channels = 0, .timeout_ms = s->params.timeout_ms };
 	struct pc_transport *tp;
 	int err;
 

@@ -649,7 +649,8 @@ static int migrate(struct source *src, const char *uri)
 {
 	struct precopy_session *s = src->s;
 	const struct pc_transport_ops *ops;
-	struct pc_transport_opts o = { .channels = src->nchan };
+	struct pc_transport_opts o = { .channels = src->nchan,
+					 .timeout_ms = s->params.timeout_ms };
 	struct pc_transport *tp;
 	const char *rest;
 	enum pc_decision d = PC_CONTINUE;

@@ -134,6 +134,12 @@ struct precopy_params {
 	enum precopy_on_limit on_limit;
 	/** Parallel channels (default 1, at most PRECOPY_MAX_CHANNELS). */
 	unsigned channels;
+	/** How long a silent peer is tolerated, ms (default 15000, range
+	 *  100..3600000): data left unacknowledged this long (TCP's
+	 *  TCP_USER_TIMEOUT), or an idle connection whose keepalive probes go
+	 *  unanswered (probes start after min(5 s, timeout/3)), ends the
+	 *  migration with -ETIMEDOUT. Both ends use their own value. */
+	unsigned timeout_ms;
 };
 
 /** Statistics; names and meanings follow QEMU's query-migrate. */
@@ -227,8 +233,8 @@ int precopy_params_check(const struct precopy_params *p, char *why, size_t whyle
 /**
  * precopy_new() - create a session.
  * @role:   source or destination.
- * @params: tunables (copied); NULL = defaults. Only channels matters at
- *          the destination (it follows the source's choice).
+ * @params: tunables (copied); NULL = defaults. At the destination only
+ *          timeout_ms matters (it follows the source's channel count).
  * @cb:     VMM hooks (copied); NULL = none.
  * @out:    receives the session; the caller frees it with precopy_delete().
  * Return: 0; -EINVAL for a bad role or params; -ENOMEM.

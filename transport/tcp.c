@@ -96,11 +96,21 @@ static int resolve(const char *addr, bool passive, struct addrinfo **res)
 	return 0;
 }
 
+/*
+ * Dead peers: TCP_USER_TIMEOUT ends a connection whose sent data stays
+ * unacknowledged for @timeout_ms; keepalive finds a silent peer on an idle
+ * connection (a source waiting for an ack, a destination waiting for data).
+ * Probes start after min(5 s, timeout / 3) of silence, 3 of them at most
+ * 2 s apart, so with a short timeout a dead link is found as quickly.
+ */
 static void tune_socket(int fd, unsigned timeout_ms)
 {
-	int one = 1, idle = 5, intvl = 2, cnt = 3;
 	unsigned uto = timeout_ms ? timeout_ms : DEFAULT_TIMEOUT_MS;
+	int one = 1, cnt = 3;
+	int idle = (int)(uto / 3000), intvl = (int)(uto / 7500);
 
+	idle = idle < 1 ? 1 : idle > 5 ? 5 : idle;
+	intvl = intvl < 1 ? 1 : intvl > 2 ? 2 : intvl;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
 	setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));

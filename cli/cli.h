@@ -23,6 +23,10 @@ struct pc_cli {
 	bool no_verify, json, quiet, estimator_wall;
 	double bandwidth;
 	int ready_fd; /* demo: where the destination writes its URI, or -1 */
+	/* migrate: fault-test aids */
+	bool verify_source;     /* --verify-source-after-failure */
+	const char *then_to;    /* --then-migrate-to URI */
+	uint64_t stop_delay_ms; /* --stop-delay MS */
 };
 
 void pc_cli_defaults(struct pc_cli *c);

@@ -79,6 +79,18 @@ static void usage(FILE *f)
 "  --channels N              parallel connections [1]\n"
 "  --timeout MS              give up on a silent peer after MS (both ends) [15000]\n"
 "\n"
+"migrate, after a failure:\n"
+"  --verify-source-after-failure\n"
+"                            when the migration fails or is cancelled, let the guest\n"
+"                            run 200 ms more, pause it, check every page of its memory\n"
+"                            and resume it; exit 3 if it is not intact or not running\n"
+"  --then-migrate-to URI     when the migration fails or is cancelled, migrate the same\n"
+"                            running guest again to URI with a new session (the exit\n"
+"                            status is then the second migration's); reports open\n"
+"                            descriptors and resident memory before and after\n"
+"  --stop-delay MS           the synthetic guest takes MS to stop at switchover (a slow\n"
+"                            VMM); holds the source in switchover, for fault tests [0]\n"
+"\n"
 "incoming:\n"
 "  --listen URI              where to listen (port 0 picks one; printed)\n"
 "  --no-verify               skip the synthetic guest's content check\n"
@@ -91,7 +103,8 @@ static void usage(FILE *f)
 "  --json                    JSON lines: progress events and a result\n"
 "  --quiet                   no progress line\n"
 "\n"
-"Exit status: 0 success, 1 migration failed or cancelled, 2 bad usage.\n");
+"Exit status: 0 success, 1 migration failed or cancelled, 2 bad usage,\n"
+"3 the source guest was not intact after a failure (--verify-source-after-failure).\n");
 }
 
 enum {
@@ -100,7 +113,7 @@ enum {
 	OPT_AVAIL_BW, OPT_AUTO_CONVERGE, OPT_TRIGGER, OPT_T_INITIAL, OPT_T_INCREMENT,
 	OPT_T_MAX, OPT_TAILSLOW, OPT_MAX_ITER, OPT_MAX_TIME, OPT_STALL, OPT_ON_LIMIT,
 	OPT_CHANNELS, OPT_NO_VERIFY, OPT_JSON, OPT_QUIET, OPT_BANDWIDTH, OPT_ESTIMATOR,
-	OPT_TIMEOUT, OPT_HELP,
+	OPT_TIMEOUT, OPT_VERIFY_SOURCE, OPT_THEN_TO, OPT_STOP_DELAY, OPT_HELP,
 };
 
 static const struct option long_opts[] = {
@@ -129,6 +142,9 @@ static const struct option long_opts[] = {
 	{ "on-limit", required_argument, 0, OPT_ON_LIMIT },
 	{ "channels", required_argument, 0, OPT_CHANNELS },
 	{ "timeout", required_argument, 0, OPT_TIMEOUT },
+	{ "verify-source-after-failure", no_argument, 0, OPT_VERIFY_SOURCE },
+	{ "then-migrate-to", required_argument, 0, OPT_THEN_TO },
+	{ "stop-delay", required_argument, 0, OPT_STOP_DELAY },
 	{ "no-verify", no_argument, 0, OPT_NO_VERIFY },
 	{ "json", no_argument, 0, OPT_JSON },
 	{ "quiet", no_argument, 0, OPT_QUIET },
@@ -288,6 +304,12 @@ static int parse_args(int argc, char **argv, struct pc_cli *c)
 			if (pc_cli_parse_u64(a, &v) || v < 100 || v > 3600000)
 				return bad_value(name, a, "expected 100..3600000 (ms)");
 			c->params.timeout_ms = (unsigned)v;
+			break;
+		case OPT_VERIFY_SOURCE: c->verify_source = true; break;
+		case OPT_THEN_TO: c->then_to = a; break;
+		case OPT_STOP_DELAY:
+			if (parse_uint(name, a, 600000, &c->stop_delay_ms))
+				return -EINVAL;
 			break;
 		case OPT_NO_VERIFY: c->no_verify = true; break;
 		case OPT_JSON: c->json = true; break;

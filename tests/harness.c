@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include <dirent.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,31 @@ static void *d_main(void *arg)
 
 int h_dest_start(struct h_dest *d, size_t len)
 {
+	return h_dest_start_ex(d, len, NULL, true);
+}
+
+int h_dest_run(struct h_dest *d)
+{
+	return pthread_create(&d->thread, NULL, d_main, d) ? -EAGAIN : 0;
+}
+
+long h_count_fds(void)
+{
+	DIR *dir = opendir("/proc/self/fd");
+	struct dirent *e;
+	long n = 0;
+
+	if (!dir)
+		return -1;
+	while ((e = readdir(dir)))
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(dir);
+	return n - 1;
+}
+
+int h_dest_start_ex(struct h_dest *d, size_t len, const struct precopy_params *p, bool run)
+{
 	struct precopy_callbacks cb = { .opaque = d, .load_device_state = d_load,
 					.resume_vm = d_resume };
 	int err;
@@ -43,7 +69,7 @@ int h_dest_start(struct h_dest *d, size_t len)
 	d->ram = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (d->ram == MAP_FAILED)
 		return -ENOMEM;
-	err = precopy_new(PRECOPY_ROLE_DEST, NULL, &cb, &d->s);
+	err = precopy_new(PRECOPY_ROLE_DEST, p, &cb, &d->s);
 	if (err)
 		return err;
 	err = precopy_add_region(d->s, d->ram, len, PRECOPY_DIRTY_AUTO);
@@ -55,7 +81,7 @@ int h_dest_start(struct h_dest *d, size_t len)
 	err = precopy_local_uri(d->s, d->uri, sizeof(d->uri));
 	if (err)
 		return err;
-	return pthread_create(&d->thread, NULL, d_main, d) ? -EAGAIN : 0;
+	return run ? h_dest_run(d) : 0;
 }
 
 int h_dest_join(struct h_dest *d)
@@ -77,8 +103,13 @@ static int s_stop(void *o)
 {
 	struct h_src *s = o;
 
+	int err;
+
 	s->stops++;
-	return pc_guest_pause(s->guest);
+	err = pc_guest_pause(s->guest);
+	if (!err && s->on_stop)
+		s->on_stop(s);
+	return err;
 }
 
 static int s_resume(void *o)

@@ -187,7 +187,9 @@ static int handle_complete(struct dest *d, const struct pc_wire_msg *m)
 	int status = 0, err;
 
 	pthread_mutex_lock(&d->mu);
-	if (d->acked != d->rcv[0].iteration || d->at_end[0] || d->at_end[1])
+	/* Every pass ends on every channel before COMPLETE, and a source
+	 * sends at least the bulk pass and the switchover pass. */
+	if (d->acked == 0 || d->acked != d->rcv[0].iteration || d->at_end[0] || d->at_end[1])
 		status = -EPROTO;
 	pthread_mutex_unlock(&d->mu);
 	pc_set_status(s, PRECOPY_STATUS_SWITCHOVER);

@@ -336,6 +336,17 @@ int precopy_listen(struct precopy_session *s, const char *uri)
 	return 0;
 }
 
+int pc_session_set_listener(struct precopy_session *s, struct pc_listener *l)
+{
+	if (!s || !l || s->role != PRECOPY_ROLE_DEST)
+		return -EINVAL;
+	if (s->lst || atomic_load(&s->run_state) != PC_IDLE)
+		return -EBUSY;
+	s->lst = l;
+	s->ops = l->ops;
+	return 0;
+}
+
 int precopy_local_uri(struct precopy_session *s, char *buf, size_t len)
 {
 	if (!s || !buf || !len)

@@ -32,8 +32,11 @@
 
 struct tcp_listener {
 	struct pc_listener base;
-	int fd;
+	int fd;                  /* listening socket, or -1 */
 	atomic_bool aborted;
+	/* pc_tcp_listener_from_fds(): connected fds handed out by accept */
+	int pre_fds[PRECOPY_MAX_CHANNELS];
+	unsigned npre;
 };
 
 struct tcp_conn {
@@ -199,6 +202,10 @@ static int tcp_listener_addr(struct pc_listener *pl, char *buf, size_t len)
 	char host[INET6_ADDRSTRLEN];
 	int port, n;
 
+	if (l->fd < 0) {
+		n = snprintf(buf, len, "tcp:connected-fds");
+		return n < 0 || (size_t)n >= len ? -ENOSPC : 0;
+	}
 	if (getsockname(l->fd, (struct sockaddr *)&ss, &sl) < 0)
 		return -errno;
 	if (ss.ss_family == AF_INET) {
@@ -222,7 +229,8 @@ static int tcp_listener_abort(struct pc_listener *pl)
 	struct tcp_listener *l = (struct tcp_listener *)pl;
 
 	atomic_store(&l->aborted, true);
-	shutdown(l->fd, SHUT_RDWR);
+	if (l->fd >= 0)
+		shutdown(l->fd, SHUT_RDWR);
 	return 0;
 }
 
@@ -232,7 +240,10 @@ static void tcp_listener_close(struct pc_listener *pl)
 
 	if (!l)
 		return;
-	close(l->fd);
+	if (l->fd >= 0)
+		close(l->fd);
+	while (l->npre)
+		close(l->pre_fds[--l->npre]);
 	free(l);
 }
 
@@ -273,6 +284,17 @@ static int tcp_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
 
 	if (!out)
 		return -EINVAL;
+	if (l->fd < 0) {
+		/* pc_tcp_listener_from_fds(): the connection is already there. */
+		if (atomic_load(&l->aborted))
+			return -ECANCELED;
+		if (!l->npre)
+			return -ENOTCONN;
+		err = pc_tcp_from_fds(l->pre_fds, l->npre, out);
+		if (!err)
+			l->npre = 0;
+		return err;
+	}
 	/* Channel 0: wait as long as it takes (until cancelled). */
 	for (;;) {
 		int fd;
@@ -395,6 +417,43 @@ err_close_nores:
 	while (have--)
 		close(fds[have]);
 	return err;
+}
+
+int pc_tcp_from_fds(const int *fds, unsigned nchan, struct pc_transport **out)
+{
+	struct tcp_conn *c;
+	int err;
+
+	if (!fds || !out || nchan == 0 || nchan > PRECOPY_MAX_CHANNELS)
+		return -EINVAL;
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	err = pc_stream_init(&c->s, pc_transport_find("tcp"), fds, nchan);
+	if (err) {
+		free(c);
+		return err;
+	}
+	*out = &c->s.base;
+	return 0;
+}
+
+int pc_tcp_listener_from_fds(const int *fds, unsigned nchan, struct pc_listener **out)
+{
+	struct tcp_listener *l;
+
+	if (!fds || !out || nchan == 0 || nchan > PRECOPY_MAX_CHANNELS)
+		return -EINVAL;
+	l = calloc(1, sizeof(*l));
+	if (!l)
+		return -ENOMEM;
+	l->base.ops = pc_transport_find("tcp");
+	l->fd = -1;
+	atomic_init(&l->aborted, false);
+	memcpy(l->pre_fds, fds, nchan * sizeof(int));
+	l->npre = nchan;
+	*out = &l->base;
+	return 0;
 }
 
 static void tcp_close(struct pc_transport *t)

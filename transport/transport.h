@@ -188,4 +188,18 @@ static inline void pc_tp_close(struct pc_transport *t)
 /* Transports built into this library (defined in their own files). */
 extern const struct pc_transport_ops pc_tcp_ops;
 
+/*
+ * Internal, for tests and fuzzing: TCP-kind connections over descriptors
+ * that are already connected (a socketpair, say), with no TCP hello; the
+ * frames of the stream framing follow at once. On success the fds are
+ * taken over (closed by close() or listener_close()).
+ */
+/** pc_tcp_from_fds() - a connected transport of @nchan channels over @fds.
+ *  Return: 0; -EINVAL; -ENOMEM (the fds stay the caller's on error). */
+int pc_tcp_from_fds(const int *fds, unsigned nchan, struct pc_transport **out);
+/** pc_tcp_listener_from_fds() - a listener whose one accept() returns
+ *  pc_tcp_from_fds(@fds); later accepts fail with -ENOTCONN. Give it to a
+ *  destination session with pc_session_set_listener(). */
+int pc_tcp_listener_from_fds(const int *fds, unsigned nchan, struct pc_listener **out);
+
 #endif /* PC_TRANSPORT_H */

@@ -667,6 +667,9 @@ static int migrate(struct source *src, const char *uri)
 	if (atomic_load(&s->cancel))
 		return -ECANCELED;
 	err = ops->connect(rest, &o, &tp);
+	if (err == -EINVAL)
+		return pc_fail(s, err, "bad destination URI '%s' (expected %s:HOST:PORT, port 1..65535)",
+			       uri, pc_transport_schemes());
 	if (err)
 		return pc_fail(s, err, "connecting to %s: %s", uri, strerror(-err));
 	pthread_mutex_lock(&s->lock);

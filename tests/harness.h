@@ -41,7 +41,7 @@ int h_dest_start(struct h_dest *d, size_t len);
  *  when @run is false (start it with h_dest_run()). */
 int h_dest_start_ex(struct h_dest *d, size_t len, const struct precopy_params *p, bool run);
 int h_dest_run(struct h_dest *d);
-/** Descriptors open in this process (for leak checks). */
+/** Descriptors open in this process, pipes aside (for leak checks). */
 long h_count_fds(void);
 /** Wait for the destination's thread; returns its precopy_incoming() result. */
 int h_dest_join(struct h_dest *d);

@@ -9,7 +9,7 @@
  * Built with clang's -fsanitize=fuzzer,address,undefined where available
  * (tests/fuzz/meson.build); seeds are real recorded streams
  * (tests/fuzz/corpus, see record_seeds.c). Run for a bounded number of
- * inputs:  build-clang/tests/fuzz/fuzz_dest_stream -runs=20000 CORPUS_COPY
+ * inputs:  build-clang/tests/fuzz/fuzz_dest_stream -runs=50000 CORPUS_COPY
  */
 #include <stddef.h>
 #include <stdint.h>

@@ -386,7 +386,10 @@ static int handshake(struct dest *d)
 static int incoming(struct dest *d)
 {
 	struct precopy_session *s = d->s;
-	struct pc_transport_opts o = { .channels = 0, .timeout_ms = s->params.timeout_ms };
+	char why[160] = "";
+	struct pc_transport_opts o = { .channels = 0, .timeout_ms = s->params.timeout_ms,
+				       .tls = s->have_tls ? &s->tls : NULL,
+				       .why = why, .whylen = sizeof(why) };
 	struct pc_transport *tp;
 	int err;
 
@@ -395,7 +398,8 @@ static int incoming(struct dest *d)
 		return -ECANCELED;
 	err = s->lst->ops->accept(s->lst, &o, &tp);
 	if (err)
-		return err == -ECANCELED ? err : pc_fail(s, err, "accept: %s", strerror(-err));
+		return err == -ECANCELED ? err
+					 : pc_fail(s, err, "accept: %s", why[0] ? why : strerror(-err));
 	pthread_mutex_lock(&s->lock);
 	s->tp = tp;
 	pthread_mutex_unlock(&s->lock);

@@ -57,6 +57,10 @@ struct precopy_session {
 	struct pc_transport *tp;
 	struct pc_listener *lst;
 	const struct pc_transport_ops *ops;
+
+	/* precopy_set_tls(): a deep copy (strings and key owned here) */
+	struct precopy_tls tls;
+	bool have_tls;
 };
 
 /** pc_now() - monotonic nanoseconds. */

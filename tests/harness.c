@@ -69,6 +69,12 @@ long h_count_fds(void)
 
 int h_dest_start_ex(struct h_dest *d, size_t len, const struct precopy_params *p, bool run)
 {
+	return h_dest_start_uri(d, len, p, "tcp:127.0.0.1:0", NULL, run);
+}
+
+int h_dest_start_uri(struct h_dest *d, size_t len, const struct precopy_params *p,
+		     const char *uri, const struct precopy_tls *tls, bool run)
+{
 	struct precopy_callbacks cb = { .opaque = d, .load_device_state = d_load,
 					.resume_vm = d_resume };
 	int err;
@@ -84,7 +90,12 @@ int h_dest_start_ex(struct h_dest *d, size_t len, const struct precopy_params *p
 	err = precopy_add_region(d->s, d->ram, len, PRECOPY_DIRTY_AUTO);
 	if (err < 0)
 		return err;
-	err = precopy_listen(d->s, "tcp:127.0.0.1:0");
+	if (tls) {
+		err = precopy_set_tls(d->s, tls);
+		if (err)
+			return err;
+	}
+	err = precopy_listen(d->s, uri);
 	if (err)
 		return err;
 	err = precopy_local_uri(d->s, d->uri, sizeof(d->uri));

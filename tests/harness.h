@@ -41,6 +41,9 @@ int h_dest_start(struct h_dest *d, size_t len);
  *  when @run is false (start it with h_dest_run()). */
 int h_dest_start_ex(struct h_dest *d, size_t len, const struct precopy_params *p, bool run);
 int h_dest_run(struct h_dest *d);
+/** The same, listening on @uri with @tls (NULL = none). */
+int h_dest_start_uri(struct h_dest *d, size_t len, const struct precopy_params *p,
+		     const char *uri, const struct precopy_tls *tls, bool run);
 /** Descriptors open in this process, pipes aside (for leak checks). */
 long h_count_fds(void);
 /** Wait for the destination's thread; returns its precopy_incoming() result. */

@@ -100,6 +100,9 @@ static const struct pc_transport_ops no_ops = {
 
 static const struct pc_transport_ops *const builtin[] = {
 	&pc_tcp_ops,
+#if PRECOPY_HAVE_TLS
+	&pc_tls_ops,
+#endif
 };
 
 #define NBUILTIN (sizeof(builtin) / sizeof(builtin[0]))
@@ -174,5 +177,9 @@ int pc_transport_split_uri(const char *uri, const struct pc_transport_ops **ops,
 
 const char *pc_transport_schemes(void)
 {
+#if PRECOPY_HAVE_TLS
+	return "tcp, tls";
+#else
 	return "tcp";
+#endif
 }

@@ -34,6 +34,9 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+#include "config.h"
+#include "precopy.h"
+
 /** Pages are written into remote memory without the peer's CPU. */
 #define PC_TCAP_DIRECT_WRITE (1u << 0)
 /** Local memory must be registered (reg_local) before write_pages. */
@@ -73,6 +76,13 @@ struct pc_page_run {
 struct pc_transport_opts {
 	unsigned channels;      /**< connect: how many channels to open */
 	unsigned timeout_ms;    /**< give up on a silent peer after this */
+	/** "tls": authentication settings (NULL: the scheme fails with
+	 *  -EINVAL); the caller keeps them alive while the connection is. */
+	const struct precopy_tls *tls;
+	/** Out, optional: why connect or accept failed, when the errno does
+	 *  not say it all (a TLS alert, say). */
+	char *why;
+	size_t whylen;
 };
 
 typedef int (*pc_tp_listen_op)(const char *addr, const struct pc_transport_opts *o,
@@ -187,6 +197,9 @@ static inline void pc_tp_close(struct pc_transport *t)
 
 /* Transports built into this library (defined in their own files). */
 extern const struct pc_transport_ops pc_tcp_ops;
+#if PRECOPY_HAVE_TLS
+extern const struct pc_transport_ops pc_tls_ops;
+#endif
 
 /*
  * Internal, for tests and fuzzing: TCP-kind connections over descriptors

@@ -45,7 +45,7 @@ static void usage(FILE *f)
 "  help                      this text\n"
 "  version                   print the version\n"
 "\n"
-"URI: tcp:HOST:PORT (IPv6 as tcp:[ADDR]:PORT). SIZE and RATE take K, M, G, T\n"
+"URI: tcp:HOST:PORT (IPv6 as tcp:[ADDR]:PORT), or tls:HOST:PORT (see TLS). SIZE and RATE take K, M, G, T\n"
 "suffixes (powers of 1024); a RATE is per second.\n"
 "\n"
 "guest (migrate, demo, simulate):\n"
@@ -91,6 +91,17 @@ static void usage(FILE *f)
 "  --stop-delay MS           the synthetic guest takes MS to stop at switchover (a slow\n"
 "                            VMM); holds the source in switchover, for fault tests [0]\n"
 "\n"
+"TLS (URIs tls:HOST:PORT; TLS 1.3 with a pre-shared key or x509):\n"
+"  --tls-psk-file FILE       the pre-shared key as hex digits (16..512 bytes),\n"
+"                            e.g. from 'openssl rand -hex 32'; the same at both ends\n"
+"  --tls-psk-identity NAME   the key's name [precopy]\n"
+"  --tls-ca FILE             PEM CA(s) the peer's certificate must chain to (source:\n"
+"                            required for x509; destination: requires client certs)\n"
+"  --tls-cert FILE           PEM certificate of this end (destination: required)\n"
+"  --tls-key FILE            PEM private key of --tls-cert\n"
+"  --tls-hostname NAME       source: the name the destination's certificate must\n"
+"                            carry [the URI's host]\n"
+"\n"
 "incoming:\n"
 "  --listen URI              where to listen (port 0 picks one; printed)\n"
 "  --no-verify               skip the synthetic guest's content check\n"
@@ -113,7 +124,8 @@ enum {
 	OPT_AVAIL_BW, OPT_AUTO_CONVERGE, OPT_TRIGGER, OPT_T_INITIAL, OPT_T_INCREMENT,
 	OPT_T_MAX, OPT_TAILSLOW, OPT_MAX_ITER, OPT_MAX_TIME, OPT_STALL, OPT_ON_LIMIT,
 	OPT_CHANNELS, OPT_NO_VERIFY, OPT_JSON, OPT_QUIET, OPT_BANDWIDTH, OPT_ESTIMATOR,
-	OPT_TIMEOUT, OPT_VERIFY_SOURCE, OPT_THEN_TO, OPT_STOP_DELAY, OPT_HELP,
+	OPT_TIMEOUT, OPT_VERIFY_SOURCE, OPT_THEN_TO, OPT_STOP_DELAY, OPT_TLS_PSK_FILE, OPT_TLS_PSK_ID, OPT_TLS_CA, OPT_TLS_CERT,
+	OPT_TLS_KEY, OPT_TLS_HOSTNAME, OPT_HELP,
 };
 
 static const struct option long_opts[] = {
@@ -145,6 +157,12 @@ static const struct option long_opts[] = {
 	{ "verify-source-after-failure", no_argument, 0, OPT_VERIFY_SOURCE },
 	{ "then-migrate-to", required_argument, 0, OPT_THEN_TO },
 	{ "stop-delay", required_argument, 0, OPT_STOP_DELAY },
+	{ "tls-psk-file", required_argument, 0, OPT_TLS_PSK_FILE },
+	{ "tls-psk-identity", required_argument, 0, OPT_TLS_PSK_ID },
+	{ "tls-ca", required_argument, 0, OPT_TLS_CA },
+	{ "tls-cert", required_argument, 0, OPT_TLS_CERT },
+	{ "tls-key", required_argument, 0, OPT_TLS_KEY },
+	{ "tls-hostname", required_argument, 0, OPT_TLS_HOSTNAME },
 	{ "no-verify", no_argument, 0, OPT_NO_VERIFY },
 	{ "json", no_argument, 0, OPT_JSON },
 	{ "quiet", no_argument, 0, OPT_QUIET },
@@ -311,6 +329,25 @@ static int parse_args(int argc, char **argv, struct pc_cli *c)
 			if (parse_uint(name, a, 600000, &c->stop_delay_ms))
 				return -EINVAL;
 			break;
+		case OPT_TLS_PSK_FILE: {
+			int n = pc_cli_read_psk(a, c->tls_psk, sizeof(c->tls_psk));
+
+			if (n < 0)
+				return bad_value(name, a, n == -EINVAL
+					? "expected a file of 32..1024 hex digits (16..512 bytes)"
+					: strerror(-n));
+			c->tls.psk = c->tls_psk;
+			c->tls.psk_len = (size_t)n;
+			if (!c->tls.psk_identity)
+				c->tls.psk_identity = "precopy";
+			c->have_tls = true;
+			break;
+		}
+		case OPT_TLS_PSK_ID: c->tls.psk_identity = a; c->have_tls = true; break;
+		case OPT_TLS_CA: c->tls.ca_file = a; c->have_tls = true; break;
+		case OPT_TLS_CERT: c->tls.cert_file = a; c->have_tls = true; break;
+		case OPT_TLS_KEY: c->tls.key_file = a; c->have_tls = true; break;
+		case OPT_TLS_HOSTNAME: c->tls.hostname = a; c->have_tls = true; break;
 		case OPT_NO_VERIFY: c->no_verify = true; break;
 		case OPT_JSON: c->json = true; break;
 		case OPT_QUIET: c->quiet = true; break;

@@ -194,10 +194,15 @@ int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current)
 		fprintf(stderr, "precopy incoming: %s\n", strerror(-err));
 		goto out;
 	}
+	if (pc_cli_apply_tls(c, s, "incoming")) {
+		rc = 2;
+		goto out;
+	}
 	err = precopy_listen(s, c->listen);
 	if (err) {
 		fprintf(stderr, "precopy incoming: cannot listen on '%s': %s\n", c->listen,
-			err == -EINVAL ? "malformed URI (expected tcp:HOST:PORT)" : strerror(-err));
+			err == -EINVAL ? "malformed URI (expected tcp:HOST:PORT or tls:HOST:PORT)"
+				       : strerror(-err));
 		rc = err == -EINVAL || err == -EPROTONOSUPPORT ? 2 : 1;
 		goto out;
 	}
@@ -349,6 +354,11 @@ static int migrate_once(struct ctx *x, const char *uri, struct precopy_session *
 		precopy_region_hint_free(s, region, 0, free_bm, nfree);
 		free(free_bm);
 	}
+	if (pc_cli_apply_tls(c, s, "migrate")) {
+		snprintf(st->error, sizeof(st->error), "bad TLS settings");
+		precopy_delete(&s);
+		return -EINVAL;
+	}
 	*current = s;
 	err = precopy_migrate(s, uri);
 	*current = NULL;
@@ -429,7 +439,7 @@ int pc_cli_migrate(struct pc_cli *c, struct precopy_session **current)
 	err = migrate_once(&x, c->to, current, &st);
 	if (!err)
 		rc = 0;
-	else if (err == -EPROTONOSUPPORT || (err == -EINVAL && strstr(st.error, "URI")))
+	else if (err == -EPROTONOSUPPORT || (err == -EINVAL && (strstr(st.error, "URI") || strstr(st.error, "TLS settings"))))
 		rc = 2;
 	if (err && rc != 2 && c->verify_source && verify_source(&x)) {
 		rc = 3;

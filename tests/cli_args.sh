@@ -55,6 +55,12 @@ expect "bad destination URI" migrate --to tcp:[::1 --ram 4M
 expect "malformed URI" incoming --listen tcp:127.0.0.1:99999 --ram 4M
 expect "malformed URI" incoming --listen nope --ram 4M
 expect "malformed URI" incoming --listen tcp:::1:5 --ram 4M
+echo 1234 >"${TMPDIR:-/tmp}/precopy-short-psk.$$"
+expect "--tls-psk-file" migrate --to tls:127.0.0.1:9 --ram 4M --tls-psk-file "${TMPDIR:-/tmp}/precopy-short-psk.$$"
+rm -f "${TMPDIR:-/tmp}/precopy-short-psk.$$"
+expect "--tls-psk-file" migrate --to tls:127.0.0.1:9 --ram 4M --tls-psk-file /nonexistent/psk
+expect "incomplete TLS settings" migrate --to tls:127.0.0.1:9 --ram 4M --tls-cert x.pem
+expect "incomplete TLS settings" incoming --listen tls:127.0.0.1:0 --ram 4M --tls-hostname x
 expect "--bandwidth" simulate --ram 4M --bandwidth 0 --dirty-rate 1M
 echo "cli_args: $((n - fails)) passed, $fails failed"
 [ $fails -eq 0 ]

@@ -263,8 +263,9 @@ static int chan_start(struct pc_stream *s, unsigned i, const struct precopy_tls 
 			}
 		}
 		if (g == GNUTLS_E_FATAL_ALERT_RECEIVED && why && whylen) {
-			snprintf(why, whylen, "TLS handshake on channel %u: the peer refused: %s", i,
-				 gnutls_alert_get_name(gnutls_alert_get(c->sess)));
+			snprintf(why, whylen, "TLS handshake on channel %u: the peer refused: %s%s",
+				 i, gnutls_alert_get_name(gnutls_alert_get(c->sess)),
+				 cfg->psk_identity ? " (not the same key and identity?)" : "");
 			return err;
 		}
 		return fail(why, whylen, err, "handshake", g);

@@ -207,11 +207,20 @@ check_d1_failed() {
 	note "destination 1: exit $RC_d1${e:+, $e}"
 }
 
+# start_dests [D1-ARGS [D2-ARGS]]: both destinations, listening
 start_dests() {
-	start d1 "$DST" incoming --listen $D1_URI --ram "$RAM"
-	start d2 "$DST" incoming --listen $D2_URI --ram "$RAM"
+	start d1 "$DST" incoming --listen $D1_URI --ram "$RAM" ${1:-}
+	start d2 "$DST" incoming --listen $D2_URI --ram "$RAM" ${2:-}
 	listen_wait d1
 	listen_wait d2
+}
+
+# TLS: a key for the source and D2, another for D1 (tls-* cases)
+tls_keys() {
+	head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/good.psk"
+	head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/other.psk"
+	D1_URI=tls:$A_DST:5001
+	D2_URI=tls:$B_DST:5002
 }
 
 nft_dst() { ip netns exec "$DST" nft "$@" || fail "nft $*"; }
@@ -381,6 +390,28 @@ cancel-iterate)
 	check_failed_then_retried iterate
 	[ "$(jq -r 'select(.event=="result") | .status' "$WORK/src.json" | head -n 1)" = cancelled ] ||
 		fail "the source did not report cancelled"
+	check_d1_failed
+	;;
+tls-kill-dest-bulk)
+	# The same over TLS (PSK): the source's TLS sessions end cleanly too.
+	tls_keys
+	start_dests "--tls-psk-file $WORK/good.psk" "--tls-psk-file $WORK/good.psk"
+	start src "$SRC" $(src_args) --max-bandwidth 8M --tls-psk-file "$WORK/good.psk"
+	wait_line src '"status":"bulk"' 10 || fail "source never in bulk"
+	sleep 0.3
+	kill -9 "$PID_d1"
+	check_failed_then_retried bulk
+	check_d1_failed
+	;;
+tls-wrong-key)
+	# D1 holds another key: the handshake fails before the source touches
+	# its guest; the retry to D2, which has the source's key, succeeds.
+	tls_keys
+	start_dests "--tls-psk-file $WORK/other.psk" "--tls-psk-file $WORK/good.psk"
+	start src "$SRC" $(src_args) --tls-psk-file "$WORK/good.psk"
+	check_failed_then_retried setup
+	grep -q TLS <(jq -r 'select(.event=="result") | .error' "$WORK/src.json") ||
+		fail "the error does not say TLS"
 	check_d1_failed
 	;;
 *)

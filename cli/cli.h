@@ -26,9 +26,23 @@ struct pc_cli {
 	int ready_fd; /* demo: where the destination writes its URI, or -1 */
 	int numa_node; /* incoming: bind the RAM to this node, or -1 */
 	bool memfd;    /* migrate: the guest's RAM is a memfd (handoff over shm) */
+	/* migrate: fault-test aids */
+	bool verify_source;     /* --verify-source-after-failure */
+	const char *then_to;    /* --then-migrate-to URI */
+	uint64_t stop_delay_ms; /* --stop-delay MS */
+	/* tls: settings (--tls-*); have_tls once any was given */
+	struct precopy_tls tls;
+	uint8_t tls_psk[512];
+	bool have_tls;
 };
 
 void pc_cli_defaults(struct pc_cli *c);
+/** Read a PSK file: hex digits (whitespace ignored), 16..512 bytes.
+ *  Return: the key length, or -EINVAL / -errno. */
+int pc_cli_read_psk(const char *path, uint8_t *key, size_t cap);
+/** Apply c's TLS settings to @s (if any were given); prints the error.
+ *  Return: 0 or the exit status 2. */
+int pc_cli_apply_tls(struct pc_cli *c, struct precopy_session *s, const char *cmd);
 /** Sizes and rates: digits with an optional K/M/G/T (x1024) suffix, an
  *  optional "iB"/"B" and "/s". Return: 0 or -EINVAL. */
 int pc_cli_parse_size(const char *s, uint64_t *out);

@@ -53,11 +53,12 @@ static void usage(FILE *f)
 "  help                      this text\n"
 "  version                   print the version\n"
 "\n"
-"URI: tcp:HOST:PORT (IPv6 as tcp:[ADDR]:PORT); shm:PATH between two processes\n"
-"on one host (PATH: a unix socket the destination creates; both ends must run\n"
-"as the same user, or as root); rdma:HOST:PORT where built in. 'precopy version'\n"
-"lists the transports built in. SIZE and RATE take K, M, G, T suffixes (powers\n"
-"of 1024); a RATE is per second.\n"
+"URI: tcp:HOST:PORT (IPv6 as tcp:[ADDR]:PORT); tls:HOST:PORT, the same over TLS\n"
+"1.3 (see TLS below); shm:PATH between two processes on one host (PATH: a unix\n"
+"socket the destination creates; both ends must run as the same user, or as\n"
+"root); rdma:HOST:PORT where built in. 'precopy version' lists the transports\n"
+"built in. SIZE and RATE take K, M, G, T suffixes (powers of 1024); a RATE is\n"
+"per second.\n"
 "\n"
 "guest (migrate, demo, simulate):\n"
 "  --ram SIZE                memory of the guest (demo: 1G)\n"
@@ -91,6 +92,30 @@ static void usage(FILE *f)
 "  --stall-iterations N      passes without progress before it acts, 0 = off [0]\n"
 "  --on-limit force|abort    what the watchdog does [force]\n"
 "  --channels N              parallel connections [1]\n"
+"  --timeout MS              give up on a silent peer after MS (both ends) [15000]\n"
+"\n"
+"migrate, after a failure:\n"
+"  --verify-source-after-failure\n"
+"                            when the migration fails or is cancelled, let the guest\n"
+"                            run 200 ms more, pause it, check every page of its memory\n"
+"                            and resume it; exit 3 if it is not intact or not running\n"
+"  --then-migrate-to URI     when the migration fails or is cancelled, migrate the same\n"
+"                            running guest again to URI with a new session (the exit\n"
+"                            status is then the second migration's); reports open\n"
+"                            descriptors and resident memory before and after\n"
+"  --stop-delay MS           the synthetic guest takes MS to stop at switchover (a slow\n"
+"                            VMM); holds the source in switchover, for fault tests [0]\n"
+"\n"
+"TLS (URIs tls:HOST:PORT; TLS 1.3 with a pre-shared key or x509):\n"
+"  --tls-psk-file FILE       the pre-shared key as hex digits (16..512 bytes),\n"
+"                            e.g. from 'openssl rand -hex 32'; the same at both ends\n"
+"  --tls-psk-identity NAME   the key's name [precopy]\n"
+"  --tls-ca FILE             PEM CA(s) the peer's certificate must chain to (source:\n"
+"                            required for x509; destination: requires client certs)\n"
+"  --tls-cert FILE           PEM certificate of this end (destination: required)\n"
+"  --tls-key FILE            PEM private key of --tls-cert\n"
+"  --tls-hostname NAME       source: the name the destination's certificate must\n"
+"                            carry [the URI's host]\n"
 "\n"
 "incoming:\n"
 "  --listen URI              where to listen (port 0 picks one; printed)\n"
@@ -112,7 +137,8 @@ static void usage(FILE *f)
 "  --json                    JSON lines: progress events and a result\n"
 "  --quiet                   no progress line\n"
 "\n"
-"Exit status: 0 success, 1 migration failed or cancelled, 2 bad usage.\n");
+"Exit status: 0 success, 1 migration failed or cancelled, 2 bad usage,\n"
+"3 the source guest was not intact after a failure (--verify-source-after-failure).\n");
 }
 
 enum {
@@ -122,6 +148,8 @@ enum {
 	OPT_T_MAX, OPT_TAILSLOW, OPT_MAX_ITER, OPT_MAX_TIME, OPT_STALL, OPT_ON_LIMIT,
 	OPT_CHANNELS, OPT_NO_VERIFY, OPT_JSON, OPT_QUIET, OPT_BANDWIDTH, OPT_ESTIMATOR,
 	OPT_HELP, OPT_NUMA_NODE, OPT_MEMFD, OPT_LISTEN_UNIX, OPT_TO_UNIX,
+	OPT_TIMEOUT, OPT_VERIFY_SOURCE, OPT_THEN_TO, OPT_STOP_DELAY, OPT_TLS_PSK_FILE,
+	OPT_TLS_PSK_ID, OPT_TLS_CA, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_HOSTNAME,
 };
 
 static const struct option long_opts[] = {
@@ -149,6 +177,16 @@ static const struct option long_opts[] = {
 	{ "stall-iterations", required_argument, 0, OPT_STALL },
 	{ "on-limit", required_argument, 0, OPT_ON_LIMIT },
 	{ "channels", required_argument, 0, OPT_CHANNELS },
+	{ "timeout", required_argument, 0, OPT_TIMEOUT },
+	{ "verify-source-after-failure", no_argument, 0, OPT_VERIFY_SOURCE },
+	{ "then-migrate-to", required_argument, 0, OPT_THEN_TO },
+	{ "stop-delay", required_argument, 0, OPT_STOP_DELAY },
+	{ "tls-psk-file", required_argument, 0, OPT_TLS_PSK_FILE },
+	{ "tls-psk-identity", required_argument, 0, OPT_TLS_PSK_ID },
+	{ "tls-ca", required_argument, 0, OPT_TLS_CA },
+	{ "tls-cert", required_argument, 0, OPT_TLS_CERT },
+	{ "tls-key", required_argument, 0, OPT_TLS_KEY },
+	{ "tls-hostname", required_argument, 0, OPT_TLS_HOSTNAME },
 	{ "no-verify", no_argument, 0, OPT_NO_VERIFY },
 	{ "json", no_argument, 0, OPT_JSON },
 	{ "quiet", no_argument, 0, OPT_QUIET },
@@ -310,6 +348,36 @@ static int parse_args(int argc, char **argv, struct pc_cli *c)
 				return bad_value(name, a, "expected 1..16");
 			c->params.channels = (unsigned)v;
 			break;
+		case OPT_TIMEOUT:
+			if (pc_cli_parse_u64(a, &v) || v < 100 || v > 3600000)
+				return bad_value(name, a, "expected 100..3600000 (ms)");
+			c->params.timeout_ms = (unsigned)v;
+			break;
+		case OPT_VERIFY_SOURCE: c->verify_source = true; break;
+		case OPT_THEN_TO: c->then_to = a; break;
+		case OPT_STOP_DELAY:
+			if (parse_uint(name, a, 600000, &c->stop_delay_ms))
+				return -EINVAL;
+			break;
+		case OPT_TLS_PSK_FILE: {
+			int n = pc_cli_read_psk(a, c->tls_psk, sizeof(c->tls_psk));
+
+			if (n < 0)
+				return bad_value(name, a, n == -EINVAL
+					? "expected a file of 32..1024 hex digits (16..512 bytes)"
+					: strerror(-n));
+			c->tls.psk = c->tls_psk;
+			c->tls.psk_len = (size_t)n;
+			if (!c->tls.psk_identity)
+				c->tls.psk_identity = "precopy";
+			c->have_tls = true;
+			break;
+		}
+		case OPT_TLS_PSK_ID: c->tls.psk_identity = a; c->have_tls = true; break;
+		case OPT_TLS_CA: c->tls.ca_file = a; c->have_tls = true; break;
+		case OPT_TLS_CERT: c->tls.cert_file = a; c->have_tls = true; break;
+		case OPT_TLS_KEY: c->tls.key_file = a; c->have_tls = true; break;
+		case OPT_TLS_HOSTNAME: c->tls.hostname = a; c->have_tls = true; break;
 		case OPT_NO_VERIFY: c->no_verify = true; break;
 		case OPT_NUMA_NODE:
 			if (parse_uint(name, a, 1023, &v))

@@ -2,6 +2,7 @@
 /*
  * run.c - precopy incoming, migrate and demo.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -242,10 +243,14 @@ int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current)
 		fprintf(stderr, "precopy incoming: %s\n", strerror(-err));
 		goto out;
 	}
+	if (pc_cli_apply_tls(c, s, "incoming")) {
+		rc = 2;
+		goto out;
+	}
 	err = precopy_listen(s, c->listen);
 	if (err) {
 		fprintf(stderr, "precopy incoming: cannot listen on '%s': %s\n", c->listen,
-			err == -EINVAL ? "malformed URI (expected tcp:HOST:PORT or shm:PATH)"
+			err == -EINVAL ? "malformed URI (expected tcp:HOST:PORT, tls:HOST:PORT or shm:PATH)"
 				       : strerror(-err));
 		rc = err == -EINVAL || err == -EPROTONOSUPPORT ? 2 : 1;
 		goto out;
@@ -303,26 +308,172 @@ out:
 
 /* --- migrate ------------------------------------------------------------ */
 
-int pc_cli_migrate(struct pc_cli *c, struct precopy_session **current)
+/* Descriptors open in this process, or -1. */
+static long count_fds(void)
 {
-	struct ctx x = { .c = c, .role = "source", .tty = isatty(2) };
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	long n = 0;
+
+	if (!d)
+		return -1;
+	while ((e = readdir(d)))
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n - 1; /* the one opendir() holds */
+}
+
+/* Resident memory in KiB (VmRSS), or -1. */
+static long rss_kib(void)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[128];
+	long kib = -1;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
+			break;
+	fclose(f);
+	return kib;
+}
+
+static void print_resources(struct pc_cli *c, const char *stage)
+{
+	long fds = count_fds(), rss = rss_kib();
+
+	if (c->json)
+		printf("{\"event\":\"resources\",\"role\":\"source\",\"stage\":\"%s\","
+		       "\"fds\":%ld,\"rss-kib\":%ld}\n", stage, fds, rss);
+	else if (!c->quiet)
+		fprintf(stderr, "precopy: %s: %ld descriptors open, %ld KiB resident\n", stage,
+			fds, rss);
+	fflush(stdout);
+}
+
+/* The synthetic VMM's stop hook: --stop-delay makes it slow to quiesce,
+ * which holds the source in switchover (fault tests aim at it). */
+static int g_stop_slow(void *o)
+{
+	struct ctx *x = o;
+	uint64_t ms = x->c->stop_delay_ms;
+	struct timespec ts = { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000L };
+	int err = pc_guest_pause(x->guest);
+
+	if (!err && ms)
+		nanosleep(&ts, NULL);
+	return err;
+}
+
+/* One migration of the running guest in @x to @uri with a new session.
+ * Prints the summary; returns precopy_migrate()'s result. */
+static int migrate_once(struct ctx *x, const char *uri, struct precopy_session **current,
+			struct precopy_stats *st)
+{
+	struct pc_cli *c = x->c;
 	struct precopy_callbacks cb = {
-		.opaque = &x,
-		.stop_vm = g_stop,
+		.opaque = x,
+		.stop_vm = c->stop_delay_ms ? g_stop_slow : g_stop,
 		.resume_vm = g_resume,
 		.save_device_state = g_save,
 		.set_throttle = g_throttle,
 		.progress = progress,
 	};
+	struct precopy_session *s = NULL;
+	uint64_t *free_bm, nfree = 0;
+	int err, region;
+
+	memset(st, 0, sizeof(*st));
+	err = precopy_new(PRECOPY_ROLE_SOURCE, &c->params, &cb, &s);
+	if (err) {
+		fprintf(stderr, "precopy migrate: %s\n", strerror(-err));
+		snprintf(st->error, sizeof(st->error), "%s", strerror(-err));
+		return err;
+	}
+	if (c->memfd) /* over shm: the RAM itself is handed over */
+		region = precopy_add_region_fd(s, pc_guest_ram(x->guest, NULL), c->ram,
+					       pc_guest_fd(x->guest), 0, c->dirty_mode);
+	else
+		region = precopy_add_region(s, pc_guest_ram(x->guest, NULL), c->ram,
+					    c->dirty_mode);
+	if (region < 0) {
+		fprintf(stderr, "precopy migrate: cannot track writes to guest memory (%s): %s\n",
+			precopy_dirty_mode_name(c->dirty_mode), strerror(-region));
+		snprintf(st->error, sizeof(st->error), "%s", strerror(-region));
+		precopy_delete(&s);
+		return region;
+	}
+	free_bm = pc_guest_free_bitmap(x->guest, &nfree);
+	if (free_bm) {
+		precopy_region_hint_free(s, region, 0, free_bm, nfree);
+		free(free_bm);
+	}
+	if (pc_cli_apply_tls(c, s, "migrate")) {
+		snprintf(st->error, sizeof(st->error), "bad TLS settings");
+		precopy_delete(&s);
+		return -EINVAL;
+	}
+	*current = s;
+	err = precopy_migrate(s, uri);
+	*current = NULL;
+	end_progress(x);
+	precopy_query(s, st);
+	print_summary(x, st);
+	precopy_delete(&s);
+	return err;
+}
+
+/*
+ * --verify-source-after-failure: the migration failed, so the guest must
+ * be running here with its memory intact. Let it run a moment, pause it,
+ * check every page against its descriptor, resume it.
+ * Return: 0 if intact (and running, for a guest that writes).
+ */
+static int verify_source(struct ctx *x)
+{
+	struct pc_cli *c = x->c;
+	struct pc_guest_desc desc;
+	struct timespec moment = { 0, 200 * 1000000L };
+	uint64_t before = pc_guest_writes(x->guest), after;
+	size_t len;
+	void *ram = pc_guest_ram(x->guest, &len);
+	char why[256] = "ok";
+	bool running;
+	int err;
+
+	nanosleep(&moment, NULL);
+	pc_guest_pause(x->guest);
+	after = pc_guest_writes(x->guest);
+	pc_guest_describe(x->guest, &desc);
+	err = pc_guest_verify(ram, len, &desc, why, sizeof(why));
+	pc_guest_resume(x->guest);
+	running = c->dirty_rate == 0 || after > before;
+	if (c->json)
+		printf("{\"event\":\"source-verify\",\"role\":\"source\",\"verified\":%s,"
+		       "\"running\":%s,\"writes-before\":%" PRIu64 ",\"writes-after\":%" PRIu64
+		       ",\"pages\":%" PRIu64 ",\"detail\":\"%s\"}\n",
+		       err ? "false" : "true", running ? "true" : "false", before, after,
+		       desc.npages, err ? why : "ok");
+	else
+		fprintf(stderr, "precopy: source guest after the failure: %s, memory %s%s\n",
+			running ? "running" : "NOT RUNNING", err ? "BROKEN: " : "intact",
+			err ? why : "");
+	fflush(stdout);
+	return err || !running ? -EBADMSG : 0;
+}
+
+int pc_cli_migrate(struct pc_cli *c, struct precopy_session **current)
+{
+	struct ctx x = { .c = c, .role = "source", .tty = isatty(2) };
 	struct pc_guest_opts go = {
 		.ram = c->ram, .dirty_rate = c->dirty_rate, .pattern = c->pattern,
 		.threads = c->threads, .zero_pct = c->zero_pct, .free_pct = c->free_pct,
 		.seed = c->seed, .memfd = c->memfd,
 	};
-	struct precopy_session *s = NULL;
 	struct precopy_stats st;
-	uint64_t *free_bm, nfree = 0;
-	int err, region, rc = 1;
+	int err, rc = 1;
 
 	if (!c->to || !c->ram) {
 		fprintf(stderr, "precopy migrate: --to URI and --ram SIZE are required\n");
@@ -334,44 +485,42 @@ int pc_cli_migrate(struct pc_cli *c, struct precopy_session **current)
 			c->ram, strerror(-err));
 		return 1;
 	}
-	err = precopy_new(PRECOPY_ROLE_SOURCE, &c->params, &cb, &s);
-	if (err) {
-		fprintf(stderr, "precopy migrate: %s\n", strerror(-err));
-		goto out;
-	}
-	if (c->memfd) /* over shm: the RAM itself is handed over */
-		region = precopy_add_region_fd(s, pc_guest_ram(x.guest, NULL), c->ram,
-					       pc_guest_fd(x.guest), 0, c->dirty_mode);
-	else
-		region = precopy_add_region(s, pc_guest_ram(x.guest, NULL), c->ram, c->dirty_mode);
-	if (region < 0) {
-		fprintf(stderr, "precopy migrate: cannot track writes to guest memory (%s): %s\n",
-			precopy_dirty_mode_name(c->dirty_mode), strerror(-region));
-		goto out;
-	}
-	free_bm = pc_guest_free_bitmap(x.guest, &nfree);
-	if (free_bm) {
-		precopy_region_hint_free(s, region, 0, free_bm, nfree);
-		free(free_bm);
-	}
 	err = pc_guest_start(x.guest);
 	if (err) {
 		fprintf(stderr, "precopy migrate: cannot start the guest: %s\n", strerror(-err));
 		goto out;
 	}
-	*current = s;
-	err = precopy_migrate(s, c->to);
-	*current = NULL;
-	end_progress(&x);
-	precopy_query(s, &st);
-	print_summary(&x, &st);
+	if (c->then_to)
+		print_resources(c, "before");
+	err = migrate_once(&x, c->to, current, &st);
 	if (!err)
 		rc = 0;
-	else if (err == -EPROTONOSUPPORT || (err == -EINVAL && strstr(st.error, "URI")))
+	else if (err == -EPROTONOSUPPORT || (err == -EINVAL && (strstr(st.error, "URI") || strstr(st.error, "TLS settings"))))
 		rc = 2;
+	if (err && rc != 2 && c->verify_source && verify_source(&x)) {
+		rc = 3;
+		goto out;
+	}
+	if (!c->then_to || rc == 2)
+		goto out;
+	if (!err) {
+		if (c->json)
+			printf("{\"event\":\"retry\",\"role\":\"source\",\"skipped\":true,"
+			       "\"reason\":\"the first migration completed\"}\n");
+		else if (!c->quiet)
+			fprintf(stderr, "precopy: not migrating again: the first migration "
+					"completed\n");
+		goto out;
+	}
+	print_resources(c, "after-failure");
+	if (c->json)
+		printf("{\"event\":\"retry\",\"role\":\"source\",\"skipped\":false,\"to\":\"%s\"}\n",
+		       c->then_to);
+	fflush(stdout);
+	err = migrate_once(&x, c->then_to, current, &st);
+	rc = err ? 1 : 0;
+	print_resources(c, "after-retry");
 out:
-	if (s)
-		precopy_delete(&s);
 	pc_guest_delete(&x.guest);
 	return rc;
 }

@@ -100,3 +100,59 @@ void pc_cli_json_stats(FILE *f, const char *event, const char *role,
 	fflush(f);
 }
 
+
+int pc_cli_read_psk(const char *path, uint8_t *key, size_t cap)
+{
+	FILE *f = fopen(path, "r");
+	size_t n = 0;
+	int hi = -1, ch;
+
+	if (!f)
+		return -errno;
+	while ((ch = fgetc(f)) != EOF) {
+		int v;
+
+		if (ch == ' ' || ch == '\n' || ch == '\r' || ch == '\t')
+			continue;
+		if (ch >= '0' && ch <= '9')
+			v = ch - '0';
+		else if (ch >= 'a' && ch <= 'f')
+			v = ch - 'a' + 10;
+		else if (ch >= 'A' && ch <= 'F')
+			v = ch - 'A' + 10;
+		else
+			break;
+		if (hi < 0) {
+			hi = v;
+			continue;
+		}
+		if (n == cap) {
+			ch = 'x';
+			break;
+		}
+		key[n++] = (uint8_t)(hi << 4 | v);
+		hi = -1;
+	}
+	fclose(f);
+	if (ch != EOF || hi >= 0 || n < 16)
+		return -EINVAL;
+	return (int)n;
+}
+
+int pc_cli_apply_tls(struct pc_cli *c, struct precopy_session *s, const char *cmd)
+{
+	int err;
+
+	if (!c->have_tls)
+		return 0;
+	err = precopy_set_tls(s, &c->tls);
+	if (!err)
+		return 0;
+	if (err == -EPROTONOSUPPORT)
+		fprintf(stderr, "precopy %s: built without TLS (GnuTLS)\n", cmd);
+	else
+		fprintf(stderr, "precopy %s: incomplete TLS settings: give --tls-psk-file with "
+				"--tls-psk-identity, or --tls-ca (source) / --tls-cert with "
+				"--tls-key (destination)\n", cmd);
+	return 2;
+}

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "config.h"
 #include "page.h"
 #include "session.h"
 
@@ -128,6 +129,77 @@ int precopy_new(enum precopy_role role, const struct precopy_params *params,
 	return 0;
 }
 
+static void tls_clear(struct precopy_session *s)
+{
+	free((char *)s->tls.psk_identity);
+	if (s->tls.psk)
+		memset((uint8_t *)s->tls.psk, 0, s->tls.psk_len); /* the key */
+	free((uint8_t *)s->tls.psk);
+	free((char *)s->tls.ca_file);
+	free((char *)s->tls.cert_file);
+	free((char *)s->tls.key_file);
+	free((char *)s->tls.hostname);
+	memset(&s->tls, 0, sizeof(s->tls));
+	s->have_tls = false;
+}
+
+static int dup_str(const char *in, const char **out)
+{
+	*out = NULL;
+	if (!in)
+		return 0;
+	*out = strdup(in);
+	return *out ? 0 : -ENOMEM;
+}
+
+int precopy_set_tls(struct precopy_session *s, const struct precopy_tls *t)
+{
+	int err = 0;
+
+	if (!s)
+		return -EINVAL;
+#if !PRECOPY_HAVE_TLS
+	if (t)
+		return -EPROTONOSUPPORT;
+#endif
+	if (atomic_load(&s->run_state) != PC_IDLE)
+		return -EBUSY;
+	if (t && t->psk_identity && (!*t->psk_identity || !t->psk || t->psk_len < 16 ||
+				     t->psk_len > 4096))
+		return -EINVAL;
+	if (t && !t->psk_identity && (t->psk || (!t->ca_file && !t->cert_file) ||
+				      (t->cert_file && !t->key_file)))
+		return -EINVAL;
+	tls_clear(s);
+	if (!t)
+		return 0;
+	err = dup_str(t->psk_identity, &s->tls.psk_identity);
+	if (!err && t->psk_identity) {
+		uint8_t *k = malloc(t->psk_len);
+
+		if (!k)
+			err = -ENOMEM;
+		else
+			memcpy(k, t->psk, t->psk_len);
+		s->tls.psk = k;
+		s->tls.psk_len = t->psk_len;
+	}
+	if (!err)
+		err = dup_str(t->ca_file, &s->tls.ca_file);
+	if (!err)
+		err = dup_str(t->cert_file, &s->tls.cert_file);
+	if (!err)
+		err = dup_str(t->key_file, &s->tls.key_file);
+	if (!err)
+		err = dup_str(t->hostname, &s->tls.hostname);
+	if (err) {
+		tls_clear(s);
+		return err;
+	}
+	s->have_tls = true;
+	return 0;
+}
+
 int precopy_delete(struct precopy_session **sp)
 {
 	struct precopy_session *s;
@@ -149,6 +221,7 @@ int precopy_delete(struct precopy_session **sp)
 	if (s->lst)
 		s->lst->ops->listener_close(s->lst);
 	pc_tp_close(s->tp);
+	tls_clear(s);
 	pthread_mutex_destroy(&s->lock);
 	free(s);
 	*sp = NULL;
@@ -360,6 +433,17 @@ int precopy_listen(struct precopy_session *s, const char *uri)
 	if (err)
 		return err;
 	s->ops = ops;
+	return 0;
+}
+
+int pc_session_set_listener(struct precopy_session *s, struct pc_listener *l)
+{
+	if (!s || !l || s->role != PRECOPY_ROLE_DEST)
+		return -EINVAL;
+	if (s->lst || atomic_load(&s->run_state) != PC_IDLE)
+		return -EBUSY;
+	s->lst = l;
+	s->ops = l->ops;
 	return 0;
 }
 

@@ -191,7 +191,9 @@ static int handle_complete(struct dest *d, const struct pc_wire_msg *m)
 	int status = 0, err;
 
 	pthread_mutex_lock(&d->mu);
-	if (d->acked != d->rcv[0].iteration || d->at_end[0] || d->at_end[1])
+	/* Every pass ends on every channel before COMPLETE, and a source
+	 * sends at least the bulk pass and the switchover pass. */
+	if (d->acked == 0 || d->acked != d->rcv[0].iteration || d->at_end[0] || d->at_end[1])
 		status = -EPROTO;
 	pthread_mutex_unlock(&d->mu);
 	pc_set_status(s, PRECOPY_STATUS_SWITCHOVER);
@@ -556,7 +558,11 @@ static int receive_handoff(struct dest *d)
 static int incoming(struct dest *d)
 {
 	struct precopy_session *s = d->s;
-	struct pc_transport_opts o = { .channels = 0, .key = s->key, .key_len = s->key_len };
+	char why[160] = "";
+	struct pc_transport_opts o = { .channels = 0, .timeout_ms = s->params.timeout_ms,
+				       .key = s->key, .key_len = s->key_len,
+				       .tls = s->have_tls ? &s->tls : NULL,
+				       .why = why, .whylen = sizeof(why) };
 	struct pc_transport *tp;
 	int err;
 
@@ -565,7 +571,8 @@ static int incoming(struct dest *d)
 		return -ECANCELED;
 	err = s->lst->ops->accept(s->lst, &o, &tp);
 	if (err)
-		return err == -ECANCELED ? err : pc_fail(s, err, "accept: %s", strerror(-err));
+		return err == -ECANCELED ? err
+					 : pc_fail(s, err, "accept: %s", why[0] ? why : strerror(-err));
 	pthread_mutex_lock(&s->lock);
 	s->tp = tp;
 	pthread_mutex_unlock(&s->lock);

@@ -62,6 +62,10 @@ struct precopy_session {
 	const struct pc_transport_ops *ops;
 	uint8_t *key;                /**< precopy_set_auth_key(), or NULL */
 	size_t key_len;
+
+	/* precopy_set_tls(): a deep copy (strings and key owned here) */
+	struct precopy_tls tls;
+	bool have_tls;
 };
 
 /** pc_now() - monotonic nanoseconds. */
@@ -85,6 +89,14 @@ const char *pc_err_context(struct precopy_session *s, int err);
 
 /** pc_sleep_ns() - sleep, waking early if the session is cancelled. */
 void pc_sleep_ns(struct precopy_session *s, uint64_t ns);
+
+/**
+ * pc_session_set_listener() - internal, for tests and fuzzing: make @l
+ * (e.g. pc_tcp_listener_from_fds()) the destination's listener instead of
+ * precopy_listen(); the session owns it from then on.
+ * Return: 0; -EINVAL; -EBUSY if already listening or started.
+ */
+int pc_session_set_listener(struct precopy_session *s, struct pc_listener *l);
 
 int pc_source_run(struct precopy_session *s, const char *uri);
 int pc_dest_run(struct precopy_session *s);

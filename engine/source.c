@@ -738,9 +738,11 @@ static int migrate(struct source *src, const char *uri)
 	struct precopy_session *s = src->s;
 	const struct pc_transport_ops *ops;
 	char why[160] = "";
-	struct pc_transport_opts o = { .channels = src->nchan, .why = why,
-				       .whylen = sizeof(why), .key = s->key,
-				       .key_len = s->key_len };
+	struct pc_transport_opts o = { .channels = src->nchan,
+				       .timeout_ms = s->params.timeout_ms,
+				       .key = s->key, .key_len = s->key_len,
+				       .tls = s->have_tls ? &s->tls : NULL,
+				       .why = why, .whylen = sizeof(why) };
 	struct pc_transport *tp;
 	const char *rest;
 	enum pc_decision d = PC_CONTINUE;
@@ -757,6 +759,9 @@ static int migrate(struct source *src, const char *uri)
 	if (atomic_load(&s->cancel))
 		return -ECANCELED;
 	err = ops->connect(rest, &o, &tp);
+	if (err == -EINVAL && !why[0])
+		return pc_fail(s, err, "bad destination URI '%s' (expected %s:HOST:PORT, port 1..65535)",
+			       uri, pc_transport_schemes());
 	if (err)
 		return pc_fail(s, err, "connecting to %s: %s", uri, why[0] ? why : strerror(-err));
 	pthread_mutex_lock(&s->lock);

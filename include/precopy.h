@@ -141,6 +141,12 @@ struct precopy_params {
 	enum precopy_on_limit on_limit;
 	/** Parallel channels (default 1, at most PRECOPY_MAX_CHANNELS). */
 	unsigned channels;
+	/** How long a silent peer is tolerated, ms (default 15000, range
+	 *  100..3600000): data left unacknowledged this long (TCP's
+	 *  TCP_USER_TIMEOUT), or an idle connection whose keepalive probes go
+	 *  unanswered (probes start after min(5 s, timeout/3)), ends the
+	 *  migration with -ETIMEDOUT. Both ends use their own value. */
+	unsigned timeout_ms;
 };
 
 /** Statistics; names and meanings follow QEMU's query-migrate. */
@@ -219,6 +225,31 @@ struct precopy_callbacks {
 };
 
 /**
+ * TLS for the "tls:HOST:PORT" scheme: TLS 1.3 (GnuTLS) on every channel
+ * of a TCP migration, authenticated by a pre-shared key or by x509
+ * certificates. Give it to both ends with precopy_set_tls(). Plain "tcp:"
+ * stays available for trusted networks (docs/SECURITY.md).
+ */
+struct precopy_tls {
+	/** PSK mode when set: both ends must hold the same identity and key
+	 *  (at least 16 bytes); the x509 fields are then ignored. */
+	const char *psk_identity;
+	const uint8_t *psk;
+	size_t psk_len;
+	/** x509 mode: PEM file of the CA(s) that sign the peer's certificate.
+	 *  Source: required; the destination's certificate must chain to it.
+	 *  Destination: if set, the source must present a certificate too. */
+	const char *ca_file;
+	/** x509 mode: PEM certificate and private key of this end.
+	 *  Destination: required. Source: only if the destination asks. */
+	const char *cert_file;
+	const char *key_file;
+	/** Source, x509 mode: the name the destination's certificate must
+	 *  carry; NULL = the host of the URI. */
+	const char *hostname;
+};
+
+/**
  * precopy_params_init() - fill @p with the defaults.
  * Return: 0, or -EINVAL if @p is NULL.
  */
@@ -234,8 +265,8 @@ int precopy_params_check(const struct precopy_params *p, char *why, size_t whyle
 /**
  * precopy_new() - create a session.
  * @role:   source or destination.
- * @params: tunables (copied); NULL = defaults. Only channels matters at
- *          the destination (it follows the source's choice).
+ * @params: tunables (copied); NULL = defaults. At the destination only
+ *          timeout_ms matters (it follows the source's channel count).
  * @cb:     VMM hooks (copied); NULL = none.
  * @out:    receives the session; the caller frees it with precopy_delete().
  * Return: 0; -EINVAL for a bad role or params; -ENOMEM.
@@ -378,8 +409,22 @@ int precopy_region_hint_free(struct precopy_session *s, int region,
 int precopy_set_auth_key(struct precopy_session *s, const void *key, size_t len);
 
 /**
+ * precopy_set_tls() - the TLS settings used when the URI's scheme is
+ * "tls:" (at either end; copied, with the key and every string). Call it
+ * before precopy_migrate() or precopy_incoming(); NULL clears them.
+ * A wrong key, certificate or host name fails the handshake: the source
+ * then returns -EACCES before it has touched the guest, and the
+ * destination fails without writing a byte of its regions.
+ * Return: 0; -EINVAL for an incomplete mode (a PSK under 16 bytes or
+ * without an identity; neither a PSK nor a CA or certificate); -EBUSY once
+ * started; -ENOMEM; -EPROTONOSUPPORT if built without GnuTLS.
+ */
+int precopy_set_tls(struct precopy_session *s, const struct precopy_tls *tls);
+
+/**
  * precopy_migrate() - run a migration from the source to @uri.
- * @uri: "tcp:HOST:PORT"; "shm:PATH" (PATH: the destination's unix
+ * @uri: "tcp:HOST:PORT"; "tls:HOST:PORT" (TCP with TLS 1.3, see
+ *       precopy_set_tls()); "shm:PATH" (PATH: the destination's unix
  *       socket; both processes must run as the same user, or one as
  *       root: others are refused with -EACCES); or "rdma:HOST:PORT" where
  *       the RDMA transport is built in (HOST is an address on an RDMA
@@ -388,6 +433,7 @@ int precopy_set_auth_key(struct precopy_session *s, const void *key, size_t len)
  * the destination). On failure or cancel, resume_vm has been called if
  * stop_vm had been, and memory is untouched.
  * Return: 0 = COMPLETED; -ECANCELED; -ETIMEDOUT if the watchdog aborted;
+ * -EACCES if TLS authentication failed;
  * -EPROTO, -ECONNRESET, -EIO... for failures (see precopy_strerror()).
  * A session runs once; make a new one to retry.
  */

@@ -32,6 +32,8 @@ struct h_src {
 	int err;
 	unsigned stops, resumes;
 	bool running;
+	/** Called from the stop_vm hook (after the guest paused), if set. */
+	void (*on_stop)(struct h_src *s);
 };
 
 /** Map @len bytes, listen on tcp:127.0.0.1:0, accept in a thread. */
@@ -43,6 +45,27 @@ int h_dest_start_uri(struct h_dest *d, size_t len, const char *uri, bool memfd);
  *  bytes (NULL = none). */
 int h_dest_start_key(struct h_dest *d, size_t len, const char *uri, bool memfd,
 		     const void *key, size_t key_len);
+/** The same, with @p (NULL = defaults) and without starting the thread
+ *  when @run is false (start it with h_dest_run()). */
+int h_dest_start_ex(struct h_dest *d, size_t len, const struct precopy_params *p, bool run);
+/** The same, listening on @uri with @tls (NULL = none). */
+int h_dest_start_tls(struct h_dest *d, size_t len, const struct precopy_params *p,
+		     const char *uri, const struct precopy_tls *tls, bool run);
+/** Every option at once; zeroes are the defaults (tcp:127.0.0.1:0, plain
+ *  anonymous RAM, no key, no TLS, thread started). */
+struct h_dest_opts {
+	const struct precopy_params *p;
+	const char *uri;
+	bool memfd;
+	const void *key;
+	size_t key_len;
+	const struct precopy_tls *tls;
+	bool no_run;
+};
+int h_dest_start_opts(struct h_dest *d, size_t len, const struct h_dest_opts *o);
+int h_dest_run(struct h_dest *d);
+/** Descriptors open in this process, pipes aside (for leak checks). */
+long h_count_fds(void);
 /** Wait for the destination's thread; returns its precopy_incoming() result. */
 int h_dest_join(struct h_dest *d);
 void h_dest_free(struct h_dest *d);
@@ -51,7 +74,8 @@ void h_dest_free(struct h_dest *d);
  *  guest (pc_guest_fd() >= 0) is registered with its fd. */
 int h_src_new(struct h_src *s, struct pc_guest *guest, const struct precopy_params *p,
 	      enum precopy_dirty_mode mode);
-/** Run precopy_migrate(@uri) in a thread. */
+/** Run precopy_migrate(@uri) in a thread (h_src_new() clears on_stop:
+ *  set it after). */
 int h_src_start(struct h_src *s, const char *uri);
 int h_src_join(struct h_src *s);
 void h_src_free(struct h_src *s);

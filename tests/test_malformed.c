@@ -192,6 +192,7 @@ static void feed_complete_without_pages(int fd)
 	uint64_t np = RAM / 4096, h = 0;
 
 	engine_hello(fd);
+	msg(fd, rec, pc_wire_enc_iter_end(rec, sizeof(rec), 0, 0)); /* an empty pass */
 	msg(fd, rec, pc_wire_enc_complete(rec, sizeof(rec), 1, &np, &h));
 }
 

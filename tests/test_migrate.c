@@ -253,10 +253,47 @@ static void api__bad_arguments(void **state)
 	assert_int_equal(precopy_delete(&s), -EINVAL);
 }
 
+/* Out-of-range parameters and malformed URIs name the problem. */
+static void api__bad_timeout_and_uris(void **state)
+{
+	struct pc_guest *g = make_guest(4 * MiB, 0, PC_GUEST_SEQUENTIAL, 0);
+	struct precopy_params p;
+	struct h_src s;
+	char why[PRECOPY_ERRMSG_MAX];
+	static const char *const bad[] = {
+		"tcp:localhost", "tcp:127.0.0.1:65536", "tcp:127.0.0.1:x", "tcp:[::1]5",
+		"tcp::1:5", "tcp:", "nope", ":5",
+	};
+
+	(void)state;
+	precopy_params_init(&p);
+	assert_int_equal(p.timeout_ms, 15000);
+	p.timeout_ms = 99;
+	assert_int_equal(precopy_params_check(&p, why, sizeof(why)), -EINVAL);
+	assert_non_null(strstr(why, "timeout_ms"));
+	p.timeout_ms = 3600001;
+	assert_int_equal(precopy_params_check(&p, why, sizeof(why)), -EINVAL);
+	p.timeout_ms = 100;
+	assert_int_equal(precopy_params_check(&p, why, sizeof(why)), 0);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		int err;
+
+		assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
+		err = precopy_migrate(s.s, bad[i]);
+		precopy_strerror(s.s, why, sizeof(why));
+		if ((err != -EINVAL && err != -EPROTONOSUPPORT) || !strstr(why, "URI"))
+			fail_msg("'%s': %d, '%s'", bad[i], err, why);
+		assert_int_equal(s.stops, 0);
+		h_src_free(&s);
+	}
+	pc_guest_delete(&g);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(api__bad_arguments),
+		cmocka_unit_test(api__bad_timeout_and_uris),
 		cmocka_unit_test(migrate__pattern_running_1_channel),
 		cmocka_unit_test(migrate__pattern_running_2_channels),
 		cmocka_unit_test(migrate__idle_guest_zero_pages_as_runs),

@@ -65,6 +65,9 @@ err_free:
 void pc_stream_fini(struct pc_stream *s)
 {
 	for (unsigned i = 0; i < s->base.nchan; i++) {
+		if (s->io && s->ch[i].io_ctx)
+			s->io->fini(s->ch[i].io_ctx);
+		s->ch[i].io_ctx = NULL;
 		if (s->ch[i].fd >= 0)
 			close(s->ch[i].fd);
 		pthread_mutex_destroy(&s->ch[i].send_lock);
@@ -175,6 +178,13 @@ static int chan_fail(struct pc_stream *s, unsigned chan, int err)
 	return err;
 }
 
+static int chan_writev_all(struct pc_stream *s, unsigned chan, struct iovec *v, int n)
+{
+	if (s->io)
+		return s->io->writev_all(s->ch[chan].io_ctx, v, n);
+	return pc_fd_writev_all(s->ch[chan].fd, v, n);
+}
+
 int pc_stream_send_msg(struct pc_transport *t, unsigned chan, const struct iovec *iov,
 		       int iovcnt)
 {
@@ -204,7 +214,7 @@ int pc_stream_send_msg(struct pc_transport *t, unsigned chan, const struct iovec
 	pthread_mutex_lock(&s->ch[chan].send_lock);
 	err = chan_check(s, chan);
 	if (!err) {
-		err = pc_fd_writev_all(s->ch[chan].fd, v, iovcnt + 1);
+		err = chan_writev_all(s, chan, v, iovcnt + 1);
 		if (err)
 			err = chan_fail(s, chan, err);
 	}
@@ -241,7 +251,7 @@ int pc_stream_write_pages(struct pc_transport *t, unsigned chan,
 			v[2 * i + 1].iov_base = (void *)runs[i].src;
 			v[2 * i + 1].iov_len = runs[i].len;
 		}
-		err = pc_fd_writev_all(s->ch[chan].fd, v, (int)(2 * k));
+		err = chan_writev_all(s, chan, v, (int)(2 * k));
 		if (err)
 			err = chan_fail(s, chan, err);
 		runs += k;
@@ -281,7 +291,15 @@ static int chan_read(struct pc_stream *s, unsigned chan, void *dst, size_t n)
 		v[0].iov_len = n;
 		v[1].iov_base = c->rbuf;
 		v[1].iov_len = RTAIL;
-		r = recvmsg(c->fd, &mh, 0);
+		if (s->io) {
+			r = s->io->readv(c->io_ctx, v, 2);
+			if (r < 0) {
+				errno = (int)-r;
+				r = -1;
+			}
+		} else {
+			r = recvmsg(c->fd, &mh, 0);
+		}
 		if (r > 0) {
 			if ((size_t)r <= n) {
 				p += r;

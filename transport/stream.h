@@ -17,6 +17,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <sys/types.h>
 
 #include "precopy.h"
 #include "le.h"
@@ -26,8 +27,23 @@
 #define PC_FRAME_PAGES 0x50435031u /* "PCP1" */
 #define PC_FRAME_HDR 24u
 
+/*
+ * Optional byte layer between the framing and the socket (TLS): when a
+ * stream has one, every byte goes through it instead of sendmsg/recvmsg on
+ * the fd. writev_all() writes all of @iov (it may consume the array) or
+ * returns -errno; readv() reads some bytes into @iov like readv(2) (> 0,
+ * 0 at the end of the stream, -errno); fini() frees the channel's context
+ * before its fd is closed. One thread may send while another receives.
+ */
+struct pc_stream_io {
+	int (*writev_all)(void *ctx, struct iovec *iov, int iovcnt);
+	ssize_t (*readv)(void *ctx, struct iovec *iov, int iovcnt);
+	void (*fini)(void *ctx);
+};
+
 struct pc_stream_chan {
 	int fd;
+	void *io_ctx;     /* the byte layer's, per channel */
 	pthread_mutex_t send_lock;
 	atomic_int err;   /* sticky: first error seen on this channel */
 	uint8_t *rbuf;    /* receive buffer */
@@ -44,6 +60,7 @@ struct pc_stream {
 	struct pc_stream_chan ch[PRECOPY_MAX_CHANNELS];
 	struct pc_stream_region region[PRECOPY_MAX_REGIONS];
 	atomic_bool aborted;
+	const struct pc_stream_io *io; /* NULL: plain sockets */
 };
 
 /** pc_stream_init() - set up @s with @nchan connected fds (taken over). */

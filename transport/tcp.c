@@ -24,6 +24,9 @@
 #include <arpa/inet.h>
 
 #include "stream.h"
+#if PRECOPY_HAVE_TLS
+#include "tls.h"
+#endif
 
 #define TCP_HELLO_MAGIC 0x31544350u /* "PCT1" */
 #define TCP_HELLO_VERSION 1
@@ -32,8 +35,11 @@
 
 struct tcp_listener {
 	struct pc_listener base;
-	int fd;
+	int fd;                  /* listening socket, or -1 */
 	atomic_bool aborted;
+	/* pc_tcp_listener_from_fds(): connected fds handed out by accept */
+	int pre_fds[PRECOPY_MAX_CHANNELS];
+	unsigned npre;
 };
 
 struct tcp_conn {
@@ -96,11 +102,21 @@ static int resolve(const char *addr, bool passive, struct addrinfo **res)
 	return 0;
 }
 
+/*
+ * Dead peers: TCP_USER_TIMEOUT ends a connection whose sent data stays
+ * unacknowledged for @timeout_ms; keepalive finds a silent peer on an idle
+ * connection (a source waiting for an ack, a destination waiting for data).
+ * Probes start after min(5 s, timeout / 3) of silence, 3 of them at most
+ * 2 s apart, so with a short timeout a dead link is found as quickly.
+ */
 static void tune_socket(int fd, unsigned timeout_ms)
 {
-	int one = 1, idle = 5, intvl = 2, cnt = 3;
 	unsigned uto = timeout_ms ? timeout_ms : DEFAULT_TIMEOUT_MS;
+	int one = 1, cnt = 3;
+	int idle = (int)(uto / 3000), intvl = (int)(uto / 7500);
 
+	idle = idle < 1 ? 1 : idle > 5 ? 5 : idle;
+	intvl = intvl < 1 ? 1 : intvl > 2 ? 2 : intvl;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
 	setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
@@ -139,14 +155,12 @@ static int wait_readable(int fd, int ms, atomic_bool *aborted)
 	return -ETIMEDOUT;
 }
 
-static int tcp_listen(const char *addr, const struct pc_transport_opts *o,
-		      struct pc_listener **out)
+static int listen_as(const char *scheme, const char *addr, struct pc_listener **out)
 {
 	struct tcp_listener *l;
 	struct addrinfo *res, *ai;
 	int err, fd = -1, one = 1;
 
-	(void)o;
 	if (!out)
 		return -EINVAL;
 	err = resolve(addr, true, &res);
@@ -174,11 +188,18 @@ static int tcp_listen(const char *addr, const struct pc_transport_opts *o,
 		close(fd);
 		return -ENOMEM;
 	}
-	l->base.ops = pc_transport_find("tcp");
+	l->base.ops = pc_transport_find(scheme);
 	l->fd = fd;
 	atomic_init(&l->aborted, false);
 	*out = &l->base;
 	return 0;
+}
+
+static int tcp_listen(const char *addr, const struct pc_transport_opts *o,
+		      struct pc_listener **out)
+{
+	(void)o;
+	return listen_as("tcp", addr, out);
 }
 
 static int tcp_listener_addr(struct pc_listener *pl, char *buf, size_t len)
@@ -189,6 +210,10 @@ static int tcp_listener_addr(struct pc_listener *pl, char *buf, size_t len)
 	char host[INET6_ADDRSTRLEN];
 	int port, n;
 
+	if (l->fd < 0) {
+		n = snprintf(buf, len, "tcp:connected-fds");
+		return n < 0 || (size_t)n >= len ? -ENOSPC : 0;
+	}
 	if (getsockname(l->fd, (struct sockaddr *)&ss, &sl) < 0)
 		return -errno;
 	if (ss.ss_family == AF_INET) {
@@ -196,13 +221,13 @@ static int tcp_listener_addr(struct pc_listener *pl, char *buf, size_t len)
 
 		inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
 		port = ntohs(in->sin_port);
-		n = snprintf(buf, len, "tcp:%s:%d", host, port);
+		n = snprintf(buf, len, "%s:%s:%d", pl->ops->scheme, host, port);
 	} else {
 		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
 
 		inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
 		port = ntohs(in6->sin6_port);
-		n = snprintf(buf, len, "tcp:[%s]:%d", host, port);
+		n = snprintf(buf, len, "%s:[%s]:%d", pl->ops->scheme, host, port);
 	}
 	return n < 0 || (size_t)n >= len ? -ENOSPC : 0;
 }
@@ -212,7 +237,8 @@ static int tcp_listener_abort(struct pc_listener *pl)
 	struct tcp_listener *l = (struct tcp_listener *)pl;
 
 	atomic_store(&l->aborted, true);
-	shutdown(l->fd, SHUT_RDWR);
+	if (l->fd >= 0)
+		shutdown(l->fd, SHUT_RDWR);
 	return 0;
 }
 
@@ -222,7 +248,10 @@ static void tcp_listener_close(struct pc_listener *pl)
 
 	if (!l)
 		return;
-	close(l->fd);
+	if (l->fd >= 0)
+		close(l->fd);
+	while (l->npre)
+		close(l->pre_fds[--l->npre]);
 	free(l);
 }
 
@@ -250,6 +279,19 @@ static int accept_one(struct tcp_listener *l, int ms, unsigned timeout_ms, int *
 	return 0;
 }
 
+/* After the TCP hello: the "tls" scheme's handshake on every channel. */
+static int wrap(struct pc_stream *s, const struct pc_transport_opts *o, bool server,
+		const char *host)
+{
+#if PRECOPY_HAVE_TLS
+	if (!strcmp(s->base.ops->scheme, "tls"))
+		return pc_tls_start(s, o ? o->tls : NULL, server, host, o ? o->timeout_ms : 0,
+				    o ? o->why : NULL, o ? o->whylen : 0);
+#endif
+	(void)s, (void)o, (void)server, (void)host;
+	return 0;
+}
+
 static int tcp_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
 		      struct pc_transport **out)
 {
@@ -263,6 +305,17 @@ static int tcp_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
 
 	if (!out)
 		return -EINVAL;
+	if (l->fd < 0) {
+		/* pc_tcp_listener_from_fds(): the connection is already there. */
+		if (atomic_load(&l->aborted))
+			return -ECANCELED;
+		if (!l->npre)
+			return -ENOTCONN;
+		err = pc_tcp_from_fds(l->pre_fds, l->npre, out);
+		if (!err)
+			l->npre = 0;
+		return err;
+	}
 	/* Channel 0: wait as long as it takes (until cancelled). */
 	for (;;) {
 		int fd;
@@ -309,6 +362,12 @@ static int tcp_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
 		free(c);
 		goto err_close;
 	}
+	err = wrap(&c->s, o, true, NULL);
+	if (err) {
+		pc_stream_fini(&c->s);
+		free(c);
+		return err;
+	}
 	*out = &c->s.base;
 	return 0;
 
@@ -318,8 +377,8 @@ err_close:
 	return err;
 }
 
-static int tcp_connect(const char *addr, const struct pc_transport_opts *o,
-		       struct pc_transport **out)
+static int connect_as(const char *scheme, const char *addr,
+		      const struct pc_transport_opts *o, struct pc_transport **out)
 {
 	struct addrinfo *res, *ai;
 	struct tcp_conn *c;
@@ -371,10 +430,22 @@ static int tcp_connect(const char *addr, const struct pc_transport_opts *o,
 		err = -ENOMEM;
 		goto err_close_nores;
 	}
-	err = pc_stream_init(&c->s, pc_transport_find("tcp"), fds, nchan);
+	err = pc_stream_init(&c->s, pc_transport_find(scheme), fds, nchan);
 	if (err) {
 		free(c);
 		goto err_close_nores;
+	}
+	{
+		char host[256], port[8];
+
+		if (split_hostport(addr, host, sizeof(host), port, sizeof(port)))
+			host[0] = '\0';
+		err = wrap(&c->s, o, false, host[0] ? host : NULL);
+	}
+	if (err) {
+		pc_stream_fini(&c->s);
+		free(c);
+		return err;
 	}
 	*out = &c->s.base;
 	return 0;
@@ -385,6 +456,49 @@ err_close_nores:
 	while (have--)
 		close(fds[have]);
 	return err;
+}
+
+static int tcp_connect(const char *addr, const struct pc_transport_opts *o,
+		       struct pc_transport **out)
+{
+	return connect_as("tcp", addr, o, out);
+}
+
+int pc_tcp_from_fds(const int *fds, unsigned nchan, struct pc_transport **out)
+{
+	struct tcp_conn *c;
+	int err;
+
+	if (!fds || !out || nchan == 0 || nchan > PRECOPY_MAX_CHANNELS)
+		return -EINVAL;
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	err = pc_stream_init(&c->s, pc_transport_find("tcp"), fds, nchan);
+	if (err) {
+		free(c);
+		return err;
+	}
+	*out = &c->s.base;
+	return 0;
+}
+
+int pc_tcp_listener_from_fds(const int *fds, unsigned nchan, struct pc_listener **out)
+{
+	struct tcp_listener *l;
+
+	if (!fds || !out || nchan == 0 || nchan > PRECOPY_MAX_CHANNELS)
+		return -EINVAL;
+	l = calloc(1, sizeof(*l));
+	if (!l)
+		return -ENOMEM;
+	l->base.ops = pc_transport_find("tcp");
+	l->fd = -1;
+	atomic_init(&l->aborted, false);
+	memcpy(l->pre_fds, fds, nchan * sizeof(int));
+	l->npre = nchan;
+	*out = &l->base;
+	return 0;
 }
 
 static void tcp_close(struct pc_transport *t)
@@ -413,3 +527,38 @@ const struct pc_transport_ops pc_tcp_ops = {
 	.recv_msg = pc_stream_recv_msg,
 	.write_pages = pc_stream_write_pages,
 };
+
+#if PRECOPY_HAVE_TLS
+/* "tls:HOST:PORT": the TCP transport with TLS 1.3 on every channel. */
+static int tls_listen(const char *addr, const struct pc_transport_opts *o,
+		      struct pc_listener **out)
+{
+	(void)o;
+	return listen_as("tls", addr, out);
+}
+
+static int tls_connect(const char *addr, const struct pc_transport_opts *o,
+		       struct pc_transport **out)
+{
+	return connect_as("tls", addr, o, out);
+}
+
+const struct pc_transport_ops pc_tls_ops = {
+	.scheme = "tls",
+	.caps = 0,
+	.listen = tls_listen,
+	.listener_addr = tcp_listener_addr,
+	.accept = tcp_accept,
+	.listener_abort = tcp_listener_abort,
+	.listener_close = tcp_listener_close,
+	.connect = tls_connect,
+	.abort = pc_stream_abort,
+	.close = tcp_close,
+	.expose_region = pc_stream_expose_region,
+	.unexpose_all = pc_stream_unexpose_all,
+	.reg_local = pc_stream_reg_local,
+	.send_msg = pc_stream_send_msg,
+	.recv_msg = pc_stream_recv_msg,
+	.write_pages = pc_stream_write_pages,
+};
+#endif

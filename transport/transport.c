@@ -4,6 +4,7 @@
  * that stand in for whatever a transport does not implement.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "config.h"
@@ -125,26 +126,27 @@ static const struct pc_transport_ops *const builtin[] = {
 #if PRECOPY_HAVE_RDMA
 	&pc_rdma_ops,
 #endif
+#if PRECOPY_HAVE_TLS
+	&pc_tls_ops,
+#endif
 };
 
 #define NBUILTIN (sizeof(builtin) / sizeof(builtin[0]))
 
-/* Merged tables: the transport's ops over no_ops. Built once, read-only
- * afterwards; the merge is idempotent so a racing first use is harmless. */
+/* Merged tables: each transport's ops over no_ops, built once (the tables
+ * are read by every thread that holds a connection, so they must not be
+ * rewritten on each lookup), read-only afterwards. */
 static struct pc_transport_ops merged[NBUILTIN];
+static pthread_once_t merged_once = PTHREAD_ONCE_INIT;
 
 #define MERGE(dst, src, op) ((dst)->op = (src)->op ? (src)->op : no_ops.op)
 
-const struct pc_transport_ops *pc_transport_find(const char *scheme)
+static void merge_all(void)
 {
-	if (!scheme)
-		return NULL;
 	for (size_t i = 0; i < NBUILTIN; i++) {
 		const struct pc_transport_ops *src = builtin[i];
 		struct pc_transport_ops *m = &merged[i];
 
-		if (strcmp(src->scheme, scheme) != 0)
-			continue;
 		m->scheme = src->scheme;
 		m->caps = src->caps;
 		MERGE(m, src, listen);
@@ -164,8 +166,17 @@ const struct pc_transport_ops *pc_transport_find(const char *scheme)
 		MERGE(m, src, expose_region_fd);
 		MERGE(m, src, send_fds);
 		MERGE(m, src, recv_fds);
-		return m;
 	}
+}
+
+const struct pc_transport_ops *pc_transport_find(const char *scheme)
+{
+	if (!scheme)
+		return NULL;
+	pthread_once(&merged_once, merge_all);
+	for (size_t i = 0; i < NBUILTIN; i++)
+		if (strcmp(merged[i].scheme, scheme) == 0)
+			return &merged[i];
 	return NULL;
 }
 
@@ -195,8 +206,12 @@ int pc_transport_split_uri(const char *uri, const struct pc_transport_ops **ops,
 
 const char *pc_transport_schemes(void)
 {
-#if PRECOPY_HAVE_RDMA
+#if PRECOPY_HAVE_RDMA && PRECOPY_HAVE_TLS
+	return "tcp, shm, rdma, tls";
+#elif PRECOPY_HAVE_RDMA
 	return "tcp, shm, rdma";
+#elif PRECOPY_HAVE_TLS
+	return "tcp, shm, tls";
 #else
 	return "tcp, shm";
 #endif

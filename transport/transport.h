@@ -34,6 +34,9 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+#include "config.h"
+#include "precopy.h"
+
 /** Pages are written into remote memory without the peer's CPU. */
 #define PC_TCAP_DIRECT_WRITE (1u << 0)
 /** Local memory must be registered (reg_local) before write_pages. */
@@ -76,9 +79,10 @@ struct pc_page_run {
 struct pc_transport_opts {
 	unsigned channels;      /**< connect: how many channels to open */
 	unsigned timeout_ms;    /**< give up on a silent peer after this */
-	/** connect: if set, receives why a connection failed or was refused
-	 *  (@whylen bytes with the NUL); transports that have nothing to add
-	 *  leave it alone. */
+	/** connect/accept, out, optional: why a connection failed or was
+	 *  refused when the errno does not say it all (a TLS alert, a refused
+	 *  peer), @whylen bytes with the NUL; transports that have nothing
+	 *  to add leave it alone. */
 	char *why;
 	size_t whylen;
 	/**
@@ -91,6 +95,9 @@ struct pc_transport_opts {
 	const void *key;
 	size_t key_len;
 	unsigned flags;         /**< PC_TOPT_* */
+	/** "tls": authentication settings (NULL: the scheme fails with
+	 *  -EINVAL); the caller keeps them alive while the connection is. */
+	const struct precopy_tls *tls;
 };
 
 typedef int (*pc_tp_listen_op)(const char *addr, const struct pc_transport_opts *o,
@@ -253,5 +260,22 @@ static inline void pc_tp_close(struct pc_transport *t)
 extern const struct pc_transport_ops pc_tcp_ops;
 extern const struct pc_transport_ops pc_shm_ops;
 extern const struct pc_transport_ops pc_rdma_ops; /* if PRECOPY_HAVE_RDMA */
+#if PRECOPY_HAVE_TLS
+extern const struct pc_transport_ops pc_tls_ops;
+#endif
+
+/*
+ * Internal, for tests and fuzzing: TCP-kind connections over descriptors
+ * that are already connected (a socketpair, say), with no TCP hello; the
+ * frames of the stream framing follow at once. On success the fds are
+ * taken over (closed by close() or listener_close()).
+ */
+/** pc_tcp_from_fds() - a connected transport of @nchan channels over @fds.
+ *  Return: 0; -EINVAL; -ENOMEM (the fds stay the caller's on error). */
+int pc_tcp_from_fds(const int *fds, unsigned nchan, struct pc_transport **out);
+/** pc_tcp_listener_from_fds() - a listener whose one accept() returns
+ *  pc_tcp_from_fds(@fds); later accepts fail with -ENOTCONN. Give it to a
+ *  destination session with pc_session_set_listener(). */
+int pc_tcp_listener_from_fds(const int *fds, unsigned nchan, struct pc_listener **out);
 
 #endif /* PC_TRANSPORT_H */

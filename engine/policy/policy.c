@@ -48,6 +48,7 @@ void pc_policy_params_defaults(struct precopy_params *p)
 	p->stall_iterations = 0;
 	p->on_limit = PRECOPY_ON_LIMIT_FORCE;
 	p->channels = 1;
+	p->timeout_ms = 15000;
 }
 
 static int bad(char *why, size_t whylen, const char *what)
@@ -79,6 +80,8 @@ int pc_policy_params_check(const struct precopy_params *p, char *why, size_t why
 		return bad(why, whylen, "on_limit: neither FORCE nor ABORT");
 	if (p->channels < 1 || p->channels > PRECOPY_MAX_CHANNELS)
 		return bad(why, whylen, "channels: not in 1..PRECOPY_MAX_CHANNELS");
+	if (p->timeout_ms < 100 || p->timeout_ms > 3600000)
+		return bad(why, whylen, "timeout_ms: not in 100..3600000");
 	if (why && whylen)
 		why[0] = '\0';
 	return 0;

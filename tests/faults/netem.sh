@@ -93,7 +93,7 @@ run_in_vm() {
 		case $d in /tmp/* | /run/* | /dev/shm/*) shares+=(--share "$d") ;; esac
 	done
 	export FAULT_SLOW=$VM_SLOW
-	echo "netem: this kernel has no netem; running ${CASES[*]} in a VM (soft-roce-setup/run)"
+	echo "netem: $1; running ${CASES[*]} in a VM (soft-roce-setup/run)"
 	exec "$RUN" --method vm --memory $VM_MEMORY_MIB --timeout "$VM_TIMEOUT_S" \
 		--module veth --module sch_netem "${shares[@]}" \
 		--env FAULT_SLOW --env FAULT_RAM --env ASAN_OPTIONS --env UBSAN_OPTIONS \
@@ -102,6 +102,6 @@ run_in_vm() {
 
 case $METHOD in
 host) run_here ;;
-vm) run_in_vm ;;
-auto) if host_has_netem; then run_here; else run_in_vm; fi ;;
+vm) run_in_vm "--method vm" ;;
+auto) if host_has_netem; then run_here; else run_in_vm "this kernel has no netem"; fi ;;
 esac

@@ -288,7 +288,7 @@ check_completed() {
 	has "$WORK/d1.json" '.event=="verify" and .verified==true' ||
 		fail "destination did not verify"
 	note "$(jq -r 'select(.event=="result" and .role=="source") |
-		"completed in \(."total-time") ms, \(.iteration) passes after bulk" +
+		"completed in \(."total-time") ms, \(.iteration) pass\(if .iteration == 1 then "" else "es" end) after bulk" +
 		(if ."forced-switchover" then ", switchover forced by the watchdog" else "" end)' \
 		"$WORK/src.json"); destination verified every page"
 }

@@ -94,8 +94,10 @@ struct shm_conn {
 	atomic_flag why_set;
 	struct shm_watch watch;
 	unsigned timeout_ms;
-	/* receiving side: what the peer may write (framed runs) */
+	/* receiving side: what the peer may write (framed runs); once
+	 * revoked, nothing (region[] stays, as in stream.c) */
 	struct pc_stream_region region[PRECOPY_MAX_REGIONS];
+	atomic_bool revoked;
 	/* sending side: the peer's regions mapped here (direct writes) */
 	pthread_rwlock_t plock;
 	struct pc_stream_region peer[PRECOPY_MAX_REGIONS];
@@ -261,6 +263,7 @@ static int conn_new(const int *fds, unsigned nchan, const char *path, unsigned t
 	c->base.nchan = nchan;
 	c->timeout_ms = timeout_ms;
 	atomic_init(&c->aborted, false);
+	atomic_init(&c->revoked, false);
 	atomic_flag_clear(&c->why_set);
 	c->abort_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (c->abort_fd < 0) {
@@ -617,7 +620,7 @@ static int shm_unexpose_all(struct pc_transport *t)
 	uint8_t h[PC_FRAME_HDR];
 	struct iovec v = { h, sizeof(h) };
 
-	memset(c->region, 0, sizeof(c->region));
+	atomic_store(&c->revoked, true);
 	/* Best effort: the peer's transport unmaps what it mapped. A peer
 	 * that ignores this keeps its mapping (it runs as our uid or root,
 	 * which could ptrace us anyway). */
@@ -860,6 +863,10 @@ static int recv_common(struct shm_conn *c, unsigned chan, void *buf, size_t cap,
 		}
 		if (region >= PRECOPY_MAX_REGIONS || !c->region[region].addr) {
 			set_why(c, "page run for region %u, which is not registered", region);
+			return chan_fail(c, chan, -EPROTO);
+		}
+		if (atomic_load(&c->revoked)) {
+			set_why(c, "page run for region %u after the regions were revoked", region);
 			return chan_fail(c, chan, -EPROTO);
 		}
 		if (n == 0 || off > c->region[region].len || n > c->region[region].len - off) {

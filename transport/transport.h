@@ -154,7 +154,12 @@ struct pc_transport_ops {
 	/* --- memory --- */
 	/** Receiving side: let the peer write region @id = [addr, addr+len). */
 	pc_tp_expose_region_op expose_region;
-	/** Receiving side: revoke every exposed region (old keys then fail). */
+	/**
+	 * Receiving side: revoke every exposed region for good (old keys
+	 * then fail; page runs that arrive later fail their channel). Any
+	 * thread, also while other channels are being received and after
+	 * abort(); the memory stays the caller's.
+	 */
 	pc_tp_unexpose_all_op unexpose_all;
 	/** Sending side: make local memory usable as a write_pages source. */
 	pc_tp_reg_local_op reg_local;

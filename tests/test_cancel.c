@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -289,6 +290,48 @@ static void cancel__source_after_completion(void **state)
 	pc_guest_delete(&g);
 }
 
+/* shm: connect() waits for the listener's verdict; a listener that never
+ * accepts leaves the source there. A cancel ends that wait, not the
+ * transport's own 10 s limit (the error would then say "timed out"). */
+static void cancel__source_connecting(void **state)
+{
+	struct pc_guest *g;
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	struct precopy_stats st;
+	struct h_src s;
+	char uri[128];
+	int fd;
+
+	(void)state;
+	if (!shm) {
+		print_message("tcp: connect does not wait for the listener (see in_setup)\n");
+		skip();
+	}
+	g = make_guest();
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s/never%u.sock", shm_dir, shm_seq++);
+	snprintf(uri, sizeof(uri), "shm:%s", a.sun_path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(fd >= 0);
+	assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(fd, 4), 0); /* and never accept() */
+	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
+	assert_int_equal(h_src_start(&s, uri), 0);
+	assert_true(h_wait_status(s.s, PRECOPY_STATUS_SETUP, 10000));
+	usleep(200 * 1000); /* in connect(), waiting for the verdict */
+	assert_int_equal(precopy_cancel(s.s), 0);
+	assert_int_equal(h_src_join(&s), -ECANCELED);
+	expect_status(s.s, PRECOPY_STATUS_CANCELLED);
+	precopy_query(s.s, &st);
+	print_message("source: %s\n", st.error);
+	assert_null(strstr(st.error, "timed out"));
+	assert_int_equal(s.stops, 0);
+	h_src_free(&s);
+	close(fd);
+	unlink(a.sun_path);
+	intact_then_retry(g);
+	pc_guest_delete(&g);
+}
+
 /* Cancel the source once it is in @when; the destination fails. */
 static void cancel_source_in(enum precopy_status when)
 {
@@ -489,6 +532,7 @@ int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(cancel__source_before_start, setup, teardown),
+		cmocka_unit_test_setup_teardown(cancel__source_connecting, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__source_in_setup, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__source_in_bulk, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__source_in_iterate, setup, teardown),

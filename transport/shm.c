@@ -906,10 +906,13 @@ static void tune(int fd)
 	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
 }
 
-/* Read exactly @n bytes from a non-blocking @fd within @ms. */
-static int read_within(int fd, void *buf, size_t n, int abort_fd, unsigned ms)
+/* Read exactly @n bytes from a non-blocking @fd, waiting at most @ms at a
+ * time; -ECANCELED as soon as *@cancel is set (checked every 50 ms). */
+static int read_within(int fd, void *buf, size_t n, int abort_fd, unsigned ms,
+		       const atomic_bool *cancel)
 {
 	uint8_t *p = buf;
+	unsigned waited = 0;
 
 	while (n > 0) {
 		ssize_t r = recv(fd, p, n, MSG_DONTWAIT);
@@ -923,11 +926,16 @@ static int read_within(int fd, void *buf, size_t n, int abort_fd, unsigned ms)
 				continue;
 			if (errno != EAGAIN)
 				return -errno;
-			err = wait_fd(fd, POLLIN, abort_fd, NULL, ms);
+			if (cancel && atomic_load(cancel))
+				return -ECANCELED;
+			err = wait_fd(fd, POLLIN, abort_fd, NULL, cancel && ms > 50 ? 50 : ms);
+			if (err == -ETIMEDOUT && cancel && (waited += 50) < ms)
+				continue;
 			if (err)
 				return err;
 			continue;
 		}
+		waited = 0;
 		p += r;
 		n -= (size_t)r;
 	}
@@ -1080,7 +1088,7 @@ static int accept_one(struct shm_listener *l, unsigned ms, int *fdp, uint8_t *he
 		return -EAGAIN;
 	}
 	tune(fd);
-	err = read_within(fd, hello, SHM_HELLO_SIZE, l->abort_fd, 5000);
+	err = read_within(fd, hello, SHM_HELLO_SIZE, l->abort_fd, 5000, NULL);
 	if (err) {
 		close(fd);
 		return err == -ECANCELED ? err : -EAGAIN;
@@ -1230,7 +1238,7 @@ static int shm_connect(const char *path, const struct pc_transport_opts *o,
 	for (unsigned i = 0; i < nchan; i++) {
 		int abort_never = -1;
 
-		err = read_within(fds[i], r, sizeof(r), abort_never, 10000);
+		err = read_within(fds[i], r, sizeof(r), abort_never, 10000, o ? o->cancel : NULL);
 		if (!err && pc_get_le32(r) != SHM_MAGIC)
 			err = -EPROTO;
 		if (!err && pc_get_le32(r + 4)) {

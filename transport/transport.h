@@ -30,6 +30,8 @@
 #ifndef PC_TRANSPORT_H
 #define PC_TRANSPORT_H
 
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/uio.h>
@@ -98,6 +100,10 @@ struct pc_transport_opts {
 	/** "tls": authentication settings (NULL: the scheme fails with
 	 *  -EINVAL); the caller keeps them alive while the connection is. */
 	const struct precopy_tls *tls;
+	/** connect, optional: the caller's cancel flag. A transport whose
+	 *  connect waits for the peer (shm: for the listener's verdict)
+	 *  polls it and gives up with -ECANCELED once it is set. */
+	const atomic_bool *cancel;
 };
 
 typedef int (*pc_tp_listen_op)(const char *addr, const struct pc_transport_opts *o,

@@ -165,7 +165,9 @@ static void connect__wrong_key_refused(void **state)
 {
 	const struct pc_transport_ops *ops = pc_transport_find("rdma");
 	struct acceptor a = { .ops = ops, .key = "right key", .err = 1 };
-	struct pc_transport_opts o = { .channels = 2, .key = "wrong key", .key_len = 9 };
+	char why[160] = "";
+	struct pc_transport_opts o = { .channels = 2, .key = "wrong key", .key_len = 9,
+				       .why = why, .whylen = sizeof(why) };
 	struct pc_transport *t = NULL;
 	char uri[200];
 	pthread_t th;
@@ -177,6 +179,8 @@ static void connect__wrong_key_refused(void **state)
 	/* a wrong key and no key are refused before accept... */
 	assert_int_equal(ops->connect(uri + 5, &o, &t), -EACCES);
 	assert_null(t);
+	printf("# wrong key: %s\n", why);
+	assert_non_null(strstr(why, "authentication"));
 	o.key = NULL;
 	o.key_len = 0;
 	assert_int_equal(ops->connect(uri + 5, &o, &t), -EACCES);
@@ -434,6 +438,92 @@ static struct ibv_wc cq_wait(struct ibv_cq *cq)
 	}
 	fail_msg("no completion within a minute");
 	return wc;
+}
+
+/* --- an impostor destination ---------------------------------------------------- */
+
+/* A listener of raw rdma_cm that accepts any request and answers with a
+ * token it cannot compute (it lacks the key). Runs in a thread: no cmocka
+ * checks in it. */
+struct impostor {
+	struct rdma_event_channel *ec;
+	struct rdma_cm_id *lid, *id;
+	struct ibv_pd *pd;
+	struct ibv_cq *cq;
+	int step; /* how far it got: 1 request, 2 accepted */
+};
+
+static void *impostor_main(void *arg)
+{
+	struct impostor *im = arg;
+	struct ibv_qp_init_attr qa = { .qp_type = IBV_QPT_RC,
+				       .cap = { .max_send_wr = 4, .max_recv_wr = 4,
+						.max_send_sge = 1, .max_recv_sge = 1 } };
+	struct rdma_conn_param cp = { .retry_count = 6, .rnr_retry_count = 6 };
+	struct pollfd pf = { .fd = im->ec->fd, .events = POLLIN };
+	struct rdma_cm_event *ev;
+	uint8_t rep[40];
+
+	if (poll(&pf, 1, 60000) != 1 || rdma_get_cm_event(im->ec, &ev))
+		return NULL;
+	if (ev->event != RDMA_CM_EVENT_CONNECT_REQUEST) {
+		rdma_ack_cm_event(ev);
+		return NULL;
+	}
+	im->id = ev->id;
+	rdma_ack_cm_event(ev);
+	im->step = 1;
+	im->pd = ibv_alloc_pd(im->id->verbs);
+	im->cq = ibv_create_cq(im->id->verbs, 8, NULL, NULL, 0);
+	qa.send_cq = qa.recv_cq = im->cq;
+	if (!im->pd || !im->cq || rdma_create_qp(im->id, im->pd, &qa))
+		return NULL;
+	memset(rep, 0xa5, sizeof(rep)); /* a well-formed reply, a made-up token */
+	pc_put_le32(rep, 0x31524350u);
+	rep[4] = 1;
+	rep[5] = 0;
+	cp.private_data = rep;
+	cp.private_data_len = sizeof(rep);
+	if (rdma_accept(im->id, &cp) == 0)
+		im->step = 2;
+	return NULL;
+}
+
+/* The source does not take an acceptor that cannot prove it holds the
+ * key for the destination: it fails with the reason before anything but
+ * the connect request was sent. */
+static void connect__impostor_destination_refused(void **state)
+{
+	const struct pc_transport_ops *ops = pc_transport_find("rdma");
+	struct impostor im = { 0 };
+	struct sockaddr_in la;
+	char why[160] = "", uri[200];
+	struct pc_transport_opts o = { .channels = 1, .key = "right key", .key_len = 9,
+				       .why = why, .whylen = sizeof(why) };
+	struct pc_transport *t = NULL;
+	pthread_t th;
+
+	(void)state;
+	im.ec = rdma_create_event_channel();
+	assert_non_null(im.ec);
+	addr_of(addr, 0, &la);
+	assert_int_equal(rdma_create_id(im.ec, &im.lid, NULL, RDMA_PS_TCP), 0);
+	assert_int_equal(rdma_bind_addr(im.lid, (struct sockaddr *)&la), 0);
+	assert_int_equal(rdma_listen(im.lid, 1), 0);
+	snprintf(uri, sizeof(uri), "%s:%u", addr, ntohs(rdma_get_src_port(im.lid)));
+	assert_int_equal(pthread_create(&th, NULL, impostor_main, &im), 0);
+	assert_int_equal(ops->connect(uri, &o, &t), -EACCES);
+	pthread_join(th, NULL);
+	assert_null(t);
+	assert_int_equal(im.step, 2); /* it did accept */
+	printf("# impostor destination: %s\n", why);
+	assert_non_null(strstr(why, "failed authentication"));
+	rdma_destroy_qp(im.id);
+	rdma_destroy_id(im.id);
+	ibv_destroy_cq(im.cq);
+	ibv_dealloc_pd(im.pd);
+	rdma_destroy_id(im.lid);
+	rdma_destroy_event_channel(im.ec);
 }
 
 /* --- a probe: our own queue pair into a connection's protection domain ------------ */
@@ -1666,6 +1756,7 @@ int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(connect__wrong_key_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(connect__impostor_destination_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(write_pages__stale_key_refused_after_unexpose, setup, teardown),
 		cmocka_unit_test_setup_teardown(migrate__pattern_1_qp_with_key, setup, teardown),
 		cmocka_unit_test_setup_teardown(migrate__pattern_2_qps_pin_all, setup, teardown),

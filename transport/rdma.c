@@ -1614,6 +1614,14 @@ static int wait_event(struct rd_conn *c, struct rdma_cm_id *id, enum rdma_cm_eve
 	return 0;
 }
 
+/* A connection that failed while being set up goes away with it: hand
+ * its reason to the caller (the engine puts it in its error). */
+static void give_why(struct rd_conn *c, const struct pc_transport_opts *o)
+{
+	if (o && o->why && o->whylen && c->base.why[0])
+		snprintf(o->why, o->whylen, "%s", c->base.why);
+}
+
 static void req_encode(uint8_t *b, unsigned chan, unsigned nchan, uint64_t cookie,
 		       uint64_t nonce, struct rd_conn *c, const void *key, size_t klen)
 {
@@ -1771,6 +1779,7 @@ static int rd_connect(const char *addr, const struct pc_transport_opts *o,
 fail:
 	if (res)
 		freeaddrinfo(res);
+	give_why(c, o);
 	conn_free(c);
 	return err;
 }
@@ -2024,8 +2033,10 @@ static int rd_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
 	*out = &c->base;
 	return 0;
 fail:
-	if (c)
+	if (c) {
+		give_why(c, o);
 		conn_free(c);
+	}
 	return err;
 }
 

@@ -182,6 +182,30 @@ static int handle_devstate(struct dest *d, const struct pc_wire_msg *m)
 	return 0;
 }
 
+/*
+ * The last moment a cancel at the destination can still win: a guest that
+ * is verified and loaded is resumed only if nobody cancelled first, and
+ * from here on precopy_cancel() is refused (-EBUSY), as at the source once
+ * COMPLETE is on its way. Without this a cancel during load_device_state
+ * would abort the connection, the source would resume its guest on the
+ * lost verdict, and this end would resume its copy too.
+ */
+static int commit(struct dest *d, char *text, size_t len)
+{
+	struct precopy_session *s = d->s;
+	int status = 0;
+
+	pthread_mutex_lock(&s->lock);
+	if (atomic_load(&s->cancel)) {
+		status = -ECANCELED;
+		snprintf(text, len, "cancelled at the destination before the guest was resumed");
+	} else {
+		atomic_store(&s->committed, true);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return status;
+}
+
 /* COMPLETE: verify everything, load device state, start the guest. */
 static int handle_complete(struct dest *d, const struct pc_wire_msg *m)
 {
@@ -190,6 +214,11 @@ static int handle_complete(struct dest *d, const struct pc_wire_msg *m)
 	char text[PC_WIRE_TEXT_MAX + 1] = "";
 	int status = 0, err;
 
+	/* The source says it has written everything: from here on nothing
+	 * more may land in our memory. Revoke the peer's access (RDMA keys
+	 * deregistered, stream page runs refused) before the memory is
+	 * verified and long before the guest can start. */
+	d->tp->ops->unexpose_all(d->tp);
 	pthread_mutex_lock(&d->mu);
 	/* Every pass ends on every channel before COMPLETE, and a source
 	 * sends at least the bulk pass and the switchover pass. */
@@ -231,6 +260,8 @@ static int handle_complete(struct dest *d, const struct pc_wire_msg *m)
 			snprintf(text, sizeof(text), "load_device_state failed: %s", strerror(-err));
 		}
 	}
+	if (!status)
+		status = commit(d, text, sizeof(text));
 	if (!status && s->cb.resume_vm) {
 		err = s->cb.resume_vm(s->cb.opaque);
 		if (err) {
@@ -464,6 +495,8 @@ static int handoff_complete(struct dest *d, const struct pc_wire_msg *m, const i
 			snprintf(text, sizeof(text), "load_device_state failed: %s", strerror(-err));
 		}
 	}
+	if (!status)
+		status = commit(d, text, sizeof(text));
 	if (!status && s->cb.resume_vm) {
 		err = s->cb.resume_vm(s->cb.opaque);
 		if (err) {

@@ -51,7 +51,7 @@ struct precopy_session {
 
 	atomic_int run_state;        /**< enum pc_run_state */
 	atomic_bool cancel;
-	atomic_bool committed;       /**< source: COMPLETE is on its way */
+	atomic_bool committed;       /**< COMPLETE is on its way (source), the guest is being resumed (dest) */
 
 	/* lock protects: st, tp and lst (for cancel), the error text */
 	pthread_mutex_t lock;

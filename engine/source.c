@@ -742,7 +742,7 @@ static int migrate(struct source *src, const char *uri)
 				       .timeout_ms = s->params.timeout_ms,
 				       .key = s->key, .key_len = s->key_len,
 				       .tls = s->have_tls ? &s->tls : NULL,
-				       .why = why, .whylen = sizeof(why) };
+				       .why = why, .whylen = sizeof(why), .cancel = &s->cancel };
 	struct pc_transport *tp;
 	const char *rest;
 	enum pc_decision d = PC_CONTINUE;
@@ -759,6 +759,8 @@ static int migrate(struct source *src, const char *uri)
 	if (atomic_load(&s->cancel))
 		return -ECANCELED;
 	err = ops->connect(rest, &o, &tp);
+	if (err == -ECANCELED)
+		return err;
 	if (err == -EINVAL && !why[0])
 		return pc_fail(s, err, "bad destination URI '%s' (expected %s:HOST:PORT, port 1..65535)",
 			       uri, pc_transport_schemes());

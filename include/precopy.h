@@ -474,9 +474,13 @@ int precopy_incoming(struct precopy_session *s);
  * harmless. Once the source has sent its COMPLETE record the destination
  * may resume the guest at any moment, so from then on a cancel is refused
  * (-EBUSY) rather than risk the guest running at both ends; the migration
- * ends a moment later either way.
+ * ends a moment later either way. At the destination a cancel is taken
+ * until the moment the verified guest is about to be resumed (even during
+ * load_device_state: the guest is then not resumed); after that it is
+ * refused (-EBUSY).
  * Return: 0; -EINVAL if @s is NULL; -EALREADY if it had already ended;
- * -EBUSY if the source already handed the guest over.
+ * -EBUSY if the guest was already handed over (source) or is being
+ * resumed (destination).
  */
 int precopy_cancel(struct precopy_session *s);
 

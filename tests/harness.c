@@ -18,7 +18,7 @@ static int d_load(void *o, const void *buf, size_t len)
 		return -EINVAL;
 	memcpy(&d->desc, buf, len);
 	d->have_desc = true;
-	return 0;
+	return d->on_load ? d->on_load(d) : 0;
 }
 
 static int d_resume(void *o)
@@ -101,6 +101,7 @@ int h_dest_start_opts(struct h_dest *d, size_t len, const struct h_dest_opts *o)
 	memset(d, 0, sizeof(*d));
 	d->len = len;
 	d->fd = -1;
+	d->on_load = o->on_load;
 	if (o->memfd) {
 		err = precopy_memfd_alloc(len, -1, &d->ram, &d->fd);
 		if (err) {
@@ -182,8 +183,12 @@ static int s_resume(void *o)
 
 static int s_save(void *o, void **buf, size_t *len)
 {
-	struct pc_guest_desc *d = malloc(sizeof(*d));
+	struct h_src *s = o;
+	struct pc_guest_desc *d;
 
+	if (s->on_save)
+		s->on_save(s);
+	d = malloc(sizeof(*d));
 	if (!d)
 		return -ENOMEM;
 	pc_guest_describe(((struct h_src *)o)->guest, d);
@@ -251,6 +256,20 @@ void h_src_free(struct h_src *s)
 {
 	if (s->s)
 		precopy_delete(&s->s);
+}
+
+bool h_guest_runs(struct pc_guest *g)
+{
+	uint64_t w0 = pc_guest_writes(g);
+
+	for (unsigned i = 0; i < 3000; i++) {
+		struct timespec ts = { 0, 10 * 1000 * 1000 };
+
+		nanosleep(&ts, NULL);
+		if (pc_guest_writes(g) > w0)
+			return true;
+	}
+	return false;
 }
 
 bool h_wait_status(struct precopy_session *s, enum precopy_status want, unsigned ms)

@@ -21,6 +21,9 @@ struct h_dest {
 	struct pc_guest_desc desc;
 	bool have_desc;
 	unsigned resumed;
+	/** Called from the load_device_state hook (on the destination's
+	 *  thread), if set; a non-zero return is the hook's result. */
+	int (*on_load)(struct h_dest *d);
 };
 
 struct h_src {
@@ -34,6 +37,8 @@ struct h_src {
 	bool running;
 	/** Called from the stop_vm hook (after the guest paused), if set. */
 	void (*on_stop)(struct h_src *s);
+	/** Called from the save_device_state hook, if set. */
+	void (*on_save)(struct h_src *s);
 };
 
 /** Map @len bytes, listen on tcp:127.0.0.1:0, accept in a thread. */
@@ -61,6 +66,7 @@ struct h_dest_opts {
 	size_t key_len;
 	const struct precopy_tls *tls;
 	bool no_run;
+	int (*on_load)(struct h_dest *d);
 };
 int h_dest_start_opts(struct h_dest *d, size_t len, const struct h_dest_opts *o);
 int h_dest_run(struct h_dest *d);
@@ -74,11 +80,15 @@ void h_dest_free(struct h_dest *d);
  *  guest (pc_guest_fd() >= 0) is registered with its fd. */
 int h_src_new(struct h_src *s, struct pc_guest *guest, const struct precopy_params *p,
 	      enum precopy_dirty_mode mode);
-/** Run precopy_migrate(@uri) in a thread (h_src_new() clears on_stop:
- *  set it after). */
+/** Run precopy_migrate(@uri) in a thread (h_src_new() clears on_stop
+ *  and on_save: set them after). */
 int h_src_start(struct h_src *s, const char *uri);
 int h_src_join(struct h_src *s);
 void h_src_free(struct h_src *s);
+
+/** Whether @g still runs: its write count grows (waits up to 30 s for it,
+ *  however loaded the machine). */
+bool h_guest_runs(struct pc_guest *g);
 
 /** Wait until @s reaches @st (or ends), at most @ms. Return: true if reached. */
 bool h_wait_status(struct precopy_session *s, enum precopy_status st, unsigned ms);

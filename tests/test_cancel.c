@@ -1,13 +1,18 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Cancel at either end in every state, including before the start and
- * after the end (test_migrate.c covers the source in bulk and iterate).
+ * Cancel at either end in every state: before the start, in setup, bulk,
+ * iterate and switchover, and after the end.
+ *   test_cancel [tcp]       over tcp:127.0.0.1:0
+ *   test_cancel shm         over shm:PATH, the destination's RAM a memfd
+ *                           (pages written straight into it)
  * Whatever is cancelled: the cancelled end reports CANCELLED, the other
  * end never reports success, the source guest runs with its memory intact,
  * it then migrates to a fresh destination, and no descriptor is left open.
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <netinet/in.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,16 +22,38 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include "harness.h"
+#include "transport.h"
 
 #define MiB (1ull << 20)
 #define RAM (32 * MiB)
 
 static long fds_at_start;
+static bool shm;              /* over shm: instead of tcp: */
+static char shm_dir[64];
+static unsigned shm_seq;
+static char uri_buf[128];
+
+/* A destination on this run's transport: tcp:127.0.0.1:0, or a fresh
+ * shm:PATH with memfd RAM. */
+static int dest_start(struct h_dest *d, const struct precopy_params *p, bool run,
+		      int (*on_load)(struct h_dest *))
+{
+	struct h_dest_opts o = { .p = p, .no_run = !run, .on_load = on_load };
+
+	if (shm) {
+		snprintf(uri_buf, sizeof(uri_buf), "shm:%s/c%u.sock", shm_dir, shm_seq++);
+		o.uri = uri_buf;
+		o.memfd = true;
+	}
+	return h_dest_start_opts(d, RAM, &o);
+}
 
 static int setup(void **state)
 {
@@ -67,17 +94,15 @@ static void intact_then_retry(struct pc_guest *g)
 	char why[256];
 	size_t len;
 	void *mem = pc_guest_ram(g, &len);
-	uint64_t w0 = pc_guest_writes(g);
 
-	usleep(100 * 1000);
-	assert_true(pc_guest_writes(g) > w0);
+	assert_true(h_guest_runs(g));
 	pc_guest_pause(g);
 	pc_guest_describe(g, &desc);
 	if (pc_guest_verify(mem, len, &desc, why, sizeof(why)))
 		fail_msg("source memory not intact: %s", why);
 	pc_guest_resume(g);
 
-	assert_int_equal(h_dest_start(&d, RAM), 0);
+	assert_int_equal(dest_start(&d, NULL, true, NULL), 0);
 	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
 	assert_int_equal(h_src_start(&s, d.uri), 0);
 	assert_int_equal(h_src_join(&s), 0);
@@ -119,14 +144,86 @@ static int mute_listener(char *uri, size_t len)
 	return fd;
 }
 
+/* The same over shm: a listener of the transport that accepts the
+ * connection and then says nothing. */
+struct mute {
+	int fd;                 /* tcp */
+	struct pc_listener *l;  /* shm */
+	struct pc_transport *t;
+	pthread_t th;
+	int err;
+};
+
+static void *mute_accept(void *arg)
+{
+	struct mute *m = arg;
+	struct pc_transport_opts o = { 0 };
+
+	m->err = m->l->ops->accept(m->l, &o, &m->t);
+	return NULL;
+}
+
+static void mute_start(struct mute *m, char *uri, size_t len)
+{
+	const struct pc_transport_ops *ops = pc_transport_find("shm");
+	struct pc_transport_opts o = { 0 };
+
+	memset(m, 0, sizeof(*m));
+	m->fd = -1;
+	if (!shm) {
+		m->fd = mute_listener(uri, len);
+		return;
+	}
+	snprintf(uri, len, "shm:%s/mute%u.sock", shm_dir, shm_seq++);
+	assert_int_equal(ops->listen(uri + 4, &o, &m->l), 0);
+	assert_int_equal(pthread_create(&m->th, NULL, mute_accept, m), 0);
+}
+
+static void mute_stop(struct mute *m)
+{
+	if (m->fd >= 0) {
+		close(m->fd);
+		return;
+	}
+	m->l->ops->listener_abort(m->l);
+	pthread_join(m->th, NULL);
+	pc_tp_close(m->t);
+	m->l->ops->listener_close(m->l);
+}
+
+static void cancel__source_before_start(void **state)
+{
+	struct pc_guest *g = make_guest();
+	struct h_dest d;
+	struct h_src s;
+
+	(void)state;
+	assert_int_equal(dest_start(&d, NULL, true, NULL), 0);
+	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
+	assert_int_equal(precopy_cancel(s.s), 0);
+	assert_int_equal(h_src_start(&s, d.uri), 0);
+	assert_int_equal(h_src_join(&s), -ECANCELED);
+	expect_status(s.s, PRECOPY_STATUS_CANCELLED);
+	assert_int_equal(s.stops, 0);
+	/* the destination saw no source: it is still waiting */
+	assert_int_equal(precopy_cancel(d.s), 0);
+	assert_int_equal(h_dest_join(&d), -ECANCELED);
+	assert_int_equal(d.resumed, 0);
+	h_src_free(&s);
+	h_dest_free(&d);
+	intact_then_retry(g);
+	pc_guest_delete(&g);
+}
+
 static void cancel__source_in_setup(void **state)
 {
 	struct pc_guest *g = make_guest();
 	struct h_src s;
-	char uri[64];
-	int lfd = mute_listener(uri, sizeof(uri));
+	char uri[128];
+	struct mute m;
 
 	(void)state;
+	mute_start(&m, uri, sizeof(uri));
 	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
 	assert_int_equal(h_src_start(&s, uri), 0);
 	assert_true(h_wait_status(s.s, PRECOPY_STATUS_SETUP, 10000));
@@ -136,7 +233,7 @@ static void cancel__source_in_setup(void **state)
 	expect_status(s.s, PRECOPY_STATUS_CANCELLED);
 	assert_int_equal(s.stops, 0);
 	h_src_free(&s);
-	close(lfd);
+	mute_stop(&m);
 	intact_then_retry(g);
 	pc_guest_delete(&g);
 }
@@ -154,7 +251,7 @@ static void cancel__source_in_switchover(void **state)
 	struct h_src s;
 
 	(void)state;
-	assert_int_equal(h_dest_start(&d, RAM), 0);
+	assert_int_equal(dest_start(&d, NULL, true, NULL), 0);
 	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
 	s.on_stop = cancel_from_stop_hook;
 	assert_int_equal(h_src_start(&s, d.uri), 0);
@@ -177,7 +274,7 @@ static void cancel__source_after_completion(void **state)
 	struct h_src s;
 
 	(void)state;
-	assert_int_equal(h_dest_start(&d, RAM), 0);
+	assert_int_equal(dest_start(&d, NULL, true, NULL), 0);
 	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
 	assert_int_equal(h_src_start(&s, d.uri), 0);
 	assert_int_equal(h_src_join(&s), 0);
@@ -193,15 +290,99 @@ static void cancel__source_after_completion(void **state)
 	pc_guest_delete(&g);
 }
 
+/* shm: connect() waits for the listener's verdict; a listener that never
+ * accepts leaves the source there. A cancel ends that wait, not the
+ * transport's own 10 s limit (the error would then say "timed out"). */
+static void cancel__source_connecting(void **state)
+{
+	struct pc_guest *g;
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	struct precopy_stats st;
+	struct h_src s;
+	char uri[128];
+	int fd;
+
+	(void)state;
+	if (!shm) {
+		print_message("tcp: connect does not wait for the listener (see in_setup)\n");
+		skip();
+	}
+	g = make_guest();
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s/never%u.sock", shm_dir, shm_seq++);
+	snprintf(uri, sizeof(uri), "shm:%s", a.sun_path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(fd >= 0);
+	assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(fd, 4), 0); /* and never accept() */
+	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
+	assert_int_equal(h_src_start(&s, uri), 0);
+	assert_true(h_wait_status(s.s, PRECOPY_STATUS_SETUP, 10000));
+	usleep(200 * 1000); /* in connect(), waiting for the verdict */
+	assert_int_equal(precopy_cancel(s.s), 0);
+	assert_int_equal(h_src_join(&s), -ECANCELED);
+	expect_status(s.s, PRECOPY_STATUS_CANCELLED);
+	precopy_query(s.s, &st);
+	print_message("source: %s\n", st.error);
+	assert_null(strstr(st.error, "timed out"));
+	assert_int_equal(s.stops, 0);
+	h_src_free(&s);
+	close(fd);
+	unlink(a.sun_path);
+	intact_then_retry(g);
+	pc_guest_delete(&g);
+}
+
+/* Cancel the source once it is in @when; the destination fails. */
+static void cancel_source_in(enum precopy_status when)
+{
+	struct pc_guest *g = make_guest();
+	struct precopy_params p;
+	struct h_dest d;
+	struct h_src s;
+
+	precopy_params_init(&p);
+	p.max_bandwidth = 16 * MiB; /* a bulk pass of 2 s */
+	p.downtime_limit_ms = 1;     /* then iterations until cancelled */
+	assert_int_equal(dest_start(&d, NULL, true, NULL), 0);
+	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
+	assert_int_equal(h_src_start(&s, d.uri), 0);
+	assert_true(h_wait_status(s.s, when, 30000));
+	usleep(100 * 1000);
+	assert_int_equal(precopy_cancel(s.s), 0);
+	assert_int_equal(h_src_join(&s), -ECANCELED);
+	expect_status(s.s, PRECOPY_STATUS_CANCELLED);
+	assert_int_equal(s.resumes, s.stops);
+	assert_true(h_dest_join(&d) < 0);
+	expect_status(d.s, PRECOPY_STATUS_FAILED);
+	assert_int_equal(d.resumed, 0);
+	h_src_free(&s);
+	h_dest_free(&d);
+	intact_then_retry(g);
+	pc_guest_delete(&g);
+}
+
+static void cancel__source_in_bulk(void **state)
+{
+	(void)state;
+	cancel_source_in(PRECOPY_STATUS_BULK);
+}
+
+static void cancel__source_in_iterate(void **state)
+{
+	(void)state;
+	cancel_source_in(PRECOPY_STATUS_ITERATE);
+}
+
 static void cancel__source_after_failure(void **state)
 {
 	struct pc_guest *g = make_guest();
 	struct h_src s;
-	char uri[64];
-	int lfd = mute_listener(uri, sizeof(uri));
+	char uri[128];
+	struct mute m;
 
 	(void)state;
-	close(lfd); /* nobody listens there now */
+	mute_start(&m, uri, sizeof(uri));
+	mute_stop(&m); /* nobody listens there now */
 	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
 	assert_int_equal(h_src_start(&s, uri), 0);
 	assert_true(h_src_join(&s) < 0);
@@ -220,7 +401,7 @@ static void cancel__dest_before_start(void **state)
 	struct h_dest d;
 
 	(void)state;
-	assert_int_equal(h_dest_start_ex(&d, RAM, NULL, false), 0);
+	assert_int_equal(dest_start(&d, NULL, false, NULL), 0);
 	assert_int_equal(precopy_cancel(d.s), 0);
 	assert_int_equal(h_dest_run(&d), 0);
 	assert_int_equal(h_dest_join(&d), -ECANCELED);
@@ -234,7 +415,7 @@ static void cancel__dest_in_setup(void **state)
 	struct h_dest d;
 
 	(void)state;
-	assert_int_equal(h_dest_start(&d, RAM), 0);
+	assert_int_equal(dest_start(&d, NULL, true, NULL), 0);
 	assert_true(h_wait_status(d.s, PRECOPY_STATUS_SETUP, 10000));
 	usleep(100 * 1000); /* waiting for a source */
 	assert_int_equal(precopy_cancel(d.s), 0);
@@ -253,7 +434,7 @@ static void cancel_dest_in(enum precopy_status when)
 	precopy_params_init(&p);
 	p.max_bandwidth = 16 * MiB; /* a bulk pass of 2 s */
 	p.downtime_limit_ms = 1;     /* then iterations until cancelled */
-	assert_int_equal(h_dest_start(&d, RAM), 0);
+	assert_int_equal(dest_start(&d, NULL, true, NULL), 0);
 	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
 	assert_int_equal(h_src_start(&s, d.uri), 0);
 	assert_true(h_wait_status(d.s, when, 30000));
@@ -283,10 +464,78 @@ static void cancel__dest_in_iterate(void **state)
 	cancel_dest_in(PRECOPY_STATUS_ITERATE);
 }
 
-int main(void)
+/* From load_device_state: the destination is in switchover, its memory
+ * verified; the cancel wins, the guest is not resumed here. */
+static int cancel_from_load_hook(struct h_dest *d)
+{
+	if (precopy_cancel(d->s) != 0)
+		abort(); /* not the test's thread: no cmocka check here */
+	return 0;
+}
+
+static void cancel__dest_in_switchover(void **state)
+{
+	struct pc_guest *g = make_guest();
+	struct h_dest d;
+	struct h_src s;
+
+	(void)state;
+	assert_int_equal(dest_start(&d, NULL, true, cancel_from_load_hook), 0);
+	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
+	assert_int_equal(h_src_start(&s, d.uri), 0);
+	assert_int_equal(h_dest_join(&d), -ECANCELED);
+	expect_status(d.s, PRECOPY_STATUS_CANCELLED);
+	assert_true(d.have_desc);     /* it got as far as the device state */
+	assert_int_equal(d.resumed, 0); /* and did not start the guest */
+	assert_true(h_src_join(&s) < 0);
+	expect_status(s.s, PRECOPY_STATUS_FAILED);
+	assert_true(s.stops >= 1);
+	assert_int_equal(s.resumes, s.stops); /* the guest runs at the source */
+	h_src_free(&s);
+	h_dest_free(&d);
+	intact_then_retry(g);
+	pc_guest_delete(&g);
+}
+
+/* After the verified guest was resumed, a cancel is too late. */
+static void cancel__dest_after_completion(void **state)
+{
+	struct pc_guest *g = make_guest();
+	struct h_dest d;
+	struct h_src s;
+
+	(void)state;
+	assert_int_equal(dest_start(&d, NULL, true, NULL), 0);
+	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
+	assert_int_equal(h_src_start(&s, d.uri), 0);
+	assert_int_equal(h_dest_join(&d), 0);
+	assert_int_equal(precopy_cancel(d.s), -EALREADY);
+	expect_status(d.s, PRECOPY_STATUS_COMPLETED);
+	assert_int_equal(d.resumed, 1);
+	assert_int_equal(h_src_join(&s), 0);
+	expect_status(s.s, PRECOPY_STATUS_COMPLETED);
+	h_src_free(&s);
+	h_dest_free(&d);
+	pc_guest_resume(g);
+	pc_guest_delete(&g);
+}
+
+static int rm_shm_dir(void)
+{
+	char cmd[128];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", shm_dir);
+	return system(cmd);
+}
+
+int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(cancel__source_before_start, setup, teardown),
+		cmocka_unit_test_setup_teardown(cancel__source_connecting, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__source_in_setup, setup, teardown),
+		cmocka_unit_test_setup_teardown(cancel__source_in_bulk, setup, teardown),
+		cmocka_unit_test_setup_teardown(cancel__source_in_iterate, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__source_in_switchover, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__source_after_completion, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__source_after_failure, setup, teardown),
@@ -294,7 +543,27 @@ int main(void)
 		cmocka_unit_test_setup_teardown(cancel__dest_in_setup, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__dest_in_bulk, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__dest_in_iterate, setup, teardown),
+		cmocka_unit_test_setup_teardown(cancel__dest_in_switchover, setup, teardown),
+		cmocka_unit_test_setup_teardown(cancel__dest_after_completion, setup, teardown),
 	};
+	int rc;
 
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	if (argc > 1 && !strcmp(argv[1], "shm")) {
+		shm = true;
+		snprintf(shm_dir, sizeof(shm_dir), "/tmp/precopy-cancel-XXXXXX");
+		if (!mkdtemp(shm_dir)) {
+			perror("mkdtemp");
+			return 1;
+		}
+	} else if (argc > 1 && strcmp(argv[1], "tcp")) {
+		fprintf(stderr, "usage: test_cancel [tcp|shm]\n");
+		return 2;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	cmocka_set_test_filter(getenv("PRECOPY_TEST_FILTER"));
+	rc = cmocka_run_group_tests_name(shm ? "cancel over shm" : "cancel over tcp", tests,
+					 NULL, NULL);
+	if (shm)
+		rm_shm_dir();
+	return rc;
 }

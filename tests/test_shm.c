@@ -4,9 +4,14 @@
  * destination and into plain memory, handoff of a memfd guest; every page
  * verified with the synthetic guest's pattern. Robustness: a destination
  * SIGKILLed mid-migration, the socket path removed mid-migration; both
- * leave the source guest running and intact. Peer check: a process of
- * another uid is refused in both directions. NUMA placement on node 0 and
- * a clear error for a node that does not exist.
+ * leave the source guest running and intact. A source SIGKILLed in copy
+ * mode (bulk) and in a handoff (its memfd already across), and a handoff
+ * refused after the destination mapped the source's RAM: the destination
+ * fails, resumes nothing and keeps no descriptor and no mapping of the
+ * source's memory; a migration to a fresh destination then succeeds.
+ * Peer check: a process of another uid is refused in both directions.
+ * NUMA placement on node 0 and a clear error for a node that does not
+ * exist.
  *
  * Needs root for the uid tests (they setuid() to nobody); they skip
  * otherwise.
@@ -83,12 +88,10 @@ static void check_source_intact(struct pc_guest *g)
 {
 	struct pc_guest_desc desc;
 	char why[256];
-	uint64_t w0 = pc_guest_writes(g);
 	size_t len;
 	void *mem = pc_guest_ram(g, &len);
 
-	usleep(100 * 1000);
-	assert_true(pc_guest_writes(g) > w0);
+	assert_true(h_guest_runs(g));
 	pc_guest_pause(g);
 	pc_guest_describe(g, &desc);
 	if (pc_guest_verify(mem, len, &desc, why, sizeof(why)))
@@ -276,6 +279,274 @@ static void robust__socket_path_removed_mid_migration(void **state)
 {
 	(void)state;
 	fail_midway(false);
+}
+
+/* --- the source dies ---------------------------------------------------------- */
+
+/* Mappings of memfds in this process (ours or a peer's). */
+static long memfd_maps(void)
+{
+	char line[512];
+	long n = 0;
+	FILE *f = fopen("/proc/self/maps", "r");
+
+	assert_non_null(f);
+	while (fgets(line, sizeof(line), f))
+		if (strstr(line, "/memfd:"))
+			n++;
+	fclose(f);
+	return n;
+}
+
+/* What is mapped at @addr: true if a memfd ("/memfd:NAME"), with NAME. */
+static bool memfd_at(const void *addr, char *name, size_t len)
+{
+	char line[512];
+	bool found = false;
+	FILE *f = fopen("/proc/self/maps", "r");
+
+	assert_non_null(f);
+	while (!found && fgets(line, sizeof(line), f)) {
+		unsigned long lo, hi;
+		const char *m;
+
+		if (sscanf(line, "%lx-%lx", &lo, &hi) != 2 || (uintptr_t)addr < lo ||
+		    (uintptr_t)addr >= hi)
+			continue;
+		m = strstr(line, "/memfd:");
+		if (m) {
+			snprintf(name, len, "%s", m + 7);
+			name[strcspn(name, " \n")] = '\0';
+			found = true;
+		}
+		break;
+	}
+	fclose(f);
+	return found;
+}
+
+struct shm_leaks {
+	long fds, memfds;
+};
+
+static void shm_leaks_mark(struct shm_leaks *l)
+{
+	l->fds = h_count_fds();
+	l->memfds = memfd_maps();
+}
+
+static void shm_leaks_check(const struct shm_leaks *l, const char *when)
+{
+	long fds = h_count_fds(), memfds = memfd_maps();
+
+	print_message("%s: %ld descriptors (%ld before), %ld memfd mappings (%ld before)\n",
+		      when, fds, l->fds, memfds, l->memfds);
+	assert_int_equal(fds, l->fds);
+	assert_int_equal(memfds, l->memfds);
+}
+
+/*
+ * A source in a child process: it reads the destination's URI from @rfd,
+ * migrates a 128 MiB guest (a memfd one for @handoff) slowly, and for
+ * @handoff says "h" on @wfd once its memfd went across (from
+ * save_device_state, which comes after the HANDOFF records) and waits
+ * there to be killed.
+ */
+static int handoff_wfd = -1;
+
+static void handed_over(struct h_src *s)
+{
+	(void)s;
+	if (write(handoff_wfd, "h", 1) != 1)
+		_exit(7);
+	for (;;)
+		pause();
+}
+
+static pid_t fork_source(bool handoff, int *uri_wfd, int *said_rfd)
+{
+	int up[2], down[2];
+	pid_t pid;
+
+	assert_int_equal(pipe(up), 0);
+	assert_int_equal(pipe(down), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct precopy_params p;
+		struct pc_guest *g;
+		struct h_src s;
+		char uri[128];
+
+		close(down[1]);
+		close(up[0]);
+		if (read(down[0], uri, sizeof(uri)) != (ssize_t)sizeof(uri))
+			_exit(2);
+		g = make_guest(128 * MiB, 64.0 * MiB, handoff);
+		precopy_params_init(&p);
+		p.max_bandwidth = 32 * MiB; /* copy mode: about 4 s of bulk pass */
+		if (h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO))
+			_exit(3);
+		handoff_wfd = up[1];
+		s.on_save = handoff ? handed_over : NULL;
+		if (h_src_start(&s, uri))
+			_exit(4);
+		h_src_join(&s);
+		_exit(0); /* killed long before in the tests */
+	}
+	close(down[0]);
+	close(up[1]);
+	*uri_wfd = down[1];
+	*said_rfd = up[0];
+	return pid;
+}
+
+/* A migration in this process into a fresh destination works. */
+static void then_migrate_ok(bool handoff)
+{
+	size_t ram = 32 * MiB;
+	struct pc_guest *g = make_guest(ram, 16.0 * MiB, handoff);
+	struct h_dest d;
+	struct h_src s;
+	char uri[128];
+
+	assert_int_equal(h_dest_start_uri(&d, ram, new_uri(uri, sizeof(uri)), !handoff), 0);
+	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
+	assert_int_equal(h_src_start(&s, d.uri), 0);
+	assert_int_equal(h_src_join(&s), 0);
+	assert_int_equal(h_dest_join(&d), 0);
+	check_migrated(&s, &d);
+	h_src_free(&s);
+	h_dest_free(&d);
+	pc_guest_delete(&g);
+}
+
+/* The destination never reports success, resumes nothing, keeps nothing
+ * of the dead source: no descriptor, no mapping of its memory. */
+static void check_dest_failed(struct h_dest *d)
+{
+	struct precopy_stats st;
+	char name[64];
+
+	assert_true(h_dest_join(d) < 0);
+	precopy_query(d->s, &st);
+	print_message("destination: %s: %s\n", precopy_status_name(st.status), st.error);
+	assert_int_equal(st.status, PRECOPY_STATUS_FAILED);
+	assert_true(st.error[0] != '\0');
+	assert_int_equal(d->resumed, 0);
+	assert_false(d->have_desc);
+	if (memfd_at(d->ram, name, sizeof(name)))
+		assert_string_not_equal(name, "pc-guest-ram"); /* ours at most */
+}
+
+/* Copy mode into memfd RAM (the source maps it and copies straight in):
+ * the source is killed in bulk. */
+static void robust__source_killed_copy_mode(void **state)
+{
+	size_t ram = 128 * MiB;
+	struct shm_leaks lk;
+	struct h_dest d;
+	char uri[128];
+	int wfd, rfd, status;
+	pid_t pid;
+
+	(void)state;
+	pid = fork_source(false, &wfd, &rfd); /* before any thread exists here */
+	shm_leaks_mark(&lk);
+	assert_int_equal(h_dest_start_uri(&d, ram, new_uri(uri, sizeof(uri)), true), 0);
+	assert_int_equal(write(wfd, d.uri, sizeof(uri)), (ssize_t)sizeof(uri));
+	assert_true(h_wait_status(d.s, PRECOPY_STATUS_BULK, 30000));
+	usleep(500 * 1000);
+	kill(pid, SIGKILL);
+	waitpid(pid, &status, 0);
+	assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+	close(wfd);
+	close(rfd);
+	check_dest_failed(&d);
+	h_dest_free(&d);
+	shm_leaks_check(&lk, "after the source was killed");
+	then_migrate_ok(false);
+	shm_leaks_check(&lk, "after a good migration");
+}
+
+/* Handoff: the source's RAM memfd has gone across, the device state and
+ * COMPLETE have not; the source is killed there. */
+static void robust__source_killed_in_handoff(void **state)
+{
+	size_t ram = 128 * MiB;
+	struct shm_leaks lk;
+	struct h_dest d;
+	char uri[128], said;
+	int wfd, rfd, status;
+	pid_t pid;
+
+	(void)state;
+	pid = fork_source(true, &wfd, &rfd);
+	shm_leaks_mark(&lk);
+	assert_int_equal(h_dest_start_uri(&d, ram, new_uri(uri, sizeof(uri)), false), 0);
+	assert_int_equal(write(wfd, d.uri, sizeof(uri)), (ssize_t)sizeof(uri));
+	assert_int_equal(read(rfd, &said, 1), 1); /* handed over, now waiting */
+	assert_int_equal(said, 'h');
+	kill(pid, SIGKILL);
+	waitpid(pid, &status, 0);
+	assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+	close(wfd);
+	close(rfd);
+	check_dest_failed(&d);
+	h_dest_free(&d);
+	shm_leaks_check(&lk, "after the source was killed");
+	then_migrate_ok(true);
+	shm_leaks_check(&lk, "after a good migration");
+}
+
+/* Handoff refused after the destination mapped the source's RAM (its
+ * load_device_state fails): the mapping is undone, the source resumes its
+ * guest intact and hands it over again. */
+static int load_fails(struct h_dest *d)
+{
+	(void)d;
+	return -EIO;
+}
+
+static void handoff__refused_after_mapping_undone(void **state)
+{
+	size_t ram = 32 * MiB;
+	struct h_dest_opts o = { .on_load = load_fails };
+	struct precopy_stats st;
+	struct shm_leaks lk;
+	struct h_dest d;
+	struct h_src s;
+	struct pc_guest *g;
+	char uri[128], name[64];
+
+	(void)state;
+	shm_leaks_mark(&lk);
+	g = make_guest(ram, 16.0 * MiB, true);
+	o.uri = new_uri(uri, sizeof(uri));
+	assert_int_equal(h_dest_start_opts(&d, ram, &o), 0);
+	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
+	assert_int_equal(h_src_start(&s, d.uri), 0);
+	assert_true(h_src_join(&s) < 0);
+	assert_true(h_dest_join(&d) < 0);
+	assert_true(d.have_desc); /* it got as far as the device state */
+	assert_int_equal(d.resumed, 0);
+	if (memfd_at(d.ram, name, sizeof(name)))
+		fail_msg("the destination still maps memfd %s at its region", name);
+	precopy_query(d.s, &st);
+	print_message("destination: %s: %s\n", precopy_status_name(st.status), st.error);
+	assert_int_equal(st.status, PRECOPY_STATUS_FAILED);
+	precopy_query(s.s, &st);
+	print_message("source: %s: %s\n", precopy_status_name(st.status), st.error);
+	assert_int_equal(st.status, PRECOPY_STATUS_FAILED);
+	assert_non_null(strstr(st.error, "load_device_state"));
+	assert_int_equal(s.resumes, s.stops);
+	h_src_free(&s);
+	h_dest_free(&d);
+	check_source_intact(g);
+	pc_guest_delete(&g);
+	shm_leaks_check(&lk, "after the refused handoff");
+	then_migrate_ok(true);
+	shm_leaks_check(&lk, "after a good migration");
 }
 
 /* --- peer check ----------------------------------------------------------- */
@@ -467,6 +738,9 @@ int main(void)
 		cmocka_unit_test(api__region_fd_checked),
 		cmocka_unit_test(robust__peer_killed_mid_migration),
 		cmocka_unit_test(robust__socket_path_removed_mid_migration),
+		cmocka_unit_test(robust__source_killed_copy_mode),
+		cmocka_unit_test(robust__source_killed_in_handoff),
+		cmocka_unit_test(handoff__refused_after_mapping_undone),
 		cmocka_unit_test(peer__other_uid_connecting_refused),
 		cmocka_unit_test(peer__other_uid_listening_refused),
 		cmocka_unit_test(numa__node0_placement_reported),

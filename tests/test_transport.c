@@ -204,6 +204,43 @@ static void write_pages__unexposed_region_refused(void **state)
 	pair_close(&p);
 }
 
+/* Once the receiving side has revoked its regions (the engine does it at
+ * COMPLETE, while other channels may still be read), a run fails at one
+ * end or the other and no byte of it lands. */
+static void write_pages__refused_after_unexpose(void **state)
+{
+	size_t rlen = 64 * 1024;
+	uint8_t *src = malloc(rlen), *dst = calloc(1, rlen), msg[8];
+	struct iovec v = { msg, 4 };
+	struct pc_page_run run = { src, 0, 0, 4096 };
+	struct pair p;
+	size_t len;
+	int we, re;
+
+	(void)state;
+	assert_true(src && dst);
+	memset(src, 0xab, rlen);
+	pair_open(&p, 1);
+	assert_int_equal(p.b->ops->expose_region(p.b, 0, dst, rlen), 0);
+	p.a->ops->reg_local(p.a, src, rlen);
+	assert_int_equal(pc_tp_write_pages(p.a, 0, &run, 1), 0);
+	assert_int_equal(pc_tp_send_msg(p.a, 0, &v, 1), 0);
+	assert_int_equal(pc_tp_recv_msg(p.b, 0, msg, sizeof(msg), &len), 0);
+	assert_int_equal(dst[0], 0xab);
+	assert_int_equal(p.b->ops->unexpose_all(p.b), 0);
+	run.offset = 8192;
+	we = pc_tp_write_pages(p.a, 0, &run, 1);
+	if (!we)
+		we = pc_tp_send_msg(p.a, 0, &v, 1);
+	re = pc_tp_recv_msg(p.b, 0, msg, sizeof(msg), &len);
+	assert_true(we < 0 || re < 0);
+	for (size_t i = 8192; i < 8192 + 4096; i++)
+		assert_int_equal(dst[i], 0);
+	pair_close(&p);
+	free(src);
+	free(dst);
+}
+
 /* A region exposed with its memfd (the engine's zero-extra-copy path):
  * pages are in place before the next message, and a run past its end is
  * refused without a byte written around it. Transports that cannot share
@@ -428,6 +465,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(write_pages__in_place_before_next_message),
 		cmocka_unit_test(write_pages__outside_region_refused),
 		cmocka_unit_test(write_pages__unexposed_region_refused),
+		cmocka_unit_test(write_pages__refused_after_unexpose),
 		cmocka_unit_test(write_pages__shared_region),
 		cmocka_unit_test(send_fds__arrive_with_message),
 		cmocka_unit_test(recv_msg__longer_than_buffer),

@@ -1254,6 +1254,27 @@ static int chan_init(struct rd_conn *c, struct rd_chan *ch, struct rdma_cm_id *i
 	return 0;
 }
 
+/*
+ * The peer may RDMA-WRITE into what we expose and nothing else: no READ
+ * and no atomics at the queue pair, whatever its connect request asked
+ * for. The CM grants REMOTE_READ and atomics to the passive side's queue
+ * pair when the active side offers an initiator depth, and rdma_accept()
+ * re-applies the CM's INIT attributes, so this is done once the
+ * connection is established (RTS to RTS). Until then, and as a second
+ * line after it, READ and atomics find no responder resources (we accept
+ * with zero) and regions registered for remote write only.
+ */
+static int qp_write_only(struct rd_conn *c, struct rd_chan *ch)
+{
+	struct ibv_qp_attr a = { .qp_access_flags = IBV_ACCESS_REMOTE_WRITE };
+	int ret = ibv_modify_qp(ch->qp, &a, IBV_QP_ACCESS_FLAGS);
+
+	if (ret)
+		return rd_fail(c, -ret, "channel %u: restricting remote access: %s", ch->idx,
+			       strerror(ret));
+	return 0;
+}
+
 /* Let posted sends reach the peer before the queue pairs go: the last
  * message (a result, an ack) must not be flushed by our own disconnect. */
 static void drain_sends(struct rd_conn *c)
@@ -1593,6 +1614,14 @@ static int wait_event(struct rd_conn *c, struct rdma_cm_id *id, enum rdma_cm_eve
 	return 0;
 }
 
+/* A connection that failed while being set up goes away with it: hand
+ * its reason to the caller (the engine puts it in its error). */
+static void give_why(struct rd_conn *c, const struct pc_transport_opts *o)
+{
+	if (o && o->why && o->whylen && c->base.why[0])
+		snprintf(o->why, o->whylen, "%s", c->base.why);
+}
+
 static void req_encode(uint8_t *b, unsigned chan, unsigned nchan, uint64_t cookie,
 		       uint64_t nonce, struct rd_conn *c, const void *key, size_t klen)
 {
@@ -1735,6 +1764,9 @@ static int rd_connect(const char *addr, const struct pc_transport_opts *o,
 		}
 		ch->peer_credit_addr = pc_get_le64(rep + 8);
 		ch->peer_credit_rkey = pc_get_le32(rep + 16);
+		err = qp_write_only(c, ch);
+		if (err)
+			goto fail;
 	}
 	freeaddrinfo(res);
 	res = NULL;
@@ -1747,6 +1779,7 @@ static int rd_connect(const char *addr, const struct pc_transport_opts *o,
 fail:
 	if (res)
 		freeaddrinfo(res);
+	give_why(c, o);
 	conn_free(c);
 	return err;
 }
@@ -1985,6 +2018,9 @@ static int rd_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
 			}
 			rdma_ack_cm_event(ev);
 		}
+		err = qp_write_only(c, &c->ch[have]);
+		if (err)
+			goto fail;
 		if (rdma_migrate_id(id, c->ec)) {
 			err = -errno;
 			goto fail;
@@ -1997,8 +2033,10 @@ static int rd_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
 	*out = &c->base;
 	return 0;
 fail:
-	if (c)
+	if (c) {
+		give_why(c, o);
 		conn_free(c);
+	}
 	return err;
 }
 
@@ -2051,6 +2089,44 @@ int pc_rdma_stats(struct pc_transport *t, struct pc_rdma_stats *out)
 	out->send_wrs = atomic_load(&c->send_wrs);
 	out->credit_waits = atomic_load(&c->credit_waits);
 	query_qp_stats(&c->ch[0], out);
+	return 0;
+}
+
+int pc_rdma_verbs(struct pc_transport *t, struct pc_rdma_verbs *out)
+{
+	struct rd_conn *c = (struct rd_conn *)t;
+
+	if (!t || !out || t->ops != pc_transport_find("rdma"))
+		return -EINVAL;
+	memset(out, 0, sizeof(*out));
+	out->pd = c->pd;
+	for (unsigned i = 0; i < t->nchan; i++)
+		out->qp[i] = c->ch[i].qp;
+	out->credit_addr = (uintptr_t)c->credit_in;
+	out->credit_rkey = c->credit_mr ? c->credit_mr->rkey : 0;
+	pthread_mutex_lock(&c->reg_lock);
+	for (unsigned i = 0; i < PRECOPY_MAX_REGIONS; i++) {
+		out->exposed[i] = c->exp[i] != NULL;
+		out->rkey[i] = c->exp[i] ? c->exp[i]->rkey : 0;
+	}
+	pthread_mutex_unlock(&c->reg_lock);
+	return 0;
+}
+
+int pc_rdma_local_keys(struct pc_transport *t, const void *addr, uint32_t *lkey,
+		       uint32_t *rkey)
+{
+	struct rd_conn *c = (struct rd_conn *)t;
+	struct ibv_mr *mr;
+	size_t avail;
+
+	if (!t || !lkey || !rkey || t->ops != pc_transport_find("rdma"))
+		return -EINVAL;
+	mr = local_mr(c, (uintptr_t)addr, &avail);
+	if (!mr)
+		return -ENOENT;
+	*lkey = mr->lkey;
+	*rkey = mr->rkey;
 	return 0;
 }
 

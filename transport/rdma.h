@@ -6,9 +6,13 @@
 #ifndef PC_RDMA_H
 #define PC_RDMA_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "transport.h"
+
+struct ibv_pd;
+struct ibv_qp;
 
 /** Counters of one RDMA connection (pc_rdma_stats()). */
 struct pc_rdma_stats {
@@ -28,5 +32,31 @@ struct pc_rdma_stats {
  * Return: 0; -EINVAL if @t is not an RDMA connection.
  */
 int pc_rdma_stats(struct pc_transport *t, struct pc_rdma_stats *out);
+
+/*
+ * Internal, for tests that play a hostile peer: the verbs objects behind
+ * an RDMA connection, valid until pc_tp_close(). A queue pair of the
+ * test's own created in @pd can use any key of the connection, which
+ * tells what a key alone gives, apart from what the queue pairs allow.
+ */
+struct pc_rdma_verbs {
+	struct ibv_pd *pd;
+	struct ibv_qp *qp[PRECOPY_MAX_CHANNELS];
+	uint64_t credit_addr;     /**< the credit words the peer writes */
+	uint32_t credit_rkey;
+	bool exposed[PRECOPY_MAX_REGIONS]; /**< registered for the peer now */
+	uint32_t rkey[PRECOPY_MAX_REGIONS];
+};
+
+/** pc_rdma_verbs() - fill @out for @t. Return: 0; -EINVAL if not RDMA. */
+int pc_rdma_verbs(struct pc_transport *t, struct pc_rdma_verbs *out);
+
+/**
+ * pc_rdma_local_keys() - the keys of the memory region write_pages() uses
+ * for local @addr (registered now if it was not).
+ * Return: 0; -ENOENT if @addr is not in a reg_local() range; -EINVAL.
+ */
+int pc_rdma_local_keys(struct pc_transport *t, const void *addr, uint32_t *lkey,
+		       uint32_t *rkey);
 
 #endif /* PC_RDMA_H */

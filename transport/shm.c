@@ -94,8 +94,10 @@ struct shm_conn {
 	atomic_flag why_set;
 	struct shm_watch watch;
 	unsigned timeout_ms;
-	/* receiving side: what the peer may write (framed runs) */
+	/* receiving side: what the peer may write (framed runs); once
+	 * revoked, nothing (region[] stays, as in stream.c) */
 	struct pc_stream_region region[PRECOPY_MAX_REGIONS];
+	atomic_bool revoked;
 	/* sending side: the peer's regions mapped here (direct writes) */
 	pthread_rwlock_t plock;
 	struct pc_stream_region peer[PRECOPY_MAX_REGIONS];
@@ -261,6 +263,7 @@ static int conn_new(const int *fds, unsigned nchan, const char *path, unsigned t
 	c->base.nchan = nchan;
 	c->timeout_ms = timeout_ms;
 	atomic_init(&c->aborted, false);
+	atomic_init(&c->revoked, false);
 	atomic_flag_clear(&c->why_set);
 	c->abort_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (c->abort_fd < 0) {
@@ -617,7 +620,7 @@ static int shm_unexpose_all(struct pc_transport *t)
 	uint8_t h[PC_FRAME_HDR];
 	struct iovec v = { h, sizeof(h) };
 
-	memset(c->region, 0, sizeof(c->region));
+	atomic_store(&c->revoked, true);
 	/* Best effort: the peer's transport unmaps what it mapped. A peer
 	 * that ignores this keeps its mapping (it runs as our uid or root,
 	 * which could ptrace us anyway). */
@@ -862,6 +865,10 @@ static int recv_common(struct shm_conn *c, unsigned chan, void *buf, size_t cap,
 			set_why(c, "page run for region %u, which is not registered", region);
 			return chan_fail(c, chan, -EPROTO);
 		}
+		if (atomic_load(&c->revoked)) {
+			set_why(c, "page run for region %u after the regions were revoked", region);
+			return chan_fail(c, chan, -EPROTO);
+		}
 		if (n == 0 || off > c->region[region].len || n > c->region[region].len - off) {
 			set_why(c, "page run [%llu, +%llu) outside region %u of %zu bytes",
 				(unsigned long long)off, (unsigned long long)n, region,
@@ -899,10 +906,13 @@ static void tune(int fd)
 	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
 }
 
-/* Read exactly @n bytes from a non-blocking @fd within @ms. */
-static int read_within(int fd, void *buf, size_t n, int abort_fd, unsigned ms)
+/* Read exactly @n bytes from a non-blocking @fd, waiting at most @ms at a
+ * time; -ECANCELED as soon as *@cancel is set (checked every 50 ms). */
+static int read_within(int fd, void *buf, size_t n, int abort_fd, unsigned ms,
+		       const atomic_bool *cancel)
 {
 	uint8_t *p = buf;
+	unsigned waited = 0;
 
 	while (n > 0) {
 		ssize_t r = recv(fd, p, n, MSG_DONTWAIT);
@@ -916,11 +926,16 @@ static int read_within(int fd, void *buf, size_t n, int abort_fd, unsigned ms)
 				continue;
 			if (errno != EAGAIN)
 				return -errno;
-			err = wait_fd(fd, POLLIN, abort_fd, NULL, ms);
+			if (cancel && atomic_load(cancel))
+				return -ECANCELED;
+			err = wait_fd(fd, POLLIN, abort_fd, NULL, cancel && ms > 50 ? 50 : ms);
+			if (err == -ETIMEDOUT && cancel && (waited += 50) < ms)
+				continue;
 			if (err)
 				return err;
 			continue;
 		}
+		waited = 0;
 		p += r;
 		n -= (size_t)r;
 	}
@@ -1073,7 +1088,7 @@ static int accept_one(struct shm_listener *l, unsigned ms, int *fdp, uint8_t *he
 		return -EAGAIN;
 	}
 	tune(fd);
-	err = read_within(fd, hello, SHM_HELLO_SIZE, l->abort_fd, 5000);
+	err = read_within(fd, hello, SHM_HELLO_SIZE, l->abort_fd, 5000, NULL);
 	if (err) {
 		close(fd);
 		return err == -ECANCELED ? err : -EAGAIN;
@@ -1223,7 +1238,7 @@ static int shm_connect(const char *path, const struct pc_transport_opts *o,
 	for (unsigned i = 0; i < nchan; i++) {
 		int abort_never = -1;
 
-		err = read_within(fds[i], r, sizeof(r), abort_never, 10000);
+		err = read_within(fds[i], r, sizeof(r), abort_never, 10000, o ? o->cancel : NULL);
 		if (!err && pc_get_le32(r) != SHM_MAGIC)
 			err = -EPROTO;
 		if (!err && pc_get_le32(r + 4)) {

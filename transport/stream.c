@@ -42,6 +42,7 @@ int pc_stream_init(struct pc_stream *s, const struct pc_transport_ops *ops, cons
 	s->base.ops = ops;
 	s->base.nchan = nchan;
 	atomic_init(&s->aborted, false);
+	atomic_init(&s->revoked, false);
 	for (i = 0; i < PRECOPY_MAX_CHANNELS; i++)
 		s->ch[i].fd = -1;
 	for (i = 0; i < nchan; i++) {
@@ -105,7 +106,7 @@ int pc_stream_unexpose_all(struct pc_transport *t)
 {
 	struct pc_stream *s = (struct pc_stream *)t;
 
-	memset(s->region, 0, sizeof(s->region));
+	atomic_store(&s->revoked, true);
 	return 0;
 }
 
@@ -369,6 +370,10 @@ int pc_stream_recv_msg(struct pc_transport *t, unsigned chan, void *buf, size_t 
 		}
 		if (region >= PRECOPY_MAX_REGIONS || !s->region[region].addr) {
 			set_why(s, "page run for region %u, which is not registered", region);
+			return chan_fail(s, chan, -EPROTO);
+		}
+		if (atomic_load(&s->revoked)) {
+			set_why(s, "page run for region %u after the regions were revoked", region);
 			return chan_fail(s, chan, -EPROTO);
 		}
 		if (n == 0 || off > s->region[region].len || n > s->region[region].len - off) {

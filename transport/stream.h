@@ -59,6 +59,10 @@ struct pc_stream {
 	struct pc_transport base;
 	struct pc_stream_chan ch[PRECOPY_MAX_CHANNELS];
 	struct pc_stream_region region[PRECOPY_MAX_REGIONS];
+	/* unexpose_all() was called: page runs are refused from then on.
+	 * region[] itself stays, so a receiver on another channel never
+	 * sees an address and a length from different moments. */
+	atomic_bool revoked;
 	atomic_bool aborted;
 	const struct pc_stream_io *io; /* NULL: plain sockets */
 };

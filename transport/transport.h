@@ -30,6 +30,8 @@
 #ifndef PC_TRANSPORT_H
 #define PC_TRANSPORT_H
 
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/uio.h>
@@ -98,6 +100,10 @@ struct pc_transport_opts {
 	/** "tls": authentication settings (NULL: the scheme fails with
 	 *  -EINVAL); the caller keeps them alive while the connection is. */
 	const struct precopy_tls *tls;
+	/** connect, optional: the caller's cancel flag. A transport whose
+	 *  connect waits for the peer (shm: for the listener's verdict)
+	 *  polls it and gives up with -ECANCELED once it is set. */
+	const atomic_bool *cancel;
 };
 
 typedef int (*pc_tp_listen_op)(const char *addr, const struct pc_transport_opts *o,
@@ -154,7 +160,12 @@ struct pc_transport_ops {
 	/* --- memory --- */
 	/** Receiving side: let the peer write region @id = [addr, addr+len). */
 	pc_tp_expose_region_op expose_region;
-	/** Receiving side: revoke every exposed region (old keys then fail). */
+	/**
+	 * Receiving side: revoke every exposed region for good (old keys
+	 * then fail; page runs that arrive later fail their channel). Any
+	 * thread, also while other channels are being received and after
+	 * abort(); the memory stays the caller's.
+	 */
 	pc_tp_unexpose_all_op unexpose_all;
 	/** Sending side: make local memory usable as a write_pages source. */
 	pc_tp_reg_local_op reg_local;

@@ -360,7 +360,8 @@ int precopy_numa_node_ok(int node);
  * evenly over [@addr, @addr+@len) are looked up (move_pages() query);
  * per_node[n] counts those on node n (n < @nnodes) and *@absent (if not
  * NULL) those not allocated yet.
- * Return: the number of pages sampled (>= 1); -EINVAL; -ENOMEM; -errno.
+ * Return: the number of pages sampled (>= 1); -EINVAL (@len under a page,
+ * no @samples, a misaligned @addr...); -ENOMEM; -errno.
  */
 int precopy_numa_where(const void *addr, size_t len, unsigned samples, uint64_t *per_node,
 		       unsigned nnodes, uint64_t *absent);

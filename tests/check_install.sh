@@ -22,7 +22,8 @@ lib=$(find "$dest" -name 'libprecopy.so.0.1.0' | head -n1)
 [ -n "$lib" ] || { echo "no libprecopy.so.0.1.0 installed"; exit 1; }
 libdir=$(dirname "$lib")
 for f in precopy.h libprecopy.a libprecopy.so.0 libprecopy.so bin/precopy \
-	 man1/precopy.1 man3/precopy.3 man3/precopy_migrate.3 man3/precopy_delete.3; do
+	 man1/precopy.1 man3/precopy.3 man3/precopy_migrate.3 man3/precopy_delete.3 \
+	 man3/precopy_set_tls.3 man3/precopy_add_region_fd.3; do
 	find "$dest" -path "*/$f" | grep -q . || { echo "not installed: $f"; exit 1; }
 done
 echo "installed: $(cd "$dest" && find . -type f -o -type l | sort | tr '\n' ' ')"

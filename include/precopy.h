@@ -423,6 +423,36 @@ int precopy_set_auth_key(struct precopy_session *s, const void *key, size_t len)
 int precopy_set_tls(struct precopy_session *s, const struct precopy_tls *tls);
 
 /**
+ * How the source's RAM is registered with a transport that must register
+ * memory with its device before it can send from it (RDMA: ibv_reg_mr,
+ * which pins the pages). Transports that do not register memory (tcp,
+ * tls, shm) ignore it.
+ */
+enum precopy_registration {
+	/** Each 16 MiB chunk the first time a page in it is sent (default):
+	 *  the cost is spread over the bulk pass, and chunks the migration
+	 *  never sends from are never pinned. */
+	PRECOPY_REG_ON_DEMAND = 0,
+	/** Every region whole, before the first page is sent (in SETUP):
+	 *  one up-front cost, no registration during the passes, all of the
+	 *  guest's RAM pinned for the whole migration. */
+	PRECOPY_REG_PIN_ALL,
+};
+
+/**
+ * precopy_set_registration() - choose how the source registers its RAM
+ * (see enum precopy_registration), before precopy_migrate(). Ignored at
+ * the destination, which registers each region whole when the source
+ * connects. The environment variable PRECOPY_RDMA_PIN_ALL, if set and not
+ * empty, overrides this choice for every RDMA connection of the process:
+ * "0" means on demand, anything else pin all.
+ * Since symbol version PRECOPY_0.2.
+ * Return: 0; -EINVAL if @s is NULL or @mode is unknown; -EBUSY once the
+ * session runs.
+ */
+int precopy_set_registration(struct precopy_session *s, enum precopy_registration mode);
+
+/**
  * precopy_migrate() - run a migration from the source to @uri.
  * @uri: "tcp:HOST:PORT"; "tls:HOST:PORT" (TCP with TLS 1.3, see
  *       precopy_set_tls()); "shm:PATH" (PATH: the destination's unix

@@ -1756,6 +1756,9 @@ static int rd_connect(const char *addr, const struct pc_transport_opts *o,
 fail:
 	if (res)
 		freeaddrinfo(res);
+	/* the reason (e.g. the key refused) outlives the connection */
+	if (o && o->why && o->whylen && c->base.why[0])
+		snprintf(o->why, o->whylen, "%s", c->base.why);
 	conn_free(c);
 	return err;
 }

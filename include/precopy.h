@@ -104,6 +104,10 @@ enum precopy_on_limit {
 /**
  * Tunables. Fill with precopy_params_init() and change what you need.
  * The README explains each default.
+ * The struct carries no size or version: precopy_params_init() and
+ * precopy_new() use it whole, so it cannot grow without breaking programs
+ * built against an older header. Later settings are calls of their own
+ * (precopy_set_registration()).
  */
 struct precopy_params {
 	/** Rate cap for RAM passes in bytes/s; 0 = unlimited (default). The
@@ -149,7 +153,11 @@ struct precopy_params {
 	unsigned timeout_ms;
 };
 
-/** Statistics; names and meanings follow QEMU's query-migrate. */
+/**
+ * Statistics; names and meanings follow QEMU's query-migrate.
+ * precopy_query() copies the struct whole into the caller's, so it cannot
+ * grow either (see struct precopy_params).
+ */
 struct precopy_stats {
 	enum precopy_status status;
 	/** ms since the migration started (until its end once ended). */

@@ -1,5 +1,5 @@
 #!/bin/sh
-# check_install.sh BUILD_DIR CC - install the build into a scratch folder
+# check_install.sh BUILD_DIR CC [SANITIZE] - install the build into a scratch folder
 # (meson install --destdir) and use it as an outside project would:
 #  - the shared library exports every function of precopy.h and nothing
 #    else, each under a version node (PRECOPY_0.1, PRECOPY_0.2), and has
@@ -8,9 +8,14 @@
 #    installed header links the shared library and migrates memory;
 #  - the same program links the installed static library;
 #  - the header, the CLI and the man pages are installed.
+# SANITIZE is the build's b_sanitize ("none", "address,undefined", ...): a
+# sanitized library needs its runtime in the program, so the consumers are
+# built with the same -fsanitize.
 set -eu
 build=$1
 cc=$2
+san=
+case "${3:-none}" in none | '') ;; *) san="-fsanitize=$3" ;; esac
 src=$(cd "$(dirname "$0")" && pwd)
 
 dest=$(mktemp -d)
@@ -47,7 +52,7 @@ libs=$(pkg-config --libs precopy)
 echo "pkg-config: $cflags $libs"
 
 # shellcheck disable=SC2086
-"$cc" -std=c11 -Wall -Wextra -Werror $cflags "$src/installed/consumer.c" $libs \
+"$cc" -std=c11 -Wall -Wextra -Werror $san $cflags "$src/installed/consumer.c" $libs \
 	-pthread -o "$dest/consumer-shared"
 objdump -p "$dest/consumer-shared" | grep -q 'NEEDED *libprecopy.so.0' ||
 	{ echo "consumer does not link libprecopy.so.0"; exit 1; }
@@ -57,7 +62,7 @@ needs=$(objdump -p "$dest/consumer-shared" | grep -o 'PRECOPY_[0-9.]*' | sort -u
 LD_LIBRARY_PATH="$libdir" "$dest/consumer-shared"
 
 # shellcheck disable=SC2086
-"$cc" -std=c11 -Wall -Wextra -Werror $cflags "$src/installed/consumer.c" \
+"$cc" -std=c11 -Wall -Wextra -Werror $san $cflags "$src/installed/consumer.c" \
 	"$libdir/libprecopy.a" $(pkg-config --libs --static precopy | sed 's/-lprecopy//') \
 	-pthread -o "$dest/consumer-static"
 if objdump -p "$dest/consumer-static" | grep -q 'NEEDED *libprecopy'; then

@@ -1,15 +1,26 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * precopy-bench-load: back-to-back migrations of one dirtying guest over
- * TCP loopback, each to a fresh destination session in this process (the
- * guest "comes back" and runs again after each one). Reports p50/p99 of
- * downtime and total time, and checks that descriptors and resident
- * memory do not grow across the runs (after a warm-up run).
+ * precopy-bench-load: back-to-back migrations of one dirtying guest, each
+ * to a fresh destination session in this process (the guest "comes back"
+ * and runs again after each one), alternating the transports built in:
  *
- *   precopy-bench-load [--runs N] [--ram SIZE] [--dirty-rate RATE] [--json]
+ *   tcp        TCP loopback
+ *   shm-memfd  shm: into a memfd destination (copy mode: one memcpy)
+ *   shm-plain  shm: into anonymous memory (pages framed over the socket)
+ *   tls        tls: loopback with a pre-shared key (where GnuTLS is built in)
  *
- * Exit status: 0; 1 if a migration failed, the destination did not verify,
- * or descriptors or memory grew (more than --rss-slack SIZE, default 16M).
+ * Reports p50/p99/max of downtime and total time per transport and over
+ * all runs, and checks that descriptors and resident memory do not grow
+ * across the whole run (measured after a warm-up round, one run of each
+ * transport, and after the last run).
+ *
+ *   precopy-bench-load [--runs N] [--ram SIZE] [--dirty-rate RATE]
+ *                      [--transports LIST] [--rss-slack SIZE] [--json]
+ *
+ * LIST is a comma-separated subset of the names above (default: all built
+ * in), taken in turn. Exit status: 0; 1 if a migration failed, the
+ * destination did not verify, or descriptors or memory grew (more than
+ * --rss-slack SIZE, default 16M); 2 for bad usage.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -19,16 +30,35 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "guest.h"
 #include "precopy.h"
+#include "transport.h"
+
+/* One way to migrate, and the figures of its runs. */
+struct tp {
+	const char *name;
+	bool memfd;                  /* the destination's RAM is a memfd */
+	bool tls;                    /* both ends get the PSK below */
+	char listen[64];             /* the destination listens here */
+	uint64_t *down, *total;      /* ms, one per run of this transport */
+	unsigned n;
+};
+
+static uint8_t g_psk[32];
+static const struct precopy_tls g_tls = {
+	.psk_identity = "precopy-bench-load", .psk = g_psk, .psk_len = sizeof(g_psk),
+};
 
 struct dest {
 	struct precopy_session *s;
 	void *ram;
 	size_t len;
+	int fd;
 	struct pc_guest_desc desc;
 	bool have_desc;
 	int err;
@@ -99,29 +129,45 @@ static long rss_kib(void)
 	return kib;
 }
 
-/* One migration; fills the source's stats. Return: 0 or a negative errno. */
-static int migrate_once(struct pc_guest *g, size_t ram, struct precopy_stats *st, char *why,
-			size_t whylen)
+/* One migration over @t; fills the source's stats. Return: 0 or a negative errno. */
+static int migrate_once(struct pc_guest *g, size_t ram, const struct tp *t,
+			struct precopy_stats *st, char *why, size_t whylen)
 {
 	struct precopy_callbacks dcb, scb = {
 		.opaque = g, .stop_vm = s_stop, .resume_vm = s_resume,
 		.save_device_state = s_save, .set_throttle = s_throttle,
 	};
 	struct precopy_session *src = NULL;
-	struct dest d = { .len = ram };
+	struct dest d = { .len = ram, .fd = -1 };
 	pthread_t thr;
-	char uri[128];
+	char uri[200];
 	int err;
 
 	dcb = (struct precopy_callbacks){ .opaque = &d, .load_device_state = d_load };
-	d.ram = mmap(NULL, ram, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (d.ram == MAP_FAILED)
-		return -ENOMEM;
+	if (t->memfd) {
+		err = precopy_memfd_alloc(ram, -1, &d.ram, &d.fd);
+		if (err) {
+			snprintf(why, whylen, "destination memfd: %s", strerror(-err));
+			return err;
+		}
+	} else {
+		d.ram = mmap(NULL, ram, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			     -1, 0);
+		if (d.ram == MAP_FAILED)
+			return -ENOMEM;
+	}
 	err = precopy_new(PRECOPY_ROLE_DEST, NULL, &dcb, &d.s);
+	if (!err) {
+		int r = t->memfd ? precopy_add_region_fd(d.s, d.ram, ram, d.fd, 0,
+							 PRECOPY_DIRTY_AUTO)
+				 : precopy_add_region(d.s, d.ram, ram, PRECOPY_DIRTY_AUTO);
+
+		err = r < 0 ? r : 0;
+	}
+	if (!err && t->tls)
+		err = precopy_set_tls(d.s, &g_tls);
 	if (!err)
-		err = precopy_add_region(d.s, d.ram, ram, PRECOPY_DIRTY_AUTO) < 0 ? -EINVAL : 0;
-	if (!err)
-		err = precopy_listen(d.s, "tcp:127.0.0.1:0");
+		err = precopy_listen(d.s, t->listen);
 	if (!err)
 		err = precopy_local_uri(d.s, uri, sizeof(uri));
 	if (!err)
@@ -136,6 +182,8 @@ static int migrate_once(struct pc_guest *g, size_t ram, struct precopy_stats *st
 
 		err = r < 0 ? r : 0;
 	}
+	if (!err && t->tls)
+		err = precopy_set_tls(src, &g_tls);
 	if (!err)
 		err = precopy_migrate(src, uri);
 	else
@@ -158,6 +206,8 @@ out:
 	if (d.s)
 		precopy_delete(&d.s);
 	munmap(d.ram, ram);
+	if (d.fd >= 0)
+		close(d.fd);
 	return err;
 }
 
@@ -176,13 +226,50 @@ static uint64_t pct(const uint64_t *v, unsigned n, unsigned p)
 	return v[rank ? rank - 1 : 0];
 }
 
+static void print_ms(const char *label, unsigned n, uint64_t *down, uint64_t *total)
+{
+	qsort(down, n, sizeof(*down), cmp_u64);
+	qsort(total, n, sizeof(*total), cmp_u64);
+	printf("%-10s %4u   %6" PRIu64 " %6" PRIu64 " %6" PRIu64 "   %6" PRIu64 " %6" PRIu64
+	       " %6" PRIu64 "\n", label, n, pct(down, n, 50), pct(down, n, 99), down[n - 1],
+	       pct(total, n, 50), pct(total, n, 99), total[n - 1]);
+}
+
+static void json_ms(unsigned n, uint64_t *down, uint64_t *total)
+{
+	qsort(down, n, sizeof(*down), cmp_u64);
+	qsort(total, n, sizeof(*total), cmp_u64);
+	printf("\"downtime-ms\":{\"p50\":%" PRIu64 ",\"p99\":%" PRIu64 ",\"max\":%" PRIu64
+	       "},\"total-ms\":{\"p50\":%" PRIu64 ",\"p99\":%" PRIu64 ",\"max\":%" PRIu64 "}",
+	       pct(down, n, 50), pct(down, n, 99), down[n - 1], pct(total, n, 50),
+	       pct(total, n, 99), total[n - 1]);
+}
+
+static int usage(void)
+{
+	fprintf(stderr, "usage: precopy-bench-load [--runs N (>= 2)] [--ram SIZE] "
+			"[--dirty-rate RATE] [--transports LIST] [--rss-slack SIZE] [--json]\n"
+			"LIST: a comma-separated subset of tcp,shm-memfd,shm-plain,tls "
+			"(default: those built in)\n");
+	return 2;
+}
+
 int main(int argc, char **argv)
 {
 	uint64_t ram = 64ull << 20, rate = 32ull << 20, slack = 16ull << 20, v;
-	unsigned runs = 50;
+	unsigned runs = 50, ntp = 0, warm;
 	bool json = false;
+	const char *list = NULL;
+	struct tp all[] = {
+		{ .name = "tcp", .memfd = false },
+		{ .name = "shm-memfd", .memfd = true },
+		{ .name = "shm-plain", .memfd = false },
+		{ .name = "tls", .tls = true },
+	};
+	struct tp *tp[4];
 	uint64_t *down, *total;
 	struct pc_guest *g;
+	char dir[] = "/tmp/precopy-load.XXXXXX", sock[64];
 	long fds0 = 0, rss0 = 0, fds1, rss1;
 	int bad = 0;
 
@@ -205,11 +292,62 @@ int main(int argc, char **argv)
 		} else if (!strcmp(a, "--rss-slack") && val && !pc_cli_parse_size(val, &v)) {
 			slack = v;
 			i++;
+		} else if (!strcmp(a, "--transports") && val) {
+			list = val;
+			i++;
 		} else {
-			fprintf(stderr, "usage: precopy-bench-load [--runs N (>= 2)] [--ram SIZE] "
-					"[--dirty-rate RATE] [--rss-slack SIZE] [--json]\n");
-			return 2;
+			return usage();
 		}
+	}
+
+	/* The transports, in turn: the list given, or every one built in. */
+	if (list) {
+		char *copy = strdup(list), *save = NULL;
+
+		for (char *w = strtok_r(copy, ",", &save); w; w = strtok_r(NULL, ",", &save)) {
+			unsigned k = 0;
+
+			while (k < 4 && strcmp(w, all[k].name))
+				k++;
+			for (unsigned j = 0; j < ntp && k < 4; j++)
+				if (tp[j] == &all[k])
+					k = 4; /* each name once */
+			if (k == 4) {
+				free(copy);
+				return usage();
+			}
+			if (all[k].tls && !pc_transport_find("tls")) {
+				fprintf(stderr, "precopy-bench-load: tls is not built in\n");
+				free(copy);
+				return 2;
+			}
+			tp[ntp++] = &all[k];
+		}
+		free(copy);
+	} else {
+		for (unsigned k = 0; k < 4; k++)
+			if (!all[k].tls || pc_transport_find("tls"))
+				tp[ntp++] = &all[k];
+	}
+	if (!ntp)
+		return usage();
+	if (!mkdtemp(dir)) {
+		perror("precopy-bench-load: mkdtemp");
+		return 1;
+	}
+	snprintf(sock, sizeof(sock), "shm:%s/load.sock", dir);
+	for (unsigned k = 0; k < ntp; k++) {
+		snprintf(tp[k]->listen, sizeof(tp[k]->listen), "%s",
+			 !strncmp(tp[k]->name, "shm", 3) ? sock
+			 : tp[k]->tls ? "tls:127.0.0.1:0" : "tcp:127.0.0.1:0");
+		tp[k]->down = calloc(runs / ntp + 1, sizeof(uint64_t));
+		tp[k]->total = calloc(runs / ntp + 1, sizeof(uint64_t));
+		if (!tp[k]->down || !tp[k]->total)
+			return 1;
+	}
+	if (getrandom(g_psk, sizeof(g_psk), 0) != (ssize_t)sizeof(g_psk)) {
+		perror("precopy-bench-load: getrandom");
+		return 1;
 	}
 	{
 		struct pc_guest_opts go = { .ram = ram, .dirty_rate = (double)rate,
@@ -225,19 +363,25 @@ int main(int argc, char **argv)
 	total = calloc(runs, sizeof(*total));
 	if (!down || !total)
 		return 1;
+	/* Warm-up: one run of each transport (thread stacks, malloc arenas,
+	 * GnuTLS's first use), and at least one run left after it. */
+	warm = ntp < runs ? ntp : runs - 1;
 	for (unsigned i = 0; i < runs; i++) {
+		struct tp *t = tp[i % ntp];
 		struct precopy_stats st = { 0 };
 		char why[PRECOPY_ERRMSG_MAX] = "";
-		int err = migrate_once(g, ram, &st, why, sizeof(why));
+		int err = migrate_once(g, ram, t, &st, why, sizeof(why));
 
 		if (err) {
-			fprintf(stderr, "precopy-bench-load: run %u failed: %s (%s)\n", i + 1, why,
-				strerror(-err));
+			fprintf(stderr, "precopy-bench-load: run %u (%s) failed: %s (%s)\n", i + 1,
+				t->name, why, strerror(-err));
+			rmdir(dir);
 			return 1;
 		}
-		down[i] = st.downtime;
-		total[i] = st.total_time;
-		if (i == 0) { /* warm-up: thread stacks, malloc arenas */
+		down[i] = t->down[t->n] = st.downtime;
+		total[i] = t->total[t->n] = st.total_time;
+		t->n++;
+		if (i + 1 == warm) {
 			fds0 = count_fds();
 			rss0 = rss_kib();
 		}
@@ -245,8 +389,7 @@ int main(int argc, char **argv)
 	fds1 = count_fds();
 	rss1 = rss_kib();
 	pc_guest_delete(&g);
-	qsort(down, runs, sizeof(*down), cmp_u64);
-	qsort(total, runs, sizeof(*total), cmp_u64);
+	rmdir(dir);
 	if (fds1 != fds0) {
 		fprintf(stderr, "precopy-bench-load: descriptors grew from %ld to %ld\n", fds0, fds1);
 		bad = 1;
@@ -258,26 +401,38 @@ int main(int argc, char **argv)
 	}
 	if (json) {
 		printf("{\"bench\":\"load\",\"runs\":%u,\"ram\":%" PRIu64 ",\"dirty-rate\":%" PRIu64
-		       ",\"downtime-ms\":{\"p50\":%" PRIu64 ",\"p99\":%" PRIu64 ",\"max\":%" PRIu64
-		       "},\"total-ms\":{\"p50\":%" PRIu64 ",\"p99\":%" PRIu64 ",\"max\":%" PRIu64
-		       "},\"fds\":[%ld,%ld],\"rss-kib\":[%ld,%ld],\"ok\":%s}\n",
-		       runs, ram, rate, pct(down, runs, 50), pct(down, runs, 99), down[runs - 1],
-		       pct(total, runs, 50), pct(total, runs, 99), total[runs - 1], fds0, fds1, rss0,
-		       rss1, bad ? "false" : "true");
+		       ",\"transports\":[", runs, ram, rate);
+		for (unsigned k = 0; k < ntp; k++) {
+			printf("%s{\"name\":\"%s\",\"runs\":%u,", k ? "," : "", tp[k]->name, tp[k]->n);
+			json_ms(tp[k]->n, tp[k]->down, tp[k]->total);
+			printf("}");
+		}
+		printf("],");
+		json_ms(runs, down, total);
+		printf(",\"warm-up-runs\":%u,\"fds\":[%ld,%ld],\"rss-kib\":[%ld,%ld],\"ok\":%s}\n",
+		       warm, fds0, fds1, rss0, rss1, bad ? "false" : "true");
 	} else {
 		char a[32], b[32];
 
-		printf("precopy-bench-load: %u migrations of a %s guest writing %s/s, TCP loopback\n",
+		printf("precopy-bench-load: %u migrations of a %s guest writing %s/s, alternating",
 		       runs, pc_cli_fmt_bytes((double)ram, a, sizeof(a)),
 		       pc_cli_fmt_bytes((double)rate, b, sizeof(b)));
-		printf("%-12s %8s %8s %8s\n", "ms", "p50", "p99", "max");
-		printf("%-12s %8" PRIu64 " %8" PRIu64 " %8" PRIu64 "\n", "downtime",
-		       pct(down, runs, 50), pct(down, runs, 99), down[runs - 1]);
-		printf("%-12s %8" PRIu64 " %8" PRIu64 " %8" PRIu64 "\n", "total time",
-		       pct(total, runs, 50), pct(total, runs, 99), total[runs - 1]);
-		printf("descriptors  %ld after the first run, %ld after the last\n", fds0, fds1);
-		printf("resident     %ld KiB after the first run, %ld KiB after the last\n", rss0,
+		for (unsigned k = 0; k < ntp; k++)
+			printf("%s %s", k ? "," : "", tp[k]->name);
+		printf("\n%-10s %4s   %-20s   %s\n", "", "runs", "downtime (ms)", "total time (ms)");
+		printf("%-10s %4s   %6s %6s %6s   %6s %6s %6s\n", "", "", "p50", "p99", "max", "p50",
+		       "p99", "max");
+		for (unsigned k = 0; k < ntp; k++)
+			print_ms(tp[k]->name, tp[k]->n, tp[k]->down, tp[k]->total);
+		print_ms("all", runs, down, total);
+		printf("descriptors  %ld after the warm-up (%u runs), %ld after the last\n", fds0,
+		       warm, fds1);
+		printf("resident     %ld KiB after the warm-up, %ld KiB after the last\n", rss0,
 		       rss1);
+	}
+	for (unsigned k = 0; k < ntp; k++) {
+		free(tp[k]->down);
+		free(tp[k]->total);
 	}
 	free(down);
 	free(total);

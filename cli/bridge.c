@@ -401,7 +401,10 @@ static int bridge_source(struct bridge *b)
 {
 	struct pc_cli *c = b->c;
 	const struct pc_transport_ops *ops;
-	struct pc_transport_opts o = { .channels = 1 };
+	char why[160] = "";
+	struct pc_transport_opts o = { .channels = 1, .key = c->auth_key,
+				       .key_len = c->auth_key_len, .why = why,
+				       .whylen = sizeof(why) };
 	const char *rest;
 	char uri[URI_MAX];
 	int lfd = -1, err;
@@ -430,7 +433,8 @@ static int bridge_source(struct bridge *b)
 	err = ops->connect(rest, &o, &b->tp);
 	if (err) {
 		b->tp = NULL;
-		return fail(b, err, false, "connecting to %s: %s", c->to, strerror(-err));
+		return fail(b, err, false, "connecting to %s: %s", c->to,
+			    why[0] ? why : strerror(-err));
 	}
 	if (g_stop)
 		return fail(b, -ECANCELED, true, "cancelled");
@@ -443,7 +447,10 @@ static int bridge_dest(struct bridge *b)
 {
 	struct pc_cli *c = b->c;
 	const struct pc_transport_ops *ops;
-	struct pc_transport_opts o = { .channels = 1 };
+	char why[160] = "";
+	struct pc_transport_opts o = { .channels = 1, .key = c->auth_key,
+				       .key_len = c->auth_key_len, .why = why,
+				       .whylen = sizeof(why) };
 	struct pc_listener *l = NULL;
 	const char *rest;
 	char uri[URI_MAX];

@@ -34,6 +34,21 @@ struct pc_cli {
 	struct precopy_tls tls;
 	uint8_t tls_psk[512];
 	bool have_tls;
+	/* rdma: (--auth-key-file, --rdma-registration) */
+	uint8_t auth_key[PRECOPY_AUTH_KEY_MAX];
+	size_t auth_key_len;
+	bool have_auth_key;
+	enum precopy_registration registration;
+	bool have_registration;
+};
+
+/* What a migration's transport registered with its device (RDMA). */
+struct pc_cli_reg {
+	bool valid;        /* the transport registers memory */
+	bool source;       /* and this end is the source (mode applies) */
+	bool pin_all;
+	double ms;
+	uint64_t bytes, count;
 };
 
 void pc_cli_defaults(struct pc_cli *c);
@@ -43,6 +58,9 @@ int pc_cli_read_psk(const char *path, uint8_t *key, size_t cap);
 /** Apply c's TLS settings to @s (if any were given); prints the error.
  *  Return: 0 or the exit status 2. */
 int pc_cli_apply_tls(struct pc_cli *c, struct precopy_session *s, const char *cmd);
+/** Apply c's RDMA settings to @s: the authentication key (either end)
+ *  and, at the source, the registration. Return: 0 or the exit status 2. */
+int pc_cli_apply_rdma(struct pc_cli *c, struct precopy_session *s, const char *cmd);
 /** Sizes and rates: digits with an optional K/M/G/T (x1024) suffix, an
  *  optional "iB"/"B" and "/s". Return: 0 or -EINVAL. */
 int pc_cli_parse_size(const char *s, uint64_t *out);
@@ -57,8 +75,9 @@ int pc_cli_demo(struct pc_cli *c, struct precopy_session **current);
 int pc_cli_simulate(struct pc_cli *c);
 int pc_cli_bridge(struct pc_cli *c);
 
-/** Print stats as one JSON object line to @f, with "event": @event. */
+/** Print stats as one JSON object line to @f, with "event": @event, and
+ *  (if @reg is not NULL) the registration figures. */
 void pc_cli_json_stats(FILE *f, const char *event, const char *role,
-		       const struct precopy_stats *st);
+		       const struct precopy_stats *st, const struct pc_cli_reg *reg);
 
 #endif /* PC_CLI_H */

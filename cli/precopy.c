@@ -117,6 +117,17 @@ static void usage(FILE *f)
 "  --tls-hostname NAME       source: the name the destination's certificate must\n"
 "                            carry [the URI's host]\n"
 "\n"
+"RDMA (URIs rdma:HOST:PORT; migrate, incoming, demo, bridge):\n"
+"  --auth-key-file FILE      the key that authenticates the connection, as hex digits\n"
+"                            (16..1024 bytes), e.g. from 'openssl rand -hex 32'; the\n"
+"                            same at both ends. Without it anyone who can reach the\n"
+"                            port can connect. It does not encrypt: RDMA only on a\n"
+"                            trusted fabric\n"
+"  --rdma-registration MODE  migrate, demo: how the guest's RAM is registered (pinned)\n"
+"                            with the device: on-demand, 16 MiB chunks as the bulk\n"
+"                            pass reaches them, or pin-all, all of it before the\n"
+"                            first page [on-demand]\n"
+"\n"
 "incoming:\n"
 "  --listen URI              where to listen (port 0 picks one; printed)\n"
 "  --numa-node N             place the received RAM on NUMA node N and report\n"
@@ -150,6 +161,7 @@ enum {
 	OPT_HELP, OPT_NUMA_NODE, OPT_MEMFD, OPT_LISTEN_UNIX, OPT_TO_UNIX,
 	OPT_TIMEOUT, OPT_VERIFY_SOURCE, OPT_THEN_TO, OPT_STOP_DELAY, OPT_TLS_PSK_FILE,
 	OPT_TLS_PSK_ID, OPT_TLS_CA, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_HOSTNAME,
+	OPT_AUTH_KEY_FILE, OPT_RDMA_REG,
 };
 
 static const struct option long_opts[] = {
@@ -187,6 +199,8 @@ static const struct option long_opts[] = {
 	{ "tls-cert", required_argument, 0, OPT_TLS_CERT },
 	{ "tls-key", required_argument, 0, OPT_TLS_KEY },
 	{ "tls-hostname", required_argument, 0, OPT_TLS_HOSTNAME },
+	{ "auth-key-file", required_argument, 0, OPT_AUTH_KEY_FILE },
+	{ "rdma-registration", required_argument, 0, OPT_RDMA_REG },
 	{ "no-verify", no_argument, 0, OPT_NO_VERIFY },
 	{ "json", no_argument, 0, OPT_JSON },
 	{ "quiet", no_argument, 0, OPT_QUIET },
@@ -378,6 +392,26 @@ static int parse_args(int argc, char **argv, struct pc_cli *c)
 		case OPT_TLS_CERT: c->tls.cert_file = a; c->have_tls = true; break;
 		case OPT_TLS_KEY: c->tls.key_file = a; c->have_tls = true; break;
 		case OPT_TLS_HOSTNAME: c->tls.hostname = a; c->have_tls = true; break;
+		case OPT_AUTH_KEY_FILE: {
+			int n = pc_cli_read_psk(a, c->auth_key, sizeof(c->auth_key));
+
+			if (n < 0)
+				return bad_value(name, a, n == -EINVAL
+					? "expected a file of 32..2048 hex digits (16..1024 bytes)"
+					: strerror(-n));
+			c->auth_key_len = (size_t)n;
+			c->have_auth_key = true;
+			break;
+		}
+		case OPT_RDMA_REG:
+			if (!strcmp(a, "on-demand"))
+				c->registration = PRECOPY_REG_ON_DEMAND;
+			else if (!strcmp(a, "pin-all"))
+				c->registration = PRECOPY_REG_PIN_ALL;
+			else
+				return bad_value(name, a, "expected on-demand or pin-all");
+			c->have_registration = true;
+			break;
 		case OPT_NO_VERIFY: c->no_verify = true; break;
 		case OPT_NUMA_NODE:
 			if (parse_uint(name, a, 1023, &v))
@@ -421,6 +455,48 @@ static int parse_args(int argc, char **argv, struct pc_cli *c)
 	return 0;
 }
 
+static bool is_rdma(const char *uri)
+{
+	return uri && !strncmp(uri, "rdma:", 5);
+}
+
+/*
+ * The RDMA flags where they cannot act are refused rather than ignored: a
+ * key that authenticates nothing would only give a false sense of safety.
+ * Return: 0, or 2 with the reason printed.
+ */
+static int check_rdma_flags(const char *cmd, const struct pc_cli *c)
+{
+	const char *uris[2] = { NULL, NULL };
+
+	if (!c->have_auth_key && !c->have_registration)
+		return 0;
+	if (!strcmp(cmd, "simulate")) {
+		fprintf(stderr, "precopy simulate: --%s: simulate makes no connection\n",
+			c->have_auth_key ? "auth-key-file" : "rdma-registration");
+		return 2;
+	}
+	if (c->have_registration && (!strcmp(cmd, "incoming") || !strcmp(cmd, "bridge"))) {
+		fprintf(stderr, "precopy %s: --rdma-registration applies to migrate and demo "
+				"only (the RAM a source sends from)\n", cmd);
+		return 2;
+	}
+	if (!strcmp(cmd, "migrate")) {
+		uris[0] = c->to;
+		uris[1] = c->then_to;
+	} else if (!strcmp(cmd, "demo")) {
+		uris[0] = c->listen ? c->listen : "tcp:127.0.0.1:0";
+	} else {
+		uris[0] = c->listen ? c->listen : c->to;
+	}
+	if (!uris[0] || is_rdma(uris[0]) || is_rdma(uris[1]))
+		return 0; /* (a missing URI is reported by the command) */
+	fprintf(stderr, "precopy %s: --%s applies to rdma: URIs only%s\n", cmd,
+		c->have_auth_key ? "auth-key-file" : "rdma-registration",
+		c->have_auth_key ? " (over TCP, authenticate with tls: and --tls-psk-file)" : "");
+	return 2;
+}
+
 int main(int argc, char **argv)
 {
 	struct pc_cli c;
@@ -447,7 +523,7 @@ int main(int argc, char **argv)
 		c.ram = 1ull << 30;
 		c.dirty_rate = 256.0 * (1 << 20);
 	}
-	if (parse_args(argc - 1, argv + 1, &c))
+	if (parse_args(argc - 1, argv + 1, &c) || check_rdma_flags(cmd, &c))
 		return 2;
 
 	sigemptyset(&sa.sa_mask);

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "session.h"
 
 void pc_cli_defaults(struct pc_cli *c)
 {
@@ -46,7 +47,7 @@ static void progress(void *opaque, const struct precopy_stats *st)
 	char a[32], b[32], r[32];
 
 	if (x->c->json) {
-		pc_cli_json_stats(stdout, "progress", x->role, st);
+		pc_cli_json_stats(stdout, "progress", x->role, st, NULL);
 		return;
 	}
 	if (!x->tty || x->c->quiet)
@@ -111,13 +112,30 @@ static int g_throttle(void *o, unsigned pct)
 	return pc_guest_set_throttle(((struct ctx *)o)->guest, pct);
 }
 
-static void print_summary(struct ctx *x, const struct precopy_stats *st)
+/* What the session's transport registered with its device, if anything. */
+static void get_reg(struct ctx *x, struct precopy_session *s, struct pc_cli_reg *out)
+{
+	struct pc_tp_reg_stats rs;
+
+	memset(out, 0, sizeof(*out));
+	if (pc_session_reg_stats(s, &rs))
+		return;
+	out->valid = true;
+	out->source = !strcmp(x->role, "source");
+	out->pin_all = rs.pin_all;
+	out->ms = rs.ns / 1e6;
+	out->bytes = rs.bytes;
+	out->count = rs.count;
+}
+
+static void print_summary(struct ctx *x, const struct precopy_stats *st,
+			  const struct pc_cli_reg *reg)
 {
 	char a[32], b[32], c[32], d[32];
 	double ram = (double)st->total;
 
 	if (x->c->json) {
-		pc_cli_json_stats(stdout, "result", x->role, st);
+		pc_cli_json_stats(stdout, "result", x->role, st, reg);
 		return;
 	}
 	if (st->status != PRECOPY_STATUS_COMPLETED) {
@@ -149,6 +167,12 @@ static void print_summary(struct ctx *x, const struct precopy_stats *st)
 		       x->c->params.auto_converge ? "on" : "off");
 		printf("  dirty tracking   %s, %" PRIu64 " syncs\n",
 		       precopy_dirty_mode_name(st->dirty_mode), st->dirty_sync_count);
+		if (reg->valid)
+			printf("  registration     %.1f ms for %s in %" PRIu64 " memory region%s "
+			       "(%s)\n", reg->ms, pc_cli_fmt_bytes((double)reg->bytes, a, sizeof(a)),
+			       reg->count, reg->count == 1 ? "" : "s",
+			       reg->pin_all ? "pin-all, before the first page"
+					    : "on demand, 16 MiB chunks");
 	} else if (st->normal + st->duplicate == 0) {
 		/* no page came: the source's RAM was handed over (memfd, shm) */
 		printf("  handoff          the source's RAM is mapped here; no page copied, no "
@@ -158,6 +182,11 @@ static void print_summary(struct ctx *x, const struct precopy_stats *st)
 		       pc_cli_fmt_bytes((double)st->normal_bytes, a, sizeof(a)), st->normal,
 		       st->duplicate);
 		printf("  checksums        every region matches the source\n");
+		if (reg->valid)
+			printf("  registration     %.1f ms for %s in %" PRIu64 " memory region%s "
+			       "(each region whole, for the source's writes)\n", reg->ms,
+			       pc_cli_fmt_bytes((double)reg->bytes, a, sizeof(a)), reg->count,
+			       reg->count == 1 ? "" : "s");
 	}
 	fflush(stdout);
 }
@@ -204,6 +233,7 @@ int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current)
 	};
 	struct precopy_session *s = NULL;
 	struct precopy_stats st;
+	struct pc_cli_reg reg;
 	char uri[128], why[256];
 	void *ram = NULL;
 	int err, rc = 1, ramfd = -1;
@@ -243,7 +273,7 @@ int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current)
 		fprintf(stderr, "precopy incoming: %s\n", strerror(-err));
 		goto out;
 	}
-	if (pc_cli_apply_tls(c, s, "incoming")) {
+	if (pc_cli_apply_tls(c, s, "incoming") || pc_cli_apply_rdma(c, s, "incoming")) {
 		rc = 2;
 		goto out;
 	}
@@ -271,7 +301,8 @@ int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current)
 	*current = NULL;
 	end_progress(&x);
 	precopy_query(s, &st);
-	print_summary(&x, &st);
+	get_reg(&x, s, &reg);
+	print_summary(&x, &st, &reg);
 	if (err)
 		goto out;
 	if (!c->no_verify) {
@@ -382,6 +413,7 @@ static int migrate_once(struct ctx *x, const char *uri, struct precopy_session *
 		.progress = progress,
 	};
 	struct precopy_session *s = NULL;
+	struct pc_cli_reg reg;
 	uint64_t *free_bm, nfree = 0;
 	int err, region;
 
@@ -415,12 +447,18 @@ static int migrate_once(struct ctx *x, const char *uri, struct precopy_session *
 		precopy_delete(&s);
 		return -EINVAL;
 	}
+	if (pc_cli_apply_rdma(c, s, "migrate")) {
+		snprintf(st->error, sizeof(st->error), "bad RDMA settings");
+		precopy_delete(&s);
+		return -EINVAL;
+	}
 	*current = s;
 	err = precopy_migrate(s, uri);
 	*current = NULL;
 	end_progress(x);
 	precopy_query(s, st);
-	print_summary(x, st);
+	get_reg(x, s, &reg);
+	print_summary(x, st, &reg);
 	precopy_delete(&s);
 	return err;
 }
@@ -495,7 +533,9 @@ int pc_cli_migrate(struct pc_cli *c, struct precopy_session **current)
 	err = migrate_once(&x, c->to, current, &st);
 	if (!err)
 		rc = 0;
-	else if (err == -EPROTONOSUPPORT || (err == -EINVAL && (strstr(st.error, "URI") || strstr(st.error, "TLS settings"))))
+	else if (err == -EPROTONOSUPPORT ||
+		 (err == -EINVAL && (strstr(st.error, "URI") || strstr(st.error, "TLS settings") ||
+				     strstr(st.error, "RDMA settings"))))
 		rc = 2;
 	if (err && rc != 2 && c->verify_source && verify_source(&x)) {
 		rc = 3;

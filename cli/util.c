@@ -73,7 +73,7 @@ const char *pc_cli_fmt_bytes(double b, char *buf, size_t len)
 }
 
 void pc_cli_json_stats(FILE *f, const char *event, const char *role,
-		       const struct precopy_stats *st)
+		       const struct precopy_stats *st, const struct pc_cli_reg *reg)
 {
 	fprintf(f,
 		"{\"event\":\"%s\",\"role\":\"%s\",\"status\":\"%s\",\"total-time\":%" PRIu64
@@ -84,13 +84,22 @@ void pc_cli_json_stats(FILE *f, const char *event, const char *role,
 		",\"dirty-pages-rate\":%" PRIu64 ",\"mbps\":%.1f,\"bandwidth-busy\":%" PRIu64
 		",\"bandwidth-wall\":%" PRIu64 ",\"dirty-sync-count\":%" PRIu64
 		",\"cpu-throttle-percentage\":%u,\"iteration\":%u,\"forced-switchover\":%s"
-		",\"dirty-mode\":\"%s\",\"error\":\"",
+		",\"dirty-mode\":\"%s\"",
 		event, role, precopy_status_name(st->status), st->total_time, st->setup_time,
 		st->downtime, st->expected_downtime, st->transferred, st->remaining, st->total,
 		st->duplicate, st->normal, st->normal_bytes, st->free_skipped,
 		st->dirty_pages_rate, st->mbps, st->bandwidth_busy, st->bandwidth_wall,
 		st->dirty_sync_count, st->cpu_throttle_percentage, st->iteration,
 		st->forced_switchover ? "true" : "false", precopy_dirty_mode_name(st->dirty_mode));
+	/* time in ibv_reg_mr and what it registered; 0 where nothing is */
+	if (reg) {
+		fprintf(f, ",\"registration-ms\":%.1f,\"registration-bytes\":%" PRIu64
+			",\"registration-mrs\":%" PRIu64, reg->ms, reg->bytes, reg->count);
+		if (reg->valid && reg->source)
+			fprintf(f, ",\"registration-mode\":\"%s\"",
+				reg->pin_all ? "pin-all" : "on-demand");
+	}
+	fputs(",\"error\":\"", f);
 	for (const char *p = st->error; *p; p++) {
 		if (*p == '"' || *p == '\\')
 			fputc('\\', f);
@@ -154,5 +163,19 @@ int pc_cli_apply_tls(struct pc_cli *c, struct precopy_session *s, const char *cm
 		fprintf(stderr, "precopy %s: incomplete TLS settings: give --tls-psk-file with "
 				"--tls-psk-identity, or --tls-ca (source) / --tls-cert with "
 				"--tls-key (destination)\n", cmd);
+	return 2;
+}
+
+int pc_cli_apply_rdma(struct pc_cli *c, struct precopy_session *s, const char *cmd)
+{
+	int err = 0;
+
+	if (c->have_auth_key)
+		err = precopy_set_auth_key(s, c->auth_key, c->auth_key_len);
+	if (!err && c->have_registration)
+		err = precopy_set_registration(s, c->registration);
+	if (!err)
+		return 0;
+	fprintf(stderr, "precopy %s: cannot apply the RDMA settings: %s\n", cmd, strerror(-err));
 	return 2;
 }

@@ -369,8 +369,13 @@ static int end_run(struct precopy_session *s, int err)
 	pthread_mutex_lock(&s->lock);
 	if (s->tp) {
 		struct pc_transport *tp = s->tp;
+		struct pc_tp_reg_stats rs;
 
 		s->tp = NULL;
+		if (tp->ops->reg_stats(tp, &rs) == 0) {
+			s->reg_stats = rs;
+			s->have_reg_stats = true;
+		}
 		pthread_mutex_unlock(&s->lock);
 		pc_tp_close(tp);
 		pthread_mutex_lock(&s->lock);
@@ -399,6 +404,31 @@ int precopy_set_auth_key(struct precopy_session *s, const void *key, size_t len)
 	s->key = k;
 	s->key_len = len;
 	return 0;
+}
+
+int precopy_set_registration(struct precopy_session *s, enum precopy_registration mode)
+{
+	if (!s || (mode != PRECOPY_REG_ON_DEMAND && mode != PRECOPY_REG_PIN_ALL))
+		return -EINVAL;
+	if (atomic_load(&s->run_state) != PC_IDLE)
+		return -EBUSY;
+	s->reg_mode = mode;
+	return 0;
+}
+
+int pc_session_reg_stats(struct precopy_session *s, struct pc_tp_reg_stats *out)
+{
+	int err = -ENODATA;
+
+	if (!s || !out)
+		return -EINVAL;
+	pthread_mutex_lock(&s->lock);
+	if (s->have_reg_stats && atomic_load(&s->run_state) == PC_ENDED) {
+		*out = s->reg_stats;
+		err = 0;
+	}
+	pthread_mutex_unlock(&s->lock);
+	return err;
 }
 
 int precopy_migrate(struct precopy_session *s, const char *uri)

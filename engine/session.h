@@ -62,6 +62,11 @@ struct precopy_session {
 	const struct pc_transport_ops *ops;
 	uint8_t *key;                /**< precopy_set_auth_key(), or NULL */
 	size_t key_len;
+	enum precopy_registration reg_mode; /**< precopy_set_registration() */
+	/* what the transport registered with its device (under lock), taken
+	 * just before it is closed; have_reg_stats if it registers memory */
+	struct pc_tp_reg_stats reg_stats;
+	bool have_reg_stats;
 
 	/* precopy_set_tls(): a deep copy (strings and key owned here) */
 	struct precopy_tls tls;
@@ -97,6 +102,17 @@ void pc_sleep_ns(struct precopy_session *s, uint64_t ns);
  * Return: 0; -EINVAL; -EBUSY if already listening or started.
  */
 int pc_session_set_listener(struct precopy_session *s, struct pc_listener *l);
+
+/**
+ * pc_session_reg_stats() - internal, for the CLI: what the session's last
+ * connection registered with its device (RDMA: time in ibv_reg_mr, bytes,
+ * memory regions) for guest memory, once the migration has ended.
+ * Not in precopy_stats: that struct is copied whole into the caller's, so
+ * it cannot grow without breaking binaries built against PRECOPY_0.1.
+ * Return: 0; -EINVAL; -ENODATA if the transport registers no memory or
+ * the migration has not ended.
+ */
+int pc_session_reg_stats(struct precopy_session *s, struct pc_tp_reg_stats *out);
 
 int pc_source_run(struct precopy_session *s, const char *uri);
 int pc_dest_run(struct precopy_session *s);

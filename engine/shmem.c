@@ -118,8 +118,9 @@ int precopy_numa_where(const void *addr, size_t len, unsigned samples, uint64_t 
 	int *status;
 	long r;
 
-	if (!addr || !len || (uintptr_t)addr % PRECOPY_PAGE_SIZE || !samples ||
-	    (nnodes && !per_node))
+	/* at least one whole page: the sample count is then >= 1 */
+	if (!addr || len < PRECOPY_PAGE_SIZE || (uintptr_t)addr % PRECOPY_PAGE_SIZE ||
+	    !samples || (nnodes && !per_node))
 		return -EINVAL;
 	n = npages < samples ? npages : samples;
 	pages = calloc(n, sizeof(*pages));

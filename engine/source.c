@@ -741,6 +741,7 @@ static int migrate(struct source *src, const char *uri)
 	struct pc_transport_opts o = { .channels = src->nchan,
 				       .timeout_ms = s->params.timeout_ms,
 				       .key = s->key, .key_len = s->key_len,
+				       .flags = s->reg_mode == PRECOPY_REG_PIN_ALL ? PC_TOPT_PIN_ALL : 0,
 				       .tls = s->have_tls ? &s->tls : NULL,
 				       .why = why, .whylen = sizeof(why), .cancel = &s->cancel };
 	struct pc_transport *tp;

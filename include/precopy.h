@@ -104,6 +104,10 @@ enum precopy_on_limit {
 /**
  * Tunables. Fill with precopy_params_init() and change what you need.
  * The README explains each default.
+ * The struct carries no size or version: precopy_params_init() and
+ * precopy_new() use it whole, so it cannot grow without breaking programs
+ * built against an older header. Later settings are calls of their own
+ * (precopy_set_registration()).
  */
 struct precopy_params {
 	/** Rate cap for RAM passes in bytes/s; 0 = unlimited (default). The
@@ -149,7 +153,11 @@ struct precopy_params {
 	unsigned timeout_ms;
 };
 
-/** Statistics; names and meanings follow QEMU's query-migrate. */
+/**
+ * Statistics; names and meanings follow QEMU's query-migrate.
+ * precopy_query() copies the struct whole into the caller's, so it cannot
+ * grow either (see struct precopy_params).
+ */
 struct precopy_stats {
 	enum precopy_status status;
 	/** ms since the migration started (until its end once ended). */
@@ -360,7 +368,8 @@ int precopy_numa_node_ok(int node);
  * evenly over [@addr, @addr+@len) are looked up (move_pages() query);
  * per_node[n] counts those on node n (n < @nnodes) and *@absent (if not
  * NULL) those not allocated yet.
- * Return: the number of pages sampled (>= 1); -EINVAL; -ENOMEM; -errno.
+ * Return: the number of pages sampled (>= 1); -EINVAL (@len under a page,
+ * no @samples, a misaligned @addr...); -ENOMEM; -errno.
  */
 int precopy_numa_where(const void *addr, size_t len, unsigned samples, uint64_t *per_node,
 		       unsigned nnodes, uint64_t *absent);
@@ -420,6 +429,36 @@ int precopy_set_auth_key(struct precopy_session *s, const void *key, size_t len)
  * started; -ENOMEM; -EPROTONOSUPPORT if built without GnuTLS.
  */
 int precopy_set_tls(struct precopy_session *s, const struct precopy_tls *tls);
+
+/**
+ * How the source's RAM is registered with a transport that must register
+ * memory with its device before it can send from it (RDMA: ibv_reg_mr,
+ * which pins the pages). Transports that do not register memory (tcp,
+ * tls, shm) ignore it.
+ */
+enum precopy_registration {
+	/** Each 16 MiB chunk the first time a page in it is sent (default):
+	 *  the cost is spread over the bulk pass, and chunks the migration
+	 *  never sends from are never pinned. */
+	PRECOPY_REG_ON_DEMAND = 0,
+	/** Every region whole, before the first page is sent (in SETUP):
+	 *  one up-front cost, no registration during the passes, all of the
+	 *  guest's RAM pinned for the whole migration. */
+	PRECOPY_REG_PIN_ALL,
+};
+
+/**
+ * precopy_set_registration() - choose how the source registers its RAM
+ * (see enum precopy_registration), before precopy_migrate(). Ignored at
+ * the destination, which registers each region whole when the source
+ * connects. The environment variable PRECOPY_RDMA_PIN_ALL, if set and not
+ * empty, overrides this choice for every RDMA connection of the process:
+ * "0" means on demand, anything else pin all.
+ * Since symbol version PRECOPY_0.2.
+ * Return: 0; -EINVAL if @s is NULL or @mode is unknown; -EBUSY once the
+ * session runs.
+ */
+int precopy_set_registration(struct precopy_session *s, enum precopy_registration mode);
 
 /**
  * precopy_migrate() - run a migration from the source to @uri.

@@ -1,8 +1,9 @@
 #!/bin/sh
 # check_install.sh BUILD_DIR CC [SANITIZE] - install the build into a scratch folder
 # (meson install --destdir) and use it as an outside project would:
-#  - the shared library exports only precopy_* (version node PRECOPY_0.1)
-#    and has the soname libprecopy.so.0;
+#  - the shared library exports every function of precopy.h and nothing
+#    else, each under a version node (PRECOPY_0.1, PRECOPY_0.2), and has
+#    the soname libprecopy.so.0;
 #  - a program built with `pkg-config --cflags --libs precopy` against the
 #    installed header links the shared library and migrates memory;
 #  - the same program links the installed static library;
@@ -27,7 +28,8 @@ lib=$(find "$dest" -name 'libprecopy.so.0.1.0' | head -n1)
 [ -n "$lib" ] || { echo "no libprecopy.so.0.1.0 installed"; exit 1; }
 libdir=$(dirname "$lib")
 for f in precopy.h libprecopy.a libprecopy.so.0 libprecopy.so bin/precopy \
-	 man1/precopy.1 man3/precopy.3 man3/precopy_migrate.3 man3/precopy_delete.3; do
+	 man1/precopy.1 man3/precopy.3 man3/precopy_migrate.3 man3/precopy_delete.3 \
+	 man3/precopy_set_tls.3 man3/precopy_add_region_fd.3; do
 	find "$dest" -path "*/$f" | grep -q . || { echo "not installed: $f"; exit 1; }
 done
 echo "installed: $(cd "$dest" && find . -type f -o -type l | sort | tr '\n' ' ')"
@@ -35,9 +37,14 @@ echo "installed: $(cd "$dest" && find . -type f -o -type l | sort | tr '\n' ' ')
 soname=$(objdump -p "$lib" | awk '$1 == "SONAME" { print $2 }')
 [ "$soname" = libprecopy.so.0 ] || { echo "soname is '$soname'"; exit 1; }
 bad=$(nm -D --defined-only "$lib" | awk '$2 != "A" { print $3 }' |
-	grep -v '^precopy_[a-z_]*@@PRECOPY_0\.1$' || true)
-[ -z "$bad" ] || { echo "exported besides precopy_*: $bad"; exit 1; }
-echo "exports: $(nm -D --defined-only "$lib" | awk '$2 == "T"' | wc -l) functions, all precopy_*@@PRECOPY_0.1"
+	grep -v '^precopy_[a-z_]*@@PRECOPY_0\.[12]$' || true)
+[ -z "$bad" ] || { echo "exported besides precopy_*@@PRECOPY_0.1/0.2: $bad"; exit 1; }
+for f in $(sed -n 's/^[a-z][a-z_ ]*[ *]\(precopy_[a-z0-9_]*\)(.*/\1/p' "$src/../include/precopy.h"); do
+	nm -D --defined-only "$lib" | grep -q " T $f@@PRECOPY_" ||
+		{ echo "not exported: $f (engine/libprecopy.map)"; exit 1; }
+done
+echo "exports: $(nm -D --defined-only "$lib" | awk '$2 == "T" { sub(/.*@@/, "", $3); print $3 }' |
+	sort | uniq -c | awk '{ printf "%s%d at %s", (NR > 1 ? ", " : ""), $1, $2 }'), all precopy_*"
 
 export PKG_CONFIG_PATH="$(dirname "$pc")" PKG_CONFIG_SYSROOT_DIR="$dest"
 cflags=$(pkg-config --cflags precopy)
@@ -49,6 +56,9 @@ echo "pkg-config: $cflags $libs"
 	-pthread -o "$dest/consumer-shared"
 objdump -p "$dest/consumer-shared" | grep -q 'NEEDED *libprecopy.so.0' ||
 	{ echo "consumer does not link libprecopy.so.0"; exit 1; }
+# It uses only 0.1 calls, so a library of 0.1 would load it too.
+needs=$(objdump -p "$dest/consumer-shared" | grep -o 'PRECOPY_[0-9.]*' | sort -u | tr '\n' ' ')
+[ "$needs" = "PRECOPY_0.1 " ] || { echo "consumer needs versions '$needs', not PRECOPY_0.1 only"; exit 1; }
 LD_LIBRARY_PATH="$libdir" "$dest/consumer-shared"
 
 # shellcheck disable=SC2086

@@ -62,5 +62,29 @@ expect "--tls-psk-file" migrate --to tls:127.0.0.1:9 --ram 4M --tls-psk-file /no
 expect "incomplete TLS settings" migrate --to tls:127.0.0.1:9 --ram 4M --tls-cert x.pem
 expect "incomplete TLS settings" incoming --listen tls:127.0.0.1:0 --ram 4M --tls-hostname x
 expect "--bandwidth" simulate --ram 4M --bandwidth 0 --dirty-rate 1M
+
+# RDMA: the key file's format, and both flags where they cannot act
+K=$(mktemp "${TMPDIR:-/tmp}/precopy-key.XXXXXX")
+trap 'rm -f "$K"' EXIT
+R="--to rdma:127.0.0.1:9 --ram 4M"
+echo 00112233445566778899aabbccddee >"$K"       # 15 bytes
+expect "--auth-key-file" migrate $R --auth-key-file "$K"
+echo "00112233445566778899aabbccddeeff0" >"$K"  # an odd digit
+expect "--auth-key-file" migrate $R --auth-key-file "$K"
+echo "00112233445566778899aabbccddeeffzz" >"$K" # not hex
+expect "16..1024 bytes" migrate $R --auth-key-file "$K"
+head -c 1025 /dev/zero | od -An -v -tx1 | tr -d ' \n' >"$K" # 1025 bytes
+expect "16..1024 bytes" incoming --listen rdma:127.0.0.1:0 --ram 4M --auth-key-file "$K"
+expect "--auth-key-file" migrate $R --auth-key-file /nonexistent/key
+expect "--rdma-registration" migrate $R --rdma-registration sometimes
+echo 00112233445566778899aabbccddeeff >"$K"         # 16 bytes: a good key
+expect "applies to rdma: URIs only" migrate $T --ram 4M --auth-key-file "$K"
+expect "applies to rdma: URIs only" migrate $T --ram 4M --rdma-registration pin-all
+expect "applies to rdma: URIs only" incoming --listen tcp:127.0.0.1:0 --ram 4M --auth-key-file "$K"
+expect "applies to rdma: URIs only" demo --auth-key-file "$K"
+expect "applies to rdma: URIs only" bridge --listen-unix /nonexistent/s --to tcp:127.0.0.1:9 --auth-key-file "$K"
+expect "applies to migrate and demo only" incoming --listen rdma:127.0.0.1:0 --ram 4M --rdma-registration pin-all
+expect "applies to migrate and demo only" bridge --listen rdma:127.0.0.1:0 --to-unix /nonexistent/s --rdma-registration on-demand
+expect "makes no connection" simulate --ram 4M --bandwidth 1G --dirty-rate 1M --auth-key-file "$K"
 echo "cli_args: $((n - fails)) passed, $fails failed"
 [ $fails -eq 0 ]

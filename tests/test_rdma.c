@@ -4,7 +4,9 @@
  *   test_rdma ADDR     (an IPv4 address on the RDMA device's netdev;
  *                       PRECOPY_RDMA_ADDR if not given)
  * Whole migrations with the verification pattern over 1 and 2 queue pairs
- * (on-demand and pin-all registration), a wrong key refused at connect, a
+ * (on-demand and pin-all registration, chosen with precopy_set_registration()
+ * or overridden by PRECOPY_RDMA_PIN_ALL, and what each end registered), a
+ * wrong key refused at connect, a
  * stale rkey refused once the destination revoked its regions, and a
  * destination killed mid-migration failing the source cleanly with its
  * guest running and intact.
@@ -81,9 +83,13 @@ static struct pc_guest *make_guest(size_t ram, double rate)
 	return g;
 }
 
-static void run_migration(unsigned channels, const char *key)
+/* One migration of 48 MiB; @pin_all: the registration asked for with
+ * precopy_set_registration(); @want_pin_all: what should happen (the
+ * environment may override). */
+static void run_migration(unsigned channels, const char *key, bool pin_all, bool want_pin_all)
 {
 	size_t ram = 48 * MiB;
+	struct pc_tp_reg_stats sreg, dreg;
 	struct pc_guest *g = make_guest(ram, 1.0 * MiB);
 	struct precopy_params p;
 	struct precopy_stats st;
@@ -100,6 +106,9 @@ static void run_migration(unsigned channels, const char *key)
 	assert_int_equal(h_dest_start_key(&d, ram, listen_uri, false, key, klen), 0);
 	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
 	assert_int_equal(precopy_set_auth_key(s.s, key, klen), 0);
+	assert_int_equal(precopy_set_registration(s.s, pin_all ? PRECOPY_REG_PIN_ALL
+								: PRECOPY_REG_ON_DEMAND), 0);
+	assert_int_equal(pc_session_reg_stats(s.s, &sreg), -ENODATA); /* not run yet */
 	assert_int_equal(h_src_start(&s, d.uri), 0);
 	err = h_src_join(&s);
 	if (err) {
@@ -119,9 +128,22 @@ static void run_migration(unsigned channels, const char *key)
 	assert_int_equal(pc_guest_verify(d.ram, d.len, &d.desc, why, sizeof(why)), 0);
 	precopy_query(s.s, &st);
 	assert_int_equal(st.status, PRECOPY_STATUS_COMPLETED);
-	printf("# %u QP(s): %llu ms, %llu passes, downtime %llu ms, %.1f MiB/s busy\n", channels,
+	assert_int_equal(precopy_set_registration(s.s, PRECOPY_REG_PIN_ALL), -EBUSY);
+	/* pin-all: the one region whole; on demand: 16 MiB chunks, all of
+	 * them touched by the bulk pass. The destination registers its one
+	 * region whole either way. */
+	assert_int_equal(pc_session_reg_stats(s.s, &sreg), 0);
+	assert_int_equal(pc_session_reg_stats(d.s, &dreg), 0);
+	assert_int_equal(sreg.bytes, ram);
+	assert_true(want_pin_all ? sreg.count == 1 : sreg.count >= 3);
+	assert_int_equal(dreg.bytes, ram);
+	assert_int_equal(dreg.count, 1);
+	printf("# %u QP(s): %llu ms, %llu passes, downtime %llu ms, %.1f MiB/s busy; "
+	       "registration %.1f ms in %llu MRs (%s), destination %.1f ms\n", channels,
 	       (unsigned long long)st.total_time, (unsigned long long)st.iteration + 1,
-	       (unsigned long long)st.downtime, st.bandwidth_busy / 1048576.0);
+	       (unsigned long long)st.downtime, st.bandwidth_busy / 1048576.0, sreg.ns / 1e6,
+	       (unsigned long long)sreg.count, want_pin_all ? "pin-all" : "on demand",
+	       dreg.ns / 1e6);
 	h_src_free(&s);
 	h_dest_free(&d);
 	pc_guest_delete(&g);
@@ -131,14 +153,24 @@ static void migrate__pattern_1_qp_with_key(void **state)
 {
 	(void)state;
 	unsetenv("PRECOPY_RDMA_PIN_ALL");
-	run_migration(1, "correct horse battery staple");
+	run_migration(1, "correct horse battery staple", false, false);
 }
 
 static void migrate__pattern_2_qps_pin_all(void **state)
 {
 	(void)state;
+	unsetenv("PRECOPY_RDMA_PIN_ALL");
+	run_migration(2, NULL, true, true);
+}
+
+/* The environment variable overrides the session's choice, both ways. */
+static void migrate__pin_all_env_overrides(void **state)
+{
+	(void)state;
+	setenv("PRECOPY_RDMA_PIN_ALL", "0", 1);
+	run_migration(1, NULL, true, false);
 	setenv("PRECOPY_RDMA_PIN_ALL", "1", 1);
-	run_migration(2, NULL);
+	run_migration(1, NULL, false, true);
 	unsetenv("PRECOPY_RDMA_PIN_ALL");
 }
 
@@ -1643,7 +1675,7 @@ static void hostile__engine_dest_fails(void **state)
 	assert_int_equal(d.resumed, 0);
 	h_dest_free(&d);
 	leaks_check(&lk, "after the hostile source");
-	run_migration(1, NULL);
+	run_migration(1, NULL, false, false);
 	leaks_check(&lk, "after a good migration");
 }
 
@@ -1697,7 +1729,7 @@ static void migrate__source_killed_dest_fails(void **state)
 	assert_false(d.have_desc);
 	h_dest_free(&d);
 	leaks_check(&lk, "after the source was killed");
-	run_migration(1, NULL);
+	run_migration(1, NULL, false, false);
 	leaks_check(&lk, "after a good migration");
 }
 
@@ -1760,6 +1792,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(write_pages__stale_key_refused_after_unexpose, setup, teardown),
 		cmocka_unit_test_setup_teardown(migrate__pattern_1_qp_with_key, setup, teardown),
 		cmocka_unit_test_setup_teardown(migrate__pattern_2_qps_pin_all, setup, teardown),
+		cmocka_unit_test_setup_teardown(migrate__pin_all_env_overrides, setup, teardown),
 		cmocka_unit_test_setup_teardown(migrate__dest_killed_source_survives, setup, teardown),
 		cmocka_unit_test_setup_teardown(hostile__read_of_region_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(hostile__write_outside_region_refused, setup, teardown),

@@ -686,6 +686,11 @@ static void numa__node0_placement_reported(void **state)
 	assert_int_equal(n, 64);
 	assert_int_equal(absent, 0);
 	assert_int_equal(per_node[0], 64);
+	/* less than a page, no samples, no counters: refused */
+	assert_int_equal(precopy_numa_where(mem, 100, 64, per_node, 64, &absent), -EINVAL);
+	assert_int_equal(precopy_numa_where(mem, len, 0, per_node, 64, &absent), -EINVAL);
+	assert_int_equal(precopy_numa_where(mem, len, 64, NULL, 64, &absent), -EINVAL);
+	assert_int_equal(precopy_numa_where(mem, len, 64, NULL, 0, NULL), 64);
 	munmap(mem, len);
 	close(fd);
 }

@@ -817,12 +817,11 @@ static int get_remote(struct rd_conn *c, uint32_t id, struct rd_remote *out)
 
 /* --- local registration ---------------------------------------------------- */
 
-static struct ibv_mr *reg_timed(struct rd_conn *c, void *addr, size_t len)
+/* ibv_reg_mr() of guest memory, counted in reg_ns/bytes/count. */
+static struct ibv_mr *reg_timed(struct rd_conn *c, void *addr, size_t len, int access)
 {
 	uint64_t t0 = now_ns();
-	/* Local read only: the kernel pins the pages read-only, so writes
-	 * by the guest still fault into the dirty tracker. */
-	struct ibv_mr *mr = ibv_reg_mr(c->pd, addr, len, 0);
+	struct ibv_mr *mr = ibv_reg_mr(c->pd, addr, len, access);
 
 	if (mr) {
 		atomic_fetch_add(&c->reg_ns, now_ns() - t0);
@@ -863,7 +862,7 @@ static struct ibv_mr *local_mr(struct rd_conn *c, uintptr_t a, size_t *avail)
 			pthread_mutex_lock(&c->local_lock);
 			mr = atomic_load(&l->chunk[k]);
 			if (!mr) {
-				mr = reg_timed(c, (void *)cs, ce - cs);
+				mr = reg_timed(c, (void *)cs, ce - cs, 0);
 				atomic_store(&l->chunk[k], mr);
 			}
 			pthread_mutex_unlock(&c->local_lock);
@@ -914,8 +913,10 @@ static int rd_reg_local(struct pc_transport *t, const void *addr, size_t len)
 	l->start = a;
 	l->len = len;
 	l->base = a & ~(((uintptr_t)1 << CHUNK_SHIFT) - 1);
+	/* Local read only: the kernel pins the pages read-only, so writes
+	 * by the guest still fault into the dirty tracker. */
 	if (c->pin_all) {
-		l->whole = reg_timed(c, (void *)addr, len);
+		l->whole = reg_timed(c, (void *)addr, len, 0);
 		if (!l->whole)
 			err = errno ? -errno : -ENOMEM;
 	} else {
@@ -1090,7 +1091,7 @@ static int rd_expose_region(struct pc_transport *t, uint32_t id, void *addr, siz
 	if (id >= PRECOPY_MAX_REGIONS || !addr || !len)
 		return -EINVAL;
 	/* Remote write only: the peer can never read our memory. */
-	mr = ibv_reg_mr(c->pd, addr, len, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+	mr = reg_timed(c, addr, len, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
 	if (!mr)
 		return rd_fail(c, errno ? -errno : -ENOMEM, "registering region %u: %s", id,
 			       strerror(errno));
@@ -1125,7 +1126,21 @@ static int rd_unexpose_all(struct pc_transport *t)
 
 /* --- connection objects ------------------------------------------------------ */
 
-static struct rd_conn *conn_new(unsigned nchan, unsigned timeout_ms)
+/*
+ * Pin-all or on demand: what the engine asked for (PC_TOPT_PIN_ALL), unless
+ * PRECOPY_RDMA_PIN_ALL is set and not empty ("0": on demand, else pin-all),
+ * which overrides it for the whole process.
+ */
+static bool want_pin_all(const struct pc_transport_opts *o)
+{
+	const char *e = getenv("PRECOPY_RDMA_PIN_ALL");
+
+	if (e && *e)
+		return strcmp(e, "0") != 0;
+	return o && (o->flags & PC_TOPT_PIN_ALL);
+}
+
+static struct rd_conn *conn_new(unsigned nchan, const struct pc_transport_opts *o)
 {
 	struct rd_conn *c = calloc(1, sizeof(*c));
 
@@ -1133,7 +1148,8 @@ static struct rd_conn *conn_new(unsigned nchan, unsigned timeout_ms)
 		return NULL;
 	c->base.ops = pc_transport_find("rdma");
 	c->base.nchan = nchan;
-	c->timeout_ms = timeout_ms ? timeout_ms : DEFAULT_TIMEOUT_MS;
+	c->timeout_ms = o && o->timeout_ms ? o->timeout_ms : DEFAULT_TIMEOUT_MS;
+	c->pin_all = want_pin_all(o);
 	c->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	c->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	pthread_mutex_init(&c->reg_lock, NULL);
@@ -1150,11 +1166,6 @@ static struct rd_conn *conn_new(unsigned nchan, unsigned timeout_ms)
 		ch->probe_seq = UINT64_MAX;
 		for (unsigned s = 0; s < SEND_SLOTS; s++)
 			ch->slot_seq[s] = UINT64_MAX;
-	}
-	{
-		const char *e = getenv("PRECOPY_RDMA_PIN_ALL");
-
-		c->pin_all = e && *e && strcmp(e, "0") != 0;
 	}
 	if (c->wake_fd < 0 || c->stop_fd < 0) {
 		if (c->wake_fd >= 0)
@@ -1678,13 +1689,11 @@ static int rd_connect(const char *addr, const struct pc_transport_opts *o,
 	err = resolve(addr, false, &res);
 	if (err)
 		return err;
-	c = conn_new(nchan, o ? o->timeout_ms : 0);
+	c = conn_new(nchan, o);
 	if (!c) {
 		freeaddrinfo(res);
 		return -ENOMEM;
 	}
-	if (o && (o->flags & PC_TOPT_PIN_ALL))
-		c->pin_all = true;
 	ms = (int)c->timeout_ms;
 	c->ec = rdma_create_event_channel();
 	if (!c->ec) {
@@ -1956,14 +1965,12 @@ static int rd_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
 		if (!c) {
 			nchan = req[6];
 			cookie = pc_get_le64(req + 8);
-			c = conn_new(nchan, o ? o->timeout_ms : 0);
+			c = conn_new(nchan, o);
 			if (!c) {
 				reject(id, REJ_CHANNEL);
 				rdma_destroy_id(id);
 				return -ENOMEM;
 			}
-			if (o && (o->flags & PC_TOPT_PIN_ALL))
-				c->pin_all = true;
 			c->ec = rdma_create_event_channel();
 			if (!c->ec || (err = conn_init_device(c, id->verbs)) != 0) {
 				err = c->ec ? err : -ENODEV;
@@ -2074,6 +2081,19 @@ static void rd_close(struct pc_transport *t)
 	conn_free(c);
 }
 
+static int rd_reg_stats(struct pc_transport *t, struct pc_tp_reg_stats *out)
+{
+	struct rd_conn *c = (struct rd_conn *)t;
+
+	if (!t || !out)
+		return -EINVAL;
+	out->ns = atomic_load(&c->reg_ns);
+	out->bytes = atomic_load(&c->reg_bytes);
+	out->count = atomic_load(&c->reg_count);
+	out->pin_all = c->pin_all;
+	return 0;
+}
+
 int pc_rdma_stats(struct pc_transport *t, struct pc_rdma_stats *out)
 {
 	struct rd_conn *c = (struct rd_conn *)t;
@@ -2144,6 +2164,7 @@ const struct pc_transport_ops pc_rdma_ops = {
 	.expose_region = rd_expose_region,
 	.unexpose_all = rd_unexpose_all,
 	.reg_local = rd_reg_local,
+	.reg_stats = rd_reg_stats,
 	.send_msg = rd_send_msg,
 	.recv_msg = rd_recv_msg,
 	.write_pages = rd_write_pages,

@@ -16,9 +16,11 @@ struct ibv_qp;
 
 /** Counters of one RDMA connection (pc_rdma_stats()). */
 struct pc_rdma_stats {
-	uint64_t reg_ns;       /**< time spent in ibv_reg_mr for source memory */
-	uint64_t reg_bytes;    /**< bytes of source memory registered */
-	uint64_t reg_count;    /**< memory regions registered (chunks or ranges) */
+	/* Guest memory registered: the sending side's reg_local ranges (or
+	 * their chunks), the receiving side's exposed regions. */
+	uint64_t reg_ns;       /**< time spent in ibv_reg_mr for guest memory */
+	uint64_t reg_bytes;    /**< bytes of guest memory registered */
+	uint64_t reg_count;    /**< memory regions registered (chunks, ranges, regions) */
 	uint64_t write_wrs;    /**< RDMA WRITE work requests posted */
 	uint64_t write_bytes;  /**< bytes written by them */
 	uint64_t send_wrs;     /**< SEND work requests posted (fragments) */

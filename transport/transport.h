@@ -77,6 +77,14 @@ struct pc_page_run {
 /** Register every reg_local() range at once instead of on demand. */
 #define PC_TOPT_PIN_ALL (1u << 0)
 
+/** What a connection registered with its device for guest memory. */
+struct pc_tp_reg_stats {
+	uint64_t ns;    /**< time spent registering (RDMA: in ibv_reg_mr) */
+	uint64_t bytes; /**< bytes registered */
+	uint64_t count; /**< registrations (memory regions) */
+	bool pin_all;   /**< sending side: ranges registered whole, not in chunks */
+};
+
 /** Options common to every transport. */
 struct pc_transport_opts {
 	unsigned channels;      /**< connect: how many channels to open */
@@ -121,6 +129,7 @@ typedef int (*pc_tp_expose_region_op)(struct pc_transport *t, uint32_t id, void 
 				      size_t len);
 typedef int (*pc_tp_unexpose_all_op)(struct pc_transport *t);
 typedef int (*pc_tp_reg_local_op)(struct pc_transport *t, const void *addr, size_t len);
+typedef int (*pc_tp_reg_stats_op)(struct pc_transport *t, struct pc_tp_reg_stats *out);
 typedef int (*pc_tp_send_msg_op)(struct pc_transport *t, unsigned chan,
 				 const struct iovec *iov, int iovcnt);
 typedef int (*pc_tp_recv_msg_op)(struct pc_transport *t, unsigned chan, void *buf,
@@ -169,6 +178,12 @@ struct pc_transport_ops {
 	pc_tp_unexpose_all_op unexpose_all;
 	/** Sending side: make local memory usable as a write_pages source. */
 	pc_tp_reg_local_op reg_local;
+	/**
+	 * Either side: what this connection registered with its device for
+	 * guest memory so far (reg_local ranges, or their chunks, and exposed
+	 * regions); any thread. -EOPNOTSUPP: it registers nothing.
+	 */
+	pc_tp_reg_stats_op reg_stats;
 
 	/* --- data --- */
 	/** Send one message (the iovec's bytes, <= PC_MSG_MAX) on @chan. */

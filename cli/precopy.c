@@ -149,7 +149,9 @@ static void usage(FILE *f)
 "  --quiet                   no progress line\n"
 "\n"
 "Exit status: 0 success, 1 migration failed or cancelled, 2 bad usage,\n"
-"3 the source guest was not intact after a failure (--verify-source-after-failure).\n");
+"3 the source guest was not intact after a failure (--verify-source-after-failure),\n"
+"4 the guest was handed over but the destination did not confirm it runs it:\n"
+"  it is left stopped here, and may be running there.\n");
 }
 
 enum {

@@ -537,6 +537,13 @@ int pc_cli_migrate(struct pc_cli *c, struct precopy_session **current)
 		 (err == -EINVAL && (strstr(st.error, "URI") || strstr(st.error, "TLS settings") ||
 				     strstr(st.error, "RDMA settings"))))
 		rc = 2;
+	if (err == -ENOTRECOVERABLE) {
+		/* Handed over, not confirmed: the guest may run at the
+		 * destination, so it is neither checked as running here nor
+		 * migrated anywhere else. */
+		rc = 4;
+		goto out;
+	}
 	if (err && rc != 2 && c->verify_source && verify_source(&x)) {
 		rc = 3;
 		goto out;

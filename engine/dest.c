@@ -183,12 +183,11 @@ static int handle_devstate(struct dest *d, const struct pc_wire_msg *m)
 }
 
 /*
- * The last moment a cancel at the destination can still win: a guest that
- * is verified and loaded is resumed only if nobody cancelled first, and
- * from here on precopy_cancel() is refused (-EBUSY), as at the source once
- * COMPLETE is on its way. Without this a cancel during load_device_state
- * would abort the connection, the source would resume its guest on the
- * lost verdict, and this end would resume its copy too.
+ * The last moment a cancel at the destination can still win: after GO,
+ * the guest is resumed only if nobody cancelled first, and from here on
+ * precopy_cancel() is refused (-EBUSY), as at the source once GO is on its
+ * way. A cancel that wins leaves the guest stopped here; the source, told
+ * nothing more, leaves its own stopped too and says so (-ENOTRECOVERABLE).
  */
 static int commit(struct dest *d, char *text, size_t len)
 {
@@ -206,11 +205,77 @@ static int commit(struct dest *d, char *text, size_t len)
 	return status;
 }
 
+/*
+ * The end, once COMPLETE has been checked: @status 0 if every page is
+ * verified (or mapped) and device state is loaded, else why not in @text.
+ * In three steps, so that the guest never runs at both ends: the verdict
+ * goes to the source; only if it was good and the source answers GO (it
+ * will not resume the guest itself, whatever happens next) is the guest
+ * resumed here, and the source is told whether that worked. If the
+ * connection is lost or the source gives up before GO, the guest is not
+ * resumed here: the source resumes its own.
+ */
+static int conclude(struct dest *d, int status, char *text, size_t tlen)
+{
+	struct precopy_session *s = d->s;
+	uint8_t buf[PC_WIRE_HDR + 8 + PC_WIRE_TEXT_MAX];
+	uint8_t *rbuf = d->rcv[0].buf;
+	struct pc_wire_msg m;
+	char why[160];
+	size_t len;
+	int err;
+
+	err = send_rec(d, buf, pc_wire_enc_result(buf, sizeof(buf), PC_MSG_RESULT, status, text));
+	if (status)
+		return pc_fail(s, status, "%s", text);
+	if (err)
+		return pc_fail(s, err, "sending the verdict: %s; the guest was not resumed",
+			       pc_err_context(s, err));
+	err = pc_tp_recv_msg(d->tp, 0, rbuf, PC_WIRE_MSG_MAX, &len);
+	if (err) {
+		if (err == -ECANCELED || atomic_load(&s->cancel))
+			return -ECANCELED;
+		return pc_fail(s, err == -EMSGSIZE ? -EPROTO : err,
+			       "connection to the source lost before it handed the guest over: %s; the guest was not resumed",
+			       pc_err_context(s, err));
+	}
+	err = pc_wire_decode(rbuf, len, &m, why, sizeof(why));
+	if (err)
+		return pc_fail(s, err,
+			       "malformed stream after the verdict: %s; the guest was not resumed",
+			       why);
+	if (m.type == PC_MSG_ERROR)
+		return pc_fail(s, m.u.result.status ? m.u.result.status : -EIO,
+			       "source gave up after the verdict: %s", m.u.result.text);
+	if (m.type != PC_MSG_GO)
+		return pc_fail(s, -EPROTO,
+			       "malformed stream: %s after the verdict, expected GO; the guest was not resumed",
+			       pc_wire_type_name(m.type));
+	status = commit(d, text, tlen);
+	if (!status && s->cb.resume_vm) {
+		err = s->cb.resume_vm(s->cb.opaque);
+		if (err) {
+			status = err;
+			snprintf(text, tlen, "resume_vm failed: %s", strerror(-err));
+		}
+	}
+	/* Before the answer: once the source has it, it closes every
+	 * channel, and the other receivers must take that as the end. */
+	if (!status)
+		atomic_store(&d->finished, true);
+	err = send_rec(d, buf, pc_wire_enc_result(buf, sizeof(buf), PC_MSG_RESULT, status, text));
+	if (status)
+		return pc_fail(s, status, "%s", text);
+	/* A lost answer does not undo success here: the guest runs; the
+	 * source, not knowing, leaves its own stopped. */
+	(void)err;
+	return 0;
+}
+
 /* COMPLETE: verify everything, load device state, start the guest. */
 static int handle_complete(struct dest *d, const struct pc_wire_msg *m)
 {
 	struct precopy_session *s = d->s;
-	uint8_t buf[PC_WIRE_HDR + 8 + PC_WIRE_TEXT_MAX];
 	char text[PC_WIRE_TEXT_MAX + 1] = "";
 	int status = 0, err;
 
@@ -260,23 +325,7 @@ static int handle_complete(struct dest *d, const struct pc_wire_msg *m)
 			snprintf(text, sizeof(text), "load_device_state failed: %s", strerror(-err));
 		}
 	}
-	if (!status)
-		status = commit(d, text, sizeof(text));
-	if (!status && s->cb.resume_vm) {
-		err = s->cb.resume_vm(s->cb.opaque);
-		if (err) {
-			status = err;
-			snprintf(text, sizeof(text), "resume_vm failed: %s", strerror(-err));
-		}
-	}
-	err = send_rec(d, buf, pc_wire_enc_result(buf, sizeof(buf), PC_MSG_RESULT, status, text));
-	if (status)
-		return pc_fail(s, status, "%s", text);
-	/* A lost RESULT does not undo success here: memory is verified and
-	 * the guest runs; the source learns it from the lost connection. */
-	(void)err;
-	atomic_store(&d->finished, true);
-	return 0;
+	return conclude(d, status, text, sizeof(text));
 }
 
 static int handle(struct receiver *rc, const uint8_t *buf, size_t len)
@@ -299,8 +348,10 @@ static int handle(struct receiver *rc, const uint8_t *buf, size_t len)
 			return handle_devstate(d, &m);
 		break;
 	case PC_MSG_COMPLETE:
-		if (rc->chan == 0)
-			return handle_complete(d, &m) ? -EBADMSG : 1;
+		if (rc->chan == 0) {
+			err = handle_complete(d, &m);
+			return err ? err : 1;
+		}
 		break;
 	case PC_MSG_ERROR:
 		if (rc->chan == 0)
@@ -449,9 +500,8 @@ static int handoff_complete(struct dest *d, const struct pc_wire_msg *m, const i
 			    const uint64_t *offs)
 {
 	struct precopy_session *s = d->s;
-	uint8_t buf[PC_WIRE_HDR + 8 + PC_WIRE_TEXT_MAX];
-	char text[PC_WIRE_TEXT_MAX + 1] = "";
 	unsigned mapped = 0;
+	char text[PC_WIRE_TEXT_MAX + 1] = "";
 	int status = 0, err;
 
 	pc_set_status(s, PRECOPY_STATUS_SWITCHOVER);
@@ -495,24 +545,17 @@ static int handoff_complete(struct dest *d, const struct pc_wire_msg *m, const i
 			snprintf(text, sizeof(text), "load_device_state failed: %s", strerror(-err));
 		}
 	}
-	if (!status)
-		status = commit(d, text, sizeof(text));
-	if (!status && s->cb.resume_vm) {
-		err = s->cb.resume_vm(s->cb.opaque);
-		if (err) {
-			status = err;
-			snprintf(text, sizeof(text), "resume_vm failed: %s", strerror(-err));
-		}
-	}
 	if (status)
 		unmap_handed(d, mapped);
-	send_rec(d, buf, pc_wire_enc_result(buf, sizeof(buf), PC_MSG_RESULT, status, text));
-	if (status)
-		return pc_fail(s, status, "%s", text);
+	err = conclude(d, status, text, sizeof(text));
+	if (err) {
+		if (!status)
+			unmap_handed(d, mapped);
+		return err;
+	}
 	pthread_mutex_lock(&s->lock);
 	s->st.remaining = 0;
 	pthread_mutex_unlock(&s->lock);
-	atomic_store(&d->finished, true);
 	return 0;
 }
 

@@ -71,6 +71,7 @@ struct source {
 	atomic_int err;      /* first sender error */
 	uint64_t pass_dirtied; /* pages newly dirty by every sync of this pass */
 	bool handoff;        /* PC_CAP_HANDOFF offered / accepted */
+	bool unconfirmed;    /* GO sent, no answer: the guest may run there */
 
 	struct sender snd[PRECOPY_MAX_CHANNELS];
 };
@@ -578,19 +579,11 @@ static int complete(struct source *src)
 	if (n < 0)
 		return pc_fail(s, n, "encoding COMPLETE");
 	v.iov_len = (size_t)n;
-	/* Past this point the destination may resume the guest at any moment:
-	 * a cancel can no longer make the source the one that runs, so it is
-	 * refused from here on (see precopy_cancel()). */
-	pthread_mutex_lock(&s->lock);
-	if (atomic_load(&s->cancel)) {
-		pthread_mutex_unlock(&s->lock);
-		return -ECANCELED;
-	}
-	atomic_store(&s->committed, true);
-	pthread_mutex_unlock(&s->lock);
 	err = pc_tp_send_msg(src->tp, 0, &v, 1);
 	if (err)
 		return pc_fail(s, err, "sending COMPLETE: %s", pc_err_context(s, err));
+	/* Until GO the destination does not resume the guest: a lost or
+	 * refusing verdict, or a cancel, makes this end the one that runs. */
 	err = pc_tp_recv_msg(src->tp, 0, rbuf, sizeof(rbuf), &len);
 	if (err)
 		return pc_fail(s, err, "waiting for the destination's verdict: %s",
@@ -603,6 +596,34 @@ static int complete(struct source *src)
 			       pc_wire_type_name(m.type));
 	if (m.u.result.status)
 		return pc_fail(s, m.u.result.status, "destination refused: %s", m.u.result.text);
+	/* GO: from here this end never resumes the guest, unless the
+	 * destination says it could not; a cancel is refused (see
+	 * precopy_cancel()). */
+	pthread_mutex_lock(&s->lock);
+	if (atomic_load(&s->cancel)) {
+		pthread_mutex_unlock(&s->lock);
+		return -ECANCELED;
+	}
+	atomic_store(&s->committed, true);
+	pthread_mutex_unlock(&s->lock);
+	v.iov_len = (size_t)pc_wire_enc_go(buf, sizeof(buf));
+	err = pc_tp_send_msg(src->tp, 0, &v, 1);
+	if (!err)
+		err = pc_tp_recv_msg(src->tp, 0, rbuf, sizeof(rbuf), &len);
+	if (!err)
+		err = pc_wire_decode(rbuf, len, &m, why, sizeof(why));
+	if (!err && m.type != PC_MSG_RESULT)
+		err = -EPROTO;
+	if (err) {
+		src->unconfirmed = true;
+		return pc_fail(s, -ENOTRECOVERABLE,
+			       "the destination verified the guest and was told to resume it, but did not say it had (%s); the guest may be running there and was not resumed here",
+			       err == -EPROTO ? "malformed answer" : pc_err_context(s, err));
+	}
+	if (m.u.result.status)
+		return pc_fail(s, m.u.result.status,
+			       "the destination could not resume the guest: %s; it runs here again",
+			       m.u.result.text);
 	return 0;
 }
 
@@ -726,6 +747,8 @@ static int send_handoff(struct source *src)
 fail:
 	if (atomic_load(&s->cancel))
 		err = -ECANCELED;
+	if (src->unconfirmed)
+		return err; /* the guest may run there: never here too */
 	if (err != -ECANCELED)
 		send_error(src, err);
 	if (s->cb.resume_vm)
@@ -896,6 +919,12 @@ static int migrate(struct source *src, const char *uri)
 	return 0;
 
 fail:
+	if (src->unconfirmed) {
+		/* The guest may run at the destination: never here too. */
+		if (src->pol.throttle.pct && s->cb.set_throttle)
+			s->cb.set_throttle(s->cb.opaque, 0);
+		return err;
+	}
 	if (atomic_load(&s->cancel))
 		err = -ECANCELED;
 	if (err != -ECANCELED && !atomic_load(&src->err))

@@ -21,6 +21,7 @@ static const char *const type_names[] = {
 	[PC_MSG_RESULT] = "RESULT",
 	[PC_MSG_ERROR] = "ERROR",
 	[PC_MSG_HANDOFF] = "HANDOFF",
+	[PC_MSG_GO] = "GO",
 };
 
 const char *pc_wire_type_name(unsigned type)
@@ -143,6 +144,11 @@ int pc_wire_enc_iter_ack(uint8_t *buf, size_t cap, uint32_t iteration)
 		return n;
 	pc_put_le32(buf + PC_WIRE_HDR, iteration);
 	return n;
+}
+
+int pc_wire_enc_go(uint8_t *buf, size_t cap)
+{
+	return put_hdr(buf, cap, PC_MSG_GO, 0);
 }
 
 int pc_wire_enc_devstate_hdr(uint8_t *buf, size_t cap, uint64_t total, uint64_t offset,
@@ -433,6 +439,10 @@ int pc_wire_decode(const uint8_t *buf, size_t len, struct pc_wire_msg *out, char
 				   out->u.handoff.region,
 				   (unsigned long long)out->u.handoff.len,
 				   (unsigned long long)out->u.handoff.offset);
+		return 0;
+	case PC_MSG_GO:
+		if (plen)
+			return bad(why, whylen, "GO of %u bytes", plen);
 		return 0;
 	default:
 		return bad(why, whylen, "unknown record type %u", out->type);

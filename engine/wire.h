@@ -18,7 +18,12 @@
  *   ITER_ACK     dst->src  ch0  every channel reached the end of the pass
  *   DEVICE_STATE src->dst  ch0  a piece of the device state blob
  *   COMPLETE     src->dst  ch0  per-region page count and checksum
- *   RESULT       dst->src  ch0  0 = verified and running, else -errno + text
+ *   RESULT       dst->src  ch0  the verdict: 0 = verified and device state
+ *                                loaded, ready to resume; else -errno + text
+ *   GO           src->dst  ch0  the source will not resume the guest:
+ *                                the destination may (empty payload)
+ *   RESULT       dst->src  ch0  after GO: 0 = the guest runs here, else
+ *                                -errno + text (it does not)
  *   ERROR        either    ch0  the sender gives up: -errno + text
  *   HANDOFF      src->dst  ch0  (PC_CAP_HANDOFF) region, offset in the fd,
  *                                length; the region's memfd travels with it
@@ -45,8 +50,12 @@
  * transports only): no page passes, the destination maps the same pages.
  * Offered by the source, accepted or not by the destination. */
 #define PC_CAP_HANDOFF (1ull << 3)
-#define PC_CAP_REQUIRED (PC_CAP_ZERO_RUNS | PC_CAP_PAGE_HASH)
-#define PC_CAP_ALL (PC_CAP_ZERO_RUNS | PC_CAP_PAGE_HASH | PC_CAP_FREE_RUNS)
+/* The end in three steps (RESULT, GO, RESULT): the destination resumes
+ * the guest only once the source has said it never will, so a lost record
+ * can leave the guest stopped at both ends but never running at both. */
+#define PC_CAP_CONFIRM (1ull << 4)
+#define PC_CAP_REQUIRED (PC_CAP_ZERO_RUNS | PC_CAP_PAGE_HASH | PC_CAP_CONFIRM)
+#define PC_CAP_ALL (PC_CAP_ZERO_RUNS | PC_CAP_PAGE_HASH | PC_CAP_FREE_RUNS | PC_CAP_CONFIRM)
 
 enum pc_wire_type {
 	PC_MSG_HELLO = 1,
@@ -59,7 +68,8 @@ enum pc_wire_type {
 	PC_MSG_RESULT,
 	PC_MSG_ERROR,
 	PC_MSG_HANDOFF,
-	PC_MSG_TYPE_MAX = PC_MSG_HANDOFF,
+	PC_MSG_GO,
+	PC_MSG_TYPE_MAX = PC_MSG_GO,
 };
 
 enum pc_run_kind {
@@ -159,6 +169,8 @@ int pc_wire_enc_complete(uint8_t *buf, size_t cap, uint32_t nregions, const uint
 			 const uint64_t *hash);
 int pc_wire_enc_result(uint8_t *buf, size_t cap, unsigned type, int32_t status,
 		       const char *text);
+/** GO: the source hands the guest over (no payload). */
+int pc_wire_enc_go(uint8_t *buf, size_t cap);
 
 /** HANDOFF: region @region is @len bytes at @offset of the fd sent with it. */
 int pc_wire_enc_handoff(uint8_t *buf, size_t cap, uint32_t region, uint64_t offset,

@@ -470,9 +470,15 @@ int precopy_set_registration(struct precopy_session *s, enum precopy_registratio
  *       device's netdev).
  * Blocks until the end. On success the guest stays stopped (it now runs at
  * the destination). On failure or cancel, resume_vm has been called if
- * stop_vm had been, and memory is untouched.
+ * stop_vm had been, and memory is untouched - except after
+ * -ENOTRECOVERABLE: the destination verified everything and was told to
+ * resume the guest (GO), but its answer never came, so the guest may be
+ * running there and is left stopped here; resume it only once the
+ * destination is known not to run it. A destination that reports its
+ * resume_vm failed gets the guest back here (resume_vm is called, the
+ * error is its).
  * Return: 0 = COMPLETED; -ECANCELED; -ETIMEDOUT if the watchdog aborted;
- * -EACCES if TLS authentication failed;
+ * -EACCES if TLS authentication failed; -ENOTRECOVERABLE (above);
  * -EPROTO, -ECONNRESET, -EIO... for failures (see precopy_strerror()).
  * A session runs once; make a new one to retry.
  */
@@ -499,8 +505,10 @@ int precopy_local_uri(struct precopy_session *s, char *buf, size_t len);
 /**
  * precopy_incoming() - accept one source and receive a migration into the
  * registered regions. Blocks until the end. Returns 0 only after every
- * region's checksum matched the source's and device state was loaded;
- * resume_vm is then called.
+ * region's checksum matched the source's, device state was loaded, the
+ * source answered the verdict with GO (it will not resume the guest
+ * itself) and resume_vm succeeded. If the source goes away before GO, the
+ * guest is not resumed here and the call fails.
  * Return: 0; -ECANCELED; -EPROTO for a malformed stream; -EBADMSG if the
  * checksum did not match; -ECONNRESET... (see precopy_strerror()).
  */
@@ -510,12 +518,15 @@ int precopy_incoming(struct precopy_session *s);
  * precopy_cancel() - ask a running migration to stop; safe from any thread
  * and from signal handlers' deferred work. The running call returns
  * -ECANCELED soon after. Cancelling an ended or never-started session is
- * harmless. Once the source has sent its COMPLETE record the destination
- * may resume the guest at any moment, so from then on a cancel is refused
- * (-EBUSY) rather than risk the guest running at both ends; the migration
- * ends a moment later either way. At the destination a cancel is taken
- * until the moment the verified guest is about to be resumed (even during
- * load_device_state: the guest is then not resumed); after that it is
+ * harmless. Once the source has sent GO (the destination's verdict was
+ * good) the destination may resume the guest at any moment, so from then
+ * on a cancel is refused (-EBUSY) rather than risk the guest running at
+ * both ends; the migration ends a moment later either way. Before GO,
+ * even while the destination verifies, a cancel is taken and the source
+ * resumes its guest. At the destination a cancel is taken until the
+ * moment the verified guest is about to be resumed (the guest is then not
+ * resumed, and the source, told nothing more, leaves its own stopped and
+ * fails with -ENOTRECOVERABLE if it had sent GO); after that it is
  * refused (-EBUSY).
  * Return: 0; -EINVAL if @s is NULL; -EALREADY if it had already ended;
  * -EBUSY if the guest was already handed over (source) or is being

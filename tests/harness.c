@@ -23,7 +23,15 @@ static int d_load(void *o, const void *buf, size_t len)
 
 static int d_resume(void *o)
 {
-	((struct h_dest *)o)->resumed++;
+	struct h_dest *d = o;
+
+	if (d->on_resume) {
+		int err = d->on_resume(d);
+
+		if (err)
+			return err;
+	}
+	d->resumed++;
 	return 0;
 }
 
@@ -102,6 +110,7 @@ int h_dest_start_opts(struct h_dest *d, size_t len, const struct h_dest_opts *o)
 	d->len = len;
 	d->fd = -1;
 	d->on_load = o->on_load;
+	d->on_resume = o->on_resume;
 	if (o->memfd) {
 		err = precopy_memfd_alloc(len, -1, &d->ram, &d->fd);
 		if (err) {

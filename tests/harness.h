@@ -24,6 +24,9 @@ struct h_dest {
 	/** Called from the load_device_state hook (on the destination's
 	 *  thread), if set; a non-zero return is the hook's result. */
 	int (*on_load)(struct h_dest *d);
+	/** Called from the resume_vm hook, if set: a negative errno makes
+	 *  resume_vm fail (and resumed is not counted). */
+	int (*on_resume)(struct h_dest *d);
 };
 
 struct h_src {
@@ -67,6 +70,7 @@ struct h_dest_opts {
 	const struct precopy_tls *tls;
 	bool no_run;
 	int (*on_load)(struct h_dest *d);
+	int (*on_resume)(struct h_dest *d);
 };
 int h_dest_start_opts(struct h_dest *d, size_t len, const struct h_dest_opts *o);
 int h_dest_run(struct h_dest *d);

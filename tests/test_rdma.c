@@ -1382,6 +1382,11 @@ static int spy_reg_local(struct pc_transport *t, const void *a, size_t len)
 	return REAL(t)->ops->reg_local(REAL(t), a, len);
 }
 
+static int spy_reg_stats(struct pc_transport *t, struct pc_tp_reg_stats *out)
+{
+	return REAL(t)->ops->reg_stats(REAL(t), out);
+}
+
 static int spy_send_msg(struct pc_transport *t, unsigned chan, const struct iovec *iov,
 			int iovcnt)
 {
@@ -1425,6 +1430,7 @@ static const struct pc_transport_ops spy_ops = {
 	.expose_region = spy_expose_region,
 	.unexpose_all = spy_unexpose_all,
 	.reg_local = spy_reg_local,
+	.reg_stats = spy_reg_stats,
 	.send_msg = spy_send_msg,
 	.recv_msg = spy_recv_msg,
 	.write_pages = spy_write_pages,

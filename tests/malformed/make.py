@@ -19,9 +19,10 @@ RAM = 64 * 1024
 PAGES = RAM // 4096
 
 FRAME_MSG, FRAME_PAGES = 0x50434D31, 0x50435031
-HELLO, HELLO_ACK, RUNS, ITER_END, ITER_ACK, DEVSTATE, COMPLETE, RESULT, ERROR = range(1, 10)
+(HELLO, HELLO_ACK, RUNS, ITER_END, ITER_ACK, DEVSTATE, COMPLETE, RESULT, ERROR, HANDOFF,
+ GO) = range(1, 12)
 DATA, ZERO, FREE = 1, 2, 3
-CAPS = 0b111
+CAPS = 0b10111  # zero runs, checksums, free runs, the end in three steps
 
 
 def frame(kind, payload=b"", region=0, off=0, length=None):
@@ -77,6 +78,7 @@ CASES = {
     "hello-region-too-big": (hello(regions=(2 * RAM,)), "region 0"),
     "hello-says-two-channels": (hello(channels=2), "channels"),
     "hello-no-required-caps": (hello(caps=0b100), "capabilities"),
+    "hello-no-three-step-end": (hello(caps=0b111), "capabilities"),
     "hello-zero-regions": (hello(regions=()), "regions"),
     "hello-length-lies": (frame(FRAME_MSG, rec(HELLO, b"PCPY", plen=4000)), "payload bytes"),
     "first-record-not-hello": (iter_end(0), "expected HELLO"),
@@ -119,11 +121,13 @@ CASES = {
     "zero-runs-wrong-checksum": (hello() + ZERO_ALL + iter_end(0) + complete(h=12345),
                                  "checksum mismatch"),
     "ends-before-complete": (hello() + ZERO_ALL + iter_end(0), "closed"),
+    "go-before-complete": (hello() + ZERO_ALL + msg(GO, b""), "unexpected GO"),
+    "go-with-payload": (hello() + ZERO_ALL + iter_end(0) + msg(GO, b"\0" * 4), "GO of 4 bytes"),
 }
 
 
 def from_seed():
-    """Real streams, damaged: a flipped page byte, a cut before COMPLETE."""
+    """Real streams, damaged: a flipped page byte, cuts before COMPLETE and GO."""
     out = {}
     path = os.path.join(SEEDS, "idle")
     if not os.path.exists(path):
@@ -139,8 +143,15 @@ def from_seed():
     flipped = bytearray(b)
     flipped[first_page[0] + 24 + 100] ^= 0x01
     out["seed-idle-page-byte-flipped"] = (bytes(flipped), "checksum mismatch")
-    last = frames[-1]
-    out["seed-idle-cut-before-complete"] = (bytes(b[:last[0]]), "closed")
+    def rtype(f):
+        return struct.unpack_from("<H", b, f[0] + 24)[0] if f[1] == FRAME_MSG else 0
+    comp = next(f for f in frames if rtype(f) == COMPLETE)
+    go = next(f for f in frames if rtype(f) == GO)
+    out["seed-idle-cut-before-complete"] = (bytes(b[:comp[0]]), "closed")
+    # verified, but the source never says GO: the guest must not be resumed
+    out["seed-idle-cut-before-go"] = (bytes(b[:go[0]]), "not resumed")
+    out["seed-idle-result-instead-of-go"] = (bytes(b[:go[0]]) + msg(RESULT, struct.pack("<iI", 0, 0)),
+                                             "expected GO")
     out["seed-idle-cut-mid-page"] = (bytes(b[:first_page[0] + 24 + 5000]), "closed")
     return out
 

@@ -149,7 +149,8 @@ struct precopy_params {
 	 *  100..3600000): data left unacknowledged this long (TCP's
 	 *  TCP_USER_TIMEOUT), or an idle connection whose keepalive probes go
 	 *  unanswered (probes start after min(5 s, timeout/3)), ends the
-	 *  migration with -ETIMEDOUT. Both ends use their own value. */
+	 *  migration with -ETIMEDOUT; so does a TCP connect that gets no
+	 *  answer this long. Both ends use their own value. */
 	unsigned timeout_ms;
 };
 
@@ -517,7 +518,9 @@ int precopy_incoming(struct precopy_session *s);
 /**
  * precopy_cancel() - ask a running migration to stop; safe from any thread
  * and from signal handlers' deferred work. The running call returns
- * -ECANCELED soon after. Cancelling an ended or never-started session is
+ * -ECANCELED soon after, also while the source is still connecting over
+ * tcp: or shm: (over tls: during the TLS handshake, and over rdma: while
+ * connecting, only once that step ends or times out). Cancelling an ended or never-started session is
  * harmless. Once the source has sent GO (the destination's verdict was
  * good) the destination may resume the guest at any moment, so from then
  * on a cancel is refused (-EBUSY) rather than risk the guest running at

@@ -13,6 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <cmocka.h>
 
@@ -205,6 +208,63 @@ static void cancel__before_start(void **state)
 	pc_guest_delete(&g);
 }
 
+/*
+ * A listener whose accept queue is full: the kernel drops further SYNs,
+ * so a connect to it neither succeeds nor fails for minutes. Returns the
+ * port; @fds gets the listener and the connections that fill its queue.
+ */
+static unsigned syn_sink(int fds[4])
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t alen = sizeof(a);
+
+	fds[0] = socket(AF_INET, SOCK_STREAM, 0);
+	assert_true(fds[0] >= 0);
+	assert_int_equal(bind(fds[0], (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(fds[0], 0), 0);
+	assert_int_equal(getsockname(fds[0], (struct sockaddr *)&a, &alen), 0);
+	for (int i = 1; i < 4; i++) {
+		fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+		assert_true(fds[i] >= 0);
+		connect(fds[i], (struct sockaddr *)&a, sizeof(a));
+	}
+	usleep(100 * 1000);
+	return ntohs(a.sin_port);
+}
+
+/* A cancel while the source is still connecting is taken at once; it does
+ * not wait for the connect to time out (here an hour). */
+static void cancel__while_connecting(void **state)
+{
+	size_t ram = 4 * MiB;
+	struct pc_guest *g = make_guest(ram, 0, PC_GUEST_SEQUENTIAL, 0);
+	struct precopy_params p;
+	struct precopy_stats st;
+	struct h_src s;
+	char uri[64];
+	int fds[4];
+
+	(void)state;
+	snprintf(uri, sizeof(uri), "tcp:127.0.0.1:%u", syn_sink(fds));
+	precopy_params_init(&p);
+	p.timeout_ms = 3600000;
+	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
+	assert_int_equal(h_src_start(&s, uri), 0);
+	assert_true(h_wait_status(s.s, PRECOPY_STATUS_SETUP, 10000));
+	usleep(300 * 1000);
+	precopy_query(s.s, &st);
+	assert_int_equal(st.status, PRECOPY_STATUS_SETUP); /* still connecting */
+	assert_int_equal(precopy_cancel(s.s), 0);
+	assert_int_equal(h_src_join(&s), -ECANCELED);
+	assert_int_equal(s.stops, 0);
+	precopy_query(s.s, &st);
+	assert_int_equal(st.status, PRECOPY_STATUS_CANCELLED);
+	h_src_free(&s);
+	for (int i = 0; i < 4; i++)
+		close(fds[i]);
+	pc_guest_delete(&g);
+}
+
 static void migrate__region_mismatch_refused(void **state)
 {
 	struct pc_guest *g = make_guest(8 * MiB, 0, PC_GUEST_SEQUENTIAL, 0);
@@ -299,6 +359,7 @@ int main(void)
 		cmocka_unit_test(migrate__idle_guest_zero_pages_as_runs),
 		cmocka_unit_test(migrate__region_mismatch_refused),
 		cmocka_unit_test(cancel__before_start),
+		cmocka_unit_test(cancel__while_connecting),
 		cmocka_unit_test(cancel__during_bulk),
 		cmocka_unit_test(cancel__during_iterate),
 	};

@@ -155,6 +155,45 @@ static int wait_readable(int fd, int ms, atomic_bool *aborted)
 	return -ETIMEDOUT;
 }
 
+/*
+ * connect(2) that a cancel can stop: non-blocking, then poll in 50 ms
+ * steps until connected, refused, @ms passed (-ETIMEDOUT) or *@cancel set
+ * (-ECANCELED). A blocking connect to a peer that drops SYNs waits for
+ * minutes, and precopy_cancel() has no connection yet to abort.
+ */
+static int connect_within(int fd, const struct sockaddr *sa, socklen_t len, unsigned ms,
+			  const atomic_bool *cancel)
+{
+	int fl = fcntl(fd, F_GETFL), err = 0;
+	socklen_t elen = sizeof(err);
+
+	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+		return -errno;
+	if (connect(fd, sa, len) < 0) {
+		if (errno != EINPROGRESS)
+			return -errno;
+		for (;;) {
+			struct pollfd p = { .fd = fd, .events = POLLOUT };
+			int step = ms < 50 ? (int)ms : 50;
+			int r = poll(&p, 1, step);
+
+			if (r < 0 && errno != EINTR)
+				return -errno;
+			if (r > 0)
+				break;
+			if (cancel && atomic_load(cancel))
+				return -ECANCELED;
+			if ((ms -= (unsigned)step) == 0)
+				return -ETIMEDOUT;
+		}
+		if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) < 0)
+			return -errno;
+		if (err)
+			return -err;
+	}
+	return fcntl(fd, F_SETFL, fl) < 0 ? -errno : 0;
+}
+
 static int listen_as(const char *scheme, const char *addr, struct pc_listener **out)
 {
 	struct tcp_listener *l;
@@ -408,11 +447,15 @@ static int connect_as(const char *scheme, const char *addr,
 				continue;
 			}
 			tune_socket(fd, o ? o->timeout_ms : 0);
-			if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+			err = connect_within(fd, ai->ai_addr, ai->ai_addrlen,
+					     o && o->timeout_ms ? o->timeout_ms : DEFAULT_TIMEOUT_MS,
+					     o ? o->cancel : NULL);
+			if (!err)
 				break;
-			err = -errno;
 			close(fd);
 			fd = -1;
+			if (err == -ECANCELED)
+				break;
 		}
 		if (fd < 0)
 			goto err_close;

@@ -518,9 +518,9 @@ int precopy_incoming(struct precopy_session *s);
 /**
  * precopy_cancel() - ask a running migration to stop; safe from any thread
  * and from signal handlers' deferred work. The running call returns
- * -ECANCELED soon after, also while the source is still connecting over
- * tcp: or shm: (over tls: during the TLS handshake, and over rdma: while
- * connecting, only once that step ends or times out). Cancelling an ended or never-started session is
+ * -ECANCELED soon after, also while the source is still connecting (over
+ * any scheme, TLS handshake included) and while the destination runs the
+ * TLS handshake with a source. Cancelling an ended or never-started session is
  * harmless. Once the source has sent GO (the destination's verdict was
  * good) the destination may resume the guest at any moment, so from then
  * on a cancel is refused (-EBUSY) rather than risk the guest running at

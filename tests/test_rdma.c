@@ -560,6 +560,59 @@ static void connect__impostor_destination_refused(void **state)
 	rdma_destroy_event_channel(im.ec);
 }
 
+/* --- a listener that never answers ------------------------------------------------ */
+
+struct connector {
+	const char *uri;
+	atomic_bool cancel;
+	int err;
+	struct pc_transport *t;
+};
+
+static void *connector_main(void *arg)
+{
+	struct connector *k = arg;
+	struct pc_transport_opts o = { .channels = 1, .timeout_ms = 3600000,
+				       .cancel = &k->cancel };
+
+	k->err = pc_transport_find("rdma")->connect(k->uri, &o, &k->t);
+	return NULL;
+}
+
+/* A cancel while the destination has the connect request but has not
+ * answered it is taken at once: the connect does not wait for the request
+ * to time out (the timeout here is an hour). */
+static void connect__cancel_while_waiting_for_accept(void **state)
+{
+	struct connector k = { 0 };
+	struct rdma_event_channel *ec = rdma_create_event_channel();
+	struct rdma_cm_id *lid, *req = NULL;
+	struct sockaddr_in la;
+	char uri[200];
+	pthread_t th;
+
+	(void)state;
+	assert_non_null(ec);
+	addr_of(addr, 0, &la);
+	assert_int_equal(rdma_create_id(ec, &lid, NULL, RDMA_PS_TCP), 0);
+	assert_int_equal(rdma_bind_addr(lid, (struct sockaddr *)&la), 0);
+	assert_int_equal(rdma_listen(lid, 1), 0);
+	snprintf(uri, sizeof(uri), "%s:%u", addr, ntohs(rdma_get_src_port(lid)));
+	k.uri = uri;
+	atomic_init(&k.cancel, false);
+	assert_int_equal(pthread_create(&th, NULL, connector_main, &k), 0);
+	/* the request is here; it is never accepted nor rejected */
+	assert_int_equal(cm_next(ec, &req, NULL, NULL), RDMA_CM_EVENT_CONNECT_REQUEST);
+	usleep(200 * 1000);
+	atomic_store(&k.cancel, true);
+	pthread_join(th, NULL);
+	assert_int_equal(k.err, -ECANCELED);
+	assert_null(k.t);
+	rdma_destroy_id(req);
+	rdma_destroy_id(lid);
+	rdma_destroy_event_channel(ec);
+}
+
 /* --- a probe: our own queue pair into a connection's protection domain ------------ */
 
 /*
@@ -1797,6 +1850,8 @@ int main(int argc, char **argv)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(connect__wrong_key_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(connect__impostor_destination_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(connect__cancel_while_waiting_for_accept, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(write_pages__stale_key_refused_after_unexpose, setup, teardown),
 		cmocka_unit_test_setup_teardown(migrate__pattern_1_qp_with_key, setup, teardown),
 		cmocka_unit_test_setup_teardown(migrate__pattern_2_qps_pin_all, setup, teardown),

@@ -3,7 +3,8 @@
  * The tls: scheme on loopback: PSK and x509 (server-only and mutual)
  * migrations verify; a wrong key, identity, CA or host name fails the
  * handshake with the source untouched (never stopped, memory intact, and
- * it migrates afterwards); plain tcp: stays available.
+ * it migrates afterwards); plain tcp: stays available; a cancel during the
+ * handshake ends it at either end.
  *
  *   test_tls CERT-DIR     (tests/tls: test-only certificates)
  */
@@ -16,6 +17,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <cmocka.h>
 
@@ -196,6 +201,92 @@ static void tls__x509_mutual(void **state)
 	expect_refused(&anon, &d, "TLS", &s, &d);
 }
 
+/*
+ * A cancel during the handshake is taken at once, at either end; it does
+ * not wait for the handshake timeout (here an hour). The peer is a plain
+ * socket that never answers: at the source it takes the ClientHello and
+ * says nothing; at the destination it sends the TCP hello and no
+ * ClientHello.
+ */
+static void tls__cancel_during_handshake_source(void **state)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t alen = sizeof(a);
+	struct pc_guest *g = make_guest();
+	struct precopy_params p;
+	struct precopy_stats st;
+	struct h_src s;
+	uint8_t buf[4096];
+	size_t got = 0;
+	char uri[64];
+	int lfd, fd;
+
+	(void)state;
+	lfd = socket(AF_INET, SOCK_STREAM, 0);
+	assert_true(lfd >= 0);
+	assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(lfd, 4), 0);
+	assert_int_equal(getsockname(lfd, (struct sockaddr *)&a, &alen), 0);
+	snprintf(uri, sizeof(uri), "tls:127.0.0.1:%u", ntohs(a.sin_port));
+	precopy_params_init(&p);
+	p.timeout_ms = 3600000;
+	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
+	assert_int_equal(precopy_set_tls(s.s, &psk1), 0);
+	assert_int_equal(h_src_start(&s, uri), 0);
+	fd = accept(lfd, NULL, NULL);
+	assert_true(fd >= 0);
+	/* the 32-byte TCP hello, then the ClientHello: the source now waits
+	 * for the ServerHello that never comes */
+	while (got <= 32) {
+		ssize_t n = recv(fd, buf, sizeof(buf), 0);
+
+		assert_true(n > 0);
+		got += (size_t)n;
+	}
+	usleep(200 * 1000);
+	precopy_query(s.s, &st);
+	assert_int_equal(st.status, PRECOPY_STATUS_SETUP);
+	assert_int_equal(precopy_cancel(s.s), 0);
+	assert_int_equal(h_src_join(&s), -ECANCELED);
+	assert_int_equal(s.stops, 0);
+	precopy_query(s.s, &st);
+	assert_int_equal(st.status, PRECOPY_STATUS_CANCELLED);
+	h_src_free(&s);
+	close(fd);
+	close(lfd);
+	untouched(g, &psk1, &psk1);
+	pc_guest_delete(&g);
+}
+
+static void tls__cancel_during_handshake_destination(void **state)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	/* "PCT1", version 1, channel 0 of 1, cookie 1 */
+	uint8_t hello[32] = { 'P', 'C', 'T', '1', 1, 0, 0, 0, 1, 0, 0, 0, 1 };
+	struct precopy_params p;
+	struct h_dest d;
+	const char *port;
+	int fd;
+
+	(void)state;
+	precopy_params_init(&p);
+	p.timeout_ms = 3600000;
+	assert_int_equal(h_dest_start_tls(&d, RAM, &p, "tls:127.0.0.1:0", &psk1, true), 0);
+	port = strrchr(d.uri, ':');
+	assert_non_null(port);
+	a.sin_port = htons((uint16_t)atoi(port + 1));
+	fd = socket(AF_INET, SOCK_STREAM, 0);
+	assert_true(fd >= 0);
+	assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(send(fd, hello, sizeof(hello), 0), (ssize_t)sizeof(hello));
+	usleep(300 * 1000); /* the destination waits for a ClientHello */
+	assert_int_equal(precopy_cancel(d.s), 0);
+	assert_int_equal(h_dest_join(&d), -ECANCELED);
+	assert_int_equal(d.resumed, 0);
+	h_dest_free(&d);
+	close(fd);
+}
+
 static void tls__settings_checked(void **state)
 {
 	struct precopy_session *s;
@@ -250,12 +341,15 @@ int main(int argc, char **argv)
 		cmocka_unit_test(tls__x509_untrusted_ca_refused),
 		cmocka_unit_test(tls__x509_mutual),
 		cmocka_unit_test(tls__settings_checked),
+		cmocka_unit_test(tls__cancel_during_handshake_source),
+		cmocka_unit_test(tls__cancel_during_handshake_destination),
 	};
 
 	if (argc != 2) {
 		fprintf(stderr, "usage: test_tls CERT-DIR\n");
 		return 2;
 	}
+	cmocka_set_test_filter(getenv("PRECOPY_TEST_FILTER"));
 	dir = argv[1];
 	snprintf(ca, sizeof(ca), "%s/ca.pem", dir);
 	snprintf(other_ca, sizeof(other_ca), "%s/other-ca.pem", dir);

@@ -170,6 +170,7 @@ struct rd_conn {
 	bool pin_all;
 
 	atomic_bool aborted;
+	const atomic_bool *cancel;  /* connect only: the caller's cancel flag */
 	atomic_int err;
 	pthread_mutex_t why_lock;
 	int wake_fd;                /* eventfd: readable once aborted or failed */
@@ -1553,9 +1554,12 @@ static int resolve(const char *addr, bool passive, struct addrinfo **res)
 	return 0;
 }
 
-/* Next CM event on @ec within @ms; -ETIMEDOUT, -ECANCELED (@aborted). */
-static int get_event(struct rdma_event_channel *ec, int wake_fd, atomic_bool *aborted, int ms,
-		     struct rdma_cm_event **ev)
+/*
+ * Next CM event on @ec within @ms; -ETIMEDOUT, or -ECANCELED once @aborted
+ * or @cancel (the caller's flag, polled every 50 ms) is set.
+ */
+static int get_event(struct rdma_event_channel *ec, int wake_fd, atomic_bool *aborted,
+		     const atomic_bool *cancel, int ms, struct rdma_cm_event **ev)
 {
 	uint64_t deadline = now_ns() + (uint64_t)ms * 1000000ull;
 
@@ -1564,7 +1568,9 @@ static int get_event(struct rdma_event_channel *ec, int wake_fd, atomic_bool *ab
 				       { .fd = wake_fd, .events = POLLIN } };
 		uint64_t now;
 
-		if (aborted && atomic_load(aborted))
+		int step;
+
+		if ((aborted && atomic_load(aborted)) || (cancel && atomic_load(cancel)))
 			return -ECANCELED;
 		if (rdma_get_cm_event(ec, ev) == 0)
 			return 0;
@@ -1573,7 +1579,10 @@ static int get_event(struct rdma_event_channel *ec, int wake_fd, atomic_bool *ab
 		now = now_ns();
 		if (now >= deadline)
 			return -ETIMEDOUT;
-		poll(p, wake_fd >= 0 ? 2 : 1, (int)((deadline - now) / 1000000ull) + 1);
+		step = (int)((deadline - now) / 1000000ull) + 1;
+		if (cancel && step > 50)
+			step = 50;
+		poll(p, wake_fd >= 0 ? 2 : 1, step);
 	}
 }
 
@@ -1582,7 +1591,7 @@ static int wait_event(struct rd_conn *c, struct rdma_cm_id *id, enum rdma_cm_eve
 		      int ms, uint8_t *pdata, size_t *pdlen)
 {
 	struct rdma_cm_event *ev;
-	int err = get_event(c->ec, c->wake_fd, &c->aborted, ms, &ev);
+	int err = get_event(c->ec, c->wake_fd, &c->aborted, c->cancel, ms, &ev);
 
 	if (err)
 		return err;
@@ -1695,6 +1704,7 @@ static int rd_connect(const char *addr, const struct pc_transport_opts *o,
 		return -ENOMEM;
 	}
 	ms = (int)c->timeout_ms;
+	c->cancel = o ? o->cancel : NULL;
 	c->ec = rdma_create_event_channel();
 	if (!c->ec) {
 		err = errno ? -errno : -ENODEV;
@@ -1782,6 +1792,7 @@ static int rd_connect(const char *addr, const struct pc_transport_opts *o,
 	err = conn_start(c);
 	if (err)
 		goto fail;
+	c->cancel = NULL; /* from here on the engine aborts the connection */
 	*out = &c->base;
 	return 0;
 
@@ -1938,7 +1949,7 @@ static int rd_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
 		int ms = c ? 10000 : 1 << 30;
 		size_t plen;
 
-		err = get_event(l->ec, l->wake_fd, &l->aborted, ms, &ev);
+		err = get_event(l->ec, l->wake_fd, &l->aborted, NULL, ms, &ev);
 		if (err)
 			goto fail;
 		if (ev->event != RDMA_CM_EVENT_CONNECT_REQUEST) {
@@ -2003,7 +2014,7 @@ static int rd_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
 		}
 		/* wait for ESTABLISHED on the listener's channel */
 		for (;;) {
-			err = get_event(l->ec, l->wake_fd, &l->aborted, 10000, &ev);
+			err = get_event(l->ec, l->wake_fd, &l->aborted, NULL, 10000, &ev);
 			if (err)
 				goto fail;
 			if (ev->id == id && ev->event == RDMA_CM_EVENT_ESTABLISHED) {

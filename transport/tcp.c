@@ -320,14 +320,14 @@ static int accept_one(struct tcp_listener *l, int ms, unsigned timeout_ms, int *
 
 /* After the TCP hello: the "tls" scheme's handshake on every channel. */
 static int wrap(struct pc_stream *s, const struct pc_transport_opts *o, bool server,
-		const char *host)
+		const char *host, const atomic_bool *cancel)
 {
 #if PRECOPY_HAVE_TLS
 	if (!strcmp(s->base.ops->scheme, "tls"))
 		return pc_tls_start(s, o ? o->tls : NULL, server, host, o ? o->timeout_ms : 0,
-				    o ? o->why : NULL, o ? o->whylen : 0);
+				    cancel, o ? o->why : NULL, o ? o->whylen : 0);
 #endif
-	(void)s, (void)o, (void)server, (void)host;
+	(void)s, (void)o, (void)server, (void)host, (void)cancel;
 	return 0;
 }
 
@@ -401,7 +401,7 @@ static int tcp_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
 		free(c);
 		goto err_close;
 	}
-	err = wrap(&c->s, o, true, NULL);
+	err = wrap(&c->s, o, true, NULL, &l->aborted);
 	if (err) {
 		pc_stream_fini(&c->s);
 		free(c);
@@ -483,7 +483,7 @@ static int connect_as(const char *scheme, const char *addr,
 
 		if (split_hostport(addr, host, sizeof(host), port, sizeof(port)))
 			host[0] = '\0';
-		err = wrap(&c->s, o, false, host[0] ? host : NULL);
+		err = wrap(&c->s, o, false, host[0] ? host : NULL, o ? o->cancel : NULL);
 	}
 	if (err) {
 		pc_stream_fini(&c->s);

@@ -15,6 +15,8 @@
  */
 #include <errno.h>
 #include <poll.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -168,9 +170,50 @@ static bool is_auth_error(int gerr)
 	}
 }
 
+/*
+ * The handshake's cancel flag, for the thread running the handshake.
+ * GnuTLS hands the pull-timeout function only the transport pointer (the
+ * fd), so the flag travels beside it rather than through it.
+ */
+static _Thread_local const atomic_bool *hs_cancel;
+static _Thread_local bool hs_cancelled;
+
+/*
+ * GnuTLS waits for the peer's handshake records through this: poll in
+ * 50 ms steps so a cancel ends the wait within 50 ms, not at the handshake
+ * timeout. Returns >0 readable, 0 timed out, -1 error or cancelled.
+ */
+static int pull_timeout(gnutls_transport_ptr_t ptr, unsigned int ms)
+{
+	int fd = (int)(intptr_t)ptr;
+
+	for (;;) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		int step = ms == GNUTLS_INDEFINITE_TIMEOUT || ms > 50 ? 50 : (int)ms;
+		int r;
+
+		if (hs_cancel && atomic_load(hs_cancel)) {
+			hs_cancelled = true;
+			errno = ECANCELED;
+			return -1;
+		}
+		r = poll(&p, 1, step);
+		if (r != 0) {
+			if (r < 0 && errno == EINTR)
+				continue;
+			return r;
+		}
+		if (ms != GNUTLS_INDEFINITE_TIMEOUT) {
+			ms -= (unsigned)step;
+			if (ms == 0)
+				return 0;
+		}
+	}
+}
+
 static int chan_start(struct pc_stream *s, unsigned i, const struct precopy_tls *cfg,
-		      bool server, const char *peer_host, unsigned timeout_ms, char *why,
-		      size_t whylen)
+		      bool server, const char *peer_host, unsigned timeout_ms,
+		      const atomic_bool *cancel, char *why, size_t whylen)
 {
 	struct tls_chan *c = calloc(1, sizeof(*c));
 	bool psk = cfg->psk_identity != NULL;
@@ -235,10 +278,19 @@ static int chan_start(struct pc_stream *s, unsigned i, const struct precopy_tls 
 	if (g < 0)
 		return fail(why, whylen, -EINVAL, "credentials", g);
 	gnutls_transport_set_int(c->sess, s->ch[i].fd);
+	gnutls_transport_set_pull_timeout_function(c->sess, pull_timeout);
 	gnutls_handshake_set_timeout(c->sess, timeout_ms ? timeout_ms : 15000);
+	hs_cancel = cancel;
+	hs_cancelled = false;
 	do {
 		g = gnutls_handshake(c->sess);
-	} while (g < 0 && !gnutls_error_is_fatal(g));
+	} while (g < 0 && !gnutls_error_is_fatal(g) && !hs_cancelled);
+	hs_cancel = NULL;
+	if (hs_cancelled) {
+		if (why && whylen)
+			snprintf(why, whylen, "TLS handshake on channel %u: cancelled", i);
+		return -ECANCELED;
+	}
 	if (g < 0) {
 		int err;
 
@@ -293,7 +345,8 @@ static void drain(int fd)
 }
 
 int pc_tls_start(struct pc_stream *s, const struct precopy_tls *cfg, bool server,
-		 const char *peer_host, unsigned timeout_ms, char *why, size_t whylen)
+		 const char *peer_host, unsigned timeout_ms, const atomic_bool *cancel,
+		 char *why, size_t whylen)
 {
 	if (!cfg) {
 		if (why && whylen)
@@ -310,10 +363,11 @@ int pc_tls_start(struct pc_stream *s, const struct precopy_tls *cfg, bool server
 	}
 	s->io = &tls_io;
 	for (unsigned i = 0; i < s->base.nchan; i++) {
-		int err = chan_start(s, i, cfg, server, peer_host, timeout_ms, why, whylen);
+		int err = chan_start(s, i, cfg, server, peer_host, timeout_ms, cancel, why,
+				     whylen);
 
 		if (err) {
-			if (server)
+			if (server && err != -ECANCELED)
 				drain(s->ch[i].fd);
 			return err;
 		}

@@ -150,7 +150,13 @@ struct precopy_params {
 	 *  TCP_USER_TIMEOUT), or an idle connection whose keepalive probes go
 	 *  unanswered (probes start after min(5 s, timeout/3)), ends the
 	 *  migration with -ETIMEDOUT; so does a TCP connect that gets no
-	 *  answer this long. Both ends use their own value. */
+	 *  answer this long. Over tcp: and tls:, a peer whose process is
+	 *  stopped or frozen is caught too. If it reads nothing for this long,
+	 *  or sends nothing for this long (heartbeats included), the migration
+	 *  fails with -ETIMEDOUT. Heartbeats go out every timeout/3 of idle,
+	 *  so slow work in the peer's callbacks is not taken for silence.
+	 *  Over rdma:, a peer that takes no message for this long is caught.
+	 *  Both ends use their own value. */
 	unsigned timeout_ms;
 };
 

@@ -63,7 +63,7 @@ start_dest() {
 # wait_exit PID: its exit status; killed if it has not ended in 5 minutes.
 wait_exit() {
 	local w rc
-	( sleep 300; kill "$1" 2>/dev/null ) &
+	( sleep 300; kill "$1" ) >/dev/null 2>&1 &
 	w=$!
 	wait "$1"
 	rc=$?

@@ -265,6 +265,48 @@ static void cancel__while_connecting(void **state)
 	pc_guest_delete(&g);
 }
 
+/* Heartbeats: each end's slow local work (here 3 s of saving and of
+ * loading device state) outlives a timeout of 1 s, because the transport
+ * keeps telling the peer it is alive. The timeout itself is checked with
+ * stopped processes (tests/cli_hung.sh). */
+static void sleep_save(struct h_src *s)
+{
+	(void)s;
+	usleep(3000 * 1000);
+}
+
+static int sleep_load(struct h_dest *d)
+{
+	(void)d;
+	usleep(3000 * 1000);
+	return 0;
+}
+
+static void beats__slow_ends_outlive_a_short_timeout(void **state)
+{
+	size_t ram = 8 * MiB;
+	struct pc_guest *g = make_guest(ram, 4.0 * MiB, PC_GUEST_SEQUENTIAL, 0);
+	struct precopy_params p;
+	struct h_dest d;
+	struct h_src s;
+
+	(void)state;
+	precopy_params_init(&p);
+	p.timeout_ms = 1000;
+	assert_int_equal(h_dest_start_opts(&d, ram,
+					   &(struct h_dest_opts){ .p = &p, .on_load = sleep_load }),
+			 0);
+	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
+	s.on_save = sleep_save;
+	assert_int_equal(h_src_start(&s, d.uri), 0);
+	assert_int_equal(h_src_join(&s), 0);
+	assert_int_equal(h_dest_join(&d), 0);
+	check_migrated(&s, &d);
+	h_src_free(&s);
+	h_dest_free(&d);
+	pc_guest_delete(&g);
+}
+
 static void migrate__region_mismatch_refused(void **state)
 {
 	struct pc_guest *g = make_guest(8 * MiB, 0, PC_GUEST_SEQUENTIAL, 0);
@@ -360,6 +402,7 @@ int main(void)
 		cmocka_unit_test(migrate__region_mismatch_refused),
 		cmocka_unit_test(cancel__before_start),
 		cmocka_unit_test(cancel__while_connecting),
+		cmocka_unit_test(beats__slow_ends_outlive_a_short_timeout),
 		cmocka_unit_test(cancel__during_bulk),
 		cmocka_unit_test(cancel__during_iterate),
 	};

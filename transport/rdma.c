@@ -432,9 +432,16 @@ static uint64_t read_credit_word(struct rd_conn *c, unsigned chan)
 	return a;
 }
 
-/* Wait for one receive credit on @ch; send_lock held. */
+/*
+ * Wait for one receive credit on @ch; send_lock held. A peer whose process
+ * stopped taking messages (hung, or stopped by a signal) still has a live
+ * NIC that acknowledges everything, so only the credits tell: none for the
+ * whole timeout fails the connection (-ETIMEDOUT).
+ */
 static int wait_credit(struct rd_conn *c, struct rd_chan *ch)
 {
+	uint64_t deadline = 0;
+
 	for (unsigned i = 0;; i++) {
 		int err;
 
@@ -443,8 +450,14 @@ static int wait_credit(struct rd_conn *c, struct rd_chan *ch)
 		err = rd_state(c);
 		if (err)
 			return err;
-		if (i == 0)
+		if (i == 0) {
 			atomic_fetch_add(&c->credit_waits, 1);
+			deadline = now_ns() + (uint64_t)c->timeout_ms * 1000000ull;
+		} else if ((i & 63) == 0 && now_ns() >= deadline) {
+			return rd_fail(c, -ETIMEDOUT, "channel %u: the peer has taken no message "
+				       "for %u ms (a hung or stopped process?)", ch->idx,
+				       c->timeout_ms);
+		}
 		pthread_mutex_lock(&ch->post_lock);
 		err = sq_progress(c, ch);
 		pthread_mutex_unlock(&ch->post_lock);

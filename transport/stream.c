@@ -4,11 +4,14 @@
  */
 #include <errno.h>
 #include <limits.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "stream.h"
@@ -31,6 +34,14 @@ static void set_why(struct pc_stream *s, const char *fmt, ...)
 	va_end(ap);
 }
 
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 int pc_stream_init(struct pc_stream *s, const struct pc_transport_ops *ops, const int *fds,
 		   unsigned nchan)
 {
@@ -43,6 +54,7 @@ int pc_stream_init(struct pc_stream *s, const struct pc_transport_ops *ops, cons
 	s->base.nchan = nchan;
 	atomic_init(&s->aborted, false);
 	atomic_init(&s->revoked, false);
+	s->beat_efd = -1;
 	for (i = 0; i < PRECOPY_MAX_CHANNELS; i++)
 		s->ch[i].fd = -1;
 	for (i = 0; i < nchan; i++) {
@@ -65,6 +77,17 @@ err_free:
 
 void pc_stream_fini(struct pc_stream *s)
 {
+	if (s->beat_started) {
+		uint64_t one = 1;
+
+		if (write(s->beat_efd, &one, sizeof(one)) < 0)
+			atomic_store(&s->aborted, true); /* the thread sees this too */
+		pthread_join(s->beat_thread, NULL);
+		s->beat_started = false;
+	}
+	if (s->beat_efd >= 0)
+		close(s->beat_efd);
+	s->beat_efd = -1;
 	for (unsigned i = 0; i < s->base.nchan; i++) {
 		if (s->io && s->ch[i].io_ctx)
 			s->io->fini(s->ch[i].io_ctx);
@@ -125,6 +148,8 @@ int pc_fd_writev_all(int fd, struct iovec *iov, int iovcnt)
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return -ETIMEDOUT; /* SO_SNDTIMEO: the peer reads nothing */
 			return errno == EPIPE ? -ECONNRESET : -errno;
 		}
 		while (iovcnt > 0 && (size_t)n >= iov->iov_len) {
@@ -181,9 +206,15 @@ static int chan_fail(struct pc_stream *s, unsigned chan, int err)
 
 static int chan_writev_all(struct pc_stream *s, unsigned chan, struct iovec *v, int n)
 {
-	if (s->io)
-		return s->io->writev_all(s->ch[chan].io_ctx, v, n);
-	return pc_fd_writev_all(s->ch[chan].fd, v, n);
+	int err = s->io ? s->io->writev_all(s->ch[chan].io_ctx, v, n)
+			: pc_fd_writev_all(s->ch[chan].fd, v, n);
+
+	if (!err)
+		atomic_store(&s->ch[chan].last_tx_ns, mono_ns());
+	if (err == -ETIMEDOUT && !atomic_load(&s->aborted))
+		set_why(s, "channel %u: the peer has read nothing of what was sent for the "
+			   "whole timeout (a hung or stopped process?)", chan);
+	return err;
 }
 
 int pc_stream_send_msg(struct pc_transport *t, unsigned chan, const struct iovec *iov,
@@ -319,6 +350,14 @@ static int chan_read(struct pc_stream *s, unsigned chan, void *dst, size_t n)
 		}
 		if (errno == EINTR)
 			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ETIMEDOUT) {
+			/* SO_RCVTIMEO, set with the heartbeats */
+			if (!atomic_load(&s->aborted))
+				set_why(s, "channel %u: nothing from the peer, not even a "
+					   "heartbeat, for %u ms (a hung or stopped process?)",
+					chan, s->timeout_ms);
+			return -ETIMEDOUT;
+		}
 		return -errno;
 	}
 	return 0;
@@ -364,6 +403,13 @@ int pc_stream_recv_msg(struct pc_transport *t, unsigned chan, void *buf, size_t 
 			*len = (size_t)n;
 			return 0;
 		}
+		if (kind == PC_FRAME_BEAT) {
+			if (region || off || n) {
+				set_why(s, "heartbeat frame with region/offset/length set");
+				return chan_fail(s, chan, -EPROTO);
+			}
+			continue;
+		}
 		if (kind != PC_FRAME_PAGES) {
 			set_why(s, "unknown frame kind 0x%08x", kind);
 			return chan_fail(s, chan, -EPROTO);
@@ -386,4 +432,65 @@ int pc_stream_recv_msg(struct pc_transport *t, unsigned chan, void *buf, size_t 
 		if (err)
 			return chan_fail(s, chan, err);
 	}
+}
+
+/* Send a BEAT on every channel idle for a third of the timeout. A channel
+ * in the middle of a send is not idle, and the peer is reading it (or the
+ * send times out): it is skipped, never waited for. */
+static void *beat_main(void *arg)
+{
+	struct pc_stream *s = arg;
+	uint64_t idle_ns = (uint64_t)s->timeout_ms * 1000000ull / 3;
+	int step = (int)(s->timeout_ms / 12) + 1;
+
+	while (!atomic_load(&s->aborted)) {
+		struct pollfd p = { .fd = s->beat_efd, .events = POLLIN };
+		int r = poll(&p, 1, step);
+
+		if (r > 0 || (r < 0 && errno != EINTR))
+			break;
+		for (unsigned i = 0; i < s->base.nchan; i++) {
+			struct pc_stream_chan *c = &s->ch[i];
+			uint8_t hdr[PC_FRAME_HDR] = { 0 };
+			struct iovec v = { hdr, sizeof(hdr) };
+			int err;
+
+			if (mono_ns() - atomic_load(&c->last_tx_ns) < idle_ns ||
+			    pthread_mutex_trylock(&c->send_lock))
+				continue;
+			err = chan_check(s, i);
+			if (!err) {
+				pc_put_le32(hdr, PC_FRAME_BEAT);
+				err = chan_writev_all(s, i, &v, 1);
+				if (err)
+					chan_fail(s, i, err);
+			}
+			pthread_mutex_unlock(&c->send_lock);
+		}
+	}
+	return NULL;
+}
+
+int pc_stream_beats_start(struct pc_stream *s, unsigned timeout_ms)
+{
+	struct timeval tv = { .tv_sec = timeout_ms / 1000,
+			      .tv_usec = (suseconds_t)(timeout_ms % 1000) * 1000 };
+	int err;
+
+	if (!s || timeout_ms == 0 || s->beat_started)
+		return -EINVAL;
+	for (unsigned i = 0; i < s->base.nchan; i++)
+		if (setsockopt(s->ch[i].fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)))
+			return -errno;
+	s->beat_efd = eventfd(0, EFD_CLOEXEC);
+	if (s->beat_efd < 0)
+		return -errno;
+	s->timeout_ms = timeout_ms;
+	for (unsigned i = 0; i < s->base.nchan; i++)
+		atomic_store(&s->ch[i].last_tx_ns, mono_ns());
+	err = -pthread_create(&s->beat_thread, NULL, beat_main, s);
+	if (err)
+		return err;
+	s->beat_started = true;
+	return 0;
 }

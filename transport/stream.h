@@ -10,6 +10,15 @@
  *   le64 len      bytes that follow
  * PAGES frames are received straight into the exposed region after the
  * bounds check; a MSG frame is handed to the caller of recv_msg.
+ *
+ * Heartbeats (pc_stream_beats_start()): a BEAT frame (region, offset and
+ * len all 0) goes out on every channel that has sent nothing for a third
+ * of the timeout, from a thread of its own, so a peer busy with local work
+ * (a VMM saving device state, a destination verifying a large guest)
+ * still shows it is alive. The receiver skips BEAT frames, and a channel
+ * that receives nothing at all for the timeout fails with -ETIMEDOUT: the
+ * peer's process is stopped or frozen even though its kernel still
+ * answers (which TCP's own timeouts cannot tell).
  */
 #ifndef PC_STREAM_H
 #define PC_STREAM_H
@@ -25,6 +34,7 @@
 
 #define PC_FRAME_MSG 0x50434d31u   /* "PCM1" */
 #define PC_FRAME_PAGES 0x50435031u /* "PCP1" */
+#define PC_FRAME_BEAT 0x50434231u  /* "PCB1" */
 #define PC_FRAME_HDR 24u
 
 /*
@@ -48,6 +58,7 @@ struct pc_stream_chan {
 	atomic_int err;   /* sticky: first error seen on this channel */
 	uint8_t *rbuf;    /* receive buffer */
 	size_t rpos, rlen;
+	_Atomic uint64_t last_tx_ns; /* monotonic time of the last send */
 };
 
 struct pc_stream_region {
@@ -65,12 +76,23 @@ struct pc_stream {
 	atomic_bool revoked;
 	atomic_bool aborted;
 	const struct pc_stream_io *io; /* NULL: plain sockets */
+	unsigned timeout_ms;  /* heartbeats: the peer's silence allowed; 0 = off */
+	int beat_efd;         /* eventfd: stops the heartbeat thread */
+	pthread_t beat_thread;
+	bool beat_started;
 };
 
 /** pc_stream_init() - set up @s with @nchan connected fds (taken over). */
 int pc_stream_init(struct pc_stream *s, const struct pc_transport_ops *ops,
 		   const int *fds, unsigned nchan);
-/** pc_stream_fini() - close the fds and free buffers. */
+/**
+ * pc_stream_beats_start() - send heartbeats and time out a silent peer:
+ * each fd gets SO_RCVTIMEO of @timeout_ms, and a thread sends a BEAT frame
+ * on every channel idle for @timeout_ms / 3. Both ends must do it (the
+ * peer must know BEAT frames). Return: 0, or -errno (nothing started).
+ */
+int pc_stream_beats_start(struct pc_stream *s, unsigned timeout_ms);
+/** pc_stream_fini() - stop the heartbeats, close the fds, free buffers. */
 void pc_stream_fini(struct pc_stream *s);
 
 int pc_stream_abort(struct pc_transport *t);
@@ -85,7 +107,8 @@ int pc_stream_write_pages(struct pc_transport *t, unsigned chan,
 			  const struct pc_page_run *runs, unsigned n);
 
 /* Helpers for the transports' own handshakes. */
-/** pc_fd_write_all() - write all of @iov (consumed), or -errno. */
+/** pc_fd_writev_all() - write all of @iov (consumed), or -errno;
+ *  -ETIMEDOUT when the socket's SO_SNDTIMEO passed without a byte sent. */
 int pc_fd_writev_all(int fd, struct iovec *iov, int iovcnt);
 /** pc_fd_read_all() - read exactly @len bytes; -ECONNRESET on EOF. */
 int pc_fd_read_all(int fd, void *buf, size_t len);

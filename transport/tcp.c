@@ -31,6 +31,7 @@
 #define TCP_HELLO_MAGIC 0x31544350u /* "PCT1" */
 #define TCP_HELLO_VERSION 1
 #define TCP_HELLO_SIZE 32
+#define TCP_HELLO_BEATS 0x01u /* flags (byte 5): heartbeats both ways */
 #define DEFAULT_TIMEOUT_MS 15000
 
 struct tcp_listener {
@@ -108,6 +109,10 @@ static int resolve(const char *addr, bool passive, struct addrinfo **res)
  * connection (a source waiting for an ack, a destination waiting for data).
  * Probes start after min(5 s, timeout / 3) of silence, 3 of them at most
  * 2 s apart, so with a short timeout a dead link is found as quickly.
+ * A peer whose kernel is alive but whose process has stopped reading
+ * (hung, or stopped by a signal) passes both: its kernel acknowledges
+ * the data, then the zero-window probes. SO_SNDTIMEO ends that: a send
+ * that cannot move a byte for @timeout_ms fails (-ETIMEDOUT).
  */
 static void tune_socket(int fd, unsigned timeout_ms)
 {
@@ -123,6 +128,11 @@ static void tune_socket(int fd, unsigned timeout_ms)
 	setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
 	setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
 	setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &uto, sizeof(uto));
+	{
+		struct timeval tv = { .tv_sec = uto / 1000, .tv_usec = (uto % 1000) * 1000 };
+
+		setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	}
 }
 
 static void hello_encode(uint8_t *b, unsigned chan, unsigned nchan, uint64_t cookie)
@@ -130,6 +140,7 @@ static void hello_encode(uint8_t *b, unsigned chan, unsigned nchan, uint64_t coo
 	memset(b, 0, TCP_HELLO_SIZE);
 	pc_put_le32(b, TCP_HELLO_MAGIC);
 	b[4] = TCP_HELLO_VERSION;
+	b[5] = TCP_HELLO_BEATS;
 	b[6] = (uint8_t)chan;
 	b[8] = (uint8_t)nchan;
 	pc_put_le64(b + 12, cookie);
@@ -340,6 +351,7 @@ static int tcp_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
 	unsigned nchan = 0, have = 0, timeout_ms = o ? o->timeout_ms : 0;
 	uint64_t cookie = 0;
 	uint8_t h[TCP_HELLO_SIZE];
+	bool beats = false;
 	int err;
 
 	if (!out)
@@ -370,6 +382,7 @@ static int tcp_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
 			continue;
 		}
 		nchan = h[8];
+		beats = h[5] & TCP_HELLO_BEATS;
 		cookie = pc_get_le64(h + 12);
 		fds[0] = fd;
 		have = 1;
@@ -402,6 +415,8 @@ static int tcp_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
 		goto err_close;
 	}
 	err = wrap(&c->s, o, true, NULL, &l->aborted);
+	if (!err && beats) /* a source without heartbeats gets none */
+		err = pc_stream_beats_start(&c->s, timeout_ms ? timeout_ms : DEFAULT_TIMEOUT_MS);
 	if (err) {
 		pc_stream_fini(&c->s);
 		free(c);
@@ -485,6 +500,9 @@ static int connect_as(const char *scheme, const char *addr,
 			host[0] = '\0';
 		err = wrap(&c->s, o, false, host[0] ? host : NULL, o ? o->cancel : NULL);
 	}
+	if (!err)
+		err = pc_stream_beats_start(&c->s, o && o->timeout_ms ? o->timeout_ms
+								      : DEFAULT_TIMEOUT_MS);
 	if (err) {
 		pc_stream_fini(&c->s);
 		free(c);

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include <gnutls/gnutls.h>
 
@@ -55,11 +56,47 @@ static void chan_free(void *ctx)
 	free(c);
 }
 
+/*
+ * Set by push() in the sending thread: the socket's SO_SNDTIMEO passed
+ * with no byte sent, the peer reads nothing. GnuTLS would take the bare
+ * EAGAIN for "try again" and, in a blocking wait, retry for ever; as
+ * ETIMEDOUT it is a fatal push error.
+ */
+static _Thread_local bool push_timed_out;
+
+static ssize_t push(gnutls_transport_ptr_t ptr, const giovec_t *iov, int iovcnt)
+{
+	struct msghdr mh = { .msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt };
+	ssize_t n = sendmsg((int)(intptr_t)ptr, &mh, MSG_NOSIGNAL);
+
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ETIMEDOUT)) {
+		push_timed_out = true; /* ETIMEDOUT: TCP_USER_TIMEOUT, the same story */
+		errno = ETIMEDOUT;
+	}
+	return n;
+}
+
+/* The same for receiving: SO_RCVTIMEO (set with the heartbeats) passed
+ * with nothing from the peer. */
+static _Thread_local bool pull_timed_out;
+
+static ssize_t pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
+{
+	ssize_t n = recv((int)(intptr_t)ptr, buf, len, 0);
+
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ETIMEDOUT)) {
+		pull_timed_out = true;
+		errno = ETIMEDOUT;
+	}
+	return n;
+}
+
 static int tls_writev_all(void *ctx, struct iovec *iov, int iovcnt)
 {
 	struct tls_chan *c = ctx;
 	int err = 0;
 
+	push_timed_out = false;
 	gnutls_record_cork(c->sess);
 	for (int i = 0; i < iovcnt && !err; i++) {
 		const uint8_t *p = iov[i].iov_base;
@@ -88,7 +125,7 @@ static int tls_writev_all(void *ctx, struct iovec *iov, int iovcnt)
 			err = -ECONNRESET;
 		break;
 	}
-	return err;
+	return err && push_timed_out ? -ETIMEDOUT : err;
 }
 
 static ssize_t tls_readv(void *ctx, struct iovec *iov, int iovcnt)
@@ -96,8 +133,12 @@ static ssize_t tls_readv(void *ctx, struct iovec *iov, int iovcnt)
 	struct tls_chan *c = ctx;
 
 	(void)iovcnt; /* the first buffer is always the wanted bytes */
+	pull_timed_out = false;
 	for (;;) {
 		ssize_t n = gnutls_record_recv(c->sess, iov[0].iov_base, iov[0].iov_len);
+
+		if (n < 0 && pull_timed_out)
+			return -ETIMEDOUT;
 
 		if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED)
 			continue;
@@ -278,6 +319,8 @@ static int chan_start(struct pc_stream *s, unsigned i, const struct precopy_tls 
 	if (g < 0)
 		return fail(why, whylen, -EINVAL, "credentials", g);
 	gnutls_transport_set_int(c->sess, s->ch[i].fd);
+	gnutls_transport_set_vec_push_function(c->sess, push);
+	gnutls_transport_set_pull_function(c->sess, pull);
 	gnutls_transport_set_pull_timeout_function(c->sess, pull_timeout);
 	gnutls_handshake_set_timeout(c->sess, timeout_ms ? timeout_ms : 15000);
 	hs_cancel = cancel;

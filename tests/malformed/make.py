@@ -18,7 +18,7 @@ SEEDS = os.path.join(HERE, "..", "fuzz", "corpus")
 RAM = 64 * 1024
 PAGES = RAM // 4096
 
-FRAME_MSG, FRAME_PAGES = 0x50434D31, 0x50435031
+FRAME_MSG, FRAME_PAGES, FRAME_BEAT = 0x50434D31, 0x50435031, 0x50434231
 (HELLO, HELLO_ACK, RUNS, ITER_END, ITER_ACK, DEVSTATE, COMPLETE, RESULT, ERROR, HANDOFF,
  GO) = range(1, 12)
 DATA, ZERO, FREE = 1, 2, 3
@@ -123,6 +123,12 @@ CASES = {
     "ends-before-complete": (hello() + ZERO_ALL + iter_end(0), "closed"),
     "go-before-complete": (hello() + ZERO_ALL + msg(GO, b""), "unexpected GO"),
     "go-with-payload": (hello() + ZERO_ALL + iter_end(0) + msg(GO, b"\0" * 4), "GO of 4 bytes"),
+    "heartbeat-with-length": (hello() + frame(FRAME_BEAT, b"\0" * 4), "heartbeat frame"),
+    "heartbeat-with-offset": (hello() + frame(FRAME_BEAT, off=4096), "heartbeat frame"),
+    # heartbeats are skipped: the stream gets as far as the checksum
+    "heartbeats-then-wrong-checksum": (frame(FRAME_BEAT) + hello() + frame(FRAME_BEAT) + ZERO_ALL
+                                       + frame(FRAME_BEAT) + iter_end(0) + complete(h=12345),
+                                       "checksum mismatch"),
 }
 
 

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# cli_hung.sh PRECOPY - a peer whose process is stopped (SIGSTOP) while its
+# kernel still answers: TCP acknowledges the data and the keepalive probes,
+# so only precopy's own timeouts can tell. With --timeout 1000, over tcp:
+# and tls: (PSK):
+#
+#  dest-stopped    the destination is stopped during the bulk pass: the
+#                  source fails (exit 1) saying the peer read nothing, and
+#                  its guest runs on with every page intact
+#                  (--verify-source-after-failure).
+#  source-stopped  the source is stopped during the bulk pass: the
+#                  destination fails (exit 1) saying nothing came, not even
+#                  a heartbeat.
+#
+# Waits are bounded (a test that would hang fails instead), but nothing is
+# judged by how long it took.
+set -uo pipefail
+P=$1
+fails=0
+
+dir=$(mktemp -d)
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do
+		kill -CONT "$p" 2>/dev/null
+		kill "$p" 2>/dev/null
+	done
+	wait 2>/dev/null
+	rm -rf "$dir"
+}
+trap cleanup EXIT
+
+ok() { echo "ok   $*"; }
+bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
+alive() { [ -r "/proc/$1/stat" ] && ! grep -q '^[0-9]* (.*) Z' "/proc/$1/stat"; }
+
+# wait_exit PID: its exit status; killed if it has not ended in 2 minutes.
+wait_exit() {
+	local w rc
+	( sleep 120; kill -CONT "$1"; kill "$1" ) >/dev/null 2>&1 &
+	w=$!
+	wait "$1"
+	rc=$?
+	kill "$w" 2>/dev/null
+	wait "$w" 2>/dev/null
+	return $rc
+}
+
+od -An -v -N32 -tx1 /dev/urandom | tr -d ' \n' >"$dir/psk"
+echo >>"$dir/psk"
+
+# run SCHEME WHO: migrate 64 MiB at 8 MiB/s (8 s of bulk pass), stop WHO
+# after the first progress report that shows bytes sent.
+run() {
+	local scheme=$1 who=$2 name="$1-$2-stopped" uri= tls=() i dpid spid victim other rc
+	[ "$scheme" = tls ] && tls=(--tls-psk-file "$dir/psk")
+	"$P" incoming --listen "$scheme:127.0.0.1:0" --ram 64M --json --timeout 1000 "${tls[@]}" \
+		>"$dir/$name.dout" 2>"$dir/$name.derr" &
+	dpid=$!
+	pids+=("$dpid")
+	for i in $(seq 300); do
+		uri=$(sed -n 's/.*"event":"listening","uri":"\([^"]*\)".*/\1/p' "$dir/$name.dout")
+		[ -n "$uri" ] && break
+		alive "$dpid" || break
+		sleep 0.1
+	done
+	if [ -z "$uri" ]; then
+		bad "$name: the destination did not listen: $(cat "$dir/$name.derr")"
+		return
+	fi
+	"$P" migrate --to "$uri" --ram 64M --dirty-rate 4M --max-bandwidth 8M --timeout 1000 \
+		--verify-source-after-failure --json "${tls[@]}" \
+		>"$dir/$name.sout" 2>"$dir/$name.serr" &
+	spid=$!
+	pids+=("$spid")
+	for i in $(seq 300); do
+		grep -q '"role":"source","status":"bulk".*"transferred":[1-9]' "$dir/$name.sout" &&
+			break
+		alive "$spid" || break
+		sleep 0.1
+	done
+	if [ "$who" = dest ]; then victim=$dpid other=$spid; else victim=$spid other=$dpid; fi
+	kill -STOP "$victim"
+	wait_exit "$other"
+	rc=$?
+	kill -CONT "$victim"
+	kill "$victim" 2>/dev/null
+	wait "$victim" 2>/dev/null
+	if [ "$who" = dest ]; then
+		if [ $rc -eq 1 ] && grep -q '"error":"[^"]*read nothing' "$dir/$name.sout" &&
+			grep -q '"event":"source-verify".*"verified":true,"running":true' \
+				"$dir/$name.sout"; then
+			ok "$name: source exit 1: $(grep -o '"error":"[^"]*read nothing[^"]*"' \
+				"$dir/$name.sout" | tail -n1)"
+			ok "$name: $(grep -o '"event":"source-verify".*' "$dir/$name.sout")"
+		else
+			bad "$name: source exit $rc: $(tail -n2 "$dir/$name.sout") $(cat "$dir/$name.serr")"
+		fi
+	else
+		if [ $rc -eq 1 ] && grep -q '"error":"[^"]*not even a heartbeat' "$dir/$name.dout"; then
+			ok "$name: destination exit 1: $(grep -o '"error":"[^"]*heartbeat[^"]*"' \
+				"$dir/$name.dout" | tail -n1)"
+		else
+			bad "$name: destination exit $rc: $(tail -n1 "$dir/$name.dout") $(cat "$dir/$name.derr")"
+		fi
+	fi
+}
+
+run tcp dest
+run tcp source
+if "$P" version | grep -q 'tls'; then
+	run tls dest
+	run tls source
+else
+	echo "skip tls: not built in"
+fi
+[ $fails -eq 0 ] || { echo "$fails failed"; exit 1; }
+echo "all passed"

@@ -115,17 +115,17 @@ static int g_throttle(void *o, unsigned pct)
 /* What the session's transport registered with its device, if anything. */
 static void get_reg(struct ctx *x, struct precopy_session *s, struct pc_cli_reg *out)
 {
-	struct pc_tp_reg_stats rs;
+	struct precopy_stats st;
 
 	memset(out, 0, sizeof(*out));
-	if (pc_session_reg_stats(s, &rs))
+	if (precopy_query(s, &st) || !st.registered)
 		return;
 	out->valid = true;
 	out->source = !strcmp(x->role, "source");
-	out->pin_all = rs.pin_all;
-	out->ms = rs.ns / 1e6;
-	out->bytes = rs.bytes;
-	out->count = rs.count;
+	out->pin_all = st.registration_pin_all;
+	out->ms = st.registration_ns / 1e6;
+	out->bytes = st.registered_bytes;
+	out->count = st.registrations;
 }
 
 static void print_summary(struct ctx *x, const struct precopy_stats *st,

@@ -635,13 +635,16 @@ static int incoming(struct dest *d)
 {
 	struct precopy_session *s = d->s;
 	char why[160] = "";
-	struct pc_transport_opts o = { .channels = 0, .timeout_ms = s->params.timeout_ms,
+	struct precopy_params params;
+	struct pc_transport_opts o = { .channels = 0, .timeout_ms = 0,
 				       .key = s->key, .key_len = s->key_len,
 				       .tls = s->have_tls ? &s->tls : NULL,
 				       .why = why, .whylen = sizeof(why) };
 	struct pc_transport *tp;
 	int err;
 
+	pc_params_snapshot(s, &params);
+	o.timeout_ms = params.timeout_ms;
 	pc_set_status(s, PRECOPY_STATUS_SETUP);
 	if (atomic_load(&s->cancel))
 		return -ECANCELED;

@@ -14,8 +14,8 @@
  *                 precopy_listen(s, "tcp:HOST:PORT")
  *                 precopy_incoming(s)               blocks until the end
  *
- * precopy_query() and precopy_cancel() may be called from any thread while
- * precopy_migrate() or precopy_incoming() runs.
+ * precopy_query(), precopy_set_param() and precopy_cancel() may be called
+ * from any thread while precopy_migrate() or precopy_incoming() runs.
  *
  * Two processes on one host use "shm:PATH" (PATH a unix socket path). Give
  * the destination memfd-backed regions (precopy_memfd_alloc() +
@@ -42,7 +42,7 @@ extern "C" {
 #endif
 
 #define PRECOPY_VERSION_MAJOR 0
-#define PRECOPY_VERSION_MINOR 1
+#define PRECOPY_VERSION_MINOR 3
 
 /** Page size used by the engine and on the wire. */
 #define PRECOPY_PAGE_SIZE 4096u
@@ -105,9 +105,9 @@ enum precopy_on_limit {
  * Tunables. Fill with precopy_params_init() and change what you need.
  * The README explains each default.
  * The struct carries no size or version: precopy_params_init() and
- * precopy_new() use it whole, so it cannot grow without breaking programs
- * built against an older header. Later settings are calls of their own
- * (precopy_set_registration()).
+ * precopy_new() use it whole, so it never grows. Every field, and every
+ * setting added later, is also a named parameter (enum precopy_param) that
+ * precopy_set_param() changes, before or during a migration.
  */
 struct precopy_params {
 	/** Rate cap for RAM passes in bytes/s; 0 = unlimited (default). The
@@ -162,8 +162,9 @@ struct precopy_params {
 
 /**
  * Statistics; names and meanings follow QEMU's query-migrate.
- * precopy_query() copies the struct whole into the caller's, so it cannot
- * grow either (see struct precopy_params).
+ * The struct grows at its end only: precopy_query() passes the size the
+ * caller was built with, and the library fills that much. A field added
+ * after PRECOPY_0.1 says since when it is there.
  */
 struct precopy_stats {
 	enum precopy_status status;
@@ -209,7 +210,22 @@ struct precopy_stats {
 	enum precopy_dirty_mode dirty_mode;
 	/** why the migration failed or was cancelled, else "". */
 	char error[PRECOPY_ERRMSG_MAX];
+
+	/* --- since PRECOPY_0.3 ----------------------------------------- */
+	/** Memory registration with the transport's device (RDMA:
+	 *  ibv_reg_mr, which pins pages), for guest memory, valid once the
+	 *  migration has ended and only if @registered is true: the time it
+	 *  took in ns, the bytes and the memory regions registered, and
+	 *  whether the source registered its RAM whole (pin-all). */
+	bool registered;
+	bool registration_pin_all;
+	uint64_t registration_ns;
+	uint64_t registered_bytes;
+	uint64_t registrations;
 };
+
+/** Size of struct precopy_stats as PRECOPY_0.1 defined it. */
+#define PRECOPY_STATS_SIZE_0_1 offsetof(struct precopy_stats, registered)
 
 /**
  * Hooks a VMM provides. Every hook is optional (NULL = nothing to do, or
@@ -263,6 +279,87 @@ struct precopy_tls {
 	 *  carry; NULL = the host of the URI. */
 	const char *hostname;
 };
+
+/**
+ * Parameters by name, for precopy_set_param() and precopy_get_param().
+ * Each is a field of struct precopy_params (same meaning, same range) or,
+ * for later ones, a setting of its own. The names are QEMU's
+ * migrate-set-parameters names where QEMU has one (precopy_param_name()).
+ * Values are integers: bytes/s for rates, ms for times, 0/1 for booleans,
+ * enum precopy_on_limit for PRECOPY_PARAM_ON_LIMIT.
+ */
+enum precopy_param {
+	PRECOPY_PARAM_MAX_BANDWIDTH = 0,      /**< "max-bandwidth" */
+	PRECOPY_PARAM_DOWNTIME_LIMIT,         /**< "downtime-limit" */
+	PRECOPY_PARAM_AVAIL_SWITCHOVER_BANDWIDTH, /**< "avail-switchover-bandwidth" */
+	PRECOPY_PARAM_AUTO_CONVERGE,          /**< "auto-converge" */
+	PRECOPY_PARAM_THROTTLE_TRIGGER_THRESHOLD, /**< "throttle-trigger-threshold" */
+	PRECOPY_PARAM_CPU_THROTTLE_INITIAL,   /**< "cpu-throttle-initial" */
+	PRECOPY_PARAM_CPU_THROTTLE_INCREMENT, /**< "cpu-throttle-increment" */
+	PRECOPY_PARAM_MAX_CPU_THROTTLE,       /**< "max-cpu-throttle" */
+	PRECOPY_PARAM_CPU_THROTTLE_TAILSLOW,  /**< "cpu-throttle-tailslow" */
+	PRECOPY_PARAM_MAX_ITERATIONS,         /**< "max-iterations" */
+	PRECOPY_PARAM_MAX_TIME,               /**< "max-time" */
+	PRECOPY_PARAM_STALL_ITERATIONS,       /**< "stall-iterations" */
+	PRECOPY_PARAM_ON_LIMIT,               /**< "on-limit" */
+	PRECOPY_PARAM_CHANNELS,               /**< "channels" (before the start only) */
+	PRECOPY_PARAM_TIMEOUT,                /**< "timeout" (before the start only) */
+	PRECOPY_PARAM__COUNT                  /**< not a parameter: how many there are */
+};
+
+/**
+ * precopy_set_param() - change one parameter of @s, before or while it
+ * migrates; safe from any thread. A running source takes the new value at
+ * its next decision (within about 100 ms): a new max-bandwidth at the next
+ * send, a new downtime-limit or avail-switchover-bandwidth at the next
+ * pass end, new watchdog limits at the next check; turning auto-converge
+ * off ends the throttle at once. The value is checked with the others as
+ * precopy_params_check() does; a bad one changes nothing.
+ * Since symbol version PRECOPY_0.3.
+ * Return: 0; -EINVAL for a NULL @s, an unknown @param or a value out of
+ * range (precopy_strerror() does not change; see precopy_param_check());
+ * -EBUSY for channels or timeout once the session runs, and for any
+ * parameter once it has ended.
+ */
+int precopy_set_param(struct precopy_session *s, enum precopy_param param, uint64_t value);
+
+/**
+ * precopy_param_check() - would precopy_set_param(@s, @param, @value)
+ * be accepted now? If not, why, into @why (if non-NULL, @whylen bytes).
+ * Since symbol version PRECOPY_0.3.
+ * Return: 0, or the error precopy_set_param() would return.
+ */
+int precopy_param_check(struct precopy_session *s, enum precopy_param param, uint64_t value,
+			char *why, size_t whylen);
+
+/**
+ * precopy_get_param() - the value of one parameter of @s into *@value,
+ * as the next decision will use it. Safe from any thread.
+ * Since symbol version PRECOPY_0.3.
+ * Return: 0; -EINVAL for NULL arguments or an unknown @param.
+ */
+int precopy_get_param(struct precopy_session *s, enum precopy_param param, uint64_t *value);
+
+/**
+ * precopy_param_name() - the name of @param ("downtime-limit"...), or
+ * NULL for an unknown one. Since symbol version PRECOPY_0.3.
+ */
+const char *precopy_param_name(enum precopy_param param);
+
+/**
+ * precopy_param_from_name() - the parameter called @name (as
+ * precopy_param_name() spells it). Since symbol version PRECOPY_0.3.
+ * Return: the parameter (>= 0); -EINVAL for NULL; -ENOENT for an unknown
+ * name.
+ */
+int precopy_param_from_name(const char *name);
+
+/**
+ * precopy_version() - the version of the library running, as
+ * (major << 16) | minor; compare with PRECOPY_VERSION_MAJOR and
+ * PRECOPY_VERSION_MINOR, the header's. Since symbol version PRECOPY_0.3.
+ */
+unsigned precopy_version(void);
 
 /**
  * precopy_params_init() - fill @p with the defaults.
@@ -544,10 +641,24 @@ int precopy_incoming(struct precopy_session *s);
 int precopy_cancel(struct precopy_session *s);
 
 /**
- * precopy_query() - copy the current statistics into @out.
- * Safe from any thread. Return: 0; -EINVAL if an argument is NULL.
+ * precopy_query_sized() - copy the current statistics into @out, whose
+ * size is @size (sizeof(struct precopy_stats) as the caller was built);
+ * fields past what this library knows are zeroed. Safe from any thread.
+ * Call it through precopy_query(). Since symbol version PRECOPY_0.3.
+ * Return: 0; -EINVAL if an argument is NULL or @size is below
+ * PRECOPY_STATS_SIZE_0_1.
  */
-int precopy_query(struct precopy_session *s, struct precopy_stats *out);
+int precopy_query_sized(struct precopy_session *s, struct precopy_stats *out, size_t size);
+
+/**
+ * precopy_query() - copy the current statistics into @out: every field
+ * this header declares. Safe from any thread.
+ * Return: 0; -EINVAL if an argument is NULL.
+ */
+static inline int precopy_query(struct precopy_session *s, struct precopy_stats *out)
+{
+	return precopy_query_sized(s, out, sizeof(*out));
+}
 
 /**
  * precopy_strerror() - the last failure's description into @buf (with its

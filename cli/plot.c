@@ -148,15 +148,15 @@ struct axis {
 	double lo, hi, step;
 };
 
-/* 0..max in steps of 1, 2 or 5 times a power of ten, about 5 of them. */
-static struct axis nice_axis(double max)
+/* 0..max in steps of 1, 2 or 5 times a power of ten, about @n of them. */
+static struct axis nice_axis_n(double max, double n)
 {
 	struct axis a = { 0, 1, 0.2 };
 	double raw, mag, norm;
 
 	if (!(max > 0) || !isfinite(max))
 		return a;
-	raw = max / 5;
+	raw = max / n;
 	mag = pow(10, floor(log10(raw)));
 	norm = raw / mag;
 	a.step = (norm <= 1 ? 1 : norm <= 2 ? 2 : norm <= 5 ? 5 : 10) * mag;
@@ -164,6 +164,11 @@ static struct axis nice_axis(double max)
 	if (a.hi < max * 1.02)
 		a.hi += a.step; /* headroom: the top line is not on the frame */
 	return a;
+}
+
+static struct axis nice_axis(double max)
+{
+	return nice_axis_n(max, 5);
 }
 
 static void fmt_num(double v, double step, char *buf, size_t len)
@@ -277,19 +282,36 @@ static const char *phase_color(int status)
 
 static void phases(struct fig *g, const struct panel *p, const struct rows *r)
 {
-	for (size_t i = 0; i + 1 < r->n; i++) {
-		const char *c = phase_color(r->v[i].status);
-		double x0 = px(g, r->v[i].t), x1 = px(g, r->v[i + 1].t);
+	unsigned passes = 0;
 
+	for (size_t i = 1; i < r->n; i++)
+		passes += r->v[i].iteration != r->v[i - 1].iteration;
+	for (size_t i = 0; i + 1 < r->n;) {
+		const char *c = phase_color(r->v[i].status);
+		size_t j = i + 1;
+		double x0, x1;
+
+		/* one rectangle per phase: adjacent ones would leave seams */
+		while (j + 1 < r->n && r->v[j].status == r->v[i].status)
+			j++;
+		x0 = px(g, r->v[i].t);
+		x1 = px(g, r->v[j].t);
 		if (c && x1 > x0)
 			fprintf(g->f, "<rect x=\"%.2f\" y=\"%.1f\" width=\"%.2f\" height=\"%.1f\" "
 				"fill=\"%s\"/>\n", x0, p->top, x1 - x0, p->bottom - p->top, c);
-		if (r->v[i + 1].status == PRECOPY_STATUS_ITERATE &&
-		    r->v[i + 1].iteration != r->v[i].iteration)
-			fprintf(g->f, "<line x1=\"%.2f\" y1=\"%.1f\" x2=\"%.2f\" y2=\"%.1f\" "
-				"stroke=\"#999\" stroke-dasharray=\"2,3\"/>\n", x1, p->top, x1,
-				p->bottom);
+		i = j;
 	}
+	if (passes > 60)
+		return; /* a comb of lines would hide the data */
+	for (size_t i = 1; i < r->n; i++)
+		if (r->v[i].status == PRECOPY_STATUS_ITERATE &&
+		    r->v[i].iteration != r->v[i - 1].iteration) {
+			double x = px(g, r->v[i].t);
+
+			fprintf(g->f, "<line x1=\"%.2f\" y1=\"%.1f\" x2=\"%.2f\" y2=\"%.1f\" "
+				"stroke=\"#999\" stroke-dasharray=\"2,3\"/>\n", x, p->top, x,
+				p->bottom);
+		}
 }
 
 /* A series: the field at @off of each row, times @scale; @step draws
@@ -370,7 +392,7 @@ static void draw(FILE *f, struct rows *r, bool source, const char *name)
 	double med = 0, mx = 0;
 
 	g.tmax = last->t > 0 ? last->t : 1;
-	g.x = nice_axis(g.tmax);
+	g.x = nice_axis_n(g.tmax, 8);
 	g.x.hi = ceil(g.tmax / g.x.step - 1e-9) * g.x.step; /* no headroom in time */
 	if (g.x.hi <= 0)
 		g.x.hi = g.x.step;
@@ -382,11 +404,11 @@ static void draw(FILE *f, struct rows *r, bool source, const char *name)
 		p[i].bottom = p[i].head + 270 - 24;
 	}
 	if (!source) {
-		/* the rate between events, from what was received */
-		for (size_t i = r->n; i-- > 0;)
-			r->v[i].wall = i && r->v[i].t > r->v[i - 1].t
-				? (r->v[i].transferred - r->v[i - 1].transferred) /
-					  (r->v[i].t - r->v[i - 1].t) : 0;
+		/* the rate from each event to the next, from what was received */
+		for (size_t i = 0; i < r->n; i++)
+			r->v[i].wall = i + 1 < r->n && r->v[i + 1].t > r->v[i].t
+				? (r->v[i + 1].transferred - r->v[i].transferred) /
+					  (r->v[i + 1].t - r->v[i].t) : 0;
 		for (size_t i = 0; i < r->n; i++)
 			r->v[i].throttle = r->v[i].iteration;
 	}
@@ -428,7 +450,8 @@ static void draw(FILE *f, struct rows *r, bool source, const char *name)
 		fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#999\" "
 			"stroke-dasharray=\"2,3\"/>\n", k.legend_x, k.legend_y - 4, k.legend_x + 22,
 			k.legend_y - 4);
-		text(f, k.legend_x + 28, k.legend_y, "start", 11, "a later pass begins");
+		text(f, k.legend_x + 28, k.legend_y, "start", 11,
+		     "a later pass begins (not drawn past 60)");
 	}
 
 	if (source) {

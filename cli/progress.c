@@ -359,8 +359,6 @@ void pc_progress_attach(struct pc_progress *p, struct precopy_session *s)
 
 void pc_progress_stats(struct pc_progress *p, const struct precopy_stats *st)
 {
-	if (!p->draw)
-		return;
 	pthread_mutex_lock(&p->lock);
 	p->st = *st;
 	p->have_st = true;

@@ -728,9 +728,8 @@ static void demo_verdict(struct pc_cli *c, const struct precopy_stats *st, bool 
 	if (st->normal + st->duplicate == 0)
 		printf("RAM handed over, no page copied; ");
 	else
-		printf("%.2f bytes sent per byte of RAM; ", ram ? st->transferred / ram : 0);
-	printf("%s\n", verified ? "every page verified at the destination"
-				: "NOT verified at the destination");
+		printf("sent %.2fx the RAM; ", ram ? st->transferred / ram : 0);
+	printf("%s\n", verified ? "every page verified" : "NOT verified at the destination");
 	fflush(stdout);
 }
 

@@ -83,7 +83,9 @@ static const char *fmt_rate(double bps, char *buf, size_t len)
 
 static const char *fmt_eta(double s, char *buf, size_t len)
 {
-	if (s < 10)
+	if (s < 0.1)
+		snprintf(buf, len, "< 0.1 s");
+	else if (s < 10)
 		snprintf(buf, len, "~%.1f s", s);
 	else if (s < 100)
 		snprintf(buf, len, "~%.0f s", s);

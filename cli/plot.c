@@ -146,12 +146,13 @@ static int take(struct rows *src, struct rows *dst, const char *line)
 
 struct axis {
 	double lo, hi, step;
+	bool log; /* decades from lo to hi (powers of ten) */
 };
 
 /* 0..max in steps of 1, 2 or 5 times a power of ten, about @n of them. */
 static struct axis nice_axis_n(double max, double n)
 {
-	struct axis a = { 0, 1, 0.2 };
+	struct axis a = { 0, 1, 0.2, false };
 	double raw, mag, norm;
 
 	if (!(max > 0) || !isfinite(max))
@@ -169,6 +170,26 @@ static struct axis nice_axis_n(double max, double n)
 static struct axis nice_axis(double max)
 {
 	return nice_axis_n(max, 5);
+}
+
+/*
+ * Rates that differ by more than 20x (the two bandwidth figures often do)
+ * get decades, so that the lower line is not flattened onto the axis.
+ * @lo, @hi: the smallest and largest positive values to show.
+ */
+static struct axis rate_axis(double lo, double hi)
+{
+	struct axis a;
+
+	if (!(lo > 0) || !(hi > 20 * lo))
+		return nice_axis(hi);
+	if (lo < hi / 1e4)
+		lo = hi / 1e4; /* below that, nothing a person reads */
+	a.lo = pow(10, floor(log10(lo)));
+	a.hi = pow(10, ceil(log10(hi * 1.02)));
+	a.step = 10;
+	a.log = true;
+	return a;
 }
 
 static void fmt_num(double v, double step, char *buf, size_t len)
@@ -199,7 +220,9 @@ static double px(const struct fig *g, double t)
 
 static double py(const struct panel *p, double v)
 {
-	double y = p->bottom - (p->bottom - p->top) * (v - p->y.lo) / (p->y.hi - p->y.lo);
+	double frac = p->y.log ? (v > 0 ? log10(v / p->y.lo) / log10(p->y.hi / p->y.lo) : -1)
+			       : (v - p->y.lo) / (p->y.hi - p->y.lo);
+	double y = p->bottom - (p->bottom - p->top) * frac;
 
 	return y < p->top ? p->top : y > p->bottom ? p->bottom : y;
 }
@@ -248,13 +271,24 @@ static void frame(struct fig *g, struct panel *p, const char *ylabel)
 
 	fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" "
 		"stroke=\"#333\" stroke-width=\"1\"/>\n", PL, p->top, PR - PL, p->bottom - p->top);
-	for (double v = p->y.lo; v <= p->y.hi + p->y.step / 2; v += p->y.step) {
+	for (double v = p->y.lo; !p->y.log && v <= p->y.hi + p->y.step / 2; v += p->y.step) {
 		double y = py(p, v);
 
 		fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n",
 			PL, y, PR, y);
 		fmt_num(v, p->y.step, b, sizeof(b));
 		text(f, PL - 6, y + 4, "end", 11, b);
+	}
+	for (double v = p->y.lo; p->y.log && v <= p->y.hi * 1.001; v *= 10) {
+		double y = py(p, v);
+
+		fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ccc\"/>\n",
+			PL, y, PR, y);
+		snprintf(b, sizeof(b), "%g", v);
+		text(f, PL - 6, y + 4, "end", 11, b);
+		for (int m = 2; m <= 5 && v * 10 <= p->y.hi * 1.001; m += 3)
+			fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" "
+				"stroke=\"#eee\"/>\n", PL, py(p, v * m), PR, py(p, v * m));
 	}
 	for (double t = g->x.lo; t <= g->x.hi + g->x.step / 2; t += g->x.step) {
 		double x = px(g, t);
@@ -336,6 +370,21 @@ static void series(struct fig *g, const struct panel *p, const struct rows *r, s
 		prev_y = y;
 	}
 	fputs("\"/>\n", g->f);
+}
+
+/* The smallest positive value during the passes (bulk and later). */
+static double min_pos(const struct rows *r, size_t off, double scale)
+{
+	double m = INFINITY;
+
+	for (size_t i = 0; i < r->n; i++) {
+		double v = *(const double *)((const char *)&r->v[i] + off) * scale;
+
+		if ((r->v[i].status == PRECOPY_STATUS_BULK ||
+		     r->v[i].status == PRECOPY_STATUS_ITERATE) && v > 0 && v < m)
+			m = v;
+	}
+	return isfinite(m) ? m : 0;
 }
 
 static double max_of(const struct rows *r, size_t off, double scale)
@@ -461,9 +510,14 @@ static void draw(FILE *f, struct rows *r, bool source, const char *name)
 			top = max_of(r, OFF(wall), 1 / MIB);
 		if (max_of(r, OFF(dirty), 1 / MIB) > top)
 			top = max_of(r, OFF(dirty), 1 / MIB);
+		double low = min_pos(r, OFF(busy), 1 / MIB);
+
+		if (min_pos(r, OFF(wall), 1 / MIB) > 0 &&
+		    (!(low > 0) || min_pos(r, OFF(wall), 1 / MIB) < low))
+			low = min_pos(r, OFF(wall), 1 / MIB);
 		p[0].y = nice_axis(max_of(r, OFF(remaining), 1 / MIB));
-		p[1].y = nice_axis(top);
-		p[2].y = (struct axis){ 0, 100, 20 };
+		p[1].y = rate_axis(low, top);
+		p[2].y = (struct axis){ 0, 100, 20, false };
 	} else {
 		p[0].y = nice_axis(max_of(r, OFF(transferred), 1 / MIB));
 		p[1].y = nice_axis(max_of(r, OFF(wall), 1 / MIB));
@@ -488,7 +542,7 @@ static void draw(FILE *f, struct rows *r, bool source, const char *name)
 			snprintf(b, sizeof(b), "busy/wall: median %.1fx, largest %.1fx", med, mx);
 			legend(&g, &p[1], NULL, false, b);
 		}
-		frame(&g, &p[1], "MiB/s");
+		frame(&g, &p[1], p[1].y.log ? "MiB/s (log scale)" : "MiB/s");
 		series(&g, &p[1], r, OFF(wall), 1 / MIB, false, "#33a02c", 2.6, false);
 		series(&g, &p[1], r, OFF(busy), 1 / MIB, false, "#1f78b4", 1.4, false);
 		series(&g, &p[1], r, OFF(dirty), 1 / MIB, true, "#e66101", 1.6, true);
@@ -501,7 +555,7 @@ static void draw(FILE *f, struct rows *r, bool source, const char *name)
 		frame(&g, &p[0], "MiB");
 		series(&g, &p[0], r, OFF(transferred), 1 / MIB, false, "#6a3d9a", 2, false);
 		legend(&g, &p[1], "#33a02c", false, "receive rate between two events (MiB/s)");
-		frame(&g, &p[1], "MiB/s");
+		frame(&g, &p[1], p[1].y.log ? "MiB/s (log scale)" : "MiB/s");
 		series(&g, &p[1], r, OFF(wall), 1 / MIB, true, "#33a02c", 1.6, false);
 		legend(&g, &p[2], "#333", false, "passes acknowledged");
 		frame(&g, &p[2], "pass");

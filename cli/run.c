@@ -98,7 +98,8 @@ static void describe_setup(struct ctx *x, const char *uri, char *buf, size_t len
 			snprintf(buf, len, "connecting to %s, registering %s of RAM with the device",
 				 uri, r);
 		else
-			snprintf(buf, len, "connecting to %s, the device's connection", uri);
+			snprintf(buf, len, "connecting to %s (RAM is registered as the bulk pass "
+					   "reaches it)", uri);
 	} else {
 		snprintf(buf, len, "connecting to %s", uri);
 	}

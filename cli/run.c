@@ -190,10 +190,10 @@ static void print_summary(struct ctx *x, const struct precopy_stats *st,
 		       st->forced_switchover ? ", switchover forced by the watchdog" : "");
 		if (st->normal + st->duplicate == 0)
 			printf("  handoff          guest RAM handed over as a memfd; no page copied\n");
-		printf("  transferred      %s for %s of RAM (%.2fx) in %u passes after bulk\n",
+		printf("  transferred      %s for %s of RAM (%.2fx) in %u pass%s after bulk\n",
 		       pc_cli_fmt_bytes((double)st->transferred, a, sizeof(a)),
 		       pc_cli_fmt_bytes(ram, b, sizeof(b)), ram ? st->transferred / ram : 0,
-		       st->iteration);
+		       st->iteration, st->iteration == 1 ? "" : "es");
 		printf("  pages            %" PRIu64 " sent, %" PRIu64 " zero, %" PRIu64
 		       " skipped as free\n",
 		       st->normal, st->duplicate, st->free_skipped);

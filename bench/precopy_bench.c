@@ -463,7 +463,7 @@ static int cmd_transport(int argc, char **argv)
 
 		err = tp_open(&p, ops, listen, nchan);
 		if (!err && !strcmp(schemes[s], "shm")) {
-			/* shm's one-copy mode: destination RAM the source can map */
+			/* memfd RAM, exposed with its fd as the engine does */
 			void *a;
 
 			err = precopy_memfd_alloc(region, -1, &a, &shfd);
@@ -471,6 +471,8 @@ static int cmd_transport(int argc, char **argv)
 				shdst = a;
 				memset(shdst, 0x5c, region);
 				err = p.b->ops->expose_region_fd(p.b, 0, shdst, region, shfd, 0);
+				if (err == -EOPNOTSUPP)
+					err = p.b->ops->expose_region(p.b, 0, shdst, region);
 			}
 		} else if (!err)
 			err = p.b->ops->expose_region(p.b, 0, dst, region);

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Whole migrations over "shm:PATH": copy mode into a shared (memfd)
- * destination and into plain memory, handoff of a memfd guest; every page
+ * Whole migrations over "shm:PATH": copy mode into a memfd destination
+ * and into plain memory, handoff of a memfd guest; every page
  * verified with the synthetic guest's pattern. Robustness: a destination
  * SIGKILLed mid-migration, the socket path removed mid-migration; both
  * leave the source guest running and intact. A source SIGKILLed in copy
@@ -11,7 +11,9 @@
  * source's memory; a migration to a fresh destination then succeeds.
  * Peer check: a process of another uid is refused in both directions.
  * NUMA placement on node 0 and a clear error for a node that does not
- * exist.
+ * exist. What a source acting in bad faith holds of the destination's RAM
+ * once the regions are revoked: nothing to seal it or write it with.
+ * RAM above what the host can hold is refused with both sizes.
  *
  * Needs root for the uid tests (they setuid() to nobody); they skip
  * otherwise.
@@ -103,7 +105,7 @@ static void check_source_intact(struct pc_guest *g)
 	pc_guest_resume(g);
 }
 
-static void copy_mode(bool shared_dest, unsigned channels)
+static void copy_mode(bool memfd_dest, unsigned channels)
 {
 	size_t ram = 128 * MiB;
 	struct pc_guest *g = make_guest(ram, 64.0 * MiB, false);
@@ -114,7 +116,7 @@ static void copy_mode(bool shared_dest, unsigned channels)
 
 	precopy_params_init(&p);
 	p.channels = channels;
-	assert_int_equal(h_dest_start_uri(&d, ram, new_uri(uri, sizeof(uri)), shared_dest), 0);
+	assert_int_equal(h_dest_start_uri(&d, ram, new_uri(uri, sizeof(uri)), memfd_dest), 0);
 	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
 	assert_int_equal(h_src_start(&s, d.uri), 0);
 	assert_int_equal(h_src_join(&s), 0);
@@ -126,13 +128,13 @@ static void copy_mode(bool shared_dest, unsigned channels)
 	pc_guest_delete(&g);
 }
 
-static void copy__shared_destination_1_channel(void **state)
+static void copy__memfd_destination_1_channel(void **state)
 {
 	(void)state;
 	copy_mode(true, 1);
 }
 
-static void copy__shared_destination_2_channels(void **state)
+static void copy__memfd_destination_2_channels(void **state)
 {
 	(void)state;
 	copy_mode(true, 2);
@@ -202,7 +204,7 @@ static void handoff__length_mismatch_refused(void **state)
 
 /* --- robustness ------------------------------------------------------------- */
 
-/* A destination in a child process, on @path, with shared (memfd) RAM. */
+/* A destination in a child process, on @path, with memfd RAM. */
 static pid_t fork_dest(const char *uri, size_t ram)
 {
 	char path[128];
@@ -980,8 +982,8 @@ int main(void)
 		cmocka_unit_test(peer__other_uid_listening_refused),
 		cmocka_unit_test(numa__node0_placement_reported),
 		cmocka_unit_test(numa__invalid_node_refused),
-		cmocka_unit_test(copy__shared_destination_1_channel),
-		cmocka_unit_test(copy__shared_destination_2_channels),
+		cmocka_unit_test(copy__memfd_destination_1_channel),
+		cmocka_unit_test(copy__memfd_destination_2_channels),
 		cmocka_unit_test(copy__plain_destination_framed),
 		cmocka_unit_test(handoff__running_guest),
 		cmocka_unit_test(handoff__length_mismatch_refused),

@@ -430,7 +430,7 @@ static int cmd_transport(int argc, char **argv)
 	if (!json) {
 		printf("# precopy-bench transport: depth %u (runs per write), %u channel(s), %s per point\n",
 		       depth, nchan, pc_cli_fmt_bytes((double)total, (char[32]){ 0 }, 32));
-		printf("# baseline interleaved point by point: tcp = plain socket send/recv loop, shm = page-by-page memcpy\n# (shm writes into a memfd destination the source maps: its one-copy mode)\n");
+		printf("# baseline interleaved point by point: tcp = plain socket send/recv loop, shm = page-by-page memcpy\n# (shm writes into a memfd destination, framed: the destination does not share it)\n");
 		printf("# BW in MiB/s (2^20 bytes/s); CPU in seconds per GiB moved\n");
 		printf(" %-9s %-9s %9s %11s %15s %18s %14s %9s %9s %7s\n", "transport", "what",
 		       "#bytes", "#iterations", "BW peak[MiB/s]", "BW average[MiB/s]",

@@ -326,8 +326,8 @@ int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current)
 					"machine has nodes 0..%d)\n", c->numa_node, max);
 		return 2;
 	}
-	/* RAM as a sealed memfd: shm shares it with the source (one copy);
-	 * other transports write into it like any memory. */
+	/* RAM as a sealed memfd (F_SEAL_SEAL too); every transport writes
+	 * into it like any memory, and none shares it with the source. */
 	err = precopy_memfd_alloc(c->ram, c->numa_node, &ram, &ramfd);
 	if (err) {
 		fprintf(stderr, "precopy incoming: cannot allocate %" PRIu64 " bytes: %s\n", c->ram,

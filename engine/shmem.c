@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * shmem.c - regions backed by memfds, and NUMA placement: the public
- * calls that let a VMM migrate with one copy (shm copy mode) or none
- * (handoff). See precopy.h.
+ * calls that let a VMM hand its RAM over without a copy (shm handoff),
+ * and the check of a region's size against what this host can hold. See
+ * precopy.h.
  */
 #include <errno.h>
 #include <fcntl.h>

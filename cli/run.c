@@ -91,9 +91,8 @@ static void describe_setup(struct ctx *x, const char *uri, char *buf, size_t len
 			 !strncmp(uri, "rdma:", 5) ? "RAM with the device" : "");
 	} else if (!strncmp(uri, "tls:", 4)) {
 		snprintf(buf, len, "connecting to %s, TLS handshake", uri);
-	} else if (!strncmp(uri, "shm:", 4)) {
-		snprintf(buf, len, "connecting to %s, %s", uri,
-			 c->memfd ? "handing the guest's RAM over" : "mapping the destination's RAM");
+	} else if (!strncmp(uri, "shm:", 4) && c->memfd) {
+		snprintf(buf, len, "connecting to %s, handing the guest's RAM over", uri);
 	} else if (!strncmp(uri, "rdma:", 5)) {
 		if (c->have_registration && c->registration == PRECOPY_REG_PIN_ALL)
 			snprintf(buf, len, "connecting to %s, registering %s of RAM with the device",

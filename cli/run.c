@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/sysinfo.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -90,9 +91,8 @@ static void describe_setup(struct ctx *x, const char *uri, char *buf, size_t len
 			 !strncmp(uri, "rdma:", 5) ? "RAM with the device" : "");
 	} else if (!strncmp(uri, "tls:", 4)) {
 		snprintf(buf, len, "connecting to %s, TLS handshake", uri);
-	} else if (!strncmp(uri, "shm:", 4)) {
-		snprintf(buf, len, "connecting to %s, %s", uri,
-			 c->memfd ? "handing the guest's RAM over" : "mapping the destination's RAM");
+	} else if (!strncmp(uri, "shm:", 4) && c->memfd) {
+		snprintf(buf, len, "connecting to %s, handing the guest's RAM over", uri);
 	} else if (!strncmp(uri, "rdma:", 5)) {
 		if (c->have_registration && c->registration == PRECOPY_REG_PIN_ALL)
 			snprintf(buf, len, "connecting to %s, registering %s of RAM with the device",
@@ -262,6 +262,36 @@ static void report_numa(struct pc_cli *c, const void *ram)
 	fflush(stdout);
 }
 
+/*
+ * Usage check, before anything is allocated: @copies guests of --ram
+ * bytes, each with its checksum table (8 bytes a page), must fit in this
+ * host's memory and swap. Return: 0, or 2 (bad usage) with both sizes
+ * printed.
+ */
+static int ram_fits(const char *cmd, uint64_t ram, unsigned copies)
+{
+	struct sysinfo si;
+	uint64_t host, need;
+	char a[32], b[32], h[32];
+
+	if (sysinfo(&si) < 0)
+		return 0; /* unknown: the allocation will tell */
+	host = ((uint64_t)si.totalram + si.totalswap) * (si.mem_unit ? si.mem_unit : 1);
+	if (__builtin_add_overflow(ram, ram / PRECOPY_PAGE_SIZE * sizeof(uint64_t), &need) ||
+	    __builtin_mul_overflow(need, copies, &need))
+		need = UINT64_MAX;
+	if (need <= host)
+		return 0;
+	fprintf(stderr, "precopy %s: --ram %s is more than this host can hold: %s needed (%s), "
+			"%s of memory and swap here\n",
+		cmd, pc_cli_fmt_bytes((double)ram, a, sizeof(a)),
+		pc_cli_fmt_bytes((double)need, b, sizeof(b)),
+		copies > 1 ? "both ends run here: two guests' RAM and their checksum tables"
+			   : "the guest's RAM and its checksum table",
+		pc_cli_fmt_bytes((double)host, h, sizeof(h)));
+	return 2;
+}
+
 int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current)
 {
 	struct ctx x = { .c = c, .role = "destination" };
@@ -279,6 +309,8 @@ int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current)
 		fprintf(stderr, "precopy incoming: --listen URI and --ram SIZE are required\n");
 		return 2;
 	}
+	if (ram_fits("incoming", c->ram, 1))
+		return 2;
 	if (c->numa_node >= 0 && precopy_numa_node_ok(c->numa_node)) {
 		int max = precopy_numa_max_node();
 
@@ -293,8 +325,8 @@ int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current)
 					"machine has nodes 0..%d)\n", c->numa_node, max);
 		return 2;
 	}
-	/* RAM as a sealed memfd: shm shares it with the source (one copy);
-	 * other transports write into it like any memory. */
+	/* RAM as a sealed memfd (F_SEAL_SEAL too); every transport writes
+	 * into it like any memory, and none shares it with the source. */
 	err = precopy_memfd_alloc(c->ram, c->numa_node, &ram, &ramfd);
 	if (err) {
 		fprintf(stderr, "precopy incoming: cannot allocate %" PRIu64 " bytes: %s\n", c->ram,
@@ -571,6 +603,8 @@ static int migrate_main(struct pc_cli *c, struct precopy_session **current,
 		fprintf(stderr, "precopy migrate: --to URI and --ram SIZE are required\n");
 		return 2;
 	}
+	if (ram_fits("migrate", c->ram, 1))
+		return 2;
 	{
 		char what[96], r[32];
 
@@ -749,6 +783,8 @@ int pc_cli_demo(struct pc_cli *c, struct precopy_session **current)
 		fprintf(stderr, "precopy demo: --ram must not be 0\n");
 		return 2;
 	}
+	if (ram_fits("demo", c->ram, 2)) /* both ends run here */
+		return 2;
 	if (pipe(pfd)) {
 		perror("precopy demo: pipe");
 		return 1;

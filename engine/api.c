@@ -248,6 +248,18 @@ int precopy_add_region(struct precopy_session *s, void *addr, size_t len,
 		if (a < b + s->reg[i].len && b < a + len)
 			return -EINVAL;
 	}
+	if (pc_region_need(len) > pc_host_memory()) {
+		/* The text describes this call's refusal (not a run's failure:
+		 * a run starts with none). */
+		pthread_mutex_lock(&s->lock);
+		snprintf(s->st.error, sizeof(s->st.error),
+			 "a region of %zu bytes and its checksum table need %llu bytes; this host "
+			 "has %llu bytes of memory and swap", len,
+			 (unsigned long long)pc_region_need(len),
+			 (unsigned long long)pc_host_memory());
+		pthread_mutex_unlock(&s->lock);
+		return -ENOMEM;
+	}
 	r = &s->reg[s->nreg];
 	memset(r, 0, sizeof(*r));
 	r->addr = addr;
@@ -350,6 +362,7 @@ static int begin_run(struct precopy_session *s, enum precopy_role role)
 	}
 	pthread_mutex_lock(&s->lock);
 	s->t_start = pc_now();
+	s->st.error[0] = '\0'; /* a refused precopy_add_region() is not this run's */
 	pthread_mutex_unlock(&s->lock);
 	return 0;
 }

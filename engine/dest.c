@@ -701,10 +701,14 @@ int pc_dest_run(struct precopy_session *s)
 	atomic_init(&d->err, 0);
 	atomic_init(&d->finished, false);
 	pthread_mutex_init(&d->mu, NULL);
-	/* Pages never received must not pass as received. */
-	for (unsigned i = 0; i < s->nreg; i++)
-		for (uint64_t p = 0; p < s->reg[i].npages; p++)
+	/* Pages never received must not pass as received. A big table takes
+	 * a while: a cancel stops the fill (incoming() then sees it). */
+	for (unsigned i = 0; i < s->nreg && !atomic_load(&s->cancel); i++)
+		for (uint64_t p = 0; p < s->reg[i].npages; p++) {
+			if (!(p & 0xfffff) && atomic_load(&s->cancel))
+				break;
 			s->reg[i].hash[p] = ~d->zero_hash;
+		}
 
 	err = incoming(d);
 	if (d->tp) {

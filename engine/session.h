@@ -82,6 +82,14 @@ uint64_t pc_now(void);
 int pc_fail(struct precopy_session *s, int err, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
+/** pc_host_memory() - this host's RAM plus swap in bytes (UINT64_MAX if
+ *  unknown). */
+uint64_t pc_host_memory(void);
+
+/** pc_region_need() - bytes a region of @len needs here: the memory and its
+ *  checksum table. */
+uint64_t pc_region_need(uint64_t len);
+
 /** pc_set_status() - change status under the lock and report progress. */
 void pc_set_status(struct precopy_session *s, enum precopy_status st);
 

@@ -17,10 +17,9 @@
  * precopy_query(), precopy_set_param() and precopy_cancel() may be called
  * from any thread while precopy_migrate() or precopy_incoming() runs.
  *
- * Two processes on one host use "shm:PATH" (PATH a unix socket path). Give
- * the destination memfd-backed regions (precopy_memfd_alloc() +
- * precopy_add_region_fd()) and pages cross with one memcpy, source memory
- * to destination memory; give the source memfd-backed guest RAM
+ * Two processes on one host use "shm:PATH" (PATH a unix socket path).
+ * Pages cross the socket (the destination shares none of its memory with
+ * the source); give the source memfd-backed guest RAM
  * (precopy_add_region_fd()) and the RAM itself is handed over instead
  * (see precopy_add_region_fd(): handoff).
  *
@@ -401,8 +400,11 @@ int precopy_delete(struct precopy_session **s);
  * @mode:       source: how writes are tracked; ignored at the destination.
  * Regions are matched between the two ends by order and length.
  * Return: the region index (>= 0); -EINVAL for misaligned or overlapping
- * ranges; -ENOSPC past PRECOPY_MAX_REGIONS; -EBUSY once started; or the
- * error of arming the dirty log (-ENOTSUP if @mode is not available here).
+ * ranges; -ENOSPC past PRECOPY_MAX_REGIONS; -EBUSY once started; -ENOMEM
+ * if @len and the region's checksum table (8 bytes a page) need more than
+ * this host's memory and swap (precopy_strerror() names both sizes), or
+ * for the table's allocation; or the error of arming the dirty log
+ * (-ENOTSUP if @mode is not available here).
  */
 int precopy_add_region(struct precopy_session *s, void *addr, size_t len,
 		       enum precopy_dirty_mode mode);
@@ -417,11 +419,9 @@ int precopy_add_region(struct precopy_session *s, void *addr, size_t len,
  * @fd:         duplicated (the session closes its copy in
  *              precopy_delete()); the caller keeps and closes its own.
  *
- * Destination, "shm:" copy mode: the region is shared with the source,
- * whose page writes become one memcpy into it. That needs @offset 0, a
- * file of exactly @len bytes, and seals against shrinking and growing
- * (added here if the memfd allows sealing; precopy_memfd_alloc() makes
- * such memory). Otherwise pages are framed over the socket: two copies.
+ * Destination: the region is written like any memory. "shm:" does not
+ * share it with the source (a descriptor handed to another process cannot
+ * be taken back after the migration); pages are framed over the socket.
  *
  * Source, handoff: if every source region was registered with an fd and
  * the transport passes fds ("shm:"), precopy_migrate() does no page
@@ -443,15 +443,19 @@ int precopy_add_region_fd(struct precopy_session *s, void *addr, size_t len, int
 
 /**
  * precopy_memfd_alloc() - create RAM for precopy_add_region_fd(): a memfd
- * of @len bytes (page multiple), sealed against shrinking and growing,
- * mapped MAP_SHARED at *@addr, its fd in *@fd (close-on-exec).
+ * of @len bytes (page multiple), sealed against shrinking and growing and
+ * against further seals (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL: no
+ * holder of the fd can add F_SEAL_WRITE or F_SEAL_FUTURE_WRITE), mapped
+ * MAP_SHARED at *@addr, its fd in *@fd (close-on-exec).
  * @numa_node: >= 0 binds the memory to that node (MPOL_BIND, a shared
  *             policy on the file, so pages land there whoever touches
- *             them first, the source's copy included); -1 = default policy.
+ *             them first); -1 = default policy.
  * The caller owns both: munmap(*@addr, @len) and close(*@fd).
  * Return: 0; -EINVAL for a bad @len or a node that does not exist (see
- * precopy_numa_max_node()); -ENOSYS if @numa_node >= 0 and the kernel has
- * no NUMA support; -errno of memfd_create, ftruncate, mmap or mbind.
+ * precopy_numa_max_node()); -ENOMEM if @len and its checksum table (8
+ * bytes a page) need more than this host's memory and swap; -ENOSYS if
+ * @numa_node >= 0 and the kernel has no NUMA support; -errno of
+ * memfd_create, ftruncate, mmap or mbind.
  */
 int precopy_memfd_alloc(size_t len, int numa_node, void **addr, int *fd);
 

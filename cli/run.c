@@ -39,13 +39,35 @@ struct ctx {
 	bool have_desc;
 	bool tty;
 	bool line_open;
+	struct precopy_session *hint_to; /* source: hint free pages once armed */
 };
+
+/* --free-pct: the guest's free pages, hinted once the dirty log is armed
+ * (status BULK, before the first page goes), as a VMM would. */
+static void hint_free(struct ctx *x, const struct precopy_stats *st)
+{
+	uint64_t *bm, n = 0;
+
+	if (!x->hint_to || st->status != PRECOPY_STATUS_BULK)
+		return;
+	bm = pc_guest_free_bitmap(x->guest, &n);
+	if (bm) {
+		int err = precopy_region_hint_free(x->hint_to, 0, 0, bm, n);
+
+		if (err)
+			fprintf(stderr, "precopy migrate: free-page hints refused: %s\n",
+				strerror(-err));
+		free(bm);
+	}
+	x->hint_to = NULL;
+}
 
 static void progress(void *opaque, const struct precopy_stats *st)
 {
 	struct ctx *x = opaque;
 	char a[32], b[32], r[32];
 
+	hint_free(x, st);
 	if (x->c->json) {
 		pc_cli_json_stats(stdout, "progress", x->role, st, NULL);
 		return;
@@ -414,7 +436,6 @@ static int migrate_once(struct ctx *x, const char *uri, struct precopy_session *
 	};
 	struct precopy_session *s = NULL;
 	struct pc_cli_reg reg;
-	uint64_t *free_bm, nfree = 0;
 	int err, region;
 
 	memset(st, 0, sizeof(*st));
@@ -437,11 +458,7 @@ static int migrate_once(struct ctx *x, const char *uri, struct precopy_session *
 		precopy_delete(&s);
 		return region;
 	}
-	free_bm = pc_guest_free_bitmap(x->guest, &nfree);
-	if (free_bm) {
-		precopy_region_hint_free(s, region, 0, free_bm, nfree);
-		free(free_bm);
-	}
+	x->hint_to = c->free_pct ? s : NULL; /* region 0, once armed */
 	if (pc_cli_apply_tls(c, s, "migrate")) {
 		snprintf(st->error, sizeof(st->error), "bad TLS settings");
 		precopy_delete(&s);
@@ -455,6 +472,7 @@ static int migrate_once(struct ctx *x, const char *uri, struct precopy_session *
 	*current = s;
 	err = precopy_migrate(s, uri);
 	*current = NULL;
+	x->hint_to = NULL;
 	end_progress(x);
 	precopy_query(s, st);
 	get_reg(x, s, &reg);

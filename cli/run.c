@@ -40,6 +40,7 @@ struct ctx {
 	bool tty;
 	bool line_open;
 	struct precopy_session *hint_to; /* source: hint free pages once armed */
+	struct pc_cli_control *ctl;      /* source: --control, or NULL */
 };
 
 /* --free-pct: the guest's free pages, hinted once the dirty log is armed
@@ -173,6 +174,9 @@ static void print_summary(struct ctx *x, const struct precopy_stats *st,
 		       " ms)%s\n",
 		       st->downtime, st->expected_downtime, x->c->params.downtime_limit_ms,
 		       st->forced_switchover ? ", switchover forced by the watchdog" : "");
+		if (st->forced_switchover && st->forced_expected_downtime != UINT64_MAX)
+			printf("  forced           expected %" PRIu64 " ms when forced, took %" PRIu64
+			       " ms\n", st->forced_expected_downtime, st->forced_downtime);
 		if (st->normal + st->duplicate == 0)
 			printf("  handoff          guest RAM handed over as a memfd; no page copied\n");
 		printf("  transferred      %s for %s of RAM (%.2fx) in %u passes after bulk\n",
@@ -469,7 +473,10 @@ static int migrate_once(struct ctx *x, const char *uri, struct precopy_session *
 		precopy_delete(&s);
 		return -EINVAL;
 	}
+	if (c->max_forced_downtime_ms)
+		precopy_set_param(s, PRECOPY_PARAM_MAX_FORCED_DOWNTIME, c->max_forced_downtime_ms);
 	*current = s;
+	pc_cli_control_attach(x->ctl, s);
 	err = precopy_migrate(s, uri);
 	*current = NULL;
 	x->hint_to = NULL;
@@ -477,6 +484,7 @@ static int migrate_once(struct ctx *x, const char *uri, struct precopy_session *
 	precopy_query(s, st);
 	get_reg(x, s, &reg);
 	print_summary(x, st, &reg);
+	pc_cli_control_attach(x->ctl, NULL);
 	precopy_delete(&s);
 	return err;
 }
@@ -535,10 +543,13 @@ int pc_cli_migrate(struct pc_cli *c, struct precopy_session **current)
 		fprintf(stderr, "precopy migrate: --to URI and --ram SIZE are required\n");
 		return 2;
 	}
+	if (c->control && pc_cli_control_start(c->control, "source", &x.ctl))
+		return 2;
 	err = pc_guest_new(&go, &x.guest);
 	if (err) {
 		fprintf(stderr, "precopy migrate: cannot create a %" PRIu64 "-byte guest: %s\n",
 			c->ram, strerror(-err));
+		pc_cli_control_stop(&x.ctl);
 		return 1;
 	}
 	err = pc_guest_start(x.guest);
@@ -586,6 +597,7 @@ int pc_cli_migrate(struct pc_cli *c, struct precopy_session **current)
 	rc = err ? 1 : 0;
 	print_resources(c, "after-retry");
 out:
+	pc_cli_control_stop(&x.ctl);
 	pc_guest_delete(&x.guest);
 	return rc;
 }

@@ -528,8 +528,8 @@ int precopy_region_mark_dirty(struct precopy_session *s, int region,
  * Return: 0; -EINVAL for a bad range or a destination session; -EAGAIN
  * before the dirty log is armed (before precopy_migrate(), or while it
  * connects: retry once the status is BULK); -EBUSY once the switchover
- * began or the migration ended (and, over a memfd handoff, which sends no
- * pages, always -EAGAIN).
+ * began or the migration ended. A memfd handoff (precopy_add_region_fd())
+ * sends no pages and takes no hints.
  */
 int precopy_region_hint_free(struct precopy_session *s, int region,
 			     uint64_t first_page, const uint64_t *bitmap,

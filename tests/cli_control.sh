@@ -160,5 +160,17 @@ out=$("$P" ctl "$SOCK" frob 2>&1)
 out=$("$P" ctl "$SOCK" query 2>&1)
 [ $? -eq 1 ] && [[ $out == *"cannot connect"* ]] && ok "no server: $out" || fail "no server: $out"
 
+# flags where they cannot act, and bad sockets: exit 2 before anything runs
+out=$("$P" incoming --listen tcp:127.0.0.1:0 --ram 4M --control "$SOCK" 2>&1)
+[ $? -eq 2 ] && [[ $out == *"--control applies to migrate and demo"* ]] &&
+	ok "incoming --control refused" || fail "incoming --control: $out"
+out=$("$P" migrate --to tcp:127.0.0.1:9 --ram 4M --max-forced-downtime 2000001 2>&1)
+[ $? -eq 2 ] && [[ $out == *"--max-forced-downtime"* ]] &&
+	ok "--max-forced-downtime 2000001 refused" || fail "--max-forced-downtime: $out"
+touch "$T/file"
+out=$("$P" migrate --to tcp:127.0.0.1:9 --ram 4M --control "$T/file" 2>&1)
+[ $? -eq 2 ] && [[ $out == *"not a socket"* ]] && [ -f "$T/file" ] &&
+	ok "--control on a regular file refused, the file kept" || fail "--control file: $out"
+
 echo "$fails failure(s)"
 [ $fails -eq 0 ]

@@ -700,7 +700,7 @@ static inline int precopy_query(struct precopy_session *s, struct precopy_stats 
  */
 int precopy_strerror(struct precopy_session *s, char *buf, size_t len);
 
-/** precopy_status_name() - "setup", "active"... never NULL. */
+/** precopy_status_name() - "setup", "bulk", "iterate", "completed"... never NULL. */
 const char *precopy_status_name(enum precopy_status st);
 
 /** precopy_dirty_mode_name() - "uffd-wp", "soft-dirty"... never NULL. */

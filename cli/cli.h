@@ -30,6 +30,8 @@ struct pc_cli {
 	bool verify_source;     /* --verify-source-after-failure */
 	const char *then_to;    /* --then-migrate-to URI */
 	uint64_t stop_delay_ms; /* --stop-delay MS */
+	const char *control;    /* --control PATH: the control socket */
+	uint64_t max_forced_downtime_ms; /* --max-forced-downtime MS */
 	/* tls: settings (--tls-*); have_tls once any was given */
 	struct precopy_tls tls;
 	uint8_t tls_psk[512];
@@ -76,6 +78,25 @@ int pc_cli_simulate(struct pc_cli *c);
 int pc_cli_bridge(struct pc_cli *c);
 /** precopy plot EVENTS OUT: @argc/@argv are the arguments after "plot". */
 int pc_cli_plot(int argc, char **argv);
+
+/* The control socket of migrate (and demo's source): --control PATH. */
+struct pc_cli_control;
+/** Serve JSON requests on the unix socket @path (created mode 0600; a
+ *  stale socket is replaced, a live one or another file refused) in a
+ *  thread. Prints why it cannot. Return: 0 or -errno. */
+int pc_cli_control_start(const char *path, const char *role, struct pc_cli_control **out);
+/** The session requests act on from now on (NULL: none); waits for a
+ *  request in progress. @ct may be NULL (no control socket). */
+void pc_cli_control_attach(struct pc_cli_control *ct, struct precopy_session *s);
+/** Stop serving, remove the socket, free *@ct and set it to NULL. */
+void pc_cli_control_stop(struct pc_cli_control **ct);
+/** Parse @text as the command line spells a value of @param (rates with
+ *  suffixes, on/off, force/abort, ms); why not into @why. Return: 0 or
+ *  -EINVAL. */
+int pc_cli_param_value(int param, const char *text, uint64_t *out, char *why, size_t whylen);
+/** precopy ctl PATH query | get NAME | set NAME VALUE | cancel; @argv starts at
+ *  PATH. Return: the exit status. */
+int pc_cli_ctl(int argc, char **argv);
 
 /** Print stats as one JSON object line to @f, with "event": @event, and
  *  (if @reg is not NULL) the registration figures. */

@@ -53,6 +53,11 @@ static void usage(FILE *f)
 "  plot EVENTS.jsonl OUT.svg draw the timeline of a migration (what is left to\n"
 "                            send, bandwidth and dirty rate, throttle) from the\n"
 "                            --json output of migrate, incoming or demo\n"
+"  ctl PATH query | get NAME | set NAME VALUE | cancel\n"
+"                            talk to a running 'migrate --control PATH': its\n"
+"                            statistics, a parameter read or changed while it runs,\n"
+"                            a cancel\n"
+"                            (one JSON answer on stdout; exit 1 if refused)\n"
 "  help                      this text\n"
 "  version                   print the version\n"
 "\n"
@@ -97,6 +102,18 @@ static void usage(FILE *f)
 "  --on-limit force|abort    what the watchdog does [force]\n"
 "  --channels N              parallel connections [1]\n"
 "  --timeout MS              give up on a silent peer after MS (both ends) [15000]\n"
+"  --max-forced-downtime MS  when the watchdog would force a switchover expected to\n"
+"                            pause the guest longer than MS, abort instead (the\n"
+"                            guest keeps running here); 0 = no bound [0]\n"
+"\n"
+"control (migrate, demo):\n"
+"  --control PATH            serve JSON requests on the unix socket PATH (mode 0600)\n"
+"                            while migrating: 'precopy ctl PATH ...' queries the\n"
+"                            statistics, changes max-bandwidth, downtime-limit,\n"
+"                            avail-switchover-bandwidth, auto-converge and its\n"
+"                            throttle steps, max-iterations, max-time,\n"
+"                            stall-iterations, on-limit or max-forced-downtime, or\n"
+"                            cancels (protocol: docs/CONTROL.md)\n"
 "\n"
 "migrate, after a failure:\n"
 "  --verify-source-after-failure\n"
@@ -167,7 +184,7 @@ enum {
 	OPT_HELP, OPT_NUMA_NODE, OPT_MEMFD, OPT_LISTEN_UNIX, OPT_TO_UNIX,
 	OPT_TIMEOUT, OPT_VERIFY_SOURCE, OPT_THEN_TO, OPT_STOP_DELAY, OPT_TLS_PSK_FILE,
 	OPT_TLS_PSK_ID, OPT_TLS_CA, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_HOSTNAME,
-	OPT_AUTH_KEY_FILE, OPT_RDMA_REG,
+	OPT_AUTH_KEY_FILE, OPT_RDMA_REG, OPT_CONTROL, OPT_MAX_FORCED,
 };
 
 static const struct option long_opts[] = {
@@ -207,6 +224,8 @@ static const struct option long_opts[] = {
 	{ "tls-hostname", required_argument, 0, OPT_TLS_HOSTNAME },
 	{ "auth-key-file", required_argument, 0, OPT_AUTH_KEY_FILE },
 	{ "rdma-registration", required_argument, 0, OPT_RDMA_REG },
+	{ "control", required_argument, 0, OPT_CONTROL },
+	{ "max-forced-downtime", required_argument, 0, OPT_MAX_FORCED },
 	{ "no-verify", no_argument, 0, OPT_NO_VERIFY },
 	{ "json", no_argument, 0, OPT_JSON },
 	{ "quiet", no_argument, 0, OPT_QUIET },
@@ -418,6 +437,11 @@ static int parse_args(int argc, char **argv, struct pc_cli *c)
 				return bad_value(name, a, "expected on-demand or pin-all");
 			c->have_registration = true;
 			break;
+		case OPT_CONTROL: c->control = a; break;
+		case OPT_MAX_FORCED:
+			if (parse_uint(name, a, 2000000, &c->max_forced_downtime_ms))
+				return -EINVAL;
+			break;
 		case OPT_NO_VERIFY: c->no_verify = true; break;
 		case OPT_NUMA_NODE:
 			if (parse_uint(name, a, 1023, &v))
@@ -531,8 +555,16 @@ int main(int argc, char **argv)
 		c.ram = 1ull << 30;
 		c.dirty_rate = 256.0 * (1 << 20);
 	}
+	if (!strcmp(cmd, "ctl"))
+		return pc_cli_ctl(argc - 2, argv + 2);
 	if (parse_args(argc - 1, argv + 1, &c) || check_rdma_flags(cmd, &c))
 		return 2;
+	if ((c.control || c.max_forced_downtime_ms) && strcmp(cmd, "migrate") &&
+	    strcmp(cmd, "demo")) {
+		fprintf(stderr, "precopy %s: --%s applies to migrate and demo only\n", cmd,
+			c.control ? "control" : "max-forced-downtime");
+		return 2;
+	}
 
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGINT, &sa, NULL);

@@ -41,12 +41,35 @@ struct ctx {
 	bool have_desc;
 	struct pc_progress prog;         /* the line on a terminal */
 	bool prog_on;
+	struct precopy_session *hint_to; /* source: hint free pages once armed */
+	struct pc_cli_control *ctl;      /* source: --control, or NULL */
 };
+
+/* --free-pct: the guest's free pages, hinted once the dirty log is armed
+ * (status BULK, before the first page goes), as a VMM would. */
+static void hint_free(struct ctx *x, const struct precopy_stats *st)
+{
+	uint64_t *bm, n = 0;
+
+	if (!x->hint_to || st->status != PRECOPY_STATUS_BULK)
+		return;
+	bm = pc_guest_free_bitmap(x->guest, &n);
+	if (bm) {
+		int err = precopy_region_hint_free(x->hint_to, 0, 0, bm, n);
+
+		if (err)
+			fprintf(stderr, "precopy migrate: free-page hints refused: %s\n",
+				strerror(-err));
+		free(bm);
+	}
+	x->hint_to = NULL;
+}
 
 static void progress(void *opaque, const struct precopy_stats *st)
 {
 	struct ctx *x = opaque;
 
+	hint_free(x, st);
 	if (x->c->json) {
 		pc_cli_json_stats(stdout, "progress", x->role, st, NULL);
 		return;
@@ -188,6 +211,9 @@ static void print_summary(struct ctx *x, const struct precopy_stats *st,
 		       " ms)%s\n",
 		       st->downtime, st->expected_downtime, x->c->params.downtime_limit_ms,
 		       st->forced_switchover ? ", switchover forced by the watchdog" : "");
+		if (st->forced_switchover && st->forced_expected_downtime != UINT64_MAX)
+			printf("  forced           expected %" PRIu64 " ms when forced, took %" PRIu64
+			       " ms\n", st->forced_expected_downtime, st->forced_downtime);
 		if (st->normal + st->duplicate == 0)
 			printf("  handoff          guest RAM handed over as a memfd; no page copied\n");
 		printf("  transferred      %s for %s of RAM (%.2fx) in %u pass%s after bulk\n",
@@ -490,7 +516,6 @@ static int migrate_once(struct ctx *x, const char *uri, struct precopy_session *
 	};
 	struct precopy_session *s = NULL;
 	struct pc_cli_reg reg;
-	uint64_t *free_bm, nfree = 0;
 	int err, region;
 
 	memset(st, 0, sizeof(*st));
@@ -513,11 +538,7 @@ static int migrate_once(struct ctx *x, const char *uri, struct precopy_session *
 		precopy_delete(&s);
 		return region;
 	}
-	free_bm = pc_guest_free_bitmap(x->guest, &nfree);
-	if (free_bm) {
-		precopy_region_hint_free(s, region, 0, free_bm, nfree);
-		free(free_bm);
-	}
+	x->hint_to = c->free_pct ? s : NULL; /* region 0, once armed */
 	if (pc_cli_apply_tls(c, s, "migrate")) {
 		snprintf(st->error, sizeof(st->error), "bad TLS settings");
 		precopy_delete(&s);
@@ -528,6 +549,8 @@ static int migrate_once(struct ctx *x, const char *uri, struct precopy_session *
 		precopy_delete(&s);
 		return -EINVAL;
 	}
+	if (c->max_forced_downtime_ms)
+		precopy_set_param(s, PRECOPY_PARAM_MAX_FORCED_DOWNTIME, c->max_forced_downtime_ms);
 	{
 		char what[256];
 
@@ -535,12 +558,15 @@ static int migrate_once(struct ctx *x, const char *uri, struct precopy_session *
 		begin_progress(x, what);
 	}
 	*current = s;
+	pc_cli_control_attach(x->ctl, s);
 	err = precopy_migrate(s, uri);
 	*current = NULL;
+	x->hint_to = NULL;
 	precopy_query(s, st);
 	end_progress(x, st);
 	get_reg(x, s, &reg);
 	print_summary(x, st, &reg);
+	pc_cli_control_attach(x->ctl, NULL);
 	precopy_delete(&s);
 	return err;
 }
@@ -605,6 +631,8 @@ static int migrate_main(struct pc_cli *c, struct precopy_session **current,
 	}
 	if (ram_fits("migrate", c->ram, 1))
 		return 2;
+	if (c->control && pc_cli_control_start(c->control, "source", &x.ctl))
+		return 2;
 	{
 		char what[96], r[32];
 
@@ -619,6 +647,7 @@ static int migrate_main(struct pc_cli *c, struct precopy_session **current,
 	if (err && !x.guest) {
 		fprintf(stderr, "precopy migrate: cannot create a %" PRIu64 "-byte guest: %s\n",
 			c->ram, strerror(-err));
+		pc_cli_control_stop(&x.ctl);
 		return 1;
 	}
 	if (err) {
@@ -665,6 +694,7 @@ static int migrate_main(struct pc_cli *c, struct precopy_session **current,
 	rc = err ? 1 : 0;
 	print_resources(c, "after-retry");
 out:
+	pc_cli_control_stop(&x.ctl);
 	pc_guest_delete(&x.guest);
 	*last = st;
 	return rc;

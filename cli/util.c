@@ -91,6 +91,14 @@ void pc_cli_json_stats(FILE *f, const char *event, const char *role,
 		st->dirty_pages_rate, st->mbps, st->bandwidth_busy, st->bandwidth_wall,
 		st->dirty_sync_count, st->cpu_throttle_percentage, st->iteration,
 		st->forced_switchover ? "true" : "false", precopy_dirty_mode_name(st->dirty_mode));
+	/* a forced switchover: what it was expected to cost, what it took,
+	 * whether max-forced-downtime aborted it (-1: not predictable) */
+	if (st->forced_switchover || st->forced_aborted)
+		fprintf(f, ",\"forced-expected-downtime\":%" PRId64 ",\"forced-downtime\":%" PRIu64
+			",\"forced-aborted\":%s",
+			st->forced_expected_downtime == UINT64_MAX ? (int64_t)-1
+								   : (int64_t)st->forced_expected_downtime,
+			st->forced_downtime, st->forced_aborted ? "true" : "false");
 	/* time in ibv_reg_mr and what it registered; 0 where nothing is */
 	if (reg) {
 		fprintf(f, ",\"registration-ms\":%.1f,\"registration-bytes\":%" PRIu64

@@ -211,7 +211,7 @@ int precopy_delete(struct precopy_session **sp)
 		return -EBUSY;
 	for (unsigned i = 0; i < s->nreg; i++) {
 		pc_dirty_delete(&s->reg[i].dirty);
-		free(s->reg[i].free_bm);
+		free((void *)s->reg[i].free_bm);
 		free(s->reg[i].hash);
 		if (s->reg[i].fd >= 0)
 			close(s->reg[i].fd);
@@ -310,32 +310,55 @@ int precopy_region_mark_dirty(struct precopy_session *s, int region, uint64_t fi
 	return pc_dirty_mark(s->reg[region].dirty, first_page, bitmap, npages);
 }
 
+/*
+ * Hints are taken only while the dirty log is armed: a write after the
+ * hint is then logged, found by the next sync, which clears the page's
+ * free bit and makes it pending again, so it is sent with its contents. A
+ * hint only marks pages that are pending now; the senders send those as
+ * FREE runs (the destination zeroes them, and both ends checksum them as
+ * the zero page). A page that is not pending was sent already and stays
+ * as sent, at both ends alike.
+ */
 int precopy_region_hint_free(struct precopy_session *s, int region, uint64_t first_page,
 			     const uint64_t *bitmap, uint64_t npages)
 {
 	struct pc_region *r;
+	_Atomic uint64_t *pending;
+	uint64_t mask = 0, word = UINT64_MAX;
 	int err = check_bitmap_args(s, region, first_page, bitmap, npages);
 
 	if (err)
 		return err;
 	if (s->role != PRECOPY_ROLE_SOURCE)
 		return -EINVAL;
-	if (atomic_load(&s->run_state) != PC_IDLE)
-		return -EBUSY;
 	r = &s->reg[region];
-	if (!r->free_bm) {
-		r->free_bm = calloc((r->npages + 63) / 64, sizeof(uint64_t));
-		if (!r->free_bm)
-			return -ENOMEM;
+	pthread_mutex_lock(&s->lock);
+	pending = s->hint_pending;
+	if (!pending || !r->free_bm) {
+		err = s->hints_closed || atomic_load(&s->run_state) == PC_ENDED ? -EBUSY
+										 : -EAGAIN;
+		pthread_mutex_unlock(&s->lock);
+		return err;
 	}
-	for (uint64_t i = 0; i < npages; i++) {
+	for (uint64_t i = 0; i <= npages; i++) {
 		uint64_t p = first_page + i;
 
+		if (i == npages || p / 64 != word) {
+			if (mask) {
+				uint64_t on = atomic_load(&pending[r->word_base + word]) & mask;
+
+				if (on)
+					atomic_fetch_or(&r->free_bm[word], on);
+			}
+			if (i == npages)
+				break;
+			word = p / 64;
+			mask = 0;
+		}
 		if (bitmap[i / 64] >> (i % 64) & 1)
-			r->free_bm[p / 64] |= 1ull << (p % 64);
-		else
-			r->free_bm[p / 64] &= ~(1ull << (p % 64));
+			mask |= 1ull << (p % 64);
 	}
+	pthread_mutex_unlock(&s->lock);
 	return 0;
 }
 
@@ -587,6 +610,7 @@ static const char *const param_names[PRECOPY_PARAM__COUNT] = {
 	[PRECOPY_PARAM_ON_LIMIT] = "on-limit",
 	[PRECOPY_PARAM_CHANNELS] = "channels",
 	[PRECOPY_PARAM_TIMEOUT] = "timeout",
+	[PRECOPY_PARAM_MAX_FORCED_DOWNTIME] = "max-forced-downtime",
 };
 
 const char *precopy_param_name(enum precopy_param param)
@@ -646,6 +670,7 @@ static int param_store(struct precopy_params *p, enum precopy_param param, uint6
 		return 0;
 	case PRECOPY_PARAM_CHANNELS: return param_uint(v, &p->channels);
 	case PRECOPY_PARAM_TIMEOUT: return param_uint(v, &p->timeout_ms);
+	case PRECOPY_PARAM_MAX_FORCED_DOWNTIME: /* the session's: see param_try() */
 	case PRECOPY_PARAM__COUNT: break;
 	}
 	return -EINVAL;
@@ -669,6 +694,7 @@ static uint64_t param_load(const struct precopy_params *p, enum precopy_param pa
 	case PRECOPY_PARAM_ON_LIMIT: return p->on_limit;
 	case PRECOPY_PARAM_CHANNELS: return p->channels;
 	case PRECOPY_PARAM_TIMEOUT: return p->timeout_ms;
+	case PRECOPY_PARAM_MAX_FORCED_DOWNTIME: /* the session's */
 	case PRECOPY_PARAM__COUNT: break;
 	}
 	return 0;
@@ -699,6 +725,16 @@ static int param_try(struct precopy_session *s, enum precopy_param param, uint64
 		return -EBUSY;
 	}
 	*cand = s->params;
+	if (param == PRECOPY_PARAM_MAX_FORCED_DOWNTIME) {
+		/* not a field of precopy_params: kept in the session */
+		if (value > PC_DOWNTIME_LIMIT_MAX_MS) {
+			if (why && whylen)
+				snprintf(why, whylen, "%s: %llu is out of range (0..%llu ms)", name,
+					 (unsigned long long)value, PC_DOWNTIME_LIMIT_MAX_MS);
+			return -EINVAL;
+		}
+		return 0;
+	}
 	err = param_store(cand, param, value);
 	if (err) {
 		if (why && whylen)
@@ -733,7 +769,10 @@ int precopy_set_param(struct precopy_session *s, enum precopy_param param, uint6
 	pthread_mutex_lock(&s->lock);
 	err = param_try(s, param, value, &cand, NULL, 0);
 	if (!err) {
-		s->params = cand;
+		if (param == PRECOPY_PARAM_MAX_FORCED_DOWNTIME)
+			s->max_forced_downtime_ms = value;
+		else
+			s->params = cand;
 		atomic_fetch_add(&s->params_gen, 1);
 	}
 	pthread_mutex_unlock(&s->lock);
@@ -745,7 +784,8 @@ int precopy_get_param(struct precopy_session *s, enum precopy_param param, uint6
 	if (!s || !value || !precopy_param_name(param))
 		return -EINVAL;
 	pthread_mutex_lock(&s->lock);
-	*value = param_load(&s->params, param);
+	*value = param == PRECOPY_PARAM_MAX_FORCED_DOWNTIME ? s->max_forced_downtime_ms
+							     : param_load(&s->params, param);
 	pthread_mutex_unlock(&s->lock);
 	return 0;
 }

@@ -26,7 +26,9 @@ struct pc_region {
 	uint64_t word_base;          /**< first word in the session bitmap */
 	enum precopy_dirty_mode mode;
 	struct pc_dirty *dirty;      /**< source: the tracker */
-	uint64_t *free_bm;           /**< source: free-page hints, or NULL */
+	/** source, while migrating: pages hinted free since they were last
+	 *  found dirty; a pending page with its bit set goes as a FREE run */
+	_Atomic uint64_t *free_bm;
 	uint64_t *hash;              /**< per-page checksums (both ends) */
 	int fd;                      /**< memfd behind the region (ours, a dup), or -1 */
 	uint64_t fd_offset;          /**< where the region starts in @fd */
@@ -69,6 +71,16 @@ struct precopy_session {
 	 * just before it is closed; have_reg_stats if it registers memory */
 	struct pc_tp_reg_stats reg_stats;
 	bool have_reg_stats;
+
+	/* Free-page hints (source): the pending set (the source's session
+	 * bitmap) while hints are taken, i.e. from the moment the dirty log
+	 * is armed and the bulk pass is queued until the switchover; NULL
+	 * otherwise. Under lock, so a hint never outlives the bitmap. */
+	_Atomic uint64_t *hint_pending;
+	bool hints_closed;           /**< the switchover started: too late (under lock) */
+	/* max-forced-downtime, ms (0 = no bound); a setting of its own, not a
+	 * field of precopy_params (under lock) */
+	uint64_t max_forced_downtime_ms;
 
 	/* precopy_set_tls(): a deep copy (strings and key owned here) */
 	struct precopy_tls tls;

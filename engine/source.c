@@ -67,7 +67,6 @@ struct source {
 	unsigned done;       /* senders finished with the current pass */
 	bool quit;
 	unsigned iteration;  /* the pass being sent */
-	bool bulk;           /* pass 0: free hints apply */
 	bool final;          /* switchover pass: no throttle */
 	atomic_bool stop_pass; /* the watchdog wants the pass cut short */
 	atomic_int err;      /* first sender error */
@@ -213,7 +212,11 @@ static int send_word(struct sender *sd, uint64_t w, uint64_t bits)
 		bits &= bits - 1;
 		if (page >= reg->npages)
 			break;
-		if (src->bulk && reg->free_bm && (reg->free_bm[page / 64] >> (page % 64) & 1)) {
+		if (reg->free_bm && (atomic_load_explicit(&reg->free_bm[page / 64],
+							  memory_order_relaxed) >> (page % 64) & 1) &&
+		    (atomic_fetch_and(&reg->free_bm[page / 64], ~(1ull << (page % 64))) >>
+		     (page % 64) & 1)) {
+			/* hinted free since it was last found dirty */
 			kind = PC_RUN_FREE;
 			h = src->zero_hash;
 			sd->free_skipped++;
@@ -440,6 +443,10 @@ static int sync_regions(struct source *src, uint64_t *addedp)
 
 			if (!b)
 				continue;
+			/* Written since: no longer free. Cleared before the page
+			 * is pending, so a sender that takes it sees it. */
+			if (r->free_bm)
+				atomic_fetch_and(&r->free_bm[w], ~b);
 			old_bits = atomic_fetch_or(&src->dirty[r->word_base + w], b);
 			added += (uint64_t)__builtin_popcountll(b & ~old_bits);
 		}
@@ -790,6 +797,55 @@ fail:
 	return err;
 }
 
+/*
+ * Take free-page hints into the pending set (@open), or stop taking them.
+ * Under the session lock: precopy_region_hint_free() holds it while it
+ * marks pages, so once closed no hint touches the bitmaps any more.
+ */
+static void hints_open(struct source *src, bool open)
+{
+	struct precopy_session *s = src->s;
+
+	pthread_mutex_lock(&s->lock);
+	s->hint_pending = open ? src->dirty : NULL;
+	if (!open)
+		s->hints_closed = true;
+	pthread_mutex_unlock(&s->lock);
+}
+
+/*
+ * The watchdog wants to force the switchover. Record what it is expected
+ * to cost; refuse (abort, the guest keeps running) if that is above
+ * max-forced-downtime. Return: 0 to go on with the forced switchover.
+ */
+static int check_forced(struct source *src)
+{
+	struct precopy_session *s = src->s;
+	uint64_t ns, ms, bound;
+	enum pc_wd_verdict why;
+
+	pthread_mutex_lock(&src->plock);
+	ns = src->pol.expected_downtime_ns;
+	why = src->pol.last_verdict;
+	pthread_mutex_unlock(&src->plock);
+	ms = ns == UINT64_MAX ? UINT64_MAX : ns / PC_NSEC_PER_MSEC;
+	pthread_mutex_lock(&s->lock);
+	bound = s->max_forced_downtime_ms;
+	s->st.forced_expected_downtime = ms;
+	if (bound && ms > bound)
+		s->st.forced_aborted = true;
+	pthread_mutex_unlock(&s->lock);
+	if (!bound || ms <= bound)
+		return 0;
+	if (ms == UINT64_MAX)
+		return pc_fail(s, -ETIMEDOUT,
+			       "watchdog: %s; the downtime of a forced switchover cannot be predicted (no bandwidth estimate) and max-forced-downtime is %llu ms; migration aborted, guest keeps running",
+			       pc_wd_reason(why), (unsigned long long)bound);
+	return pc_fail(s, -ETIMEDOUT,
+		       "watchdog: %s; a forced switchover would pause the guest about %llu ms, above max-forced-downtime %llu ms; migration aborted, guest keeps running",
+		       pc_wd_reason(why), (unsigned long long)ms, (unsigned long long)bound);
+}
+
 static int migrate(struct source *src, const char *uri)
 {
 	struct precopy_session *s = src->s;
@@ -875,6 +931,9 @@ static int migrate(struct source *src, const char *uri)
 	src->params_gen = pc_params_snapshot(s, &src->params);
 	pc_policy_init(&src->pol, &src->params, t_setup);
 	pthread_mutex_unlock(&src->plock);
+	/* The log is armed and every page is pending: free-page hints are
+	 * safe from now on (precopy_region_hint_free()). */
+	hints_open(src, true);
 	pc_set_status(s, PRECOPY_STATUS_BULK);
 
 	for (;;) {
@@ -882,7 +941,6 @@ static int migrate(struct source *src, const char *uri)
 
 		src->pass_dirtied = 0;
 
-		src->bulk = iter == 0;
 		err = run_pass(src, iter, &d);
 		if (err)
 			goto fail;
@@ -895,9 +953,17 @@ static int migrate(struct source *src, const char *uri)
 		if (err)
 			goto fail;
 		pthread_mutex_lock(&src->plock);
-		if (d == PC_CONTINUE)
+		if (d == PC_CONTINUE) {
 			d = pc_policy_pass_end(&src->pol, iter, before * PRECOPY_PAGE_SIZE,
 					       pc_now());
+		} else if (d == PC_FORCE) {
+			/* Forced mid-pass: what the pause will carry is what is
+			 * left now, not what was left at the last pass end. */
+			enum pc_wd_verdict why = src->pol.last_verdict;
+
+			pc_policy_pass_end(&src->pol, iter, before * PRECOPY_PAGE_SIZE, pc_now());
+			src->pol.last_verdict = why;
+		}
 		pthread_mutex_unlock(&src->plock);
 		pthread_mutex_lock(&s->lock);
 		s->st.expected_downtime = src->pol.expected_downtime_ns / PC_NSEC_PER_MSEC;
@@ -906,6 +972,11 @@ static int migrate(struct source *src, const char *uri)
 			s->st.dirty_pages_rate =
 				src->pass_dirtied * PC_NSEC_PER_SEC / (pc_now() - t_pass);
 		pthread_mutex_unlock(&s->lock);
+		if (d == PC_FORCE) {
+			err = check_forced(src);
+			if (err)
+				goto fail;
+		}
 		if (d == PC_SWITCHOVER || d == PC_FORCE)
 			break;
 		if (d == PC_ABORT) {
@@ -919,7 +990,9 @@ static int migrate(struct source *src, const char *uri)
 	}
 	forced = d == PC_FORCE;
 
-	/* Switchover: stop the guest, send what is left, unthrottled. */
+	/* Switchover: stop the guest, send what is left, unthrottled. Hints
+	 * end here: the last pass is what the destination gets. */
+	hints_open(src, false);
 	pc_set_status(s, PRECOPY_STATUS_SWITCHOVER);
 	pthread_mutex_lock(&src->plock);
 	pc_policy_set_switchover(&src->pol);
@@ -937,7 +1010,6 @@ static int migrate(struct source *src, const char *uri)
 	if (err)
 		goto fail;
 	src->final = true;
-	src->bulk = false;
 	atomic_store(&src->stop_pass, false);
 	err = run_pass(src, ++iter, NULL);
 	if (err)
@@ -953,10 +1025,13 @@ static int migrate(struct source *src, const char *uri)
 	s->st.remaining = 0;
 	s->st.iteration = iter;
 	s->st.forced_switchover = forced;
+	if (forced)
+		s->st.forced_downtime = s->st.downtime;
 	pthread_mutex_unlock(&s->lock);
 	return 0;
 
 fail:
+	hints_open(src, false);
 	if (src->unconfirmed) {
 		/* The guest may run at the destination: never here too. */
 		if (src->pol.throttle.pct && s->cb.set_throttle)
@@ -1002,7 +1077,12 @@ int pc_source_run(struct precopy_session *s, const char *uri)
 			maxw = (s->reg[i].npages + 63) / 64;
 	src->dirty = calloc(s->nwords, sizeof(*src->dirty));
 	src->tmp = calloc(maxw, sizeof(uint64_t));
-	if (!src->dirty || !src->tmp) {
+	for (unsigned i = 0; i < s->nreg; i++) {
+		s->reg[i].free_bm = calloc((s->reg[i].npages + 63) / 64, sizeof(uint64_t));
+		if (!s->reg[i].free_bm)
+			maxw = 0; /* (out of memory) */
+	}
+	if (!src->dirty || !src->tmp || !maxw) {
 		err = pc_fail(s, -ENOMEM, "out of memory for the dirty bitmap");
 		goto out_free;
 	}
@@ -1038,9 +1118,13 @@ out_threads:
 		free(src->snd[c].msg);
 	}
 out_free:
+	hints_open(src, false);
 	/* Stop tracking: the guest's memory goes back to plain memory. */
-	for (unsigned i = 0; i < s->nreg; i++)
+	for (unsigned i = 0; i < s->nreg; i++) {
 		pc_dirty_delete(&s->reg[i].dirty);
+		free((void *)s->reg[i].free_bm);
+		s->reg[i].free_bm = NULL;
+	}
 	pthread_cond_destroy(&src->cv);
 	pthread_mutex_destroy(&src->mu);
 	pthread_mutex_destroy(&src->plock);

@@ -221,6 +221,17 @@ struct precopy_stats {
 	uint64_t registration_ns;
 	uint64_t registered_bytes;
 	uint64_t registrations;
+
+	/* --- since PRECOPY_0.3: what a forced switchover cost ------------ */
+	/** Set when the watchdog forced the switchover (forced_switchover)
+	 *  or would have, had max-forced-downtime not aborted the migration
+	 *  instead (forced_aborted): the downtime expected when it decided,
+	 *  in ms (UINT64_MAX if it could not be predicted), and the downtime
+	 *  the forced switchover really took, in ms (0 if aborted). All 0
+	 *  when the watchdog did not force. */
+	uint64_t forced_expected_downtime;
+	uint64_t forced_downtime;
+	bool forced_aborted;
 };
 
 /** Size of struct precopy_stats as PRECOPY_0.1 defined it. */
@@ -249,8 +260,9 @@ struct precopy_callbacks {
 	/** Source: throttle vCPUs to run (100 - pct)% of the time. */
 	int (*set_throttle)(void *opaque, unsigned pct);
 	/** Either end: progress, at most every 100 ms and at every change of
-	 *  status. Must not call back into the session except precopy_query()
-	 *  and precopy_cancel(). */
+	 *  status. Must not call back into the session except precopy_query(),
+	 *  precopy_cancel(), precopy_set_param() and (source)
+	 *  precopy_region_hint_free(). */
 	void (*progress)(void *opaque, const struct precopy_stats *st);
 };
 
@@ -303,6 +315,14 @@ enum precopy_param {
 	PRECOPY_PARAM_ON_LIMIT,               /**< "on-limit" */
 	PRECOPY_PARAM_CHANNELS,               /**< "channels" (before the start only) */
 	PRECOPY_PARAM_TIMEOUT,                /**< "timeout" (before the start only) */
+	/** "max-forced-downtime" (since PRECOPY_0.3; not a field of struct
+	 *  precopy_params, default 0): when the watchdog would force the
+	 *  switchover (on-limit force), the longest pause, in ms, the forced
+	 *  switchover may be expected to take; if the expected downtime is
+	 *  above it (or cannot be predicted) the migration is aborted instead
+	 *  (-ETIMEDOUT, the guest keeps running at the source). 0 = no bound:
+	 *  force whatever the cost. Range 0..2000000. */
+	PRECOPY_PARAM_MAX_FORCED_DOWNTIME,
 	PRECOPY_PARAM__COUNT                  /**< not a parameter: how many there are */
 };
 
@@ -495,11 +515,25 @@ int precopy_region_mark_dirty(struct precopy_session *s, int region,
 			      uint64_t npages);
 
 /**
- * precopy_region_hint_free() - report pages the guest does not use
- * (e.g. from virtio-balloon free page reporting), before precopy_migrate().
- * The bulk pass skips them (the destination treats them as zero); they are
- * sent later only if written. Bitmap layout as precopy_region_mark_dirty().
- * Return: 0; -EINVAL for a bad range; -EBUSY once the bulk pass started.
+ * precopy_region_hint_free() - report pages the guest does not use now
+ * (e.g. from virtio-balloon free page hinting), while the source migrates.
+ * Taken only while the dirty log is armed: from the moment the status is
+ * BULK (the progress hook sees that status before the first page is sent,
+ * and may call this function) until the switchover begins. Hinted pages
+ * that are still to be sent go as free runs (a few bytes each; the
+ * destination zeroes them) instead of their contents; pages already sent
+ * stay as sent. A page the guest writes after its hint is dirty again and
+ * is sent with its contents: nothing the guest wrote after saying a page
+ * was free is lost. Any thread may call it. Bitmap layout as
+ * precopy_region_mark_dirty().
+ * A hint given before the log is armed is refused: a write between such a
+ * hint and the arming would be logged nowhere, and the page would arrive
+ * as zeros with a matching checksum.
+ * Return: 0; -EINVAL for a bad range or a destination session; -EAGAIN
+ * before the dirty log is armed (before precopy_migrate(), or while it
+ * connects: retry once the status is BULK); -EBUSY once the switchover
+ * began or the migration ended. A memfd handoff (precopy_add_region_fd())
+ * sends no pages and takes no hints.
  */
 int precopy_region_hint_free(struct precopy_session *s, int region,
 			     uint64_t first_page, const uint64_t *bitmap,

@@ -211,12 +211,21 @@ static int s_throttle(void *o, unsigned pct)
 	return pc_guest_set_throttle(((struct h_src *)o)->guest, pct);
 }
 
+static void s_progress(void *o, const struct precopy_stats *st)
+{
+	struct h_src *s = o;
+
+	if (s->on_progress)
+		s->on_progress(s, st);
+}
+
 int h_src_new(struct h_src *s, struct pc_guest *guest, const struct precopy_params *p,
 	      enum precopy_dirty_mode mode)
 {
 	struct precopy_callbacks cb = {
 		.opaque = s, .stop_vm = s_stop, .resume_vm = s_resume,
 		.save_device_state = s_save, .set_throttle = s_throttle,
+		.progress = s_progress,
 	};
 	size_t len;
 	void *ram = pc_guest_ram(guest, &len);

@@ -42,6 +42,9 @@ struct h_src {
 	void (*on_stop)(struct h_src *s);
 	/** Called from the save_device_state hook, if set. */
 	void (*on_save)(struct h_src *s);
+	/** Called from the progress hook (on the migrating thread), if set. */
+	void (*on_progress)(struct h_src *s, const struct precopy_stats *st);
+	void *opaque; /**< the test's, for the hooks above */
 };
 
 /** Map @len bytes, listen on tcp:127.0.0.1:0, accept in a thread. */
@@ -84,8 +87,8 @@ void h_dest_free(struct h_dest *d);
  *  guest (pc_guest_fd() >= 0) is registered with its fd. */
 int h_src_new(struct h_src *s, struct pc_guest *guest, const struct precopy_params *p,
 	      enum precopy_dirty_mode mode);
-/** Run precopy_migrate(@uri) in a thread (h_src_new() clears on_stop
- *  and on_save: set them after). */
+/** Run precopy_migrate(@uri) in a thread (h_src_new() clears on_stop,
+ *  on_save and on_progress: set them after). */
 int h_src_start(struct h_src *s, const char *uri);
 int h_src_join(struct h_src *s);
 void h_src_free(struct h_src *s);

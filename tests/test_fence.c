@@ -230,6 +230,9 @@ static void after_verdict__zero_runs_on_channel_1_change_nothing(void **state)
 	assert_int_equal(hs_complete(h), 0);
 	hs_pages(h, 1, 1, CHUNK + 3, 2, PC_RUN_ZERO);
 	hs_pages(h, 1, 1, CHUNK + 9, 1, PC_RUN_FREE);
+	/* Not an assertion: time for a receiver still reading channel 1 to
+	 * act on them, as one did before the fence. */
+	usleep(200 * 1000);
 	hs_go(h);
 	assert_int_equal(hs_dest_result(h, why, sizeof(why)), 0);
 	/* precopy_incoming() has returned: nothing can land any more */
@@ -259,6 +262,7 @@ static void complete__page_run_on_parked_channel_lands_nowhere(void **state)
 	memset(junk, 0xEE, sizeof(junk));
 	pr = (struct pc_page_run){ junk, 0, (CHUNK + 5) * PRECOPY_PAGE_SIZE, PRECOPY_PAGE_SIZE };
 	assert_int_equal(pc_tp_write_pages(h->tp, 1, &pr, 1), 0);
+	usleep(200 * 1000); /* as above: a chance for a reader to place it */
 	/* the checksums say what was verified, not the 0xEE page */
 	assert_int_equal(hs_complete(h), 0);
 	hs_go(h);

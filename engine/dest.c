@@ -26,6 +26,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "page.h"
@@ -77,6 +78,9 @@ static void set_err(struct dest *d, int err)
 
 	if (atomic_compare_exchange_strong(&d->err, &none, err))
 		pc_tp_abort(d->tp);
+	pthread_mutex_lock(&d->mu); /* wake the parked */
+	pthread_cond_broadcast(&d->cv);
+	pthread_mutex_unlock(&d->mu);
 }
 
 static int send_rec(struct dest *d, const uint8_t *buf, int n)
@@ -248,8 +252,7 @@ static int handle_iter_end(struct receiver *rc, const struct pc_wire_msg *m)
 	}
 	if (rc->chan == 0 && d->ch0_begun < it + 1)
 		d->ch0_begun = it + 1;
-	else if (rc->chan)
-		rc->parked = true; /* until channel 0 begins pass it + 1 */
+	rc->parked = true; /* until pass it is acknowledged (and see park()) */
 	if (++d->at_end == d->nchan) {
 		d->at_end = 0;
 		d->acked = it + 1;
@@ -485,24 +488,44 @@ static int handle_complete(struct dest *d, const struct pc_wire_msg *m)
 }
 
 /*
- * After channel @rc (1..) ended a pass: read nothing until channel 0 has
- * begun the next pass (so that pass exists; its records on channel 0
- * come only after the ack). Return 0 to read on, 1 when COMPLETE (the
- * fence) or the end came instead.
+ * After channel @rc ended pass rc->iteration - 1: read nothing more until
+ * that pass was acknowledged (every channel ended it; a source starts the
+ * next pass only then, so this waits only when records come faster than
+ * the protocol allows, as in a replayed recording). Channels 1.. also wait
+ * until channel 0 has begun the next pass, so that pass exists: after the
+ * last one they are parked outside the transport when COMPLETE comes.
+ * Return 0 to read on; 1 when COMPLETE (the fence) or the end came
+ * instead; a negative errno when the session failed or was cancelled.
  */
 static int park(struct receiver *rc)
 {
 	struct dest *d = rc->d;
-	int ret;
+	uint32_t it = rc->iteration; /* the pass to read next */
+	int ret = 0;
 
-	if (rc->chan == 0)
-		return 0;
 	pthread_mutex_lock(&d->mu);
-	while (!d->fenced && !d->stop && d->ch0_begun <= rc->iteration)
-		pthread_cond_wait(&d->cv, &d->mu);
-	ret = d->fenced || d->stop;
-	if (!ret)
-		rc->parked = false;
+	for (;;) {
+		struct timespec ts;
+
+		if (d->fenced || d->stop) {
+			ret = 1;
+			break;
+		}
+		if ((ret = stopping(d)))
+			break;
+		if (d->acked >= it && (rc->chan == 0 || d->ch0_begun > it)) {
+			rc->parked = false;
+			break;
+		}
+		/* a cancel does not signal: look at it now and then */
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_nsec += 100 * 1000 * 1000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&d->cv, &d->mu, &ts);
+	}
 	pthread_mutex_unlock(&d->mu);
 	return ret;
 }
@@ -872,6 +895,7 @@ static int incoming(struct dest *d)
 int pc_dest_run(struct precopy_session *s)
 {
 	struct dest *d = calloc(1, sizeof(*d));
+	pthread_condattr_t ca;
 	int err;
 
 	if (!d)
@@ -881,7 +905,10 @@ int pc_dest_run(struct precopy_session *s)
 	atomic_init(&d->err, 0);
 	atomic_init(&d->finished, false);
 	pthread_mutex_init(&d->mu, NULL);
-	pthread_cond_init(&d->cv, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&d->cv, &ca);
+	pthread_condattr_destroy(&ca);
 	d->ch0_begun = 1; /* pass 0 needs no beginning on channel 0 */
 	for (unsigned i = 0; i < s->nreg; i++) {
 		d->unlisted[i] = calloc((s->reg[i].npages + 63) / 64 + 1, sizeof(uint64_t));

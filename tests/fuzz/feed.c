@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "feed.h"
+#include "page.h"
 #include "precopy.h"
 #include "session.h"
 #include "transport.h"
@@ -137,6 +138,58 @@ static void *pump_main(void *arg)
 	return NULL;
 }
 
+static uint32_t le32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t le64(const uint8_t *p)
+{
+	return le32(p) | (uint64_t)le32(p + 4) << 32;
+}
+
+/*
+ * The checksum of region 0 in the first COMPLETE record of channel 0's
+ * stream: the one a destination that reported success verified. Frames
+ * are walked as the transport does (24-byte headers); false if there is
+ * none.
+ */
+static bool complete_sum(const struct pump *p, uint64_t *sum)
+{
+	uint8_t *s0, *f;
+	size_t n = 0, off = 0;
+	bool found = false;
+
+	for (size_t k = 0; k < p->nchunks; k++)
+		if (p->chunks[k].chan == 0)
+			n += p->chunks[k].len;
+	s0 = malloc(n ? n : 1);
+	if (!s0)
+		return false;
+	for (size_t k = 0, o = 0; k < p->nchunks; k++) {
+		if (p->chunks[k].chan == 0) {
+			memcpy(s0 + o, p->chunks[k].data, p->chunks[k].len);
+			o += p->chunks[k].len;
+		}
+	}
+	while (!found && n - off >= 24) {
+		uint64_t flen = le64(s0 + off + 16);
+
+		f = s0 + off + 24;
+		if (flen > n - off - 24)
+			break;
+		/* a message with a COMPLETE record: type 7, then regions */
+		if (le32(s0 + off) == 0x50434D31u && flen >= 8 + 8 + 16 &&
+		    f[0] == 7 && f[1] == 0) {
+			*sum = le64(f + 8 + 8 + 8);
+			found = true;
+		}
+		off += 24 + (size_t)flen;
+	}
+	free(s0);
+	return found;
+}
+
 int pc_feed_dest(const uint8_t *data, size_t len, char *err, size_t errlen)
 {
 	struct precopy_session *s = NULL;
@@ -204,6 +257,21 @@ int pc_feed_dest(const uint8_t *data, size_t len, char *err, size_t errlen)
 	pthread_join(thr, NULL);
 	for (unsigned c = 0; c < p.nchan; c++)
 		close(p.fd[c]);
+	if (rc == 0) {
+		/* Verified means verified: the memory the destination handed
+		 * to its guest is the memory whose checksum it compared. */
+		uint64_t want, h[PC_FEED_RAM / PRECOPY_PAGE_SIZE];
+
+		for (size_t i = 0; i < PC_FEED_RAM / PRECOPY_PAGE_SIZE; i++)
+			h[i] = pc_page_hash((uint8_t *)ram + i * PRECOPY_PAGE_SIZE);
+		if (!complete_sum(&p, &want) ||
+		    pc_hash_combine(h, PC_FEED_RAM / PRECOPY_PAGE_SIZE) != want) {
+			rc = PC_FEED_CHANGED;
+			if (err && errlen)
+				snprintf(err, errlen, "reported success, but the memory is not "
+						      "the memory that was verified");
+		}
+	}
 out:
 	if (s)
 		precopy_delete(&s);

@@ -26,13 +26,19 @@
 #define PC_FEED_MULTI_MAGIC "PCFM"
 #define PC_FEED_CHANNELS_MAX 4
 
+/** pc_feed_dest(): success was reported for memory that was not verified. */
+#define PC_FEED_CHANGED (-10000)
+
 /**
  * pc_feed_dest() - run precopy_incoming() on a destination with one region
  * of PC_FEED_RAM bytes, fed @data over one socketpair per channel (then
  * end of stream);
  * what the destination sends back is read and dropped.
  * @err: receives precopy_strerror() (may be NULL).
- * Return: precopy_incoming()'s result (0 only for a verified migration).
+ * Return: precopy_incoming()'s result (0 only for a verified migration);
+ * PC_FEED_CHANGED if it reported success but the memory it holds then is
+ * not the memory whose checksum COMPLETE carried (a byte landed after the
+ * verdict, or was never verified).
  */
 int pc_feed_dest(const uint8_t *data, size_t len, char *err, size_t errlen);
 

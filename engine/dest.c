@@ -11,8 +11,9 @@
  * carries the source's checksum of every region; only if all match, and
  * the device state loaded, is the guest resumed and success reported.
  *
- * The fence: a receiver of channel 1.. that has ended a pass reads
- * nothing more until channel 0 has begun the next one, so when COMPLETE
+ * The fence: a receiver that has ended a pass reads nothing more until
+ * the pass is acknowledged, and one of channel 1.. also not until channel
+ * 0 has begun the next pass (see park()), so when COMPLETE
  * comes (after the last pass, on channel 0) every other receiver is
  * parked outside the transport. COMPLETE fences them and joins them
  * before anything is verified: no byte lands through them afterwards,

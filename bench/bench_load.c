@@ -5,8 +5,9 @@
  * and runs again after each one), alternating the transports built in:
  *
  *   tcp        TCP loopback
- *   shm-memfd  shm: into a memfd destination (copy mode: one memcpy)
- *   shm-plain  shm: into anonymous memory (pages framed over the socket)
+ *   shm-memfd  shm: into a memfd destination (pages framed over the
+ *              socket: the destination does not share its RAM)
+ *   shm-plain  shm: into anonymous memory (framed, likewise)
  *   tls        tls: loopback with a pre-shared key (where GnuTLS is built in)
  *
  * Reports p50/p99/max of downtime and total time per transport and over

@@ -430,7 +430,7 @@ static int cmd_transport(int argc, char **argv)
 	if (!json) {
 		printf("# precopy-bench transport: depth %u (runs per write), %u channel(s), %s per point\n",
 		       depth, nchan, pc_cli_fmt_bytes((double)total, (char[32]){ 0 }, 32));
-		printf("# baseline interleaved point by point: tcp = plain socket send/recv loop, shm = page-by-page memcpy\n# (shm writes into a memfd destination the source maps: its one-copy mode)\n");
+		printf("# baseline interleaved point by point: tcp = plain socket send/recv loop, shm = page-by-page memcpy\n# (shm writes into a memfd destination, framed: the destination does not share it)\n");
 		printf("# BW in MiB/s (2^20 bytes/s); CPU in seconds per GiB moved\n");
 		printf(" %-9s %-9s %9s %11s %15s %18s %14s %9s %9s %7s\n", "transport", "what",
 		       "#bytes", "#iterations", "BW peak[MiB/s]", "BW average[MiB/s]",
@@ -463,7 +463,7 @@ static int cmd_transport(int argc, char **argv)
 
 		err = tp_open(&p, ops, listen, nchan);
 		if (!err && !strcmp(schemes[s], "shm")) {
-			/* shm's one-copy mode: destination RAM the source can map */
+			/* memfd RAM, exposed with its fd as the engine does */
 			void *a;
 
 			err = precopy_memfd_alloc(region, -1, &a, &shfd);
@@ -471,6 +471,8 @@ static int cmd_transport(int argc, char **argv)
 				shdst = a;
 				memset(shdst, 0x5c, region);
 				err = p.b->ops->expose_region_fd(p.b, 0, shdst, region, shfd, 0);
+				if (err == -EOPNOTSUPP)
+					err = p.b->ops->expose_region(p.b, 0, shdst, region);
 			}
 		} else if (!err)
 			err = p.b->ops->expose_region(p.b, 0, dst, region);

@@ -74,6 +74,8 @@ int pc_cli_migrate(struct pc_cli *c, struct precopy_session **current);
 int pc_cli_demo(struct pc_cli *c, struct precopy_session **current);
 int pc_cli_simulate(struct pc_cli *c);
 int pc_cli_bridge(struct pc_cli *c);
+/** precopy plot EVENTS OUT: @argc/@argv are the arguments after "plot". */
+int pc_cli_plot(int argc, char **argv);
 
 /** Print stats as one JSON object line to @f, with "event": @event, and
  *  (if @reg is not NULL) the registration figures. */

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * precopy.c - the command-line tool: migrate | incoming | demo | simulate |
- * bridge.
+ * bridge | plot.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -50,6 +50,9 @@ static void usage(FILE *f)
 "                            carry a byte stream (an unmodified QEMU's migration)\n"
 "                            from a unix socket over a precopy transport to a\n"
 "                            unix socket at the other end\n"
+"  plot EVENTS.jsonl OUT.svg draw the timeline of a migration (what is left to\n"
+"                            send, bandwidth and dirty rate, throttle) from the\n"
+"                            --json output of migrate, incoming or demo\n"
 "  help                      this text\n"
 "  version                   print the version\n"
 "\n"
@@ -61,7 +64,8 @@ static void usage(FILE *f)
 "per second.\n"
 "\n"
 "guest (migrate, demo, simulate):\n"
-"  --ram SIZE                memory of the guest (demo: 1G)\n"
+"  --ram SIZE                memory of the guest (demo: 1G); at most what the\n"
+"                            host's memory and swap can hold\n"
 "  --dirty-rate RATE         page writes per second, as bytes; 0 = idle guest,\n"
 "                            'max' = as fast as the writers can (demo: 256M)\n"
 "  --pattern P               sequential | random | hotset (default sequential)\n"
@@ -520,6 +524,8 @@ int main(int argc, char **argv)
 		       PRECOPY_VERSION_MINOR, pc_transport_schemes());
 		return 0;
 	}
+	if (!strcmp(cmd, "plot"))
+		return pc_cli_plot(argc - 2, argv + 2);
 	pc_cli_defaults(&c);
 	if (!strcmp(cmd, "demo")) {
 		c.ram = 1ull << 30;

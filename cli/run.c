@@ -11,11 +11,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/sysinfo.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
+#include "progress.h"
 #include "session.h"
 
 void pc_cli_defaults(struct pc_cli *c)
@@ -37,35 +39,70 @@ struct ctx {
 	struct pc_guest *guest;          /* source */
 	struct pc_guest_desc desc;       /* destination: from device state */
 	bool have_desc;
-	bool tty;
-	bool line_open;
+	struct pc_progress prog;         /* the line on a terminal */
+	bool prog_on;
 };
 
 static void progress(void *opaque, const struct precopy_stats *st)
 {
 	struct ctx *x = opaque;
-	char a[32], b[32], r[32];
 
 	if (x->c->json) {
 		pc_cli_json_stats(stdout, "progress", x->role, st, NULL);
 		return;
 	}
-	if (!x->tty || x->c->quiet)
-		return;
-	fprintf(stderr, "\r\033[K%-10s pass %-3u sent %s  remaining %s  bw %s/s  throttle %u%%",
-		precopy_status_name(st->status), st->iteration,
-		pc_cli_fmt_bytes((double)st->transferred, a, sizeof(a)),
-		pc_cli_fmt_bytes((double)st->remaining, r, sizeof(r)),
-		pc_cli_fmt_bytes((double)st->bandwidth_busy, b, sizeof(b)),
-		st->cpu_throttle_percentage);
-	x->line_open = true;
+	pc_progress_stats(&x->prog, st);
 }
 
-static void end_progress(struct ctx *x)
+/* Start the line (or say what setup does now, if it runs). */
+static void begin_progress(struct ctx *x, const char *what)
 {
-	if (x->line_open)
-		fputs("\r\033[K", stderr);
-	x->line_open = false;
+	struct pc_cli *c = x->c;
+
+	if (x->prog_on) {
+		pc_progress_note(&x->prog, what);
+		return;
+	}
+	pc_progress_start(&x->prog, stderr, isatty(2) && !c->quiet && !c->json,
+			  !strcmp(x->role, "source"), &c->params, what);
+	x->prog_on = true;
+}
+
+/* End the line with a newline, drawn a last time from @st; or with @st
+ * NULL, erase it (a step that needs no record). */
+static void end_progress(struct ctx *x, const struct precopy_stats *st)
+{
+	if (x->prog_on)
+		pc_progress_end(&x->prog, st, st == NULL);
+	x->prog_on = false;
+}
+
+/* What a migration does before its first page, from its URI. */
+static void describe_setup(struct ctx *x, const char *uri, char *buf, size_t len)
+{
+	struct pc_cli *c = x->c;
+	char r[32];
+
+	pc_cli_fmt_bytes((double)c->ram, r, sizeof(r));
+	if (strcmp(x->role, "source")) {
+		snprintf(buf, len, "waiting for the source on %s%s%s%s", uri,
+			 !strncmp(uri, "tls:", 4) ? ", then the TLS handshake" : "",
+			 !strncmp(uri, "rdma:", 5) ? ", then registering the " : "",
+			 !strncmp(uri, "rdma:", 5) ? "RAM with the device" : "");
+	} else if (!strncmp(uri, "tls:", 4)) {
+		snprintf(buf, len, "connecting to %s, TLS handshake", uri);
+	} else if (!strncmp(uri, "shm:", 4) && c->memfd) {
+		snprintf(buf, len, "connecting to %s, handing the guest's RAM over", uri);
+	} else if (!strncmp(uri, "rdma:", 5)) {
+		if (c->have_registration && c->registration == PRECOPY_REG_PIN_ALL)
+			snprintf(buf, len, "connecting to %s, registering %s of RAM with the device",
+				 uri, r);
+		else
+			snprintf(buf, len, "connecting to %s (RAM is registered as the bulk pass "
+					   "reaches it)", uri);
+	} else {
+		snprintf(buf, len, "connecting to %s", uri);
+	}
 }
 
 /* --- VMM hooks of the synthetic guest ------------------------------------ */
@@ -115,17 +152,17 @@ static int g_throttle(void *o, unsigned pct)
 /* What the session's transport registered with its device, if anything. */
 static void get_reg(struct ctx *x, struct precopy_session *s, struct pc_cli_reg *out)
 {
-	struct pc_tp_reg_stats rs;
+	struct precopy_stats st;
 
 	memset(out, 0, sizeof(*out));
-	if (pc_session_reg_stats(s, &rs))
+	if (precopy_query(s, &st) || !st.registered)
 		return;
 	out->valid = true;
 	out->source = !strcmp(x->role, "source");
-	out->pin_all = rs.pin_all;
-	out->ms = rs.ns / 1e6;
-	out->bytes = rs.bytes;
-	out->count = rs.count;
+	out->pin_all = st.registration_pin_all;
+	out->ms = st.registration_ns / 1e6;
+	out->bytes = st.registered_bytes;
+	out->count = st.registrations;
 }
 
 static void print_summary(struct ctx *x, const struct precopy_stats *st,
@@ -153,10 +190,10 @@ static void print_summary(struct ctx *x, const struct precopy_stats *st,
 		       st->forced_switchover ? ", switchover forced by the watchdog" : "");
 		if (st->normal + st->duplicate == 0)
 			printf("  handoff          guest RAM handed over as a memfd; no page copied\n");
-		printf("  transferred      %s for %s of RAM (%.2fx) in %u passes after bulk\n",
+		printf("  transferred      %s for %s of RAM (%.2fx) in %u pass%s after bulk\n",
 		       pc_cli_fmt_bytes((double)st->transferred, a, sizeof(a)),
 		       pc_cli_fmt_bytes(ram, b, sizeof(b)), ram ? st->transferred / ram : 0,
-		       st->iteration);
+		       st->iteration, st->iteration == 1 ? "" : "es");
 		printf("  pages            %" PRIu64 " sent, %" PRIu64 " zero, %" PRIu64
 		       " skipped as free\n",
 		       st->normal, st->duplicate, st->free_skipped);
@@ -225,9 +262,39 @@ static void report_numa(struct pc_cli *c, const void *ram)
 	fflush(stdout);
 }
 
+/*
+ * Usage check, before anything is allocated: @copies guests of --ram
+ * bytes, each with its checksum table (8 bytes a page), must fit in this
+ * host's memory and swap. Return: 0, or 2 (bad usage) with both sizes
+ * printed.
+ */
+static int ram_fits(const char *cmd, uint64_t ram, unsigned copies)
+{
+	struct sysinfo si;
+	uint64_t host, need;
+	char a[32], b[32], h[32];
+
+	if (sysinfo(&si) < 0)
+		return 0; /* unknown: the allocation will tell */
+	host = ((uint64_t)si.totalram + si.totalswap) * (si.mem_unit ? si.mem_unit : 1);
+	if (__builtin_add_overflow(ram, ram / PRECOPY_PAGE_SIZE * sizeof(uint64_t), &need) ||
+	    __builtin_mul_overflow(need, copies, &need))
+		need = UINT64_MAX;
+	if (need <= host)
+		return 0;
+	fprintf(stderr, "precopy %s: --ram %s is more than this host can hold: %s needed (%s), "
+			"%s of memory and swap here\n",
+		cmd, pc_cli_fmt_bytes((double)ram, a, sizeof(a)),
+		pc_cli_fmt_bytes((double)need, b, sizeof(b)),
+		copies > 1 ? "both ends run here: two guests' RAM and their checksum tables"
+			   : "the guest's RAM and its checksum table",
+		pc_cli_fmt_bytes((double)host, h, sizeof(h)));
+	return 2;
+}
+
 int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current)
 {
-	struct ctx x = { .c = c, .role = "destination", .tty = isatty(2) };
+	struct ctx x = { .c = c, .role = "destination" };
 	struct precopy_callbacks cb = {
 		.opaque = &x, .load_device_state = g_load, .progress = progress,
 	};
@@ -242,6 +309,8 @@ int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current)
 		fprintf(stderr, "precopy incoming: --listen URI and --ram SIZE are required\n");
 		return 2;
 	}
+	if (ram_fits("incoming", c->ram, 1))
+		return 2;
 	if (c->numa_node >= 0 && precopy_numa_node_ok(c->numa_node)) {
 		int max = precopy_numa_max_node();
 
@@ -256,8 +325,8 @@ int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current)
 					"machine has nodes 0..%d)\n", c->numa_node, max);
 		return 2;
 	}
-	/* RAM as a sealed memfd: shm shares it with the source (one copy);
-	 * other transports write into it like any memory. */
+	/* RAM as a sealed memfd (F_SEAL_SEAL too); every transport writes
+	 * into it like any memory, and none shares it with the source. */
 	err = precopy_memfd_alloc(c->ram, c->numa_node, &ram, &ramfd);
 	if (err) {
 		fprintf(stderr, "precopy incoming: cannot allocate %" PRIu64 " bytes: %s\n", c->ram,
@@ -296,11 +365,18 @@ int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current)
 	else if (!c->quiet)
 		fprintf(stderr, "precopy: listening on %s\n", uri);
 	fflush(stdout);
+	{
+		char what[256];
+
+		describe_setup(&x, uri, what, sizeof(what));
+		begin_progress(&x, what);
+		pc_progress_attach(&x.prog, s);
+	}
 	*current = s;
 	err = precopy_incoming(s);
 	*current = NULL;
-	end_progress(&x);
 	precopy_query(s, &st);
+	end_progress(&x, &st);
 	get_reg(&x, s, &reg);
 	print_summary(&x, &st, &reg);
 	if (err)
@@ -452,11 +528,17 @@ static int migrate_once(struct ctx *x, const char *uri, struct precopy_session *
 		precopy_delete(&s);
 		return -EINVAL;
 	}
+	{
+		char what[256];
+
+		describe_setup(x, uri, what, sizeof(what));
+		begin_progress(x, what);
+	}
 	*current = s;
 	err = precopy_migrate(s, uri);
 	*current = NULL;
-	end_progress(x);
 	precopy_query(s, st);
+	end_progress(x, st);
 	get_reg(x, s, &reg);
 	print_summary(x, st, &reg);
 	precopy_delete(&s);
@@ -502,28 +584,43 @@ static int verify_source(struct ctx *x)
 	return err || !running ? -EBADMSG : 0;
 }
 
-int pc_cli_migrate(struct pc_cli *c, struct precopy_session **current)
+/* precopy migrate; *@last: the stats of the last migration tried. */
+static int migrate_main(struct pc_cli *c, struct precopy_session **current,
+			struct precopy_stats *last)
 {
-	struct ctx x = { .c = c, .role = "source", .tty = isatty(2) };
+	struct ctx x = { .c = c, .role = "source" };
 	struct pc_guest_opts go = {
 		.ram = c->ram, .dirty_rate = c->dirty_rate, .pattern = c->pattern,
 		.threads = c->threads, .zero_pct = c->zero_pct, .free_pct = c->free_pct,
 		.seed = c->seed, .memfd = c->memfd,
 	};
-	struct precopy_stats st;
+	struct precopy_stats st = { 0 };
 	int err, rc = 1;
+
+	memset(last, 0, sizeof(*last));
 
 	if (!c->to || !c->ram) {
 		fprintf(stderr, "precopy migrate: --to URI and --ram SIZE are required\n");
 		return 2;
 	}
+	if (ram_fits("migrate", c->ram, 1))
+		return 2;
+	{
+		char what[96], r[32];
+
+		snprintf(what, sizeof(what), "writing the guest's %s of memory",
+			 pc_cli_fmt_bytes((double)c->ram, r, sizeof(r)));
+		begin_progress(&x, what);
+	}
 	err = pc_guest_new(&go, &x.guest);
-	if (err) {
+	if (!err)
+		err = pc_guest_start(x.guest);
+	end_progress(&x, NULL);
+	if (err && !x.guest) {
 		fprintf(stderr, "precopy migrate: cannot create a %" PRIu64 "-byte guest: %s\n",
 			c->ram, strerror(-err));
 		return 1;
 	}
-	err = pc_guest_start(x.guest);
 	if (err) {
 		fprintf(stderr, "precopy migrate: cannot start the guest: %s\n", strerror(-err));
 		goto out;
@@ -569,25 +666,133 @@ int pc_cli_migrate(struct pc_cli *c, struct precopy_session **current)
 	print_resources(c, "after-retry");
 out:
 	pc_guest_delete(&x.guest);
+	*last = st;
 	return rc;
+}
+
+int pc_cli_migrate(struct pc_cli *c, struct precopy_session **current)
+{
+	struct precopy_stats st;
+
+	return migrate_main(c, current, &st);
 }
 
 /* --- demo: both ends on this machine ------------------------------------ */
 
+/* All of @fd until end of file, as a string (NULL if out of memory). */
+static char *read_all(int fd)
+{
+	size_t len = 0, cap = 4096;
+	char *buf = malloc(cap);
+	ssize_t n;
+
+	while (buf) {
+		if (len + 1 >= cap) {
+			char *nb = realloc(buf, cap * 2);
+
+			if (!nb)
+				break;
+			buf = nb;
+			cap *= 2;
+		}
+		n = read(fd, buf + len, cap - len - 1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+	}
+	if (buf)
+		buf[len] = '\0';
+	return buf;
+}
+
+/*
+ * The destination, in the child: everything it prints (its summary and
+ * verdict, its errors) is kept until it ends and then written to @out_fd,
+ * so that the parent tells one story: the source's summary, then the
+ * destination's verdict. Return: the exit status.
+ */
+static int demo_destination(struct pc_cli *c, struct precopy_session **current, int ready_fd,
+			    int out_fd)
+{
+	struct pc_cli dc = *c;
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *mem = open_memstream(&buf, &len);
+	FILE *saved_out = stdout, *saved_err = stderr;
+	int rc;
+
+	dc.listen = c->listen ? c->listen : "tcp:127.0.0.1:0";
+	dc.ready_fd = ready_fd;
+	dc.quiet = true;
+	if (mem) {
+		stdout = mem;
+		stderr = mem;
+	}
+	rc = pc_cli_incoming(&dc, current);
+	if (mem) {
+		stdout = saved_out;
+		stderr = saved_err;
+		fclose(mem);
+		for (size_t off = 0; buf && off < len;) {
+			ssize_t n = write(out_fd, buf + off, len - off);
+
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n <= 0)
+				break;
+			off += (size_t)n;
+		}
+		free(buf);
+	}
+	close(out_fd);
+	return rc;
+}
+
+/* The closing line: what a person looks for first. */
+static void demo_verdict(struct pc_cli *c, const struct precopy_stats *st, bool verified)
+{
+	char a[32];
+	double ram = (double)st->total;
+
+	printf("precopy demo: %s in %.2f s; downtime %" PRIu64 " ms (limit %" PRIu64 " ms%s); ",
+	       pc_cli_fmt_bytes(ram, a, sizeof(a)), st->total_time / 1e3, st->downtime,
+	       c->params.downtime_limit_ms,
+	       st->downtime > c->params.downtime_limit_ms ? ", exceeded" : "");
+	if (st->normal + st->duplicate == 0)
+		printf("RAM handed over, no page copied; ");
+	else
+		printf("sent %.2fx the RAM; ", ram ? st->transferred / ram : 0);
+	printf("%s\n", verified ? "every page verified" : "NOT verified at the destination");
+	fflush(stdout);
+}
+
 int pc_cli_demo(struct pc_cli *c, struct precopy_session **current)
 {
-	int pfd[2], status = 0, rc;
+	int pfd[2], ofd[2], status = 0, rc;
 	char uri[128] = "";
 	ssize_t n;
 	pid_t pid;
 	char a[32], r[32];
+	struct precopy_stats st;
+	char *dest_out;
+	bool dest_ok;
 
 	if (!c->ram) {
 		fprintf(stderr, "precopy demo: --ram must not be 0\n");
 		return 2;
 	}
+	if (ram_fits("demo", c->ram, 2)) /* both ends run here */
+		return 2;
 	if (pipe(pfd)) {
 		perror("precopy demo: pipe");
+		return 1;
+	}
+	if (pipe(ofd)) {
+		perror("precopy demo: pipe");
+		close(pfd[0]);
+		close(pfd[1]);
 		return 1;
 	}
 	if (!c->json)
@@ -601,60 +806,58 @@ int pc_cli_demo(struct pc_cli *c, struct precopy_session **current)
 							: "hot set",
 		       c->listen ? c->listen : "TCP loopback");
 	fflush(stdout);
+	fflush(stderr);
 	pid = fork();
 	if (pid < 0) {
 		perror("precopy demo: fork");
 		return 1;
 	}
 	if (pid == 0) {
-		struct pc_cli dc = *c;
-
 		close(pfd[0]);
-		dc.listen = c->listen ? c->listen : "tcp:127.0.0.1:0";
-		dc.ready_fd = pfd[1];
-		dc.quiet = true;
-		_exit(pc_cli_incoming(&dc, current));
+		close(ofd[0]);
+		_exit(demo_destination(c, current, pfd[1], ofd[1]));
 	}
 	close(pfd[1]);
+	close(ofd[1]);
 	n = read(pfd[0], uri, sizeof(uri) - 1);
 	close(pfd[0]);
 	if (n <= 0) {
-		fprintf(stderr, "precopy demo: the destination did not start\n");
+		dest_out = read_all(ofd[0]);
+		close(ofd[0]);
 		waitpid(pid, &status, 0);
+		fputs(dest_out ? dest_out : "", stderr);
+		free(dest_out);
+		fprintf(stderr, "precopy demo: the destination did not start\n");
 		return 1;
 	}
 	uri[n] = '\0';
 	uri[strcspn(uri, "\n")] = '\0';
-	c->to = uri;
-	/* The source's summary comes after the destination's verdict. */
+	/* The source drives the migration: its summary first, then the
+	 * destination's verdict (which the child kept until it ended). */
 	{
 		struct pc_cli sc = *c;
-		FILE *saved = stdout;
-		char *buf = NULL;
-		size_t blen = 0;
-		FILE *mem = open_memstream(&buf, &blen);
 
-		if (mem)
-			stdout = mem;
-		rc = pc_cli_migrate(&sc, current);
-		if (mem) {
-			fclose(mem);
-			stdout = saved;
-		}
-		if (rc)
-			kill(pid, SIGTERM);
-		waitpid(pid, &status, 0);
-		if (buf)
-			fputs(buf, stdout);
-		free(buf);
+		sc.to = uri;
+		rc = migrate_main(&sc, current, &st);
 	}
 	if (rc)
+		kill(pid, SIGTERM);
+	dest_out = read_all(ofd[0]);
+	close(ofd[0]);
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	if (dest_out)
+		fputs(dest_out, stdout);
+	free(dest_out);
+	fflush(stdout);
+	dest_ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+	if (!rc && !c->json)
+		demo_verdict(c, &st, dest_ok);
+	if (rc)
 		return rc;
-	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+	if (!dest_ok) {
 		fprintf(stderr, "precopy demo: the destination did not verify the migration\n");
 		return 1;
 	}
-	if (!c->json)
-		printf("precopy demo: done; every page verified at the destination\n");
 	return 0;
 }

@@ -248,6 +248,18 @@ int precopy_add_region(struct precopy_session *s, void *addr, size_t len,
 		if (a < b + s->reg[i].len && b < a + len)
 			return -EINVAL;
 	}
+	if (pc_region_need(len) > pc_host_memory()) {
+		/* The text describes this call's refusal (not a run's failure:
+		 * a run starts with none). */
+		pthread_mutex_lock(&s->lock);
+		snprintf(s->st.error, sizeof(s->st.error),
+			 "a region of %zu bytes and its checksum table need %llu bytes; this host "
+			 "has %llu bytes of memory and swap", len,
+			 (unsigned long long)pc_region_need(len),
+			 (unsigned long long)pc_host_memory());
+		pthread_mutex_unlock(&s->lock);
+		return -ENOMEM;
+	}
 	r = &s->reg[s->nreg];
 	memset(r, 0, sizeof(*r));
 	r->addr = addr;
@@ -350,6 +362,7 @@ static int begin_run(struct precopy_session *s, enum precopy_role role)
 	}
 	pthread_mutex_lock(&s->lock);
 	s->t_start = pc_now();
+	s->st.error[0] = '\0'; /* a refused precopy_add_region() is not this run's */
 	pthread_mutex_unlock(&s->lock);
 	return 0;
 }
@@ -375,6 +388,11 @@ static int end_run(struct precopy_session *s, int err)
 		if (tp->ops->reg_stats(tp, &rs) == 0) {
 			s->reg_stats = rs;
 			s->have_reg_stats = true;
+			s->st.registered = true;
+			s->st.registration_pin_all = rs.pin_all;
+			s->st.registration_ns = rs.ns;
+			s->st.registered_bytes = rs.bytes;
+			s->st.registrations = rs.count;
 		}
 		pthread_mutex_unlock(&s->lock);
 		pc_tp_close(tp);
@@ -521,12 +539,226 @@ int precopy_cancel(struct precopy_session *s)
 	return 0;
 }
 
-int precopy_query(struct precopy_session *s, struct precopy_stats *out)
+int precopy_query_sized(struct precopy_session *s, struct precopy_stats *out, size_t size)
 {
-	if (!s || !out)
+	struct precopy_stats st;
+
+	if (!s || !out || size < PRECOPY_STATS_SIZE_0_1)
 		return -EINVAL;
-	pc_snapshot(s, out);
+	pc_snapshot(s, &st);
+	if (size > sizeof(st)) {
+		memset((char *)out + sizeof(st), 0, size - sizeof(st));
+		size = sizeof(st);
+	}
+	memcpy(out, &st, size);
 	return 0;
+}
+
+/* Binaries built against PRECOPY_0.1 call precopy_query() with the 0.1
+ * struct; the header's precopy_query() is now an inline over
+ * precopy_query_sized(), so the old symbol stays for them only. */
+int pc_query_v0_1(struct precopy_session *s, struct precopy_stats *out);
+int pc_query_v0_1(struct precopy_session *s, struct precopy_stats *out)
+{
+	return precopy_query_sized(s, out, PRECOPY_STATS_SIZE_0_1);
+}
+__asm__(".symver pc_query_v0_1, precopy_query@PRECOPY_0.1");
+
+unsigned precopy_version(void)
+{
+	return (PRECOPY_VERSION_MAJOR << 16) | PRECOPY_VERSION_MINOR;
+}
+
+/* --- parameters by name ------------------------------------------------- */
+
+static const char *const param_names[PRECOPY_PARAM__COUNT] = {
+	[PRECOPY_PARAM_MAX_BANDWIDTH] = "max-bandwidth",
+	[PRECOPY_PARAM_DOWNTIME_LIMIT] = "downtime-limit",
+	[PRECOPY_PARAM_AVAIL_SWITCHOVER_BANDWIDTH] = "avail-switchover-bandwidth",
+	[PRECOPY_PARAM_AUTO_CONVERGE] = "auto-converge",
+	[PRECOPY_PARAM_THROTTLE_TRIGGER_THRESHOLD] = "throttle-trigger-threshold",
+	[PRECOPY_PARAM_CPU_THROTTLE_INITIAL] = "cpu-throttle-initial",
+	[PRECOPY_PARAM_CPU_THROTTLE_INCREMENT] = "cpu-throttle-increment",
+	[PRECOPY_PARAM_MAX_CPU_THROTTLE] = "max-cpu-throttle",
+	[PRECOPY_PARAM_CPU_THROTTLE_TAILSLOW] = "cpu-throttle-tailslow",
+	[PRECOPY_PARAM_MAX_ITERATIONS] = "max-iterations",
+	[PRECOPY_PARAM_MAX_TIME] = "max-time",
+	[PRECOPY_PARAM_STALL_ITERATIONS] = "stall-iterations",
+	[PRECOPY_PARAM_ON_LIMIT] = "on-limit",
+	[PRECOPY_PARAM_CHANNELS] = "channels",
+	[PRECOPY_PARAM_TIMEOUT] = "timeout",
+};
+
+const char *precopy_param_name(enum precopy_param param)
+{
+	if ((unsigned)param >= PRECOPY_PARAM__COUNT)
+		return NULL;
+	return param_names[param];
+}
+
+int precopy_param_from_name(const char *name)
+{
+	if (!name)
+		return -EINVAL;
+	for (unsigned i = 0; i < PRECOPY_PARAM__COUNT; i++)
+		if (!strcmp(name, param_names[i]))
+			return (int)i;
+	return -ENOENT;
+}
+
+static int param_bool(uint64_t v, bool *out)
+{
+	if (v > 1)
+		return -EINVAL;
+	*out = v;
+	return 0;
+}
+
+static int param_uint(uint64_t v, unsigned *out)
+{
+	if (v > UINT32_MAX)
+		return -EINVAL;
+	*out = (unsigned)v;
+	return 0;
+}
+
+/* Store @v into @p's field for @param; -EINVAL if it cannot be held. */
+static int param_store(struct precopy_params *p, enum precopy_param param, uint64_t v)
+{
+	switch (param) {
+	case PRECOPY_PARAM_MAX_BANDWIDTH: p->max_bandwidth = v; return 0;
+	case PRECOPY_PARAM_DOWNTIME_LIMIT: p->downtime_limit_ms = v; return 0;
+	case PRECOPY_PARAM_AVAIL_SWITCHOVER_BANDWIDTH: p->avail_switchover_bandwidth = v; return 0;
+	case PRECOPY_PARAM_AUTO_CONVERGE: return param_bool(v, &p->auto_converge);
+	case PRECOPY_PARAM_THROTTLE_TRIGGER_THRESHOLD:
+		return param_uint(v, &p->throttle_trigger_threshold);
+	case PRECOPY_PARAM_CPU_THROTTLE_INITIAL: return param_uint(v, &p->cpu_throttle_initial);
+	case PRECOPY_PARAM_CPU_THROTTLE_INCREMENT: return param_uint(v, &p->cpu_throttle_increment);
+	case PRECOPY_PARAM_MAX_CPU_THROTTLE: return param_uint(v, &p->max_cpu_throttle);
+	case PRECOPY_PARAM_CPU_THROTTLE_TAILSLOW: return param_bool(v, &p->cpu_throttle_tailslow);
+	case PRECOPY_PARAM_MAX_ITERATIONS: return param_uint(v, &p->max_iterations);
+	case PRECOPY_PARAM_MAX_TIME: p->max_time_ms = v; return 0;
+	case PRECOPY_PARAM_STALL_ITERATIONS: return param_uint(v, &p->stall_iterations);
+	case PRECOPY_PARAM_ON_LIMIT:
+		if (v > PRECOPY_ON_LIMIT_ABORT)
+			return -EINVAL;
+		p->on_limit = (enum precopy_on_limit)v;
+		return 0;
+	case PRECOPY_PARAM_CHANNELS: return param_uint(v, &p->channels);
+	case PRECOPY_PARAM_TIMEOUT: return param_uint(v, &p->timeout_ms);
+	case PRECOPY_PARAM__COUNT: break;
+	}
+	return -EINVAL;
+}
+
+static uint64_t param_load(const struct precopy_params *p, enum precopy_param param)
+{
+	switch (param) {
+	case PRECOPY_PARAM_MAX_BANDWIDTH: return p->max_bandwidth;
+	case PRECOPY_PARAM_DOWNTIME_LIMIT: return p->downtime_limit_ms;
+	case PRECOPY_PARAM_AVAIL_SWITCHOVER_BANDWIDTH: return p->avail_switchover_bandwidth;
+	case PRECOPY_PARAM_AUTO_CONVERGE: return p->auto_converge;
+	case PRECOPY_PARAM_THROTTLE_TRIGGER_THRESHOLD: return p->throttle_trigger_threshold;
+	case PRECOPY_PARAM_CPU_THROTTLE_INITIAL: return p->cpu_throttle_initial;
+	case PRECOPY_PARAM_CPU_THROTTLE_INCREMENT: return p->cpu_throttle_increment;
+	case PRECOPY_PARAM_MAX_CPU_THROTTLE: return p->max_cpu_throttle;
+	case PRECOPY_PARAM_CPU_THROTTLE_TAILSLOW: return p->cpu_throttle_tailslow;
+	case PRECOPY_PARAM_MAX_ITERATIONS: return p->max_iterations;
+	case PRECOPY_PARAM_MAX_TIME: return p->max_time_ms;
+	case PRECOPY_PARAM_STALL_ITERATIONS: return p->stall_iterations;
+	case PRECOPY_PARAM_ON_LIMIT: return p->on_limit;
+	case PRECOPY_PARAM_CHANNELS: return p->channels;
+	case PRECOPY_PARAM_TIMEOUT: return p->timeout_ms;
+	case PRECOPY_PARAM__COUNT: break;
+	}
+	return 0;
+}
+
+/* With s->lock held: the candidate parameters after the change into @cand. */
+static int param_try(struct precopy_session *s, enum precopy_param param, uint64_t value,
+		     struct precopy_params *cand, char *why, size_t whylen)
+{
+	int state = atomic_load(&s->run_state);
+	const char *name = precopy_param_name(param);
+	int err;
+
+	if (!name) {
+		snprintf(why ? why : (char[1]){ 0 }, why ? whylen : 1, "unknown parameter %d",
+			 (int)param);
+		return -EINVAL;
+	}
+	if (state == PC_ENDED) {
+		if (why && whylen)
+			snprintf(why, whylen, "%s: the migration has ended", name);
+		return -EBUSY;
+	}
+	if (state != PC_IDLE &&
+	    (param == PRECOPY_PARAM_CHANNELS || param == PRECOPY_PARAM_TIMEOUT)) {
+		if (why && whylen)
+			snprintf(why, whylen, "%s: fixed once the migration has started", name);
+		return -EBUSY;
+	}
+	*cand = s->params;
+	err = param_store(cand, param, value);
+	if (err) {
+		if (why && whylen)
+			snprintf(why, whylen, "%s: %llu is out of range", name,
+				 (unsigned long long)value);
+		return err;
+	}
+	return pc_policy_params_check(cand, why, whylen);
+}
+
+int precopy_param_check(struct precopy_session *s, enum precopy_param param, uint64_t value,
+			char *why, size_t whylen)
+{
+	struct precopy_params cand;
+	int err;
+
+	if (!s)
+		return -EINVAL;
+	pthread_mutex_lock(&s->lock);
+	err = param_try(s, param, value, &cand, why, whylen);
+	pthread_mutex_unlock(&s->lock);
+	return err;
+}
+
+int precopy_set_param(struct precopy_session *s, enum precopy_param param, uint64_t value)
+{
+	struct precopy_params cand;
+	int err;
+
+	if (!s)
+		return -EINVAL;
+	pthread_mutex_lock(&s->lock);
+	err = param_try(s, param, value, &cand, NULL, 0);
+	if (!err) {
+		s->params = cand;
+		atomic_fetch_add(&s->params_gen, 1);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return err;
+}
+
+int precopy_get_param(struct precopy_session *s, enum precopy_param param, uint64_t *value)
+{
+	if (!s || !value || !precopy_param_name(param))
+		return -EINVAL;
+	pthread_mutex_lock(&s->lock);
+	*value = param_load(&s->params, param);
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
+
+unsigned pc_params_snapshot(struct precopy_session *s, struct precopy_params *out)
+{
+	unsigned gen;
+
+	pthread_mutex_lock(&s->lock);
+	*out = s->params;
+	gen = atomic_load(&s->params_gen);
+	pthread_mutex_unlock(&s->lock);
+	return gen;
 }
 
 int precopy_strerror(struct precopy_session *s, char *buf, size_t len)

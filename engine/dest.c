@@ -839,13 +839,16 @@ static int incoming(struct dest *d)
 {
 	struct precopy_session *s = d->s;
 	char why[160] = "";
-	struct pc_transport_opts o = { .channels = 0, .timeout_ms = s->params.timeout_ms,
+	struct precopy_params params;
+	struct pc_transport_opts o = { .channels = 0, .timeout_ms = 0,
 				       .key = s->key, .key_len = s->key_len,
 				       .tls = s->have_tls ? &s->tls : NULL,
 				       .why = why, .whylen = sizeof(why) };
 	struct pc_transport *tp;
 	int err;
 
+	pc_params_snapshot(s, &params);
+	o.timeout_ms = params.timeout_ms;
 	pc_set_status(s, PRECOPY_STATUS_SETUP);
 	if (atomic_load(&s->cancel))
 		return -ECANCELED;
@@ -922,10 +925,14 @@ int pc_dest_run(struct precopy_session *s)
 			return pc_fail(s, -ENOMEM, "out of memory");
 		}
 	}
-	/* Pages never received must not pass as received. */
-	for (unsigned i = 0; i < s->nreg; i++)
-		for (uint64_t p = 0; p < s->reg[i].npages; p++)
+	/* Pages never received must not pass as received. A big table takes
+	 * a while: a cancel stops the fill (incoming() then sees it). */
+	for (unsigned i = 0; i < s->nreg && !atomic_load(&s->cancel); i++)
+		for (uint64_t p = 0; p < s->reg[i].npages; p++) {
+			if (!(p & 0xfffff) && atomic_load(&s->cancel))
+				break;
 			s->reg[i].hash[p] = ~d->zero_hash;
+		}
 
 	err = incoming(d);
 	if (d->tp) {

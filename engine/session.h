@@ -51,9 +51,11 @@ struct precopy_session {
 
 	atomic_int run_state;        /**< enum pc_run_state */
 	atomic_bool cancel;
+	atomic_uint params_gen;      /**< bumped by every precopy_set_param() */
 	atomic_bool committed;       /**< COMPLETE is on its way (source), the guest is being resumed (dest) */
 
-	/* lock protects: st, tp and lst (for cancel), the error text */
+	/* lock protects: st, tp and lst (for cancel), the error text, and
+	 * params once the session runs (precopy_set_param()) */
 	pthread_mutex_t lock;
 	struct precopy_stats st;
 	uint64_t t_start;            /**< ns, monotonic */
@@ -80,11 +82,23 @@ uint64_t pc_now(void);
 int pc_fail(struct precopy_session *s, int err, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
+/** pc_host_memory() - this host's RAM plus swap in bytes (UINT64_MAX if
+ *  unknown). */
+uint64_t pc_host_memory(void);
+
+/** pc_region_need() - bytes a region of @len needs here: the memory and its
+ *  checksum table. */
+uint64_t pc_region_need(uint64_t len);
+
 /** pc_set_status() - change status under the lock and report progress. */
 void pc_set_status(struct precopy_session *s, enum precopy_status st);
 
 /** pc_progress() - call the progress hook with a fresh snapshot. */
 void pc_progress(struct precopy_session *s);
+
+/** pc_params_snapshot() - copy the parameters (lock held inside) and
+ *  return the generation they are of (compare with params_gen). */
+unsigned pc_params_snapshot(struct precopy_session *s, struct precopy_params *out);
 
 /** pc_snapshot() - copy the stats (lock held inside). */
 void pc_snapshot(struct precopy_session *s, struct precopy_stats *out);
@@ -107,8 +121,7 @@ int pc_session_set_listener(struct precopy_session *s, struct pc_listener *l);
  * pc_session_reg_stats() - internal, for the CLI: what the session's last
  * connection registered with its device (RDMA: time in ibv_reg_mr, bytes,
  * memory regions) for guest memory, once the migration has ended.
- * Not in precopy_stats: that struct is copied whole into the caller's, so
- * it cannot grow without breaking binaries built against PRECOPY_0.1.
+ * The public stats carry the same since PRECOPY_0.3 (registered...).
  * Return: 0; -EINVAL; -ENODATA if the transport registers no memory or
  * the migration has not ended.
  */

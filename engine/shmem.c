@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * shmem.c - regions backed by memfds, and NUMA placement: the public
- * calls that let a VMM migrate with one copy (shm copy mode) or none
- * (handoff). See precopy.h.
+ * calls that let a VMM hand its RAM over without a copy (shm handoff),
+ * and the check of a region's size against what this host can hold. See
+ * precopy.h.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -12,9 +13,32 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/sysinfo.h>
 #include <unistd.h>
 
 #include "session.h"
+
+/*
+ * What this host can hold at most: its RAM plus its swap. A region is
+ * refused when its length and its checksum table (8 bytes a page, at both
+ * ends) together need more: a guest that big could never be filled, and
+ * the table alone would take minutes to fill.
+ */
+uint64_t pc_host_memory(void)
+{
+	struct sysinfo si;
+
+	if (sysinfo(&si) < 0)
+		return UINT64_MAX; /* unknown: no limit */
+	return ((uint64_t)si.totalram + si.totalswap) * (si.mem_unit ? si.mem_unit : 1);
+}
+
+uint64_t pc_region_need(uint64_t len)
+{
+	uint64_t table = len / PRECOPY_PAGE_SIZE * sizeof(uint64_t);
+
+	return len > UINT64_MAX - table ? UINT64_MAX : len + table;
+}
 
 int precopy_add_region_fd(struct precopy_session *s, void *addr, size_t len, int fd,
 			  uint64_t offset, enum precopy_dirty_mode mode)
@@ -66,6 +90,8 @@ int precopy_memfd_alloc(size_t len, int numa_node, void **addr, int *fdp)
 
 	if (!addr || !fdp || len == 0 || len % PRECOPY_PAGE_SIZE)
 		return -EINVAL;
+	if (pc_region_need(len) > pc_host_memory())
+		return -ENOMEM;
 	if (numa_node >= 0) {
 		err = precopy_numa_node_ok(numa_node);
 		if (err)
@@ -74,8 +100,12 @@ int precopy_memfd_alloc(size_t len, int numa_node, void **addr, int *fdp)
 	fd = memfd_create("precopy-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (fd < 0)
 		return -errno;
+	/* F_SEAL_SEAL too: nobody who gets hold of the fd (a source it
+	 * was handed to, a process it leaked to) can add a seal of their own,
+	 * such as F_SEAL_FUTURE_WRITE, which would refuse every later
+	 * writable mapping of the guest's RAM. */
 	if (ftruncate(fd, (off_t)len) < 0 ||
-	    fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) {
+	    fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
 		err = -errno;
 		close(fd);
 		return err;

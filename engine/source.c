@@ -57,6 +57,8 @@ struct source {
 
 	pthread_mutex_t plock; /* policy + stats counters */
 	struct pc_policy pol;
+	struct precopy_params params; /* as taken at the start or the last change */
+	unsigned params_gen;          /* s->params_gen they are of */
 
 	/* pass hand-off */
 	pthread_mutex_t mu;
@@ -82,6 +84,35 @@ static void set_err(struct source *src, int err)
 
 	if (atomic_compare_exchange_strong(&src->err, &none, err) && src->tp)
 		pc_tp_abort(src->tp); /* wake everybody */
+}
+
+/*
+ * Parameters changed by precopy_set_param() since we last looked: hand
+ * them to the policy, and tell the VMM if the throttle changed with them.
+ * Called by the control thread only.
+ */
+static int apply_params(struct source *src)
+{
+	struct precopy_session *s = src->s;
+	unsigned old, pct;
+
+	if (atomic_load(&s->params_gen) == src->params_gen)
+		return 0;
+	src->params_gen = pc_params_snapshot(s, &src->params);
+	pthread_mutex_lock(&src->plock);
+	old = src->pol.throttle.pct;
+	pct = pc_policy_update(&src->pol, &src->params, pc_now());
+	pthread_mutex_unlock(&src->plock);
+	if (pct != old && s->cb.set_throttle) {
+		int err = s->cb.set_throttle(s->cb.opaque, pct);
+
+		if (err)
+			return pc_fail(s, err, "set_throttle(%u) failed", pct);
+		pthread_mutex_lock(&s->lock);
+		s->st.cpu_throttle_percentage = pct;
+		pthread_mutex_unlock(&s->lock);
+	}
+	return 0;
 }
 
 /* --- sender side ------------------------------------------------------ */
@@ -498,6 +529,9 @@ static int run_pass(struct source *src, unsigned iteration, enum pc_decision *ti
 					set_err(src, err);
 				last_sync = now;
 			}
+			err = apply_params(src);
+			if (err)
+				set_err(src, err);
 			pthread_mutex_lock(&src->plock);
 			d = pc_policy_tick(&src->pol, now);
 			pthread_mutex_unlock(&src->plock);
@@ -762,7 +796,7 @@ static int migrate(struct source *src, const char *uri)
 	const struct pc_transport_ops *ops;
 	char why[160] = "";
 	struct pc_transport_opts o = { .channels = src->nchan,
-				       .timeout_ms = s->params.timeout_ms,
+				       .timeout_ms = src->params.timeout_ms,
 				       .key = s->key, .key_len = s->key_len,
 				       .flags = s->reg_mode == PRECOPY_REG_PIN_ALL ? PC_TOPT_PIN_ALL : 0,
 				       .tls = s->have_tls ? &s->tls : NULL,
@@ -838,7 +872,8 @@ static int migrate(struct source *src, const char *uri)
 	s->st.setup_time = (t_setup - s->t_start) / PC_NSEC_PER_MSEC;
 	pthread_mutex_unlock(&s->lock);
 	pthread_mutex_lock(&src->plock);
-	pc_policy_init(&src->pol, &s->params, t_setup);
+	src->params_gen = pc_params_snapshot(s, &src->params);
+	pc_policy_init(&src->pol, &src->params, t_setup);
 	pthread_mutex_unlock(&src->plock);
 	pc_set_status(s, PRECOPY_STATUS_BULK);
 
@@ -856,6 +891,9 @@ static int migrate(struct source *src, const char *uri)
 			goto fail;
 		before = count_dirty(src);
 		update_live_stats(src);
+		err = apply_params(src);
+		if (err)
+			goto fail;
 		pthread_mutex_lock(&src->plock);
 		if (d == PC_CONTINUE)
 			d = pc_policy_pass_end(&src->pol, iter, before * PRECOPY_PAGE_SIZE,
@@ -951,7 +989,8 @@ int pc_source_run(struct precopy_session *s, const char *uri)
 	if (!src)
 		return pc_fail(s, -ENOMEM, "out of memory");
 	src->s = s;
-	src->nchan = s->params.channels;
+	src->params_gen = pc_params_snapshot(s, &src->params);
+	src->nchan = src->params.channels;
 	src->zero_hash = pc_zero_page_hash();
 	atomic_init(&src->err, 0);
 	atomic_init(&src->stop_pass, false);

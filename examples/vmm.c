@@ -403,6 +403,7 @@ int main(int argc, char **argv)
 	size_t ram_size = 64u << 20;
 	uint64_t src_hash, dst_hash = 0;
 	pthread_t harvester;
+	bool expect_throttle = false;
 	int pfd[2], status, err;
 	pid_t child;
 
@@ -420,9 +421,12 @@ int main(int argc, char **argv)
 			params.downtime_limit_ms = arg_num(argc, argv, &i);
 		else if (!strcmp(argv[i], "--auto-converge"))
 			params.auto_converge = true;
+		else if (!strcmp(argv[i], "--expect-throttle"))
+			expect_throttle = true;
 		else {
 			fprintf(stderr, "usage: vmm [--ram MIB] [--vcpus N] [--rate PAGES] "
-				"[--max-bandwidth MIB] [--auto-converge] [--downtime-limit MS]\n");
+				"[--max-bandwidth MIB] [--auto-converge] [--downtime-limit MS] "
+				"[--expect-throttle]\n");
 			return 2;
 		}
 	}
@@ -500,5 +504,14 @@ int main(int argc, char **argv)
 	       src_hash, dst_hash, src_hash == dst_hash ? "equal" : "DIFFERENT");
 	if (src_hash != dst_hash || !WIFEXITED(status) || WEXITSTATUS(status))
 		return 1;
+	/* --expect-throttle: the guest could only converge by being throttled
+	 * (through our set_throttle hook), and converged by the policy's own
+	 * decision, not by the watchdog's backstop. */
+	if (expect_throttle && (vm.max_throttle == 0 || st.forced_switchover)) {
+		fprintf(stderr, "vmm: expected auto-converge to throttle the vCPUs until the "
+			"migration converged; highest throttle %u%%, %s\n", vm.max_throttle,
+			st.forced_switchover ? "switchover forced" : "not forced");
+		return 1;
+	}
 	return 0;
 }

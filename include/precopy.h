@@ -14,13 +14,12 @@
  *                 precopy_listen(s, "tcp:HOST:PORT")
  *                 precopy_incoming(s)               blocks until the end
  *
- * precopy_query() and precopy_cancel() may be called from any thread while
- * precopy_migrate() or precopy_incoming() runs.
+ * precopy_query(), precopy_set_param() and precopy_cancel() may be called
+ * from any thread while precopy_migrate() or precopy_incoming() runs.
  *
- * Two processes on one host use "shm:PATH" (PATH a unix socket path). Give
- * the destination memfd-backed regions (precopy_memfd_alloc() +
- * precopy_add_region_fd()) and pages cross with one memcpy, source memory
- * to destination memory; give the source memfd-backed guest RAM
+ * Two processes on one host use "shm:PATH" (PATH a unix socket path).
+ * Pages cross the socket (the destination shares none of its memory with
+ * the source); give the source memfd-backed guest RAM
  * (precopy_add_region_fd()) and the RAM itself is handed over instead
  * (see precopy_add_region_fd(): handoff).
  *
@@ -42,7 +41,7 @@ extern "C" {
 #endif
 
 #define PRECOPY_VERSION_MAJOR 0
-#define PRECOPY_VERSION_MINOR 1
+#define PRECOPY_VERSION_MINOR 3
 
 /** Page size used by the engine and on the wire. */
 #define PRECOPY_PAGE_SIZE 4096u
@@ -105,9 +104,9 @@ enum precopy_on_limit {
  * Tunables. Fill with precopy_params_init() and change what you need.
  * The README explains each default.
  * The struct carries no size or version: precopy_params_init() and
- * precopy_new() use it whole, so it cannot grow without breaking programs
- * built against an older header. Later settings are calls of their own
- * (precopy_set_registration()).
+ * precopy_new() use it whole, so it never grows. Every field, and every
+ * setting added later, is also a named parameter (enum precopy_param) that
+ * precopy_set_param() changes, before or during a migration.
  */
 struct precopy_params {
 	/** Rate cap for RAM passes in bytes/s; 0 = unlimited (default). The
@@ -162,8 +161,9 @@ struct precopy_params {
 
 /**
  * Statistics; names and meanings follow QEMU's query-migrate.
- * precopy_query() copies the struct whole into the caller's, so it cannot
- * grow either (see struct precopy_params).
+ * The struct grows at its end only: precopy_query() passes the size the
+ * caller was built with, and the library fills that much. A field added
+ * after PRECOPY_0.1 says since when it is there.
  */
 struct precopy_stats {
 	enum precopy_status status;
@@ -209,7 +209,22 @@ struct precopy_stats {
 	enum precopy_dirty_mode dirty_mode;
 	/** why the migration failed or was cancelled, else "". */
 	char error[PRECOPY_ERRMSG_MAX];
+
+	/* --- since PRECOPY_0.3 ----------------------------------------- */
+	/** Memory registration with the transport's device (RDMA:
+	 *  ibv_reg_mr, which pins pages), for guest memory, valid once the
+	 *  migration has ended and only if @registered is true: the time it
+	 *  took in ns, the bytes and the memory regions registered, and
+	 *  whether the source registered its RAM whole (pin-all). */
+	bool registered;
+	bool registration_pin_all;
+	uint64_t registration_ns;
+	uint64_t registered_bytes;
+	uint64_t registrations;
 };
+
+/** Size of struct precopy_stats as PRECOPY_0.1 defined it. */
+#define PRECOPY_STATS_SIZE_0_1 offsetof(struct precopy_stats, registered)
 
 /**
  * Hooks a VMM provides. Every hook is optional (NULL = nothing to do, or
@@ -265,6 +280,87 @@ struct precopy_tls {
 };
 
 /**
+ * Parameters by name, for precopy_set_param() and precopy_get_param().
+ * Each is a field of struct precopy_params (same meaning, same range) or,
+ * for later ones, a setting of its own. The names are QEMU's
+ * migrate-set-parameters names where QEMU has one (precopy_param_name()).
+ * Values are integers: bytes/s for rates, ms for times, 0/1 for booleans,
+ * enum precopy_on_limit for PRECOPY_PARAM_ON_LIMIT.
+ */
+enum precopy_param {
+	PRECOPY_PARAM_MAX_BANDWIDTH = 0,      /**< "max-bandwidth" */
+	PRECOPY_PARAM_DOWNTIME_LIMIT,         /**< "downtime-limit" */
+	PRECOPY_PARAM_AVAIL_SWITCHOVER_BANDWIDTH, /**< "avail-switchover-bandwidth" */
+	PRECOPY_PARAM_AUTO_CONVERGE,          /**< "auto-converge" */
+	PRECOPY_PARAM_THROTTLE_TRIGGER_THRESHOLD, /**< "throttle-trigger-threshold" */
+	PRECOPY_PARAM_CPU_THROTTLE_INITIAL,   /**< "cpu-throttle-initial" */
+	PRECOPY_PARAM_CPU_THROTTLE_INCREMENT, /**< "cpu-throttle-increment" */
+	PRECOPY_PARAM_MAX_CPU_THROTTLE,       /**< "max-cpu-throttle" */
+	PRECOPY_PARAM_CPU_THROTTLE_TAILSLOW,  /**< "cpu-throttle-tailslow" */
+	PRECOPY_PARAM_MAX_ITERATIONS,         /**< "max-iterations" */
+	PRECOPY_PARAM_MAX_TIME,               /**< "max-time" */
+	PRECOPY_PARAM_STALL_ITERATIONS,       /**< "stall-iterations" */
+	PRECOPY_PARAM_ON_LIMIT,               /**< "on-limit" */
+	PRECOPY_PARAM_CHANNELS,               /**< "channels" (before the start only) */
+	PRECOPY_PARAM_TIMEOUT,                /**< "timeout" (before the start only) */
+	PRECOPY_PARAM__COUNT                  /**< not a parameter: how many there are */
+};
+
+/**
+ * precopy_set_param() - change one parameter of @s, before or while it
+ * migrates; safe from any thread. A running source takes the new value at
+ * its next decision (within about 100 ms): a new max-bandwidth at the next
+ * send, a new downtime-limit or avail-switchover-bandwidth at the next
+ * pass end, new watchdog limits at the next check; turning auto-converge
+ * off ends the throttle at once. The value is checked with the others as
+ * precopy_params_check() does; a bad one changes nothing.
+ * Since symbol version PRECOPY_0.3.
+ * Return: 0; -EINVAL for a NULL @s, an unknown @param or a value out of
+ * range (precopy_strerror() does not change; see precopy_param_check());
+ * -EBUSY for channels or timeout once the session runs, and for any
+ * parameter once it has ended.
+ */
+int precopy_set_param(struct precopy_session *s, enum precopy_param param, uint64_t value);
+
+/**
+ * precopy_param_check() - would precopy_set_param(@s, @param, @value)
+ * be accepted now? If not, why, into @why (if non-NULL, @whylen bytes).
+ * Since symbol version PRECOPY_0.3.
+ * Return: 0, or the error precopy_set_param() would return.
+ */
+int precopy_param_check(struct precopy_session *s, enum precopy_param param, uint64_t value,
+			char *why, size_t whylen);
+
+/**
+ * precopy_get_param() - the value of one parameter of @s into *@value,
+ * as the next decision will use it. Safe from any thread.
+ * Since symbol version PRECOPY_0.3.
+ * Return: 0; -EINVAL for NULL arguments or an unknown @param.
+ */
+int precopy_get_param(struct precopy_session *s, enum precopy_param param, uint64_t *value);
+
+/**
+ * precopy_param_name() - the name of @param ("downtime-limit"...), or
+ * NULL for an unknown one. Since symbol version PRECOPY_0.3.
+ */
+const char *precopy_param_name(enum precopy_param param);
+
+/**
+ * precopy_param_from_name() - the parameter called @name (as
+ * precopy_param_name() spells it). Since symbol version PRECOPY_0.3.
+ * Return: the parameter (>= 0); -EINVAL for NULL; -ENOENT for an unknown
+ * name.
+ */
+int precopy_param_from_name(const char *name);
+
+/**
+ * precopy_version() - the version of the library running, as
+ * (major << 16) | minor; compare with PRECOPY_VERSION_MAJOR and
+ * PRECOPY_VERSION_MINOR, the header's. Since symbol version PRECOPY_0.3.
+ */
+unsigned precopy_version(void);
+
+/**
  * precopy_params_init() - fill @p with the defaults.
  * Return: 0, or -EINVAL if @p is NULL.
  */
@@ -304,8 +400,11 @@ int precopy_delete(struct precopy_session **s);
  * @mode:       source: how writes are tracked; ignored at the destination.
  * Regions are matched between the two ends by order and length.
  * Return: the region index (>= 0); -EINVAL for misaligned or overlapping
- * ranges; -ENOSPC past PRECOPY_MAX_REGIONS; -EBUSY once started; or the
- * error of arming the dirty log (-ENOTSUP if @mode is not available here).
+ * ranges; -ENOSPC past PRECOPY_MAX_REGIONS; -EBUSY once started; -ENOMEM
+ * if @len and the region's checksum table (8 bytes a page) need more than
+ * this host's memory and swap (precopy_strerror() names both sizes), or
+ * for the table's allocation; or the error of arming the dirty log
+ * (-ENOTSUP if @mode is not available here).
  */
 int precopy_add_region(struct precopy_session *s, void *addr, size_t len,
 		       enum precopy_dirty_mode mode);
@@ -320,11 +419,9 @@ int precopy_add_region(struct precopy_session *s, void *addr, size_t len,
  * @fd:         duplicated (the session closes its copy in
  *              precopy_delete()); the caller keeps and closes its own.
  *
- * Destination, "shm:" copy mode: the region is shared with the source,
- * whose page writes become one memcpy into it. That needs @offset 0, a
- * file of exactly @len bytes, and seals against shrinking and growing
- * (added here if the memfd allows sealing; precopy_memfd_alloc() makes
- * such memory). Otherwise pages are framed over the socket: two copies.
+ * Destination: the region is written like any memory. "shm:" does not
+ * share it with the source (a descriptor handed to another process cannot
+ * be taken back after the migration); pages are framed over the socket.
  *
  * Source, handoff: if every source region was registered with an fd and
  * the transport passes fds ("shm:"), precopy_migrate() does no page
@@ -346,15 +443,19 @@ int precopy_add_region_fd(struct precopy_session *s, void *addr, size_t len, int
 
 /**
  * precopy_memfd_alloc() - create RAM for precopy_add_region_fd(): a memfd
- * of @len bytes (page multiple), sealed against shrinking and growing,
- * mapped MAP_SHARED at *@addr, its fd in *@fd (close-on-exec).
+ * of @len bytes (page multiple), sealed against shrinking and growing and
+ * against further seals (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL: no
+ * holder of the fd can add F_SEAL_WRITE or F_SEAL_FUTURE_WRITE), mapped
+ * MAP_SHARED at *@addr, its fd in *@fd (close-on-exec).
  * @numa_node: >= 0 binds the memory to that node (MPOL_BIND, a shared
  *             policy on the file, so pages land there whoever touches
- *             them first, the source's copy included); -1 = default policy.
+ *             them first); -1 = default policy.
  * The caller owns both: munmap(*@addr, @len) and close(*@fd).
  * Return: 0; -EINVAL for a bad @len or a node that does not exist (see
- * precopy_numa_max_node()); -ENOSYS if @numa_node >= 0 and the kernel has
- * no NUMA support; -errno of memfd_create, ftruncate, mmap or mbind.
+ * precopy_numa_max_node()); -ENOMEM if @len and its checksum table (8
+ * bytes a page) need more than this host's memory and swap; -ENOSYS if
+ * @numa_node >= 0 and the kernel has no NUMA support; -errno of
+ * memfd_create, ftruncate, mmap or mbind.
  */
 int precopy_memfd_alloc(size_t len, int numa_node, void **addr, int *fd);
 
@@ -544,10 +645,24 @@ int precopy_incoming(struct precopy_session *s);
 int precopy_cancel(struct precopy_session *s);
 
 /**
- * precopy_query() - copy the current statistics into @out.
- * Safe from any thread. Return: 0; -EINVAL if an argument is NULL.
+ * precopy_query_sized() - copy the current statistics into @out, whose
+ * size is @size (sizeof(struct precopy_stats) as the caller was built);
+ * fields past what this library knows are zeroed. Safe from any thread.
+ * Call it through precopy_query(). Since symbol version PRECOPY_0.3.
+ * Return: 0; -EINVAL if an argument is NULL or @size is below
+ * PRECOPY_STATS_SIZE_0_1.
  */
-int precopy_query(struct precopy_session *s, struct precopy_stats *out);
+int precopy_query_sized(struct precopy_session *s, struct precopy_stats *out, size_t size);
+
+/**
+ * precopy_query() - copy the current statistics into @out: every field
+ * this header declares. Safe from any thread.
+ * Return: 0; -EINVAL if an argument is NULL.
+ */
+static inline int precopy_query(struct precopy_session *s, struct precopy_stats *out)
+{
+	return precopy_query_sized(s, out, sizeof(*out));
+}
 
 /**
  * precopy_strerror() - the last failure's description into @buf (with its
@@ -555,7 +670,7 @@ int precopy_query(struct precopy_session *s, struct precopy_stats *out);
  */
 int precopy_strerror(struct precopy_session *s, char *buf, size_t len);
 
-/** precopy_status_name() - "setup", "active"... never NULL. */
+/** precopy_status_name() - "setup", "bulk", "iterate", "completed"... never NULL. */
 const char *precopy_status_name(enum precopy_status st);
 
 /** precopy_dirty_mode_name() - "uffd-wp", "soft-dirty"... never NULL. */

@@ -2,8 +2,9 @@
 # check_install.sh BUILD_DIR CC [SANITIZE] - install the build into a scratch folder
 # (meson install --destdir) and use it as an outside project would:
 #  - the shared library exports every function of precopy.h and nothing
-#    else, each under a version node (PRECOPY_0.1, PRECOPY_0.2), and has
-#    the soname libprecopy.so.0;
+#    else, each under a version node (PRECOPY_0.1 to 0.3), and has the
+#    soname libprecopy.so.0; precopy_query@PRECOPY_0.1 stays for programs
+#    built against 0.1 and fills the 0.1 struct, not a byte more;
 #  - a program built with `pkg-config --cflags --libs precopy` against the
 #    installed header links the shared library and migrates memory;
 #  - the same program links the installed static library;
@@ -24,8 +25,8 @@ meson install -C "$build" --destdir "$dest" --no-rebuild --quiet >/dev/null
 
 pc=$(find "$dest" -name precopy.pc | head -n1)
 [ -n "$pc" ] || { echo "no precopy.pc installed"; exit 1; }
-lib=$(find "$dest" -name 'libprecopy.so.0.1.0' | head -n1)
-[ -n "$lib" ] || { echo "no libprecopy.so.0.1.0 installed"; exit 1; }
+lib=$(find "$dest" -name 'libprecopy.so.0.3.0' | head -n1)
+[ -n "$lib" ] || { echo "no libprecopy.so.0.3.0 installed"; exit 1; }
 libdir=$(dirname "$lib")
 for f in precopy.h libprecopy.a libprecopy.so.0 libprecopy.so bin/precopy \
 	 man1/precopy.1 man3/precopy.3 man3/precopy_migrate.3 man3/precopy_delete.3 \
@@ -37,9 +38,14 @@ echo "installed: $(cd "$dest" && find . -type f -o -type l | sort | tr '\n' ' ')
 soname=$(objdump -p "$lib" | awk '$1 == "SONAME" { print $2 }')
 [ "$soname" = libprecopy.so.0 ] || { echo "soname is '$soname'"; exit 1; }
 bad=$(nm -D --defined-only "$lib" | awk '$2 != "A" { print $3 }' |
-	grep -v '^precopy_[a-z_]*@@PRECOPY_0\.[12]$' || true)
-[ -z "$bad" ] || { echo "exported besides precopy_*@@PRECOPY_0.1/0.2: $bad"; exit 1; }
-for f in $(sed -n 's/^[a-z][a-z_ ]*[ *]\(precopy_[a-z0-9_]*\)(.*/\1/p' "$src/../include/precopy.h"); do
+	grep -v '^precopy_[a-z_]*@@PRECOPY_0\.[123]$' | grep -vx 'precopy_query@PRECOPY_0\.1' || true)
+[ -z "$bad" ] || { echo "exported besides precopy_*@@PRECOPY_0.1..0.3: $bad"; exit 1; }
+nm -D --defined-only "$lib" | grep -q ' T precopy_query@PRECOPY_0\.1$' ||
+	{ echo "precopy_query@PRECOPY_0.1 is gone: programs built against 0.1 would not load"; exit 1; }
+# Inline wrappers (static inline) are the header's own, not exports.
+for f in $(sed -n 's/^[a-z][a-z_ ]*[ *]\(precopy_[a-z0-9_]*\)(.*/\1/p' "$src/../include/precopy.h" |
+	grep -vx "$(sed -n 's/^static inline [a-z_ ]*[ *]\(precopy_[a-z0-9_]*\)(.*/\1/p' \
+		"$src/../include/precopy.h")"); do
 	nm -D --defined-only "$lib" | grep -q " T $f@@PRECOPY_" ||
 		{ echo "not exported: $f (engine/libprecopy.map)"; exit 1; }
 done
@@ -56,10 +62,21 @@ echo "pkg-config: $cflags $libs"
 	-pthread -o "$dest/consumer-shared"
 objdump -p "$dest/consumer-shared" | grep -q 'NEEDED *libprecopy.so.0' ||
 	{ echo "consumer does not link libprecopy.so.0"; exit 1; }
-# It uses only 0.1 calls, so a library of 0.1 would load it too.
+# Its calls are 0.1's, but precopy_query() is now an inline over
+# precopy_query_sized() and it asks precopy_version() (both 0.3): it needs
+# those versions and no other.
 needs=$(objdump -p "$dest/consumer-shared" | grep -o 'PRECOPY_[0-9.]*' | sort -u | tr '\n' ' ')
-[ "$needs" = "PRECOPY_0.1 " ] || { echo "consumer needs versions '$needs', not PRECOPY_0.1 only"; exit 1; }
+[ "$needs" = "PRECOPY_0.1 PRECOPY_0.3 " ] ||
+	{ echo "consumer needs versions '$needs', not PRECOPY_0.1 and 0.3"; exit 1; }
 LD_LIBRARY_PATH="$libdir" "$dest/consumer-shared"
+
+# A program built against 0.1 binds precopy_query@PRECOPY_0.1.
+# shellcheck disable=SC2086
+"$cc" -std=c11 -Wall -Wextra -Werror $san $cflags -DCONSUMER_OLD_QUERY \
+	"$src/installed/consumer.c" $libs -pthread -o "$dest/consumer-old"
+objdump -T "$dest/consumer-old" | grep -q '(PRECOPY_0\.1) *precopy_query$' ||
+	{ echo "consumer-old does not bind precopy_query@PRECOPY_0.1"; exit 1; }
+LD_LIBRARY_PATH="$libdir" "$dest/consumer-old"
 
 # shellcheck disable=SC2086
 "$cc" -std=c11 -Wall -Wextra -Werror $san $cflags "$src/installed/consumer.c" \

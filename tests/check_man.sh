@@ -52,6 +52,8 @@ for f in $flags; do
 	name=${f#--}
 	grep -q -- "$name" "$src/README.md" || { echo "README.md lacks $f"; status=1; }
 done
+# A help text that lists no flags (or lost most of them) would check nothing.
+[ "$n" -ge 30 ] || { echo "'precopy help' lists only $n flags: is the help text broken?"; status=1; }
 echo "$n flags of 'precopy help' checked against precopy.1 and README.md"
 
 # Every public function: an installed page or link that names it.

@@ -86,5 +86,24 @@ expect "applies to rdma: URIs only" bridge --listen-unix /nonexistent/s --to tcp
 expect "applies to migrate and demo only" incoming --listen rdma:127.0.0.1:0 --ram 4M --rdma-registration pin-all
 expect "applies to migrate and demo only" bridge --listen rdma:127.0.0.1:0 --to-unix /nonexistent/s --rdma-registration on-demand
 expect "makes no connection" simulate --ram 4M --bandwidth 1G --dirty-rate 1M --auth-key-file "$K"
+# RAM the host could never hold: refused before anything is allocated or
+# listened on, naming the size asked for and what the host has (memory and
+# swap, as pc_cli_fmt_bytes prints it). A timeout, should it listen anyway.
+host=$(awk '/^(MemTotal|SwapTotal):/ { s += $2 } END {
+	b = s * 1024; u = 0; split("B KiB MiB GiB TiB", un, " ")
+	while (b >= 1024 && u < 4) { b /= 1024; u++ }
+	printf "%.2f %s", b, un[u + 1] }' /proc/meminfo)
+for cmd in "incoming --listen shm:/nonexistent/s" "migrate --to shm:/nonexistent/s"; do
+	out=$(timeout 20 "$P" $cmd --ram 4T 2>&1 </dev/null)
+	rc=$?
+	n=$((n + 1))
+	if [ $rc -ne 2 ] || [[ $out != *"--ram 4.00 TiB is more than this host can hold"* ]] ||
+	   [[ $out != *"$host of memory and swap"* ]]; then
+		echo "FAIL: precopy $cmd --ram 4T: exit $rc, '$out' (wanted exit 2, 4.00 TiB and $host)"
+		fails=$((fails + 1))
+	else
+		echo "ok   precopy $cmd --ram 4T: $out"
+	fi
+done
 echo "cli_args: $((n - fails)) passed, $fails failed"
 [ $fails -eq 0 ]

@@ -384,7 +384,7 @@ int main(int argc, char **argv)
 		cpu_places = true;
 	} else if (!strcmp(scheme, "shm") && argc > 2) {
 		snprintf(uri_listen, sizeof(uri_listen), "shm:%s-%d-", argv[2], (int)getpid());
-		cpu_places = true; /* plain RAM: framed page runs */
+		cpu_places = true; /* shm frames page runs */
 	} else if (!strcmp(scheme, "rdma")) {
 		const char *addr = argc > 2 ? argv[2] : getenv("PRECOPY_RDMA_ADDR");
 

@@ -39,6 +39,9 @@ struct outcome {
 	unsigned max_throttle;
 };
 
+/* Called with every snapshot of the source while it migrates, if set. */
+static void (*during)(struct h_src *s, const struct precopy_stats *st);
+
 /* Migrate @g with @p to a fresh destination; check what came across. */
 static void migrate(struct pc_guest *g, const struct precopy_params *p, bool hint_free,
 		    struct outcome *o)
@@ -65,6 +68,8 @@ static void migrate(struct pc_guest *g, const struct precopy_params *p, bool hin
 		struct precopy_stats st;
 
 		precopy_query(s.s, &st);
+		if (during)
+			during(&s, &st);
 		if (st.cpu_throttle_percentage > o->max_throttle)
 			o->max_throttle = st.cpu_throttle_percentage;
 		if (st.status >= PRECOPY_STATUS_COMPLETED)
@@ -213,9 +218,105 @@ static void free_hints__cut_bytes_by_free_share(void **state)
 	pc_guest_delete(&g);
 }
 
+/* The operator raises the downtime limit of a migration that cannot meet
+ * it: it then completes by the policy's own decision, not by force. */
+static unsigned raised_at;
+
+static void raise_limit(struct h_src *s, const struct precopy_stats *st)
+{
+	uint64_t v = 0;
+
+	if (raised_at || st->status != PRECOPY_STATUS_ITERATE || st->iteration < 2)
+		return;
+	raised_at = st->iteration;
+	assert_int_equal(precopy_set_param(s->s, PRECOPY_PARAM_DOWNTIME_LIMIT, 10000), 0);
+	assert_int_equal(precopy_get_param(s->s, PRECOPY_PARAM_DOWNTIME_LIMIT, &v), 0);
+	assert_int_equal(v, 10000);
+	/* fixed once running; and a bad value changes nothing */
+	assert_int_equal(precopy_set_param(s->s, PRECOPY_PARAM_CHANNELS, 2), -EBUSY);
+	assert_int_equal(precopy_set_param(s->s, PRECOPY_PARAM_DOWNTIME_LIMIT, 0), -EINVAL);
+	assert_int_equal(precopy_get_param(s->s, PRECOPY_PARAM_DOWNTIME_LIMIT, &v), 0);
+	assert_int_equal(v, 10000);
+}
+
+static void set_param__raised_downtime_limit_converges(void **state)
+{
+	struct pc_guest *g = make_guest(48 * MiB, 64.0 * MiB, PC_GUEST_RANDOM, 0);
+	struct precopy_params p;
+	struct outcome o;
+
+	(void)state;
+	busy_params(&p);
+	p.max_time_ms = 120000; /* a guard: without the raise it never ends */
+	p.on_limit = PRECOPY_ON_LIMIT_ABORT;
+	raised_at = 0;
+	during = raise_limit;
+	migrate(g, &p, false, &o);
+	during = NULL;
+	print_message("raised at pass %u, switched over after pass %u, expected %llu ms\n",
+		      raised_at, o.src.iteration, (unsigned long long)o.src.expected_downtime);
+	assert_true(raised_at >= 2);
+	assert_int_equal(o.src_err, 0);
+	assert_int_equal(o.dest_err, 0);
+	assert_true(o.verified);
+	assert_false(o.src.forced_switchover);
+	assert_true(o.src.iteration >= raised_at);
+	/* it went because of the new limit: the old one was never met */
+	assert_true(o.src.expected_downtime > 300);
+	pc_guest_delete(&g);
+}
+
+/* Names, ranges and states, without a migration. */
+static void set_param__names_values_states(void **state)
+{
+	struct precopy_session *s;
+	uint64_t v;
+	char why[128];
+
+	(void)state;
+	assert_int_equal(precopy_new(PRECOPY_ROLE_SOURCE, NULL, NULL, &s), 0);
+	for (int i = 0; i < PRECOPY_PARAM__COUNT; i++) {
+		const char *name = precopy_param_name((enum precopy_param)i);
+
+		assert_non_null(name);
+		assert_int_equal(precopy_param_from_name(name), i);
+		assert_int_equal(precopy_get_param(s, (enum precopy_param)i, &v), 0);
+		/* setting the current value back is always fine */
+		assert_int_equal(precopy_set_param(s, (enum precopy_param)i, v), 0);
+	}
+	assert_null(precopy_param_name(PRECOPY_PARAM__COUNT));
+	assert_int_equal(precopy_param_from_name("downtime_limit"), -ENOENT);
+	assert_int_equal(precopy_param_from_name(NULL), -EINVAL);
+	assert_int_equal(precopy_set_param(s, PRECOPY_PARAM__COUNT, 1), -EINVAL);
+	assert_int_equal(precopy_set_param(NULL, PRECOPY_PARAM_DOWNTIME_LIMIT, 1), -EINVAL);
+
+	assert_int_equal(precopy_set_param(s, PRECOPY_PARAM_MAX_BANDWIDTH, 100 * MiB), 0);
+	assert_int_equal(precopy_get_param(s, PRECOPY_PARAM_MAX_BANDWIDTH, &v), 0);
+	assert_int_equal(v, 100 * MiB);
+	/* out of range, alone or with the others: nothing changes */
+	assert_int_equal(precopy_param_check(s, PRECOPY_PARAM_AUTO_CONVERGE, 2, why, sizeof(why)),
+			 -EINVAL);
+	assert_non_null(strstr(why, "auto-converge"));
+	assert_int_equal(precopy_set_param(s, PRECOPY_PARAM_MAX_CPU_THROTTLE, 10), -EINVAL);
+	assert_int_equal(precopy_param_check(s, PRECOPY_PARAM_MAX_CPU_THROTTLE, 10, why,
+					     sizeof(why)), -EINVAL);
+	assert_non_null(strstr(why, "cpu_throttle_initial"));
+	assert_int_equal(precopy_get_param(s, PRECOPY_PARAM_MAX_CPU_THROTTLE, &v), 0);
+	assert_int_equal(v, 99);
+	assert_int_equal(precopy_set_param(s, PRECOPY_PARAM_ON_LIMIT, 7), -EINVAL);
+	assert_int_equal(precopy_set_param(s, PRECOPY_PARAM_CHANNELS, 0), -EINVAL);
+	assert_int_equal(precopy_set_param(s, PRECOPY_PARAM_CHANNELS, 4), 0);
+	assert_int_equal(precopy_set_param(s, PRECOPY_PARAM_TIMEOUT, 1ull << 40), -EINVAL);
+	assert_int_equal(precopy_version() >> 16, PRECOPY_VERSION_MAJOR);
+	assert_int_equal(precopy_version() & 0xffff, PRECOPY_VERSION_MINOR);
+	precopy_delete(&s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(set_param__names_values_states),
+		cmocka_unit_test(set_param__raised_downtime_limit_converges),
 		cmocka_unit_test(free_hints__cut_bytes_by_free_share),
 		cmocka_unit_test(watchdog__force_switches_over),
 		cmocka_unit_test(watchdog__abort_fails_cleanly),

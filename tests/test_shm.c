@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Whole migrations over "shm:PATH": copy mode into a shared (memfd)
- * destination and into plain memory, handoff of a memfd guest; every page
+ * Whole migrations over "shm:PATH": copy mode into a memfd destination
+ * and into plain memory, handoff of a memfd guest; every page
  * verified with the synthetic guest's pattern. Robustness: a destination
  * SIGKILLed mid-migration, the socket path removed mid-migration; both
  * leave the source guest running and intact. A source SIGKILLed in copy
@@ -11,7 +11,9 @@
  * source's memory; a migration to a fresh destination then succeeds.
  * Peer check: a process of another uid is refused in both directions.
  * NUMA placement on node 0 and a clear error for a node that does not
- * exist.
+ * exist. What a source acting in bad faith holds of the destination's RAM
+ * once the regions are revoked: nothing to seal it or write it with.
+ * RAM above what the host can hold is refused with both sizes.
  *
  * Needs root for the uid tests (they setuid() to nobody); they skip
  * otherwise.
@@ -28,7 +30,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysinfo.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -36,6 +41,7 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "stream.h" /* frame kinds and little-endian helpers */
 #include "transport.h"
 
 #define MiB (1ull << 20)
@@ -99,7 +105,7 @@ static void check_source_intact(struct pc_guest *g)
 	pc_guest_resume(g);
 }
 
-static void copy_mode(bool shared_dest, unsigned channels)
+static void copy_mode(bool memfd_dest, unsigned channels)
 {
 	size_t ram = 128 * MiB;
 	struct pc_guest *g = make_guest(ram, 64.0 * MiB, false);
@@ -110,7 +116,7 @@ static void copy_mode(bool shared_dest, unsigned channels)
 
 	precopy_params_init(&p);
 	p.channels = channels;
-	assert_int_equal(h_dest_start_uri(&d, ram, new_uri(uri, sizeof(uri)), shared_dest), 0);
+	assert_int_equal(h_dest_start_uri(&d, ram, new_uri(uri, sizeof(uri)), memfd_dest), 0);
 	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
 	assert_int_equal(h_src_start(&s, d.uri), 0);
 	assert_int_equal(h_src_join(&s), 0);
@@ -122,13 +128,13 @@ static void copy_mode(bool shared_dest, unsigned channels)
 	pc_guest_delete(&g);
 }
 
-static void copy__shared_destination_1_channel(void **state)
+static void copy__memfd_destination_1_channel(void **state)
 {
 	(void)state;
 	copy_mode(true, 1);
 }
 
-static void copy__shared_destination_2_channels(void **state)
+static void copy__memfd_destination_2_channels(void **state)
 {
 	(void)state;
 	copy_mode(true, 2);
@@ -198,7 +204,7 @@ static void handoff__length_mismatch_refused(void **state)
 
 /* --- robustness ------------------------------------------------------------- */
 
-/* A destination in a child process, on @path, with shared (memfd) RAM. */
+/* A destination in a child process, on @path, with memfd RAM. */
 static pid_t fork_dest(const char *uri, size_t ram)
 {
 	char path[128];
@@ -729,6 +735,228 @@ static void api__region_fd_checked(void **state)
 	close(fd);
 }
 
+/* --- what a source holds of the destination's RAM --------------------- */
+
+/* A source that speaks the transport's wire format itself and keeps
+ * whatever it is handed: one channel, connected and greeted. */
+static int raw_source_connect(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	uint8_t h[32] = { 0 }, r[160];
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	assert_true(fd >= 0);
+	assert_true(strlen(path) < sizeof(sa.sun_path));
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	pc_put_le32(h, 0x31534350u); /* "PCS1" */
+	h[4] = 1;                    /* version */
+	h[6] = 0;                    /* channel */
+	h[8] = 1;                    /* of one */
+	pc_put_le64(h + 12, 0x5eed);
+	assert_int_equal(write(fd, h, sizeof(h)), (ssize_t)sizeof(h));
+	assert_int_equal(recv(fd, r, sizeof(r), MSG_WAITALL), (ssize_t)sizeof(r));
+	assert_int_equal(pc_get_le32(r + 4), 0); /* accepted */
+	return fd;
+}
+
+/* Read frames until a message arrives; keep every fd that came along. */
+static unsigned raw_source_read_until_msg(int fd, int *fds, unsigned max)
+{
+	unsigned n = 0;
+
+	for (;;) {
+		uint8_t hdr[PC_FRAME_HDR], body[4096];
+		union {
+			char buf[CMSG_SPACE(sizeof(int) * 8)];
+			struct cmsghdr align;
+		} u;
+		struct iovec v = { hdr, sizeof(hdr) };
+		struct msghdr mh = { .msg_iov = &v, .msg_iovlen = 1, .msg_control = u.buf,
+				     .msg_controllen = sizeof(u.buf) };
+		uint64_t len;
+
+		assert_int_equal(recvmsg(fd, &mh, MSG_WAITALL | MSG_CMSG_CLOEXEC),
+				 (ssize_t)sizeof(hdr));
+		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+			size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+
+			for (size_t i = 0; i < k && n < max; i++)
+				memcpy(&fds[n++], CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+		}
+		if (pc_get_le32(hdr) != PC_FRAME_MSG && pc_get_le32(hdr) != PC_FRAME_PAGES)
+			continue; /* a bodiless frame (an earlier version's REGION) */
+		len = pc_get_le64(hdr + 16);
+		assert_true(len <= sizeof(body));
+		if (len)
+			assert_int_equal(recv(fd, body, len, MSG_WAITALL), (ssize_t)len);
+		if (pc_get_le32(hdr) == PC_FRAME_MSG)
+			return n;
+	}
+}
+
+/*
+ * The destination's RAM is a memfd of the VMM's own (sealable, not yet
+ * sealed against new seals), exposed for the migration the way the engine
+ * does. A source acting in bad faith keeps everything it is given. After
+ * the destination revoked the regions (what it does when COMPLETE
+ * arrives, before it verifies and resumes): the source has no descriptor
+ * it could seal the RAM with (F_SEAL_FUTURE_WRITE would refuse every later
+ * writable mapping), no mapping it could write the running guest through,
+ * and a page run it frames is refused; the RAM is unchanged. @seal: try
+ * the seal with whatever descriptor came; else write through it.
+ */
+static void hostile_source(bool seal)
+{
+	const struct pc_transport_ops *ops = pc_transport_find("shm");
+	struct pc_transport_opts o = { .channels = 1 };
+	const size_t len = 1 * MiB;
+	struct accepting a = { 0 };
+	uint8_t msg[16] = "ready", hdr[PC_FRAME_HDR], page[4096];
+	struct iovec v = { msg, 5 };
+	int fds[8], memfd, sfd, err;
+	unsigned nfds;
+	size_t got;
+	uint8_t *ram;
+	void *again;
+	char uri[128];
+	pthread_t th;
+
+	memfd = memfd_create("vmm-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	assert_true(memfd >= 0);
+	assert_int_equal(ftruncate(memfd, (off_t)len), 0);
+	ram = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+	assert_true(ram != MAP_FAILED);
+
+	new_uri(uri, sizeof(uri));
+	assert_int_equal(ops->listen(uri + 4, &o, &a.l), 0);
+	assert_int_equal(pthread_create(&th, NULL, accept_main, &a), 0);
+	sfd = raw_source_connect(uri + 4);
+	pthread_join(th, NULL);
+	assert_int_equal(a.err, 0);
+
+	/* the engine's way: with the fd where the transport can share it */
+	err = a.t->ops->expose_region_fd(a.t, 0, ram, len, memfd, 0);
+	if (err == -EOPNOTSUPP)
+		err = a.t->ops->expose_region(a.t, 0, ram, len);
+	assert_int_equal(err, 0);
+	assert_int_equal(pc_tp_send_msg(a.t, 0, &v, 1), 0);
+	nfds = raw_source_read_until_msg(sfd, fds, 8);
+	print_message("  descriptors the destination handed to the source: %u\n", nfds);
+
+	/* COMPLETE: the destination revokes */
+	assert_int_equal(a.t->ops->unexpose_all(a.t), 0);
+
+	/* whatever the source holds, it cannot seal or write the RAM */
+	for (unsigned i = 0; i < nfds; i++) {
+		void *p;
+
+		if (seal && fcntl(fds[i], F_ADD_SEALS, F_SEAL_FUTURE_WRITE) == 0)
+			fail_msg("the source sealed the destination's RAM (F_SEAL_FUTURE_WRITE)");
+		p = seal ? MAP_FAILED : mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fds[i], 0);
+		if (p != MAP_FAILED) {
+			memset(p, 0xaa, len);
+			munmap(p, len);
+		}
+		close(fds[i]);
+	}
+	/* and a framed run after the revocation is refused */
+	memset(page, 0xbb, sizeof(page));
+	memset(hdr, 0, sizeof(hdr));
+	pc_put_le32(hdr, PC_FRAME_PAGES);
+	pc_put_le64(hdr + 16, sizeof(page));
+	assert_int_equal(write(sfd, hdr, sizeof(hdr)), (ssize_t)sizeof(hdr));
+	assert_int_equal(write(sfd, page, sizeof(page)), (ssize_t)sizeof(page));
+	assert_int_equal(pc_tp_recv_msg(a.t, 0, msg, sizeof(msg), &got), -EPROTO);
+
+	for (size_t i = 0; i < len; i++)
+		if (ram[i])
+			fail_msg("the source changed the destination's RAM at byte %zu after the "
+				 "regions were revoked", i);
+	assert_int_equal(nfds, 0);
+	assert_false(fcntl(memfd, F_GET_SEALS) & (F_SEAL_FUTURE_WRITE | F_SEAL_WRITE));
+	/* the guest's RAM can still be mapped writable (the next migration) */
+	again = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+	assert_true(again != MAP_FAILED);
+	munmap(again, len);
+	close(sfd);
+	a.t->ops->close(a.t);
+	ops->listener_close(a.l);
+	munmap(ram, len);
+	close(memfd);
+}
+
+static void hostile_source__cannot_seal_dest_ram(void **state)
+{
+	(void)state;
+	hostile_source(true);
+}
+
+static void hostile_source__cannot_write_dest_ram_after_revoke(void **state)
+{
+	(void)state;
+	hostile_source(false);
+}
+
+/* precopy's own RAM memfd takes no further seals, whoever holds it. */
+static void memfd_alloc__no_seal_can_be_added(void **state)
+{
+	void *mem, *again;
+	int fd, seals;
+
+	(void)state;
+	assert_int_equal(precopy_memfd_alloc(4 * MiB, -1, &mem, &fd), 0);
+	seals = fcntl(fd, F_GET_SEALS);
+	assert_int_equal(seals, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+	assert_int_equal(fcntl(fd, F_ADD_SEALS, F_SEAL_FUTURE_WRITE), -1);
+	assert_int_equal(errno, EPERM);
+	/* so a later writable mapping (the next migration's) still works */
+	again = mmap(NULL, 4 * MiB, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	assert_true(again != MAP_FAILED);
+	munmap(again, 4 * MiB);
+	munmap(mem, 4 * MiB);
+	close(fd);
+}
+
+/* RAM this host could never hold: refused at once, with both sizes. */
+static void api__ram_above_host_refused(void **state)
+{
+	struct precopy_session *s;
+	struct sysinfo si;
+	uint64_t host, len = 4ull << 40;
+	char err[PRECOPY_ERRMSG_MAX], want[64];
+	void *va, *mem = NULL;
+	int fd = -1;
+
+	(void)state;
+	assert_int_equal(sysinfo(&si), 0);
+	host = ((uint64_t)si.totalram + si.totalswap) * si.mem_unit;
+	while (len <= host)
+		len *= 2;
+	/* address space only: nothing is ever touched */
+	va = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (va == MAP_FAILED) {
+		print_message("cannot reserve %llu bytes of address space: skipped\n",
+			      (unsigned long long)len);
+		skip();
+	}
+	assert_int_equal(precopy_memfd_alloc(len, -1, &mem, &fd), -ENOMEM);
+	assert_null(mem);
+	assert_int_equal(fd, -1);
+	assert_int_equal(precopy_new(PRECOPY_ROLE_DEST, NULL, NULL, &s), 0);
+	assert_int_equal(precopy_add_region(s, va, len, PRECOPY_DIRTY_AUTO), -ENOMEM);
+	assert_int_equal(precopy_strerror(s, err, sizeof(err)), 0);
+	print_message("  %s\n", err);
+	snprintf(want, sizeof(want), "%llu", (unsigned long long)len);
+	assert_non_null(strstr(err, want));
+	snprintf(want, sizeof(want), "%llu bytes of memory and swap", (unsigned long long)host);
+	assert_non_null(strstr(err, want));
+	/* a region that fits is still taken */
+	assert_int_equal(precopy_add_region(s, va, 4 * MiB, PRECOPY_DIRTY_AUTO), 0);
+	assert_int_equal(precopy_delete(&s), 0);
+	munmap(va, len);
+}
+
 static int teardown_dir(void)
 {
 	char cmd[128];
@@ -741,6 +969,10 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(api__region_fd_checked),
+		cmocka_unit_test(api__ram_above_host_refused),
+		cmocka_unit_test(memfd_alloc__no_seal_can_be_added),
+		cmocka_unit_test(hostile_source__cannot_seal_dest_ram),
+		cmocka_unit_test(hostile_source__cannot_write_dest_ram_after_revoke),
 		cmocka_unit_test(robust__peer_killed_mid_migration),
 		cmocka_unit_test(robust__socket_path_removed_mid_migration),
 		cmocka_unit_test(robust__source_killed_copy_mode),
@@ -750,8 +982,8 @@ int main(void)
 		cmocka_unit_test(peer__other_uid_listening_refused),
 		cmocka_unit_test(numa__node0_placement_reported),
 		cmocka_unit_test(numa__invalid_node_refused),
-		cmocka_unit_test(copy__shared_destination_1_channel),
-		cmocka_unit_test(copy__shared_destination_2_channels),
+		cmocka_unit_test(copy__memfd_destination_1_channel),
+		cmocka_unit_test(copy__memfd_destination_2_channels),
 		cmocka_unit_test(copy__plain_destination_framed),
 		cmocka_unit_test(handoff__running_guest),
 		cmocka_unit_test(handoff__length_mismatch_refused),

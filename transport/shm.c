@@ -15,21 +15,23 @@
  * with -EACCES and the reason; the connector checks the listener's
  * credentials (SO_PEERCRED of the connected socket) before it says hello.
  *
- * Pages, one copy. A destination that exposes a region backed by a memfd
- * (expose_region_fd) sends the fd over channel 0 (a REGION frame with
- * SCM_RIGHTS). The source maps it MAP_SHARED and its write_pages() is a
- * memcpy from source memory into destination memory, bounds-checked
- * against the region's length first; the next message on the channel is
- * the ordering marker (the copy is done before the message's sendmsg, and
- * the receiver reads the message after its recvmsg). The fd is shared only
- * if the peer cannot reach beyond the region or make it fault: the file
- * must hold exactly the region (offset 0, size = length) and be sealed
- * against shrinking and growing (we add F_SEAL_SHRINK | F_SEAL_GROW when
- * the memfd allows sealing). Otherwise, or before the source has read the
- * REGION frame, pages are framed onto the socket as in stream.c: two
- * copies (into the kernel's socket buffer and out of it), bounds-checked
- * at the receiver. There is no separate shared ring: the socket is the
- * fallback ring.
+ * Pages. A page run is framed onto the channel (PAGES header, then the
+ * bytes, gathered straight from source memory) and the receiver reads it
+ * into the region after a bounds check: two copies, into the kernel's
+ * socket buffer and out of it. A destination never hands its own memory
+ * to the source: a peer that holds a descriptor or a mapping of the
+ * destination's RAM keeps it after the migration (nothing can take it
+ * back from another process), so the RAM the guest will run on stays
+ * ours alone and the source cannot write it, seal it or resize it once
+ * COMPLETE has arrived. expose_region_fd is therefore not implemented:
+ * the engine exposes such regions with expose_region.
+ *
+ * Compatibility: a destination of an earlier version shared a memfd
+ * region (a REGION frame with SCM_RIGHTS, revoked by UNEXPOSE); a source
+ * still maps such a region MAP_SHARED and copies page runs straight into
+ * it after the same bounds check, the next message on the channel being
+ * the ordering marker. It maps only a file of exactly the region's size
+ * sealed against shrinking and growing, else it frames.
  *
  * fds. send_fds()/recv_fds() carry fds with a message (PC_TCAP_FD_PASS);
  * the engine hands guest-RAM memfds over with them.
@@ -63,6 +65,7 @@
 #define SHM_HELLO_SIZE 32
 #define SHM_REPLY_SIZE 160
 #define SHM_REPLY_TEXT (SHM_REPLY_SIZE - 8)
+/* Sent by destinations of earlier versions only (see Compatibility). */
 #define PC_FRAME_REGION 0x50435231u   /* "PCR1": dest exposes a memfd region */
 #define PC_FRAME_UNEXPOSE 0x50435531u /* "PCU1": dest revokes every region */
 #define RBUF_SIZE (256u * 1024)
@@ -572,63 +575,12 @@ static int shm_expose_region(struct pc_transport *t, uint32_t id, void *addr, si
 	return 0;
 }
 
-/* Whether @fd may be handed to the peer as region memory of @len bytes at
- * @offset: exactly the file, and sealed against resizing. */
-static bool fd_shareable(int fd, size_t len, uint64_t offset)
-{
-	struct stat st;
-	int seals;
-
-	if (offset != 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
-	    (uint64_t)st.st_size != len)
-		return false;
-	seals = fcntl(fd, F_GET_SEALS);
-	if (seals < 0)
-		return false;
-	if ((seals & (F_SEAL_SHRINK | F_SEAL_GROW)) != (F_SEAL_SHRINK | F_SEAL_GROW) &&
-	    fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0)
-		return false;
-	return true;
-}
-
-static int shm_expose_region_fd(struct pc_transport *t, uint32_t id, void *addr, size_t len,
-				int fd, uint64_t offset)
-{
-	struct shm_conn *c = (struct shm_conn *)t;
-	uint8_t h[PC_FRAME_HDR];
-	struct iovec v = { h, sizeof(h) };
-	int err;
-
-	err = shm_expose_region(t, id, addr, len);
-	if (err || fd < 0 || !fd_shareable(fd, len, offset))
-		return err; /* framed pages only */
-	put_hdr(h, PC_FRAME_REGION, id, 0, len);
-	pthread_mutex_lock(&c->ch[0].send_lock);
-	err = chan_check(c, 0);
-	if (!err) {
-		err = chan_sendv(c, 0, &v, 1, &fd, 1);
-		if (err)
-			err = chan_fail(c, 0, err);
-	}
-	pthread_mutex_unlock(&c->ch[0].send_lock);
-	return err;
-}
-
 static int shm_unexpose_all(struct pc_transport *t)
 {
 	struct shm_conn *c = (struct shm_conn *)t;
-	uint8_t h[PC_FRAME_HDR];
-	struct iovec v = { h, sizeof(h) };
 
+	/* Nothing of ours is mapped by the peer: refusing later runs is all. */
 	atomic_store(&c->revoked, true);
-	/* Best effort: the peer's transport unmaps what it mapped. A peer
-	 * that ignores this keeps its mapping (it runs as our uid or root,
-	 * which could ptrace us anyway). */
-	put_hdr(h, PC_FRAME_UNEXPOSE, 0, 0, 0);
-	pthread_mutex_lock(&c->ch[0].send_lock);
-	if (!atomic_load(&c->ch[0].err) && !atomic_load(&c->aborted))
-		chan_sendv(c, 0, &v, 1, NULL, 0);
-	pthread_mutex_unlock(&c->ch[0].send_lock);
 	return 0;
 }
 
@@ -1268,7 +1220,7 @@ err_close:
 
 const struct pc_transport_ops pc_shm_ops = {
 	.scheme = "shm",
-	.caps = PC_TCAP_DIRECT_WRITE | PC_TCAP_FD_PASS,
+	.caps = PC_TCAP_FD_PASS,
 	.listen = shm_listen,
 	.listener_addr = shm_listener_addr,
 	.accept = shm_accept,
@@ -1283,7 +1235,6 @@ const struct pc_transport_ops pc_shm_ops = {
 	.send_msg = shm_send_msg,
 	.recv_msg = shm_recv_msg,
 	.write_pages = shm_write_pages,
-	.expose_region_fd = shm_expose_region_fd,
 	.send_fds = shm_send_fds,
 	.recv_fds = shm_recv_fds,
 };

@@ -210,10 +210,11 @@ struct pc_transport_ops {
 	/* --- shared memory and fd passing (PC_TCAP_FD_PASS) --- */
 	/**
 	 * Receiving side: as expose_region, where [addr, addr+len) is a
-	 * MAP_SHARED mapping of @fd at @offset. A transport that can share
-	 * memory lets the peer write into it directly (one copy, source
-	 * memory to destination memory); the caller keeps @fd (the
-	 * transport dups what it needs). -EOPNOTSUPP: use expose_region.
+	 * MAP_SHARED mapping of @fd at @offset. A transport that shared
+	 * the memory would let the peer write into it directly (one copy),
+	 * but could never take it back after the migration: no built-in
+	 * transport implements it (shm frames instead). The caller keeps
+	 * @fd. -EOPNOTSUPP: use expose_region.
 	 */
 	pc_tp_expose_region_fd_op expose_region_fd;
 	/**

@@ -439,6 +439,42 @@ void pc_policy_init(struct pc_policy *pol, const struct precopy_params *p, uint6
 	pol->switchover = false;
 }
 
+unsigned pc_policy_update(struct pc_policy *pol, const struct precopy_params *p, uint64_t now)
+{
+	struct pc_throttle *t = &pol->throttle;
+	unsigned channels = pol->params.channels, timeout_ms = pol->params.timeout_ms;
+
+	pol->params = *p;
+	pol->params.channels = channels;
+	pol->params.timeout_ms = timeout_ms;
+	if (pol->bucket.rate != p->max_bandwidth)
+		pc_bucket_set_rate(&pol->bucket, p->max_bandwidth, now);
+
+	if (t->enabled && !p->auto_converge) {
+		t->pct = 0;
+		t->hits = 0;
+	} else if (!t->enabled && p->auto_converge) {
+		/* A fresh period: what was dirtied and sent before counted for nothing. */
+		t->period_start = now;
+		t->dirtied = 0;
+		t->sent = 0;
+		t->hits = 0;
+	}
+	t->enabled = p->auto_converge;
+	t->threshold = p->throttle_trigger_threshold;
+	t->initial = p->cpu_throttle_initial;
+	t->increment = p->cpu_throttle_increment;
+	t->max = p->max_cpu_throttle;
+	t->tailslow = p->cpu_throttle_tailslow;
+	if (t->pct > t->max)
+		t->pct = t->max;
+
+	pol->wd.max_iterations = p->max_iterations;
+	pol->wd.max_time_ns = mul_sat(p->max_time_ms, PC_NSEC_PER_MSEC);
+	pol->wd.stall_iterations = p->stall_iterations;
+	return t->pct;
+}
+
 void pc_policy_set_device_state(struct pc_policy *pol, uint64_t bytes)
 {
 	pol->device_state_bytes = bytes;

@@ -310,6 +310,17 @@ struct pc_policy {
 void pc_policy_init(struct pc_policy *pol, const struct precopy_params *p, uint64_t now);
 
 /**
+ * pc_policy_update() - the operator changed parameters while the
+ * migration runs: take @p's (validated) rate cap, downtime limit,
+ * avail-switchover-bandwidth, auto-converge knobs, watchdog limits and
+ * on-limit from @now on. channels and timeout_ms are kept (fixed once
+ * connected). Turning auto-converge off drops the throttle to 0; the
+ * watchdog keeps its start and stall history. Return: the throttle
+ * percent now in force (tell the VMM if it changed).
+ */
+unsigned pc_policy_update(struct pc_policy *pol, const struct precopy_params *p, uint64_t now);
+
+/**
  * pc_policy_set_device_state() - the device state is expected to be
  * @bytes long (0 until called). Counted in every expected downtime.
  */

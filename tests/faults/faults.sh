@@ -395,10 +395,13 @@ loss-1pct)
 	start_dests
 	start src "$SRC" $(src_args)
 	check_completed
-	note "packets dropped: $(ip netns exec "$SRC" nft list table inet pcfault |
-		grep -o 'packets [0-9]*' | awk '{n += $2} END {print n}') at the source," \
-		"$(ip netns exec "$DST" nft list table inet pcfault |
-		grep -o 'packets [0-9]*' | awk '{n += $2} END {print n}') at the destination"
+	ds=$(ip netns exec "$SRC" nft list table inet pcfault |
+		grep -o 'packets [0-9]*' | awk '{n += $2} END {print n + 0}')
+	dd=$(ip netns exec "$DST" nft list table inet pcfault |
+		grep -o 'packets [0-9]*' | awk '{n += $2} END {print n + 0}')
+	note "packets dropped: $ds at the source, $dd at the destination"
+	# A case that dropped nothing tested nothing.
+	[ "$ds" -gt 0 ] && [ "$dd" -gt 0 ] || fail "the nft rules dropped no packet at one end"
 	;;
 delay-20ms)
 	# 20 ms +- 5 ms each way (so packets are reordered too): TCP rides it.
@@ -424,6 +427,8 @@ netem-loss-1pct)
 	start src "$SRC" $(src_args) $BOUNDED
 	check_completed
 	note "netem: $(netem_stats)"
+	# A case that dropped nothing tested nothing.
+	[ "$(netem_stats | awk '{ print $4 }')" -gt 0 ] || fail "netem dropped no packet"
 	;;
 rate-3mbit)
 	# 3 Mbit/s (tbf) cannot carry a guest writing 8 MiB/s: no convergence,

@@ -17,6 +17,33 @@
 
 #define RAM (4u << 20)
 
+#ifdef CONSUMER_OLD_QUERY
+/* A program built against PRECOPY_0.1 called precopy_query() with the 0.1
+ * struct: bind to that symbol version, as such a binary does, and check
+ * that the library writes no byte past the 0.1 struct. */
+__asm__(".symver old_query, precopy_query@PRECOPY_0.1");
+int old_query(struct precopy_session *s, void *out);
+
+static int check_old_query(struct precopy_session *s, const struct precopy_stats *now)
+{
+	unsigned char buf[sizeof(struct precopy_stats) + 64];
+	struct precopy_stats old;
+
+	memset(buf, 0xA5, sizeof(buf));
+	if (old_query(s, buf))
+		return fprintf(stderr, "consumer: precopy_query@PRECOPY_0.1 failed\n"), 1;
+	for (size_t i = PRECOPY_STATS_SIZE_0_1; i < sizeof(buf); i++)
+		if (buf[i] != 0xA5)
+			return fprintf(stderr, "consumer: the 0.1 query wrote byte %zu\n", i), 1;
+	memcpy(&old, buf, PRECOPY_STATS_SIZE_0_1);
+	if (old.status != now->status || old.transferred != now->transferred)
+		return fprintf(stderr, "consumer: the 0.1 query disagrees\n"), 1;
+	printf("consumer: precopy_query@PRECOPY_0.1 fills %zu bytes, as 0.1 did\n",
+	       (size_t)PRECOPY_STATS_SIZE_0_1);
+	return 0;
+}
+#endif
+
 static void *incoming(void *arg)
 {
 	static int err;
@@ -63,6 +90,15 @@ int main(void)
 	       precopy_status_name(st.status), (unsigned long long)st.transferred,
 	       memcmp(a, b, RAM) ? "DIFFERS" : "equal");
 	err = memcmp(a, b, RAM) ? 1 : 0;
+	if (precopy_version() >> 16 != PRECOPY_VERSION_MAJOR ||
+	    (precopy_version() & 0xffff) < PRECOPY_VERSION_MINOR) {
+		fprintf(stderr, "consumer: library version %#x, header %d.%d\n", precopy_version(),
+			PRECOPY_VERSION_MAJOR, PRECOPY_VERSION_MINOR);
+		err = 1;
+	}
+#ifdef CONSUMER_OLD_QUERY
+	err |= check_old_query(src, &st);
+#endif
 	precopy_delete(&src);
 	precopy_delete(&dst);
 	return err;

@@ -10,6 +10,16 @@
  * channel has reached the end of a pass, ITER_ACK goes back. COMPLETE
  * carries the source's checksum of every region; only if all match, and
  * the device state loaded, is the guest resumed and success reported.
+ *
+ * The fence: a receiver that has ended a pass reads nothing more until
+ * the pass is acknowledged, and one of channel 1.. also not until channel
+ * 0 has begun the next pass (see park()), so when COMPLETE
+ * comes (after the last pass, on channel 0) every other receiver is
+ * parked outside the transport. COMPLETE fences them and joins them
+ * before anything is verified: no byte lands through them afterwards,
+ * and whatever they placed is behind the checksums compared. A page run
+ * the CPU placed after its page's checksum was taken (the transport
+ * tells us through tp->placed), and not listed again, fails the verdict.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -17,6 +27,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "page.h"
@@ -29,8 +40,10 @@ struct receiver {
 	unsigned chan;
 	pthread_t thread;
 	bool started;
+	bool parked;        /* under d->mu: ended a pass, reads nothing */
 	uint32_t iteration; /* the pass this channel is in */
 	uint8_t *buf;
+	struct pc_wire_run *runs; /* one RUNS record's entries, sorted */
 };
 
 struct dest {
@@ -39,9 +52,16 @@ struct dest {
 	unsigned nchan;
 	uint64_t zero_hash;
 
-	pthread_mutex_t mu;      /* barrier */
-	unsigned at_end[2];      /* channels at the end of pass (parity) */
+	pthread_mutex_t mu;      /* barrier and fence */
+	pthread_cond_t cv;       /* signalled when any of these change */
+	unsigned at_end;         /* channels at the end of pass @acked */
 	uint32_t acked;          /* passes acknowledged */
+	uint32_t ch0_begun;      /* passes channel 0 has begun */
+	bool fenced;             /* COMPLETE came: parked receivers end */
+	bool stop;               /* the end: parked receivers end */
+	/* per region, a bit per page a page run was placed into since its
+	 * checksum was last taken (set by on_placed, cleared by RUNS) */
+	_Atomic uint64_t *unlisted[PRECOPY_MAX_REGIONS];
 	atomic_int err;
 	atomic_bool finished;    /* COMPLETE handled: the others may stop */
 
@@ -59,6 +79,9 @@ static void set_err(struct dest *d, int err)
 
 	if (atomic_compare_exchange_strong(&d->err, &none, err))
 		pc_tp_abort(d->tp);
+	pthread_mutex_lock(&d->mu); /* wake the parked */
+	pthread_cond_broadcast(&d->cv);
+	pthread_mutex_unlock(&d->mu);
 }
 
 static int send_rec(struct dest *d, const uint8_t *buf, int n)
@@ -70,35 +93,122 @@ static int send_rec(struct dest *d, const uint8_t *buf, int n)
 	return pc_tp_send_msg(d->tp, 0, &v, 1);
 }
 
-static int handle_runs(struct receiver *rc, const struct pc_wire_msg *m)
+static int cmp_run(const void *a, const void *b)
+{
+	const struct pc_wire_run *x = a, *y = b;
+
+	if (x->region != y->region)
+		return x->region < y->region ? -1 : 1;
+	if (x->first_page != y->first_page)
+		return x->first_page < y->first_page ? -1 : 1;
+	return 0;
+}
+
+/* A page run landed (stream transports, on the receiving thread): its
+ * pages are not covered by a checksum until a RUNS record lists them. */
+static void on_placed(void *arg, unsigned chan, uint32_t region, uint64_t off, uint64_t len)
+{
+	struct dest *d = arg;
+	uint64_t first = off / PRECOPY_PAGE_SIZE, last;
+
+	(void)chan;
+	if (region >= d->s->nreg || len == 0 || !d->unlisted[region])
+		return;
+	last = (off + len - 1) / PRECOPY_PAGE_SIZE;
+	if (last >= d->s->reg[region].npages)
+		last = d->s->reg[region].npages - 1;
+	for (uint64_t p = first; p <= last; p++)
+		atomic_fetch_or(&d->unlisted[region][p / 64], 1ull << (p % 64));
+}
+
+/* Is the session over for this receiver: cancelled, or another failed? */
+static int stopping(struct dest *d)
+{
+	if (atomic_load(&d->s->cancel))
+		return -ECANCELED;
+	return atomic_load(&d->err);
+}
+
+/*
+ * Check a RUNS record before any page is touched: its pass is the one
+ * acknowledged last, every run lies inside its region, and no two runs
+ * share a page, so one record can make us read at most every page once.
+ */
+static int check_runs(struct receiver *rc, const struct pc_wire_msg *m)
 {
 	struct dest *d = rc->d;
 	struct precopy_session *s = d->s;
-	uint64_t data = 0, zero = 0;
+	uint32_t acked;
 
+	pthread_mutex_lock(&d->mu);
+	acked = d->acked;
+	if (rc->chan == 0 && m->u.runs.iteration == rc->iteration &&
+	    acked == rc->iteration && d->ch0_begun < rc->iteration + 1) {
+		d->ch0_begun = rc->iteration + 1;
+		pthread_cond_broadcast(&d->cv);
+	}
+	pthread_mutex_unlock(&d->mu);
 	if (m->u.runs.iteration != rc->iteration)
 		return pc_fail(s, -EPROTO,
 			       "malformed stream: RUNS of pass %u on channel %u during pass %u",
 			       m->u.runs.iteration, rc->chan, rc->iteration);
+	if (acked != rc->iteration)
+		return pc_fail(s, -EPROTO,
+			       "malformed stream: RUNS of pass %u on channel %u before pass %u was acknowledged",
+			       m->u.runs.iteration, rc->chan, rc->iteration ? rc->iteration - 1 : 0);
 	for (uint32_t i = 0; i < m->u.runs.count; i++) {
-		struct pc_wire_run r;
+		struct pc_wire_run *r = &rc->runs[i];
 		struct pc_region *reg;
 
-		pc_wire_get_run(m->u.runs.entries, i, &r);
-		if (r.region >= s->nreg)
+		pc_wire_get_run(m->u.runs.entries, i, r);
+		if (r->region >= s->nreg)
 			return pc_fail(s, -EPROTO, "malformed stream: run for region %u of %u",
-				       r.region, s->nreg);
-		reg = &s->reg[r.region];
-		if (r.first_page >= reg->npages || r.npages > reg->npages - r.first_page)
+				       r->region, s->nreg);
+		reg = &s->reg[r->region];
+		if (r->first_page >= reg->npages || r->npages > reg->npages - r->first_page)
 			return pc_fail(s, -EPROTO,
 				       "malformed stream: pages [%llu, +%llu) outside region %u of %llu pages",
-				       (unsigned long long)r.first_page,
-				       (unsigned long long)r.npages, r.region,
+				       (unsigned long long)r->first_page,
+				       (unsigned long long)r->npages, r->region,
 				       (unsigned long long)reg->npages);
-		for (uint64_t p = r.first_page; p < r.first_page + r.npages; p++) {
+	}
+	qsort(rc->runs, m->u.runs.count, sizeof(rc->runs[0]), cmp_run);
+	for (uint32_t i = 1; i < m->u.runs.count; i++) {
+		const struct pc_wire_run *a = &rc->runs[i - 1], *b = &rc->runs[i];
+
+		if (a->region == b->region && b->first_page - a->first_page < a->npages)
+			return pc_fail(s, -EPROTO,
+				       "malformed stream: runs of one RUNS record overlap at page %llu of region %u",
+				       (unsigned long long)b->first_page, b->region);
+	}
+	return 0;
+}
+
+static int handle_runs(struct receiver *rc, const struct pc_wire_msg *m)
+{
+	struct dest *d = rc->d;
+	struct precopy_session *s = d->s;
+	uint64_t data = 0, zero = 0, n = 0;
+	int err = check_runs(rc, m);
+
+	if (err)
+		return err;
+	for (uint32_t i = 0; i < m->u.runs.count; i++) {
+		const struct pc_wire_run *r = &rc->runs[i];
+		struct pc_region *reg = &s->reg[r->region];
+		_Atomic uint64_t *ul = d->unlisted[r->region];
+
+		for (uint64_t p = r->first_page; p < r->first_page + r->npages; p++) {
 			uint8_t *pg = reg->addr + p * PRECOPY_PAGE_SIZE;
 
-			if (r.kind == PC_RUN_DATA) {
+			/* A whole region can be one run: stay cancellable. */
+			if (++n % 1024 == 0 && (err = stopping(d)))
+				return err;
+			/* Cleared before the page is read: a run placed
+			 * meanwhile sets it again. */
+			if (ul && atomic_load_explicit(&ul[p / 64], memory_order_relaxed))
+				atomic_fetch_and(&ul[p / 64], ~(1ull << (p % 64)));
+			if (r->kind == PC_RUN_DATA) {
 				reg->hash[p] = pc_page_hash(pg);
 				data++;
 			} else {
@@ -132,14 +242,25 @@ static int handle_iter_end(struct receiver *rc, const struct pc_wire_msg *m)
 			       "malformed stream: ITER_END %u/%u on channel %u in pass %u",
 			       m->u.iter_end.iteration, m->u.iter_end.channel, rc->chan, it);
 	pthread_mutex_lock(&d->mu);
-	/* A channel can run one pass ahead of the slowest only after the
-	 * ack, so two counters (by parity) are enough. */
-	if (++d->at_end[it & 1] == d->nchan) {
-		d->at_end[it & 1] = 0;
+	/* Every channel ends pass @it once, and only after pass @it - 1 was
+	 * acknowledged (the source starts a pass only then): one channel
+	 * cannot end passes for the others. */
+	if (d->acked != it) {
+		pthread_mutex_unlock(&d->mu);
+		return pc_fail(s, -EPROTO,
+			       "malformed stream: ITER_END of pass %u on channel %u before pass %u was acknowledged",
+			       it, rc->chan, it ? it - 1 : 0);
+	}
+	if (rc->chan == 0 && d->ch0_begun < it + 1)
+		d->ch0_begun = it + 1;
+	rc->parked = true; /* until pass it is acknowledged (and see park()) */
+	if (++d->at_end == d->nchan) {
+		d->at_end = 0;
 		d->acked = it + 1;
 		all = true;
 		err = send_rec(d, ack, pc_wire_enc_iter_ack(ack, sizeof(ack), it));
 	}
+	pthread_cond_broadcast(&d->cv);
 	pthread_mutex_unlock(&d->mu);
 	rc->iteration++;
 	if (err)
@@ -272,6 +393,20 @@ static int conclude(struct dest *d, int status, char *text, size_t tlen)
 	return 0;
 }
 
+/* The first page of region @i placed since its checksum, or npages. */
+static uint64_t first_unlisted(struct dest *d, unsigned i)
+{
+	uint64_t words = (d->s->reg[i].npages + 63) / 64;
+
+	for (uint64_t w = 0; d->unlisted[i] && w < words; w++) {
+		uint64_t v = atomic_load(&d->unlisted[i][w]);
+
+		if (v)
+			return w * 64 + (uint64_t)__builtin_ctzll(v);
+	}
+	return d->s->reg[i].npages;
+}
+
 /* COMPLETE: verify everything, load device state, start the guest. */
 static int handle_complete(struct dest *d, const struct pc_wire_msg *m)
 {
@@ -279,19 +414,39 @@ static int handle_complete(struct dest *d, const struct pc_wire_msg *m)
 	char text[PC_WIRE_TEXT_MAX + 1] = "";
 	int status = 0, err;
 
+	unsigned busy = 0;
+	uint64_t p;
+
 	/* The source says it has written everything: from here on nothing
 	 * more may land in our memory. Revoke the peer's access (RDMA keys
 	 * deregistered, stream page runs refused) before the memory is
 	 * verified and long before the guest can start. */
 	d->tp->ops->unexpose_all(d->tp);
 	pthread_mutex_lock(&d->mu);
+	/* The fence: a parked receiver ends without reading another byte. */
+	d->fenced = true;
+	pthread_cond_broadcast(&d->cv);
+	for (unsigned c = 1; c < d->nchan; c++)
+		if (!d->rcv[c].parked)
+			busy = c;
 	/* Every pass ends on every channel before COMPLETE, and a source
 	 * sends at least the bulk pass and the switchover pass. */
-	if (d->acked == 0 || d->acked != d->rcv[0].iteration || d->at_end[0] || d->at_end[1])
+	if (d->acked == 0 || d->acked != d->rcv[0].iteration || d->at_end || busy)
 		status = -EPROTO;
 	pthread_mutex_unlock(&d->mu);
+	/* Join them, so nothing they placed can change after the checksums
+	 * are compared. A receiver still in the transport (busy) is woken
+	 * and joined at the end, before pc_dest_run() returns; the verdict
+	 * fails meanwhile. */
+	for (unsigned c = 1; !busy && c < d->nchan; c++) {
+		if (d->rcv[c].started)
+			pthread_join(d->rcv[c].thread, NULL);
+		d->rcv[c].started = false;
+	}
 	pc_set_status(s, PRECOPY_STATUS_SWITCHOVER);
-	if (status) {
+	if (busy) {
+		snprintf(text, sizeof(text), "COMPLETE while channel %u was still receiving", busy);
+	} else if (status) {
 		snprintf(text, sizeof(text), "COMPLETE before every channel finished its pass");
 	} else if (m->u.complete.nregions != s->nreg) {
 		status = -EPROTO;
@@ -311,6 +466,11 @@ static int handle_complete(struct dest *d, const struct pc_wire_msg *m)
 			snprintf(text, sizeof(text), "region %u: %llu pages at the source, %llu here",
 				 i, (unsigned long long)m->u.complete.npages[i],
 				 (unsigned long long)r->npages);
+		} else if ((p = first_unlisted(d, i)) < r->npages) {
+			status = -EBADMSG;
+			snprintf(text, sizeof(text),
+				 "region %u: page %llu was written after its checksum was taken",
+				 i, (unsigned long long)p);
 		} else if (pc_hash_combine(r->hash, r->npages) != m->u.complete.hash[i]) {
 			status = -EBADMSG;
 			snprintf(text, sizeof(text),
@@ -328,6 +488,49 @@ static int handle_complete(struct dest *d, const struct pc_wire_msg *m)
 	return conclude(d, status, text, sizeof(text));
 }
 
+/*
+ * After channel @rc ended pass rc->iteration - 1: read nothing more until
+ * that pass was acknowledged (every channel ended it; a source starts the
+ * next pass only then, so this waits only when records come faster than
+ * the protocol allows, as in a replayed recording). Channels 1.. also wait
+ * until channel 0 has begun the next pass, so that pass exists: after the
+ * last one they are parked outside the transport when COMPLETE comes.
+ * Return 0 to read on; 1 when COMPLETE (the fence) or the end came
+ * instead; a negative errno when the session failed or was cancelled.
+ */
+static int park(struct receiver *rc)
+{
+	struct dest *d = rc->d;
+	uint32_t it = rc->iteration; /* the pass to read next */
+	int ret = 0;
+
+	pthread_mutex_lock(&d->mu);
+	for (;;) {
+		struct timespec ts;
+
+		if (d->fenced || d->stop) {
+			ret = 1;
+			break;
+		}
+		if ((ret = stopping(d)))
+			break;
+		if (d->acked >= it && (rc->chan == 0 || d->ch0_begun > it)) {
+			rc->parked = false;
+			break;
+		}
+		/* a cancel does not signal: look at it now and then */
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_nsec += 100 * 1000 * 1000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&d->cv, &d->mu, &ts);
+	}
+	pthread_mutex_unlock(&d->mu);
+	return ret;
+}
+
 static int handle(struct receiver *rc, const uint8_t *buf, size_t len)
 {
 	struct dest *d = rc->d;
@@ -342,7 +545,8 @@ static int handle(struct receiver *rc, const uint8_t *buf, size_t len)
 	case PC_MSG_RUNS:
 		return handle_runs(rc, &m);
 	case PC_MSG_ITER_END:
-		return handle_iter_end(rc, &m);
+		err = handle_iter_end(rc, &m);
+		return err ? err : park(rc);
 	case PC_MSG_DEVICE_STATE:
 		if (rc->chan == 0)
 			return handle_devstate(d, &m);
@@ -663,9 +867,12 @@ static int incoming(struct dest *d)
 		d->rcv[c].d = d;
 		d->rcv[c].chan = c;
 		d->rcv[c].buf = malloc(PC_WIRE_MSG_MAX);
-		if (!d->rcv[c].buf)
+		d->rcv[c].runs = malloc(PC_WIRE_RUNS_MAX * sizeof(struct pc_wire_run));
+		if (!d->rcv[c].buf || !d->rcv[c].runs)
 			return pc_fail(s, -ENOMEM, "out of memory");
 	}
+	tp->placed_arg = d;
+	tp->placed = on_placed;
 	err = handshake(d);
 	if (err)
 		return err;
@@ -692,6 +899,7 @@ static int incoming(struct dest *d)
 int pc_dest_run(struct precopy_session *s)
 {
 	struct dest *d = calloc(1, sizeof(*d));
+	pthread_condattr_t ca;
 	int err;
 
 	if (!d)
@@ -701,6 +909,22 @@ int pc_dest_run(struct precopy_session *s)
 	atomic_init(&d->err, 0);
 	atomic_init(&d->finished, false);
 	pthread_mutex_init(&d->mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&d->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	d->ch0_begun = 1; /* pass 0 needs no beginning on channel 0 */
+	for (unsigned i = 0; i < s->nreg; i++) {
+		d->unlisted[i] = calloc((s->reg[i].npages + 63) / 64 + 1, sizeof(uint64_t));
+		if (!d->unlisted[i]) {
+			for (unsigned j = 0; j < i; j++)
+				free(d->unlisted[j]);
+			pthread_cond_destroy(&d->cv);
+			pthread_mutex_destroy(&d->mu);
+			free(d);
+			return pc_fail(s, -ENOMEM, "out of memory");
+		}
+	}
 	/* Pages never received must not pass as received. A big table takes
 	 * a while: a cancel stops the fill (incoming() then sees it). */
 	for (unsigned i = 0; i < s->nreg && !atomic_load(&s->cancel); i++)
@@ -714,6 +938,10 @@ int pc_dest_run(struct precopy_session *s)
 	if (d->tp) {
 		/* Done or failed: wake the other receivers, then forget the
 		 * regions so nothing more can be written into them. */
+		pthread_mutex_lock(&d->mu);
+		d->stop = true;
+		pthread_cond_broadcast(&d->cv);
+		pthread_mutex_unlock(&d->mu);
 		pc_tp_abort(d->tp);
 		for (unsigned c = 1; c < d->nchan; c++)
 			if (d->rcv[c].started)
@@ -722,9 +950,14 @@ int pc_dest_run(struct precopy_session *s)
 	}
 	if (!err && atomic_load(&d->err) && !atomic_load(&d->finished))
 		err = atomic_load(&d->err);
-	for (unsigned c = 0; c < PRECOPY_MAX_CHANNELS; c++)
+	for (unsigned c = 0; c < PRECOPY_MAX_CHANNELS; c++) {
 		free(d->rcv[c].buf);
+		free(d->rcv[c].runs);
+	}
+	for (unsigned i = 0; i < s->nreg; i++)
+		free(d->unlisted[i]);
 	free(d->devstate);
+	pthread_cond_destroy(&d->cv);
 	pthread_mutex_destroy(&d->mu);
 	free(d);
 	return err;

@@ -13,7 +13,8 @@
  *   HELLO_ACK    dst->src  ch0  version, capabilities accepted, status, text
  *   RUNS         src->dst  any  pages of one pass now in place: data runs
  *                                (contents already written), zero runs and
- *                                free runs (destination makes them zero)
+ *                                free runs (destination makes them zero);
+ *                                runs of one record never overlap
  *   ITER_END     src->dst  each end of a pass on that channel
  *   ITER_ACK     dst->src  ch0  every channel reached the end of the pass
  *   DEVICE_STATE src->dst  ch0  a piece of the device state blob

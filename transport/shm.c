@@ -830,6 +830,8 @@ static int recv_common(struct shm_conn *c, unsigned chan, void *buf, size_t cap,
 		err = chan_read(c, chan, c->region[region].addr + off, (size_t)n);
 		if (err)
 			return chan_fail(c, chan, err);
+		if (c->base.placed)
+			c->base.placed(c->base.placed_arg, chan, region, off, n);
 	}
 }
 

@@ -431,6 +431,8 @@ int pc_stream_recv_msg(struct pc_transport *t, unsigned chan, void *buf, size_t 
 		err = chan_read(s, chan, s->region[region].addr + off, (size_t)n);
 		if (err)
 			return chan_fail(s, chan, err);
+		if (t->placed)
+			t->placed(t->placed_arg, chan, region, off, n);
 	}
 }
 

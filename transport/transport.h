@@ -59,6 +59,15 @@ struct pc_transport {
 	 *  (empty if the errno says it all). Written once, before the
 	 *  failing op returns. */
 	char why[160];
+	/**
+	 * Receiving side, optional, set by the engine: called on the
+	 * receiving thread after the CPU has placed a page run that arrived
+	 * on @chan (bytes [@off, @off + @len) of region @region), before the
+	 * next message of that channel is returned. Transports whose peer
+	 * writes without our CPU (RDMA, a shared memfd) cannot call it.
+	 */
+	void (*placed)(void *arg, unsigned chan, uint32_t region, uint64_t off, uint64_t len);
+	void *placed_arg;
 };
 
 /** A listening endpoint: the base every transport embeds first. */

@@ -4,9 +4,13 @@
 
 Each stream is what a source would send on channel 0 after the TCP hello
 (docs/PROTOCOL.md): transport frames carrying engine records and page
-runs. test_replay feeds each one to a destination with one 64 KiB region
-(tests/fuzz/feed.h) and checks that it is refused with an error that
-mentions the text in EXPECT, and never reported as a success.
+runs; or, in feed.h's multi-channel form, what it sends on each of
+several channels. test_replay feeds each one to a destination with one
+64 KiB region (tests/fuzz/feed.h) and checks that it is refused with an
+error that mentions the text in EXPECT, and never reported as a success;
+a stream whose text is "(verified)" must instead verify, with the memory
+the destination then holds being the memory whose checksum it compared
+(records sent after COMPLETE on another channel must change nothing).
 
     tests/malformed/make.py          # rewrite the .bin files and EXPECT
 """
@@ -67,6 +71,39 @@ def pages(off, data, region=0):
 
 ZERO_ALL = runs(0, [(0, ZERO, 0, PAGES)])
 
+
+def multi(pieces, nchan=2):
+    """feed.h's multi-channel form: [(channel, bytes), ...] in write order."""
+    out = b"PCFM" + bytes([nchan - 2])
+    for chan, data in pieces:
+        for i in range(0, max(len(data), 1), 65535):
+            part = data[i:i + 65535]
+            out += struct.pack("<BH", chan, len(part)) + part
+    return out
+
+
+def split_multi(b):
+    """The per-channel streams of a multi-channel input."""
+    nchan = 2 + b[4] % 3
+    streams = [b""] * nchan
+    i = 5
+    while i + 3 <= len(b):
+        chan, n = struct.unpack_from("<BH", b, i)
+        streams[chan % nchan] += b[i + 3:i + 3 + n]
+        i += 3 + n
+    return streams
+
+
+def frames_of(b):
+    """(offset, kind, length, record type or 0) of each frame of a stream."""
+    out, i = [], 0
+    while i + 24 <= len(b):
+        kind, _, _, n = struct.unpack_from("<IIQQ", b, i)
+        rt = struct.unpack_from("<H", b, i + 24)[0] if kind == FRAME_MSG and n >= 8 else 0
+        out.append((i, kind, n, rt))
+        i += 24 + n
+    return out
+
 CASES = {
     # name: (stream, text the error must mention)
     "empty": (b"", "handshake"),
@@ -98,6 +135,11 @@ CASES = {
     "runs-no-pages": (hello() + runs(0, [(0, ZERO, 0, 0)]), "no pages"),
     "runs-region-3": (hello() + runs(0, [(3, ZERO, 0, 1)]), "region 3"),
     "runs-page-count-wraps": (hello() + runs(0, [(0, ZERO, 2, (1 << 64) - 1)]), "outside region"),
+    # work per record is bounded: a page at most once per RUNS record
+    "runs-overlap": (hello() + runs(0, [(0, DATA, 0, PAGES), (0, DATA, 2, 1)]) + iter_end(0),
+                     "overlap"),
+    "runs-whole-region-1024-times": (hello() + runs(0, [(0, DATA, 0, PAGES)] * 1024)
+                                     + iter_end(0), "overlap"),
     "iter-end-wrong-channel": (hello() + ZERO_ALL + iter_end(0, chan=1), "ITER_END"),
     "iter-end-wrong-pass": (hello() + ZERO_ALL + iter_end(3), "ITER_END"),
     "iter-ack-from-source": (hello() + msg(ITER_ACK, struct.pack("<I", 0)), "unexpected"),
@@ -159,6 +201,37 @@ def from_seed():
     out["seed-idle-result-instead-of-go"] = (bytes(b[:go[0]]) + msg(RESULT, struct.pack("<iI", 0, 0)),
                                              "expected GO")
     out["seed-idle-cut-mid-page"] = (bytes(b[:first_page[0] + 24 + 5000]), "closed")
+    # records after COMPLETE on channel 0: only GO may follow
+    cut, tail = bytes(b[:go[0]]), bytes(b[go[0]:])
+    out["seed-idle-page-run-after-complete"] = (cut + pages(0, b"\xee" * 4096) + tail,
+                                                "after the regions were revoked")
+    out["seed-idle-iter-end-after-complete"] = (cut + iter_end(1) + tail, "expected GO")
+    out["seed-idle-complete-twice"] = (cut + bytes(b[comp[0]:comp[0] + 24 + comp[2]]) + tail,
+                                       "expected GO")
+    # a page placed after its checksum was taken, before COMPLETE
+    dev = next(f for f in frames if rtype(f) == DEVSTATE)
+    out["seed-idle-page-run-after-its-checksum"] = (
+        bytes(b[:dev[0]]) + pages(3 * 4096, b"\xee" * 4096) + bytes(b[dev[0]:]),
+        "written after its checksum")
+
+    # several channels: channel 1 after COMPLETE changes nothing
+    path = os.path.join(SEEDS, "idle-2ch")
+    if not os.path.exists(path):
+        return out
+    s0, s1 = split_multi(open(path, "rb").read())[:2]
+    f0 = frames_of(s0)
+    go0 = next(f for f in f0 if f[3] == GO)
+    passes1 = sum(1 for f in frames_of(s1) if f[3] == ITER_END)
+    before, after = s0[:go0[0]], s0[go0[0]:]
+    out["seed-2ch-zero-runs-on-ch1-after-complete"] = (
+        multi([(1, s1), (0, before), (1, runs(passes1, [(0, ZERO, 0, PAGES)])), (0, after)]),
+        "(verified)")
+    out["seed-2ch-page-run-on-ch1-after-complete"] = (
+        multi([(1, s1), (0, before), (1, pages(0, b"\xee" * 4096)), (0, after)]),
+        "(verified)")
+    out["seed-2ch-iter-end-on-ch1-after-complete"] = (
+        multi([(1, s1), (0, before), (1, iter_end(passes1, chan=1)), (0, after)]),
+        "(verified)")
     return out
 
 

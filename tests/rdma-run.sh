@@ -31,7 +31,7 @@ fi
 run=$1
 shift
 rc=0
-"$run" --timeout "${PRECOPY_RDMA_VM_TIMEOUT:-600}" -- "$(cd "$(dirname "$0")" && pwd)/rdma-run.sh" --inner "$@" || rc=$?
+"$run" --timeout "${PRECOPY_RDMA_VM_TIMEOUT:-850}" -- "$(cd "$(dirname "$0")" && pwd)/rdma-run.sh" --inner "$@" || rc=$?
 if [ "$rc" -eq 77 ] && [ "${PRECOPY_REQUIRE_RDMA:-}" = 1 ]; then
 	echo "rdma-run.sh: skipped (see above), but PRECOPY_REQUIRE_RDMA=1 requires RDMA: failed" >&2
 	exit 1

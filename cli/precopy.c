@@ -527,6 +527,41 @@ static int check_rdma_flags(const char *cmd, const struct pc_cli *c)
 	return 2;
 }
 
+/*
+ * rdma: without --auth-key-file: both ends use the empty key, which
+ * authenticates nothing. Said on stderr at each end, once, before
+ * anything connects.
+ */
+static void warn_rdma_no_key(const char *cmd, const struct pc_cli *c)
+{
+	bool listens, connects;
+
+	if (c->have_auth_key)
+		return;
+	if (!strcmp(cmd, "migrate")) {
+		listens = false;
+		connects = is_rdma(c->to) || is_rdma(c->then_to);
+	} else if (!strcmp(cmd, "incoming")) {
+		listens = is_rdma(c->listen);
+		connects = false;
+	} else if (!strcmp(cmd, "demo")) {
+		listens = connects = is_rdma(c->listen);
+	} else if (!strcmp(cmd, "bridge")) {
+		listens = is_rdma(c->listen);
+		connects = is_rdma(c->to);
+	} else {
+		return;
+	}
+	if (listens)
+		fprintf(stderr, "precopy %s: warning: rdma: without --auth-key-file: anyone who "
+			"can reach this address on the fabric can connect as the source and write "
+			"into the incoming guest's memory\n", cmd);
+	if (connects && !listens)
+		fprintf(stderr, "precopy %s: warning: rdma: without --auth-key-file: the "
+			"destination is not authenticated; whoever answers at that address "
+			"receives the guest's memory\n", cmd);
+}
+
 int main(int argc, char **argv)
 {
 	struct pc_cli c;
@@ -565,6 +600,7 @@ int main(int argc, char **argv)
 			c.control ? "control" : "max-forced-downtime");
 		return 2;
 	}
+	warn_rdma_no_key(cmd, &c);
 
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGINT, &sa, NULL);

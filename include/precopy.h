@@ -154,7 +154,9 @@ struct precopy_params {
 	 *  or sends nothing for this long (heartbeats included), the migration
 	 *  fails with -ETIMEDOUT. Heartbeats go out every timeout/3 of idle,
 	 *  so slow work in the peer's callbacks is not taken for silence.
-	 *  Over rdma:, a peer that takes no message for this long is caught.
+	 *  Over rdma:, the same through heartbeats the peer's process must
+	 *  answer (its NIC acknowledges everything even when it is stopped):
+	 *  a channel that hears nothing for this long fails.
 	 *  Both ends use their own value. */
 	unsigned timeout_ms;
 };
@@ -549,7 +551,9 @@ int precopy_region_hint_free(struct precopy_session *s, int region,
  * The RDMA transport sends, in its connection request, an HMAC-SHA256 token
  * over a nonce and the request's fields keyed by this secret; the
  * destination rejects a request whose token does not match before
- * accepting it, and answers with a token of its own that the source checks.
+ * accepting it, and answers with a token of its own that the source checks
+ * and a fresh challenge the source must answer (an HMAC of it) before the
+ * destination takes the connection, so a replayed request is dropped.
  * Without a key (the default) both ends use the empty key: the format and
  * version are still checked, but anyone who can reach the port can connect.
  * The key authenticates the connection set-up only; it does not encrypt or

@@ -4,10 +4,12 @@
 # whose netdev has the IPv4 address ADDR (tests/rdma-run.sh supplies one):
 #
 #  wrong-key  a destination with a key refuses a source with another key
-#             and one with none (exit 1, "authentication"), and keeps
+#             and one with none (exit 1, "authentication"; the one with
+#             none warns that it runs without a key), and keeps
 #             waiting: a source with the right key and --rdma-registration
 #             pin-all then migrates to it; every page verified, and the
 #             JSON results report one memory region registered at each end.
+#  no-key     a destination without --auth-key-file warns on stderr.
 #  on-demand  a key file written over several lines in capitals at one end;
 #             the source's text summary reports its registration in 16 MiB
 #             chunks, the destination's JSON its region registered whole.
@@ -18,9 +20,21 @@
 # nothing is judged by how long it took.
 set -uo pipefail
 P=$1
-ADDR=$2
+ADDR=${2:-}
 RAM=32M
 fails=0
+
+# Cannot run: 77 (skipped), or 1 with PRECOPY_REQUIRE_RDMA=1 (as in CI).
+cannot() {
+	if [ "${PRECOPY_REQUIRE_RDMA:-}" = 1 ]; then
+		echo "cli_rdma: $1, and PRECOPY_REQUIRE_RDMA=1: failed"
+		exit 1
+	fi
+	echo "cli_rdma: $1: skipped"
+	exit 77
+}
+"$P" version | grep -q '^transports:.*rdma' || cannot "this precopy has no rdma: transport"
+[ -n "$ADDR" ] || cannot "no RDMA device address given"
 
 dir=$(mktemp -d)
 pids=()
@@ -97,6 +111,12 @@ if start_dest wrong-key --auth-key-file "$dir/k1"; then
 	else
 		bad "no key: exit $rc, '$(cat "$dir/n.err")' (wanted 1 and 'authentication')"
 	fi
+	if grep -q "^precopy migrate: warning: rdma: without --auth-key-file" "$dir/n.err" &&
+	   ! grep -q "warning: rdma" "$dir/w.err" "$dir/wrong-key.err"; then
+		ok "the source without a key warned; the ends with keys did not"
+	else
+		bad "no-key warning: '$(cat "$dir/n.err")' / '$(cat "$dir/w.err" "$dir/wrong-key.err")'"
+	fi
 	if alive "$DPID" && ! grep -q '"event":"result"' "$dir/wrong-key.out"; then
 		ok "the destination is still waiting, with no result"
 	else
@@ -125,6 +145,18 @@ if start_dest wrong-key --auth-key-file "$dir/k1"; then
 	else
 		bad "the right key: $(cat "$dir/r.err" "$dir/wrong-key.err")"
 	fi
+fi
+
+# --- a destination without a key says so --------------------------------------
+if start_dest no-key; then
+	if grep -q "^precopy incoming: warning: rdma: without --auth-key-file: anyone" \
+		"$dir/no-key.err"; then
+		ok "the destination without a key warned"
+	else
+		bad "no warning from a destination without a key: '$(cat "$dir/no-key.err")'"
+	fi
+	kill "$DPID" 2>/dev/null
+	wait "$DPID" 2>/dev/null
 fi
 
 # --- on demand, a key file over several lines, text summaries -----------------

@@ -15,7 +15,8 @@ guest is paused (-S) so it never writes. Passes when the source and the
 destination both report `completed`, both bridges exit 0, and the
 destination's RAM file equals the source's byte for byte.
 
-Exit 0 pass, 1 fail, 77 skipped (no QEMU, or the transport is not built).
+Exit 0 pass, 1 fail, 77 skipped (no QEMU, or the transport is not built; for
+rdma with PRECOPY_REQUIRE_RDMA=1, as in CI, that fails instead: exit 1).
 """
 import argparse
 import json
@@ -147,17 +148,20 @@ def main():
                          "where an RDMA device exists")
     a = ap.parse_args()
 
+    # CI sets PRECOPY_REQUIRE_RDMA=1: there the rdma case must run, not skip.
+    skip = 1 if a.transport == "rdma" and os.environ.get("PRECOPY_REQUIRE_RDMA") == "1" else 77
+    said = "failed (PRECOPY_REQUIRE_RDMA=1)" if skip == 1 else "skipped"
     qemu = shutil.which(a.qemu)
     if not qemu:
-        print(f"skipped: {a.qemu} not found (Debian: qemu-system-x86)")
-        return 77
+        print(f"{said}: {a.qemu} not found (Debian: qemu-system-x86)")
+        return skip
     out = subprocess.run([a.precopy, "version"], capture_output=True, text=True).stdout
     schemes = [s.strip() for line in out.splitlines() if line.startswith("transports:")
                for s in line.split(":", 1)[1].split(",")]
     if a.transport not in schemes:
-        print(f"skipped: {a.transport} transport not built (this precopy has: "
+        print(f"{said}: {a.transport} transport not built (this precopy has: "
               f"{', '.join(schemes)})")
-        return 77
+        return skip
     if a.soft_roce:
         # Both bridges and both QEMUs inside the throwaway VM (or on this
         # host if it can have rxe): QEMU under TCG inside a TCG guest.

@@ -24,7 +24,8 @@
  * the destination fail. Each fault leaves no descriptor and no pinned
  * memory behind, and a migration to a fresh destination then succeeds.
  *
- * Exits 77 when RDMA is not built or no address.
+ * Exits 77 when RDMA is not built or no address (1 with
+ * PRECOPY_REQUIRE_RDMA=1, as in CI).
  */
 #include <errno.h>
 #include <poll.h>
@@ -496,7 +497,7 @@ static void *impostor_main(void *arg)
 	struct rdma_conn_param cp = { .retry_count = 6, .rnr_retry_count = 6 };
 	struct pollfd pf = { .fd = im->ec->fd, .events = POLLIN };
 	struct rdma_cm_event *ev;
-	uint8_t rep[40];
+	uint8_t rep[56];
 
 	if (poll(&pf, 1, 60000) != 1 || rdma_get_cm_event(im->ec, &ev))
 		return NULL;
@@ -514,7 +515,7 @@ static void *impostor_main(void *arg)
 		return NULL;
 	memset(rep, 0xa5, sizeof(rep)); /* a well-formed reply, a made-up token */
 	pc_put_le32(rep, 0x31524350u);
-	rep[4] = 1;
+	rep[4] = 2;
 	rep[5] = 0;
 	cp.private_data = rep;
 	cp.private_data_len = sizeof(rep);
@@ -809,9 +810,41 @@ static void qp_move(struct hostile *h, enum ibv_qp_state st)
 	assert_int_equal(ibv_modify_qp(h->qp, &a, mask), 0);
 }
 
-/* Connect to @uri as channel 0 of 1 with @key. Return: 0; -EACCES if
- * refused. */
-static int hostile_connect(struct hostile *h, const char *uri, const char *key)
+/* Send one fragment of @len bytes already in h->buf. */
+static void hostile_send_frag(struct hostile *h, size_t len)
+{
+	struct ibv_sge sge = { .addr = (uintptr_t)h->buf, .length = (uint32_t)len,
+			       .lkey = h->bmr->lkey };
+	struct ibv_send_wr wr = { .wr_id = 1, .sg_list = &sge, .num_sge = 1,
+				  .opcode = IBV_WR_SEND, .send_flags = IBV_SEND_SIGNALED }, *bad;
+	struct ibv_wc wc;
+
+	assert_int_equal(ibv_post_send(h->qp, &wr, &bad), 0);
+	wc = cq_wait(h->scq);
+	assert_int_equal(wc.status, IBV_WC_SUCCESS);
+}
+
+/* Send the answer to the acceptor's challenge: an internal AUTH message
+ * of 16 bytes @proof. */
+static void hostile_send_auth(struct hostile *h, const uint8_t proof[16])
+{
+	memset(h->buf, 0, 8 + 20);
+	h->buf[0] = 2; /* internal */
+	pc_put_le32(h->buf + 4, 20);
+	h->buf[8] = 4; /* AUTH */
+	memcpy(h->buf + 12, proof, 16);
+	hostile_send_frag(h, 8 + 20);
+}
+
+/*
+ * Connect to @uri with the connect request @req (56 bytes) from a queue
+ * pair of our own. With @sign, its credit word fields are filled in and
+ * the token computed with @key; without, @req goes as it is (a replay).
+ * The acceptor's reply (56 bytes) goes to @rep. Return: 0 once
+ * established; -EACCES if refused.
+ */
+static int hostile_open(struct hostile *h, const char *uri, uint8_t *req, bool sign,
+			const char *key, uint8_t *rep)
 {
 	struct sockaddr_in da;
 	struct ibv_qp_init_attr qa = { .qp_type = IBV_QPT_RC,
@@ -819,8 +852,7 @@ static int hostile_connect(struct hostile *h, const char *uri, const char *key)
 						.max_send_sge = 1, .max_recv_sge = 1 } };
 	struct rdma_conn_param cp = { .initiator_depth = 1, .responder_resources = 1,
 				      .retry_count = 6, .rnr_retry_count = 6 };
-	uint8_t req[56];
-	uint64_t r[2];
+	size_t replen = 56;
 	enum rdma_cm_event_type t;
 
 	memset(h, 0, sizeof(*h));
@@ -853,23 +885,17 @@ static int hostile_connect(struct hostile *h, const char *uri, const char *key)
 	for (unsigned i = 0; i < H_RECVS; i++)
 		hostile_post_recv(h, i);
 
-	/* the request of transport/rdma.c, with a good token */
-	memset(req, 0, sizeof(req));
-	assert_int_equal(getrandom(r, sizeof(r), 0), (ssize_t)sizeof(r));
-	pc_put_le32(req, 0x31524350u);
-	req[4] = 1;
-	req[5] = 0;
-	req[6] = 1;
-	pc_put_le64(req + 8, r[0]);
-	pc_put_le64(req + 16, r[1]);
-	pc_put_le64(req + 24, (uintptr_t)h->credit);
-	pc_put_le32(req + 32, h->cmr->rkey);
-	hmac16(key, "PCR1-req", req, 40, req + 40);
+	if (sign) {
+		pc_put_le64(req + 24, (uintptr_t)h->credit);
+		pc_put_le32(req + 32, h->cmr->rkey);
+		hmac16(key, "PCR2-req", req, 40, req + 40);
+	}
 	cp.private_data = req;
-	cp.private_data_len = sizeof(req);
+	cp.private_data_len = 56;
 	cp.qp_num = h->qp->qp_num;
 	assert_int_equal(rdma_connect(h->id, &cp), 0);
-	t = cm_next(h->ec, NULL, NULL, NULL);
+	memset(rep, 0, 56);
+	t = cm_next(h->ec, NULL, rep, &replen);
 	if (t == RDMA_CM_EVENT_REJECTED)
 		return -EACCES;
 	if (t != RDMA_CM_EVENT_CONNECT_RESPONSE)
@@ -877,6 +903,33 @@ static int hostile_connect(struct hostile *h, const char *uri, const char *key)
 	qp_move(h, IBV_QPS_RTR);
 	qp_move(h, IBV_QPS_RTS);
 	assert_int_equal(rdma_establish(h->id), 0);
+	return 0;
+}
+
+/* Connect to @uri as channel 0 of 1 with @key, as transport/rdma.c does:
+ * a request with a good token, then the answer to the challenge. Return:
+ * 0; -EACCES if refused. */
+static int hostile_connect(struct hostile *h, const char *uri, const char *key)
+{
+	uint8_t req[56], rep[56], both[112], proof[16];
+	uint64_t r[2];
+	int err;
+
+	memset(req, 0, sizeof(req));
+	assert_int_equal(getrandom(r, sizeof(r), 0), (ssize_t)sizeof(r));
+	pc_put_le32(req, 0x31524350u);
+	req[4] = 2;
+	req[5] = 0;
+	req[6] = 1;
+	pc_put_le64(req + 8, r[0]);
+	pc_put_le64(req + 16, r[1]);
+	err = hostile_open(h, uri, req, true, key, rep);
+	if (err)
+		return err;
+	memcpy(both, req, 56);
+	memcpy(both + 56, rep, 56);
+	hmac16(key, "PCR2-ack", both, sizeof(both), proof);
+	hostile_send_auth(h, proof);
 	return 0;
 }
 
@@ -896,8 +949,9 @@ static void hostile_close(struct hostile *h)
 	free(h->credit);
 }
 
-/* One receive completion: a region key is kept (1), an engine message
- * goes to h->msg (0), a failed completion gives its status (< 0). */
+/* One receive completion: a region key is kept (1), a heartbeat is
+ * skipped (2), an engine message goes to h->msg (0), a failed completion
+ * gives its status (< 0). */
 static int hostile_take(struct hostile *h, const struct ibv_wc *wc)
 {
 	const uint8_t *p = h->rbuf + (size_t)wc->wr_id * H_SLOT;
@@ -906,7 +960,9 @@ static int hostile_take(struct hostile *h, const struct ibv_wc *wc)
 	if (wc->status != IBV_WC_SUCCESS)
 		return -(int)wc->status;
 	assert_true(wc->byte_len >= 8);
-	if (p[0] == 2) { /* internal: a region's key */
+	if (p[0] == 2 && (p[8] == 2 || p[8] == 3)) { /* internal: a heartbeat */
+		kind = 2;
+	} else if (p[0] == 2) { /* internal: a region's key */
 		uint32_t id = pc_get_le32(p + 12);
 
 		assert_true(wc->byte_len >= 8 + 28 && p[8] == 1 && id < PRECOPY_MAX_REGIONS);
@@ -950,20 +1006,12 @@ static void hostile_wait_key(struct hostile *h, uint32_t id)
 /* Send one engine message (one fragment). */
 static void hostile_send(struct hostile *h, const void *msg, size_t len)
 {
-	struct ibv_sge sge = { .addr = (uintptr_t)h->buf, .length = (uint32_t)(8 + len),
-			       .lkey = h->bmr->lkey };
-	struct ibv_send_wr wr = { .wr_id = 1, .sg_list = &sge, .num_sge = 1,
-				  .opcode = IBV_WR_SEND, .send_flags = IBV_SEND_SIGNALED }, *bad;
-	struct ibv_wc wc;
-
 	assert_true(8 + len <= H_SLOT);
 	memset(h->buf, 0, 8);
 	h->buf[0] = 1;
 	pc_put_le32(h->buf + 4, (uint32_t)len);
 	memcpy(h->buf + 8, msg, len);
-	assert_int_equal(ibv_post_send(h->qp, &wr, &bad), 0);
-	wc = cq_wait(h->scq);
-	assert_int_equal(wc.status, IBV_WC_SUCCESS);
+	hostile_send_frag(h, 8 + len);
 }
 
 /* One RDMA READ or WRITE of @len bytes from/to h->buf; its status. */
@@ -1794,6 +1842,238 @@ static void migrate__source_killed_dest_fails(void **state)
 	leaks_check(&lk, "after a good migration");
 }
 
+/* --- a replayed connect request ------------------------------------------------------ */
+
+/* A listener of raw rdma_cm that keeps the private data of the first
+ * connect request and refuses it: a genuine request, as someone on the
+ * fabric could have recorded it. Runs in a thread: no cmocka checks. */
+struct recorder {
+	struct rdma_event_channel *ec;
+	struct rdma_cm_id *lid;
+	uint8_t req[56];
+	size_t len;
+};
+
+static void *recorder_main(void *arg)
+{
+	struct recorder *r = arg;
+	struct pollfd pf = { .fd = r->ec->fd, .events = POLLIN };
+	struct rdma_cm_event *ev;
+	struct rdma_cm_id *id;
+
+	if (poll(&pf, 1, 60000) != 1 || rdma_get_cm_event(r->ec, &ev))
+		return NULL;
+	id = ev->id;
+	if (ev->event == RDMA_CM_EVENT_CONNECT_REQUEST && ev->param.conn.private_data) {
+		r->len = ev->param.conn.private_data_len;
+		if (r->len > sizeof(r->req))
+			r->len = sizeof(r->req);
+		memcpy(r->req, ev->param.conn.private_data, r->len);
+	}
+	rdma_ack_cm_event(ev);
+	rdma_reject(id, NULL, 0);
+	rdma_destroy_id(id);
+	return NULL;
+}
+
+/*
+ * A connect request recorded from a genuine source (same long-lived key),
+ * replayed to a fresh listener from another queue pair: its token is good,
+ * but it cannot answer the listener's fresh challenge, so the listener
+ * drops it (the replayer is disconnected) and keeps waiting; the real
+ * source then connects.
+ */
+static void connect__replayed_request_refused(void **state)
+{
+	const struct pc_transport_ops *ops = pc_transport_find("rdma");
+	struct pc_transport_opts o = { .channels = 1, .key = "k", .key_len = 1 };
+	struct acceptor a = { .ops = ops, .key = "k", .err = 1 };
+	struct recorder r = { 0 };
+	struct sockaddr_in la;
+	struct pc_transport *t = NULL;
+	struct hostile h;
+	uint8_t rep[56], proof[16];
+	enum rdma_cm_event_type ev = RDMA_CM_EVENT_ESTABLISHED;
+	bool evented = false;
+	char uri[200];
+	pthread_t th;
+
+	(void)state;
+	/* 1. record a genuine request */
+	r.ec = rdma_create_event_channel();
+	assert_non_null(r.ec);
+	addr_of(addr, 0, &la);
+	assert_int_equal(rdma_create_id(r.ec, &r.lid, NULL, RDMA_PS_TCP), 0);
+	assert_int_equal(rdma_bind_addr(r.lid, (struct sockaddr *)&la), 0);
+	assert_int_equal(rdma_listen(r.lid, 1), 0);
+	snprintf(uri, sizeof(uri), "%s:%u", addr, ntohs(rdma_get_src_port(r.lid)));
+	assert_int_equal(pthread_create(&th, NULL, recorder_main, &r), 0);
+	assert_true(ops->connect(uri, &o, &t) < 0);
+	pthread_join(th, NULL);
+	assert_null(t);
+	assert_int_equal(r.len, 56);
+	rdma_destroy_id(r.lid);
+	rdma_destroy_event_channel(r.ec);
+
+	/* 2. replay it to a fresh listener with the same key */
+	assert_int_equal(ops->listen(listen_uri + 5, &o, &a.l), 0);
+	assert_int_equal(ops->listener_addr(a.l, uri, sizeof(uri)), 0);
+	assert_int_equal(pthread_create(&th, NULL, accept_main, &a), 0);
+	assert_int_equal(hostile_open(&h, uri, r.req, false, NULL, rep), 0);
+	/* without the key, the best it can do is to answer something */
+	memset(proof, 0xa5, sizeof(proof));
+	hostile_send_auth(&h, proof);
+	/* until the listener drops it, or (the fault) takes it as the source;
+	 * a minute at most, a guard against a hang and not a timing check */
+	for (unsigned i = 0; i < 600 && __atomic_load_n(&a.err, __ATOMIC_ACQUIRE) == 1; i++) {
+		struct pollfd pf = { .fd = h.ec->fd, .events = POLLIN };
+
+		if (poll(&pf, 1, 100) == 1) {
+			ev = cm_next(h.ec, NULL, NULL, NULL);
+			evented = true;
+			break;
+		}
+	}
+	printf("# replayed request: %s; the acceptor %s\n",
+	       evented ? rdma_event_str(ev) : "no event",
+	       __atomic_load_n(&a.err, __ATOMIC_ACQUIRE) == 1 ? "is still waiting"
+							     : "took it as its source");
+	assert_int_equal(__atomic_load_n(&a.err, __ATOMIC_ACQUIRE), 1);
+	assert_true(evented);
+	assert_int_equal(ev, RDMA_CM_EVENT_DISCONNECTED);
+	hostile_close(&h);
+
+	/* 3. the real source still gets through */
+	assert_int_equal(ops->connect(uri + 5, &o, &t), 0);
+	pthread_join(th, NULL);
+	assert_int_equal(a.err, 0);
+	pc_tp_close(t);
+	pc_tp_close(a.t);
+	ops->listener_close(a.l);
+}
+
+/* --- a peer process stopped (SIGSTOP) ----------------------------------------------- */
+
+/*
+ * The source process is stopped during the bulk pass: its NIC still
+ * acknowledges every packet, but its process answers no heartbeat, so the
+ * destination fails with ETIMEDOUT after its timeout (3 s here) and
+ * resumes nothing. (Waits are bounded by a minute: a guard, not a timing
+ * check.)
+ */
+static void hung__source_stopped_dest_fails(void **state)
+{
+	size_t ram = 48 * MiB;
+	struct precopy_params p;
+	struct precopy_stats st;
+	struct h_dest d;
+	struct h_dest_opts dopts = { .p = &p, .uri = listen_uri };
+	struct leaks lk;
+	bool failed;
+	double t0;
+	int status;
+	pid_t pid;
+
+	(void)state;
+	leaks_mark(&lk);
+	precopy_params_init(&p);
+	p.timeout_ms = 3000;
+	assert_int_equal(h_dest_start_opts(&d, ram, &dopts), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		execl("/proc/self/exe", "test_rdma", "--src-child", addr, d.uri, (char *)NULL);
+		_exit(5);
+	}
+	if (!h_wait_status(d.s, PRECOPY_STATUS_BULK, 60000)) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+		fail_msg("the source never reached the bulk pass");
+	}
+	sleep(1);
+	kill(pid, SIGSTOP);
+	t0 = now_s();
+	failed = h_wait_status(d.s, PRECOPY_STATUS_FAILED, 60000);
+	precopy_query(d.s, &st);
+	printf("# destination %.1f s after SIGSTOP of the source: %s: %s\n", now_s() - t0,
+	       precopy_status_name(st.status), st.error);
+	kill(pid, SIGKILL);
+	waitpid(pid, &status, 0);
+	assert_true(failed);
+	assert_true(h_dest_join(&d) < 0);
+	assert_non_null(strstr(st.error, "3000 ms"));
+	assert_int_equal(d.resumed, 0);
+	assert_false(d.have_desc);
+	h_dest_free(&d);
+	leaks_check(&lk, "after the stopped source");
+}
+
+/* And the other way: the destination process is stopped during the bulk
+ * pass; the source fails after its timeout, its guest running and
+ * intact. */
+static void hung__dest_stopped_source_fails(void **state)
+{
+	size_t ram = 48 * MiB, len;
+	struct pc_guest *g;
+	struct pc_guest_desc desc;
+	struct precopy_params p;
+	struct precopy_stats st;
+	struct h_src s;
+	char uri[128], why[256];
+	int pfd[2], status;
+	bool failed;
+	double t0;
+	pid_t pid;
+	void *mem;
+
+	(void)state;
+	assert_int_equal(pipe(pfd), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		char fd[16];
+
+		close(pfd[0]);
+		snprintf(fd, sizeof(fd), "%d", pfd[1]);
+		execl("/proc/self/exe", "test_rdma", "--dest-child", addr, fd, (char *)NULL);
+		_exit(5);
+	}
+	close(pfd[1]);
+	assert_int_equal(read(pfd[0], uri, sizeof(uri)), (ssize_t)sizeof(uri));
+	close(pfd[0]);
+
+	g = make_guest(ram, 1.0 * MiB);
+	mem = pc_guest_ram(g, &len);
+	precopy_params_init(&p);
+	p.max_bandwidth = 4 * MiB; /* still in bulk when the peer stops */
+	p.timeout_ms = 3000;
+	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
+	assert_int_equal(h_src_start(&s, uri), 0);
+	if (!h_wait_status(s.s, PRECOPY_STATUS_BULK, 60000)) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+		fail_msg("the source never reached the bulk pass");
+	}
+	sleep(1);
+	kill(pid, SIGSTOP);
+	t0 = now_s();
+	failed = h_wait_status(s.s, PRECOPY_STATUS_FAILED, 60000);
+	precopy_query(s.s, &st);
+	printf("# source %.1f s after SIGSTOP of the destination: %s: %s\n", now_s() - t0,
+	       precopy_status_name(st.status), st.error);
+	kill(pid, SIGKILL);
+	waitpid(pid, &status, 0);
+	assert_true(failed);
+	assert_true(h_src_join(&s) < 0);
+	assert_int_equal(s.resumes, s.stops);
+	h_src_free(&s);
+	assert_true(h_guest_runs(g));
+	pc_guest_pause(g);
+	pc_guest_describe(g, &desc);
+	assert_int_equal(pc_guest_verify(mem, len, &desc, why, sizeof(why)), 0);
+	pc_guest_delete(&g);
+}
+
 /* Open what librdmacm and libibverbs keep open for the life of the
  * process (the device's context), so that leak checks count only what a
  * migration leaves behind. */
@@ -1866,8 +2146,13 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(end__keys_dead_when_source_cancels, setup, teardown),
 		cmocka_unit_test_setup_teardown(hostile__engine_dest_fails, setup, teardown),
 		cmocka_unit_test_setup_teardown(migrate__source_killed_dest_fails, setup, teardown),
+		cmocka_unit_test_setup_teardown(connect__replayed_request_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(hung__source_stopped_dest_fails, setup, teardown),
+		cmocka_unit_test_setup_teardown(hung__dest_stopped_source_fails, setup, teardown),
 	};
 	const char *a = argc > 1 ? argv[1] : getenv("PRECOPY_RDMA_ADDR");
+	const char *req = getenv("PRECOPY_REQUIRE_RDMA");
+	bool require = req && !strcmp(req, "1"); /* CI: no skipping */
 
 	if (argc == 4 && !strcmp(argv[1], "--dest-child")) {
 		snprintf(listen_uri, sizeof(listen_uri), "rdma:%s:0", argv[2]);
@@ -1879,12 +2164,14 @@ int main(int argc, char **argv)
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	if (!pc_transport_find("rdma")) {
 		printf("the RDMA transport is not built in (needs libibverbs-dev, "
-		       "librdmacm-dev, nettle-dev): skipped\n");
-		return 77;
+		       "librdmacm-dev, nettle-dev): %s\n", require ? "failed, since "
+		       "PRECOPY_REQUIRE_RDMA=1" : "skipped");
+		return require ? 1 : 77;
 	}
 	if (!a || !*a) {
-		printf("no RDMA address (argument or PRECOPY_RDMA_ADDR): skipped\n");
-		return 77;
+		printf("no RDMA address (argument or PRECOPY_RDMA_ADDR): %s\n", require ?
+		       "failed, since PRECOPY_REQUIRE_RDMA=1" : "skipped");
+		return require ? 1 : 77;
 	}
 	snprintf(addr, sizeof(addr), "%s", a);
 	snprintf(listen_uri, sizeof(listen_uri), "rdma:%s:0", addr);

@@ -10,21 +10,28 @@
  * once those WRITEs are placed, which is the ordering transport.h asks for.
  *
  * Connect private data (56 bytes, the RC limit), little-endian:
- *   0 le32 magic "PCR1"  4 u8 version  5 u8 channel  6 u8 channels  7 u8 0
+ *   0 le32 magic "PCR1"  4 u8 version (2)  5 u8 channel  6 u8 channels  7 u8 0
  *   8 le64 cookie (same on all channels)   16 le64 nonce (random per request)
  *  24 le64 credit word address  32 le32 its rkey  36 le32 0
- *  40 16 bytes HMAC-SHA256(key, "PCR1-req" || bytes 0..39), truncated
+ *  40 16 bytes HMAC-SHA256(key, "PCR2-req" || bytes 0..39), truncated
  * The acceptor checks the token before rdma_accept() and rejects a wrong
- * one (reject data: le32 magic, u8 reason). Its accept data (40 bytes):
+ * one (reject data: le32 magic, u8 reason). Its accept data (56 bytes):
  *   0 le32 magic  4 u8 version  5 u8 channel  6 le16 0  8 le64 credit addr
- *  16 le32 rkey  20 le32 0  24 16 bytes HMAC(key, "PCR1-rep" || request ||
- *  bytes 0..23), so the connector knows the acceptor holds the key too.
+ *  16 le32 rkey  20 le32 0  24 16 random bytes (the challenge)
+ *  40 16 bytes HMAC(key, "PCR2-rep" || request || bytes 0..39),
+ * so the connector knows the acceptor holds the key too. The connector's
+ * first SEND on the channel answers the challenge: an internal AUTH
+ * message with HMAC(key, "PCR2-ack" || request || accept data). The
+ * acceptor takes the channel only once that checks out; a request
+ * replayed from an earlier migration cannot answer a fresh challenge, and
+ * its connection is torn down while the listener waits on.
  *
  * Messages are cut into fragments of at most SLOT_SIZE bytes, each with an
  * 8-byte header: u8 kind (engine / internal), u8 flags (more follows),
  * le16 0, le32 total message length. Internal messages carry the keys of
- * exposed regions (le32 id, le32 rkey, le64 addr, le64 len); the receiving
- * recv_msg() handles them without returning.
+ * exposed regions, heartbeats and their answers, and the challenge's
+ * answer (see handle_internal()); the receiving side handles them without
+ * returning them to the engine.
  *
  * Flow control: each side posts RQ_DEPTH receives per channel; a sender
  * spends one credit per SEND and learns of reposted buffers through an
@@ -38,6 +45,17 @@
  * retry_cnt = rnr_retry = 6 and an ACK timeout of 14 (about 67 ms), so a
  * dead peer shows within about two seconds; an idle receiver probes the
  * peer every two seconds with a one-word WRITE.
+ *
+ * A peer whose process is stopped still has a NIC that acknowledges
+ * every WRITE and SEND, so liveness is checked by messages only its
+ * process can make: each end's monitor thread sends a PING (a sequence
+ * number) on every channel it has heard nothing on for a third of the
+ * timeout, and answers the peer's PINGs with a PONG carrying the same
+ * number. Any message received counts as hearing from the peer; a
+ * channel that hears nothing for the whole timeout fails the connection
+ * with -ETIMEDOUT. The monitor takes receive completions itself whenever
+ * no engine thread is receiving on the channel, so slow work in the
+ * engine (saving device state, verifying) is not taken for silence.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -68,10 +86,13 @@
 #include "transport.h"
 
 #define RD_MAGIC 0x31524350u /* "PCR1" */
-#define RD_VERSION 1
+#define RD_VERSION 2
 #define REQ_SIZE 56
-#define REP_SIZE 40
+#define REP_SIZE 56
 #define TOKEN_SIZE 16
+#define CHAL_SIZE 16
+#define AUTH_SIZE (4 + TOKEN_SIZE)    /* internal AUTH message */
+#define HB_SIZE 16                    /* internal PING / PONG message */
 
 #define SLOT_SIZE (64u * 1024)        /* receive / send buffer slot */
 #define FRAG_HDR 8u
@@ -96,8 +117,8 @@
 
 enum { FRAG_ENGINE = 1, FRAG_INTERNAL = 2 };
 enum { FRAG_MORE = 1 };
-enum { INT_REGION = 1 };
-enum { REJ_AUTH = 1, REJ_CHANNEL = 2 };
+enum { INT_REGION = 1, INT_PING = 2, INT_PONG = 3, INT_AUTH = 4 };
+enum { REJ_AUTH = 1, REJ_CHANNEL = 2, REJ_VERSION = 3 };
 
 struct rd_chan {
 	unsigned idx;
@@ -113,7 +134,7 @@ struct rd_chan {
 	pthread_mutex_t post_lock;
 	uint64_t posted, done;      /* WR sequence numbers; done = all below it completed */
 	uint64_t probe_seq;         /* last keepalive WR, or UINT64_MAX */
-	uint64_t sends;             /* SENDs posted: receive credits spent */
+	_Atomic uint64_t sends;     /* SENDs posted: receive credits spent */
 	uint8_t *sbuf;
 	struct ibv_mr *smr;
 	uint64_t slot_seq[SEND_SLOTS];
@@ -129,6 +150,12 @@ struct rd_chan {
 	struct ibv_wc stash[RQ_DEPTH]; /* completions taken early (key fetch) */
 	unsigned stash_head, stash_n;
 	uint64_t idle_since;        /* ns; receiver waiting since */
+
+	/* heartbeats */
+	_Atomic uint64_t heard_ns;  /* last message received from the peer */
+	_Atomic uint64_t ping_seq;  /* last PING sent (numbers start at 1) */
+	_Atomic uint64_t pong_due;  /* PING of the peer's to answer, or 0 */
+	uint64_t ping_ns;           /* when the last PING went (monitor only) */
 };
 
 struct rd_remote {
@@ -178,6 +205,7 @@ struct rd_conn {
 	pthread_t monitor;
 	bool monitor_started;
 	atomic_bool closing;        /* tells the monitor thread to end */
+	atomic_bool quiet;          /* closing: no more heartbeats */
 
 	_Atomic uint64_t reg_ns, reg_bytes, reg_count, write_wrs, write_bytes, send_wrs,
 		credit_waits;
@@ -189,8 +217,6 @@ struct rd_listener {
 	struct rdma_cm_id *id;
 	atomic_bool aborted;
 	int wake_fd;
-	uint64_t nonces[64];        /* recently seen request nonces (replays) */
-	unsigned nnonce;
 };
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -445,7 +471,7 @@ static int wait_credit(struct rd_conn *c, struct rd_chan *ch)
 	for (unsigned i = 0;; i++) {
 		int err;
 
-		if (RQ_DEPTH + read_credit_word(c, ch->idx) > ch->sends)
+		if (RQ_DEPTH + read_credit_word(c, ch->idx) > atomic_load(&ch->sends))
 			return 0;
 		err = rd_state(c);
 		if (err)
@@ -520,11 +546,12 @@ static int rd_send(struct rd_conn *c, unsigned chan, unsigned kind, const struct
 		}
 		ch->slot_seq[slot] = ch->posted;
 		err = sq_post(c, ch, &wr, 1, last);
+		if (!err)
+			atomic_fetch_add(&ch->sends, 1);
 		pthread_mutex_unlock(&ch->post_lock);
 		if (err)
 			break;
 		ch->next_slot = (slot + 1) % SEND_SLOTS;
-		ch->sends++;
 		atomic_fetch_add(&c->send_wrs, 1);
 		sent += n;
 		while (vi < iovcnt && voff == iov[vi].iov_len) {
@@ -534,6 +561,40 @@ static int rd_send(struct rd_conn *c, unsigned chan, unsigned kind, const struct
 	} while (sent < total);
 	pthread_mutex_unlock(&ch->send_lock);
 	return err;
+}
+
+/*
+ * Send a PING or PONG (@type) numbered @seq on @ch without waiting: an
+ * inline SEND that needs no send slot and no send_lock, so it may fall
+ * between the fragments of an engine message (the receiver takes it out
+ * of the way). It spends a receive credit only when at least two are
+ * left: an engine sender that saw one free keeps it. Return: whether it
+ * went (no credit or no room in the send queue: not now).
+ */
+static bool hb_send(struct rd_conn *c, struct rd_chan *ch, unsigned type, uint64_t seq)
+{
+	uint8_t m[FRAG_HDR + HB_SIZE];
+	struct ibv_sge sge = { .addr = (uintptr_t)m, .length = sizeof(m), .lkey = 0 };
+	struct ibv_send_wr wr = { .sg_list = &sge, .num_sge = 1, .opcode = IBV_WR_SEND,
+				  .send_flags = IBV_SEND_INLINE };
+	bool sent = false;
+
+	memset(m, 0, sizeof(m));
+	m[0] = FRAG_INTERNAL;
+	pc_put_le32(m + 4, HB_SIZE);
+	m[FRAG_HDR] = (uint8_t)type;
+	pc_put_le64(m + FRAG_HDR + 8, seq);
+	if (rd_state(c))
+		return false;
+	pthread_mutex_lock(&ch->post_lock);
+	if (sq_progress(c, ch) == 0 && ch->posted - ch->done + 1 <= SQ_DEPTH - 2 &&
+	    RQ_DEPTH + read_credit_word(c, ch->idx) >= atomic_load(&ch->sends) + 2 &&
+	    sq_post(c, ch, &wr, 1, true) == 0) {
+		atomic_fetch_add(&ch->sends, 1);
+		sent = true;
+	}
+	pthread_mutex_unlock(&ch->post_lock);
+	return sent;
 }
 
 /* --- receive queue ------------------------------------------------------- */
@@ -577,6 +638,8 @@ static int rq_next(struct rd_conn *c, struct rd_chan *ch, struct ibv_wc *wc)
 	n = ibv_poll_cq(ch->rcq, 1, wc);
 	if (n < 0)
 		return rd_fail(c, -EIO, "channel %u: polling the receive queue failed", ch->idx);
+	if (n == 1 && wc->status == IBV_WC_SUCCESS)
+		atomic_store(&ch->heard_ns, now_ns());
 	return n;
 }
 
@@ -609,13 +672,47 @@ static int frag_check(struct rd_conn *c, struct rd_chan *ch, const struct ibv_wc
 	return 0;
 }
 
+/* The type of the internal message whose fragment is at @p, @len bytes. */
+static unsigned int_type(const uint8_t *p, size_t len)
+{
+	return len > FRAG_HDR ? p[FRAG_HDR] : 0;
+}
+
+/*
+ * An internal message (payload after the fragment header, little-endian):
+ *   REGION  u8 1, 3 zero, le32 id, le32 rkey, le64 addr, le64 len
+ *   PING    u8 2, 3 zero, le32 0, le64 seq (from 1 up)
+ *   PONG    u8 3, 3 zero, le32 0, le64 seq of the PING answered
+ *   AUTH    u8 4, 3 zero, 16 bytes: the answer to the challenge (connect only)
+ */
 static int handle_internal(struct rd_conn *c, struct rd_chan *ch, const uint8_t *p, size_t len)
 {
 	uint32_t id, rkey;
-	uint64_t addr, rlen;
+	uint64_t addr, rlen, seq, one = 1;
+	unsigned type = int_type(p, len);
 
-	if (p[1] & FRAG_MORE || len < FRAG_HDR + 28 || p[FRAG_HDR] != INT_REGION)
+	if (p[1] & FRAG_MORE)
 		return rd_fail(c, -EPROTO, "channel %u: malformed internal message", ch->idx);
+	if (type == INT_PING || type == INT_PONG) {
+		if (len < FRAG_HDR + HB_SIZE || (seq = pc_get_le64(p + FRAG_HDR + 8)) == 0)
+			return rd_fail(c, -EPROTO, "channel %u: malformed heartbeat", ch->idx);
+		if (type == INT_PONG) {
+			if (seq > atomic_load(&ch->ping_seq))
+				return rd_fail(c, -EPROTO, "channel %u: an answer to heartbeat %llu, "
+					       "which was never sent", ch->idx,
+					       (unsigned long long)seq);
+			return 0;
+		}
+		/* the monitor answers it, now */
+		atomic_store(&ch->pong_due, seq);
+		if (write(c->stop_fd, &one, sizeof(one)) < 0) {
+			/* the counter cannot overflow */
+		}
+		return 0;
+	}
+	if (len < FRAG_HDR + 28 || type != INT_REGION)
+		return rd_fail(c, -EPROTO, "channel %u: malformed internal message (type %u)",
+			       ch->idx, type);
 	p += FRAG_HDR + 4;
 	id = pc_get_le32(p);
 	rkey = pc_get_le32(p + 4);
@@ -715,7 +812,10 @@ static int rd_recv_msg(struct pc_transport *t, unsigned chan, void *buf, size_t 
 			break;
 		plen = wc.byte_len - FRAG_HDR;
 		if (p[0] == FRAG_INTERNAL) {
-			if (started) {
+			unsigned type = int_type(p, wc.byte_len);
+
+			/* a heartbeat may fall between fragments (hb_send) */
+			if (started && type != INT_PING && type != INT_PONG) {
 				err = rd_fail(c, -EPROTO, "channel %u: internal message inside "
 					      "a message", chan);
 				break;
@@ -767,30 +867,49 @@ static int rd_recv_msg(struct pc_transport *t, unsigned chan, void *buf, size_t 
 	return err;
 }
 
-/* Process channel 0's queued receives for region keys, stashing engine
- * fragments for recv_msg. Called by write_pages when a key is missing. */
-static void fetch_keys(struct rd_conn *c)
+/*
+ * Take @ch's queued receives when no one is receiving on it: internal
+ * messages (region keys, heartbeats) are handled, engine fragments and
+ * failed completions stashed for recv_msg, and the freed buffers
+ * credited back to the peer. Called by write_pages when a key is missing,
+ * and by the monitor, so that heartbeats are heard and answered while
+ * the engine is busy elsewhere.
+ */
+static void sweep(struct rd_conn *c, struct rd_chan *ch)
 {
-	struct rd_chan *ch = &c->ch[0];
 	struct ibv_wc wc;
 	uint8_t *p;
 
 	if (pthread_mutex_trylock(&ch->recv_lock) != 0)
-		return; /* the owner of channel 0 is receiving: it handles them */
+		return; /* the channel's receiver is in recv_msg: it handles them */
 	while (ch->stash_n < RQ_DEPTH && ibv_poll_cq(ch->rcq, 1, &wc) == 1) {
-		if (wc.status == IBV_WC_SUCCESS && wc.wr_id < RQ_DEPTH &&
-		    wc.byte_len >= FRAG_HDR + 28) {
-			p = ch->rbuf + (size_t)wc.wr_id * SLOT_SIZE;
-			if (p[0] == FRAG_INTERNAL && !(p[1] & FRAG_MORE) &&
-			    handle_internal(c, ch, p, wc.byte_len) == 0) {
-				rq_repost(c, ch, (unsigned)wc.wr_id);
-				continue;
+		if (wc.status == IBV_WC_SUCCESS) {
+			atomic_store(&ch->heard_ns, now_ns());
+			if (wc.wr_id < RQ_DEPTH && wc.opcode == IBV_WC_RECV &&
+			    wc.byte_len > FRAG_HDR && wc.byte_len <= SLOT_SIZE) {
+				unsigned type;
+
+				p = ch->rbuf + (size_t)wc.wr_id * SLOT_SIZE;
+				type = int_type(p, wc.byte_len);
+				if (p[0] == FRAG_INTERNAL && type != INT_AUTH &&
+				    handle_internal(c, ch, p, wc.byte_len) == 0) {
+					rq_repost(c, ch, (unsigned)wc.wr_id);
+					continue;
+				}
 			}
 		}
 		ch->stash[(ch->stash_head + ch->stash_n) % RQ_DEPTH] = wc;
 		ch->stash_n++;
 	}
+	if (ch->reposted != ch->reported)
+		credit_write(c, ch, false);
 	pthread_mutex_unlock(&ch->recv_lock);
+}
+
+/* Region keys come on channel 0. */
+static void fetch_keys(struct rd_conn *c)
+{
+	sweep(c, &c->ch[0]);
 }
 
 static int get_remote(struct rd_conn *c, uint32_t id, struct rd_remote *out)
@@ -1245,7 +1364,7 @@ static int chan_init(struct rd_conn *c, struct rd_chan *ch, struct rdma_cm_id *i
 	qa.cap.max_recv_wr = RQ_DEPTH;
 	qa.cap.max_send_sge = c->max_sge;
 	qa.cap.max_recv_sge = 1;
-	qa.cap.max_inline_data = 16;
+	qa.cap.max_inline_data = FRAG_HDR + HB_SIZE; /* heartbeats; credit words */
 	qa.sq_sig_all = 0;
 	if (rdma_create_qp(id, c->pd, &qa))
 		return errno ? -errno : -ENOMEM;
@@ -1329,6 +1448,7 @@ static void drain_sends(struct rd_conn *c)
 
 static void conn_free(struct rd_conn *c)
 {
+	atomic_store(&c->quiet, true);
 	if (c->monitor_started)
 		drain_sends(c);
 	if (c->monitor_started) {
@@ -1450,12 +1570,60 @@ static void poll_async(struct ibv_context *verbs)
 	}
 }
 
-/* The monitor: CM events (disconnects) and device async events. */
+/*
+ * Heartbeats, from the monitor: take what arrived on channels no one is
+ * receiving on, answer the peer's PINGs, fail a channel that heard
+ * nothing for the timeout, and PING one that heard nothing for a third
+ * of it.
+ */
+static void heartbeat(struct rd_conn *c)
+{
+	uint64_t to = (uint64_t)c->timeout_ms * 1000000ull, third = to / 3;
+
+	for (unsigned i = 0; i < c->base.nchan; i++) {
+		struct rd_chan *ch = &c->ch[i];
+		uint64_t due, heard, now, seq;
+
+		if (rd_state(c) || atomic_load(&c->quiet))
+			return;
+		sweep(c, ch);
+		due = atomic_exchange(&ch->pong_due, 0);
+		if (due && !hb_send(c, ch, INT_PONG, due)) {
+			uint64_t none = 0;
+
+			/* not now: again at the next tick, unless a newer PING came */
+			atomic_compare_exchange_strong(&ch->pong_due, &none, due);
+		}
+		now = now_ns();
+		heard = atomic_load(&ch->heard_ns);
+		if (now <= heard)
+			continue;
+		if (now - heard >= to) {
+			rd_fail(c, -ETIMEDOUT, "channel %u: nothing from the peer for %u ms, "
+				"not even a heartbeat (a hung or stopped process?)", ch->idx,
+				c->timeout_ms);
+			return;
+		}
+		if (now - heard >= third && now - ch->ping_ns >= third) {
+			seq = atomic_load(&ch->ping_seq) + 1;
+			atomic_store(&ch->ping_seq, seq); /* before its answer can come */
+			if (hb_send(c, ch, INT_PING, seq))
+				ch->ping_ns = now;
+		}
+	}
+}
+
+/* The monitor: CM events (disconnects), device async events, heartbeats. */
 static void *monitor_main(void *arg)
 {
 	struct rd_conn *c = arg;
 	bool disconnected = false;
+	unsigned tick = c->timeout_ms / 6;
 
+	if (tick < 10)
+		tick = 10;
+	if (tick > 1000)
+		tick = 1000;
 	for (;;) {
 		struct pollfd p[3] = { { .fd = c->ec->fd, .events = POLLIN },
 				       { .fd = c->verbs->async_fd, .events = POLLIN },
@@ -1463,7 +1631,7 @@ static void *monitor_main(void *arg)
 		struct rdma_cm_event *ev;
 		uint64_t v;
 
-		if (poll(p, 3, 1000) < 0 && errno != EINTR)
+		if (poll(p, 3, (int)tick) < 0 && errno != EINTR)
 			break;
 		if (p[2].revents && read(c->stop_fd, &v, sizeof(v)) < 0) {
 			/* drained by someone else: nothing to do */
@@ -1497,12 +1665,19 @@ static void *monitor_main(void *arg)
 			rdma_ack_cm_event(ev);
 		}
 		poll_async(c->verbs);
+		heartbeat(c);
 	}
 	return NULL;
 }
 
 static int conn_start(struct rd_conn *c)
 {
+	uint64_t now = now_ns();
+
+	for (unsigned i = 0; i < c->base.nchan; i++) {
+		atomic_store(&c->ch[i].heard_ns, now);
+		c->ch[i].ping_ns = now;
+	}
 	pthread_mutex_lock(&g_lock);
 	c->next = g_conns;
 	g_conns = c;
@@ -1621,6 +1796,9 @@ static int wait_event(struct rd_conn *c, struct rdma_cm_id *id, enum rdma_cm_eve
 			if (reason == REJ_AUTH)
 				return rd_fail(c, -EACCES, "the peer refused our authentication "
 					       "token (different key?)");
+			if (reason == REJ_VERSION)
+				return rd_fail(c, -EPROTO, "the peer speaks another version of "
+					       "the RDMA connection set-up (ours is %u)", RD_VERSION);
 			return rd_fail(c, -ECONNREFUSED, "connection refused (status %d)", status);
 		case RDMA_CM_EVENT_ADDR_ERROR:
 		case RDMA_CM_EVENT_ROUTE_ERROR:
@@ -1667,7 +1845,7 @@ static void req_encode(uint8_t *b, unsigned chan, unsigned nchan, uint64_t cooki
 	pc_put_le64(b + 16, nonce);
 	pc_put_le64(b + 24, (uintptr_t)&c->credit_in[chan]);
 	pc_put_le32(b + 32, c->credit_mr->rkey);
-	token(key, klen, "PCR1-req", b, 40, NULL, 0, b + 40);
+	token(key, klen, "PCR2-req", b, 40, NULL, 0, b + 40);
 }
 
 static void rep_encode(uint8_t *b, const uint8_t *req, unsigned chan, struct rd_conn *c,
@@ -1679,7 +1857,21 @@ static void rep_encode(uint8_t *b, const uint8_t *req, unsigned chan, struct rd_
 	b[5] = (uint8_t)chan;
 	pc_put_le64(b + 8, (uintptr_t)&c->credit_in[chan]);
 	pc_put_le32(b + 16, c->credit_mr->rkey);
-	token(key, klen, "PCR1-rep", req, REQ_SIZE, b, 24, b + 24);
+	if (getrandom(b + 24, CHAL_SIZE, 0) != CHAL_SIZE) {
+		/* (no entropy source at all: still never the same twice here) */
+		pc_put_le64(b + 24, now_ns());
+		pc_put_le64(b + 32, (uint64_t)getpid() << 32 ^ (uintptr_t)c);
+	}
+	token(key, klen, "PCR2-rep", req, REQ_SIZE, b, 40, b + 40);
+}
+
+/* The connector's answer to the challenge in @rep: an internal AUTH message. */
+static void auth_encode(uint8_t m[AUTH_SIZE], const uint8_t *req, const uint8_t *rep,
+			const void *key, size_t klen)
+{
+	memset(m, 0, AUTH_SIZE);
+	m[0] = INT_AUTH;
+	token(key, klen, "PCR2-ack", req, REQ_SIZE, rep, REP_SIZE, m + 4);
 }
 
 static void query_qp_stats(struct rd_chan *ch, struct pc_rdma_stats *st)
@@ -1731,7 +1923,8 @@ static int rd_connect(const char *addr, const struct pc_transport_opts *o,
 		struct rd_chan *ch = &c->ch[i];
 		struct rdma_cm_id *id;
 		struct rdma_conn_param cp;
-		uint8_t req[REQ_SIZE], rep[256], want[REP_SIZE];
+		uint8_t req[REQ_SIZE], rep[256], want[TOKEN_SIZE], auth[AUTH_SIZE];
+		struct iovec av = { auth, sizeof(auth) };
 		size_t replen = sizeof(rep);
 		uint64_t nonce;
 
@@ -1789,14 +1982,19 @@ static int rd_connect(const char *addr, const struct pc_transport_opts *o,
 			err = rd_fail(c, -EPROTO, "channel %u: the peer's accept is not ours", i);
 			goto fail;
 		}
-		token(key, klen, "PCR1-rep", req, REQ_SIZE, rep, 24, want);
-		if (!memeql_sec(want, rep + 24, TOKEN_SIZE)) {
+		token(key, klen, "PCR2-rep", req, REQ_SIZE, rep, 40, want);
+		if (!memeql_sec(want, rep + 40, TOKEN_SIZE)) {
 			err = rd_fail(c, -EACCES, "channel %u: the peer failed authentication", i);
 			goto fail;
 		}
 		ch->peer_credit_addr = pc_get_le64(rep + 8);
 		ch->peer_credit_rkey = pc_get_le32(rep + 16);
 		err = qp_write_only(c, ch);
+		if (err)
+			goto fail;
+		/* the answer to the acceptor's challenge: our first SEND */
+		auth_encode(auth, req, rep, key, klen);
+		err = rd_send(c, i, FRAG_INTERNAL, &av, 1);
 		if (err)
 			goto fail;
 	}
@@ -1918,27 +2116,62 @@ static void reject(struct rdma_cm_id *id, uint8_t reason)
 }
 
 /*
- * Check a connection request. Return: 0 if it is ours with a good token
- * (nchan/cookie filled), else the reject reason.
+ * Check a connection request. Return: 0 if it is ours with a good token,
+ * else the reject reason. A request replayed from an earlier migration
+ * passes here; the challenge (auth_wait()) stops it.
  */
-static int check_req(struct rd_listener *l, const uint8_t *req, size_t len, const void *key,
-		     size_t klen)
+static int check_req(const uint8_t *req, size_t len, const void *key, size_t klen)
 {
 	uint8_t want[TOKEN_SIZE];
-	uint64_t nonce;
 
-	if (len < REQ_SIZE || pc_get_le32(req) != RD_MAGIC || req[4] != RD_VERSION ||
-	    req[6] == 0 || req[6] > PRECOPY_MAX_CHANNELS || req[5] >= req[6])
+	if (len < REQ_SIZE || pc_get_le32(req) != RD_MAGIC)
 		return REJ_AUTH;
-	token(key, klen, "PCR1-req", req, 40, NULL, 0, want);
+	if (req[4] != RD_VERSION)
+		return REJ_VERSION;
+	if (req[6] == 0 || req[6] > PRECOPY_MAX_CHANNELS || req[5] >= req[6])
+		return REJ_AUTH;
+	token(key, klen, "PCR2-req", req, 40, NULL, 0, want);
 	if (!memeql_sec(want, req + 40, TOKEN_SIZE))
 		return REJ_AUTH;
-	nonce = pc_get_le64(req + 16);
-	for (unsigned i = 0; i < l->nnonce && i < 64; i++)
-		if (l->nonces[i] == nonce)
-			return REJ_AUTH; /* a replayed request */
-	l->nonces[l->nnonce++ % 64] = nonce;
 	return 0;
+}
+
+/*
+ * Wait (at most the timeout) for the connector's first SEND on @ch, the
+ * answer to the challenge in @rep, and check it. Return: 0; -EACCES (a
+ * wrong or missing answer), -ETIMEDOUT (none), -ECANCELED, -EIO.
+ */
+static int auth_wait(struct rd_conn *c, struct rd_chan *ch, const uint8_t *req,
+		     const uint8_t *rep, const void *key, size_t klen, struct rd_listener *l)
+{
+	uint64_t deadline = now_ns() + (uint64_t)c->timeout_ms * 1000000ull;
+	uint8_t want[AUTH_SIZE];
+	const uint8_t *p;
+	struct ibv_wc wc;
+
+	for (;;) {
+		int n = ibv_poll_cq(ch->rcq, 1, &wc);
+
+		if (n < 0)
+			return -EIO;
+		if (n == 1)
+			break;
+		if (atomic_load(&l->aborted))
+			return -ECANCELED;
+		if (now_ns() >= deadline)
+			return -ETIMEDOUT;
+		sleep_us(500);
+	}
+	if (wc.status != IBV_WC_SUCCESS || wc.opcode != IBV_WC_RECV || wc.wr_id >= RQ_DEPTH ||
+	    wc.byte_len != FRAG_HDR + AUTH_SIZE)
+		return -EACCES;
+	p = ch->rbuf + (size_t)wc.wr_id * SLOT_SIZE;
+	if (p[0] != FRAG_INTERNAL || p[1] != 0 || pc_get_le32(p + 4) != AUTH_SIZE)
+		return -EACCES;
+	auth_encode(want, req, rep, key, klen);
+	if (!memeql_sec(want, p + FRAG_HDR, AUTH_SIZE))
+		return -EACCES;
+	return rq_repost(c, ch, (unsigned)wc.wr_id) ? -EIO : 0;
 }
 
 static int rd_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
@@ -1975,7 +2208,7 @@ static int rd_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
 		if (ev->param.conn.private_data)
 			memcpy(req, ev->param.conn.private_data, plen < REQ_SIZE ? plen : REQ_SIZE);
 		rdma_ack_cm_event(ev);
-		err = check_req(l, req, plen, key, klen);
+		err = check_req(req, plen, key, klen);
 		if (!err && (req[5] != have || (c && (req[6] != nchan ||
 						      pc_get_le64(req + 8) != cookie))))
 			err = REJ_CHANNEL;
@@ -2056,6 +2289,18 @@ static int rd_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
 			err = -errno;
 			goto fail;
 		}
+		err = auth_wait(c, &c->ch[have], req, rep, key, klen, l);
+		if (err == -EACCES || err == -ETIMEDOUT) {
+			/* Not the holder of the key (a replayed request, say):
+			 * drop what was set up for it and wait on. */
+			conn_free(c);
+			c = NULL;
+			nchan = have = 0;
+			cookie = 0;
+			continue;
+		}
+		if (err)
+			goto fail;
 		have++;
 	}
 	err = conn_start(c);

@@ -99,6 +99,8 @@ void pc_cli_json_stats(FILE *f, const char *event, const char *role,
 			fprintf(f, ",\"registration-mode\":\"%s\"",
 				reg->pin_all ? "pin-all" : "on-demand");
 	}
+	fprintf(f, ",\"populate-ms\":%" PRIu64 ",\"populated-bytes\":%" PRIu64
+		",\"page-faults\":%" PRIu64, st->populate_ms, st->populated_bytes, st->page_faults);
 	fputs(",\"error\":\"", f);
 	for (const char *p = st->error; *p; p++) {
 		if (*p == '"' || *p == '\\')

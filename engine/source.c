@@ -279,6 +279,7 @@ static void *sender_main(void *arg)
 	unsigned seen = 0;
 
 	for (;;) {
+		uint64_t f0;
 		int err;
 
 		pthread_mutex_lock(&src->mu);
@@ -291,7 +292,12 @@ static void *sender_main(void *arg)
 		seen = src->gen;
 		pthread_mutex_unlock(&src->mu);
 
+		f0 = pc_thread_faults();
 		err = send_pass(sd);
+		f0 = pc_thread_faults() - f0;
+		pthread_mutex_lock(&src->s->lock);
+		src->s->st.page_faults += f0;
+		pthread_mutex_unlock(&src->s->lock);
 		if (err)
 			set_err(src, err);
 

@@ -222,6 +222,20 @@ struct precopy_stats {
 	uint64_t registration_ns;
 	uint64_t registered_bytes;
 	uint64_t registrations;
+
+	/* --- since PRECOPY_0.3: memory set-up and page faults ---------- */
+	/** Destination: ms precopy_listen() spent populating the regions
+	 *  (the "populate" parameter; 0 if it was off), before any source
+	 *  could connect, and the bytes it populated. */
+	uint64_t populate_ms;
+	uint64_t populated_bytes;
+	/** Page faults (minor + major) the threads that move pages took
+	 *  while they did: at the destination the receivers from the
+	 *  handshake to COMPLETE (one per 4 KiB page received into memory
+	 *  never touched before, none if it was populated); at the source
+	 *  the senders (reading guest memory, or writing into the peer's
+	 *  shared memory in shm copy mode). */
+	uint64_t page_faults;
 };
 
 /** Size of struct precopy_stats as PRECOPY_0.1 defined it. */
@@ -304,6 +318,15 @@ enum precopy_param {
 	PRECOPY_PARAM_ON_LIMIT,               /**< "on-limit" */
 	PRECOPY_PARAM_CHANNELS,               /**< "channels" (before the start only) */
 	PRECOPY_PARAM_TIMEOUT,                /**< "timeout" (before the start only) */
+	/** "populate" (destination, before precopy_listen() only; default 1):
+	 *  precopy_listen() allocates every page of every region
+	 *  (MADV_POPULATE_WRITE in parallel threads, or a write of each page
+	 *  that keeps its contents; transparent huge pages asked for where the
+	 *  mapping allows, MADV_HUGEPAGE), so receiving takes no page fault.
+	 *  Pages land on the node the region's memory policy names
+	 *  (precopy_memfd_alloc() with a node binds it). 0 for a VMM that
+	 *  preallocates its RAM itself. A source ignores it. */
+	PRECOPY_PARAM_POPULATE,
 	PRECOPY_PARAM__COUNT                  /**< not a parameter: how many there are */
 };
 
@@ -594,6 +617,9 @@ int precopy_migrate(struct precopy_session *s, const char *uri);
  * path, created here; a stale socket nobody listens on is replaced, and
  * the path is removed when the session is deleted). Does not block. If the
  * path is removed during a shm migration, the migration fails.
+ * Unless the "populate" parameter is 0, it first populates every region
+ * (see PRECOPY_PARAM_POPULATE): it then takes as long as writing the
+ * memory once, and a source that connects afterwards finds it ready.
  * Return: 0; -EINVAL for a malformed URI; -EADDRINUSE...; -EBUSY if already
  * listening.
  */

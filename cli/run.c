@@ -167,6 +167,12 @@ static void print_summary(struct ctx *x, const struct precopy_stats *st,
 		       x->c->params.auto_converge ? "on" : "off");
 		printf("  dirty tracking   %s, %" PRIu64 " syncs\n",
 		       precopy_dirty_mode_name(st->dirty_mode), st->dirty_sync_count);
+		if (st->normal + st->duplicate)
+			printf("  sender CPU       %.3f s/GiB reading pages (zero test, checksum, "
+			       "bitmap), %.3f s/GiB handing them to the transport; %" PRIu64
+			       " page faults\n",
+			       st->scan_cpu_ns / 1e9 / (ram / 1073741824.0),
+			       st->send_cpu_ns / 1e9 / (ram / 1073741824.0), st->page_faults);
 		if (reg->valid)
 			printf("  registration     %.1f ms for %s in %" PRIu64 " memory region%s "
 			       "(%s)\n", reg->ms, pc_cli_fmt_bytes((double)reg->bytes, a, sizeof(a)),

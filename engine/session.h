@@ -139,6 +139,9 @@ int64_t pc_populate(void *addr, size_t len, unsigned threads);
 /** pc_thread_faults() - minor + major page faults of the calling thread. */
 uint64_t pc_thread_faults(void);
 
+/** pc_thread_cpu_ns() - CPU time of the calling thread, ns. */
+uint64_t pc_thread_cpu_ns(void);
+
 int pc_source_run(struct precopy_session *s, const char *uri);
 int pc_dest_run(struct precopy_session *s);
 

@@ -15,6 +15,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "session.h"
@@ -258,6 +259,15 @@ int64_t pc_populate(void *addr, size_t len, unsigned threads)
 	for (unsigned t = 0; t < threads; t++)
 		total += sl[t].done;
 	return (int64_t)total;
+}
+
+uint64_t pc_thread_cpu_ns(void)
+{
+	struct timespec ts;
+
+	if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts))
+		return 0;
+	return (uint64_t)ts.tv_sec * PC_NSEC_PER_SEC + (uint64_t)ts.tv_nsec;
 }
 
 uint64_t pc_thread_faults(void)

@@ -236,6 +236,12 @@ struct precopy_stats {
 	 *  the senders (reading guest memory, or writing into the peer's
 	 *  shared memory in shm copy mode). */
 	uint64_t page_faults;
+	/** Source: CPU time (ns) of the sender threads, split into handing
+	 *  pages to the transport (posting RDMA writes, copying into a socket
+	 *  or into shared memory) and the rest: reading each page once for
+	 *  the zero test and checksum, and walking the dirty bitmap. */
+	uint64_t send_cpu_ns;
+	uint64_t scan_cpu_ns;
 };
 
 /** Size of struct precopy_stats as PRECOPY_0.1 defined it. */

@@ -154,6 +154,9 @@ static void usage(FILE *f)
 "  --numa-node N             place the received RAM on NUMA node N and report\n"
 "                            where its pages landed [no binding]\n"
 "  --no-verify               skip the synthetic guest's content check\n"
+"  --no-populate             do not allocate the RAM before listening (the\n"
+"                            'populate' parameter = 0): receiving then takes a\n"
+"                            page fault per page [populate, in parallel threads]\n"
 "\n"
 "bridge:\n"
 "  --listen-unix PATH        source side: accept QEMU's 'migrate unix:PATH' here,\n"
@@ -184,7 +187,7 @@ enum {
 	OPT_HELP, OPT_NUMA_NODE, OPT_MEMFD, OPT_LISTEN_UNIX, OPT_TO_UNIX,
 	OPT_TIMEOUT, OPT_VERIFY_SOURCE, OPT_THEN_TO, OPT_STOP_DELAY, OPT_TLS_PSK_FILE,
 	OPT_TLS_PSK_ID, OPT_TLS_CA, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_HOSTNAME,
-	OPT_AUTH_KEY_FILE, OPT_RDMA_REG, OPT_CONTROL, OPT_MAX_FORCED,
+	OPT_AUTH_KEY_FILE, OPT_RDMA_REG, OPT_CONTROL, OPT_MAX_FORCED, OPT_NO_POPULATE,
 };
 
 static const struct option long_opts[] = {
@@ -227,6 +230,7 @@ static const struct option long_opts[] = {
 	{ "control", required_argument, 0, OPT_CONTROL },
 	{ "max-forced-downtime", required_argument, 0, OPT_MAX_FORCED },
 	{ "no-verify", no_argument, 0, OPT_NO_VERIFY },
+	{ "no-populate", no_argument, 0, OPT_NO_POPULATE },
 	{ "json", no_argument, 0, OPT_JSON },
 	{ "quiet", no_argument, 0, OPT_QUIET },
 	{ "bandwidth", required_argument, 0, OPT_BANDWIDTH },
@@ -443,6 +447,7 @@ static int parse_args(int argc, char **argv, struct pc_cli *c)
 				return -EINVAL;
 			break;
 		case OPT_NO_VERIFY: c->no_verify = true; break;
+		case OPT_NO_POPULATE: c->no_populate = true; break;
 		case OPT_NUMA_NODE:
 			if (parse_uint(name, a, 1023, &v))
 				return -EINVAL;

@@ -230,6 +230,12 @@ static void print_summary(struct ctx *x, const struct precopy_stats *st,
 		       x->c->params.auto_converge ? "on" : "off");
 		printf("  dirty tracking   %s, %" PRIu64 " syncs\n",
 		       precopy_dirty_mode_name(st->dirty_mode), st->dirty_sync_count);
+		if (st->normal + st->duplicate)
+			printf("  sender CPU       %.3f s/GiB reading pages (zero test, checksum, "
+			       "bitmap), %.3f s/GiB handing them to the transport; %" PRIu64
+			       " page faults\n",
+			       st->scan_cpu_ns / 1e9 / (ram / 1073741824.0),
+			       st->send_cpu_ns / 1e9 / (ram / 1073741824.0), st->page_faults);
 		if (reg->valid)
 			printf("  registration     %.1f ms for %s in %" PRIu64 " memory region%s "
 			       "(%s)\n", reg->ms, pc_cli_fmt_bytes((double)reg->bytes, a, sizeof(a)),
@@ -245,6 +251,14 @@ static void print_summary(struct ctx *x, const struct precopy_stats *st,
 		       pc_cli_fmt_bytes((double)st->normal_bytes, a, sizeof(a)), st->normal,
 		       st->duplicate);
 		printf("  checksums        every region matches the source\n");
+		if (st->populated_bytes)
+			printf("  memory           %s populated in %" PRIu64
+			       " ms before listening; %" PRIu64 " page faults while receiving\n",
+			       pc_cli_fmt_bytes((double)st->populated_bytes, a, sizeof(a)),
+			       st->populate_ms, st->page_faults);
+		else
+			printf("  memory           not populated (--no-populate); %" PRIu64
+			       " page faults while receiving\n", st->page_faults);
 		if (reg->valid)
 			printf("  registration     %.1f ms for %s in %" PRIu64 " memory region%s "
 			       "(each region whole, for the source's writes)\n", reg->ms,
@@ -372,6 +386,8 @@ int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current)
 		rc = 2;
 		goto out;
 	}
+	if (c->no_populate)
+		precopy_set_param(s, PRECOPY_PARAM_POPULATE, 0);
 	err = precopy_listen(s, c->listen);
 	if (err) {
 		fprintf(stderr, "precopy incoming: cannot listen on '%s': %s\n", c->listen,

@@ -598,10 +598,25 @@ static int receive(struct receiver *rc)
 	}
 }
 
+/* receive(), counting the page faults this thread takes meanwhile into
+ * the stats: with the regions populated there should be none. */
+static int receive_counted(struct receiver *rc)
+{
+	struct precopy_session *s = rc->d->s;
+	uint64_t f0 = pc_thread_faults();
+	int err = receive(rc);
+	uint64_t f = pc_thread_faults() - f0;
+
+	pthread_mutex_lock(&s->lock);
+	s->st.page_faults += f;
+	pthread_mutex_unlock(&s->lock);
+	return err;
+}
+
 static void *receiver_main(void *arg)
 {
 	struct receiver *rc = arg;
-	int err = receive(rc);
+	int err = receive_counted(rc);
 
 	if (err < 0)
 		set_err(rc->d, err);
@@ -870,6 +885,8 @@ static int incoming(struct dest *d)
 		d->rcv[c].runs = malloc(PC_WIRE_RUNS_MAX * sizeof(struct pc_wire_run));
 		if (!d->rcv[c].buf || !d->rcv[c].runs)
 			return pc_fail(s, -ENOMEM, "out of memory");
+		/* touched now, not on the receiving path (page_faults) */
+		memset(d->rcv[c].buf, 0, PC_WIRE_MSG_MAX);
 	}
 	tp->placed_arg = d;
 	tp->placed = on_placed;
@@ -890,7 +907,7 @@ static int incoming(struct dest *d)
 		}
 		d->rcv[c].started = true;
 	}
-	err = receive(&d->rcv[0]);
+	err = receive_counted(&d->rcv[0]);
 	if (err < 0)
 		set_err(d, err);
 	return err < 0 ? err : 0;

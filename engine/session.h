@@ -78,9 +78,13 @@ struct precopy_session {
 	 * otherwise. Under lock, so a hint never outlives the bitmap. */
 	_Atomic uint64_t *hint_pending;
 	bool hints_closed;           /**< the switchover started: too late (under lock) */
-	/* max-forced-downtime, ms (0 = no bound); a setting of its own, not a
-	 * field of precopy_params (under lock) */
-	uint64_t max_forced_downtime_ms;
+	/* parameters that are not fields of struct precopy_params (under
+	 * lock, like params) */
+	struct pc_xparams {
+		bool populate;       /**< PRECOPY_PARAM_POPULATE */
+		/** PRECOPY_PARAM_MAX_FORCED_DOWNTIME, ms (0 = no bound) */
+		uint64_t max_forced_downtime_ms;
+	} xparams;
 
 	/* precopy_set_tls(): a deep copy (strings and key owned here) */
 	struct precopy_tls tls;
@@ -138,6 +142,23 @@ int pc_session_set_listener(struct precopy_session *s, struct pc_listener *l);
  * the migration has not ended.
  */
 int pc_session_reg_stats(struct precopy_session *s, struct pc_tp_reg_stats *out);
+
+/**
+ * pc_populate() - allocate every page of [@addr, +@len) before it is
+ * written: MADV_HUGEPAGE where the mapping allows, then
+ * MADV_POPULATE_WRITE in up to @threads threads (0 = one per CPU), or,
+ * where the kernel lacks it, a write of each page that keeps its contents
+ * (an atomic OR of 0). Pages land where the mapping's memory policy says.
+ * Return: bytes populated (all of @len unless memory ran out), or a
+ * negative errno for bad arguments.
+ */
+int64_t pc_populate(void *addr, size_t len, unsigned threads);
+
+/** pc_thread_faults() - minor + major page faults of the calling thread. */
+uint64_t pc_thread_faults(void);
+
+/** pc_thread_cpu_ns() - CPU time of the calling thread, ns. */
+uint64_t pc_thread_cpu_ns(void);
 
 int pc_source_run(struct precopy_session *s, const char *uri);
 int pc_dest_run(struct precopy_session *s);

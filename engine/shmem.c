@@ -1,19 +1,23 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * shmem.c - regions backed by memfds, and NUMA placement: the public
- * calls that let a VMM hand its RAM over without a copy (shm handoff),
- * and the check of a region's size against what this host can hold. See
- * precopy.h.
+ * shmem.c - regions backed by memfds, NUMA placement and populating the
+ * destination's memory: the public calls that let a VMM hand its RAM over
+ * without a copy (shm handoff), the check of a region's size against what
+ * this host can hold, and the memory set-up that keeps page faults off the
+ * receiving path. See precopy.h.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <numa.h>
 #include <numaif.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/sysinfo.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "session.h"
@@ -182,4 +186,125 @@ out:
 	free(pages);
 	free(status);
 	return (int)r;
+}
+
+/* --- populating memory before it is written ----------------------------- */
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
+#endif
+
+/* Populate in pieces of this much, so a slice's progress is visible to
+ * the others and one failure stops them all soon. */
+#define POP_STEP (64ul << 20)
+#define POP_MIN_PER_THREAD (64ul << 20)
+#define POP_MAX_THREADS 16
+
+struct pop_slice {
+	uint8_t *addr;
+	size_t len;
+	size_t done;
+	pthread_t thread;
+	bool started;
+};
+
+/* A write to every page that leaves it as it was: allocates it writable. */
+static size_t touch_range(uint8_t *p, size_t len)
+{
+	for (size_t off = 0; off < len; off += PRECOPY_PAGE_SIZE)
+		__atomic_fetch_or(p + off, 0, __ATOMIC_RELAXED);
+	return len;
+}
+
+static void *pop_main(void *arg)
+{
+	struct pop_slice *sl = arg;
+	bool use_madv = true;
+
+	while (sl->done < sl->len) {
+		size_t n = sl->len - sl->done < POP_STEP ? sl->len - sl->done : POP_STEP;
+		uint8_t *p = sl->addr + sl->done;
+
+		if (use_madv && madvise(p, n, MADV_POPULATE_WRITE) == 0) {
+			sl->done += n;
+			continue;
+		}
+		if (use_madv && (errno == EINVAL || errno == ENOSYS || errno == EPERM)) {
+			use_madv = false; /* an older kernel, or a mapping it refuses */
+			continue;
+		}
+		if (use_madv && errno == EINTR)
+			continue;
+		if (use_madv)
+			break; /* ENOMEM, EFAULT, EHWPOISON: stop here */
+		sl->done += touch_range(p, n);
+	}
+	return NULL;
+}
+
+int64_t pc_populate(void *addr, size_t len, unsigned threads)
+{
+	struct pop_slice sl[POP_MAX_THREADS];
+	uint8_t *a = addr;
+	size_t per, total = 0;
+	long ncpu;
+
+	if (!addr || (uintptr_t)addr % PRECOPY_PAGE_SIZE || len % PRECOPY_PAGE_SIZE)
+		return -EINVAL;
+	if (len == 0)
+		return 0;
+	if (!threads) {
+		ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+		threads = ncpu > 0 ? (unsigned)ncpu : 1;
+	}
+	if (threads > POP_MAX_THREADS)
+		threads = POP_MAX_THREADS;
+	if (threads > len / POP_MIN_PER_THREAD)
+		threads = len / POP_MIN_PER_THREAD ? (unsigned)(len / POP_MIN_PER_THREAD) : 1;
+	/* Huge pages where the mapping allows (anonymous memory with THP in
+	 * "madvise" mode; shmem if shmem_enabled allows): 512 times fewer
+	 * faults to populate, and fewer TLB misses to receive. Best effort. */
+	(void)madvise(addr, len, MADV_HUGEPAGE);
+	/* Slices on 2 MiB boundaries, so no huge page is split between two
+	 * threads. */
+	per = (len / threads + (2ul << 20) - 1) & ~((2ul << 20) - 1);
+	for (unsigned t = 0; t < threads; t++) {
+		size_t off = (size_t)t * per;
+
+		memset(&sl[t], 0, sizeof(sl[t]));
+		if (off >= len)
+			continue;
+		sl[t].addr = a + off;
+		sl[t].len = len - off < per ? len - off : per;
+		if (t > 0 && !pthread_create(&sl[t].thread, NULL, pop_main, &sl[t]))
+			sl[t].started = true;
+	}
+	pop_main(&sl[0]);
+	for (unsigned t = 1; t < threads; t++) {
+		if (sl[t].started)
+			pthread_join(sl[t].thread, NULL);
+		else if (sl[t].len)
+			pop_main(&sl[t]); /* no thread: do it here */
+	}
+	for (unsigned t = 0; t < threads; t++)
+		total += sl[t].done;
+	return (int64_t)total;
+}
+
+uint64_t pc_thread_cpu_ns(void)
+{
+	struct timespec ts;
+
+	if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts))
+		return 0;
+	return (uint64_t)ts.tv_sec * PC_NSEC_PER_SEC + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t pc_thread_faults(void)
+{
+	struct rusage ru;
+
+	if (getrusage(RUSAGE_THREAD, &ru))
+		return 0;
+	return (uint64_t)ru.ru_minflt + (uint64_t)ru.ru_majflt;
 }

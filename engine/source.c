@@ -45,6 +45,7 @@ struct sender {
 	bool have_cur;
 	/* counters, folded into the stats by the control thread */
 	_Atomic uint64_t normal, duplicate, free_skipped, bytes, wire;
+	uint64_t send_cpu_ns; /* this pass, in flush_batch()'s transport calls */
 };
 
 struct source {
@@ -119,7 +120,7 @@ static int apply_params(struct source *src)
 static int flush_batch(struct sender *sd)
 {
 	struct source *src = sd->src;
-	uint64_t t0, busy, wait;
+	uint64_t t0, busy, wait, cpu0;
 	struct iovec v;
 	size_t len;
 	int err = 0;
@@ -133,12 +134,14 @@ static int flush_batch(struct sender *sd)
 	len = pc_wire_finish_runs(sd->msg, sd->nruns);
 	v.iov_base = sd->msg;
 	v.iov_len = len;
+	cpu0 = pc_thread_cpu_ns();
 	t0 = pc_now();
 	if (sd->ndata)
 		err = pc_tp_write_pages(src->tp, sd->chan, sd->data, sd->ndata);
 	if (!err)
 		err = pc_tp_send_msg(src->tp, sd->chan, &v, 1);
 	busy = pc_now() - t0;
+	sd->send_cpu_ns += pc_thread_cpu_ns() - cpu0;
 	if (err)
 		return err;
 
@@ -282,6 +285,7 @@ static void *sender_main(void *arg)
 	unsigned seen = 0;
 
 	for (;;) {
+		uint64_t f0, cpu0;
 		int err;
 
 		pthread_mutex_lock(&src->mu);
@@ -294,7 +298,17 @@ static void *sender_main(void *arg)
 		seen = src->gen;
 		pthread_mutex_unlock(&src->mu);
 
+		f0 = pc_thread_faults();
+		cpu0 = pc_thread_cpu_ns();
+		sd->send_cpu_ns = 0;
 		err = send_pass(sd);
+		f0 = pc_thread_faults() - f0;
+		cpu0 = pc_thread_cpu_ns() - cpu0;
+		pthread_mutex_lock(&src->s->lock);
+		src->s->st.page_faults += f0;
+		src->s->st.send_cpu_ns += sd->send_cpu_ns;
+		src->s->st.scan_cpu_ns += cpu0 > sd->send_cpu_ns ? cpu0 - sd->send_cpu_ns : 0;
+		pthread_mutex_unlock(&src->s->lock);
 		if (err)
 			set_err(src, err);
 
@@ -830,7 +844,7 @@ static int check_forced(struct source *src)
 	pthread_mutex_unlock(&src->plock);
 	ms = ns == UINT64_MAX ? UINT64_MAX : ns / PC_NSEC_PER_MSEC;
 	pthread_mutex_lock(&s->lock);
-	bound = s->max_forced_downtime_ms;
+	bound = s->xparams.max_forced_downtime_ms;
 	s->st.forced_expected_downtime = ms;
 	if (bound && ms > bound)
 		s->st.forced_aborted = true;

@@ -234,6 +234,26 @@ struct precopy_stats {
 	uint64_t forced_expected_downtime;
 	uint64_t forced_downtime;
 	bool forced_aborted;
+
+	/* --- since PRECOPY_0.3: memory set-up and page faults ---------- */
+	/** Destination: ms precopy_listen() spent populating the regions
+	 *  (the "populate" parameter; 0 if it was off), before any source
+	 *  could connect, and the bytes it populated. */
+	uint64_t populate_ms;
+	uint64_t populated_bytes;
+	/** Page faults (minor + major) the threads that move pages took
+	 *  while they did: at the destination the receivers from the
+	 *  handshake to COMPLETE (one per 4 KiB page received into memory
+	 *  never touched before, none if it was populated); at the source
+	 *  the senders (reading guest memory, or writing into the peer's
+	 *  shared memory in shm copy mode). */
+	uint64_t page_faults;
+	/** Source: CPU time (ns) of the sender threads, split into handing
+	 *  pages to the transport (posting RDMA writes, copying into a socket
+	 *  or into shared memory) and the rest: reading each page once for
+	 *  the zero test and checksum, and walking the dirty bitmap. */
+	uint64_t send_cpu_ns;
+	uint64_t scan_cpu_ns;
 };
 
 /** Size of struct precopy_stats as PRECOPY_0.1 defined it. */
@@ -325,6 +345,15 @@ enum precopy_param {
 	 *  (-ETIMEDOUT, the guest keeps running at the source). 0 = no bound:
 	 *  force whatever the cost. Range 0..2000000. */
 	PRECOPY_PARAM_MAX_FORCED_DOWNTIME,
+	/** "populate" (destination, before precopy_listen() only; default 1):
+	 *  precopy_listen() allocates every page of every region
+	 *  (MADV_POPULATE_WRITE in parallel threads, or a write of each page
+	 *  that keeps its contents; transparent huge pages asked for where the
+	 *  mapping allows, MADV_HUGEPAGE), so receiving takes no page fault.
+	 *  Pages land on the node the region's memory policy names
+	 *  (precopy_memfd_alloc() with a node binds it). 0 for a VMM that
+	 *  preallocates its RAM itself. A source ignores it. */
+	PRECOPY_PARAM_POPULATE,
 	PRECOPY_PARAM__COUNT                  /**< not a parameter: how many there are */
 };
 
@@ -636,6 +665,9 @@ int precopy_migrate(struct precopy_session *s, const char *uri);
  * path, created here; a stale socket nobody listens on is replaced, and
  * the path is removed when the session is deleted). Does not block. If the
  * path is removed during a shm migration, the migration fails.
+ * Unless the "populate" parameter is 0, it first populates every region
+ * (see PRECOPY_PARAM_POPULATE): it then takes as long as writing the
+ * memory once, and a source that connects afterwards finds it ready.
  * Return: 0; -EINVAL for a malformed URI; -EADDRINUSE...; -EBUSY if already
  * listening.
  */

@@ -142,6 +142,11 @@ int h_dest_start_opts(struct h_dest *d, size_t len, const struct h_dest_opts *o)
 		if (err)
 			return err;
 	}
+	if (o->no_populate) {
+		err = precopy_set_param(d->s, PRECOPY_PARAM_POPULATE, 0);
+		if (err)
+			return err;
+	}
 	err = precopy_listen(d->s, uri);
 	if (err)
 		return err;

@@ -72,6 +72,7 @@ struct h_dest_opts {
 	size_t key_len;
 	const struct precopy_tls *tls;
 	bool no_run;
+	bool no_populate; /* the "populate" parameter = 0 */
 	int (*on_load)(struct h_dest *d);
 	int (*on_resume)(struct h_dest *d);
 };

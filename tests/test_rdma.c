@@ -7,7 +7,8 @@
  * (on-demand and pin-all registration, chosen with precopy_set_registration()
  * or overridden by PRECOPY_RDMA_PIN_ALL, and what each end registered), a
  * wrong key refused at connect, a
- * stale rkey refused once the destination revoked its regions, and a
+ * stale rkey refused once the destination revoked its regions, page runs
+ * written from guest memory without a bounce buffer, and a
  * destination killed mid-migration failing the source cleanly with its
  * guest running and intact.
  *
@@ -280,6 +281,66 @@ static void write_pages__stale_key_refused_after_unexpose(void **state)
 	pc_tp_close(t);
 	pc_tp_close(a.t);
 	ops->listener_close(a.l);
+	free(src);
+	free(dst);
+}
+
+/* --- zero copy ---------------------------------------------------------------- */
+
+/* Page runs go from the registered guest memory to the peer by RDMA WRITE,
+ * never through a bounce buffer: every byte written was posted from a
+ * guest-memory scatter-gather entry, and no page data went into a SEND. */
+static void write_pages__zero_copy(void **state)
+{
+	const struct pc_transport_ops *ops = pc_transport_find("rdma");
+	struct acceptor a = { .ops = ops, .key = "", .err = 1 };
+	struct pc_transport_opts o = { .channels = 1 };
+	struct pc_transport *t = NULL;
+	size_t rlen = 4 << 20, npages = rlen / 4096 / 2, len;
+	uint8_t *src = malloc(rlen), *dst = calloc(1, rlen), msg[8] = "done";
+	struct pc_page_run *runs = calloc(npages, sizeof(*runs));
+	struct iovec v = { msg, 4 };
+	struct pc_rdma_stats st;
+	uint64_t sent0;
+	char uri[200];
+	pthread_t th;
+
+	(void)state;
+	assert_non_null(src);
+	assert_non_null(dst);
+	assert_non_null(runs);
+	for (size_t i = 0; i < rlen; i++)
+		src[i] = (uint8_t)(i * 31 + 7);
+	/* every other page: runs that cannot merge into one */
+	for (size_t i = 0; i < npages; i++)
+		runs[i] = (struct pc_page_run){ src + 2 * i * 4096, 0, 2 * i * 4096, 4096 };
+	assert_int_equal(ops->listen(listen_uri + 5, &o, &a.l), 0);
+	assert_int_equal(ops->listener_addr(a.l, uri, sizeof(uri)), 0);
+	assert_int_equal(pthread_create(&th, NULL, accept_main, &a), 0);
+	assert_int_equal(ops->connect(uri + 5, &o, &t), 0);
+	pthread_join(th, NULL);
+	assert_int_equal(a.err, 0);
+	assert_int_equal(ops->expose_region(a.t, 0, dst, rlen), 0);
+	assert_int_equal(ops->reg_local(t, src, rlen), 0);
+	assert_int_equal(pc_rdma_stats(t, &st), 0);
+	sent0 = st.send_bytes;
+	assert_int_equal(pc_tp_write_pages(t, 0, runs, (unsigned)npages), 0);
+	assert_int_equal(pc_tp_send_msg(t, 0, &v, 1), 0);
+	assert_int_equal(pc_tp_recv_msg(a.t, 0, msg, sizeof(msg), &len), 0);
+	for (size_t i = 0; i < npages; i++)
+		assert_memory_equal(dst + 2 * i * 4096, src + 2 * i * 4096, 4096);
+	assert_int_equal(pc_rdma_stats(t, &st), 0);
+	printf("# zero copy: %llu bytes written, %llu of them from guest memory, %llu bytes "
+	       "of messages sent\n", (unsigned long long)st.write_bytes,
+	       (unsigned long long)st.write_guest_bytes,
+	       (unsigned long long)(st.send_bytes - sent0));
+	assert_int_equal(st.write_bytes, npages * 4096);
+	assert_int_equal(st.write_guest_bytes, st.write_bytes);
+	assert_int_equal(st.send_bytes - sent0, 4); /* the marker, nothing more */
+	pc_tp_close(t);
+	pc_tp_close(a.t);
+	ops->listener_close(a.l);
+	free(runs);
 	free(src);
 	free(dst);
 }
@@ -2133,6 +2194,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(connect__cancel_while_waiting_for_accept, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(write_pages__stale_key_refused_after_unexpose, setup, teardown),
+		cmocka_unit_test_setup_teardown(write_pages__zero_copy, setup, teardown),
 		cmocka_unit_test_setup_teardown(migrate__pattern_1_qp_with_key, setup, teardown),
 		cmocka_unit_test_setup_teardown(migrate__pattern_2_qps_pin_all, setup, teardown),
 		cmocka_unit_test_setup_teardown(migrate__pin_all_env_overrides, setup, teardown),

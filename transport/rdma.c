@@ -207,6 +207,7 @@ struct rd_conn {
 	atomic_bool closing;        /* tells the monitor thread to end */
 	atomic_bool quiet;          /* closing: no more heartbeats */
 
+	_Atomic uint64_t write_guest_bytes, send_bytes; /* zero-copy proof (pc_rdma_stats) */
 	_Atomic uint64_t reg_ns, reg_bytes, reg_count, write_wrs, write_bytes, send_wrs,
 		credit_waits;
 };
@@ -553,6 +554,7 @@ static int rd_send(struct rd_conn *c, unsigned chan, unsigned kind, const struct
 			break;
 		ch->next_slot = (slot + 1) % SEND_SLOTS;
 		atomic_fetch_add(&c->send_wrs, 1);
+		atomic_fetch_add(&c->send_bytes, n);
 		sent += n;
 		while (vi < iovcnt && voff == iov[vi].iov_len) {
 			vi++;
@@ -1078,12 +1080,34 @@ struct wr_batch {
 	uint32_t wr_len;
 };
 
+/* Bytes of @b's scatter-gather entries that lie in registered guest
+ * memory (reg_local ranges): the device reads them there, no copy. */
+static uint64_t batch_guest_bytes(struct rd_conn *c, const struct wr_batch *b)
+{
+	unsigned nloc = atomic_load(&c->nloc);
+	uint64_t n = 0;
+
+	for (unsigned i = 0; i < b->n; i++)
+		for (int k = 0; k < b->wr[i].num_sge; k++) {
+			const struct ibv_sge *s = &b->wr[i].sg_list[k];
+
+			for (unsigned j = 0; j < nloc; j++)
+				if (s->addr >= c->loc[j].start &&
+				    s->addr - c->loc[j].start + s->length <= c->loc[j].len) {
+					n += s->length;
+					break;
+				}
+		}
+	return n;
+}
+
 static int batch_flush(struct rd_conn *c, struct rd_chan *ch, struct wr_batch *b, bool last)
 {
 	int err;
 
 	if (!b->n)
 		return 0;
+	atomic_fetch_add(&c->write_guest_bytes, batch_guest_bytes(c, b));
 	err = sq_acquire(c, ch, b->n, SQ_RESERVE, 0);
 	if (err)
 		return err;
@@ -2376,6 +2400,8 @@ int pc_rdma_stats(struct pc_transport *t, struct pc_rdma_stats *out)
 	out->write_wrs = atomic_load(&c->write_wrs);
 	out->write_bytes = atomic_load(&c->write_bytes);
 	out->send_wrs = atomic_load(&c->send_wrs);
+	out->write_guest_bytes = atomic_load(&c->write_guest_bytes);
+	out->send_bytes = atomic_load(&c->send_bytes);
 	out->credit_waits = atomic_load(&c->credit_waits);
 	query_qp_stats(&c->ch[0], out);
 	return 0;

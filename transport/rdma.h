@@ -24,6 +24,13 @@ struct pc_rdma_stats {
 	uint64_t write_wrs;    /**< RDMA WRITE work requests posted */
 	uint64_t write_bytes;  /**< bytes written by them */
 	uint64_t send_wrs;     /**< SEND work requests posted (fragments) */
+	/* Zero copy, counted where the work requests are posted: bytes of
+	 * RDMA WRITEs whose scatter-gather entries lie in guest memory the
+	 * sending side registered (reg_local), and bytes copied into SEND
+	 * fragments (messages; page data taking that road would be a bounce
+	 * buffer). For write_pages() alone write_guest_bytes == write_bytes. */
+	uint64_t write_guest_bytes;
+	uint64_t send_bytes;
 	uint64_t credit_waits; /**< times a sender waited for receive credits */
 	/* Queue pair attributes of channel 0 as the device reports them. */
 	unsigned qp_timeout, qp_retry_cnt, qp_rnr_retry;

@@ -75,6 +75,9 @@ int pc_cli_demo(struct pc_cli *c, struct precopy_session **current);
 int pc_cli_simulate(struct pc_cli *c);
 int pc_cli_bridge(struct pc_cli *c);
 
+/** pc_cli_bw_source_name() - "tcp-info", "send-time"... for the stats. */
+const char *pc_cli_bw_source_name(enum precopy_bw_source s);
+
 /** Print stats as one JSON object line to @f, with "event": @event, and
  *  (if @reg is not NULL) the registration figures. */
 void pc_cli_json_stats(FILE *f, const char *event, const char *role,

@@ -574,6 +574,7 @@ static const char *const param_names[PRECOPY_PARAM__COUNT] = {
 	[PRECOPY_PARAM_ON_LIMIT] = "on-limit",
 	[PRECOPY_PARAM_CHANNELS] = "channels",
 	[PRECOPY_PARAM_TIMEOUT] = "timeout",
+	[PRECOPY_PARAM_DEVICE_STATE_SIZE] = "device-state-size",
 };
 
 const char *precopy_param_name(enum precopy_param param)
@@ -633,6 +634,7 @@ static int param_store(struct precopy_params *p, enum precopy_param param, uint6
 		return 0;
 	case PRECOPY_PARAM_CHANNELS: return param_uint(v, &p->channels);
 	case PRECOPY_PARAM_TIMEOUT: return param_uint(v, &p->timeout_ms);
+	case PRECOPY_PARAM_DEVICE_STATE_SIZE: /* not in precopy_params: the session's */
 	case PRECOPY_PARAM__COUNT: break;
 	}
 	return -EINVAL;
@@ -656,6 +658,7 @@ static uint64_t param_load(const struct precopy_params *p, enum precopy_param pa
 	case PRECOPY_PARAM_ON_LIMIT: return p->on_limit;
 	case PRECOPY_PARAM_CHANNELS: return p->channels;
 	case PRECOPY_PARAM_TIMEOUT: return p->timeout_ms;
+	case PRECOPY_PARAM_DEVICE_STATE_SIZE:
 	case PRECOPY_PARAM__COUNT: break;
 	}
 	return 0;
@@ -686,6 +689,18 @@ static int param_try(struct precopy_session *s, enum precopy_param param, uint64
 		return -EBUSY;
 	}
 	*cand = s->params;
+	if (param == PRECOPY_PARAM_DEVICE_STATE_SIZE) {
+		if (value > PC_WIRE_DEVSTATE_MAX) {
+			if (why && whylen)
+				snprintf(why, whylen, "%s: %llu is more than %llu", name,
+					 (unsigned long long)value,
+					 (unsigned long long)PC_WIRE_DEVSTATE_MAX);
+			return -EINVAL;
+		}
+		if (why && whylen)
+			why[0] = '\0';
+		return 0;
+	}
 	err = param_store(cand, param, value);
 	if (err) {
 		if (why && whylen)
@@ -719,6 +734,8 @@ int precopy_set_param(struct precopy_session *s, enum precopy_param param, uint6
 		return -EINVAL;
 	pthread_mutex_lock(&s->lock);
 	err = param_try(s, param, value, &cand, NULL, 0);
+	if (!err && param == PRECOPY_PARAM_DEVICE_STATE_SIZE)
+		s->device_state_hint = value;
 	if (!err) {
 		s->params = cand;
 		atomic_fetch_add(&s->params_gen, 1);
@@ -732,7 +749,8 @@ int precopy_get_param(struct precopy_session *s, enum precopy_param param, uint6
 	if (!s || !value || !precopy_param_name(param))
 		return -EINVAL;
 	pthread_mutex_lock(&s->lock);
-	*value = param_load(&s->params, param);
+	*value = param == PRECOPY_PARAM_DEVICE_STATE_SIZE ? s->device_state_hint
+							  : param_load(&s->params, param);
 	pthread_mutex_unlock(&s->lock);
 	return 0;
 }

@@ -69,6 +69,10 @@ struct precopy_session {
 	 * just before it is closed; have_reg_stats if it registers memory */
 	struct pc_tp_reg_stats reg_stats;
 	bool have_reg_stats;
+	/* the device-state size: precopy_set_param(DEVICE_STATE_SIZE) (under
+	 * lock), and what the last migration of this session sent */
+	uint64_t device_state_hint;
+	uint64_t device_state_last;
 
 	/* precopy_set_tls(): a deep copy (strings and key owned here) */
 	struct precopy_tls tls;

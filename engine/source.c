@@ -172,8 +172,13 @@ static int flush_batch(struct sender *sd)
 		return err;
 
 	uint64_t now = pc_now();
+	struct pc_tp_link_stats ls;
+	bool have_ls = src->link_stats && !pc_tp_link_stats(src->tp, sd->chan, &ls) &&
+		       ls.delivery_bps;
 
 	pthread_mutex_lock(&src->plock);
+	if (have_ls)
+		pc_policy_link_rate(&src->pol, sd->chan, (double)ls.delivery_bps, ls.app_limited);
 	wait = pc_policy_sent(&src->pol, sd->chan, sd->data_bytes + len, busy, now);
 	if (!src->final && now > sd->active_since)
 		pc_policy_sender(&src->pol, sd->chan, sd->scanned * PRECOPY_PAGE_SIZE,

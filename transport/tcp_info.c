@@ -47,7 +47,11 @@ int pc_tcp_fd_link_stats(int fd, struct pc_tp_link_stats *out)
 	out->source = PC_TP_LINK_TCP_INFO;
 	out->busy_ns = (uint64_t)ti.tcpi_busy_time * 1000;
 	out->delivered = ti.tcpi_bytes_acked;
-	out->rtt_ns = (uint64_t)ti.tcpi_rtt * 1000;
+	/* The end's round trips go over a drained queue: the path's own
+	 * round trip (min_rtt, 4.10) is theirs, not the smoothed one that a
+	 * full queue inflates (its delay is counted as queued bytes). */
+	out->rtt_ns = (uint64_t)(TCPINFO_HAS(len, tcpi_min_rtt) && ti.tcpi_min_rtt ? ti.tcpi_min_rtt
+										    : ti.tcpi_rtt) * 1000;
 	if (TCPINFO_HAS(len, tcpi_delivery_rate)) {
 		out->delivery_bps = ti.tcpi_delivery_rate;
 		out->app_limited = ti.tcpi_delivery_rate_app_limited;

@@ -108,7 +108,8 @@ struct pc_tp_link_stats {
 	/** bytes accepted by the transport and not yet delivered (TCP:
 	 *  SIOCOUTQ, sent but unacknowledged plus not yet sent) */
 	uint64_t queued;
-	/** smoothed round-trip time, ns (TCP: tcpi_rtt); 0 = unknown */
+	/** round-trip time of the path with no queue, ns (TCP: tcpi_min_rtt,
+	 *  else tcpi_rtt); 0 = unknown */
 	uint64_t rtt_ns;
 	/** the kernel's latest delivery-rate sample, bytes/s; 0 = unknown */
 	uint64_t delivery_bps;

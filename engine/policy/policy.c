@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* a * b without wrapping: UINT64_MAX when the product does not fit. */
@@ -179,6 +180,46 @@ static void link_restart(struct pc_link *l, unsigned n, const struct pc_link_sam
 	l->nchan = n;
 	l->win_start = now;
 	l->primed = true;
+	memset(l->nrate, 0, sizeof(l->nrate));
+}
+
+void pc_link_rate(struct pc_link *l, unsigned chan, double bps, bool app_limited)
+{
+	if (chan >= PRECOPY_MAX_CHANNELS || app_limited || !(bps > 0))
+		return;
+	l->rate[chan][l->nrate[chan] % PC_LINK_RATE_SAMPLES] = bps;
+	l->nrate[chan]++;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * Sum over the channels that delivered in this window (@del0 < now's) of
+ * the median of their samples; 0 unless each of them has enough samples
+ * (a channel that delivered and is missing would make the sum too low).
+ */
+static double link_rate_median(struct pc_link *l, unsigned n, const struct pc_link_sample *s)
+{
+	double sum = 0;
+
+	for (unsigned c = 0; c < n; c++) {
+		unsigned k = l->nrate[c] < PC_LINK_RATE_SAMPLES ? l->nrate[c] : PC_LINK_RATE_SAMPLES;
+		double v[PC_LINK_RATE_SAMPLES];
+
+		if (s[c].delivered == l->del0[c])
+			continue;
+		if (k < PC_LINK_MIN_RATE_SAMPLES)
+			return 0;
+		memcpy(v, l->rate[c], k * sizeof(double));
+		qsort(v, k, sizeof(double), cmp_double);
+		sum += k % 2 ? v[k / 2] : (v[k / 2 - 1] + v[k / 2]) / 2;
+	}
+	return sum;
 }
 
 void pc_link_sample(struct pc_link *l, enum pc_link_source source, unsigned n,
@@ -214,8 +255,10 @@ void pc_link_sample(struct pc_link *l, enum pc_link_source source, unsigned n,
 	if (now - l->win_start < PC_BW_WINDOW_NS || busy < PC_LINK_MIN_BUSY_NS)
 		return; /* keep accumulating */
 	if (del > 0) {
-		double r = (double)del * 1e9 / (double)busy;
+		double r = (double)del * 1e9 / (double)busy, m = link_rate_median(l, n, s);
 
+		if (m > 0 && m < r)
+			r = m;
 		l->bps = l->windows == 0 ? r : ewma(l->bps, r);
 		l->windows++;
 	}
@@ -606,6 +649,11 @@ void pc_policy_link(struct pc_policy *pol, enum pc_link_source source, unsigned 
 		    const struct pc_link_sample *s, uint64_t now)
 {
 	pc_link_sample(&pol->link, source, n, s, now);
+}
+
+void pc_policy_link_rate(struct pc_policy *pol, unsigned chan, double bps, bool app_limited)
+{
+	pc_link_rate(&pol->link, chan, bps, app_limited);
 }
 
 void pc_policy_dirty_rate(struct pc_policy *pol, double bps)

@@ -148,6 +148,20 @@ double pc_bw_wall(const struct pc_bw *b);
  * restart the window.
  */
 
+/*
+ * The kernel's busy time is counted in jiffies: a sender held to a cap
+ * sends in bursts of a few ms, and a burst that starts and ends within one
+ * jiffy counts nothing, so under a cap delivered / busy comes out several
+ * times the link. Its second opinion, the delivery-rate samples the kernel
+ * takes per ACK in us (tcpi_delivery_rate), is right whenever the sample
+ * was not limited by the application: pc_link_rate() collects those, per
+ * channel, and a window's rate is the lower of delivered / busy and the sum
+ * over channels of the median of their samples (at least
+ * PC_LINK_MIN_RATE_SAMPLES on a channel for it to count).
+ */
+#define PC_LINK_RATE_SAMPLES 32
+#define PC_LINK_MIN_RATE_SAMPLES 3
+
 /** Busy time a window needs before it says anything (jiffies granularity). */
 #define PC_LINK_MIN_BUSY_NS (20 * PC_NSEC_PER_MSEC)
 
@@ -180,6 +194,8 @@ struct pc_link {
 	bool primed;                /**< busy0/del0 hold a window's start */
 	double bps;                 /**< smoothed rate; 0 until a window closed */
 	unsigned windows;
+	double rate[PRECOPY_MAX_CHANNELS][PC_LINK_RATE_SAMPLES]; /**< this window's */
+	unsigned nrate[PRECOPY_MAX_CHANNELS];
 	uint64_t queued;            /**< sum over channels, at the last sample */
 	uint64_t rtt_ns;            /**< largest over channels, at the last sample */
 };
@@ -193,6 +209,14 @@ void pc_link_init(struct pc_link *l, uint64_t now);
  */
 void pc_link_sample(struct pc_link *l, enum pc_link_source source, unsigned n,
 		    const struct pc_link_sample *s, uint64_t now);
+
+/**
+ * pc_link_rate() - channel @chan's kernel took a delivery-rate sample of
+ * @bps bytes/s; @app_limited: the sender, not the link, set its pace (only
+ * a lower bound: not kept). Kept for the current window (the first
+ * PC_LINK_RATE_SAMPLES; later ones replace the oldest).
+ */
+void pc_link_rate(struct pc_link *l, unsigned chan, double bps, bool app_limited);
 
 /** pc_link_bps() - the link's rate, bytes/s; 0 until a window closed. */
 double pc_link_bps(const struct pc_link *l);
@@ -455,6 +479,9 @@ double pc_policy_bw_sender(const struct pc_policy *pol);
  */
 void pc_policy_link(struct pc_policy *pol, enum pc_link_source source, unsigned n,
 		    const struct pc_link_sample *s, uint64_t now);
+
+/** pc_policy_link_rate() - pc_link_rate() on the policy's link. */
+void pc_policy_link_rate(struct pc_policy *pol, unsigned chan, double bps, bool app_limited);
 
 /** pc_policy_dirty_rate() - the guest writes @bps bytes/s (last measured). */
 void pc_policy_dirty_rate(struct pc_policy *pol, double bps);

@@ -22,6 +22,7 @@ struct pc_cli {
 	enum precopy_dirty_mode dirty_mode;
 	struct precopy_params params;
 	bool no_verify, json, quiet, estimator_wall;
+	uint64_t rtt_us; /* simulate: the path's round trip */
 	double bandwidth;
 	int ready_fd; /* demo: where the destination writes its URI, or -1 */
 	int numa_node; /* incoming: bind the RAM to this node, or -1 */

@@ -70,14 +70,17 @@ struct precopy_session {
 	struct pc_tp_reg_stats reg_stats;
 	bool have_reg_stats;
 	/* the device-state size: precopy_set_param(DEVICE_STATE_SIZE) (under
-	 * lock), and what the last migration of this session sent */
+	 * lock); see pc_device_state_last for the fallback */
 	uint64_t device_state_hint;
-	uint64_t device_state_last;
 
 	/* precopy_set_tls(): a deep copy (strings and key owned here) */
 	struct precopy_tls tls;
 	bool have_tls;
 };
+
+/** What the last migration in this process sent as device state (a
+ *  session runs once: the next one's guess when the VMM gives no hint). */
+extern _Atomic uint64_t pc_device_state_last;
 
 /** pc_now() - monotonic nanoseconds. */
 uint64_t pc_now(void);

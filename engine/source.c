@@ -123,10 +123,12 @@ static int apply_params(struct source *src)
 	return 0;
 }
 
+_Atomic uint64_t pc_device_state_last;
+
 /*
  * The device-state size the expected downtime counts: the VMM's hint
- * (precopy_set_param(DEVICE_STATE_SIZE)), else what the last migration of
- * this session sent, else nothing (no save_device_state hook: none).
+ * (precopy_set_param(DEVICE_STATE_SIZE)), else what the last migration in
+ * this process sent, else nothing (no save_device_state hook: none).
  */
 static void apply_device_state(struct source *src)
 {
@@ -134,7 +136,7 @@ static void apply_device_state(struct source *src)
 	uint64_t bytes;
 
 	pthread_mutex_lock(&s->lock);
-	bytes = s->device_state_hint ? s->device_state_hint : s->device_state_last;
+	bytes = s->device_state_hint ? s->device_state_hint : atomic_load(&pc_device_state_last);
 	if (!s->cb.save_device_state)
 		bytes = 0;
 	pthread_mutex_unlock(&s->lock);
@@ -672,7 +674,7 @@ static int send_device_state(struct source *src)
 	free(buf);
 	pthread_mutex_lock(&s->lock);
 	s->st.transferred += len;
-	s->device_state_last = len; /* the next migration's guess */
+	atomic_store(&pc_device_state_last, len); /* the next migration's guess */
 	pthread_mutex_unlock(&s->lock);
 	if (err)
 		return pc_fail(s, err, "sending device state: %s", pc_err_context(s, err));

@@ -202,7 +202,8 @@ struct precopy_stats {
 	uint64_t free_skipped;
 	/** pages dirtied per second, over the last pass. */
 	uint64_t dirty_pages_rate;
-	/** throughput in megabits per second, from the busy-time estimate. */
+	/** megabits per second the switchover decision uses
+	 *  (bandwidth_switchover x 8 / 1e6). */
 	double mbps;
 	/** bytes sent over the time spent inside the transport's send calls,
 	 *  bytes/s. Too high whenever the sender is not the bottleneck (a
@@ -340,7 +341,7 @@ enum precopy_param {
 	PRECOPY_PARAM_TIMEOUT,                /**< "timeout" (before the start only) */
 	/** "device-state-size": bytes the VMM expects its device state to
 	 *  be, counted in the expected downtime; 0 = unknown (default): the
-	 *  size this session's last migration sent, else 0. At most 256 MiB
+	 *  size the last migration in this process sent, else 0. At most 256 MiB
 	 *  (the largest device state a migration carries). */
 	PRECOPY_PARAM_DEVICE_STATE_SIZE,
 	PRECOPY_PARAM__COUNT                  /**< not a parameter: how many there are */
@@ -624,6 +625,16 @@ int precopy_set_registration(struct precopy_session *s, enum precopy_registratio
  * -EACCES if TLS authentication failed; -ENOTRECOVERABLE (above);
  * -EPROTO, -ECONNRESET, -EIO... for failures (see precopy_strerror()).
  * A session runs once; make a new one to retry.
+ *
+ * It switches over when the expected downtime is within the limit:
+ *   sync cost + (remaining + dirty rate x sync cost + bytes queued in the
+ *   transport + device state) / bandwidth + 2 round trips,
+ * the bandwidth being avail-switchover-bandwidth if set, else the link as
+ * the transport measures it where the bytes leave (tcp/tls: TCP_INFO; shm:
+ * copy time) or the sender's rate if lower, else (rdma) the time inside
+ * the transport's calls; the device state is the "device-state-size"
+ * parameter, else what the last migration in this process sent. See
+ * precopy_migrate(3) and struct precopy_stats's bandwidth_* fields.
  */
 int precopy_migrate(struct precopy_session *s, const char *uri);
 

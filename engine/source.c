@@ -77,7 +77,7 @@ struct source {
 	atomic_int err;      /* first sender error */
 	uint64_t pass_dirtied; /* pages newly dirty by every sync of this pass */
 	bool handoff;        /* PC_CAP_HANDOFF offered / accepted */
-	bool link_stats;     /* the transport gives link figures (else -EOPNOTSUPP) */
+	atomic_bool link_stats; /* the transport gives link figures (else -EOPNOTSUPP) */
 	bool unconfirmed;    /* GO sent, no answer: the guest may run there */
 
 	struct sender snd[PRECOPY_MAX_CHANNELS];

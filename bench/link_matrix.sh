@@ -29,7 +29,9 @@
 # held, 1 if one did not, 77 if namespaces or tbf cannot be had here.
 #
 # MATRIX_RAM_32 / MATRIX_RAM_256 (default 128M / 256M): the guest's size
-# on the slow and the fast link.
+# on the slow and the fast link. MATRIX_BURST_MS (default 4): tbf's burst,
+# in ms of the rate. MATRIX_KEEP=PREFIX: keep each row's JSON lines and
+# stderr as PREFIX.ROW.json / .err.
 set -uo pipefail
 
 PRECOPY=$(readlink -f "${1:?usage: link_matrix.sh PRECOPY [ROW...]}")
@@ -63,12 +65,15 @@ ip -n "$DST" addr add $A_DST/24 dev a1
 for l in lo a0; do ip -n "$SRC" link set $l up; done
 for l in lo a1; do ip -n "$DST" link set $l up; done
 
-# shape LINK_MIB: tbf at LINK MiB/s on the source's egress; a burst of
-# 4 ms of the rate (at least 64 KiB: tbf needs rate/HZ), 20 ms of queue.
+# shape LINK_MIB: tbf at LINK MiB/s on the source's egress, 20 ms of queue,
+# and a burst of MATRIX_BURST_MS of the rate (default 4; at least 16 KiB):
+# a real link never goes faster than its rate, and a burst as long as a
+# capped sender's 10 ms slice lets each slice through at veth speed, which
+# the delivery-rate samples then report as the link (docs/PERFORMANCE.md).
 shape() {
 	local bps=$(($1 * 1048576)) burst
-	burst=$((bps / 250))
-	[ $burst -ge 65536 ] || burst=65536
+	burst=$((bps * ${MATRIX_BURST_MS:-4} / 1000))
+	[ $burst -ge 16384 ] || burst=16384
 	ip netns exec "$SRC" tc qdisc replace dev a0 root tbf rate $((bps * 8))bit \
 		burst $burst latency 20ms 2>"$WORK/tc.err" ||
 		skip "tc tbf is not available here: $(cat "$WORK/tc.err")"

@@ -23,6 +23,7 @@ struct pc_cli {
 	struct precopy_params params;
 	bool no_verify, json, quiet, estimator_wall;
 	bool no_populate; /* incoming: the "populate" parameter = 0 */
+	uint64_t rtt_us; /* simulate: the path's round trip */
 	double bandwidth;
 	int ready_fd; /* demo: where the destination writes its URI, or -1 */
 	int numa_node; /* incoming: bind the RAM to this node, or -1 */
@@ -98,6 +99,9 @@ int pc_cli_param_value(int param, const char *text, uint64_t *out, char *why, si
 /** precopy ctl PATH query | get NAME | set NAME VALUE | cancel; @argv starts at
  *  PATH. Return: the exit status. */
 int pc_cli_ctl(int argc, char **argv);
+
+/** pc_cli_bw_source_name() - "tcp-info", "send-time"... for the stats. */
+const char *pc_cli_bw_source_name(enum precopy_bw_source s);
 
 /** Print stats as one JSON object line to @f, with "event": @event, and
  *  (if @reg is not NULL) the registration figures. */

@@ -167,6 +167,7 @@ static void usage(FILE *f)
 "simulate:\n"
 "  --bandwidth RATE          link bandwidth\n"
 "  --estimator busy|wall     bandwidth estimate to decide with [busy]\n"
+"  --rtt-us N                the path's round trip in us; the end pays two [0]\n"
 "\n"
 "output:\n"
 "  --json                    JSON lines: progress events and a result\n"
@@ -183,7 +184,7 @@ enum {
 	OPT_ZERO_PCT, OPT_FREE_PCT, OPT_SEED, OPT_DIRTY_MODE, OPT_MAX_BW, OPT_DOWNTIME,
 	OPT_AVAIL_BW, OPT_AUTO_CONVERGE, OPT_TRIGGER, OPT_T_INITIAL, OPT_T_INCREMENT,
 	OPT_T_MAX, OPT_TAILSLOW, OPT_MAX_ITER, OPT_MAX_TIME, OPT_STALL, OPT_ON_LIMIT,
-	OPT_CHANNELS, OPT_NO_VERIFY, OPT_JSON, OPT_QUIET, OPT_BANDWIDTH, OPT_ESTIMATOR,
+	OPT_CHANNELS, OPT_NO_VERIFY, OPT_JSON, OPT_QUIET, OPT_BANDWIDTH, OPT_ESTIMATOR, OPT_RTT_US,
 	OPT_HELP, OPT_NUMA_NODE, OPT_MEMFD, OPT_LISTEN_UNIX, OPT_TO_UNIX,
 	OPT_TIMEOUT, OPT_VERIFY_SOURCE, OPT_THEN_TO, OPT_STOP_DELAY, OPT_TLS_PSK_FILE,
 	OPT_TLS_PSK_ID, OPT_TLS_CA, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_HOSTNAME,
@@ -235,6 +236,7 @@ static const struct option long_opts[] = {
 	{ "quiet", no_argument, 0, OPT_QUIET },
 	{ "bandwidth", required_argument, 0, OPT_BANDWIDTH },
 	{ "estimator", required_argument, 0, OPT_ESTIMATOR },
+	{ "rtt-us", required_argument, 0, OPT_RTT_US },
 	{ "listen-unix", required_argument, 0, OPT_LISTEN_UNIX },
 	{ "to-unix", required_argument, 0, OPT_TO_UNIX },
 	{ "help", no_argument, 0, OPT_HELP },
@@ -466,6 +468,16 @@ static int parse_args(int argc, char **argv, struct pc_cli *c)
 				return bad_value(name, a, "expected busy or wall");
 			c->estimator_wall = !strcmp(a, "wall");
 			break;
+		case OPT_RTT_US: {
+			char *end;
+
+			errno = 0;
+			v = strtoull(a, &end, 10);
+			if (errno || end == a || *end || v > 10000000 || a[0] == '-')
+				return bad_value(name, a, "expected microseconds, 0..10000000");
+			c->rtt_us = v;
+			break;
+		}
 		case 'h':
 		case OPT_HELP:
 			usage(stdout);

@@ -223,8 +223,15 @@ static void print_summary(struct ctx *x, const struct precopy_stats *st,
 		printf("  pages            %" PRIu64 " sent, %" PRIu64 " zero, %" PRIu64
 		       " skipped as free\n",
 		       st->normal, st->duplicate, st->free_skipped);
-		printf("  bandwidth        %s/s from busy time, %s/s from wall time\n",
-		       pc_cli_fmt_bytes((double)st->bandwidth_busy, c, sizeof(c)),
+		printf("  bandwidth        %s/s decided on (%s); link %s/s",
+		       pc_cli_fmt_bytes((double)st->bandwidth_switchover, c, sizeof(c)),
+		       pc_cli_bw_source_name(st->bandwidth_source),
+		       pc_cli_fmt_bytes((double)st->bandwidth_link, d, sizeof(d)));
+		printf(", sender %s/s",
+		       pc_cli_fmt_bytes((double)st->bandwidth_sender, c, sizeof(c)));
+		printf(", in send calls %s/s",
+		       pc_cli_fmt_bytes((double)st->bandwidth_busy, c, sizeof(c)));
+		printf(", wall time %s/s\n",
 		       pc_cli_fmt_bytes((double)st->bandwidth_wall, d, sizeof(d)));
 		printf("  throttle         %u%% (auto-converge %s)\n", st->cpu_throttle_percentage,
 		       x->c->params.auto_converge ? "on" : "off");

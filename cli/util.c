@@ -72,6 +72,19 @@ const char *pc_cli_fmt_bytes(double b, char *buf, size_t len)
 	return buf;
 }
 
+const char *pc_cli_bw_source_name(enum precopy_bw_source s)
+{
+	switch (s) {
+	case PRECOPY_BW_SOURCE_NONE: return "none";
+	case PRECOPY_BW_SOURCE_SEND_TIME: return "send-time";
+	case PRECOPY_BW_SOURCE_TCP_INFO: return "tcp-info";
+	case PRECOPY_BW_SOURCE_COMPLETIONS: return "rdma-completions";
+	case PRECOPY_BW_SOURCE_COPY: return "shm-copy";
+	case PRECOPY_BW_SOURCE_AVAIL: return "avail-switchover-bandwidth";
+	}
+	return "unknown";
+}
+
 void pc_cli_json_stats(FILE *f, const char *event, const char *role,
 		       const struct precopy_stats *st, const struct pc_cli_reg *reg)
 {
@@ -82,13 +95,19 @@ void pc_cli_json_stats(FILE *f, const char *event, const char *role,
 		",\"remaining\":%" PRIu64 ",\"total\":%" PRIu64 ",\"duplicate\":%" PRIu64
 		",\"normal\":%" PRIu64 ",\"normal-bytes\":%" PRIu64 ",\"free-skipped\":%" PRIu64
 		",\"dirty-pages-rate\":%" PRIu64 ",\"mbps\":%.1f,\"bandwidth-busy\":%" PRIu64
-		",\"bandwidth-wall\":%" PRIu64 ",\"dirty-sync-count\":%" PRIu64
+		",\"bandwidth-wall\":%" PRIu64 ",\"bandwidth-link\":%" PRIu64
+		",\"bandwidth-sender\":%" PRIu64 ",\"bandwidth-switchover\":%" PRIu64
+		",\"bandwidth-source\":\"%s\",\"queued-bytes\":%" PRIu64
+		",\"device-state-bytes\":%" PRIu64 ",\"dirty-sync-count\":%" PRIu64
 		",\"cpu-throttle-percentage\":%u,\"iteration\":%u,\"forced-switchover\":%s"
 		",\"dirty-mode\":\"%s\"",
 		event, role, precopy_status_name(st->status), st->total_time, st->setup_time,
 		st->downtime, st->expected_downtime, st->transferred, st->remaining, st->total,
 		st->duplicate, st->normal, st->normal_bytes, st->free_skipped,
 		st->dirty_pages_rate, st->mbps, st->bandwidth_busy, st->bandwidth_wall,
+		st->bandwidth_link, st->bandwidth_sender, st->bandwidth_switchover,
+		pc_cli_bw_source_name(st->bandwidth_source), st->queued_bytes,
+		st->device_state_bytes,
 		st->dirty_sync_count, st->cpu_throttle_percentage, st->iteration,
 		st->forced_switchover ? "true" : "false", precopy_dirty_mode_name(st->dirty_mode));
 	/* a forced switchover: what it was expected to cost, what it took,

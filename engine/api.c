@@ -646,6 +646,7 @@ static const char *const param_names[PRECOPY_PARAM__COUNT] = {
 	[PRECOPY_PARAM_TIMEOUT] = "timeout",
 	[PRECOPY_PARAM_MAX_FORCED_DOWNTIME] = "max-forced-downtime",
 	[PRECOPY_PARAM_POPULATE] = "populate",
+	[PRECOPY_PARAM_DEVICE_STATE_SIZE] = "device-state-size",
 };
 
 const char *precopy_param_name(enum precopy_param param)
@@ -713,6 +714,11 @@ static int param_store(struct precopy_params *p, struct pc_xparams *x, enum prec
 		x->max_forced_downtime_ms = v;
 		return 0;
 	case PRECOPY_PARAM_POPULATE: return param_bool(v, &x->populate);
+	case PRECOPY_PARAM_DEVICE_STATE_SIZE:
+		if (v > PC_WIRE_DEVSTATE_MAX)
+			return -EINVAL;
+		x->device_state_size = v;
+		return 0;
 	case PRECOPY_PARAM__COUNT: break;
 	}
 	return -EINVAL;
@@ -739,6 +745,7 @@ static uint64_t param_load(const struct precopy_params *p, const struct pc_xpara
 	case PRECOPY_PARAM_TIMEOUT: return p->timeout_ms;
 	case PRECOPY_PARAM_MAX_FORCED_DOWNTIME: return x->max_forced_downtime_ms;
 	case PRECOPY_PARAM_POPULATE: return x->populate;
+	case PRECOPY_PARAM_DEVICE_STATE_SIZE: return x->device_state_size;
 	case PRECOPY_PARAM__COUNT: break;
 	}
 	return 0;

@@ -71,7 +71,6 @@ struct precopy_session {
 	 * just before it is closed; have_reg_stats if it registers memory */
 	struct pc_tp_reg_stats reg_stats;
 	bool have_reg_stats;
-
 	/* Free-page hints (source): the pending set (the source's session
 	 * bitmap) while hints are taken, i.e. from the moment the dirty log
 	 * is armed and the bulk pass is queued until the switchover; NULL
@@ -84,12 +83,19 @@ struct precopy_session {
 		bool populate;       /**< PRECOPY_PARAM_POPULATE */
 		/** PRECOPY_PARAM_MAX_FORCED_DOWNTIME, ms (0 = no bound) */
 		uint64_t max_forced_downtime_ms;
+		/** PRECOPY_PARAM_DEVICE_STATE_SIZE, bytes (0 = unknown: see
+		 *  pc_device_state_last for the fallback) */
+		uint64_t device_state_size;
 	} xparams;
 
 	/* precopy_set_tls(): a deep copy (strings and key owned here) */
 	struct precopy_tls tls;
 	bool have_tls;
 };
+
+/** What the last migration in this process sent as device state (a
+ *  session runs once: the next one's guess when the VMM gives no hint). */
+extern _Atomic uint64_t pc_device_state_last;
 
 /** pc_now() - monotonic nanoseconds. */
 uint64_t pc_now(void);

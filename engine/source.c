@@ -43,6 +43,10 @@ struct sender {
 	uint32_t nruns;
 	struct pc_wire_run cur; /* run being extended */
 	bool have_cur;
+	/* the sender estimate: pages looked at since the last batch went,
+	 * and when the sender last stopped waiting (batch sent, bucket) */
+	uint64_t scanned;
+	uint64_t active_since;
 	/* counters, folded into the stats by the control thread */
 	_Atomic uint64_t normal, duplicate, free_skipped, bytes, wire;
 	uint64_t send_cpu_ns; /* this pass, in flush_batch()'s transport calls */
@@ -73,10 +77,13 @@ struct source {
 	atomic_int err;      /* first sender error */
 	uint64_t pass_dirtied; /* pages newly dirty by every sync of this pass */
 	bool handoff;        /* PC_CAP_HANDOFF offered / accepted */
+	atomic_bool link_stats; /* the transport gives link figures (else -EOPNOTSUPP) */
 	bool unconfirmed;    /* GO sent, no answer: the guest may run there */
 
 	struct sender snd[PRECOPY_MAX_CHANNELS];
 };
+
+static void apply_device_state(struct source *src);
 
 static void set_err(struct source *src, int err)
 {
@@ -99,6 +106,7 @@ static int apply_params(struct source *src)
 	if (atomic_load(&s->params_gen) == src->params_gen)
 		return 0;
 	src->params_gen = pc_params_snapshot(s, &src->params);
+	apply_device_state(src);
 	pthread_mutex_lock(&src->plock);
 	old = src->pol.throttle.pct;
 	pct = pc_policy_update(&src->pol, &src->params, pc_now());
@@ -113,6 +121,29 @@ static int apply_params(struct source *src)
 		pthread_mutex_unlock(&s->lock);
 	}
 	return 0;
+}
+
+_Atomic uint64_t pc_device_state_last;
+
+/*
+ * The device-state size the expected downtime counts: the VMM's hint
+ * (precopy_set_param(DEVICE_STATE_SIZE)), else what the last migration in
+ * this process sent, else nothing (no save_device_state hook: none).
+ */
+static void apply_device_state(struct source *src)
+{
+	struct precopy_session *s = src->s;
+	uint64_t bytes;
+
+	pthread_mutex_lock(&s->lock);
+	bytes = s->xparams.device_state_size ? s->xparams.device_state_size
+					     : atomic_load(&pc_device_state_last);
+	if (!s->cb.save_device_state)
+		bytes = 0;
+	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_lock(&src->plock);
+	pc_policy_set_device_state(&src->pol, bytes);
+	pthread_mutex_unlock(&src->plock);
 }
 
 /* --- sender side ------------------------------------------------------ */
@@ -145,17 +176,31 @@ static int flush_batch(struct sender *sd)
 	if (err)
 		return err;
 
+	uint64_t now = pc_now();
+	struct pc_tp_link_stats ls;
+	bool have_ls = src->link_stats && !pc_tp_link_stats(src->tp, sd->chan, &ls) &&
+		       ls.delivery_bps;
+
 	pthread_mutex_lock(&src->plock);
-	wait = pc_policy_sent(&src->pol, sd->chan, sd->data_bytes + len, busy, pc_now());
+	if (have_ls)
+		pc_policy_link_rate(&src->pol, sd->chan, (double)ls.delivery_bps, ls.app_limited);
+	wait = pc_policy_sent(&src->pol, sd->chan, sd->data_bytes + len, busy, now);
+	if (!src->final && now > sd->active_since)
+		pc_policy_sender(&src->pol, sd->chan, sd->scanned * PRECOPY_PAGE_SIZE,
+				 now - sd->active_since, now);
 	pthread_mutex_unlock(&src->plock);
+	sd->scanned = 0;
+	sd->active_since = now;
 	sd->wire += sd->data_bytes + len + (uint64_t)sd->ndata * 24;
 	sd->bytes += sd->data_bytes;
 	sd->ndata = 0;
 	sd->data_bytes = 0;
 	sd->nruns = 0;
 	pc_wire_enc_runs_hdr(sd->msg, PC_WIRE_MSG_MAX, src->iteration);
-	if (wait && !src->final)
+	if (wait && !src->final) {
 		pc_sleep_ns(src->s, wait);
+		sd->active_since = pc_now(); /* waiting for the cap is not work */
+	}
 	return 0;
 }
 
@@ -215,6 +260,7 @@ static int send_word(struct sender *sd, uint64_t w, uint64_t bits)
 		bits &= bits - 1;
 		if (page >= reg->npages)
 			break;
+		sd->scanned++;
 		if (reg->free_bm && (atomic_load_explicit(&reg->free_bm[page / 64],
 							  memory_order_relaxed) >> (page % 64) & 1) &&
 		    (atomic_fetch_and(&reg->free_bm[page / 64], ~(1ull << (page % 64))) >>
@@ -251,6 +297,8 @@ static int send_pass(struct sender *sd)
 	sd->ndata = 0;
 	sd->data_bytes = 0;
 	sd->have_cur = false;
+	sd->scanned = 0;
+	sd->active_since = pc_now();
 	for (uint64_t c = sd->chan; c < nchunks; c += src->nchan) {
 		uint64_t w0 = c * PC_CHUNK_WORDS;
 		uint64_t w1 = w0 + PC_CHUNK_WORDS < src->s->nwords ? w0 + PC_CHUNK_WORDS
@@ -469,21 +517,62 @@ static int sync_regions(struct source *src, uint64_t *addedp)
 	return 0;
 }
 
+/* The transport's link figures of every channel into the policy. */
+static void sample_link(struct source *src)
+{
+	struct pc_link_sample ls[PRECOPY_MAX_CHANNELS];
+	enum pc_link_source from = PC_LINK_SRC_NONE;
+
+	if (!src->link_stats)
+		return;
+	for (unsigned c = 0; c < src->nchan; c++) {
+		struct pc_tp_link_stats t;
+
+		if (pc_tp_link_stats(src->tp, c, &t) || t.source == PC_TP_LINK_NONE) {
+			src->link_stats = false; /* not this transport: send time it is */
+			return;
+		}
+		ls[c] = (struct pc_link_sample){ .busy_ns = t.busy_ns, .delivered = t.delivered,
+						 .queued = t.queued, .rtt_ns = t.rtt_ns };
+		from = t.source == PC_TP_LINK_TCP_INFO	  ? PC_LINK_SRC_TCP_INFO
+		       : t.source == PC_TP_LINK_COMPLETIONS ? PC_LINK_SRC_COMPLETIONS
+							    : PC_LINK_SRC_COPY;
+	}
+	pthread_mutex_lock(&src->plock);
+	pc_policy_link(&src->pol, from, src->nchan, ls, pc_now());
+	pthread_mutex_unlock(&src->plock);
+}
+
 static void update_live_stats(struct source *src)
 {
 	struct precopy_session *s = src->s;
 	uint64_t remaining = count_dirty(src) * PRECOPY_PAGE_SIZE;
-	double busy, wall;
+	double busy, wall, link, snd, sw;
+	enum pc_link_source from;
+	uint64_t queued, dev;
 
+	sample_link(src);
 	pthread_mutex_lock(&src->plock);
 	busy = pc_policy_bw_busy(&src->pol);
 	wall = pc_policy_bw_wall(&src->pol);
+	link = pc_link_bps(&src->pol.link);
+	snd = pc_policy_bw_sender(&src->pol);
+	sw = pc_policy_switch_bandwidth(&src->pol);
+	from = pc_policy_bandwidth_source(&src->pol);
+	queued = src->pol.link.queued;
+	dev = src->pol.device_state_bytes;
 	pthread_mutex_unlock(&src->plock);
 	pthread_mutex_lock(&s->lock);
 	s->st.remaining = remaining;
 	s->st.bandwidth_busy = (uint64_t)busy;
 	s->st.bandwidth_wall = (uint64_t)wall;
-	s->st.mbps = busy * 8 / 1e6;
+	s->st.bandwidth_link = (uint64_t)link;
+	s->st.bandwidth_sender = (uint64_t)snd;
+	s->st.bandwidth_switchover = (uint64_t)sw;
+	s->st.bandwidth_source = (enum precopy_bw_source)from;
+	s->st.queued_bytes = queued;
+	s->st.device_state_bytes = dev;
+	s->st.mbps = sw * 8 / 1e6;
 	pthread_mutex_unlock(&s->lock);
 }
 
@@ -607,6 +696,7 @@ static int send_device_state(struct source *src)
 	free(buf);
 	pthread_mutex_lock(&s->lock);
 	s->st.transferred += len;
+	atomic_store(&pc_device_state_last, len); /* the next migration's guess */
 	pthread_mutex_unlock(&s->lock);
 	if (err)
 		return pc_fail(s, err, "sending device state: %s", pc_err_context(s, err));
@@ -948,6 +1038,8 @@ static int migrate(struct source *src, const char *uri)
 	/* The log is armed and every page is pending: free-page hints are
 	 * safe from now on (precopy_region_hint_free()). */
 	hints_open(src, true);
+	src->link_stats = true;
+	apply_device_state(src);
 	pc_set_status(s, PRECOPY_STATUS_BULK);
 
 	for (;;) {
@@ -967,6 +1059,9 @@ static int migrate(struct source *src, const char *uri)
 		if (err)
 			goto fail;
 		pthread_mutex_lock(&src->plock);
+		if (pc_now() > t_pass)
+			pc_policy_dirty_rate(&src->pol, (double)src->pass_dirtied *
+						PRECOPY_PAGE_SIZE * 1e9 / (double)(pc_now() - t_pass));
 		if (d == PC_CONTINUE) {
 			d = pc_policy_pass_end(&src->pol, iter, before * PRECOPY_PAGE_SIZE,
 					       pc_now());

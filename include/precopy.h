@@ -161,6 +161,16 @@ struct precopy_params {
 	unsigned timeout_ms;
 };
 
+/** Where the bandwidth of the switchover decision comes from. */
+enum precopy_bw_source {
+	PRECOPY_BW_SOURCE_NONE = 0,        /**< no estimate yet */
+	PRECOPY_BW_SOURCE_SEND_TIME = 1,   /**< time inside send calls (no link figures) */
+	PRECOPY_BW_SOURCE_TCP_INFO = 2,    /**< the kernel's TCP_INFO */
+	PRECOPY_BW_SOURCE_COMPLETIONS = 3, /**< RDMA completion times */
+	PRECOPY_BW_SOURCE_COPY = 4,        /**< shm copy time */
+	PRECOPY_BW_SOURCE_AVAIL = 5,       /**< avail-switchover-bandwidth */
+};
+
 /**
  * Statistics; names and meanings follow QEMU's query-migrate.
  * The struct grows at its end only: precopy_query() passes the size the
@@ -193,9 +203,13 @@ struct precopy_stats {
 	uint64_t free_skipped;
 	/** pages dirtied per second, over the last pass. */
 	uint64_t dirty_pages_rate;
-	/** throughput in megabits per second, from the busy-time estimate. */
+	/** megabits per second the switchover decision uses
+	 *  (bandwidth_switchover x 8 / 1e6). */
 	double mbps;
-	/** bandwidth estimate from the time the channels were busy, bytes/s. */
+	/** bytes sent over the time spent inside the transport's send calls,
+	 *  bytes/s. Too high whenever the sender is not the bottleneck (a
+	 *  socket buffer absorbs a send long before its bytes are on the
+	 *  wire): kept for comparison; decisions use bandwidth_switchover. */
 	uint64_t bandwidth_busy;
 	/** bandwidth from wall time (QEMU's method), bytes/s. */
 	uint64_t bandwidth_wall;
@@ -254,6 +268,27 @@ struct precopy_stats {
 	 *  the zero test and checksum, and walking the dirty bitmap. */
 	uint64_t send_cpu_ns;
 	uint64_t scan_cpu_ns;
+
+	/* --- since PRECOPY_0.3: the bandwidth estimate (source) --------- */
+	/** bytes/s of the link as the transport measured it where the bytes
+	 *  leave: tcp:/tls: the kernel's bytes acknowledged over the time it
+	 *  had data queued or in flight (TCP_INFO), shm: the copy rate; with
+	 *  several channels the link they share, not the sum of channels.
+	 *  0 = the transport gives no figures (rdma: today). */
+	uint64_t bandwidth_link;
+	/** bytes/s of guest RAM the sender gets through when it is not
+	 *  waiting for max-bandwidth (scanning, zero pages and sends). */
+	uint64_t bandwidth_sender;
+	/** bytes/s the switchover decision uses: avail-switchover-bandwidth
+	 *  if set, else the lower of bandwidth_link and bandwidth_sender,
+	 *  else (no link figures) bandwidth_busy. */
+	uint64_t bandwidth_switchover;
+	/** where bandwidth_switchover comes from. */
+	enum precopy_bw_source bandwidth_source;
+	/** bytes still queued in the transport at the last decision. */
+	uint64_t queued_bytes;
+	/** device-state size counted in expected_downtime, bytes. */
+	uint64_t device_state_bytes;
 };
 
 /** Size of struct precopy_stats as PRECOPY_0.1 defined it. */
@@ -354,6 +389,11 @@ enum precopy_param {
 	 *  (precopy_memfd_alloc() with a node binds it). 0 for a VMM that
 	 *  preallocates its RAM itself. A source ignores it. */
 	PRECOPY_PARAM_POPULATE,
+	/** "device-state-size": bytes the VMM expects its device state to
+	 *  be, counted in the expected downtime; 0 = unknown (default): the
+	 *  size the last migration in this process sent, else 0. At most 256 MiB
+	 *  (the largest device state a migration carries). */
+	PRECOPY_PARAM_DEVICE_STATE_SIZE,
 	PRECOPY_PARAM__COUNT                  /**< not a parameter: how many there are */
 };
 
@@ -656,6 +696,16 @@ int precopy_set_registration(struct precopy_session *s, enum precopy_registratio
  * -EACCES if TLS authentication failed; -ENOTRECOVERABLE (above);
  * -EPROTO, -ECONNRESET, -EIO... for failures (see precopy_strerror()).
  * A session runs once; make a new one to retry.
+ *
+ * It switches over when the expected downtime is within the limit:
+ *   sync cost + (remaining + dirty rate x sync cost + bytes queued in the
+ *   transport + device state) / bandwidth + 2 round trips,
+ * the bandwidth being avail-switchover-bandwidth if set, else the link as
+ * the transport measures it where the bytes leave (tcp/tls: TCP_INFO; shm:
+ * copy time) or the sender's rate if lower, else (rdma) the time inside
+ * the transport's calls; the device state is the "device-state-size"
+ * parameter, else what the last migration in this process sent. See
+ * precopy_migrate(3) and struct precopy_stats's bandwidth_* fields.
  */
 int precopy_migrate(struct precopy_session *s, const char *uri);
 

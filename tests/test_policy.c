@@ -718,6 +718,165 @@ static void policy__no_switchover_before_an_estimate(void **state)
 	assert_int_equal(pc_policy_pass_end(&pol, 0, 0, 0), PC_CONTINUE);
 }
 
+/* --- the link estimate from the transport's figures ----------------- */
+
+/* One channel busy 100 ms out of every 100 delivering 10 MB: 100 MB/s. */
+static void link__delivered_over_busy(void **state)
+{
+	(void)state;
+	struct pc_link l;
+	struct pc_link_sample s = { 0 };
+
+	pc_link_init(&l, 0);
+	pc_link_sample(&l, PC_LINK_SRC_TCP_INFO, 1, &s, 0); /* primes */
+	assert_true(pc_link_bps(&l) == 0);
+	s.busy_ns = 50 * MS;
+	s.delivered = 5 * MB;
+	pc_link_sample(&l, PC_LINK_SRC_TCP_INFO, 1, &s, 50 * MS); /* window still open */
+	assert_true(pc_link_bps(&l) == 0);
+	s.busy_ns = 100 * MS;
+	s.delivered = 10 * MB;
+	s.queued = 123;
+	s.rtt_ns = 7 * MS;
+	pc_link_sample(&l, PC_LINK_SRC_TCP_INFO, 1, &s, 100 * MS);
+	assert_near(pc_link_bps(&l), 100.0 * MB, 1e-9);
+	assert_int_equal(l.queued, 123);
+	assert_int_equal(l.rtt_ns, 7 * MS);
+	assert_int_equal(l.source, PC_LINK_SRC_TCP_INFO);
+	/* too little busy time: the window stays open, the estimate stays */
+	s.busy_ns += 1 * MS;
+	s.delivered += 100 * MB;
+	pc_link_sample(&l, PC_LINK_SRC_TCP_INFO, 1, &s, 300 * MS);
+	assert_near(pc_link_bps(&l), 100.0 * MB, 1e-9);
+	/* counters that go back (a new connection) restart the window */
+	s.busy_ns = 0;
+	s.delivered = 0;
+	pc_link_sample(&l, PC_LINK_SRC_TCP_INFO, 1, &s, 400 * MS);
+	assert_near(pc_link_bps(&l), 100.0 * MB, 1e-9);
+	assert_true(l.primed && l.busy0[0] == 0);
+}
+
+/*
+ * Four channels share one link of 100 MB/s, all busy the whole window:
+ * each delivered 25 MB in 1 s of busy time. The link is 100 MB/s: the sum
+ * of the bytes over the longest busy time, not the sum of 4 x (25 MB over
+ * its own busy time) if those were short, nor 100 MB over 4 s.
+ */
+static void link__channels_share_one_link(void **state)
+{
+	(void)state;
+	struct pc_link l;
+	struct pc_link_sample s[4] = { { 0 } };
+
+	pc_link_init(&l, 0);
+	pc_link_sample(&l, PC_LINK_SRC_TCP_INFO, 4, s, 0);
+	for (unsigned c = 0; c < 4; c++) {
+		s[c].busy_ns = SEC - c * MS;
+		s[c].delivered = 25 * MB;
+	}
+	pc_link_sample(&l, PC_LINK_SRC_TCP_INFO, 4, s, SEC);
+	assert_near(pc_link_bps(&l), 100.0 * MB, 1e-9);
+}
+
+/*
+ * A sender held to a cap sends in short bursts; the kernel counts busy
+ * time in jiffies and misses most of them: 10 MB "in 20 ms" says 500 MB/s.
+ * The delivery-rate samples the kernel took at the link's pace (not
+ * application-limited) say 60 MB/s: the lower figure wins. Samples taken
+ * while the sender was the limit are ignored, and a channel that
+ * delivered without enough samples leaves the busy-time figure alone.
+ */
+static void link__capped_sender_uses_delivery_rate(void **state)
+{
+	(void)state;
+	struct pc_link l;
+	struct pc_link_sample s = { 0 };
+
+	pc_link_init(&l, 0);
+	pc_link_sample(&l, PC_LINK_SRC_TCP_INFO, 1, &s, 0);
+	pc_link_rate(&l, 0, 55.0 * MB, false);
+	pc_link_rate(&l, 0, 3000.0 * MB, true); /* app-limited: a lower bound */
+	pc_link_rate(&l, 0, 60.0 * MB, false);
+	pc_link_rate(&l, 0, 200.0 * MB, false); /* a burst: the median drops it */
+	s.busy_ns = 20 * MS;
+	s.delivered = 10 * MB;
+	pc_link_sample(&l, PC_LINK_SRC_TCP_INFO, 1, &s, 400 * MS);
+	assert_near(pc_link_bps(&l), 60.0 * MB, 1e-9);
+
+	pc_link_init(&l, 0);
+	pc_link_sample(&l, PC_LINK_SRC_TCP_INFO, 1, &s, 0);
+	pc_link_rate(&l, 0, 60.0 * MB, false);
+	pc_link_rate(&l, 0, 60.0 * MB, false); /* two: not enough */
+	s.busy_ns += 20 * MS;
+	s.delivered += 10 * MB;
+	pc_link_sample(&l, PC_LINK_SRC_TCP_INFO, 1, &s, 400 * MS);
+	assert_near(pc_link_bps(&l), 500.0 * MB, 1e-9);
+}
+
+/* The pause carries: sync, remaining + writes during the sync + queued +
+ * device state at the bandwidth, and two round trips. */
+static void switch_expected__counts_everything_the_pause_carries(void **state)
+{
+	(void)state;
+	struct pc_switch_in in = {
+		.remaining_bytes = 100 * MB,
+		.device_state_bytes = 10 * MB,
+		.bandwidth = 1000.0 * MB,
+		.sync_cost_ns = 10 * MS,
+		.downtime_limit_ns = 300 * MS,
+		.queued_bytes = 40 * MB,
+		.dirty_bps = 1000.0 * MB, /* 10 MB written during a 10 ms sync */
+		.end_ns = 2 * MS,
+	};
+
+	/* 10 + (100 + 10 + 40 + 10) / 1000 s + 2 = 172 ms */
+	assert_int_equal(pc_switch_expected_ns(&in), 172 * MS);
+	in.remaining_bytes = in.device_state_bytes = in.queued_bytes = 0;
+	in.dirty_bps = 0;
+	assert_int_equal(pc_switch_expected_ns(&in), 12 * MS);
+}
+
+/* The decision's bandwidth: the link's (lower of it and the sender's) once
+ * known, else send time; avail-switchover-bandwidth above all. */
+static void policy__switch_bandwidth_from_the_link(void **state)
+{
+	(void)state;
+	struct precopy_params p = defaults();
+	struct pc_policy pol;
+	struct pc_link_sample s = { 0 };
+	uint64_t now = 0;
+
+	pc_policy_init(&pol, &p, 0);
+	assert_int_equal(pc_policy_bandwidth_source(&pol), PC_LINK_SRC_NONE);
+	feed(&pol, 0, 2000.0 * MB, &now, SEC); /* send time: 2 GB/s */
+	assert_int_equal(pc_policy_bandwidth_source(&pol), PC_LINK_SRC_SEND_TIME);
+	assert_near(pc_policy_switch_bandwidth(&pol), 2000.0 * MB, 1e-9);
+
+	pc_policy_link(&pol, PC_LINK_SRC_TCP_INFO, 1, &s, now);
+	s.busy_ns = SEC;
+	s.delivered = 100 * MB;
+	s.queued = 20 * MB;
+	s.rtt_ns = 5 * MS;
+	pc_policy_link(&pol, PC_LINK_SRC_TCP_INFO, 1, &s, now + SEC);
+	assert_int_equal(pc_policy_bandwidth_source(&pol), PC_LINK_SRC_TCP_INFO);
+	assert_near(pc_policy_switch_bandwidth(&pol), 100.0 * MB, 1e-9);
+	/* a sender slower than the link bounds it */
+	pc_policy_sender(&pol, 0, 0, 0, 0);
+	pc_policy_sender(&pol, 0, 50 * MB, SEC, SEC);
+	assert_near(pc_policy_switch_bandwidth(&pol), 50.0 * MB, 1e-9);
+
+	/* and the decision counts the queue and the round trips:
+	 * (10 + 20) MB at 50 MB/s = 600 ms + 2 x 5 ms */
+	assert_int_equal(pc_policy_pass_end(&pol, 1, 10 * MB, now + SEC), PC_CONTINUE);
+	assert_int_equal(pol.expected_downtime_ns, 610 * MS);
+
+	p.avail_switchover_bandwidth = 1000 * MB;
+	pc_policy_update(&pol, &p, now + SEC);
+	assert_int_equal(pc_policy_bandwidth_source(&pol), PC_LINK_SRC_AVAIL);
+	assert_near(pc_policy_switch_bandwidth(&pol), 1000.0 * MB, 1e-9);
+	assert_string_equal(pc_link_source_name(PC_LINK_SRC_TCP_INFO), "tcp-info");
+}
+
 static void policy__avail_bandwidth_only_for_the_switchover(void **state)
 {
 	(void)state;
@@ -971,6 +1130,11 @@ int main(void)
 		cmocka_unit_test(bw__busy_sender_busy_estimate_stays_at_link_speed),
 		cmocka_unit_test(bw__backwards_clock_does_not_close_window),
 		cmocka_unit_test(switch_expected__counts_device_state_and_sync_cost),
+		cmocka_unit_test(switch_expected__counts_everything_the_pause_carries),
+		cmocka_unit_test(link__delivered_over_busy),
+		cmocka_unit_test(link__channels_share_one_link),
+		cmocka_unit_test(link__capped_sender_uses_delivery_rate),
+		cmocka_unit_test(policy__switch_bandwidth_from_the_link),
 		cmocka_unit_test(switch_expected__zero_bandwidth_is_never),
 		cmocka_unit_test(switch_expected__nothing_to_send_is_sync_cost),
 		cmocka_unit_test(switch_ok__exactly_equal_passes),

@@ -218,6 +218,57 @@ static void watchdog__abort_fails_cleanly(void **state)
 	pc_guest_delete(&g);
 }
 
+/*
+ * The device state is part of the pause: an idle guest whose RAM is all
+ * sent after the bulk pass switches over at once, unless the VMM says its
+ * device state will take longer than the limit to send. Before the engine
+ * counted the device state in its real decision (only the simulator did),
+ * both migrations switched over alike.
+ */
+static void device_state__size_changes_the_decision(void **state)
+{
+	struct pc_guest *g = make_guest(16 * MiB, 0, PC_GUEST_SEQUENTIAL, 0);
+	struct precopy_params p;
+	struct outcome o;
+	struct h_dest d;
+	struct h_src s;
+	size_t len;
+
+	(void)state;
+	precopy_params_init(&p);
+	p.avail_switchover_bandwidth = 10 * MiB;
+	p.downtime_limit_ms = 300;
+	p.max_iterations = 2;
+	p.on_limit = PRECOPY_ON_LIMIT_FORCE;
+
+	/* no hint: nothing left after bulk, a small device state: switch */
+	migrate(g, &p, false, &o);
+	assert_int_equal(o.src_err, 0);
+	assert_false(o.src.forced_switchover);
+	assert_true(o.src.expected_downtime < 300);
+	assert_int_equal(o.src.bandwidth_source, PRECOPY_BW_SOURCE_AVAIL);
+
+	/* 8 MiB of device state at 10 MiB/s: 800 ms, never within 300 */
+	pc_guest_ram(g, &len);
+	assert_int_equal(h_dest_start(&d, len), 0);
+	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
+	assert_int_equal(precopy_set_param(s.s, PRECOPY_PARAM_DEVICE_STATE_SIZE, 8 * MiB), 0);
+	assert_int_equal(precopy_param_from_name("device-state-size"),
+			 PRECOPY_PARAM_DEVICE_STATE_SIZE);
+	assert_int_equal(precopy_set_param(s.s, PRECOPY_PARAM_DEVICE_STATE_SIZE, 1ull << 40),
+			 -EINVAL);
+	assert_int_equal(h_src_start(&s, d.uri), 0);
+	assert_int_equal(h_src_join(&s), 0);
+	assert_int_equal(h_dest_join(&d), 0);
+	precopy_query(s.s, &o.src);
+	assert_true(o.src.forced_switchover);
+	assert_int_equal(o.src.device_state_bytes, 8 * MiB);
+	assert_true(o.src.expected_downtime >= 800);
+	h_src_free(&s);
+	h_dest_free(&d);
+	pc_guest_delete(&g);
+}
+
 static void free_hints__cut_bytes_by_free_share(void **state)
 {
 	struct pc_guest *g = make_guest(64 * MiB, 0, PC_GUEST_SEQUENTIAL, 50);
@@ -341,6 +392,7 @@ int main(void)
 		cmocka_unit_test(set_param__names_values_states),
 		cmocka_unit_test(set_param__raised_downtime_limit_converges),
 		cmocka_unit_test(free_hints__cut_bytes_by_free_share),
+		cmocka_unit_test(device_state__size_changes_the_decision),
 		cmocka_unit_test(watchdog__force_switches_over),
 		cmocka_unit_test(watchdog__abort_fails_cleanly),
 		cmocka_unit_test(auto_converge__off_never_converges),

@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -235,7 +236,14 @@ static void sim__downtime_has_device_state_and_sync_cost(void **state)
  * sync that ends the last pass; the final sync (guest stopped) finds
  * those pages. With distinct writes: exactly d * sync cost / b more.
  */
-static void sim__downtime_exceeds_expected_by_writes_during_last_sync(void **state)
+/*
+ * What the guest writes during the sync that ends the last pass is sent in
+ * the pause: d/b * s of downtime. The controller used to leave it out (the
+ * downtime came out longer than expected by exactly that); it now counts
+ * the dirty rate times the sync cost, and the gap is gone but for the
+ * pages written twice (the uniform pattern's repeats), a small fraction.
+ */
+static void sim__expected_counts_writes_during_last_sync(void **state)
 {
 	(void)state;
 	struct pc_sim_params p = base(0.3);
@@ -246,9 +254,12 @@ static void sim__downtime_exceeds_expected_by_writes_during_last_sync(void **sta
 	struct pc_sim_result r = run(&p);
 	double s = 262144 * 200e-9;
 	double gap = 0.3 * s * 1e9; /* d/b * s, in ns */
+	double off = (double)r.downtime_ns - (double)r.expected_downtime_ns;
 
 	assert_int_equal(r.outcome, PC_SIM_CONVERGED);
-	assert_near((double)r.downtime_ns - (double)r.expected_downtime_ns, gap, 0.01);
+	printf("# downtime - expected = %.3f ms (the writes during the sync: %.3f ms)\n",
+	       off / 1e6, gap / 1e6);
+	assert_true(fabs(off) < 0.1 * gap);
 	pc_sim_result_free(&r);
 }
 
@@ -629,7 +640,7 @@ int main(void)
 		cmocka_unit_test(sim__bulk_zero_and_free_pages),
 		cmocka_unit_test(sim__dirty_zero_pages_only_written_ones),
 		cmocka_unit_test(sim__downtime_has_device_state_and_sync_cost),
-		cmocka_unit_test(sim__downtime_exceeds_expected_by_writes_during_last_sync),
+		cmocka_unit_test(sim__expected_counts_writes_during_last_sync),
 		cmocka_unit_test(sim__dirty_over_link_force_by_max_iterations),
 		cmocka_unit_test(sim__dirty_over_link_abort_on_stall),
 		cmocka_unit_test(sim__max_time_forces_mid_pass),

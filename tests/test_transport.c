@@ -153,6 +153,61 @@ static void write_pages__in_place_before_next_message(void **state)
 	free(dst);
 }
 
+/*
+ * link_stats: the transport's own figures for the bandwidth estimate.
+ * tcp: the kernel's TCP_INFO (bytes acknowledged, busy time); shm: the
+ * copies into the peer's memory (write_pages__shared_region's kind). After
+ * 1 MiB of pages on channel 1 and an answer that proves they arrived, a
+ * tcp channel reports at least that much delivered; -EINVAL for a channel
+ * the connection does not have.
+ */
+static void link_stats__count_what_left(void **state)
+{
+	size_t rlen = 1 << 20;
+	uint8_t *src = malloc(rlen), *dst = calloc(1, rlen);
+	struct pc_page_run run = { src, 3, 0, rlen };
+	struct pc_tp_link_stats ls;
+	struct pair p;
+	uint8_t msg[8] = "marker";
+	struct iovec v = { msg, sizeof(msg) };
+	size_t len;
+
+	(void)state;
+	memset(src, 0x5a, rlen);
+	pair_open(&p, 2);
+	assert_int_equal(p.b->ops->expose_region(p.b, 3, dst, rlen), 0);
+	assert_int_equal(p.a->ops->reg_local(p.a, src, rlen), 0);
+	if (p.a->ops->link_stats(p.a, 1, &ls) == -EOPNOTSUPP) {
+		printf("# %s: no link figures (send time is used)\n", ops->scheme);
+		pair_close(&p);
+		free(src);
+		free(dst);
+		return;
+	}
+	assert_int_equal(pc_tp_write_pages(p.a, 1, &run, 1), 0);
+	assert_int_equal(pc_tp_send_msg(p.a, 1, &v, 1), 0);
+	assert_int_equal(pc_tp_recv_msg(p.b, 1, msg, sizeof(msg), &len), 0);
+	/* the answer: once it is here, what went before was acknowledged */
+	assert_int_equal(pc_tp_send_msg(p.b, 1, &v, 1), 0);
+	assert_int_equal(pc_tp_recv_msg(p.a, 1, msg, sizeof(msg), &len), 0);
+	assert_int_equal(pc_tp_link_stats(p.a, 1, &ls), 0);
+	printf("# %s: delivered %llu, busy %llu us, queued %llu, rtt %llu ns\n", ops->scheme,
+	       (unsigned long long)ls.delivered, (unsigned long long)ls.busy_ns / 1000,
+	       (unsigned long long)ls.queued, (unsigned long long)ls.rtt_ns);
+	assert_true(ls.source != PC_TP_LINK_NONE);
+	/* shm counts the bytes it moved, copied or framed into the socket;
+	 * tcp what the kernel saw acknowledged (busy: jiffies may round it
+	 * to 0) */
+	if (ls.source == PC_TP_LINK_COPY)
+		assert_int_equal(ls.delivered, rlen);
+	else
+		assert_true(ls.delivered >= rlen);
+	assert_int_equal(pc_tp_link_stats(p.a, PRECOPY_MAX_CHANNELS, &ls), -EINVAL);
+	pair_close(&p);
+	free(src);
+	free(dst);
+}
+
 /* A run outside the exposed region fails at one end or the other, and
  * nothing around the region is written. */
 static void write_pages__outside_region_refused(void **state)
@@ -289,6 +344,15 @@ static void write_pages__shared_region(void **state)
 	assert_memory_equal(dst + rlen - 4096, src + rlen - 4096, 4096);
 	for (size_t i = 8192; i < rlen - 4096; i++)
 		assert_int_equal(dst[i], 0);
+	if (!strcmp(ops->scheme, "shm")) {
+		struct pc_tp_link_stats ls;
+
+		/* link_stats counts the copies, the bandwidth estimate's figures */
+		assert_int_equal(pc_tp_link_stats(p.a, 1, &ls), 0);
+		assert_int_equal(ls.source, PC_TP_LINK_COPY);
+		assert_int_equal(ls.delivered, 3 * 4096);
+		assert_true(ls.busy_ns > 0);
+	}
 	/* past the end: refused at one end or the other */
 	runs[0] = (struct pc_page_run){ src, 1, rlen - 4096, 8192 };
 	we = pc_tp_write_pages(p.a, 0, runs, 1);
@@ -468,6 +532,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(connect_accept__channels),
 		cmocka_unit_test(send_recv__in_order_per_channel),
 		cmocka_unit_test(write_pages__in_place_before_next_message),
+		cmocka_unit_test(link_stats__count_what_left),
 		cmocka_unit_test(write_pages__outside_region_refused),
 		cmocka_unit_test(write_pages__unexposed_region_refused),
 		cmocka_unit_test(write_pages__refused_after_unexpose),

@@ -81,6 +81,8 @@ struct shm_chan {
 	size_t rpos, rlen;
 	int fdq[FDQ_MAX]; /* fds received, not yet claimed by a frame */
 	unsigned nfdq;
+	/* link_stats: time inside the copies into shared memory and their bytes */
+	_Atomic uint64_t copy_ns, copied;
 };
 
 struct shm_watch {
@@ -714,6 +716,10 @@ static int shm_write_pages(struct pc_transport *t, unsigned chan,
 	/* Shared regions first: a memcpy each, after the bounds check. The
 	 * lock keeps an UNEXPOSE from unmapping under the copy. */
 	pthread_rwlock_rdlock(&c->plock);
+	struct timespec c0, c1;
+	uint64_t copied = 0;
+
+	clock_gettime(CLOCK_MONOTONIC, &c0);
 	for (unsigned i = 0; !err && i < n; i++) {
 		const struct pc_page_run *r = &runs[i];
 		const struct pc_stream_region *pr = &c->peer[r->region];
@@ -731,6 +737,7 @@ static int shm_write_pages(struct pc_transport *t, unsigned chan,
 			break;
 		}
 		memcpy(pr->addr + r->offset, r->src, (size_t)r->len);
+		copied += r->len;
 	}
 	pthread_rwlock_unlock(&c->plock);
 	/* Then the others, framed onto the socket, outside the lock. */
@@ -739,10 +746,21 @@ static int shm_write_pages(struct pc_transport *t, unsigned chan,
 		unsigned k = 0;
 
 		for (; i < n && k < RUNS_PER_WRITE; i++)
-			if (framed >> runs[i].region & 1)
+			if (framed >> runs[i].region & 1) {
 				batch[k++] = runs[i];
+				copied += runs[i].len;
+			}
 		if (k)
 			err = send_framed(c, chan, batch, k);
+	}
+	/* The link's figures: bytes moved (copied, or framed into the
+	 * socket, which the peer must read out) over the time it took. */
+	if (!err && copied) {
+		clock_gettime(CLOCK_MONOTONIC, &c1);
+		atomic_fetch_add(&c->ch[chan].copy_ns,
+				 (uint64_t)((c1.tv_sec - c0.tv_sec) * 1000000000ll +
+					    (c1.tv_nsec - c0.tv_nsec)));
+		atomic_fetch_add(&c->ch[chan].copied, copied);
 	}
 	if (err)
 		err = chan_fail(c, chan, err);
@@ -1218,6 +1236,20 @@ err_close:
 	return err;
 }
 
+/* The bandwidth estimate's figures: the copies into the peer's memory. */
+static int shm_link_stats(struct pc_transport *t, unsigned chan, struct pc_tp_link_stats *out)
+{
+	struct shm_conn *c = (struct shm_conn *)t;
+
+	if (chan >= t->nchan || !out)
+		return -EINVAL;
+	memset(out, 0, sizeof(*out));
+	out->source = PC_TP_LINK_COPY;
+	out->busy_ns = atomic_load(&c->ch[chan].copy_ns);
+	out->delivered = atomic_load(&c->ch[chan].copied);
+	return 0;
+}
+
 const struct pc_transport_ops pc_shm_ops = {
 	.scheme = "shm",
 	.caps = PC_TCAP_FD_PASS,
@@ -1235,6 +1267,7 @@ const struct pc_transport_ops pc_shm_ops = {
 	.send_msg = shm_send_msg,
 	.recv_msg = shm_recv_msg,
 	.write_pages = shm_write_pages,
+	.link_stats = shm_link_stats,
 	.send_fds = shm_send_fds,
 	.recv_fds = shm_recv_fds,
 };

@@ -570,6 +570,16 @@ static void tcp_close(struct pc_transport *t)
 	free(c);
 }
 
+/* The bandwidth estimate's figures: the kernel's, per connection. */
+static int tcp_link_stats(struct pc_transport *t, unsigned chan, struct pc_tp_link_stats *out)
+{
+	struct tcp_conn *c = (struct tcp_conn *)t;
+
+	if (chan >= t->nchan || !out)
+		return -EINVAL;
+	return pc_tcp_fd_link_stats(c->s.ch[chan].fd, out);
+}
+
 const struct pc_transport_ops pc_tcp_ops = {
 	.scheme = "tcp",
 	.caps = 0,
@@ -584,6 +594,7 @@ const struct pc_transport_ops pc_tcp_ops = {
 	.expose_region = pc_stream_expose_region,
 	.unexpose_all = pc_stream_unexpose_all,
 	.reg_local = pc_stream_reg_local,
+	.link_stats = tcp_link_stats,
 	.send_msg = pc_stream_send_msg,
 	.recv_msg = pc_stream_recv_msg,
 	.write_pages = pc_stream_write_pages,
@@ -618,6 +629,7 @@ const struct pc_transport_ops pc_tls_ops = {
 	.expose_region = pc_stream_expose_region,
 	.unexpose_all = pc_stream_unexpose_all,
 	.reg_local = pc_stream_reg_local,
+	.link_stats = tcp_link_stats,
 	.send_msg = pc_stream_send_msg,
 	.recv_msg = pc_stream_recv_msg,
 	.write_pages = pc_stream_write_pages,

@@ -69,6 +69,11 @@ static int no_reg_stats(struct pc_transport *t, struct pc_tp_reg_stats *out)
 	(void)t, (void)out;
 	return -EOPNOTSUPP;
 }
+static int no_link_stats(struct pc_transport *t, unsigned c, struct pc_tp_link_stats *out)
+{
+	(void)t, (void)c, (void)out;
+	return -EOPNOTSUPP;
+}
 static int no_send_msg(struct pc_transport *t, unsigned c, const struct iovec *v, int n)
 {
 	(void)t, (void)c, (void)v, (void)n;
@@ -118,6 +123,7 @@ static const struct pc_transport_ops no_ops = {
 	.unexpose_all = no_unexpose_all,
 	.reg_local = no_reg_local,
 	.reg_stats = no_reg_stats,
+	.link_stats = no_link_stats,
 	.send_msg = no_send_msg,
 	.recv_msg = no_recv_msg,
 	.write_pages = no_write_pages,
@@ -167,6 +173,7 @@ static void merge_all(void)
 		MERGE(m, src, unexpose_all);
 		MERGE(m, src, reg_local);
 		MERGE(m, src, reg_stats);
+		MERGE(m, src, link_stats);
 		MERGE(m, src, send_msg);
 		MERGE(m, src, recv_msg);
 		MERGE(m, src, write_pages);

@@ -94,6 +94,39 @@ struct pc_tp_reg_stats {
 	bool pin_all;   /**< sending side: ranges registered whole, not in chunks */
 };
 
+/** Where a transport's link figures come from (struct pc_tp_link_stats). */
+enum pc_tp_link_source {
+	PC_TP_LINK_NONE = 0,     /**< no figures: the engine times its own sends */
+	PC_TP_LINK_TCP_INFO,     /**< the kernel's TCP_INFO: busy time, bytes acked */
+	PC_TP_LINK_COMPLETIONS,  /**< RDMA: time with signaled work requests outstanding */
+	PC_TP_LINK_COPY,         /**< shm: time spent copying into the peer's memory */
+};
+
+/**
+ * What one channel's link did so far, measured where the bytes leave.
+ * Counters are cumulative since the connection opened; the engine takes
+ * differences. Fields a transport cannot tell are 0.
+ */
+struct pc_tp_link_stats {
+	enum pc_tp_link_source source;
+	/** ns during which the channel had bytes queued or in flight (TCP:
+	 *  tcpi_busy_time, which the kernel counts in jiffies), or copying */
+	uint64_t busy_ns;
+	/** bytes the peer has received (TCP: tcpi_bytes_acked; shm: copied) */
+	uint64_t delivered;
+	/** bytes accepted by the transport and not yet delivered (TCP:
+	 *  SIOCOUTQ, sent but unacknowledged plus not yet sent) */
+	uint64_t queued;
+	/** round-trip time of the path with no queue, ns (TCP: tcpi_min_rtt,
+	 *  else tcpi_rtt); 0 = unknown */
+	uint64_t rtt_ns;
+	/** the kernel's latest delivery-rate sample, bytes/s; 0 = unknown */
+	uint64_t delivery_bps;
+	/** that sample was limited by the application, not the link: it
+	 *  only says the link is at least this fast */
+	bool app_limited;
+};
+
 /** Options common to every transport. */
 struct pc_transport_opts {
 	unsigned channels;      /**< connect: how many channels to open */
@@ -139,6 +172,8 @@ typedef int (*pc_tp_expose_region_op)(struct pc_transport *t, uint32_t id, void 
 typedef int (*pc_tp_unexpose_all_op)(struct pc_transport *t);
 typedef int (*pc_tp_reg_local_op)(struct pc_transport *t, const void *addr, size_t len);
 typedef int (*pc_tp_reg_stats_op)(struct pc_transport *t, struct pc_tp_reg_stats *out);
+typedef int (*pc_tp_link_stats_op)(struct pc_transport *t, unsigned chan,
+				   struct pc_tp_link_stats *out);
 typedef int (*pc_tp_send_msg_op)(struct pc_transport *t, unsigned chan,
 				 const struct iovec *iov, int iovcnt);
 typedef int (*pc_tp_recv_msg_op)(struct pc_transport *t, unsigned chan, void *buf,
@@ -193,6 +228,13 @@ struct pc_transport_ops {
 	 * regions); any thread. -EOPNOTSUPP: it registers nothing.
 	 */
 	pc_tp_reg_stats_op reg_stats;
+	/**
+	 * Sending side: what channel @chan's link did so far (struct
+	 * pc_tp_link_stats), for the bandwidth estimate; any thread, cheap
+	 * (a system call at most). -EOPNOTSUPP: the transport cannot tell,
+	 * and the engine times its own send calls instead.
+	 */
+	pc_tp_link_stats_op link_stats;
 
 	/* --- data --- */
 	/** Send one message (the iovec's bytes, <= PC_MSG_MAX) on @chan. */
@@ -281,6 +323,12 @@ static inline int pc_tp_recv_fds(struct pc_transport *t, unsigned chan, void *bu
 	return t->ops->recv_fds(t, chan, buf, cap, len, fds, maxfds, nfds);
 }
 
+static inline int pc_tp_link_stats(struct pc_transport *t, unsigned chan,
+				   struct pc_tp_link_stats *out)
+{
+	return t->ops->link_stats(t, chan, out);
+}
+
 static inline int pc_tp_abort(struct pc_transport *t)
 {
 	return t->ops->abort(t);
@@ -313,5 +361,13 @@ int pc_tcp_from_fds(const int *fds, unsigned nchan, struct pc_transport **out);
  *  pc_tcp_from_fds(@fds); later accepts fail with -ENOTCONN. Give it to a
  *  destination session with pc_session_set_listener(). */
 int pc_tcp_listener_from_fds(const int *fds, unsigned nchan, struct pc_listener **out);
+
+/**
+ * pc_tcp_fd_link_stats() - fill @out from the TCP_INFO and SIOCOUTQ of the
+ * TCP socket @fd (tcp_info.c). Return: 0; -EOPNOTSUPP when the kernel's
+ * tcp_info is too old to hold the busy time (Linux < 4.10) or @fd is not
+ * TCP; -errno.
+ */
+int pc_tcp_fd_link_stats(int fd, struct pc_tp_link_stats *out);
 
 #endif /* PC_TRANSPORT_H */

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* a * b without wrapping: UINT64_MAX when the product does not fit. */
@@ -147,6 +148,129 @@ double pc_bw_wall(const struct pc_bw *b)
 }
 
 /* ------------------------------------------------------------------ */
+/* Link estimate                                                       */
+/* ------------------------------------------------------------------ */
+
+const char *pc_link_source_name(enum pc_link_source s)
+{
+	switch (s) {
+	case PC_LINK_SRC_NONE: return "none";
+	case PC_LINK_SRC_SEND_TIME: return "send-time";
+	case PC_LINK_SRC_TCP_INFO: return "tcp-info";
+	case PC_LINK_SRC_COMPLETIONS: return "rdma-completions";
+	case PC_LINK_SRC_COPY: return "shm-copy";
+	case PC_LINK_SRC_AVAIL: return "avail-switchover-bandwidth";
+	}
+	return "unknown";
+}
+
+void pc_link_init(struct pc_link *l, uint64_t now)
+{
+	memset(l, 0, sizeof(*l));
+	l->win_start = now;
+}
+
+static void link_restart(struct pc_link *l, unsigned n, const struct pc_link_sample *s,
+			 uint64_t now)
+{
+	for (unsigned i = 0; i < n; i++) {
+		l->busy0[i] = s[i].busy_ns;
+		l->del0[i] = s[i].delivered;
+	}
+	l->nchan = n;
+	l->win_start = now;
+	l->primed = true;
+	memset(l->nrate, 0, sizeof(l->nrate));
+}
+
+void pc_link_rate(struct pc_link *l, unsigned chan, double bps, bool app_limited)
+{
+	if (chan >= PRECOPY_MAX_CHANNELS || app_limited || !(bps > 0))
+		return;
+	l->rate[chan][l->nrate[chan] % PC_LINK_RATE_SAMPLES] = bps;
+	l->nrate[chan]++;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * Sum over the channels that delivered in this window (@del0 < now's) of
+ * the median of their samples; 0 unless each of them has enough samples
+ * (a channel that delivered and is missing would make the sum too low).
+ */
+static double link_rate_median(struct pc_link *l, unsigned n, const struct pc_link_sample *s)
+{
+	double sum = 0;
+
+	for (unsigned c = 0; c < n; c++) {
+		unsigned k = l->nrate[c] < PC_LINK_RATE_SAMPLES ? l->nrate[c] : PC_LINK_RATE_SAMPLES;
+		double v[PC_LINK_RATE_SAMPLES];
+
+		if (s[c].delivered == l->del0[c])
+			continue;
+		if (k < PC_LINK_MIN_RATE_SAMPLES)
+			return 0;
+		memcpy(v, l->rate[c], k * sizeof(double));
+		qsort(v, k, sizeof(double), cmp_double);
+		sum += k % 2 ? v[k / 2] : (v[k / 2 - 1] + v[k / 2]) / 2;
+	}
+	return sum;
+}
+
+void pc_link_sample(struct pc_link *l, enum pc_link_source source, unsigned n,
+		    const struct pc_link_sample *s, uint64_t now)
+{
+	uint64_t busy = 0, del = 0, queued = 0, rtt = 0;
+
+	if (n > PRECOPY_MAX_CHANNELS)
+		n = PRECOPY_MAX_CHANNELS;
+	if (n == 0)
+		return;
+	for (unsigned i = 0; i < n; i++) {
+		queued = add_sat(queued, s[i].queued);
+		if (s[i].rtt_ns > rtt)
+			rtt = s[i].rtt_ns;
+	}
+	l->queued = queued;
+	l->rtt_ns = rtt;
+	l->source = source;
+	if (!l->primed || n != l->nchan || now < l->win_start) {
+		link_restart(l, n, s, now);
+		return;
+	}
+	for (unsigned i = 0; i < n; i++) {
+		if (s[i].busy_ns < l->busy0[i] || s[i].delivered < l->del0[i]) {
+			link_restart(l, n, s, now); /* counters went back: a new connection */
+			return;
+		}
+		if (s[i].busy_ns - l->busy0[i] > busy)
+			busy = s[i].busy_ns - l->busy0[i];
+		del = add_sat(del, s[i].delivered - l->del0[i]);
+	}
+	if (now - l->win_start < PC_BW_WINDOW_NS || busy < PC_LINK_MIN_BUSY_NS)
+		return; /* keep accumulating */
+	if (del > 0) {
+		double r = (double)del * 1e9 / (double)busy, m = link_rate_median(l, n, s);
+
+		if (m > 0 && m < r)
+			r = m;
+		l->bps = l->windows == 0 ? r : ewma(l->bps, r);
+		l->windows++;
+	}
+	link_restart(l, n, s, now);
+}
+
+double pc_link_bps(const struct pc_link *l)
+{
+	return l->bps;
+}
+
+/* ------------------------------------------------------------------ */
 /* Switchover                                                          */
 /* ------------------------------------------------------------------ */
 
@@ -158,9 +282,16 @@ double pc_switch_bandwidth(uint64_t avail, double estimate)
 uint64_t pc_switch_expected_ns(const struct pc_switch_in *in)
 {
 	uint64_t bytes = add_sat(in->remaining_bytes, in->device_state_bytes);
+	uint64_t fixed = add_sat(in->sync_cost_ns, in->end_ns);
 
+	bytes = add_sat(bytes, in->queued_bytes);
+	if (in->dirty_bps > 0 && in->sync_cost_ns) {
+		double w = in->dirty_bps * (double)in->sync_cost_ns / 1e9;
+
+		bytes = add_sat(bytes, w < 1.8e19 ? (uint64_t)w : UINT64_MAX);
+	}
 	if (bytes == 0)
-		return in->sync_cost_ns;
+		return fixed;
 	/* !(bw > 0) also catches NaN. */
 	if (!(in->bandwidth > 0))
 		return UINT64_MAX;
@@ -172,7 +303,7 @@ uint64_t pc_switch_expected_ns(const struct pc_switch_in *in)
 
 	if (!(t < 18446744073709549568.0)) /* largest double below 2^64 */
 		return UINT64_MAX;
-	return add_sat((uint64_t)llround(t), in->sync_cost_ns);
+	return add_sat((uint64_t)llround(t), fixed);
 }
 
 bool pc_switch_ok(const struct pc_switch_in *in)
@@ -432,6 +563,10 @@ void pc_policy_init(struct pc_policy *pol, const struct precopy_params *p, uint6
 	pc_bucket_init(&pol->bucket, p->max_bandwidth, now);
 	pc_throttle_init(&pol->throttle, p, now);
 	pc_watchdog_init(&pol->wd, p, now);
+	pc_link_init(&pol->link, now);
+	for (unsigned i = 0; i < PRECOPY_MAX_CHANNELS; i++)
+		pc_bw_init(&pol->sender[i], now);
+	pol->dirty_bps = 0;
 	pol->device_state_bytes = 0;
 	pol->sync_cost_ns = 0;
 	pol->expected_downtime_ns = UINT64_MAX;
@@ -494,6 +629,49 @@ uint64_t pc_policy_sent(struct pc_policy *pol, unsigned chan, uint64_t bytes,
 	return pc_bucket_take(&pol->bucket, bytes, now);
 }
 
+void pc_policy_sender(struct pc_policy *pol, unsigned chan, uint64_t ram_bytes,
+		      uint64_t active_ns, uint64_t now)
+{
+	if (chan < PRECOPY_MAX_CHANNELS)
+		pc_bw_sample(&pol->sender[chan], ram_bytes, active_ns, now);
+}
+
+double pc_policy_bw_sender(const struct pc_policy *pol)
+{
+	double sum = 0;
+
+	for (unsigned i = 0; i < PRECOPY_MAX_CHANNELS; i++)
+		sum += pc_bw_busy(&pol->sender[i]);
+	return sum;
+}
+
+void pc_policy_link(struct pc_policy *pol, enum pc_link_source source, unsigned n,
+		    const struct pc_link_sample *s, uint64_t now)
+{
+	pc_link_sample(&pol->link, source, n, s, now);
+}
+
+void pc_policy_link_rate(struct pc_policy *pol, unsigned chan, double bps, bool app_limited)
+{
+	pc_link_rate(&pol->link, chan, bps, app_limited);
+}
+
+void pc_policy_dirty_rate(struct pc_policy *pol, double bps)
+{
+	pol->dirty_bps = bps > 0 ? bps : 0;
+}
+
+enum pc_link_source pc_policy_bandwidth_source(const struct pc_policy *pol)
+{
+	if (pol->params.avail_switchover_bandwidth)
+		return PC_LINK_SRC_AVAIL;
+	if (pc_link_bps(&pol->link) > 0)
+		return pol->link.source;
+	if (pc_policy_bw_busy(pol) > 0)
+		return PC_LINK_SRC_SEND_TIME;
+	return PC_LINK_SRC_NONE;
+}
+
 double pc_policy_bw_busy(const struct pc_policy *pol)
 {
 	double sum = 0;
@@ -525,8 +703,15 @@ unsigned pc_policy_synced(struct pc_policy *pol, uint64_t dirtied, uint64_t cost
 
 double pc_policy_switch_bandwidth(const struct pc_policy *pol)
 {
-	return pc_switch_bandwidth(pol->params.avail_switchover_bandwidth,
-				   pc_policy_bw_busy(pol));
+	double est = pc_link_bps(&pol->link), snd = pc_policy_bw_sender(pol);
+
+	if (est > 0) {
+		if (snd > 0 && snd < est)
+			est = snd;
+	} else {
+		est = pc_policy_bw_busy(pol);
+	}
+	return pc_switch_bandwidth(pol->params.avail_switchover_bandwidth, est);
 }
 
 uint64_t pc_policy_downtime_limit_ns(const struct pc_policy *pol)
@@ -548,6 +733,9 @@ enum pc_decision pc_policy_pass_end(struct pc_policy *pol, unsigned iteration,
 		.bandwidth = pc_policy_switch_bandwidth(pol),
 		.sync_cost_ns = pol->sync_cost_ns,
 		.downtime_limit_ns = pc_policy_downtime_limit_ns(pol),
+		.queued_bytes = pol->link.queued,
+		.dirty_bps = pol->dirty_bps,
+		.end_ns = mul_sat(pol->link.rtt_ns, 2),
 	};
 	/* The watchdog sees every pass end, so its stall count is right even
 	 * on the pass that switches over. */

@@ -10,6 +10,7 @@
  *
  * Building blocks:
  *   pc_bw_*        bandwidth estimate from channel busy time (and wall time)
+ *   pc_link_*      bandwidth of the link, from the transport's own figures
  *   pc_switch_*    expected downtime and the switchover test
  *   pc_bucket_*    max-bandwidth token bucket, <= 10 ms granularity
  *   pc_throttle_*  auto-converge on periods of >= 1 s
@@ -117,15 +118,128 @@ double pc_bw_busy(const struct pc_bw *b);
 double pc_bw_wall(const struct pc_bw *b);
 
 /* ------------------------------------------------------------------ */
+/* Link estimate: measured where the bytes leave                        */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Time spent inside send calls says how fast the link is only when the
+ * sender is the one waiting: a socket buffer (or an RDMA send queue)
+ * absorbs a send long before its bytes are on the wire, so whenever the
+ * sender is not the bottleneck (an operator's cap, a sender busy scanning
+ * zero pages) that time is far shorter than the transmission and the
+ * figure far too high. The transport knows better: for TCP the kernel's
+ * busy time (data queued or in flight) and bytes acknowledged, for shm the
+ * time spent copying. pc_link turns those cumulative counters, one set per
+ * channel, into one estimate of the link:
+ *
+ *   rate = sum over channels of delta(delivered) / max over channels of
+ *          delta(busy)
+ *
+ * i.e. the channels are taken to share one link and to be busy at the
+ * same time (they are: every sender works through its share of each pass
+ * at once), so the link's busy time is the longest of theirs, not the sum
+ * (which would count the same wall time once per channel) and the rate is
+ * not the sum of the channels' rates (which would count the link once per
+ * channel when each channel's own rate is measured over its own, shorter,
+ * busy time). A window closes once >= PC_BW_WINDOW_NS of wall time and
+ * >= PC_LINK_MIN_BUSY_NS of busy time have passed (the kernel counts busy
+ * time in jiffies, 1 to 10 ms), and enters an EWMA of weight
+ * PC_BW_EWMA_WEIGHT. Counters that went backwards (a new connection)
+ * restart the window.
+ */
+
+/*
+ * The kernel's busy time is counted in jiffies: a sender held to a cap
+ * sends in bursts of a few ms, and a burst that starts and ends within one
+ * jiffy counts nothing, so under a cap delivered / busy comes out several
+ * times the link. Its second opinion, the delivery-rate samples the kernel
+ * takes per ACK in us (tcpi_delivery_rate), is right whenever the sample
+ * was not limited by the application: pc_link_rate() collects those, per
+ * channel, and a window's rate is the lower of delivered / busy and the sum
+ * over channels of the median of their samples (at least
+ * PC_LINK_MIN_RATE_SAMPLES on a channel for it to count).
+ */
+#define PC_LINK_RATE_SAMPLES 32
+#define PC_LINK_MIN_RATE_SAMPLES 3
+
+/** Busy time a window needs before it says anything (jiffies granularity). */
+#define PC_LINK_MIN_BUSY_NS (20 * PC_NSEC_PER_MSEC)
+
+/** Where the link estimate comes from (precopy_stats.bandwidth_source). */
+enum pc_link_source {
+	PC_LINK_SRC_NONE = 0,      /**< no estimate yet */
+	PC_LINK_SRC_SEND_TIME = 1, /**< time inside send calls (no transport figures) */
+	PC_LINK_SRC_TCP_INFO = 2,  /**< TCP_INFO busy time and bytes acked */
+	PC_LINK_SRC_COMPLETIONS = 3, /**< RDMA completion times */
+	PC_LINK_SRC_COPY = 4,      /**< shm copy time */
+	PC_LINK_SRC_AVAIL = 5,     /**< avail-switchover-bandwidth, set by the operator */
+};
+
+/** pc_link_source_name() - "tcp-info", "send-time"...; never NULL. */
+const char *pc_link_source_name(enum pc_link_source s);
+
+/** One channel's cumulative counters (struct pc_tp_link_stats's). */
+struct pc_link_sample {
+	uint64_t busy_ns;   /**< time the channel had bytes queued or in flight */
+	uint64_t delivered; /**< bytes the peer received */
+	uint64_t queued;    /**< bytes still queued in the transport, now */
+	uint64_t rtt_ns;    /**< round-trip time, 0 = unknown */
+};
+
+struct pc_link {
+	enum pc_link_source source; /**< of the samples; NONE until the first */
+	uint64_t win_start;
+	unsigned nchan;             /**< channels of the current window */
+	uint64_t busy0[PRECOPY_MAX_CHANNELS], del0[PRECOPY_MAX_CHANNELS];
+	bool primed;                /**< busy0/del0 hold a window's start */
+	double bps;                 /**< smoothed rate; 0 until a window closed */
+	unsigned windows;
+	double rate[PRECOPY_MAX_CHANNELS][PC_LINK_RATE_SAMPLES]; /**< this window's */
+	unsigned nrate[PRECOPY_MAX_CHANNELS];
+	uint64_t queued;            /**< sum over channels, at the last sample */
+	uint64_t rtt_ns;            /**< largest over channels, at the last sample */
+};
+
+/** pc_link_init() - no estimate, at @now. */
+void pc_link_init(struct pc_link *l, uint64_t now);
+
+/**
+ * pc_link_sample() - the @n channels' counters @s at @now, from @source.
+ * Closes a window as described above. Always takes queued and rtt.
+ */
+void pc_link_sample(struct pc_link *l, enum pc_link_source source, unsigned n,
+		    const struct pc_link_sample *s, uint64_t now);
+
+/**
+ * pc_link_rate() - channel @chan's kernel took a delivery-rate sample of
+ * @bps bytes/s; @app_limited: the sender, not the link, set its pace (only
+ * a lower bound: not kept). Kept for the current window (the first
+ * PC_LINK_RATE_SAMPLES; later ones replace the oldest).
+ */
+void pc_link_rate(struct pc_link *l, unsigned chan, double bps, bool app_limited);
+
+/** pc_link_bps() - the link's rate, bytes/s; 0 until a window closed. */
+double pc_link_bps(const struct pc_link *l);
+
+/* ------------------------------------------------------------------ */
 /* Switchover                                                          */
 /* ------------------------------------------------------------------ */
 
 /**
- * The switchover test, in numbers:
- *   expected = (remaining + device state) / bandwidth + sync cost
+ * The switchover test, in numbers: everything the pause must carry,
+ *
+ *   expected = sync cost                          the final dirty sync
+ *            + (remaining                         dirty RAM still to send
+ *               + dirty rate x sync cost          written while the sync
+ *                                                 that ended the pass ran
+ *               + queued                          still in the transport
+ *               + device state) / bandwidth
+ *            + end cost                           COMPLETE -> RESULT and
+ *                                                 GO -> answer: 2 round trips
+ *
  * rounded to the nearest ns; UINT64_MAX ("never") when there is something
- * to send and bandwidth <= 0 (or NaN); just the sync cost when there is
- * nothing to send. Switch when expected <= limit (equal passes).
+ * to send and bandwidth <= 0 (or NaN); sync and end cost alone when there
+ * is nothing to send. Switch when expected <= limit (equal passes).
  */
 struct pc_switch_in {
 	uint64_t remaining_bytes;    /**< dirty RAM still to send */
@@ -133,6 +247,9 @@ struct pc_switch_in {
 	double bandwidth;            /**< bytes/s to assume */
 	uint64_t sync_cost_ns;       /**< measured cost of a dirty sync */
 	uint64_t downtime_limit_ns;
+	uint64_t queued_bytes;       /**< bytes still queued in the transport */
+	double dirty_bps;            /**< guest writes, bytes/s (0 = unknown) */
+	uint64_t end_ns;             /**< the end's round trips */
 };
 
 /**
@@ -142,8 +259,8 @@ struct pc_switch_in {
 double pc_switch_bandwidth(uint64_t avail, double estimate);
 
 /**
- * pc_switch_expected_ns() - (remaining + device state) / bandwidth + sync
- * cost. UINT64_MAX when there is something to send and bandwidth <= 0.
+ * pc_switch_expected_ns() - the formula above. UINT64_MAX when there is
+ * something to send and bandwidth <= 0.
  */
 uint64_t pc_switch_expected_ns(const struct pc_switch_in *in);
 
@@ -297,6 +414,9 @@ struct pc_policy {
 	struct pc_bucket bucket;
 	struct pc_throttle throttle;
 	struct pc_watchdog wd;
+	struct pc_link link;         /**< the transport's figures (pc_policy_link()) */
+	struct pc_bw sender[PRECOPY_MAX_CHANNELS]; /**< RAM bytes per active ns */
+	double dirty_bps;            /**< guest writes, bytes/s (pc_policy_dirty_rate()) */
 	uint64_t device_state_bytes; /**< expected device-state size */
 	uint64_t sync_cost_ns;       /**< last measured dirty-sync cost */
 	uint64_t expected_downtime_ns; /**< at the last pass end; UINT64_MAX
@@ -338,6 +458,42 @@ void pc_policy_set_device_state(struct pc_policy *pol, uint64_t bytes);
 uint64_t pc_policy_sent(struct pc_policy *pol, unsigned chan, uint64_t bytes,
 			uint64_t busy_ns, uint64_t now);
 
+/**
+ * pc_policy_sender() - channel @chan's sender went through @ram_bytes of
+ * guest RAM (every page it looked at, 4 KiB each, zero pages too) in
+ * @active_ns of work at @now: its time not waiting for the token bucket,
+ * from the end of its previous batch to the end of this one, scanning and
+ * sending. The sum over channels is the rate at which an unthrottled
+ * sender gets through dirty RAM, the final burst's other bound besides
+ * the link (over shm, where the copy is fast, it is the one that counts).
+ */
+void pc_policy_sender(struct pc_policy *pol, unsigned chan, uint64_t ram_bytes,
+		      uint64_t active_ns, uint64_t now);
+
+/** pc_policy_bw_sender() - sum of the channels' sender rates, bytes/s. */
+double pc_policy_bw_sender(const struct pc_policy *pol);
+
+/**
+ * pc_policy_link() - the transport's counters of @n channels at @now
+ * (pc_link_sample()).
+ */
+void pc_policy_link(struct pc_policy *pol, enum pc_link_source source, unsigned n,
+		    const struct pc_link_sample *s, uint64_t now);
+
+/** pc_policy_link_rate() - pc_link_rate() on the policy's link. */
+void pc_policy_link_rate(struct pc_policy *pol, unsigned chan, double bps, bool app_limited);
+
+/** pc_policy_dirty_rate() - the guest writes @bps bytes/s (last measured). */
+void pc_policy_dirty_rate(struct pc_policy *pol, double bps);
+
+/**
+ * pc_policy_bandwidth_source() - what pc_policy_switch_bandwidth() rests
+ * on: AVAIL if avail-switchover-bandwidth is set; else the link's source
+ * once it has an estimate; else SEND_TIME once pc_policy_sent() has one;
+ * else NONE.
+ */
+enum pc_link_source pc_policy_bandwidth_source(const struct pc_policy *pol);
+
 /** pc_policy_bw_busy() - sum of the channels' busy-time estimates, bytes/s. */
 double pc_policy_bw_busy(const struct pc_policy *pol);
 
@@ -364,8 +520,9 @@ unsigned pc_policy_synced(struct pc_policy *pol, uint64_t dirtied, uint64_t cost
  * after it left @remaining dirty bytes. Return: what to do next. Updates
  * expected_downtime_ns.
  *
- * SWITCHOVER if (remaining + device state) / pc_policy_switch_bandwidth()
- * + sync cost <= downtime limit (the bulk pass may end so); else FORCE or
+ * SWITCHOVER if the expected downtime (struct pc_switch_in, with the
+ * link's queued bytes and round trips, the dirty rate, the device state and
+ * pc_policy_switch_bandwidth()) <= downtime limit (the bulk pass may end so); else FORCE or
  * ABORT (params.on_limit) if the watchdog says so (last_verdict tells
  * why); else CONTINUE. With no estimate yet (no window closed) and no
  * avail-switchover-bandwidth, only remaining + device state = 0 switches.
@@ -377,7 +534,12 @@ enum pc_decision pc_policy_pass_end(struct pc_policy *pol, unsigned iteration,
  *  Always PC_CONTINUE once pc_policy_set_switchover() was called. */
 enum pc_decision pc_policy_tick(struct pc_policy *pol, uint64_t now);
 
-/** pc_policy_switch_bandwidth() - bytes/s the switchover decision uses now. */
+/**
+ * pc_policy_switch_bandwidth() - bytes/s the switchover decision uses now:
+ * avail-switchover-bandwidth if set; else, once the link has an estimate,
+ * the lower of it and the sender's rate (when known); else the busy-time
+ * estimate of pc_policy_sent() (time inside send calls).
+ */
 double pc_policy_switch_bandwidth(const struct pc_policy *pol);
 
 /** pc_policy_downtime_limit_ns() - params.downtime_limit_ms in ns. */

@@ -57,6 +57,7 @@ struct sim {
 	double last_sent;        /* time of the last pc_policy_sent() */
 	double next_second;
 	double carry_bytes, carry_busy;
+	double link_busy, link_del;  /* the transport's cumulative figures */
 
 	double bytes_sent;
 	unsigned max_pct;
@@ -394,6 +395,17 @@ static uint64_t report_sent(struct sim *s, double wire, double busy)
 		if (w > wait)
 			wait = w;
 	}
+	if (s->in->estimator == PC_SIM_EST_BUSY) {
+		struct pc_link_sample ls[PRECOPY_MAX_CHANNELS];
+
+		s->link_busy += wire / s->link;
+		s->link_del += wire;
+		for (unsigned c = 0; c < nch && c < PRECOPY_MAX_CHANNELS; c++)
+			ls[c] = (struct pc_link_sample){ .busy_ns = u64(s->link_busy),
+							 .delivered = u64(s->link_del / nch),
+							 .rtt_ns = s->in->rtt_ns };
+		pc_policy_link(&s->pol, PC_LINK_SRC_TCP_INFO, nch, ls, u64(s->t));
+	}
 	return wait;
 }
 
@@ -461,10 +473,10 @@ static void finish(struct sim *s, enum pc_decision d, uint64_t expected)
 		       (double)p->device_state_bytes;
 	double burst = pages * z * p->cpu_ns_per_page + bytes / s->link;
 
-	r->downtime_ns = u64(s->sync_ns + burst);
+	r->downtime_ns = u64(s->sync_ns + burst + 2.0 * (double)p->rtt_ns);
 	r->final_bytes = u64(bytes);
 	s->bytes_sent += bytes;
-	s->t += s->sync_ns + burst;
+	s->t += s->sync_ns + burst + 2.0 * (double)p->rtt_ns;
 	/* Tell the controller, as the engine would; it never makes us wait. */
 	report_sent(s, bytes, burst);
 	r->total_ns = u64(s->t);
@@ -541,6 +553,9 @@ static int run(struct sim *s)
 				.device_state_bytes = p->device_state_bytes,
 				.bandwidth = pc_policy_switch_bandwidth(&s->pol),
 				.sync_cost_ns = s->pol.sync_cost_ns,
+				.queued_bytes = s->pol.link.queued,
+				.dirty_bps = s->pol.dirty_bps,
+				.end_ns = 2 * s->pol.link.rtt_ns,
 			};
 			uint64_t e = pc_switch_expected_ns(&si);
 			int err = add_row(s, d, true, e);
@@ -554,6 +569,7 @@ static int run(struct sim *s)
 		skip_done(s);
 		if (s->cur >= s->nseg) {
 			sync_dirty(s);
+			pc_policy_dirty_rate(&s->pol, dirty_ppns_now(s) * PAGE * 1e9);
 			d = pc_policy_pass_end(&s->pol, s->pass, u64(s->dirty_total * PAGE),
 					       u64(s->t));
 

@@ -47,13 +47,20 @@
  *    goes at full link speed, never throttled:
  *      downtime = sync cost + zero pages × cpu_ns_per_page
  *                 + (bytes of the pages + device state) / link.
- *    This differs from the controller's expected downtime, and both are
- *    reported: it is longer by what the guest wrote during the sync that
- *    ended the last pass (up to dirty rate × sync cost / link; the real
- *    engine has the same gap), and shorter when some final pages are zero
- *    (the controller counts every remaining page whole).
+ *    The controller's expected downtime counts the same terms (what the
+ *    guest writes during the sync that ended the last pass as dirty rate
+ *    x sync cost, which overcounts pages written twice a little); it is
+ *    longer when some final pages are zero (the controller counts every
+ *    remaining page whole). Both are reported.
  *  - With channels > 1 every chunk is split evenly over the channels,
  *    which share the link and transmit in parallel.
+ *  - The transport's figures, as the engine gets them from TCP_INFO: each
+ *    chunk adds its bytes to every channel's "delivered" share and its
+ *    transmission time to every channel's busy time (they transmit at
+ *    once), handed to pc_policy_link() with rtt_ns as the path's round
+ *    trip; so the controller decides on the link estimate as the engine
+ *    does (estimator BUSY), and counts the end's two round trips, which
+ *    the modelled downtime also pays (+ 2 x rtt_ns).
  *
  * The estimator option shows what the busy-time estimate buys: WALL
  * reports to pc_policy_sent(), as each chunk's busy time, the whole wall
@@ -105,6 +112,7 @@ struct pc_sim_params {
 	uint64_t max_sim_ns;          /**< give up (-ETIMEDOUT) past this simulated time */
 	unsigned max_passes;          /**< give up (-ELOOP) past this many passes */
 	unsigned segments;            /**< model resolution, >= 1 (capped at the page count) */
+	uint64_t rtt_ns;              /**< the path's round trip (the end pays two); default 0 */
 };
 
 /**

@@ -89,10 +89,12 @@ def case_ok(precopy, tmp, scheme="tcp", extra=()):
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(in_path)
     srv.listen(1)
+    srv.settimeout(60)  # a bridge that never connects fails the case, not hangs it
     got = {}
 
     def destination():
         c, _ = srv.accept()
+        c.settimeout(None)
         data = read_all(c)
         got["n"] = len(data)
         c.sendall(hashlib.sha256(data).digest() + reply_tail)
@@ -158,10 +160,12 @@ def case_src_dies(precopy, tmp):
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(in_path)
     srv.listen(1)
+    srv.settimeout(60)  # a bridge that never connects fails the case, not hangs it
     got = {}
 
     def destination():
         c, _ = srv.accept()
+        c.settimeout(None)
         got["data"] = read_all(c)
         c.close()
 

@@ -7,11 +7,12 @@ P=$1
 umask 077 # key files below must be private to their owner
 fails=0 n=0
 
-# expect 'TEXT' ARGS...: exit 2, and TEXT in what was printed
+# expect 'TEXT' ARGS...: exit 2, and TEXT in what was printed. A command
+# that would go on (listen, say) is stopped after 20 s and fails the case.
 expect() {
 	local text=$1 out rc
 	shift
-	out=$("$P" "$@" 2>&1 </dev/null)
+	out=$(timeout 20 "$P" "$@" 2>&1 </dev/null)
 	rc=$?
 	n=$((n + 1))
 	if [ $rc -ne 2 ] || [[ $out != *"$text"* ]]; then

@@ -598,8 +598,14 @@ int precopy_migrate(struct precopy_session *s, const char *uri);
  * path, created here; a stale socket nobody listens on is replaced, and
  * the path is removed when the session is deleted). Does not block. If the
  * path is removed during a shm migration, the migration fails.
- * Return: 0; -EINVAL for a malformed URI; -EADDRINUSE...; -EBUSY if already
- * listening.
+ * "tls:HOST:PORT" loads the precopy_set_tls() credentials here, before
+ * listening. Whatever connects then has the session's timeout to send its
+ * hello (and finish its TLS handshake); connections are read side by side,
+ * and one that fails ends alone while the destination waits on.
+ * Return: 0; -EINVAL for a malformed URI, or "tls:" without
+ * precopy_set_tls(); -ENOENT (a certificate, key or CA file cannot be
+ * read), -EBADMSG (it holds no usable PEM); -EADDRINUSE...; -EBUSY if
+ * already listening.
  */
 int precopy_listen(struct precopy_session *s, const char *uri);
 

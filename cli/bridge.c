@@ -402,8 +402,9 @@ static int bridge_source(struct bridge *b)
 	struct pc_cli *c = b->c;
 	const struct pc_transport_ops *ops;
 	char why[160] = "";
-	struct pc_transport_opts o = { .channels = 1, .key = c->auth_key,
-				       .key_len = c->auth_key_len, .why = why,
+	struct pc_transport_opts o = { .channels = 1, .timeout_ms = c->params.timeout_ms,
+				       .key = c->auth_key, .key_len = c->auth_key_len,
+				       .tls = c->have_tls ? &c->tls : NULL, .why = why,
 				       .whylen = sizeof(why) };
 	const char *rest;
 	char uri[URI_MAX];
@@ -448,8 +449,9 @@ static int bridge_dest(struct bridge *b)
 	struct pc_cli *c = b->c;
 	const struct pc_transport_ops *ops;
 	char why[160] = "";
-	struct pc_transport_opts o = { .channels = 1, .key = c->auth_key,
-				       .key_len = c->auth_key_len, .why = why,
+	struct pc_transport_opts o = { .channels = 1, .timeout_ms = c->params.timeout_ms,
+				       .key = c->auth_key, .key_len = c->auth_key_len,
+				       .tls = c->have_tls ? &c->tls : NULL, .why = why,
 				       .whylen = sizeof(why) };
 	struct pc_listener *l = NULL;
 	const char *rest;
@@ -462,7 +464,8 @@ static int bridge_dest(struct bridge *b)
 			    err == -EPROTONOSUPPORT ? "transport not built in" : "malformed URI");
 	err = ops->listen(rest, &o, &l);
 	if (err)
-		return fail(b, err, false, "--listen %s: %s", c->listen, strerror(-err));
+		return fail(b, err, false, "--listen %s: %s", c->listen,
+			    why[0] ? why : strerror(-err));
 	err = ops->listener_addr(l, uri, sizeof(uri));
 	if (err)
 		snprintf(uri, sizeof(uri), "%s", c->listen);
@@ -502,6 +505,18 @@ int pc_cli_bridge(struct pc_cli *c)
 		fprintf(stderr, "precopy: bridge takes --listen-unix PATH --to URI (source side) "
 			"or --listen URI --to-unix PATH (destination side)\n");
 		return 2;
+	}
+	if (c->have_tls) {
+		/* the same checks as a migration's, by the same call */
+		struct precopy_session *s;
+		int rc;
+
+		if (precopy_new(PRECOPY_ROLE_SOURCE, NULL, NULL, &s))
+			return 1;
+		rc = pc_cli_apply_tls(c, s, "bridge");
+		precopy_delete(&s);
+		if (rc)
+			return rc;
 	}
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGINT, &sa, NULL);

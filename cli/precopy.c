@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -101,7 +102,9 @@ static void usage(FILE *f)
 "  --stall-iterations N      passes without progress before it acts, 0 = off [0]\n"
 "  --on-limit force|abort    what the watchdog does [force]\n"
 "  --channels N              parallel connections [1]\n"
-"  --timeout MS              give up on a silent peer after MS (both ends) [15000]\n"
+"  --timeout MS              give up on a silent peer after MS (both ends, bridge\n"
+"                            too); a destination gives each connection this long\n"
+"                            for its hello and TLS handshake [15000]\n"
 "  --max-forced-downtime MS  when the watchdog would force a switchover expected to\n"
 "                            pause the guest longer than MS, abort instead (the\n"
 "                            guest keeps running here); 0 = no bound [0]\n"
@@ -127,7 +130,9 @@ static void usage(FILE *f)
 "  --stop-delay MS           the synthetic guest takes MS to stop at switchover (a slow\n"
 "                            VMM); holds the source in switchover, for fault tests [0]\n"
 "\n"
-"TLS (URIs tls:HOST:PORT; TLS 1.3 with a pre-shared key or x509):\n"
+"TLS (URIs tls:HOST:PORT; migrate, incoming, demo, bridge; TLS 1.3 with a pre-shared\n"
+"key or x509). Refused with no tls: URI; key files must not be readable by group or\n"
+"others (chmod 600), as ssh requires:\n"
 "  --tls-psk-file FILE       the pre-shared key as hex digits (16..512 bytes),\n"
 "                            e.g. from 'openssl rand -hex 32'; the same at both ends\n"
 "  --tls-psk-identity NAME   the key's name [precopy]\n"
@@ -261,6 +266,39 @@ static int parse_uint(const char *opt, const char *s, uint64_t max, uint64_t *ou
 	return 0;
 }
 
+/* The first --tls-* flag given, to name it in an error. */
+static const char *g_tls_flag;
+
+/*
+ * A key file must be private to its owner, as ssh requires of its keys:
+ * one that group or others may read is refused, not used. It must also
+ * be readable by us (the reason is printed either way).
+ * Return: 0, or -EINVAL with the reason printed.
+ */
+static int key_file_private(const char *opt, const char *path)
+{
+	struct stat st;
+
+	if (stat(path, &st) < 0 || access(path, R_OK) < 0)
+		return bad_value(opt, path, strerror(errno));
+	if (st.st_mode & (S_IRGRP | S_IROTH)) {
+		fprintf(stderr, "precopy: --%s '%s': readable by %s (mode %04o); a key file must "
+				"be readable by its owner only (chmod 600 '%s')\n", opt, path,
+			(st.st_mode & S_IRGRP) && (st.st_mode & S_IROTH) ? "group and others"
+			: st.st_mode & S_IRGRP ? "its group" : "others",
+			(unsigned)(st.st_mode & 07777), path);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* A credential file GnuTLS will read: there and readable now, so the
+ * command stops before it listens or connects. */
+static int readable(const char *opt, const char *path)
+{
+	return access(path, R_OK) < 0 ? bad_value(opt, path, strerror(errno)) : 0;
+}
+
 static int parse_args(int argc, char **argv, struct pc_cli *c)
 {
 	int opt;
@@ -274,6 +312,8 @@ static int parse_args(int argc, char **argv, struct pc_cli *c)
 		for (const struct option *o = long_opts; o->name; o++)
 			if (o->val == opt)
 				name = o->name;
+		if (name && !strncmp(name, "tls-", 4) && !g_tls_flag)
+			g_tls_flag = name;
 		switch (opt) {
 		case OPT_LISTEN: c->listen = a; break;
 		case OPT_TO: c->to = a; break;
@@ -405,8 +445,11 @@ static int parse_args(int argc, char **argv, struct pc_cli *c)
 				return -EINVAL;
 			break;
 		case OPT_TLS_PSK_FILE: {
-			int n = pc_cli_read_psk(a, c->tls_psk, sizeof(c->tls_psk));
+			int n = key_file_private(name, a) ? -EPERM
+				: pc_cli_read_psk(a, c->tls_psk, sizeof(c->tls_psk));
 
+			if (n == -EPERM)
+				return -EINVAL;
 			if (n < 0)
 				return bad_value(name, a, n == -EINVAL
 					? "expected a file of 32..1024 hex digits (16..512 bytes)"
@@ -419,13 +462,31 @@ static int parse_args(int argc, char **argv, struct pc_cli *c)
 			break;
 		}
 		case OPT_TLS_PSK_ID: c->tls.psk_identity = a; c->have_tls = true; break;
-		case OPT_TLS_CA: c->tls.ca_file = a; c->have_tls = true; break;
-		case OPT_TLS_CERT: c->tls.cert_file = a; c->have_tls = true; break;
-		case OPT_TLS_KEY: c->tls.key_file = a; c->have_tls = true; break;
+		case OPT_TLS_CA:
+			if (readable(name, a))
+				return -EINVAL;
+			c->tls.ca_file = a;
+			c->have_tls = true;
+			break;
+		case OPT_TLS_CERT:
+			if (readable(name, a))
+				return -EINVAL;
+			c->tls.cert_file = a;
+			c->have_tls = true;
+			break;
+		case OPT_TLS_KEY:
+			if (key_file_private(name, a))
+				return -EINVAL;
+			c->tls.key_file = a;
+			c->have_tls = true;
+			break;
 		case OPT_TLS_HOSTNAME: c->tls.hostname = a; c->have_tls = true; break;
 		case OPT_AUTH_KEY_FILE: {
-			int n = pc_cli_read_psk(a, c->auth_key, sizeof(c->auth_key));
+			int n = key_file_private(name, a) ? -EPERM
+				: pc_cli_read_psk(a, c->auth_key, sizeof(c->auth_key));
 
+			if (n == -EPERM)
+				return -EINVAL;
 			if (n < 0)
 				return bad_value(name, a, n == -EINVAL
 					? "expected a file of 32..2048 hex digits (16..1024 bytes)"
@@ -502,25 +563,36 @@ static int parse_args(int argc, char **argv, struct pc_cli *c)
 	return 0;
 }
 
-static bool is_rdma(const char *uri)
+/* What the transport of @uri can do; ~0 when the URI names no transport
+ * built in (the command reports that itself). */
+static uint32_t uri_caps(const char *uri)
 {
-	return uri && !strncmp(uri, "rdma:", 5);
+	const struct pc_transport_ops *ops;
+	const char *rest;
+
+	if (!uri || pc_transport_split_uri(uri, &ops, &rest))
+		return ~0u;
+	return ops->caps;
 }
 
 /*
- * The RDMA flags where they cannot act are refused rather than ignored: a
- * key that authenticates nothing would only give a false sense of safety.
+ * Settings where they cannot act are refused rather than ignored: a key
+ * that authenticates nothing, or TLS settings on a plain connection,
+ * would only give a false sense of safety. Whether a transport can use
+ * them is its capability (PC_TCAP_AUTH_KEY, PC_TCAP_TLS), not its name.
  * Return: 0, or 2 with the reason printed.
  */
-static int check_rdma_flags(const char *cmd, const struct pc_cli *c)
+static int check_transport_flags(const char *cmd, const struct pc_cli *c)
 {
-	const char *uris[2] = { NULL, NULL };
+	const char *uris[2] = { NULL, NULL }, *flag;
+	uint32_t caps;
 
-	if (!c->have_auth_key && !c->have_registration)
+	if (!c->have_auth_key && !c->have_registration && !c->have_tls)
 		return 0;
+	flag = c->have_auth_key ? "auth-key-file" : c->have_registration ? "rdma-registration"
+									: g_tls_flag;
 	if (!strcmp(cmd, "simulate")) {
-		fprintf(stderr, "precopy simulate: --%s: simulate makes no connection\n",
-			c->have_auth_key ? "auth-key-file" : "rdma-registration");
+		fprintf(stderr, "precopy simulate: --%s: simulate makes no connection\n", flag);
 		return 2;
 	}
 	if (c->have_registration && (!strcmp(cmd, "incoming") || !strcmp(cmd, "bridge"))) {
@@ -536,12 +608,32 @@ static int check_rdma_flags(const char *cmd, const struct pc_cli *c)
 	} else {
 		uris[0] = c->listen ? c->listen : c->to;
 	}
-	if (!uris[0] || is_rdma(uris[0]) || is_rdma(uris[1]))
+	if (!uris[0])
 		return 0; /* (a missing URI is reported by the command) */
-	fprintf(stderr, "precopy %s: --%s applies to rdma: URIs only%s\n", cmd,
-		c->have_auth_key ? "auth-key-file" : "rdma-registration",
-		c->have_auth_key ? " (over TCP, authenticate with tls: and --tls-psk-file)" : "");
-	return 2;
+	caps = uri_caps(uris[0]) | (uris[1] ? uri_caps(uris[1]) : 0);
+	if (c->have_tls && !(caps & PC_TCAP_TLS)) {
+		fprintf(stderr, "precopy %s: --%s applies to tls: URIs only; '%s' would ignore "
+				"it (use tls:HOST:PORT)\n", cmd, g_tls_flag, uris[0]);
+		return 2;
+	}
+	if (c->have_auth_key && !(caps & PC_TCAP_AUTH_KEY)) {
+		fprintf(stderr, "precopy %s: --auth-key-file applies to rdma: URIs only; '%s' "
+				"would ignore it (over TCP, authenticate with tls: and "
+				"--tls-psk-file)\n", cmd, uris[0]);
+		return 2;
+	}
+	if (c->have_registration && !(caps & PC_TCAP_NEEDS_REG)) {
+		fprintf(stderr, "precopy %s: --rdma-registration applies to rdma: URIs only; "
+				"'%s' registers no memory\n", cmd, uris[0]);
+		return 2;
+	}
+	return 0;
+}
+
+/* Whether @uri's transport authenticates with the shared key (rdma:). */
+static bool takes_key(const char *uri)
+{
+	return uri && (uri_caps(uri) & PC_TCAP_AUTH_KEY);
 }
 
 /*
@@ -557,15 +649,15 @@ static void warn_rdma_no_key(const char *cmd, const struct pc_cli *c)
 		return;
 	if (!strcmp(cmd, "migrate")) {
 		listens = false;
-		connects = is_rdma(c->to) || is_rdma(c->then_to);
+		connects = takes_key(c->to) || takes_key(c->then_to);
 	} else if (!strcmp(cmd, "incoming")) {
-		listens = is_rdma(c->listen);
+		listens = takes_key(c->listen);
 		connects = false;
 	} else if (!strcmp(cmd, "demo")) {
-		listens = connects = is_rdma(c->listen);
+		listens = connects = takes_key(c->listen);
 	} else if (!strcmp(cmd, "bridge")) {
-		listens = is_rdma(c->listen);
-		connects = is_rdma(c->to);
+		listens = takes_key(c->listen);
+		connects = takes_key(c->to);
 	} else {
 		return;
 	}
@@ -609,7 +701,7 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(cmd, "ctl"))
 		return pc_cli_ctl(argc - 2, argv + 2);
-	if (parse_args(argc - 1, argv + 1, &c) || check_rdma_flags(cmd, &c))
+	if (parse_args(argc - 1, argv + 1, &c) || check_transport_flags(cmd, &c))
 		return 2;
 	if ((c.control || c.max_forced_downtime_ms) && strcmp(cmd, "migrate") &&
 	    strcmp(cmd, "demo")) {

@@ -518,7 +518,8 @@ int precopy_listen(struct precopy_session *s, const char *uri)
 {
 	const struct pc_transport_ops *ops;
 	struct pc_transport_opts o = { .channels = 0, .key = s ? s->key : NULL,
-				       .key_len = s ? s->key_len : 0 };
+				       .key_len = s ? s->key_len : 0,
+				       .tls = s && s->have_tls ? &s->tls : NULL };
 	const char *rest;
 	int err;
 

@@ -713,13 +713,20 @@ int precopy_migrate(struct precopy_session *s, const char *uri);
  * precopy_listen() - bind the destination to @uri ("tcp:HOST:PORT"; port 0
  * picks a free one, see precopy_local_uri(); or "shm:PATH", a unix socket
  * path, created here; a stale socket nobody listens on is replaced, and
- * the path is removed when the session is deleted). Does not block. If the
+ * the path is removed when the session is deleted). Does not wait for a
+ * source. If the
  * path is removed during a shm migration, the migration fails.
  * Unless the "populate" parameter is 0, it first populates every region
  * (see PRECOPY_PARAM_POPULATE): it then takes as long as writing the
  * memory once, and a source that connects afterwards finds it ready.
- * Return: 0; -EINVAL for a malformed URI; -EADDRINUSE...; -EBUSY if already
- * listening.
+ * "tls:HOST:PORT" loads the precopy_set_tls() credentials here, before
+ * listening. Whatever connects then has the session's timeout to send its
+ * hello (and finish its TLS handshake); connections are read side by side,
+ * and one that fails ends alone while the destination waits on.
+ * Return: 0; -EINVAL for a malformed URI, or "tls:" without
+ * precopy_set_tls(); -ENOENT (a certificate, key or CA file cannot be
+ * read), -EBADMSG (it holds no usable PEM); -EADDRINUSE...; -EBUSY if
+ * already listening.
  */
 int precopy_listen(struct precopy_session *s, const char *uri);
 

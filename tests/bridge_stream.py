@@ -14,6 +14,7 @@ Two bridges over TCP loopback, with this script playing both QEMUs:
             both bridges exit 1 and say why.
   src-dies  the source sends 1 MiB and is killed mid-stream (its socket
             reset): the destination's socket is closed as well.
+  tls       "ok" again over tls: with a pre-shared key.
   not-a-bridge  the source bridge is pointed at a TCP port where a plain
             server speaks garbage: it fails cleanly (exit 1) and closes the
             source's socket.
@@ -80,17 +81,20 @@ def finish(p, what, want):
     return err, out
 
 
-def case_ok(precopy, tmp):
-    in_path, out_path = os.path.join(tmp, "ok-in.sock"), os.path.join(tmp, "ok-out.sock")
+def case_ok(precopy, tmp, scheme="tcp", extra=()):
+    in_path = os.path.join(tmp, f"ok-{scheme}-in.sock")
+    out_path = os.path.join(tmp, f"ok-{scheme}-out.sock")
     payload = os.urandom(24 << 20)
     reply_tail = os.urandom(3 << 20)
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(in_path)
     srv.listen(1)
+    srv.settimeout(60)  # a bridge that never connects fails the case, not hangs it
     got = {}
 
     def destination():
         c, _ = srv.accept()
+        c.settimeout(None)
         data = read_all(c)
         got["n"] = len(data)
         c.sendall(hashlib.sha256(data).digest() + reply_tail)
@@ -98,9 +102,9 @@ def case_ok(precopy, tmp):
 
     t = threading.Thread(target=destination)
     t.start()
-    dbr, uri = start_bridge([precopy, "bridge", "--listen", "tcp:127.0.0.1:0",
-                             "--to-unix", in_path])
-    sbr, _ = start_bridge([precopy, "bridge", "--listen-unix", out_path, "--to", uri])
+    dbr, uri = start_bridge([precopy, "bridge", "--listen", f"{scheme}:127.0.0.1:0",
+                             "--to-unix", in_path, *extra])
+    sbr, _ = start_bridge([precopy, "bridge", "--listen-unix", out_path, "--to", uri, *extra])
     s = connect_unix(out_path)
     s.sendall(payload)
     s.shutdown(socket.SHUT_WR)
@@ -113,7 +117,20 @@ def case_ok(precopy, tmp):
     assert back[:32] == hashlib.sha256(payload).digest(), "bytes changed on the way"
     assert back[32:] == reply_tail, "bytes changed on the way back"
     assert not os.path.exists(out_path), "source bridge left its socket file"
-    print("ok: 24 MiB forward and 3 MiB back, byte for byte; both bridges exit 0")
+    print(f"ok ({scheme}): 24 MiB forward and 3 MiB back, byte for byte; both bridges exit 0")
+
+
+def case_tls(precopy, tmp):
+    """The same over tls: with a pre-shared key, where TLS is built in."""
+    if "tls" not in subprocess.run([precopy, "version"], capture_output=True,
+                                   text=True).stdout.split("transports:")[-1]:
+        print("skip tls: not built in")
+        return
+    psk = os.path.join(tmp, "psk")
+    fd = os.open(psk, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, os.urandom(32).hex().encode() + b"\n")
+    os.close(fd)
+    case_ok(precopy, tmp, "tls", ("--tls-psk-file", psk))
 
 
 def case_no_dest(precopy, tmp):
@@ -143,10 +160,12 @@ def case_src_dies(precopy, tmp):
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(in_path)
     srv.listen(1)
+    srv.settimeout(60)  # a bridge that never connects fails the case, not hangs it
     got = {}
 
     def destination():
         c, _ = srv.accept()
+        c.settimeout(None)
         got["data"] = read_all(c)
         c.close()
 
@@ -210,7 +229,8 @@ def main():
     ap.add_argument("--precopy", required=True)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="precopy-bridge-") as tmp:
-        for case in (case_usage, case_ok, case_no_dest, case_src_dies, case_not_a_bridge):
+        for case in (case_usage, case_ok, case_tls, case_no_dest, case_src_dies,
+                     case_not_a_bridge):
             case(a.precopy, tmp)
     return 0
 

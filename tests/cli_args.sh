@@ -4,13 +4,15 @@
 # and one line that names the problem, before any migration starts.
 set -uo pipefail
 P=$1
+umask 077 # key files below must be private to their owner
 fails=0 n=0
 
-# expect 'TEXT' ARGS...: exit 2, and TEXT in what was printed
+# expect 'TEXT' ARGS...: exit 2, and TEXT in what was printed. A command
+# that would go on (listen, say) is stopped after 20 s and fails the case.
 expect() {
 	local text=$1 out rc
 	shift
-	out=$("$P" "$@" 2>&1 </dev/null)
+	out=$(timeout 20 "$P" "$@" 2>&1 </dev/null)
 	rc=$?
 	n=$((n + 1))
 	if [ $rc -ne 2 ] || [[ $out != *"$text"* ]]; then
@@ -59,7 +61,6 @@ echo 1234 >"${TMPDIR:-/tmp}/precopy-short-psk.$$"
 expect "--tls-psk-file" migrate --to tls:127.0.0.1:9 --ram 4M --tls-psk-file "${TMPDIR:-/tmp}/precopy-short-psk.$$"
 rm -f "${TMPDIR:-/tmp}/precopy-short-psk.$$"
 expect "--tls-psk-file" migrate --to tls:127.0.0.1:9 --ram 4M --tls-psk-file /nonexistent/psk
-expect "incomplete TLS settings" migrate --to tls:127.0.0.1:9 --ram 4M --tls-cert x.pem
 expect "incomplete TLS settings" incoming --listen tls:127.0.0.1:0 --ram 4M --tls-hostname x
 expect "--bandwidth" simulate --ram 4M --bandwidth 0 --dirty-rate 1M
 
@@ -105,5 +106,31 @@ for cmd in "incoming --listen shm:/nonexistent/s" "migrate --to shm:/nonexistent
 		echo "ok   precopy $cmd --ram 4T: $out"
 	fi
 done
+
+
+# TLS settings where no tls: URI would use them are refused, not ignored
+expect "applies to tls: URIs only" incoming --listen tcp:127.0.0.1:0 --ram 4M --tls-psk-file "$K"
+expect "applies to tls: URIs only" migrate $T --ram 4M --tls-psk-file "$K"
+expect "applies to tls: URIs only" migrate $T --ram 4M --tls-hostname dest
+expect "applies to tls: URIs only" incoming --listen shm:/nonexistent/s --ram 4M --tls-psk-identity x
+expect "applies to tls: URIs only" demo --tls-psk-file "$K"
+expect "applies to tls: URIs only" bridge --listen tcp:127.0.0.1:0 --to-unix /nonexistent/s --tls-psk-file "$K"
+expect "makes no connection" simulate --ram 4M --bandwidth 1G --dirty-rate 1M --tls-psk-file "$K"
+expect "incomplete TLS settings" migrate --to tls:127.0.0.1:9 --ram 4M --tls-cert "$K"
+expect "incomplete TLS settings" bridge --listen tls:127.0.0.1:0 --to-unix /nonexistent/s --tls-psk-identity x
+expect "--tls-ca" migrate --to tls:127.0.0.1:9 --ram 4M --tls-ca /nonexistent/ca.pem
+expect "--tls-cert" incoming --listen tls:127.0.0.1:0 --ram 4M --tls-cert /nonexistent/c.pem --tls-key "$K"
+
+# key files group- or other-readable are refused, as ssh does
+chmod 640 "$K"
+expect "a key file must be readable by its owner only" migrate $R --auth-key-file "$K"
+expect "readable by its group" migrate --to tls:127.0.0.1:9 --ram 4M --tls-psk-file "$K"
+chmod 604 "$K"
+expect "readable by others" incoming --listen tls:127.0.0.1:0 --ram 4M --tls-psk-file "$K"
+expect "readable by others" incoming --listen tls:127.0.0.1:0 --ram 4M --tls-cert "$K" --tls-key "$K"
+chmod 644 "$K"
+expect "chmod 600" incoming --listen rdma:127.0.0.1:0 --ram 4M --auth-key-file "$K"
+chmod 600 "$K"
+
 echo "cli_args: $((n - fails)) passed, $fails failed"
 [ $fails -eq 0 ]

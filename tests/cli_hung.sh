@@ -49,6 +49,7 @@ wait_exit() {
 
 od -An -v -N32 -tx1 /dev/urandom | tr -d ' \n' >"$dir/psk"
 echo >>"$dir/psk"
+chmod 600 "$dir/psk" # a key file must be private to its owner
 
 # run SCHEME WHO: migrate 64 MiB at 8 MiB/s (8 s of bulk pass), stop WHO
 # after the first progress report that shows bytes sent.

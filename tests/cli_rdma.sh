@@ -49,7 +49,7 @@ ok() { echo "ok   $*"; }
 bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
 
 # A random key, as hex digits on one line.
-newkey() { od -An -v -N32 -tx1 /dev/urandom | tr -d ' \n' >"$1"; echo >>"$1"; }
+newkey() { od -An -v -N32 -tx1 /dev/urandom | tr -d ' \n' >"$1"; echo >>"$1"; chmod 600 "$1"; }
 
 # alive PID: running (not ended, not a zombie waiting to be reaped).
 alive() { [ -r "/proc/$1/stat" ] && ! grep -q '^[0-9]* (.*) Z' "/proc/$1/stat"; }
@@ -162,6 +162,7 @@ fi
 # --- on demand, a key file over several lines, text summaries -----------------
 newkey "$dir/k3"
 tr 'a-f' 'A-F' <"$dir/k3" | fold -w 16 >"$dir/k3.lines"
+chmod 600 "$dir/k3.lines"
 if start_dest on-demand --auth-key-file "$dir/k3"; then
 	# (the destination reads the one-line file, the source the folded one)
 	"$P" migrate --to "$DURI" --ram $RAM --dirty-rate 2M --auth-key-file "$dir/k3.lines" \

@@ -315,19 +315,120 @@ static void tls__settings_checked(void **state)
 	assert_int_equal(precopy_migrate(hs.s, "tls:127.0.0.1:9"), -ECONNREFUSED);
 	h_src_free(&hs);
 	{
-		struct h_dest d;
+		struct sockaddr_in a = { .sin_family = AF_INET,
+					 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+		socklen_t alen = sizeof(a);
+		int lfd = socket(AF_INET, SOCK_STREAM, 0);
+		char uri[64];
 
-		assert_int_equal(h_dest_start_tls(&d, RAM, NULL, "tls:127.0.0.1:0", NULL, true), 0);
+		assert_true(lfd >= 0);
+		assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+		assert_int_equal(listen(lfd, 4), 0);
+		assert_int_equal(getsockname(lfd, (struct sockaddr *)&a, &alen), 0);
+		snprintf(uri, sizeof(uri), "tls:127.0.0.1:%u", ntohs(a.sin_port));
 		assert_int_equal(h_src_new(&hs, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-		assert_int_equal(precopy_migrate(hs.s, d.uri), -EINVAL);
+		assert_int_equal(precopy_migrate(hs.s, uri), -EINVAL);
 		precopy_strerror(hs.s, why, sizeof(why));
 		assert_non_null(strstr(why, "precopy_set_tls"));
 		assert_int_equal(hs.stops, 0);
 		h_src_free(&hs);
-		assert_true(h_dest_join(&d) < 0);
+		close(lfd);
+	}
+	/* and a destination refuses to listen without them */
+	{
+		struct h_dest d;
+
+		assert_int_equal(h_dest_start_tls(&d, RAM, NULL, "tls:127.0.0.1:0", NULL, true),
+				 -EINVAL);
 		h_dest_free(&d);
 	}
 	pc_guest_delete(&g);
+}
+
+/*
+ * Strangers end their own connection, not the destination: a TCP hello
+ * followed by 32 bytes of junk, then a source with another key, then a
+ * hello and silence; the real source, coming after all of them, migrates.
+ */
+static void tls__stranger_does_not_end_listener(void **state)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	uint8_t hello[32] = { 'P', 'C', 'T', '1', 1, 1, 0, 0, 1, 0, 0, 0, 7 }, junk[32];
+	struct precopy_tls bad = psk1;
+	struct pc_guest *g = make_guest();
+	struct precopy_params p;
+	struct h_dest d;
+	struct h_src s;
+	const char *port;
+	uint8_t buf[256];
+	size_t len;
+	int fd, quiet;
+
+	(void)state;
+	precopy_params_init(&p);
+	p.timeout_ms = 5000;
+	assert_int_equal(h_dest_start_tls(&d, RAM, &p, "tls:127.0.0.1:0", &psk1, true), 0);
+	port = strrchr(d.uri, ':');
+	assert_non_null(port);
+	a.sin_port = htons((uint16_t)atoi(port + 1));
+
+	/* junk where the ClientHello should be: the destination closes it */
+	memset(junk, 0x5a, sizeof(junk));
+	fd = socket(AF_INET, SOCK_STREAM, 0);
+	assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(send(fd, hello, sizeof(hello), 0), (ssize_t)sizeof(hello));
+	assert_int_equal(send(fd, junk, sizeof(junk), 0), (ssize_t)sizeof(junk));
+	while (recv(fd, buf, sizeof(buf), 0) > 0)
+		;
+	close(fd);
+	/* a hello and then nothing, left open */
+	quiet = socket(AF_INET, SOCK_STREAM, 0);
+	assert_int_equal(connect(quiet, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(send(quiet, hello, sizeof(hello), 0), (ssize_t)sizeof(hello));
+
+	/* a source with another key is refused */
+	bad.psk = key2;
+	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
+	assert_int_equal(precopy_set_tls(s.s, &bad), 0);
+	assert_int_equal(h_src_start(&s, d.uri), 0);
+	assert_int_equal(h_src_join(&s), -EACCES);
+	assert_int_equal(s.stops, 0);
+	h_src_free(&s);
+
+	/* and the real one, after all of them, is taken */
+	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
+	assert_int_equal(precopy_set_tls(s.s, &psk1), 0);
+	assert_int_equal(h_src_start(&s, d.uri), 0);
+	assert_int_equal(h_src_join(&s), 0);
+	assert_int_equal(h_dest_join(&d), 0);
+	assert_int_equal(d.resumed, 1);
+	assert_int_equal(memcmp(pc_guest_ram(g, &len), d.ram, RAM), 0);
+	h_src_free(&s);
+	h_dest_free(&d);
+	close(quiet);
+	pc_guest_delete(&g);
+}
+
+/*
+ * A destination's credentials are loaded when it listens: a certificate
+ * or key file that is missing, or holds no PEM, is an error of
+ * precopy_listen(), not of the first connection.
+ */
+static void tls__credentials_loaded_before_listening(void **state)
+{
+	struct precopy_tls t = { .cert_file = srv_cert, .key_file = "/nonexistent/key.pem" };
+	struct h_dest d;
+
+	(void)state;
+	assert_int_equal(h_dest_start_tls(&d, RAM, NULL, "tls:127.0.0.1:0", &t, false), -ENOENT);
+	h_dest_free(&d);
+	t.key_file = ca; /* a certificate where the key should be */
+	assert_int_equal(h_dest_start_tls(&d, RAM, NULL, "tls:127.0.0.1:0", &t, false), -EBADMSG);
+	h_dest_free(&d);
+	t = (struct precopy_tls){ .ca_file = "/nonexistent/ca.pem", .cert_file = srv_cert,
+				  .key_file = srv_key };
+	assert_int_equal(h_dest_start_tls(&d, RAM, NULL, "tls:127.0.0.1:0", &t, false), -ENOENT);
+	h_dest_free(&d);
 }
 
 int main(int argc, char **argv)
@@ -341,6 +442,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test(tls__x509_untrusted_ca_refused),
 		cmocka_unit_test(tls__x509_mutual),
 		cmocka_unit_test(tls__settings_checked),
+		cmocka_unit_test(tls__credentials_loaded_before_listening),
+		cmocka_unit_test(tls__stranger_does_not_end_listener),
 		cmocka_unit_test(tls__cancel_during_handshake_source),
 		cmocka_unit_test(tls__cancel_during_handshake_destination),
 	};

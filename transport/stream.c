@@ -473,21 +473,32 @@ static void *beat_main(void *arg)
 	return NULL;
 }
 
-int pc_stream_beats_start(struct pc_stream *s, unsigned timeout_ms)
+int pc_stream_rcv_timeout(struct pc_stream *s, unsigned timeout_ms)
 {
 	struct timeval tv = { .tv_sec = timeout_ms / 1000,
 			      .tv_usec = (suseconds_t)(timeout_ms % 1000) * 1000 };
-	int err;
 
-	if (!s || timeout_ms == 0 || s->beat_started)
+	if (!s || timeout_ms == 0)
 		return -EINVAL;
 	for (unsigned i = 0; i < s->base.nchan; i++)
 		if (setsockopt(s->ch[i].fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)))
 			return -errno;
+	s->timeout_ms = timeout_ms;
+	return 0;
+}
+
+int pc_stream_beats_start(struct pc_stream *s, unsigned timeout_ms)
+{
+	int err;
+
+	if (!s || timeout_ms == 0 || s->beat_started)
+		return -EINVAL;
+	err = pc_stream_rcv_timeout(s, timeout_ms);
+	if (err)
+		return err;
 	s->beat_efd = eventfd(0, EFD_CLOEXEC);
 	if (s->beat_efd < 0)
 		return -errno;
-	s->timeout_ms = timeout_ms;
 	for (unsigned i = 0; i < s->base.nchan; i++)
 		atomic_store(&s->ch[i].last_tx_ns, mono_ns());
 	err = -pthread_create(&s->beat_thread, NULL, beat_main, s);

@@ -92,6 +92,13 @@ int pc_stream_init(struct pc_stream *s, const struct pc_transport_ops *ops,
  * peer must know BEAT frames). Return: 0, or -errno (nothing started).
  */
 int pc_stream_beats_start(struct pc_stream *s, unsigned timeout_ms);
+/**
+ * pc_stream_rcv_timeout() - only the receiving half of the above: a
+ * channel that receives nothing for @timeout_ms fails with -ETIMEDOUT.
+ * For a peer that sends no heartbeats (and so must not be sent any): its
+ * silence is still not waited out for ever. Return: 0, or -errno.
+ */
+int pc_stream_rcv_timeout(struct pc_stream *s, unsigned timeout_ms);
 /** pc_stream_fini() - stop the heartbeats, close the fds, free buffers. */
 void pc_stream_fini(struct pc_stream *s);
 

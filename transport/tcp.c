@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 
@@ -146,26 +147,6 @@ static void hello_encode(uint8_t *b, unsigned chan, unsigned nchan, uint64_t coo
 	pc_put_le64(b + 12, cookie);
 }
 
-/* Wait up to @ms for @fd to be readable; -ETIMEDOUT, or -ECANCELED. */
-static int wait_readable(int fd, int ms, atomic_bool *aborted)
-{
-	struct pollfd p = { .fd = fd, .events = POLLIN };
-
-	while (ms > 0) {
-		int step = ms < 200 ? ms : 200;
-		int r = poll(&p, 1, step);
-
-		if (aborted && atomic_load(aborted))
-			return -ECANCELED;
-		if (r > 0)
-			return 0;
-		if (r < 0 && errno != EINTR)
-			return -errno;
-		ms -= step;
-	}
-	return -ETIMEDOUT;
-}
-
 /*
  * connect(2) that a cancel can stop: non-blocking, then poll in 50 ms
  * steps until connected, refused, @ms passed (-ETIMEDOUT) or *@cancel set
@@ -218,7 +199,8 @@ static int listen_as(const char *scheme, const char *addr, struct pc_listener **
 		return err;
 	err = -EADDRNOTAVAIL;
 	for (ai = res; ai; ai = ai->ai_next) {
-		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
+		/* non-blocking: accept takes what is queued and returns to poll */
+		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 		if (fd < 0) {
 			err = -errno;
 			continue;
@@ -305,28 +287,287 @@ static void tcp_listener_close(struct pc_listener *pl)
 	free(l);
 }
 
-/* Accept one connection and read its hello within @ms. */
-static int accept_one(struct tcp_listener *l, int ms, unsigned timeout_ms, int *fdp,
-		      uint8_t *hello)
-{
-	int err, fd;
+/*
+ * Accepting a source. Every connection is put in a table of pending
+ * connections and read with non-blocking calls from one poll loop: its
+ * hello, then (tls:) its TLS handshake, each within its own deadline. So
+ * a connection that says nothing, or a hello and then nothing, or a TLS
+ * stranger, costs one table slot until its deadline and holds nobody up:
+ * the real source's connections are read beside it. When the table is
+ * full the oldest entry makes room. A set of connections is taken once a
+ * channel 0 and every other channel with its cookie have completed their
+ * handshakes; everything else is closed then.
+ */
+#define PENDING_MAX 64
+#define DRAIN_MS 500
 
-	err = wait_readable(l->fd, ms, &l->aborted);
-	if (err)
-		return err;
-	fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
-	if (fd < 0)
-		return atomic_load(&l->aborted) ? -ECANCELED : -errno;
-	tune_socket(fd, timeout_ms);
-	err = wait_readable(fd, 5000, &l->aborted);
-	if (!err)
-		err = pc_fd_read_all(fd, hello, TCP_HELLO_SIZE);
-	if (err) {
-		close(fd);
-		return err == -ECANCELED ? err : -EAGAIN; /* a stranger; ignore */
+enum pend_state {
+	P_FREE,
+	P_HELLO, /* reading the 32-byte hello */
+	P_TLS,   /* TLS handshake under way */
+	P_READY, /* handshakes done: waiting for the rest of its set */
+	P_DRAIN, /* refused after a TLS alert: reading until the peer closes */
+};
+
+struct pending {
+	enum pend_state st;
+	int fd;
+	uint64_t born_ns, deadline_ns;
+	uint8_t hello[TCP_HELLO_SIZE];
+	size_t got;
+	short events;             /* P_TLS: what the handshake waits for */
+#if PRECOPY_HAVE_TLS
+	struct pc_tls_conn *tls;
+#endif
+};
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void pend_close(struct pending *p)
+{
+#if PRECOPY_HAVE_TLS
+	if (p->tls)
+		pc_tls_conn_free(p->tls);
+	p->tls = NULL;
+#endif
+	if (p->fd >= 0)
+		close(p->fd);
+	p->fd = -1;
+	p->st = P_FREE;
+}
+
+/* A hello that can start a set (channel 0) or join one (the others). */
+static bool hello_ok(const uint8_t *h)
+{
+	return pc_get_le32(h) == TCP_HELLO_MAGIC && h[4] == TCP_HELLO_VERSION && h[8] != 0 &&
+	       h[8] <= PRECOPY_MAX_CHANNELS && h[6] < h[8];
+}
+
+/* Channel 0 at @p0 and every other channel of its set, all P_READY?
+ * Fills @idx with the table index of each channel. */
+static bool set_complete(const struct pending *tab, unsigned p0, unsigned *idx)
+{
+	const uint8_t *h0 = tab[p0].hello;
+	unsigned nchan = h0[8];
+
+	idx[0] = p0;
+	for (unsigned c = 1; c < nchan; c++) {
+		unsigned i;
+
+		for (i = 0; i < PENDING_MAX; i++) {
+			const uint8_t *h = tab[i].hello;
+
+			if (tab[i].st == P_READY && h[6] == c && h[8] == nchan &&
+			    pc_get_le64(h + 12) == pc_get_le64(h0 + 12))
+				break;
+		}
+		if (i == PENDING_MAX)
+			return false;
+		idx[c] = i;
 	}
-	*fdp = fd;
-	return 0;
+	return true;
+}
+
+/* Advance @p after poll() said it is ready (or its deadline passed). */
+static void pend_step(struct pending *p, const struct pc_transport_ops *ops,
+		      const struct pc_transport_opts *o, uint64_t now, uint64_t hs_ns)
+{
+	if (p->st == P_DRAIN) {
+		uint8_t sink[4096];
+		ssize_t n = recv(p->fd, sink, sizeof(sink), 0);
+
+		if (now >= p->deadline_ns || n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+			pend_close(p);
+		return;
+	}
+	if (now >= p->deadline_ns) {
+		pend_close(p); /* silent for too long: a stranger, or a source gone */
+		return;
+	}
+	if (p->st == P_HELLO) {
+		ssize_t n = recv(p->fd, p->hello + p->got, TCP_HELLO_SIZE - p->got, 0);
+
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			return;
+		if (n <= 0) {
+			pend_close(p);
+			return;
+		}
+		p->got += (size_t)n;
+		if (p->got < TCP_HELLO_SIZE)
+			return;
+		if (!hello_ok(p->hello)) {
+			pend_close(p); /* not one of ours */
+			return;
+		}
+		p->st = P_READY;
+#if PRECOPY_HAVE_TLS
+		if (!strcmp(ops->scheme, "tls")) {
+			if (pc_tls_accept_new(p->fd, o ? o->tls : NULL, &p->tls, NULL, 0)) {
+				pend_close(p);
+				return;
+			}
+			p->st = P_TLS;
+			p->events = POLLIN;
+		}
+#endif
+	}
+#if PRECOPY_HAVE_TLS
+	if (p->st == P_TLS) {
+		int err = pc_tls_accept_step(p->tls, p->hello[6], &p->events, NULL, 0);
+
+		if (err == -EAGAIN)
+			return;
+		if (err) {
+			/* A stranger without the key, or a source with the
+			 * wrong one: it has its alert; only this connection
+			 * ends. Half-close and let the alert reach it. */
+			pc_tls_conn_free(p->tls);
+			p->tls = NULL;
+			shutdown(p->fd, SHUT_WR);
+			p->st = P_DRAIN;
+			p->deadline_ns = now + DRAIN_MS * 1000000ull;
+			return;
+		}
+		p->st = P_READY;
+	}
+#else
+	(void)ops, (void)o;
+#endif
+	/* P_READY: its set has as long again to complete. */
+	p->deadline_ns = now + hs_ns;
+}
+
+/* Take every connection the listener has queued into the table. */
+static int take_new(struct tcp_listener *l, struct pending *tab, unsigned timeout_ms,
+		    uint64_t now, uint64_t hs_ns)
+{
+	for (;;) {
+		int fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+		unsigned slot = PENDING_MAX;
+
+		if (fd < 0) {
+			if (atomic_load(&l->aborted))
+				return -ECANCELED;
+			if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED ||
+			    errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+			    errno == ENOMEM)
+				return 0; /* nothing more now, or try again later */
+			return -errno;
+		}
+		for (unsigned i = 0; i < PENDING_MAX; i++) {
+			if (tab[i].st == P_FREE) {
+				slot = i;
+				break;
+			}
+			if (slot == PENDING_MAX || tab[i].born_ns < tab[slot].born_ns)
+				slot = i;
+		}
+		if (tab[slot].st != P_FREE)
+			pend_close(&tab[slot]); /* full: the oldest makes room */
+		tune_socket(fd, timeout_ms);
+		memset(&tab[slot], 0, sizeof(tab[slot]));
+		tab[slot].st = P_HELLO;
+		tab[slot].fd = fd;
+		tab[slot].born_ns = now;
+		tab[slot].deadline_ns = now + hs_ns;
+	}
+}
+
+/* Wait until a whole set of connections has arrived; @fds gets channel
+ * 0..n-1 (blocking again), @tls their sessions. Return: channels, or
+ * -ECANCELED, -errno. */
+static int accept_set(struct tcp_listener *l, const struct pc_transport_opts *o,
+		      unsigned timeout_ms, int *fds, void **tls)
+{
+	struct pending *tab = calloc(PENDING_MAX, sizeof(*tab));
+	uint64_t hs_ns = (uint64_t)(timeout_ms ? timeout_ms : DEFAULT_TIMEOUT_MS) * 1000000ull;
+	int err = 0;
+
+	if (!tab)
+		return -ENOMEM;
+	for (unsigned i = 0; i < PENDING_MAX; i++)
+		tab[i].fd = -1;
+	while (!err) {
+		struct pollfd pfd[PENDING_MAX + 1];
+		unsigned who[PENDING_MAX + 1], n = 0, idx[PRECOPY_MAX_CHANNELS];
+		uint64_t now = now_ns(), next = now + 200 * 1000000ull;
+		int r;
+
+		if (atomic_load(&l->aborted)) {
+			err = -ECANCELED;
+			break;
+		}
+		/* A complete set? */
+		for (unsigned i = 0; i < PENDING_MAX; i++) {
+			if (tab[i].st != P_READY || tab[i].hello[6] != 0 ||
+			    !set_complete(tab, i, idx))
+				continue;
+			err = tab[i].hello[8];
+			for (unsigned c = 0; c < (unsigned)err; c++) {
+				struct pending *p = &tab[idx[c]];
+				int fl = fcntl(p->fd, F_GETFL);
+
+				fcntl(p->fd, F_SETFL, fl & ~O_NONBLOCK);
+				fds[c] = p->fd;
+#if PRECOPY_HAVE_TLS
+				tls[c] = p->tls;
+				p->tls = NULL;
+#else
+				tls[c] = NULL;
+#endif
+				p->fd = -1;
+				p->st = P_FREE;
+			}
+			if (tab[i].hello[5] & TCP_HELLO_BEATS)
+				err |= 0x100;
+			break;
+		}
+		if (err)
+			break;
+		pfd[n] = (struct pollfd){ .fd = l->fd, .events = POLLIN };
+		who[n++] = PENDING_MAX;
+		for (unsigned i = 0; i < PENDING_MAX; i++) {
+			if (tab[i].st == P_FREE)
+				continue;
+			if (tab[i].deadline_ns < next)
+				next = tab[i].deadline_ns;
+			if (tab[i].st == P_READY)
+				continue;
+			pfd[n] = (struct pollfd){ .fd = tab[i].fd,
+						  .events = tab[i].st == P_TLS ? tab[i].events
+									       : POLLIN };
+			who[n++] = i;
+		}
+		r = poll(pfd, n, next > now ? (int)((next - now + 999999) / 1000000) : 0);
+		if (r < 0 && errno != EINTR) {
+			err = -errno;
+			break;
+		}
+		now = now_ns();
+		for (unsigned k = 0; k < n && r > 0; k++) {
+			if (!pfd[k].revents)
+				continue;
+			if (who[k] == PENDING_MAX)
+				err = take_new(l, tab, timeout_ms, now, hs_ns);
+			else
+				pend_step(&tab[who[k]], l->base.ops, o, now, hs_ns);
+		}
+		for (unsigned i = 0; i < PENDING_MAX; i++)
+			if (tab[i].st != P_FREE && now >= tab[i].deadline_ns)
+				pend_step(&tab[i], l->base.ops, o, now, hs_ns);
+	}
+	for (unsigned i = 0; i < PENDING_MAX; i++)
+		if (tab[i].st != P_FREE)
+			pend_close(&tab[i]);
+	free(tab);
+	return err;
 }
 
 /* After the TCP hello: the "tls" scheme's handshake on every channel. */
@@ -348,10 +589,9 @@ static int tcp_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
 	struct tcp_listener *l = (struct tcp_listener *)pl;
 	struct tcp_conn *c;
 	int fds[PRECOPY_MAX_CHANNELS];
-	unsigned nchan = 0, have = 0, timeout_ms = o ? o->timeout_ms : 0;
-	uint64_t cookie = 0;
-	uint8_t h[TCP_HELLO_SIZE];
-	bool beats = false;
+	void *tls[PRECOPY_MAX_CHANNELS];
+	unsigned nchan, timeout_ms = o && o->timeout_ms ? o->timeout_ms : DEFAULT_TIMEOUT_MS;
+	bool beats;
 	int err;
 
 	if (!out)
@@ -367,56 +607,42 @@ static int tcp_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
 			l->npre = 0;
 		return err;
 	}
-	/* Channel 0: wait as long as it takes (until cancelled). */
-	for (;;) {
-		int fd;
-
-		err = accept_one(l, 1 << 30, timeout_ms, &fd, h);
-		if (err == -EAGAIN)
-			continue;
+#if PRECOPY_HAVE_TLS
+	if (!strcmp(pl->ops->scheme, "tls")) {
+		err = pc_tls_check(o ? o->tls : NULL, true, o ? o->why : NULL, o ? o->whylen : 0);
 		if (err)
 			return err;
-		if (pc_get_le32(h) != TCP_HELLO_MAGIC || h[4] != TCP_HELLO_VERSION || h[6] != 0 ||
-		    h[8] == 0 || h[8] > PRECOPY_MAX_CHANNELS) {
-			close(fd); /* not one of ours, or not channel 0 */
-			continue;
-		}
-		nchan = h[8];
-		beats = h[5] & TCP_HELLO_BEATS;
-		cookie = pc_get_le64(h + 12);
-		fds[0] = fd;
-		have = 1;
-		break;
 	}
-	/* The other channels follow at once; a stranger is dropped. */
-	while (have < nchan) {
-		int fd;
-
-		err = accept_one(l, 10000, timeout_ms, &fd, h);
-		if (err == -EAGAIN)
-			continue;
-		if (err)
-			goto err_close;
-		if (pc_get_le32(h) != TCP_HELLO_MAGIC || pc_get_le64(h + 12) != cookie ||
-		    h[6] != have || h[8] != nchan) {
-			close(fd);
-			continue;
-		}
-		fds[have++] = fd;
-	}
+#endif
+	err = accept_set(l, o, timeout_ms, fds, tls);
+	if (err < 0)
+		return err;
+	nchan = (unsigned)err & 0xff;
+	beats = err & 0x100;
 	c = calloc(1, sizeof(*c));
-	if (!c) {
-		err = -ENOMEM;
-		goto err_close;
-	}
-	err = pc_stream_init(&c->s, pl->ops, fds, nchan);
-	if (err) {
+	if (c)
+		err = pc_stream_init(&c->s, pl->ops, fds, nchan);
+	if (!c || err) {
 		free(c);
-		goto err_close;
+		for (unsigned i = 0; i < nchan; i++) {
+#if PRECOPY_HAVE_TLS
+			if (tls[i])
+				pc_tls_conn_free(tls[i]);
+#endif
+			close(fds[i]);
+		}
+		return c ? err : -ENOMEM;
 	}
-	err = wrap(&c->s, o, true, NULL, &l->aborted);
-	if (!err && beats) /* a source without heartbeats gets none */
-		err = pc_stream_beats_start(&c->s, timeout_ms ? timeout_ms : DEFAULT_TIMEOUT_MS);
+#if PRECOPY_HAVE_TLS
+	for (unsigned i = 0; i < nchan; i++)
+		if (tls[i])
+			pc_tls_attach(&c->s, i, tls[i]);
+#endif
+	/* Silence is timed out whether or not the source asked for
+	 * heartbeats; one that did not is sent none (it would not know
+	 * them). */
+	err = beats ? pc_stream_beats_start(&c->s, timeout_ms)
+		    : pc_stream_rcv_timeout(&c->s, timeout_ms);
 	if (err) {
 		pc_stream_fini(&c->s);
 		free(c);
@@ -424,11 +650,6 @@ static int tcp_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
 	}
 	*out = &c->s.base;
 	return 0;
-
-err_close:
-	while (have--)
-		close(fds[have]);
-	return err;
 }
 
 static int connect_as(const char *scheme, const char *addr,
@@ -602,11 +823,14 @@ const struct pc_transport_ops pc_tcp_ops = {
 
 #if PRECOPY_HAVE_TLS
 /* "tls:HOST:PORT": the TCP transport with TLS 1.3 on every channel. */
+/* The credentials are loaded once here, so a missing or unreadable file
+ * is reported before anything listens, not when a source connects. */
 static int tls_listen(const char *addr, const struct pc_transport_opts *o,
 		      struct pc_listener **out)
 {
-	(void)o;
-	return listen_as("tls", addr, out);
+	int err = pc_tls_check(o ? o->tls : NULL, true, o ? o->why : NULL, o ? o->whylen : 0);
+
+	return err ? err : listen_as("tls", addr, out);
 }
 
 static int tls_connect(const char *addr, const struct pc_transport_opts *o,
@@ -617,7 +841,7 @@ static int tls_connect(const char *addr, const struct pc_transport_opts *o,
 
 const struct pc_transport_ops pc_tls_ops = {
 	.scheme = "tls",
-	.caps = 0,
+	.caps = PC_TCAP_TLS,
 	.listen = tls_listen,
 	.listener_addr = tcp_listener_addr,
 	.accept = tcp_accept,

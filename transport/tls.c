@@ -31,7 +31,9 @@
 #define PRIO_PSK "NORMAL:-VERS-ALL:+VERS-TLS1.3:+ECDHE-PSK:+DHE-PSK:+PSK"
 
 struct tls_chan {
-	struct pc_stream *s;
+	struct pc_stream *s; /* NULL until attached (pc_tls_attach) */
+	int fd;
+	bool nonblock;       /* an accept handshake on a non-blocking socket */
 	gnutls_session_t sess;
 	gnutls_certificate_credentials_t x509;
 	gnutls_psk_client_credentials_t psk_cli;
@@ -66,9 +68,12 @@ static _Thread_local bool push_timed_out;
 
 static ssize_t push(gnutls_transport_ptr_t ptr, const giovec_t *iov, int iovcnt)
 {
+	struct tls_chan *c = ptr;
 	struct msghdr mh = { .msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt };
-	ssize_t n = sendmsg((int)(intptr_t)ptr, &mh, MSG_NOSIGNAL);
+	ssize_t n = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
 
+	if (n < 0 && c->nonblock)
+		return n; /* EAGAIN: GnuTLS asks again when the socket is ready */
 	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ETIMEDOUT)) {
 		push_timed_out = true; /* ETIMEDOUT: TCP_USER_TIMEOUT, the same story */
 		errno = ETIMEDOUT;
@@ -82,8 +87,11 @@ static _Thread_local bool pull_timed_out;
 
 static ssize_t pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
 {
-	ssize_t n = recv((int)(intptr_t)ptr, buf, len, 0);
+	struct tls_chan *c = ptr;
+	ssize_t n = recv(c->fd, buf, len, 0);
 
+	if (n < 0 && c->nonblock)
+		return n;
 	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ETIMEDOUT)) {
 		pull_timed_out = true;
 		errno = ETIMEDOUT;
@@ -226,7 +234,14 @@ static _Thread_local bool hs_cancelled;
  */
 static int pull_timeout(gnutls_transport_ptr_t ptr, unsigned int ms)
 {
-	int fd = (int)(intptr_t)ptr;
+	struct tls_chan *c = ptr;
+	int fd = c->fd;
+
+	if (c->nonblock) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+
+		return poll(&p, 1, 0);
+	}
 
 	for (;;) {
 		struct pollfd p = { .fd = fd, .events = POLLIN };
@@ -252,19 +267,53 @@ static int pull_timeout(gnutls_transport_ptr_t ptr, unsigned int ms)
 	}
 }
 
-static int chan_start(struct pc_stream *s, unsigned i, const struct precopy_tls *cfg,
-		      bool server, const char *peer_host, unsigned timeout_ms,
-		      const atomic_bool *cancel, char *why, size_t whylen)
+/* Settings that cannot make a session at this end. */
+static int settings_missing(const struct precopy_tls *cfg, bool server, char *why,
+			    size_t whylen)
+{
+	if (!cfg) {
+		if (why && whylen)
+			snprintf(why, whylen, "tls: scheme without TLS settings "
+					      "(precopy_set_tls)");
+		return -EINVAL;
+	}
+	if (!cfg->psk_identity && (server ? !cfg->cert_file : !cfg->ca_file)) {
+		if (why && whylen)
+			snprintf(why, whylen, "TLS: %s", server ? "the destination needs a "
+					      "certificate and key, or a PSK"
+							 : "the source needs a CA file, or a PSK");
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* A credential file GnuTLS could not use: gone or unreadable, or not PEM. */
+static int file_error(char *why, size_t whylen, const char *what, const char *path, int gerr)
+{
+	if (why && whylen)
+		snprintf(why, whylen, "TLS %s %s: %s", what, path, gnutls_strerror(gerr));
+	return gerr == GNUTLS_E_FILE_ERROR ? -ENOENT : -EBADMSG;
+}
+
+/*
+ * A session for one connection on @fd with its own credentials, loaded
+ * from @cfg (files are read here), ready for the handshake. On failure
+ * *@out is still set when something was allocated (free it with
+ * chan_free()).
+ */
+static int chan_new(int fd, const struct precopy_tls *cfg, bool server, const char *peer_host,
+		    bool nonblock, struct tls_chan **out, char *why, size_t whylen)
 {
 	struct tls_chan *c = calloc(1, sizeof(*c));
 	bool psk = cfg->psk_identity != NULL;
 	int g;
 
+	*out = c;
 	if (!c)
 		return -ENOMEM;
-	s->ch[i].io_ctx = c; /* freed by pc_stream_fini() whatever happens */
-	c->s = s;
+	c->fd = fd;
 	c->cfg = cfg;
+	c->nonblock = nonblock;
 	g = gnutls_init(&c->sess, (server ? GNUTLS_SERVER : GNUTLS_CLIENT) | GNUTLS_NO_SIGNAL);
 	if (g < 0) {
 		c->sess = NULL;
@@ -295,11 +344,17 @@ static int chan_start(struct pc_stream *s, unsigned i, const struct precopy_tls 
 			g = gnutls_certificate_set_x509_trust_file(c->x509, cfg->ca_file,
 								   GNUTLS_X509_FMT_PEM);
 			if (g == 0)
-				g = GNUTLS_E_FILE_ERROR; /* no CA in the file */
+				g = GNUTLS_E_BASE64_DECODING_ERROR; /* no CA in the file */
+			if (g < 0)
+				return file_error(why, whylen, "CA file", cfg->ca_file, g);
 		}
-		if (g >= 0 && cfg->cert_file)
+		if (g >= 0 && cfg->cert_file) {
 			g = gnutls_certificate_set_x509_key_file(c->x509, cfg->cert_file,
 								 cfg->key_file, GNUTLS_X509_FMT_PEM);
+			if (g < 0)
+				return file_error(why, whylen, "certificate or key",
+						  cfg->cert_file, g);
+		}
 		if (g >= 0)
 			g = gnutls_credentials_set(c->sess, GNUTLS_CRD_CERTIFICATE, c->x509);
 		if (g >= 0 && server && cfg->ca_file) {
@@ -318,10 +373,59 @@ static int chan_start(struct pc_stream *s, unsigned i, const struct precopy_tls 
 	}
 	if (g < 0)
 		return fail(why, whylen, -EINVAL, "credentials", g);
-	gnutls_transport_set_int(c->sess, s->ch[i].fd);
+	gnutls_transport_set_ptr(c->sess, c);
 	gnutls_transport_set_vec_push_function(c->sess, push);
 	gnutls_transport_set_pull_function(c->sess, pull);
 	gnutls_transport_set_pull_timeout_function(c->sess, pull_timeout);
+	return 0;
+}
+
+/* Why a handshake failed, in @why; the errno to return. */
+static int handshake_failed(struct tls_chan *c, unsigned i, int g, char *why, size_t whylen)
+{
+	int err;
+
+	/* Tell the peer why (a wrong PSK would otherwise look like a
+	 * connection closed for no reason). */
+	if (g != GNUTLS_E_FATAL_ALERT_RECEIVED && g != GNUTLS_E_PREMATURE_TERMINATION &&
+	    g != GNUTLS_E_PUSH_ERROR && g != GNUTLS_E_PULL_ERROR)
+		gnutls_alert_send_appropriate(c->sess, g);
+	err = is_auth_error(g) ? -EACCES : g == GNUTLS_E_TIMEDOUT ? -ETIMEDOUT : -ECONNRESET;
+
+	if (g == GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR && why && whylen) {
+		gnutls_datum_t out;
+		unsigned st = gnutls_session_get_verify_cert_status(c->sess);
+
+		if (gnutls_certificate_verification_status_print(st, GNUTLS_CRT_X509, &out,
+								 0) >= 0) {
+			snprintf(why, whylen, "TLS handshake on channel %u: %s", i,
+				 (const char *)out.data);
+			gnutls_free(out.data);
+			return err;
+		}
+	}
+	if (g == GNUTLS_E_FATAL_ALERT_RECEIVED && why && whylen) {
+		snprintf(why, whylen, "TLS handshake on channel %u: the peer refused: %s%s", i,
+			 gnutls_alert_get_name(gnutls_alert_get(c->sess)),
+			 c->cfg->psk_identity ? " (not the same key and identity?)" : "");
+		return err;
+	}
+	return fail(why, whylen, err, "handshake", g);
+}
+
+/* The blocking handshake of channel @i (the source's side). */
+static int chan_start(struct pc_stream *s, unsigned i, const struct precopy_tls *cfg,
+		      bool server, const char *peer_host, unsigned timeout_ms,
+		      const atomic_bool *cancel, char *why, size_t whylen)
+{
+	struct tls_chan *c;
+	int g, err = chan_new(s->ch[i].fd, cfg, server, peer_host, false, &c, why, whylen);
+
+	s->ch[i].io_ctx = c; /* freed by pc_stream_fini() whatever happens */
+	if (c)
+		c->s = s;
+	if (err)
+		return err;
 	gnutls_handshake_set_timeout(c->sess, timeout_ms ? timeout_ms : 15000);
 	hs_cancel = cancel;
 	hs_cancelled = false;
@@ -334,38 +438,7 @@ static int chan_start(struct pc_stream *s, unsigned i, const struct precopy_tls 
 			snprintf(why, whylen, "TLS handshake on channel %u: cancelled", i);
 		return -ECANCELED;
 	}
-	if (g < 0) {
-		int err;
-
-		/* Tell the peer why (a wrong PSK would otherwise look like a
-		 * connection closed for no reason). */
-		if (g != GNUTLS_E_FATAL_ALERT_RECEIVED && g != GNUTLS_E_PREMATURE_TERMINATION &&
-		    g != GNUTLS_E_PUSH_ERROR && g != GNUTLS_E_PULL_ERROR)
-			gnutls_alert_send_appropriate(c->sess, g);
-		err = is_auth_error(g) ? -EACCES
-			  : g == GNUTLS_E_TIMEDOUT ? -ETIMEDOUT : -ECONNRESET;
-
-		if (g == GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR && why && whylen) {
-			gnutls_datum_t out;
-			unsigned st = gnutls_session_get_verify_cert_status(c->sess);
-
-			if (gnutls_certificate_verification_status_print(
-				    st, GNUTLS_CRT_X509, &out, 0) >= 0) {
-				snprintf(why, whylen, "TLS handshake on channel %u: %s", i,
-					 (const char *)out.data);
-				gnutls_free(out.data);
-				return err;
-			}
-		}
-		if (g == GNUTLS_E_FATAL_ALERT_RECEIVED && why && whylen) {
-			snprintf(why, whylen, "TLS handshake on channel %u: the peer refused: %s%s",
-				 i, gnutls_alert_get_name(gnutls_alert_get(c->sess)),
-				 cfg->psk_identity ? " (not the same key and identity?)" : "");
-			return err;
-		}
-		return fail(why, whylen, err, "handshake", g);
-	}
-	return 0;
+	return g < 0 ? handshake_failed(c, i, g, why, whylen) : 0;
 }
 
 /*
@@ -391,24 +464,13 @@ int pc_tls_start(struct pc_stream *s, const struct precopy_tls *cfg, bool server
 		 const char *peer_host, unsigned timeout_ms, const atomic_bool *cancel,
 		 char *why, size_t whylen)
 {
-	if (!cfg) {
-		if (why && whylen)
-			snprintf(why, whylen, "tls: scheme without TLS settings "
-					      "(precopy_set_tls)");
-		return -EINVAL;
-	}
-	if (!cfg->psk_identity && (server ? !cfg->cert_file : !cfg->ca_file)) {
-		if (why && whylen)
-			snprintf(why, whylen, "TLS: %s", server ? "the destination needs a "
-					      "certificate and key, or a PSK"
-							 : "the source needs a CA file, or a PSK");
-		return -EINVAL;
-	}
+	int err = settings_missing(cfg, server, why, whylen);
+
+	if (err)
+		return err;
 	s->io = &tls_io;
 	for (unsigned i = 0; i < s->base.nchan; i++) {
-		int err = chan_start(s, i, cfg, server, peer_host, timeout_ms, cancel, why,
-				     whylen);
-
+		err = chan_start(s, i, cfg, server, peer_host, timeout_ms, cancel, why, whylen);
 		if (err) {
 			if (server && err != -ECANCELED)
 				drain(s->ch[i].fd);
@@ -416,4 +478,63 @@ int pc_tls_start(struct pc_stream *s, const struct precopy_tls *cfg, bool server
 		}
 	}
 	return 0;
+}
+
+int pc_tls_check(const struct precopy_tls *cfg, bool server, char *why, size_t whylen)
+{
+	struct tls_chan *c = NULL;
+	int err = settings_missing(cfg, server, why, whylen);
+
+	if (!err)
+		err = chan_new(-1, cfg, server, NULL, false, &c, why, whylen);
+	chan_free(c);
+	return err;
+}
+
+int pc_tls_accept_new(int fd, const struct precopy_tls *cfg, struct pc_tls_conn **out,
+		      char *why, size_t whylen)
+{
+	struct tls_chan *c = NULL;
+	int err = settings_missing(cfg, true, why, whylen);
+
+	if (!err)
+		err = chan_new(fd, cfg, true, NULL, true, &c, why, whylen);
+	if (err) {
+		chan_free(c);
+		return err;
+	}
+	gnutls_handshake_set_timeout(c->sess, 0); /* the caller keeps the deadline */
+	*out = (struct pc_tls_conn *)c;
+	return 0;
+}
+
+int pc_tls_accept_step(struct pc_tls_conn *tc, unsigned chan, short *events, char *why,
+		       size_t whylen)
+{
+	struct tls_chan *c = (struct tls_chan *)tc;
+	int g = gnutls_handshake(c->sess);
+
+	if (g == GNUTLS_E_SUCCESS)
+		return 0;
+	if (!gnutls_error_is_fatal(g)) {
+		*events = gnutls_record_get_direction(c->sess) ? POLLOUT : POLLIN;
+		return -EAGAIN;
+	}
+	return handshake_failed(c, chan, g, why, whylen);
+}
+
+void pc_tls_conn_free(struct pc_tls_conn *tc)
+{
+	chan_free((struct tls_chan *)tc);
+}
+
+void pc_tls_attach(struct pc_stream *s, unsigned i, struct pc_tls_conn *tc)
+{
+	struct tls_chan *c = (struct tls_chan *)tc;
+
+	c->s = s;
+	c->fd = s->ch[i].fd;
+	c->nonblock = false;
+	s->io = &tls_io;
+	s->ch[i].io_ctx = c;
 }

@@ -45,6 +45,11 @@
 #define PC_TCAP_NEEDS_REG (1u << 1)
 /** File descriptors can be handed to the peer. */
 #define PC_TCAP_FD_PASS (1u << 2)
+/** Runs TLS: pc_transport_opts.tls applies (and is required). */
+#define PC_TCAP_TLS (1u << 3)
+/** Authenticates the connection with pc_transport_opts.key; a transport
+ *  without this bit has no use for a key (callers refuse one). */
+#define PC_TCAP_AUTH_KEY (1u << 4)
 
 /** Largest message a transport must carry (device state comes in parts). */
 #define PC_MSG_MAX (1u << 20)
@@ -141,8 +146,8 @@ struct pc_transport_opts {
 	 * Shared secret that authenticates the connection (connect and
 	 * accept), @key_len bytes, read during the call only. NULL/0 = the
 	 * empty key: the handshake is still checked (format, version), but
-	 * anyone who can reach the port can connect. Transports that cannot
-	 * authenticate ignore it (TCP today).
+	 * anyone who can reach the port can connect. Transports without
+	 * PC_TCAP_AUTH_KEY cannot authenticate with it and ignore it.
 	 */
 	const void *key;
 	size_t key_len;

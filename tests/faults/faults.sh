@@ -240,6 +240,7 @@ start_dests() {
 tls_keys() {
 	head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/good.psk"
 	head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/other.psk"
+	chmod 600 "$WORK/good.psk" "$WORK/other.psk" # key files must be private
 	D1_URI=tls:$A_DST:5001
 	D2_URI=tls:$B_DST:5002
 }

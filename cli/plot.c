@@ -122,7 +122,10 @@ static int take(struct rows *src, struct rows *dst, const char *line)
 	x.result = !strcmp(ev, "result");
 	json_num(line, "remaining", &x.remaining);
 	json_num(line, "transferred", &x.transferred);
-	json_num(line, "bandwidth-busy", &x.busy);
+	/* the bandwidth the switchover decision uses; older event files,
+	 * and simulate's, have only the busy-time figure */
+	if (!json_num(line, "bandwidth-switchover", &x.busy))
+		json_num(line, "bandwidth-busy", &x.busy);
 	json_num(line, "bandwidth-wall", &x.wall);
 	json_num(line, "total", &x.total);
 	json_num(line, "downtime", &x.downtime);
@@ -535,13 +538,15 @@ static void draw(FILE *f, struct rows *r, bool source, const char *name)
 		frame(&g, &p[0], "MiB");
 		series(&g, &p[0], r, OFF(remaining), 1 / MIB, false, "#6a3d9a", 2, false);
 
-		legend(&g, &p[1], "#1f78b4", false, "bandwidth from busy time: what the link can carry");
+		legend(&g, &p[1], "#1f78b4", false,
+		       "bandwidth the switchover decision uses: what the link can carry");
 		legend(&g, &p[1], "#33a02c", false, "bandwidth from wall time: what was sent");
 		legend(&g, &p[1], "#e66101", true, "dirty rate over the last pass");
-		if (bw_ratio(r, &med, &mx)) {
-			snprintf(b, sizeof(b), "busy/wall: median %.1fx, largest %.1fx", med, mx);
-			legend(&g, &p[1], NULL, false, b);
-		}
+		if (bw_ratio(r, &med, &mx))
+			snprintf(b, sizeof(b), "decision/wall: median %.1fx, largest %.1fx", med, mx);
+		else
+			snprintf(b, sizeof(b), "decision/wall: no sample with both while sending");
+		legend(&g, &p[1], NULL, false, b);
 		frame(&g, &p[1], p[1].y.log ? "MiB/s (log scale)" : "MiB/s");
 		series(&g, &p[1], r, OFF(wall), 1 / MIB, false, "#33a02c", 2.6, false);
 		series(&g, &p[1], r, OFF(busy), 1 / MIB, false, "#1f78b4", 1.4, false);

@@ -227,9 +227,9 @@ static void print_summary(struct ctx *x, const struct precopy_stats *st,
 		       pc_cli_fmt_bytes((double)st->bandwidth_switchover, c, sizeof(c)),
 		       pc_cli_bw_source_name(st->bandwidth_source),
 		       pc_cli_fmt_bytes((double)st->bandwidth_link, d, sizeof(d)));
-		printf(", sender %s/s",
+		printf(", sender %s/s\n",
 		       pc_cli_fmt_bytes((double)st->bandwidth_sender, c, sizeof(c)));
-		printf(", in send calls %s/s",
+		printf("                   in send calls %s/s",
 		       pc_cli_fmt_bytes((double)st->bandwidth_busy, c, sizeof(c)));
 		printf(", wall time %s/s\n",
 		       pc_cli_fmt_bytes((double)st->bandwidth_wall, d, sizeof(d)));
@@ -238,9 +238,8 @@ static void print_summary(struct ctx *x, const struct precopy_stats *st,
 		printf("  dirty tracking   %s, %" PRIu64 " syncs\n",
 		       precopy_dirty_mode_name(st->dirty_mode), st->dirty_sync_count);
 		if (st->normal + st->duplicate)
-			printf("  sender CPU       %.3f s/GiB reading pages (zero test, checksum, "
-			       "bitmap), %.3f s/GiB handing them to the transport; %" PRIu64
-			       " page faults\n",
+			printf("  sender CPU       %.3f s/GiB reading pages, %.3f s/GiB handing them "
+			       "to the transport; %" PRIu64 " page faults\n",
 			       st->scan_cpu_ns / 1e9 / (ram / 1073741824.0),
 			       st->send_cpu_ns / 1e9 / (ram / 1073741824.0), st->page_faults);
 		if (reg->valid)

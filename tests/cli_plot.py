@@ -80,8 +80,8 @@ def main():
     check(len(frames) == 3, f"three panels ({len(frames)})")
     check(not bad, f"no text inside a plotting area: {bad[:3]}")
     doc = open(svg).read()
-    check("bandwidth from busy time" in doc and "bandwidth from wall time" in doc
-          and "busy/wall" in doc, "both bandwidth lines named, their ratio given")
+    check("bandwidth the switchover decision uses" in doc and "bandwidth from wall time" in doc
+          and "decision/wall" in doc, "both bandwidth lines named, their ratio given")
     check("Migration timeline, source" in doc, "the source's events are the ones drawn")
 
     # the destination's events alone, as precopy incoming --json writes them

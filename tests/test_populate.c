@@ -37,6 +37,23 @@
 #define FEW_FAULTS 16
 #endif
 
+/* ThreadSanitizer maps its shadow (several bytes per byte of memory) lazily
+ * too, and more of it than the guest memory's own pages: under it the
+ * count cannot tell populated memory from fresh, so it is printed, not
+ * judged (the other builds judge it); the migrations still run for TSan
+ * to watch. */
+#if defined(__SANITIZE_THREAD__)
+#define FAULTS_JUDGED 0
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define FAULTS_JUDGED 0
+#endif
+#endif
+#ifndef FAULTS_JUDGED
+#define FAULTS_JUDGED 1
+#endif
+#define assert_few_faults(n) assert_true(!FAULTS_JUDGED || (n) <= FEW_FAULTS)
+
 static struct pc_guest *make_guest(size_t ram, unsigned zero_pct)
 {
 	struct pc_guest_opts o = { .ram = ram, .dirty_rate = 0, .pattern = PC_GUEST_SEQUENTIAL,
@@ -89,7 +106,7 @@ static void populate__tcp_receives_without_faults(void **state)
 		       (unsigned long long)d.page_faults);
 		assert_int_equal(d.populated_bytes, RAM);
 		assert_true(d.normal > PAGES / 2); /* pages did arrive */
-		assert_true(d.page_faults <= FEW_FAULTS);
+		assert_few_faults(d.page_faults);
 	}
 }
 
@@ -127,8 +144,8 @@ static void populate__shm_copy_mode_without_faults(void **state)
 	       (unsigned long long)d.populated_bytes, (unsigned long long)d.page_faults,
 	       (unsigned long long)s.page_faults);
 	assert_int_equal(d.populated_bytes, RAM);
-	assert_true(d.page_faults <= FEW_FAULTS);
-	assert_true(s.page_faults <= FEW_FAULTS);
+	assert_few_faults(d.page_faults);
+	assert_few_faults(s.page_faults);
 }
 
 static void populate__parameter(void **state)

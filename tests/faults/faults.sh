@@ -470,14 +470,23 @@ tls-kill-dest-bulk)
 	;;
 tls-wrong-key)
 	# D1 holds another key: the handshake fails before the source touches
-	# its guest; the retry to D2, which has the source's key, succeeds.
+	# its guest, and D1 waits on for its real source; the retry to D2,
+	# which has the source's key, succeeds.
 	tls_keys
 	start_dests "--tls-psk-file $WORK/other.psk" "--tls-psk-file $WORK/good.psk"
 	start src "$SRC" $(src_args) --tls-psk-file "$WORK/good.psk"
 	check_failed_then_retried setup
 	[[ $(jq -r 'select(.event=="result") | .error' "$WORK/src.json") == *TLS* ]] ||
 		fail "the error does not say TLS"
-	check_d1_failed
+	# A failed handshake ends that connection, not the listener: D1 is
+	# still waiting for a source that holds its key, and reported nothing.
+	kill -0 "$PID_d1" 2>/dev/null || fail "the first destination ended on a stranger"
+	if has "$WORK/d1.json" '.event=="result"' || has "$WORK/d1.json" '.event=="verify"'; then
+		fail "the first destination reported a result"
+	fi
+	kill "$PID_d1" 2>/dev/null
+	wait "$PID_d1" 2>/dev/null
+	note "destination 1: still listening after the wrong key (stopped by the test)"
 	;;
 *)
 	echo "faults.sh: unknown case '$CASE'" >&2

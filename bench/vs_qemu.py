@@ -214,16 +214,18 @@ def precopy_migrate(precopy, ram, timeout):
 def iperf3_rate(iperf3, seconds):
     """One TCP stream over loopback, bytes/s as iperf3's receiver saw it."""
     port = free_port()
-    srv = subprocess.Popen([iperf3, "-s", "-1", "-p", str(port)],
+    srv = subprocess.Popen([iperf3, "-s", "-p", str(port)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(100):
+            time.sleep(0.1)  # the server may not listen yet: try again
             r = subprocess.run([iperf3, "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds),
                                 "-J"], capture_output=True, text=True)
-            if r.returncode == 0:
+            try:
                 j = json.loads(r.stdout)
                 return j["end"]["sum_received"]["bits_per_second"] / 8
-            time.sleep(0.05)
+            except (ValueError, KeyError):
+                continue
         return None
     finally:
         srv.kill()

@@ -439,9 +439,12 @@ static void sim__max_bandwidth_caps_passes_not_the_switchover(void **state)
 
 	struct pc_sim_result r = run(&p);
 
-	/* The bulk pass goes at the cap (the first 10 ms at link speed). */
-	assert_near(r.pass[0].end_ns, 4e9, 0.01);
-	assert_near(r.pass[0].bw_wall, (double)GIB / 4, 0.02);
+	/* The bulk pass goes at the cap, each 100 ms slice's budget at link
+	 * speed: 4 s less the 75 ms the first slice saved. */
+	assert_near(r.pass[0].end_ns, 3.925e9, 0.01);
+	/* (the wall estimate averages windows that hold a burst and windows
+	 * that do not: a few % off) */
+	assert_near(r.pass[0].bw_wall, (double)GIB / 4, 0.05);
 	/* The estimate the decision uses is the link's... */
 	assert_near(r.pass[0].bw_busy, (double)GIB, 1e-3);
 	assert_int_equal(r.outcome, PC_SIM_CONVERGED);

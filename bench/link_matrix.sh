@@ -28,6 +28,13 @@
 # watchdog and reported, not judged. Exit status: 0 if every converged row
 # held, 1 if one did not, 77 if namespaces or tbf cannot be had here.
 #
+# Beside each row, `precopy simulate` with the same guest, parameters and
+# link, and the sender's TCP send buffer as its transport queue (the
+# kernel's largest, net.ipv4.tcp_wmem): its total time and downtime, and
+# whether they agree with the real ones within 25% (downtime: or 20 ms).
+# That agreement is printed and counted at the end; it does not change
+# the exit status unless MATRIX_JUDGE_SIM=1.
+#
 # MATRIX_RAM_32 / MATRIX_RAM_256 (default 128M / 256M): the guest's size
 # on the slow and the fast link. MATRIX_BURST_MS (default 4): tbf's burst,
 # in ms of the rate. MATRIX_KEEP=PREFIX: keep each row's JSON lines and
@@ -88,9 +95,25 @@ if [ ${#rows[@]} -eq 0 ]; then
 	done; done; done
 fi
 
-bad=0 port=6000
-printf '%-22s %-9s %8s %8s %6s %7s %9s %9s %-9s %s\n' row outcome "down ms" "exp ms" \
-	"ratio" "total s" "link M/s" "used M/s" source verdict
+# The sender's send buffer, as simulate's transport queue.
+QUEUE=$(awk '{print $3}' /proc/sys/net/ipv4/tcp_wmem 2>/dev/null)
+[[ $QUEUE =~ ^[0-9]+$ ]] || QUEUE=4194304
+
+# simulate_row ARGS...: "TOTAL_S DOWN_MS OUTCOME" of the simulated row.
+simulate_row() {
+	"$PRECOPY" simulate --json --send-queue "$QUEUE" "$@" 2>/dev/null |
+		jq -r 'select(.event=="result") | "\(."total-time-ms" / 1000) \(."downtime-ms") \(.outcome)"'
+}
+
+# within A B PCT FLOOR: |A - B| <= max(PCT% of B, FLOOR)
+within() {
+	awk -v a="$1" -v b="$2" -v p="$3" -v f="$4" 'BEGIN {
+		d = a - b; if (d < 0) d = -d; t = b * p / 100; if (t < f) t = f; exit !(d <= t) }'
+}
+
+bad=0 port=6000 sim_ok=0 sim_n=0
+printf '%-22s %-9s %8s %8s %6s %7s %9s %9s %-9s %-26s %s\n' row outcome "down ms" "exp ms" \
+	"ratio" "total s" "link M/s" "used M/s" source verdict "simulate: s, ms"
 for row in "${rows[@]}"; do
 	IFS=- read -r link cap ch guest dirty <<<"$row"
 	[[ $link =~ ^[0-9]+$ && ($cap == nocap || $cap == cap) && $ch =~ ^[0-9]+$ &&
@@ -122,13 +145,32 @@ for row in "${rows[@]}"; do
 		bad=1
 		continue
 	fi
+	read -r sim_total sim_down sim_out < <(simulate_row --bandwidth $((link * 1048576)) "${args[@]}")
 	read -r status down exp total bwl bws src < <(jq -r '[.status, .downtime,
 		."expected-downtime", ."total-time", ."bandwidth-link", ."bandwidth-switchover",
 		."bandwidth-source"] | @tsv' <<<"$r")
+	# Does simulate agree? Total time within 25%; downtime within 25% or
+	# 20 ms; a real row that did not converge agrees with one simulate
+	# did not converge either.
+	sim="$sim_total $sim_down"
+	if [ -z "$sim_out" ]; then
+		simv="simulate failed"
+	elif [ "$status" != completed ] || [ "$sim_out" != converged ]; then
+		[ "$status" != completed ] && [ "$sim_out" != converged ] && simv=agrees ||
+			simv="disagrees ($sim_out)"
+	elif within "$sim_total" "$(echo "$total / 1000" | bc -l)" 25 0 &&
+		within "$sim_down" "$down" 25 20; then
+		simv=agrees
+	else
+		simv=disagrees
+	fi
+	sim_n=$((sim_n + 1))
+	[ "$simv" = agrees ] && sim_ok=$((sim_ok + 1))
+	sim=$(printf '%6.1f %7.0f %s' "${sim_total:-0}" "${sim_down:-0}" "$simv")
 	if [ "$status" != completed ]; then
-		printf '%-22s %-9s %8s %8s %6s %7.1f %9.1f %9.1f %-9s %s\n' "$row" "$status" - - - \
+		printf '%-22s %-9s %8s %8s %6s %7.1f %9.1f %9.1f %-9s %-26s %s\n' "$row" "$status" - - - \
 			"$(echo "$total / 1000" | bc -l)" "$(echo "$bwl / 1048576" | bc -l)" \
-			"$(echo "$bws / 1048576" | bc -l)" "$src" "not converged (not judged)"
+			"$(echo "$bws / 1048576" | bc -l)" "$src" "not converged (not judged)" "$sim"
 		continue
 	fi
 	verdict=ok
@@ -141,9 +183,11 @@ for row in "${rows[@]}"; do
 	fi
 	[ "$verdict" = ok ] || bad=1
 	ratio=$(echo "scale=2; $exp / ($down + 0.0001)" | bc -l)
-	printf '%-22s %-9s %8s %8s %6s %7.1f %9.1f %9.1f %-9s %s\n' "$row" "$status" "$down" "$exp" \
+	printf '%-22s %-9s %8s %8s %6s %7.1f %9.1f %9.1f %-9s %-26s %s\n' "$row" "$status" "$down" "$exp" \
 		"$ratio" "$(echo "$total / 1000" | bc -l)" "$(echo "$bwl / 1048576" | bc -l)" \
-		"$(echo "$bws / 1048576" | bc -l)" "$src" "$verdict"
+		"$(echo "$bws / 1048576" | bc -l)" "$src" "$verdict" "$sim"
 	[ -n "${MATRIX_KEEP:-}" ] && cp "$WORK/src.json" "$MATRIX_KEEP.$row.json"
 done
+echo "simulate (send queue $QUEUE bytes) agreed with $sim_ok of $sim_n rows"
+[ "${MATRIX_JUDGE_SIM:-0}" = 1 ] && [ "$sim_ok" -ne "$sim_n" ] && bad=1
 exit $bad

@@ -80,6 +80,7 @@
 #include <nettle/memops.h>
 #include <rdma/rdma_cma.h>
 
+#include "addr.h"
 #include "le.h"
 #include "precopy.h"
 #include "rdma.h"
@@ -1714,58 +1715,6 @@ static int conn_start(struct rd_conn *c)
 
 /* --- connection set-up --------------------------------------------------- */
 
-static int split_hostport(const char *addr, char *host, size_t hostlen, char *port,
-			  size_t portlen)
-{
-	const char *colon, *h = addr;
-	size_t n;
-
-	if (!addr || !*addr)
-		return -EINVAL;
-	if (*addr == '[') {
-		const char *end = strchr(addr, ']');
-
-		if (!end || end[1] != ':')
-			return -EINVAL;
-		h = addr + 1;
-		n = (size_t)(end - h);
-		colon = end + 1;
-	} else {
-		colon = strrchr(addr, ':');
-		if (!colon)
-			return -EINVAL;
-		n = (size_t)(colon - addr);
-		if (memchr(addr, ':', n))
-			return -EINVAL;
-	}
-	if (n == 0 || n >= hostlen || !colon[1] || strlen(colon + 1) >= portlen)
-		return -EINVAL;
-	memcpy(host, h, n);
-	host[n] = '\0';
-	strcpy(port, colon + 1);
-	for (const char *p = port; *p; p++)
-		if (*p < '0' || *p > '9')
-			return -EINVAL;
-	if (atol(port) > 65535)
-		return -EINVAL;
-	return 0;
-}
-
-static int resolve(const char *addr, bool passive, struct addrinfo **res)
-{
-	char host[256], port[8];
-	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-				  .ai_flags = (passive ? AI_PASSIVE : 0) | AI_NUMERICSERV };
-	int err = split_hostport(addr, host, sizeof(host), port, sizeof(port));
-
-	if (err)
-		return err;
-	err = getaddrinfo(host, port, &hints, res);
-	if (err)
-		return err == EAI_SYSTEM ? -errno : -EHOSTUNREACH;
-	return 0;
-}
-
 /*
  * Next CM event on @ec within @ms; -ETIMEDOUT, or -ECANCELED once @aborted
  * or @cancel (the caller's flag, polled every 50 ms) is set.
@@ -1924,7 +1873,7 @@ static int rd_connect(const char *addr, const struct pc_transport_opts *o,
 
 	if (!out || nchan > PRECOPY_MAX_CHANNELS)
 		return -EINVAL;
-	err = resolve(addr, false, &res);
+	err = pc_addr_resolve(addr, false, &res);
 	if (err)
 		return err;
 	c = conn_new(nchan, o);
@@ -2051,7 +2000,7 @@ static int rd_listen(const char *addr, const struct pc_transport_opts *o,
 	(void)o;
 	if (!out)
 		return -EINVAL;
-	err = resolve(addr, true, &res);
+	err = pc_addr_resolve(addr, true, &res);
 	if (err)
 		return err;
 	l = calloc(1, sizeof(*l));

@@ -40,6 +40,7 @@
 #include "le.h"
 #include "rdma_impl.h"
 
+/* HMAC-SHA256(@key, @label || @a || @b), cut to TOKEN_SIZE bytes. */
 static void token(const void *key, size_t key_len, const char *label, const uint8_t *a,
 		  size_t alen, const uint8_t *b, size_t blen, uint8_t out[TOKEN_SIZE])
 {
@@ -181,15 +182,115 @@ static void auth_encode(uint8_t m[AUTH_SIZE], const uint8_t *req, const uint8_t 
 
 /* --- connect ------------------------------------------------------------- */
 
+/* Resolve the address and the route of channel @i's new id to @dst, then
+ * set the channel up on the device they lead to (the first channel picks
+ * the device; the others must reach the same one). */
+static int connect_route(struct rd_conn *c, unsigned i, const char *addr,
+			 struct sockaddr *dst)
+{
+	struct rd_chan *ch = &c->ch[i];
+	struct rdma_cm_id *id;
+	int err;
+
+	if (rdma_create_id(c->ec, &id, ch, RDMA_PS_TCP))
+		return -errno;
+	ch->id = id;
+	if (rdma_resolve_addr(id, NULL, dst, 2000))
+		return rd_fail(c, -errno, "resolving %s: %s", addr, strerror(errno));
+	err = wait_event(c, id, RDMA_CM_EVENT_ADDR_RESOLVED, 5000, NULL, NULL);
+	if (err)
+		return err;
+	if (rdma_resolve_route(id, 2000))
+		return rd_fail(c, -errno, "route to %s: %s", addr, strerror(errno));
+	err = wait_event(c, id, RDMA_CM_EVENT_ROUTE_RESOLVED, 5000, NULL, NULL);
+	if (err)
+		return err;
+	if (i == 0) {
+		err = rd_conn_init_device(c, id->verbs);
+		if (err)
+			return err;
+	} else if (id->verbs != c->verbs) {
+		return rd_fail(c, -EXDEV, "channel %u resolved to another device", i);
+	}
+	err = rd_chan_init(c, ch, id);
+	if (err)
+		rd_fail(c, err, "setting up channel %u: %s", i, strerror(-err));
+	return err;
+}
+
+/* Connect channel @i of @nchan (routed): send the request, check the
+ * acceptor's answer and token, then answer its challenge. */
+static int connect_chan(struct rd_conn *c, unsigned i, unsigned nchan, uint64_t cookie,
+			const void *key, size_t klen)
+{
+	struct rd_chan *ch = &c->ch[i];
+	struct rdma_conn_param cp;
+	uint8_t req[REQ_SIZE], rep[256], want[TOKEN_SIZE], auth[AUTH_SIZE];
+	struct iovec av = { auth, sizeof(auth) };
+	size_t replen = sizeof(rep);
+	uint64_t nonce;
+	int err;
+
+	if (getrandom(&nonce, sizeof(nonce), 0) != sizeof(nonce))
+		nonce = now_ns() ^ cookie;
+	req_encode(req, i, nchan, cookie, nonce, c, key, klen);
+	memset(&cp, 0, sizeof(cp));
+	cp.private_data = req;
+	cp.private_data_len = REQ_SIZE;
+	cp.retry_count = RETRY_COUNT;
+	cp.rnr_retry_count = RNR_RETRY;
+	cp.responder_resources = 0; /* no RDMA READ either way */
+	cp.initiator_depth = 0;
+	if (rdma_connect(ch->id, &cp))
+		return rd_fail(c, -errno, "rdma_connect: %s", strerror(errno));
+	err = wait_event(c, ch->id, RDMA_CM_EVENT_ESTABLISHED, (int)c->timeout_ms, rep, &replen);
+	if (err)
+		return err;
+	if (replen < REP_SIZE || pc_get_le32(rep) != RD_MAGIC || rep[4] != RD_VERSION ||
+	    rep[5] != i)
+		return rd_fail(c, -EPROTO, "channel %u: the peer's accept is not ours", i);
+	token(key, klen, "PCR2-rep", req, REQ_SIZE, rep, 40, want);
+	if (!memeql_sec(want, rep + 40, TOKEN_SIZE))
+		return rd_fail(c, -EACCES, "channel %u: the peer failed authentication", i);
+	ch->peer_credit_addr = pc_get_le64(rep + 8);
+	ch->peer_credit_rkey = pc_get_le32(rep + 16);
+	err = rd_qp_write_only(c, ch);
+	if (err)
+		return err;
+	/* the answer to the acceptor's challenge: our first SEND */
+	auth_encode(auth, req, rep, key, klen);
+	return rd_send(c, i, FRAG_INTERNAL, &av, 1);
+}
+
+/* Every channel of @c, one after the other, to @addr (resolved as @res). */
+static int connect_all(struct rd_conn *c, const char *addr, const struct addrinfo *res,
+		       const struct pc_transport_opts *o)
+{
+	const void *key = o ? o->key : NULL;
+	size_t klen = o && o->key ? o->key_len : 0;
+	uint64_t cookie;
+	int err = 0;
+
+	c->ec = rdma_create_event_channel();
+	if (!c->ec)
+		return errno ? -errno : -ENODEV;
+	set_nonblock(c->ec->fd);
+	if (getrandom(&cookie, sizeof(cookie), 0) != sizeof(cookie))
+		cookie = (uint64_t)getpid() << 32 ^ now_ns();
+	for (unsigned i = 0; i < c->base.nchan && !err; i++) {
+		err = connect_route(c, i, addr, res->ai_addr);
+		if (!err)
+			err = connect_chan(c, i, c->base.nchan, cookie, key, klen);
+	}
+	return err;
+}
+
 int rd_connect(const char *addr, const struct pc_transport_opts *o, struct pc_transport **out)
 {
 	unsigned nchan = o && o->channels ? o->channels : 1;
-	const void *key = o ? o->key : NULL;
-	size_t klen = o && o->key ? o->key_len : 0;
 	struct addrinfo *res;
 	struct rd_conn *c;
-	uint64_t cookie;
-	int err, ms;
+	int err;
 
 	if (!out || nchan > PRECOPY_MAX_CHANNELS)
 		return -EINVAL;
@@ -201,111 +302,19 @@ int rd_connect(const char *addr, const struct pc_transport_opts *o, struct pc_tr
 		freeaddrinfo(res);
 		return -ENOMEM;
 	}
-	ms = (int)c->timeout_ms;
 	c->cancel = o ? o->cancel : NULL;
-	c->ec = rdma_create_event_channel();
-	if (!c->ec) {
-		err = errno ? -errno : -ENODEV;
-		goto fail;
-	}
-	set_nonblock(c->ec->fd);
-	if (getrandom(&cookie, sizeof(cookie), 0) != sizeof(cookie))
-		cookie = (uint64_t)getpid() << 32 ^ now_ns();
-
-	for (unsigned i = 0; i < nchan; i++) {
-		struct rd_chan *ch = &c->ch[i];
-		struct rdma_cm_id *id;
-		struct rdma_conn_param cp;
-		uint8_t req[REQ_SIZE], rep[256], want[TOKEN_SIZE], auth[AUTH_SIZE];
-		struct iovec av = { auth, sizeof(auth) };
-		size_t replen = sizeof(rep);
-		uint64_t nonce;
-
-		if (rdma_create_id(c->ec, &id, ch, RDMA_PS_TCP)) {
-			err = -errno;
-			goto fail;
-		}
-		ch->id = id;
-		if (rdma_resolve_addr(id, NULL, res->ai_addr, 2000)) {
-			err = rd_fail(c, -errno, "resolving %s: %s", addr, strerror(errno));
-			goto fail;
-		}
-		err = wait_event(c, id, RDMA_CM_EVENT_ADDR_RESOLVED, 5000, NULL, NULL);
-		if (err)
-			goto fail;
-		if (rdma_resolve_route(id, 2000)) {
-			err = rd_fail(c, -errno, "route to %s: %s", addr, strerror(errno));
-			goto fail;
-		}
-		err = wait_event(c, id, RDMA_CM_EVENT_ROUTE_RESOLVED, 5000, NULL, NULL);
-		if (err)
-			goto fail;
-		if (i == 0) {
-			err = rd_conn_init_device(c, id->verbs);
-			if (err)
-				goto fail;
-		} else if (id->verbs != c->verbs) {
-			err = rd_fail(c, -EXDEV, "channel %u resolved to another device", i);
-			goto fail;
-		}
-		err = rd_chan_init(c, ch, id);
-		if (err) {
-			rd_fail(c, err, "setting up channel %u: %s", i, strerror(-err));
-			goto fail;
-		}
-		if (getrandom(&nonce, sizeof(nonce), 0) != sizeof(nonce))
-			nonce = now_ns() ^ cookie;
-		req_encode(req, i, nchan, cookie, nonce, c, key, klen);
-		memset(&cp, 0, sizeof(cp));
-		cp.private_data = req;
-		cp.private_data_len = REQ_SIZE;
-		cp.retry_count = RETRY_COUNT;
-		cp.rnr_retry_count = RNR_RETRY;
-		cp.responder_resources = 0; /* no RDMA READ either way */
-		cp.initiator_depth = 0;
-		if (rdma_connect(id, &cp)) {
-			err = rd_fail(c, -errno, "rdma_connect: %s", strerror(errno));
-			goto fail;
-		}
-		err = wait_event(c, id, RDMA_CM_EVENT_ESTABLISHED, ms, rep, &replen);
-		if (err)
-			goto fail;
-		if (replen < REP_SIZE || pc_get_le32(rep) != RD_MAGIC || rep[4] != RD_VERSION ||
-		    rep[5] != i) {
-			err = rd_fail(c, -EPROTO, "channel %u: the peer's accept is not ours", i);
-			goto fail;
-		}
-		token(key, klen, "PCR2-rep", req, REQ_SIZE, rep, 40, want);
-		if (!memeql_sec(want, rep + 40, TOKEN_SIZE)) {
-			err = rd_fail(c, -EACCES, "channel %u: the peer failed authentication", i);
-			goto fail;
-		}
-		ch->peer_credit_addr = pc_get_le64(rep + 8);
-		ch->peer_credit_rkey = pc_get_le32(rep + 16);
-		err = rd_qp_write_only(c, ch);
-		if (err)
-			goto fail;
-		/* the answer to the acceptor's challenge: our first SEND */
-		auth_encode(auth, req, rep, key, klen);
-		err = rd_send(c, i, FRAG_INTERNAL, &av, 1);
-		if (err)
-			goto fail;
-	}
+	err = connect_all(c, addr, res, o);
 	freeaddrinfo(res);
-	res = NULL;
-	err = rd_conn_start(c);
-	if (err)
-		goto fail;
+	if (!err)
+		err = rd_conn_start(c);
+	if (err) {
+		rd_give_why(c, o);
+		rd_conn_free(c);
+		return err;
+	}
 	c->cancel = NULL; /* from here on the engine aborts the connection */
 	*out = &c->base;
 	return 0;
-
-fail:
-	if (res)
-		freeaddrinfo(res);
-	rd_give_why(c, o);
-	rd_conn_free(c);
-	return err;
 }
 
 /* --- listener -------------------------------------------------------------- */
@@ -409,10 +418,11 @@ static void reject(struct rdma_cm_id *id, uint8_t reason)
 
 /*
  * Check a connection request. Return: 0 if it is ours with a good token,
- * else the reject reason. A request replayed from an earlier migration
- * passes here; the challenge (auth_wait()) stops it.
+ * else the reason to reject it (REJ_*, never an errno). A request
+ * replayed from an earlier migration passes here; the challenge
+ * (auth_wait()) stops it.
  */
-static int check_req(const uint8_t *req, size_t len, const void *key, size_t klen)
+static unsigned check_req(const uint8_t *req, size_t len, const void *key, size_t klen)
 {
 	uint8_t want[TOKEN_SIZE];
 
@@ -466,144 +476,201 @@ static int auth_wait(struct rd_conn *c, struct rd_chan *ch, const uint8_t *req,
 	return rd_rq_repost(c, ch, (unsigned)wc.wr_id) ? -EIO : 0;
 }
 
-int rd_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
-	      struct pc_transport **out)
-{
-	struct rd_listener *l = (struct rd_listener *)pl;
-	const void *key = o ? o->key : NULL;
-	size_t klen = o && o->key ? o->key_len : 0;
-	struct rd_conn *c = NULL;
-	unsigned nchan = 0, have = 0;
-	uint64_t cookie = 0;
-	int err;
+/* An accept in progress: the connection once its first channel is
+ * taken, and what each later channel's request must match. */
+struct accepting {
+	struct rd_listener *l;
+	const struct pc_transport_opts *o;
+	const void *key;
+	size_t klen;
+	struct rd_conn *c;          /* NULL until channel 0 is taken */
+	unsigned nchan, have;       /* channels asked for, channels taken */
+	uint64_t cookie;            /* channel 0's, which the others repeat */
+};
 
-	if (!out)
-		return -EINVAL;
-	while (!c || have < nchan) {
+/* Refuse the request of @id, saying @reason (REJ_*), and forget it. */
+static void refuse(struct rdma_cm_id *id, unsigned reason)
+{
+	reject(id, (uint8_t)reason);
+	rdma_destroy_id(id);
+}
+
+/*
+ * The next connection request that may join @a: ours, with a good token,
+ * for channel a->have of this migration (of any, for channel 0) and on
+ * the same device. Any other is refused with its reason and the wait goes
+ * on: for ever before channel 0, ten seconds for each later one.
+ * Return: 0 with *@idp and @req (REQ_SIZE bytes, zero-padded); -errno
+ * (-ETIMEDOUT, -ECANCELED once the listener is aborted).
+ */
+static int next_request(struct accepting *a, struct rdma_cm_id **idp, uint8_t *req)
+{
+	for (;;) {
 		struct rdma_cm_event *ev;
 		struct rdma_cm_id *id;
-		struct rdma_conn_param cp;
-		uint8_t req[REQ_SIZE], rep[REP_SIZE];
-		int ms = c ? 10000 : 1 << 30;
 		size_t plen;
+		unsigned reason;
+		int err = get_event(a->l->ec, a->l->wake_fd, &a->l->aborted, NULL,
+				    a->c ? 10000 : 1 << 30, &ev);
 
-		err = get_event(l->ec, l->wake_fd, &l->aborted, NULL, ms, &ev);
 		if (err)
-			goto fail;
+			return err;
 		if (ev->event != RDMA_CM_EVENT_CONNECT_REQUEST) {
 			rdma_ack_cm_event(ev); /* a stranger's leftovers */
 			continue;
 		}
 		id = ev->id;
 		plen = ev->param.conn.private_data_len;
-		memset(req, 0, sizeof(req));
+		memset(req, 0, REQ_SIZE);
 		if (ev->param.conn.private_data)
 			memcpy(req, ev->param.conn.private_data, plen < REQ_SIZE ? plen : REQ_SIZE);
 		rdma_ack_cm_event(ev);
-		err = check_req(req, plen, key, klen);
-		if (!err && (req[5] != have || (c && (req[6] != nchan ||
-						      pc_get_le64(req + 8) != cookie))))
-			err = REJ_CHANNEL;
-		if (!err && c && id->verbs != c->verbs)
-			err = REJ_CHANNEL;
-		if (err) {
-			reject(id, (uint8_t)err);
-			rdma_destroy_id(id);
+		reason = check_req(req, plen, a->key, a->klen);
+		if (!reason && (req[5] != a->have ||
+				(a->c && (req[6] != a->nchan || pc_get_le64(req + 8) != a->cookie))))
+			reason = REJ_CHANNEL;
+		if (!reason && a->c && id->verbs != a->c->verbs)
+			reason = REJ_CHANNEL;
+		if (!reason) {
+			*idp = id;
+			return 0;
+		}
+		refuse(id, reason);
+	}
+}
+
+/* Channel 0's request @req on @id: the connection it asks for, on its
+ * device. On failure @id is refused. Return: 0 or -errno. */
+static int accept_first(struct accepting *a, struct rdma_cm_id *id, const uint8_t *req)
+{
+	int err;
+
+	a->nchan = req[6];
+	a->cookie = pc_get_le64(req + 8);
+	a->c = rd_conn_new(a->nchan, a->o);
+	if (!a->c) {
+		refuse(id, REJ_CHANNEL);
+		return -ENOMEM;
+	}
+	a->c->ec = rdma_create_event_channel();
+	err = a->c->ec ? rd_conn_init_device(a->c, id->verbs) : -ENODEV;
+	if (err) {
+		refuse(id, REJ_CHANNEL);
+		return err;
+	}
+	set_nonblock(a->c->ec->fd);
+	return 0;
+}
+
+/* Wait for ESTABLISHED on @id, still on the listener's event channel;
+ * requests that come meanwhile are refused. Return: 0 or -errno. */
+static int wait_established(struct rd_listener *l, struct rdma_cm_id *id)
+{
+	for (;;) {
+		struct rdma_cm_event *ev;
+		int err = get_event(l->ec, l->wake_fd, &l->aborted, NULL, 10000, &ev);
+
+		if (err)
+			return err;
+		if (ev->id == id) {
+			bool up = ev->event == RDMA_CM_EVENT_ESTABLISHED;
+
+			rdma_ack_cm_event(ev);
+			return up ? 0 : -ECONNABORTED;
+		}
+		if (ev->event == RDMA_CM_EVENT_CONNECT_REQUEST) {
+			struct rdma_cm_id *other = ev->id;
+
+			rdma_ack_cm_event(ev);
+			refuse(other, REJ_CHANNEL);
 			continue;
 		}
-		if (!c) {
-			nchan = req[6];
-			cookie = pc_get_le64(req + 8);
-			c = rd_conn_new(nchan, o);
-			if (!c) {
-				reject(id, REJ_CHANNEL);
-				rdma_destroy_id(id);
-				return -ENOMEM;
-			}
-			c->ec = rdma_create_event_channel();
-			if (!c->ec || (err = rd_conn_init_device(c, id->verbs)) != 0) {
-				err = c->ec ? err : -ENODEV;
-				reject(id, REJ_CHANNEL);
-				rdma_destroy_id(id);
-				goto fail;
-			}
-			set_nonblock(c->ec->fd);
-		}
-		err = rd_chan_init(c, &c->ch[have], id);
-		if (err) {
-			reject(id, REJ_CHANNEL);
-			if (!c->ch[have].qp) {
-				rdma_destroy_id(id);
-				c->ch[have].id = NULL;
-			}
-			goto fail;
-		}
-		c->ch[have].peer_credit_addr = pc_get_le64(req + 24);
-		c->ch[have].peer_credit_rkey = pc_get_le32(req + 32);
-		rep_encode(rep, req, have, c, key, klen);
-		memset(&cp, 0, sizeof(cp));
-		cp.private_data = rep;
-		cp.private_data_len = REP_SIZE;
-		cp.retry_count = RETRY_COUNT;
-		cp.rnr_retry_count = RNR_RETRY;
-		if (rdma_accept(id, &cp)) {
-			err = -errno;
-			goto fail;
-		}
-		/* wait for ESTABLISHED on the listener's channel */
-		for (;;) {
-			err = get_event(l->ec, l->wake_fd, &l->aborted, NULL, 10000, &ev);
-			if (err)
-				goto fail;
-			if (ev->id == id && ev->event == RDMA_CM_EVENT_ESTABLISHED) {
-				rdma_ack_cm_event(ev);
-				break;
-			}
-			if (ev->id == id) {
-				err = -ECONNABORTED;
-				rdma_ack_cm_event(ev);
-				goto fail;
-			}
-			if (ev->event == RDMA_CM_EVENT_CONNECT_REQUEST) {
-				struct rdma_cm_id *other = ev->id;
+		rdma_ack_cm_event(ev);
+	}
+}
 
-				rdma_ack_cm_event(ev);
-				reject(other, REJ_CHANNEL);
-				rdma_destroy_id(other);
-				continue;
-			}
-			rdma_ack_cm_event(ev);
+/* Take @id (request @req) as channel a->have: set the channel up, accept
+ * with @rep (the challenge), wait until it is established, then move it to
+ * the connection's own event channel. Return: 0 or -errno. */
+static int accept_chan(struct accepting *a, struct rdma_cm_id *id, const uint8_t *req,
+		       uint8_t *rep)
+{
+	struct rd_conn *c = a->c;
+	struct rd_chan *ch = &c->ch[a->have];
+	struct rdma_conn_param cp;
+	int err = rd_chan_init(c, ch, id);
+
+	if (err) {
+		reject(id, REJ_CHANNEL);
+		if (!ch->qp) { /* else rd_conn_free() destroys it with the QP */
+			rdma_destroy_id(id);
+			ch->id = NULL;
 		}
-		err = rd_qp_write_only(c, &c->ch[have]);
+		return err;
+	}
+	ch->peer_credit_addr = pc_get_le64(req + 24);
+	ch->peer_credit_rkey = pc_get_le32(req + 32);
+	rep_encode(rep, req, a->have, c, a->key, a->klen);
+	memset(&cp, 0, sizeof(cp));
+	cp.private_data = rep;
+	cp.private_data_len = REP_SIZE;
+	cp.retry_count = RETRY_COUNT;
+	cp.rnr_retry_count = RNR_RETRY;
+	if (rdma_accept(id, &cp))
+		return -errno;
+	err = wait_established(a->l, id);
+	if (!err)
+		err = rd_qp_write_only(c, ch);
+	if (!err && rdma_migrate_id(id, c->ec))
+		err = -errno;
+	return err;
+}
+
+int rd_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
+	      struct pc_transport **out)
+{
+	struct accepting a = {
+		.l = (struct rd_listener *)pl, .o = o,
+		.key = o ? o->key : NULL, .klen = o && o->key ? o->key_len : 0,
+	};
+	int err = 0;
+
+	if (!out)
+		return -EINVAL;
+	while (!err && (!a.c || a.have < a.nchan)) {
+		struct rdma_cm_id *id;
+		uint8_t req[REQ_SIZE], rep[REP_SIZE];
+
+		err = next_request(&a, &id, req);
+		if (!err && !a.c)
+			err = accept_first(&a, id, req);
+		if (!err)
+			err = accept_chan(&a, id, req, rep);
 		if (err)
-			goto fail;
-		if (rdma_migrate_id(id, c->ec)) {
-			err = -errno;
-			goto fail;
-		}
-		err = auth_wait(c, &c->ch[have], req, rep, key, klen, l);
+			break;
+		err = auth_wait(a.c, &a.c->ch[a.have], req, rep, a.key, a.klen, a.l);
 		if (err == -EACCES || err == -ETIMEDOUT) {
 			/* Not the holder of the key (a replayed request, say):
 			 * drop what was set up for it and wait on. */
-			rd_conn_free(c);
-			c = NULL;
-			nchan = have = 0;
-			cookie = 0;
+			rd_conn_free(a.c);
+			a.c = NULL;
+			a.nchan = a.have = 0;
+			a.cookie = 0;
+			err = 0;
 			continue;
 		}
-		if (err)
-			goto fail;
-		have++;
+		if (!err)
+			a.have++;
 	}
-	err = rd_conn_start(c);
-	if (err)
-		goto fail;
-	*out = &c->base;
-	return 0;
-fail:
-	if (c) {
-		rd_give_why(c, o);
-		rd_conn_free(c);
+	if (!err)
+		err = rd_conn_start(a.c);
+	if (!err) {
+		*out = &a.c->base;
+		return 0;
+	}
+	if (a.c) {
+		rd_give_why(a.c, o);
+		rd_conn_free(a.c);
 	}
 	return err;
 }

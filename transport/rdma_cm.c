@@ -262,18 +262,24 @@ static int connect_chan(struct rd_conn *c, unsigned i, unsigned nchan, uint64_t 
 	return rd_send(c, i, FRAG_INTERNAL, &av, 1);
 }
 
-/* Every channel of @c, one after the other, to @addr (resolved as @res). */
-static int connect_all(struct rd_conn *c, const char *addr, const struct addrinfo *res,
-		       const struct pc_transport_opts *o)
+/* Resolve @addr, then connect every channel of @c to it, one after the
+ * other. Return: 0 or -errno. */
+static int connect_all(struct rd_conn *c, const char *addr, const struct pc_transport_opts *o)
 {
 	const void *key = o ? o->key : NULL;
 	size_t klen = o && o->key ? o->key_len : 0;
+	struct addrinfo *res;
 	uint64_t cookie;
-	int err = 0;
+	int err = pc_addr_resolve(addr, false, &res);
 
+	if (err)
+		return err;
 	c->ec = rdma_create_event_channel();
-	if (!c->ec)
-		return errno ? -errno : -ENODEV;
+	if (!c->ec) {
+		err = errno ? -errno : -ENODEV;
+		freeaddrinfo(res);
+		return err;
+	}
 	set_nonblock(c->ec->fd);
 	if (getrandom(&cookie, sizeof(cookie), 0) != sizeof(cookie))
 		cookie = (uint64_t)getpid() << 32 ^ now_ns();
@@ -282,29 +288,23 @@ static int connect_all(struct rd_conn *c, const char *addr, const struct addrinf
 		if (!err)
 			err = connect_chan(c, i, c->base.nchan, cookie, key, klen);
 	}
+	freeaddrinfo(res);
 	return err;
 }
 
 int rd_connect(const char *addr, const struct pc_transport_opts *o, struct pc_transport **out)
 {
 	unsigned nchan = o && o->channels ? o->channels : 1;
-	struct addrinfo *res;
 	struct rd_conn *c;
 	int err;
 
 	if (!out || nchan > PRECOPY_MAX_CHANNELS)
 		return -EINVAL;
-	err = pc_addr_resolve(addr, false, &res);
-	if (err)
-		return err;
 	c = rd_conn_new(nchan, o);
-	if (!c) {
-		freeaddrinfo(res);
+	if (!c)
 		return -ENOMEM;
-	}
 	c->cancel = o ? o->cancel : NULL;
-	err = connect_all(c, addr, res, o);
-	freeaddrinfo(res);
+	err = connect_all(c, addr, o);
 	if (!err)
 		err = rd_conn_start(c);
 	if (err) {

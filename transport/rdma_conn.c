@@ -179,6 +179,25 @@ int rd_qp_write_only(struct rd_conn *c, struct rd_chan *ch)
 	return 0;
 }
 
+/* A completion queue and its channel, as far as rd_chan_init() got. */
+static void cq_free(struct ibv_cq *cq, struct ibv_comp_channel *cc)
+{
+	if (cq)
+		ibv_destroy_cq(cq);
+	if (cc)
+		ibv_destroy_comp_channel(cc);
+}
+
+/* A message buffer of @len bytes and its memory region, as far as
+ * rd_chan_init() got. */
+static void buf_free(struct ibv_mr *mr, uint8_t *buf, size_t len)
+{
+	if (mr)
+		ibv_dereg_mr(mr);
+	if (buf)
+		munmap(buf, len);
+}
+
 void rd_conn_free(struct rd_conn *c)
 {
 	atomic_store(&c->quiet, true);
@@ -204,22 +223,10 @@ void rd_conn_free(struct rd_conn *c)
 
 		if (ch->qp)
 			rdma_destroy_qp(ch->id);
-		if (ch->scq)
-			ibv_destroy_cq(ch->scq);
-		if (ch->rcq)
-			ibv_destroy_cq(ch->rcq);
-		if (ch->scc)
-			ibv_destroy_comp_channel(ch->scc);
-		if (ch->rcc)
-			ibv_destroy_comp_channel(ch->rcc);
-		if (ch->rmr)
-			ibv_dereg_mr(ch->rmr);
-		if (ch->smr)
-			ibv_dereg_mr(ch->smr);
-		if (ch->rbuf)
-			munmap(ch->rbuf, (size_t)RQ_DEPTH * SLOT_SIZE);
-		if (ch->sbuf)
-			munmap(ch->sbuf, (size_t)SEND_SLOTS * SLOT_SIZE);
+		cq_free(ch->scq, ch->scc);
+		cq_free(ch->rcq, ch->rcc);
+		buf_free(ch->rmr, ch->rbuf, (size_t)RQ_DEPTH * SLOT_SIZE);
+		buf_free(ch->smr, ch->sbuf, (size_t)SEND_SLOTS * SLOT_SIZE);
 		if (ch->id)
 			rdma_destroy_id(ch->id);
 		pthread_mutex_destroy(&ch->send_lock);

@@ -236,11 +236,13 @@ void rd_sweep(struct rd_conn *c, struct rd_chan *ch);
 void rd_heartbeat(struct rd_conn *c);
 /* Let posted sends reach the peer (at most two seconds). */
 void rd_drain_sends(struct rd_conn *c);
+/* The ops (transport.h says what each does). */
 int rd_send_msg(struct pc_transport *t, unsigned chan, const struct iovec *iov, int iovcnt);
 int rd_recv_msg(struct pc_transport *t, unsigned chan, void *buf, size_t cap, size_t *lenp);
 
 /* --- rdma_mr.c: memory registration ---------------------------------------- */
 
+/* The ops (transport.h says what each does). */
 int rd_reg_local(struct pc_transport *t, const void *addr, size_t len);
 int rd_reg_stats(struct pc_transport *t, struct pc_tp_reg_stats *out);
 int rd_write_pages(struct pc_transport *t, unsigned chan, const struct pc_page_run *runs,
@@ -266,10 +268,12 @@ int rd_conn_start(struct rd_conn *c);
 void rd_conn_free(struct rd_conn *c);
 /* Hand the reason a connection failed during set-up to the caller. */
 void rd_give_why(struct rd_conn *c, const struct pc_transport_opts *o);
+/* The abort op. */
 int rd_abort(struct pc_transport *t);
 
 /* --- rdma_cm.c: connection set-up ------------------------------------------ */
 
+/* The ops (transport.h says what each does). */
 int rd_connect(const char *addr, const struct pc_transport_opts *o, struct pc_transport **out);
 int rd_listen(const char *addr, const struct pc_transport_opts *o, struct pc_listener **out);
 int rd_listener_addr(struct pc_listener *pl, char *buf, size_t len);

@@ -105,6 +105,15 @@ int pc_rdma_verbs(struct pc_transport *t, struct pc_rdma_verbs *out)
 	return 0;
 }
 
+static int rd_link_stats(struct pc_transport *t, unsigned chan, struct pc_tp_link_stats *out)
+{
+	struct rd_conn *c = (struct rd_conn *)t;
+
+	if (!out || chan >= c->base.nchan)
+		return -EINVAL;
+	return rd_sq_link_stats(c, &c->ch[chan], out);
+}
+
 const struct pc_transport_ops pc_rdma_ops = {
 	.scheme = "rdma",
 	.caps = PC_TCAP_DIRECT_WRITE | PC_TCAP_NEEDS_REG | PC_TCAP_AUTH_KEY,
@@ -120,6 +129,7 @@ const struct pc_transport_ops pc_rdma_ops = {
 	.unexpose_all = rd_unexpose_all,
 	.reg_local = rd_reg_local,
 	.reg_stats = rd_reg_stats,
+	.link_stats = rd_link_stats,
 	.send_msg = rd_send_msg,
 	.recv_msg = rd_recv_msg,
 	.write_pages = rd_write_pages,

@@ -90,6 +90,14 @@ struct rd_chan {
 	uint64_t peer_credit_addr;
 	uint32_t peer_credit_rkey;
 
+	/* link figures (struct pc_tp_link_stats), post_lock held: a WR's
+	 * bytes count as delivered once a completion at or after it was
+	 * reaped, and the channel is busy while WRs are outstanding */
+	uint64_t wr_end[SQ_DEPTH];  /* bytes posted up to WR seq, at seq % SQ_DEPTH */
+	uint64_t bytes_posted, bytes_done;
+	uint64_t busy_ns, busy_since;
+	bool busy;
+
 	/* receive side */
 	pthread_mutex_t recv_lock;
 	uint8_t *rbuf;
@@ -225,6 +233,9 @@ int rd_sq_acquire(struct rd_conn *c, struct rd_chan *ch, unsigned nwr, unsigned 
  * SIGNAL_EVERY-th and, if @last, the final one. Return: 0 or -errno. */
 int rd_sq_post(struct rd_conn *c, struct rd_chan *ch, struct ibv_send_wr *wr, unsigned n,
 	       bool last);
+/* @ch's link figures (the link_stats op): reaps completions first.
+ * Return: 0 or -errno. */
+int rd_sq_link_stats(struct rd_conn *c, struct rd_chan *ch, struct pc_tp_link_stats *out);
 /* Post the receive buffer @slot of @ch. Return: ibv_post_recv()'s result. */
 int rd_post_recv(struct rd_chan *ch, unsigned slot);
 /* Give a consumed receive buffer back, returning credits to the peer

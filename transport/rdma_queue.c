@@ -130,7 +130,31 @@ static int sq_progress(struct rd_conn *c, struct rd_chan *ch)
 	}
 	if (n < 0)
 		return rd_fail(c, -EIO, "channel %u: polling the send queue failed", ch->idx);
+	if (ch->done > 0)
+		ch->bytes_done = ch->wr_end[(ch->done - 1) % SQ_DEPTH];
+	if (ch->busy && ch->done == ch->posted) {
+		/* Seen when reaped, not when completed: the busy time runs a
+		 * little long when nobody polls (an idle sender). */
+		ch->busy_ns += now_ns() - ch->busy_since;
+		ch->busy = false;
+	}
 	return 0;
+}
+
+int rd_sq_link_stats(struct rd_conn *c, struct rd_chan *ch, struct pc_tp_link_stats *out)
+{
+	int err;
+
+	pthread_mutex_lock(&ch->post_lock);
+	err = sq_progress(c, ch);
+	*out = (struct pc_tp_link_stats){
+		.source = PC_TP_LINK_COMPLETIONS,
+		.busy_ns = ch->busy_ns + (ch->busy ? now_ns() - ch->busy_since : 0),
+		.delivered = ch->bytes_done,
+		.queued = ch->bytes_posted - ch->bytes_done,
+	};
+	pthread_mutex_unlock(&ch->post_lock);
+	return err;
 }
 
 /* Wait for room for @nwr WRs (keeping @reserve free) and for every WR
@@ -183,6 +207,15 @@ int rd_sq_post(struct rd_conn *c, struct rd_chan *ch, struct ibv_send_wr *wr, un
 	ret = ibv_post_send(ch->qp, wr, &bad);
 	if (ret)
 		return rd_fail(c, -ret, "channel %u: ibv_post_send: %s", ch->idx, strerror(ret));
+	if (!ch->busy) {
+		ch->busy = true;
+		ch->busy_since = now_ns();
+	}
+	for (unsigned i = 0; i < n; i++) {
+		for (int k = 0; k < wr[i].num_sge; k++)
+			ch->bytes_posted += wr[i].sg_list[k].length;
+		ch->wr_end[(ch->posted + i) % SQ_DEPTH] = ch->bytes_posted;
+	}
 	ch->posted += n;
 	return 0;
 }

@@ -272,9 +272,10 @@ struct precopy_stats {
 	/* --- since PRECOPY_0.3: the bandwidth estimate (source) --------- */
 	/** bytes/s of the link as the transport measured it where the bytes
 	 *  leave: tcp:/tls: the kernel's bytes acknowledged over the time it
-	 *  had data queued or in flight (TCP_INFO), shm: the copy rate; with
-	 *  several channels the link they share, not the sum of channels.
-	 *  0 = the transport gives no figures (rdma: today). */
+	 *  had data queued or in flight (TCP_INFO), rdma: the bytes of
+	 *  completed work requests over the time work requests were
+	 *  outstanding, shm: the copy rate; with several channels the link
+	 *  they share, not the sum of channels. 0 = no figures yet. */
 	uint64_t bandwidth_link;
 	/** bytes/s of guest RAM the sender gets through when it is not
 	 *  waiting for max-bandwidth (scanning, zero pages and sends). */

@@ -20,6 +20,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -738,8 +739,9 @@ static void api__region_fd_checked(void **state)
 /* --- what a source holds of the destination's RAM --------------------- */
 
 /* A source that speaks the transport's wire format itself and keeps
- * whatever it is handed: one channel, connected and greeted. */
-static int raw_source_connect(const char *path)
+ * whatever it is handed: one channel, connected and greeted with hello
+ * flags @flags; *@vflags (optional): the verdict's flags. */
+static int raw_source_connect(const char *path, uint8_t flags, uint8_t *vflags)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	uint8_t h[32] = { 0 }, r[160];
@@ -751,12 +753,15 @@ static int raw_source_connect(const char *path)
 	assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
 	pc_put_le32(h, 0x31534350u); /* "PCS1" */
 	h[4] = 1;                    /* version */
+	h[5] = flags;                /* bit 0: heartbeats */
 	h[6] = 0;                    /* channel */
 	h[8] = 1;                    /* of one */
 	pc_put_le64(h + 12, 0x5eed);
 	assert_int_equal(write(fd, h, sizeof(h)), (ssize_t)sizeof(h));
 	assert_int_equal(recv(fd, r, sizeof(r), MSG_WAITALL), (ssize_t)sizeof(r));
 	assert_int_equal(pc_get_le32(r + 4), 0); /* accepted */
+	if (vflags)
+		*vflags = r[sizeof(r) - 1];
 	return fd;
 }
 
@@ -831,7 +836,7 @@ static void hostile_source(bool seal)
 	new_uri(uri, sizeof(uri));
 	assert_int_equal(ops->listen(uri + 4, &o, &a.l), 0);
 	assert_int_equal(pthread_create(&th, NULL, accept_main, &a), 0);
-	sfd = raw_source_connect(uri + 4);
+	sfd = raw_source_connect(uri + 4, 0, NULL);
 	pthread_join(th, NULL);
 	assert_int_equal(a.err, 0);
 
@@ -957,6 +962,128 @@ static void api__ram_above_host_refused(void **state)
 	munmap(va, len);
 }
 
+/* --- heartbeats and the timeout ------------------------------------------- */
+
+/* Each end's slow local work (3 s of saving and of loading device state)
+ * outlives a timeout of 1 s, because each end keeps telling the other it
+ * is alive: in copy mode and in a handoff. */
+static void sleep_save(struct h_src *s)
+{
+	(void)s;
+	usleep(3000 * 1000);
+}
+
+static int sleep_load(struct h_dest *d)
+{
+	(void)d;
+	usleep(3000 * 1000);
+	return 0;
+}
+
+static void slow_ends(bool handoff)
+{
+	size_t ram = 16 * MiB;
+	struct pc_guest *g = make_guest(ram, 4.0 * MiB, handoff);
+	struct precopy_params p;
+	struct h_dest d;
+	struct h_src s;
+	char uri[128];
+
+	precopy_params_init(&p);
+	p.timeout_ms = 1000;
+	assert_int_equal(h_dest_start_opts(&d, ram,
+					   &(struct h_dest_opts){ .p = &p,
+								  .uri = new_uri(uri, sizeof(uri)),
+								  .memfd = true,
+								  .on_load = sleep_load }),
+			 0);
+	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
+	s.on_save = sleep_save;
+	assert_int_equal(h_src_start(&s, d.uri), 0);
+	assert_int_equal(h_src_join(&s), 0);
+	assert_int_equal(h_dest_join(&d), 0);
+	check_migrated(&s, &d);
+	h_src_free(&s);
+	h_dest_free(&d);
+	pc_guest_delete(&g);
+}
+
+static void beats__slow_ends_outlive_a_short_timeout(void **state)
+{
+	(void)state;
+	slow_ends(false);
+}
+
+static void beats__slow_ends_outlive_a_short_timeout_handoff(void **state)
+{
+	(void)state;
+	slow_ends(true);
+}
+
+static void *accept_timeout_main(void *arg)
+{
+	struct accepting *a = arg;
+	struct pc_transport_opts o = { .timeout_ms = 900 };
+
+	a->err = a->l->ops->accept(a->l, &o, &a->t);
+	return NULL;
+}
+
+/*
+ * A source that greets and then says nothing: the destination (timeout
+ * 900 ms) drops it after the timeout, saying nothing came, heartbeats or
+ * not. It sends heartbeats only to a source whose hello asked for them
+ * (@beats); to one that did not (an earlier version, which would refuse
+ * the frame), none.
+ */
+static void silent_source(bool beats)
+{
+	const struct pc_transport_ops *ops = pc_transport_find("shm");
+	struct pc_transport_opts o = { .channels = 1 };
+	struct accepting a = { 0 };
+	uint8_t buf[64], vflags = 0;
+	struct pollfd pfd;
+	char uri[128];
+	size_t got;
+	pthread_t th;
+	int sfd;
+
+	new_uri(uri, sizeof(uri));
+	assert_int_equal(ops->listen(uri + 4, &o, &a.l), 0);
+	assert_int_equal(pthread_create(&th, NULL, accept_timeout_main, &a), 0);
+	sfd = raw_source_connect(uri + 4, beats ? 1 : 0, &vflags);
+	pthread_join(th, NULL);
+	assert_int_equal(a.err, 0);
+	assert_int_equal(vflags & 1, 1); /* the destination knows heartbeats */
+	assert_int_equal(pc_tp_recv_msg(a.t, 0, buf, sizeof(buf), &got), -ETIMEDOUT);
+	print_message("  %s\n", a.t->why);
+	assert_non_null(strstr(a.t->why, "not even a heartbeat"));
+	pfd = (struct pollfd){ .fd = sfd, .events = POLLIN };
+	if (beats) {
+		/* sent after a third of the timeout of idle: long here */
+		assert_int_equal(poll(&pfd, 1, 0), 1);
+		assert_int_equal(recv(sfd, buf, PC_FRAME_HDR, MSG_WAITALL), PC_FRAME_HDR);
+		assert_int_equal(pc_get_le32(buf), PC_FRAME_BEAT);
+	} else {
+		assert_int_equal(poll(&pfd, 1, 0), 0);
+	}
+	close(sfd);
+	a.t->ops->close(a.t);
+	ops->listener_close(a.l);
+}
+
+static void beats__silent_source_dropped_after_timeout(void **state)
+{
+	(void)state;
+	silent_source(true);
+}
+
+static void beats__none_to_a_source_that_did_not_ask(void **state)
+{
+	(void)state;
+	silent_source(false);
+}
+
 static int teardown_dir(void)
 {
 	char cmd[128];
@@ -987,6 +1114,10 @@ int main(void)
 		cmocka_unit_test(copy__plain_destination_framed),
 		cmocka_unit_test(handoff__running_guest),
 		cmocka_unit_test(handoff__length_mismatch_refused),
+		cmocka_unit_test(beats__slow_ends_outlive_a_short_timeout),
+		cmocka_unit_test(beats__slow_ends_outlive_a_short_timeout_handoff),
+		cmocka_unit_test(beats__silent_source_dropped_after_timeout),
+		cmocka_unit_test(beats__none_to_a_source_that_did_not_ask),
 	};
 	int rc;
 

@@ -68,8 +68,8 @@
 #define SHM_VERSION 1
 #define SHM_HELLO_SIZE 32
 #define SHM_REPLY_SIZE 160
-#define SHM_REPLY_TEXT (SHM_REPLY_SIZE - 8)
-#define SHM_REPLY_FLAGS (SHM_REPLY_SIZE - 1) /* after the text and its NUL */
+#define SHM_REPLY_FLAGS (SHM_REPLY_SIZE - 1)
+#define SHM_REPLY_TEXT (SHM_REPLY_FLAGS - 8) /* the text and its NUL */
 #define SHM_BEATS 0x01u /* hello byte 5, verdict byte 159: heartbeats */
 /* Sent by destinations of earlier versions only (see Compatibility). */
 #define PC_FRAME_REGION 0x50435231u   /* "PCR1": dest exposes a memfd region */

@@ -987,7 +987,8 @@ static void slow_ends(bool handoff)
 	struct precopy_params p;
 	struct h_dest d;
 	struct h_src s;
-	char uri[128];
+	char uri[128], msg[PRECOPY_ERRMSG_MAX];
+	int se, de;
 
 	precopy_params_init(&p);
 	p.timeout_ms = 1000;
@@ -1000,8 +1001,16 @@ static void slow_ends(bool handoff)
 	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
 	s.on_save = sleep_save;
 	assert_int_equal(h_src_start(&s, d.uri), 0);
-	assert_int_equal(h_src_join(&s), 0);
-	assert_int_equal(h_dest_join(&d), 0);
+	se = h_src_join(&s);
+	de = h_dest_join(&d);
+	if (se || de) {
+		precopy_strerror(s.s, msg, sizeof(msg));
+		print_message("  source: %s\n", msg);
+		precopy_strerror(d.s, msg, sizeof(msg));
+		print_message("  destination: %s\n", msg);
+	}
+	assert_int_equal(se, 0);
+	assert_int_equal(de, 0);
 	check_migrated(&s, &d);
 	h_src_free(&s);
 	h_dest_free(&d);

@@ -131,7 +131,8 @@ int pc_stream_init(struct pc_stream *s, const struct pc_transport_ops *ops,
 		   const int *fds, unsigned nchan);
 /**
  * pc_stream_beats_start() - send heartbeats and time out a silent peer:
- * each fd gets SO_RCVTIMEO of @timeout_ms, and a thread sends a BEAT frame
+ * each fd gets SO_RCVTIMEO of @timeout_ms (in poll mode, the limit of a
+ * receive's wait), and a thread sends a BEAT frame
  * on every channel idle for @timeout_ms / 3. Both ends must do it (the
  * peer must know BEAT frames). Return: 0, or -errno (nothing started).
  */
@@ -168,6 +169,10 @@ int pc_stream_take_fds(struct pc_stream *s, unsigned chan, unsigned n, int *out)
 void pc_stream_set_why(struct pc_stream *s, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
+/*
+ * The ops of a stream transport, for its pc_transport_ops (transport.h
+ * says what each does). send_fds/recv_fds need pc_stream_pass_fds().
+ */
 int pc_stream_abort(struct pc_transport *t);
 int pc_stream_expose_region(struct pc_transport *t, uint32_t id, void *addr, size_t len);
 int pc_stream_unexpose_all(struct pc_transport *t);

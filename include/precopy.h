@@ -149,11 +149,12 @@ struct precopy_params {
 	 *  TCP_USER_TIMEOUT), or an idle connection whose keepalive probes go
 	 *  unanswered (probes start after min(5 s, timeout/3)), ends the
 	 *  migration with -ETIMEDOUT; so does a TCP connect that gets no
-	 *  answer this long. Over tcp: and tls:, a peer whose process is
-	 *  stopped or frozen is caught too. If it reads nothing for this long,
-	 *  or sends nothing for this long (heartbeats included), the migration
-	 *  fails with -ETIMEDOUT. Heartbeats go out every timeout/3 of idle,
-	 *  so slow work in the peer's callbacks is not taken for silence.
+	 *  answer this long. Over tcp:, tls: and shm:, a peer whose process
+	 *  is stopped or frozen is caught too. If it reads nothing for this
+	 *  long, or sends nothing for this long (heartbeats included), the
+	 *  migration fails with -ETIMEDOUT. Heartbeats go out every timeout/3
+	 *  of idle, so slow work in the peer's callbacks is not taken for
+	 *  silence.
 	 *  Over rdma:, the same through heartbeats the peer's process must
 	 *  answer (its NIC acknowledges everything even when it is stopped):
 	 *  a channel that hears nothing for this long fails.

@@ -2447,6 +2447,7 @@ int pc_rdma_local_keys(struct pc_transport *t, const void *addr, uint32_t *lkey,
 
 const struct pc_transport_ops pc_rdma_ops = {
 	.scheme = "rdma",
+	.syntax = "rdma:HOST:PORT",
 	.caps = PC_TCAP_DIRECT_WRITE | PC_TCAP_NEEDS_REG | PC_TCAP_AUTH_KEY,
 	.listen = rd_listen,
 	.listener_addr = rd_listener_addr,

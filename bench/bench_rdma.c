@@ -104,9 +104,9 @@ static void *loop_dest(void *arg)
 	uint8_t msg[64];
 	size_t len;
 
-	p->err = p->ops->accept(p->l, &o, &p->b);
+	p->err = pc_tp_accept(p->l, &o, &p->b);
 	if (!p->err)
-		p->err = p->b->ops->expose_region(p->b, 0, p->dst, p->region);
+		p->err = pc_tp_expose_region(p->b, 0, p->dst, p->region);
 	while (!p->err) {
 		p->err = pc_tp_recv_msg(p->b, 0, msg, sizeof(msg), &len);
 		if (!p->err && len == 3) { /* "end" */
@@ -137,19 +137,20 @@ static struct loop_result write_loop(const char *scheme, const char *listen, uns
 	size_t len;
 
 	p.ops = pc_transport_find(scheme);
-	if (!p.ops || p.ops->listen(listen, &o, &p.l) || p.ops->listener_addr(p.l, uri, sizeof(uri))) {
+	if (!p.ops || pc_tp_listen(p.ops, listen, &o, &p.l) ||
+	    pc_tp_listener_addr(p.l, uri, sizeof(uri))) {
 		r.err = -ENODEV;
 		return r;
 	}
 	pthread_create(&t, NULL, loop_dest, &p);
-	r.err = p.ops->connect(strchr(uri, ':') + 1, &o, &p.a);
+	r.err = pc_tp_connect(p.ops, strchr(uri, ':') + 1, &o, &p.a);
 	if (r.err)
 		goto out_join;
 	/* wait for the region key: the dest's first message on channel 0 is
 	 * internal for rdma; for tcp there is nothing to wait for */
 	w0 = clk(CLOCK_MONOTONIC);
 	c0 = clk(CLOCK_THREAD_CPUTIME_ID);
-	r.err = p.a->ops->reg_local(p.a, src, region);
+	r.err = pc_tp_reg_local(p.a, src, region);
 	for (unsigned i = 0; !r.err && i < mib; i++) {
 		size_t off = ((size_t)i * MiB) % region;
 		struct pc_page_run run = { src + off, 0, off, MiB };
@@ -183,13 +184,13 @@ out_join:
 	if (r.err && p.b)
 		pc_tp_abort(p.b);
 	if (r.err)
-		p.ops->listener_abort(p.l);
+		pc_tp_listener_abort(p.l);
 	pthread_join(t, NULL);
 	if (!r.err && p.err)
 		r.err = p.err;
 	pc_tp_close(p.a);
 	pc_tp_close(p.b);
-	p.ops->listener_close(p.l);
+	pc_tp_listener_close(p.l);
 	return r;
 }
 

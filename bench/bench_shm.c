@@ -122,7 +122,7 @@ static void *tp_connect(void *arg)
 	struct tpair *p = arg;
 	struct pc_transport_opts o = { .channels = 1 };
 
-	p->cerr = p->ops->connect(p->path, &o, &p->a);
+	p->cerr = pc_tp_connect(p->ops, p->path, &o, &p->a);
 	return NULL;
 }
 
@@ -134,11 +134,11 @@ static void tpair_open(struct tpair *p)
 
 	p->ops = pc_transport_find("shm");
 	snprintf(p->path, sizeof(p->path), "/tmp/precopy-bench-shm-%d.sock", (int)getpid());
-	err = p->ops->listen(p->path, &o, &p->l);
+	err = pc_tp_listen(p->ops, p->path, &o, &p->l);
 	if (err)
 		die("listen", err);
 	pthread_create(&t, NULL, tp_connect, p);
-	err = p->ops->accept(p->l, &o, &p->b);
+	err = pc_tp_accept(p->l, &o, &p->b);
 	pthread_join(t, NULL);
 	if (err || p->cerr)
 		die("accept/connect", err ? err : p->cerr);
@@ -148,7 +148,7 @@ static void tpair_close(struct tpair *p)
 {
 	pc_tp_close(p->a);
 	pc_tp_close(p->b);
-	p->ops->listener_close(p->l);
+	pc_tp_listener_close(p->l);
 }
 
 struct drain {
@@ -185,16 +185,16 @@ static double bench_transport(const uint8_t *src, void *dst, size_t len, int fd,
 	memset(&p, 0, sizeof(p));
 	tpair_open(&p);
 	t0 = now_s(); /* sharing and mapping the region counts */
-	err = fd >= 0 ? p.b->ops->expose_region_fd(p.b, 0, dst, len, fd, 0) : -EOPNOTSUPP;
+	err = fd >= 0 ? pc_tp_expose_region_fd(p.b, 0, dst, len, fd, 0) : -EOPNOTSUPP;
 	if (err == -EOPNOTSUPP) /* as the engine does */
-		err = p.b->ops->expose_region(p.b, 0, dst, len);
+		err = pc_tp_expose_region(p.b, 0, dst, len);
 	if (err)
 		die("expose", err);
 	/* as in the engine: the destination answers, the source reads it */
 	if ((err = pc_tp_send_msg(p.b, 0, &v, 1)) ||
 	    (err = pc_tp_recv_msg(p.a, 0, m, sizeof(m), &(size_t){ 0 })))
 		die("hello", err);
-	p.a->ops->reg_local(p.a, src, len);
+	pc_tp_reg_local(p.a, src, len);
 	d = (struct drain){ .t = p.b, .markers = len / BATCH };
 	pthread_create(&th, NULL, drain_main, &d);
 	tm = now_s();

@@ -171,7 +171,7 @@ static void *tp_connect(void *arg)
 	struct tp_pair *p = arg;
 	struct pc_transport_opts o = { .channels = p->nchan };
 
-	p->cerr = p->ops->connect(p->addr, &o, &p->a);
+	p->cerr = pc_tp_connect(p->ops, p->addr, &o, &p->a);
 	return NULL;
 }
 
@@ -186,13 +186,13 @@ static int tp_open(struct tp_pair *p, const struct pc_transport_ops *ops, const 
 	memset(p, 0, sizeof(*p));
 	p->ops = ops;
 	p->nchan = nchan;
-	err = ops->listen(listen, &o, &p->l);
+	err = pc_tp_listen(ops, listen, &o, &p->l);
 	if (err)
 		return err;
-	ops->listener_addr(p->l, uri, sizeof(uri));
+	pc_tp_listener_addr(p->l, uri, sizeof(uri));
 	snprintf(p->addr, sizeof(p->addr), "%s", strchr(uri, ':') + 1);
 	pthread_create(&t, NULL, tp_connect, p);
-	err = ops->accept(p->l, &o, &p->b);
+	err = pc_tp_accept(p->l, &o, &p->b);
 	pthread_join(t, NULL);
 	if (!err)
 		err = p->cerr;
@@ -204,7 +204,7 @@ static void tp_close(struct tp_pair *p)
 	pc_tp_close(p->a);
 	pc_tp_close(p->b);
 	if (p->l)
-		p->ops->listener_close(p->l);
+		pc_tp_listener_close(p->l);
 }
 
 static int tp_point(struct tp_pair *p, uint8_t *src, uint8_t *dst, size_t region,
@@ -470,14 +470,14 @@ static int cmd_transport(int argc, char **argv)
 			if (!err) {
 				shdst = a;
 				memset(shdst, 0x5c, region);
-				err = p.b->ops->expose_region_fd(p.b, 0, shdst, region, shfd, 0);
+				err = pc_tp_expose_region_fd(p.b, 0, shdst, region, shfd, 0);
 				if (err == -EOPNOTSUPP)
-					err = p.b->ops->expose_region(p.b, 0, shdst, region);
+					err = pc_tp_expose_region(p.b, 0, shdst, region);
 			}
 		} else if (!err)
-			err = p.b->ops->expose_region(p.b, 0, dst, region);
+			err = pc_tp_expose_region(p.b, 0, dst, region);
 		if (!err)
-			err = p.a->ops->reg_local(p.a, src, region);
+			err = pc_tp_reg_local(p.a, src, region);
 		if (!err) {
 			/* As the engine does (HELLO_ACK): the destination says it is
 			 * ready after exposing its region, and the source reads that,

@@ -87,7 +87,7 @@ static void on_signal(int sig)
 	if (g_unix_listen_fd >= 0)
 		shutdown(g_unix_listen_fd, SHUT_RDWR);
 	if (g_listener)
-		g_listener->ops->listener_abort(g_listener);
+		pc_tp_listener_abort(g_listener);
 	if (b) {
 		if (b->tp)
 			pc_tp_abort(b->tp);
@@ -431,7 +431,7 @@ static int bridge_source(struct bridge *b)
 		return fail(b, err, false, "waiting for a connection on %s: %s", uri,
 			    strerror(-err));
 	b->t0 = now_ns();
-	err = ops->connect(rest, &o, &b->tp);
+	err = pc_tp_connect(ops, rest, &o, &b->tp);
 	if (err) {
 		b->tp = NULL;
 		return fail(b, err, false, "connecting to %s: %s", c->to,
@@ -462,21 +462,21 @@ static int bridge_dest(struct bridge *b)
 	if (err)
 		return fail(b, err, false, "--listen %s: %s", c->listen,
 			    err == -EPROTONOSUPPORT ? "transport not built in" : "malformed URI");
-	err = ops->listen(rest, &o, &l);
+	err = pc_tp_listen(ops, rest, &o, &l);
 	if (err)
 		return fail(b, err, false, "--listen %s: %s", c->listen,
 			    why[0] ? why : strerror(-err));
-	err = ops->listener_addr(l, uri, sizeof(uri));
+	err = pc_tp_listener_addr(l, uri, sizeof(uri));
 	if (err)
 		snprintf(uri, sizeof(uri), "%s", c->listen);
 	say(c, "listening", "listening on %s", uri);
 	g_listener = l;
 	if (!g_stop)
-		err = ops->accept(l, &o, &b->tp);
+		err = pc_tp_accept(l, &o, &b->tp);
 	else
 		err = -ECANCELED;
 	g_listener = NULL;
-	ops->listener_close(l);
+	pc_tp_listener_close(l);
 	if (err) {
 		b->tp = NULL;
 		return fail(b, err, false, "waiting for the peer bridge on %s: %s", uri,

@@ -572,18 +572,6 @@ static int parse_args(int argc, char **argv, struct pc_cli *c)
 	return 0;
 }
 
-/* What the transport of @uri can do; ~0 when the URI names no transport
- * built in (the command reports that itself). */
-static uint32_t uri_caps(const char *uri)
-{
-	const struct pc_transport_ops *ops;
-	const char *rest;
-
-	if (!uri || pc_transport_split_uri(uri, &ops, &rest))
-		return ~0u;
-	return ops->caps;
-}
-
 /*
  * Settings where they cannot act are refused rather than ignored: a key
  * that authenticates nothing, or TLS settings on a plain connection,
@@ -619,7 +607,7 @@ static int check_transport_flags(const char *cmd, const struct pc_cli *c)
 	}
 	if (!uris[0])
 		return 0; /* (a missing URI is reported by the command) */
-	caps = uri_caps(uris[0]) | (uris[1] ? uri_caps(uris[1]) : 0);
+	caps = pc_cli_uri_caps(uris[0]) | (uris[1] ? pc_cli_uri_caps(uris[1]) : 0);
 	if (c->have_tls && !(caps & PC_TCAP_TLS)) {
 		fprintf(stderr, "precopy %s: --%s applies to tls: URIs only; '%s' would ignore "
 				"it (use tls:HOST:PORT)\n", cmd, g_tls_flag, uris[0]);
@@ -642,7 +630,7 @@ static int check_transport_flags(const char *cmd, const struct pc_cli *c)
 /* Whether @uri's transport authenticates with the shared key (rdma:). */
 static bool takes_key(const char *uri)
 {
-	return uri && (uri_caps(uri) & PC_TCAP_AUTH_KEY);
+	return uri && (pc_cli_uri_caps(uri) & PC_TCAP_AUTH_KEY);
 }
 
 /*

@@ -19,6 +19,7 @@
 #include "cli.h"
 #include "progress.h"
 #include "session.h"
+#include "transport.h"
 
 void pc_cli_defaults(struct pc_cli *c)
 {
@@ -104,19 +105,22 @@ static void end_progress(struct ctx *x, const struct precopy_stats *st)
 static void describe_setup(struct ctx *x, const char *uri, char *buf, size_t len)
 {
 	struct pc_cli *c = x->c;
+	uint32_t caps = pc_cli_uri_caps(uri);
 	char r[32];
 
+	if (caps == ~0u)
+		caps = 0;
 	pc_cli_fmt_bytes((double)c->ram, r, sizeof(r));
 	if (strcmp(x->role, "source")) {
-		snprintf(buf, len, "waiting for the source on %s%s%s%s", uri,
-			 !strncmp(uri, "tls:", 4) ? ", then the TLS handshake" : "",
-			 !strncmp(uri, "rdma:", 5) ? ", then registering the " : "",
-			 !strncmp(uri, "rdma:", 5) ? "RAM with the device" : "");
-	} else if (!strncmp(uri, "tls:", 4)) {
+		snprintf(buf, len, "waiting for the source on %s%s%s", uri,
+			 caps & PC_TCAP_TLS ? ", then the TLS handshake" : "",
+			 caps & PC_TCAP_NEEDS_REG ? ", then registering the RAM with the device"
+						  : "");
+	} else if (caps & PC_TCAP_TLS) {
 		snprintf(buf, len, "connecting to %s, TLS handshake", uri);
-	} else if (!strncmp(uri, "shm:", 4) && c->memfd) {
+	} else if ((caps & PC_TCAP_FD_PASS) && c->memfd) {
 		snprintf(buf, len, "connecting to %s, handing the guest's RAM over", uri);
-	} else if (!strncmp(uri, "rdma:", 5)) {
+	} else if (caps & PC_TCAP_NEEDS_REG) {
 		if (c->have_registration && c->registration == PRECOPY_REG_PIN_ALL)
 			snprintf(buf, len, "connecting to %s, registering %s of RAM with the device",
 				 uri, r);
@@ -396,9 +400,12 @@ int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current)
 		precopy_set_param(s, PRECOPY_PARAM_POPULATE, 0);
 	err = precopy_listen(s, c->listen);
 	if (err) {
-		fprintf(stderr, "precopy incoming: cannot listen on '%s': %s\n", c->listen,
-			err == -EINVAL ? "malformed URI (expected tcp:HOST:PORT, tls:HOST:PORT or shm:PATH)"
-				       : strerror(-err));
+		if (err == -EINVAL)
+			fprintf(stderr, "precopy incoming: cannot listen on '%s': malformed URI "
+					"(expected one of %s)\n", c->listen, pc_transport_syntaxes());
+		else
+			fprintf(stderr, "precopy incoming: cannot listen on '%s': %s\n",
+				c->listen, strerror(-err));
 		rc = err == -EINVAL || err == -EPROTONOSUPPORT ? 2 : 1;
 		goto out;
 	}

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "common.h"
 #include "config.h"
 #include "guest.h"
 #include "precopy.h"
@@ -37,14 +38,6 @@
 #endif
 
 #define MiB (1ull << 20)
-
-static double clk(clockid_t id)
-{
-	struct timespec ts;
-
-	clock_gettime(id, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 /* --- 1. ib_write_bw ------------------------------------------------------ */
 
@@ -148,8 +141,8 @@ static struct loop_result write_loop(const char *scheme, const char *listen, uns
 		goto out_join;
 	/* wait for the region key: the dest's first message on channel 0 is
 	 * internal for rdma; for tcp there is nothing to wait for */
-	w0 = clk(CLOCK_MONOTONIC);
-	c0 = clk(CLOCK_THREAD_CPUTIME_ID);
+	w0 = pcb_clock(CLOCK_MONOTONIC);
+	c0 = pcb_clock(CLOCK_THREAD_CPUTIME_ID);
 	r.err = pc_tp_reg_local(p.a, src, region);
 	for (unsigned i = 0; !r.err && i < mib; i++) {
 		size_t off = ((size_t)i * MiB) % region;
@@ -166,8 +159,8 @@ static struct loop_result write_loop(const char *scheme, const char *listen, uns
 	}
 	if (!r.err)
 		r.err = pc_tp_recv_msg(p.a, 0, msg, sizeof(msg), &len);
-	w1 = clk(CLOCK_MONOTONIC);
-	c1 = clk(CLOCK_THREAD_CPUTIME_ID);
+	w1 = pcb_clock(CLOCK_MONOTONIC);
+	c1 = pcb_clock(CLOCK_THREAD_CPUTIME_ID);
 	if (!r.err) {
 		r.mibps = mib / (w1 - w0);
 		r.cpu_per_gib = (c1 - c0) / (mib / 1024.0);
@@ -196,26 +189,12 @@ out_join:
 
 /* --- 3. a whole migration ------------------------------------------------------ */
 
-struct mdest {
-	struct precopy_session *s;
-	int err;
-};
-
-static void *mdest_main(void *arg)
-{
-	struct mdest *d = arg;
-
-	d->err = precopy_incoming(d->s);
-	return NULL;
-}
-
 static int migrate_once(const char *listen, void *src, uint8_t *dst, size_t len,
 			struct precopy_stats *out, double *cpu)
 {
 	struct precopy_session *ss = NULL;
-	struct mdest d = { 0 };
+	struct pcb_dest d = { 0 };
 	char uri[128];
-	pthread_t t;
 	double c0;
 	int err;
 
@@ -232,13 +211,14 @@ static int migrate_once(const char *listen, void *src, uint8_t *dst, size_t len,
 		err = -EINVAL;
 	if (err)
 		goto out;
-	pthread_create(&t, NULL, mdest_main, &d);
-	c0 = clk(CLOCK_PROCESS_CPUTIME_ID);
+	err = pcb_dest_start(&d);
+	if (err)
+		goto out;
+	c0 = pcb_clock(CLOCK_PROCESS_CPUTIME_ID);
 	err = precopy_migrate(ss, uri);
-	pthread_join(t, NULL);
-	*cpu = clk(CLOCK_PROCESS_CPUTIME_ID) - c0;
-	if (!err)
+	if (pcb_dest_join(&d) && !err)
 		err = d.err;
+	*cpu = pcb_clock(CLOCK_PROCESS_CPUTIME_ID) - c0;
 	precopy_query(ss, out);
 out:
 	if (ss)

@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "common.h"
 #include "guest.h"
 #include "precopy.h"
 #include "transport.h"
@@ -39,21 +40,6 @@
 #define RUN_PAGES 64
 #define BATCH (1u << 20)
 #define MAXRUNS 64
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
 
 struct series {
 	const char *name;
@@ -67,7 +53,7 @@ static double median(struct series *s)
 	double t[MAXRUNS];
 
 	memcpy(t, s->v, s->n * sizeof(double));
-	qsort(t, s->n, sizeof(double), cmp_d);
+	qsort(t, s->n, sizeof(double), pcb_cmp_double);
 	return s->n % 2 ? t[s->n / 2] : (t[s->n / 2 - 1] + t[s->n / 2]) / 2;
 }
 
@@ -99,12 +85,12 @@ static void die(const char *what, int err)
 
 static double bench_memcpy(const uint8_t *src, uint8_t *dst, size_t len)
 {
-	double t0 = now_s();
+	double t0 = pcb_now();
 
 	for (size_t off = 0; off < len; off += PAGE)
 		memcpy(dst + off, src + off, PAGE);
 	__asm__ volatile("" ::: "memory");
-	return (double)len / (now_s() - t0);
+	return (double)len / (pcb_now() - t0);
 }
 
 /* --- transport only ----------------------------------------------------------- */
@@ -184,7 +170,7 @@ static double bench_transport(const uint8_t *src, void *dst, size_t len, int fd,
 
 	memset(&p, 0, sizeof(p));
 	tpair_open(&p);
-	t0 = now_s(); /* sharing and mapping the region counts */
+	t0 = pcb_now(); /* sharing and mapping the region counts */
 	err = fd >= 0 ? pc_tp_expose_region_fd(p.b, 0, dst, len, fd, 0) : -EOPNOTSUPP;
 	if (err == -EOPNOTSUPP) /* as the engine does */
 		err = pc_tp_expose_region(p.b, 0, dst, len);
@@ -197,7 +183,7 @@ static double bench_transport(const uint8_t *src, void *dst, size_t len, int fd,
 	pc_tp_reg_local(p.a, src, len);
 	d = (struct drain){ .t = p.b, .markers = len / BATCH };
 	pthread_create(&th, NULL, drain_main, &d);
-	tm = now_s();
+	tm = pcb_now();
 	for (size_t off = 0; off < len; off += BATCH) {
 		struct pc_page_run runs[BATCH / (RUN_PAGES * PAGE)];
 		unsigned n = 0;
@@ -211,7 +197,7 @@ static double bench_transport(const uint8_t *src, void *dst, size_t len, int fd,
 			die("write_pages", err);
 	}
 	pthread_join(th, NULL);
-	t1 = now_s();
+	t1 = pcb_now();
 	if (d.err)
 		die("receiving", d.err);
 	if (memcmp((uint8_t *)dst + len - PAGE, src + len - PAGE, PAGE))
@@ -231,10 +217,10 @@ static double bench_first_touch(size_t len)
 
 	if (precopy_memfd_alloc(len, -1, &p, &fd))
 		die("memfd", ENOMEM);
-	t0 = now_s();
+	t0 = pcb_now();
 	for (size_t off = 0; off < len; off += PAGE)
 		((volatile uint8_t *)p)[off] = 1;
-	t0 = now_s() - t0;
+	t0 = pcb_now() - t0;
 	munmap(p, len);
 	close(fd);
 	return (double)len / t0;
@@ -255,7 +241,7 @@ struct dest {
 
 static int d_resume(void *o)
 {
-	((struct dest *)o)->t_resume = now_s();
+	((struct dest *)o)->t_resume = pcb_now();
 	return 0;
 }
 
@@ -316,7 +302,7 @@ static int s_stop(void *o)
 {
 	struct src_ctx *x = o;
 
-	x->t_stop = now_s();
+	x->t_stop = pcb_now();
 	return pc_guest_pause(x->g);
 }
 

@@ -18,6 +18,7 @@
 #include <sys/mman.h>
 
 #include "cli.h"
+#include "common.h"
 #include "guest.h"
 #include "precopy.h"
 #include "sim.h"
@@ -39,19 +40,6 @@ static const struct scenario scenarios[] = {
 	{ "hotset d/b=0.75", PC_GUEST_HOTSET, 128 * MiB, 96 * MiB, false },
 	{ "random d/b=1.5 auto-converge", PC_GUEST_RANDOM, 128 * MiB, 192 * MiB, true },
 };
-
-struct dest {
-	struct precopy_session *s;
-	int err;
-};
-
-static void *dest_main(void *arg)
-{
-	struct dest *d = arg;
-
-	d->err = precopy_incoming(d->s);
-	return NULL;
-}
 
 static int guest_stop(void *o) { return pc_guest_pause(o); }
 static int guest_resume(void *o) { return pc_guest_resume(o); }
@@ -75,11 +63,10 @@ static int real_run(const struct scenario *sc, uint64_t ram, struct precopy_stat
 					.set_throttle = guest_throttle };
 	struct precopy_params p;
 	struct precopy_session *s = NULL;
-	struct dest d = { 0 };
+	struct pcb_dest d = { 0 };
 	struct pc_guest *g;
 	char uri[128];
 	void *dst;
-	pthread_t t;
 	int err;
 
 	params_for(sc, &p);
@@ -102,12 +89,12 @@ static int real_run(const struct scenario *sc, uint64_t ram, struct precopy_stat
 		err = -EINVAL;
 	if (!err)
 		err = pc_guest_start(g);
+	if (!err)
+		err = pcb_dest_start(&d);
 	if (!err) {
-		pthread_create(&t, NULL, dest_main, &d);
 		err = precopy_migrate(s, uri);
-		pthread_join(t, NULL);
 		precopy_query(s, st);
-		if (!err)
+		if (pcb_dest_join(&d) && !err)
 			err = d.err;
 	}
 	if (s)

@@ -32,6 +32,7 @@
 #include <sys/mman.h>
 #include <time.h>
 
+#include "common.h"
 #include "dirty.h"
 
 #define PAGE PRECOPY_PAGE_SIZE
@@ -43,14 +44,6 @@ struct result {
 	uint64_t race_writes, race_pages, race_missed;
 	int race_syncs;
 };
-
-static double now_s(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
 static uint64_t rng_next(uint64_t *s)
 {
@@ -109,23 +102,23 @@ static int run(enum precopy_dirty_mode mode, const char *name, size_t len,
 	if (err)
 		goto out;
 
-	double t0 = now_s();
+	double t0 = pcb_now();
 
 	err = pc_dirty_start(d);
-	res->arm_ms = (now_s() - t0) * 1e3;
+	res->arm_ms = (pcb_now() - t0) * 1e3;
 	if (err)
 		goto out;
 
 	/* Nothing written. */
 	pc_dirty_sync(d, bitmap);
-	t0 = now_s();
+	t0 = pcb_now();
 	for (int k = 0; k < 20; k++) {
 		if (pc_dirty_sync(d, bitmap) < 0) {
 			err = -EIO;
 			goto out;
 		}
 	}
-	res->clean_ms = (now_s() - t0) * 1e3 / 20;
+	res->clean_ms = (pcb_now() - t0) * 1e3 / 20;
 
 	/* 10% written, distinct random pages. */
 	for (int round = 0; round < 5; round++) {
@@ -138,18 +131,18 @@ static int run(enum precopy_dirty_mode mode, const char *name, size_t len,
 			chosen[i / 64] |= 1ull << (i % 64);
 			pages[k++] = i;
 		}
-		t0 = now_s();
+		t0 = pcb_now();
 		for (uint64_t k = 0; k < ndirty; k++)
 			((volatile char *)p)[pages[k] * PAGE] += 1;
-		double t1 = now_s();
+		double t1 = pcb_now();
 
 		for (uint64_t k = 0; k < ndirty; k++)
 			((volatile char *)p)[pages[k] * PAGE] += 1;
-		double t2 = now_s();
+		double t2 = pcb_now();
 
 		memset(bitmap, 0, nwords * 8);
 		int64_t n = pc_dirty_sync(d, bitmap);
-		double t3 = now_s();
+		double t3 = pcb_now();
 
 		if (n < (int64_t)ndirty) {
 			fprintf(stderr, "%s: sync reported %lld of %llu pages\n",
@@ -174,8 +167,8 @@ static int run(enum precopy_dirty_mode mode, const char *name, size_t len,
 		err = -EAGAIN;
 		goto out;
 	}
-	t0 = now_s();
-	while (now_s() - t0 < 1.0) {
+	t0 = pcb_now();
+	while (pcb_now() - t0 < 1.0) {
 		if (pc_dirty_sync(d, bitmap) < 0)
 			break;
 		res->race_syncs++;

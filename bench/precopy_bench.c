@@ -35,28 +35,13 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "common.h"
 #include "guest.h"
 #include "precopy.h"
 #include "transport.h"
 
 #define MiB (1ull << 20)
 #define GiB (1ull << 30)
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static double thread_cpu_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 static void *map(size_t len)
 {
@@ -93,7 +78,7 @@ static void *tp_receiver(void *arg)
 {
 	struct tp_recv *r = arg;
 	uint8_t buf[64];
-	double c0 = thread_cpu_s();
+	double c0 = pcb_clock(CLOCK_THREAD_CPUTIME_ID);
 
 	for (;;) {
 		size_t len;
@@ -102,7 +87,7 @@ static void *tp_receiver(void *arg)
 		if (r->err || (len == 4 && !memcmp(buf, "done", 4)))
 			break;
 	}
-	r->cpu = thread_cpu_s() - c0;
+	r->cpu = pcb_clock(CLOCK_THREAD_CPUTIME_ID) - c0;
 	return NULL;
 }
 
@@ -125,11 +110,11 @@ static void *tp_sender(void *arg)
 	uint8_t mark[4] = { 'b', 'a', 't', 'c' };
 	struct iovec v = { mark, sizeof(mark) };
 	uint64_t off = 0, sent = 0;
-	double c0 = thread_cpu_s();
+	double c0 = pcb_clock(CLOCK_THREAD_CPUTIME_ID);
 
 	for (uint64_t i = s->chan; i < s->iters && !s->err;) {
 		unsigned k = 0;
-		double t0 = now_s(), dt;
+		double t0 = pcb_now(), dt;
 
 		while (k < s->depth && i < s->iters) {
 			if (off + s->size > s->region)
@@ -141,7 +126,7 @@ static void *tp_sender(void *arg)
 		s->err = pc_tp_write_pages(s->t, s->chan, runs, k);
 		if (!s->err)
 			s->err = pc_tp_send_msg(s->t, s->chan, &v, 1);
-		dt = now_s() - t0;
+		dt = pcb_now() - t0;
 		sent += k * s->size;
 		if (dt > 0 && k * s->size / dt / MiB > s->peak)
 			s->peak = k * s->size / dt / MiB;
@@ -152,7 +137,7 @@ static void *tp_sender(void *arg)
 		if (!s->err)
 			s->err = pc_tp_send_msg(s->t, s->chan, &d, 1);
 	}
-	s->cpu = thread_cpu_s() - c0;
+	s->cpu = pcb_clock(CLOCK_THREAD_CPUTIME_ID) - c0;
 	(void)sent;
 	return NULL;
 }
@@ -225,14 +210,14 @@ static int tp_point(struct tp_pair *p, uint8_t *src, uint8_t *dst, size_t region
 		pthread_create(&tr[c], NULL, tp_receiver, &rcv[c]);
 	}
 	(void)dst;
-	t0 = now_s();
+	t0 = pcb_now();
 	for (unsigned c = 0; c < p->nchan; c++)
 		pthread_create(&ts[c], NULL, tp_sender, &snd[c]);
 	for (unsigned c = 0; c < p->nchan; c++) {
 		pthread_join(ts[c], NULL);
 		pthread_join(tr[c], NULL);
 	}
-	t1 = now_s();
+	t1 = pcb_now();
 	for (unsigned c = 0; c < p->nchan; c++) {
 		err = err ? err : snd[c].err ? snd[c].err : rcv[c].err;
 		cs += snd[c].cpu;
@@ -263,7 +248,7 @@ static void *sock_sink_main(void *arg)
 	struct sock_sink *k = arg;
 	int fd = accept(k->lfd, NULL, NULL);
 	size_t off = 0;
-	double c0 = thread_cpu_s();
+	double c0 = pcb_clock(CLOCK_THREAD_CPUTIME_ID);
 
 	while (fd >= 0) {
 		ssize_t n;
@@ -275,7 +260,7 @@ static void *sock_sink_main(void *arg)
 			break;
 		off += (size_t)n;
 	}
-	k->cpu = thread_cpu_s() - c0;
+	k->cpu = pcb_clock(CLOCK_THREAD_CPUTIME_ID) - c0;
 	if (fd >= 0)
 		close(fd);
 	return NULL;
@@ -302,11 +287,11 @@ static int sock_point(uint8_t *src, uint8_t *dst, size_t region, uint64_t size, 
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	if (connect(fd, (struct sockaddr *)&a, sizeof(a)))
 		return -errno;
-	c0 = thread_cpu_s();
-	t0 = now_s();
+	c0 = pcb_clock(CLOCK_THREAD_CPUTIME_ID);
+	t0 = pcb_now();
 	for (uint64_t i = 0; i < iters; i++) {
 		size_t done = 0;
-		double b0 = now_s(), dt;
+		double b0 = pcb_now(), dt;
 
 		if (off + size > region)
 			off = 0;
@@ -318,14 +303,14 @@ static int sock_point(uint8_t *src, uint8_t *dst, size_t region, uint64_t size, 
 			done += (size_t)n;
 		}
 		off += size;
-		dt = now_s() - b0;
+		dt = pcb_now() - b0;
 		if (dt > 0 && size / dt / MiB > peak)
 			peak = size / dt / MiB;
 	}
-	cs = thread_cpu_s() - c0;
+	cs = pcb_clock(CLOCK_THREAD_CPUTIME_ID) - c0;
 	close(fd);
 	pthread_join(t, NULL);
-	t1 = now_s();
+	t1 = pcb_now();
 	close(k.lfd);
 	pt->bytes = size;
 	pt->iters = iters;
@@ -341,7 +326,7 @@ static int memcpy_point(uint8_t *src, uint8_t *dst, size_t region, uint64_t size
 			uint64_t total, struct point *pt)
 {
 	uint64_t iters = total / size ? total / size : 1, off = 0;
-	double t0 = now_s(), c0 = thread_cpu_s(), t1;
+	double t0 = pcb_now(), c0 = pcb_clock(CLOCK_THREAD_CPUTIME_ID), t1;
 
 	for (uint64_t i = 0; i < iters; i++) {
 		if (off + size > region)
@@ -350,12 +335,12 @@ static int memcpy_point(uint8_t *src, uint8_t *dst, size_t region, uint64_t size
 			memcpy(dst + off + p, src + off + p, size - p < 4096 ? size - p : 4096);
 		off += size;
 	}
-	t1 = now_s();
+	t1 = pcb_now();
 	pt->bytes = size;
 	pt->iters = iters;
 	pt->bw_avg = pt->bw_peak = iters * size / (t1 - t0) / MiB;
 	pt->mpps = iters / (t1 - t0) / 1e6;
-	pt->cpu_src = (thread_cpu_s() - c0) / ((double)iters * size / GiB);
+	pt->cpu_src = (pcb_clock(CLOCK_THREAD_CPUTIME_ID) - c0) / ((double)iters * size / GiB);
 	pt->cpu_dst = 0;
 	return 0;
 }

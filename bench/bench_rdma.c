@@ -228,6 +228,49 @@ out:
 	return err;
 }
 
+/* What was measured (MiB/s, CPU s/GiB). */
+struct figures {
+	double b1, b2, base;         /* ib_write_bw before and after, their mean */
+	struct loop_result rr, tr;   /* write_pages loops: rdma, tcp */
+	double mig, mig_cpu_per_gib; /* the whole migration */
+};
+
+static void report(bool json, const char *dev, const char *addr, unsigned mib, uint64_t ram,
+		   size_t region, const struct figures *f)
+{
+	if (json) {
+		printf("{\"bench\":\"rdma\",\"mib\":%u,\"ib_write_bw_MiBps\":%.2f,"
+		       "\"rdma_write_loop_MiBps\":%.2f,\"ratio\":%.3f,"
+		       "\"rdma_cpu_s_per_GiB\":%.3f,\"tcp_write_loop_MiBps\":%.1f,"
+		       "\"tcp_cpu_s_per_GiB\":%.3f,\"rdma_reg_ms\":%.2f,"
+		       "\"migrate_ram\":%llu,\"migrate_MiBps\":%.2f,\"migrate_ratio\":%.3f}\n",
+		       mib, f->base, f->rr.mibps, f->base > 0 ? f->rr.mibps / f->base : 0,
+		       f->rr.cpu_per_gib, f->tr.mibps, f->tr.cpu_per_gib, f->rr.reg_ms,
+		       (unsigned long long)ram, f->mig, f->base > 0 ? f->mig / f->base : 0);
+	} else {
+		printf("# %s on %s, 1 MiB writes, %u MiB per measurement; MiB/s = 2^20 B/s\n", dev,
+		       addr, mib);
+		printf("%-44s %10s %14s\n", "#what", "MiB/s", "CPU s/GiB");
+		printf("%-44s %10.2f %14s\n", "ib_write_bw -s 1048576 (before)", f->b1, "-");
+		printf("%-44s %10.2f %14s\n", "ib_write_bw -s 1048576 (after)", f->b2, "-");
+		printf("%-44s %10.2f %14.3f\n", "precopy rdma write_pages loop (1 QP)", f->rr.mibps,
+		       f->rr.cpu_per_gib);
+		printf("%-44s %10.1f %14.3f\n", "precopy tcp write_pages loop (127.0.0.1)",
+		       f->tr.mibps, f->tr.cpu_per_gib);
+		printf("%-44s %10.2f %14.3f\n", "precopy rdma whole migration (idle guest)", f->mig,
+		       f->mig_cpu_per_gib);
+		printf("ratio rdma loop / ib_write_bw (mean of before and after): %.2f "
+		       "(goal >= 0.90)\n",
+		       f->base > 0 ? f->rr.mibps / f->base : 0);
+		printf("ratio rdma migration / ib_write_bw: %.2f\n",
+		       f->base > 0 ? f->mig / f->base : 0);
+		printf("source memory registration (on-demand 16 MiB chunks, %zu MiB): %.2f ms\n",
+		       region >> 20, f->rr.reg_ms);
+		printf("CPU: sending thread's time for the loops; whole process (both ends) for "
+		       "the migration\n");
+	}
+}
+
 int main(int argc, char **argv)
 {
 	const char *addr = getenv("PRECOPY_RDMA_ADDR"), *dev = getenv("PRECOPY_RDMA_DEV");
@@ -235,9 +278,9 @@ int main(int argc, char **argv)
 	unsigned mib = 128;
 	bool json = false;
 	char listen[160];
-	struct loop_result rr, tr;
 	struct precopy_stats st;
-	double base, b1, b2, mig = 0, mcpu = 0;
+	struct figures fig = { 0 };
+	double mcpu = 0;
 	size_t region = 64 * MiB;
 	uint8_t *src, *dst;
 	struct pc_guest_opts go = { .seed = 7 };
@@ -282,15 +325,15 @@ int main(int argc, char **argv)
 
 	/* the baseline before and after precopy's loop, averaged, so drift
 	 * on a shared machine hits both sides alike */
-	b1 = ib_write_bw(dev, addr, mib);
+	fig.b1 = ib_write_bw(dev, addr, mib);
 	snprintf(listen, sizeof(listen), "%s:0", addr);
-	rr = write_loop("rdma", listen, mib, src, dst, region);
-	b2 = ib_write_bw(dev, addr, mib);
-	base = b1 > 0 && b2 > 0 ? (b1 + b2) / 2 : 0;
-	tr = write_loop("tcp", "127.0.0.1:0", mib, src, dst, region);
-	if (rr.err || tr.err) {
+	fig.rr = write_loop("rdma", listen, mib, src, dst, region);
+	fig.b2 = ib_write_bw(dev, addr, mib);
+	fig.base = fig.b1 > 0 && fig.b2 > 0 ? (fig.b1 + fig.b2) / 2 : 0;
+	fig.tr = write_loop("tcp", "127.0.0.1:0", mib, src, dst, region);
+	if (fig.rr.err || fig.tr.err) {
 		fprintf(stderr, "precopy-bench-rdma: write loop failed: rdma %s, tcp %s\n",
-			strerror(-rr.err), strerror(-tr.err));
+			strerror(-fig.rr.err), strerror(-fig.tr.err));
 		return 1;
 	}
 	if (memcmp(src, dst, region) != 0) {
@@ -312,38 +355,9 @@ int main(int argc, char **argv)
 			st.error);
 		return 1;
 	}
-	mig = (double)ram / MiB / (st.total_time / 1e3);
-
-	if (json) {
-		printf("{\"bench\":\"rdma\",\"mib\":%u,\"ib_write_bw_MiBps\":%.2f,"
-		       "\"rdma_write_loop_MiBps\":%.2f,\"ratio\":%.3f,"
-		       "\"rdma_cpu_s_per_GiB\":%.3f,\"tcp_write_loop_MiBps\":%.1f,"
-		       "\"tcp_cpu_s_per_GiB\":%.3f,\"rdma_reg_ms\":%.2f,"
-		       "\"migrate_ram\":%llu,\"migrate_MiBps\":%.2f,\"migrate_ratio\":%.3f}\n",
-		       mib, base, rr.mibps, base > 0 ? rr.mibps / base : 0, rr.cpu_per_gib, tr.mibps,
-		       tr.cpu_per_gib, rr.reg_ms, (unsigned long long)ram, mig,
-		       base > 0 ? mig / base : 0);
-	} else {
-		printf("# %s on %s, 1 MiB writes, %u MiB per measurement; MiB/s = 2^20 B/s\n", dev,
-		       addr, mib);
-		printf("%-44s %10s %14s\n", "#what", "MiB/s", "CPU s/GiB");
-		printf("%-44s %10.2f %14s\n", "ib_write_bw -s 1048576 (before)", b1, "-");
-		printf("%-44s %10.2f %14s\n", "ib_write_bw -s 1048576 (after)", b2, "-");
-		printf("%-44s %10.2f %14.3f\n", "precopy rdma write_pages loop (1 QP)", rr.mibps,
-		       rr.cpu_per_gib);
-		printf("%-44s %10.1f %14.3f\n", "precopy tcp write_pages loop (127.0.0.1)",
-		       tr.mibps, tr.cpu_per_gib);
-		printf("%-44s %10.2f %14.3f\n", "precopy rdma whole migration (idle guest)", mig,
-		       mcpu / ((double)ram / (1 << 30)));
-		printf("ratio rdma loop / ib_write_bw (mean of before and after): %.2f "
-		       "(goal >= 0.90)\n",
-		       base > 0 ? rr.mibps / base : 0);
-		printf("ratio rdma migration / ib_write_bw: %.2f\n", base > 0 ? mig / base : 0);
-		printf("source memory registration (on-demand 16 MiB chunks, %zu MiB): %.2f ms\n",
-		       region >> 20, rr.reg_ms);
-		printf("CPU: sending thread's time for the loops; whole process (both ends) for "
-		       "the migration\n");
-	}
+	fig.mig = (double)ram / MiB / (st.total_time / 1e3);
+	fig.mig_cpu_per_gib = mcpu / ((double)ram / (1 << 30));
+	report(json, dev, addr, mib, ram, region, &fig);
 	munmap(src, region);
 	munmap(dst, ram);
 	pc_guest_delete(&g);

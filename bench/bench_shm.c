@@ -346,6 +346,43 @@ static void migrate_once(struct pc_guest *g, struct precopy_stats *st, double *r
 	pc_guest_resume(g); /* the next run migrates it again */
 }
 
+/* The series as one JSON line or a table; GiB/s rows also as a share of
+ * the memcpy baseline @mc. */
+static void report(bool json, struct series *const *all, unsigned n, struct series *mc,
+		   uint64_t ram, unsigned runs)
+{
+	if (json) {
+		printf("{\"bench\":\"shm\",\"ram_bytes\":%llu,\"runs\":%u,\"results\":[",
+		       (unsigned long long)ram, runs);
+		for (unsigned i = 0; i < n; i++) {
+			struct series *s = all[i];
+
+			printf("%s{\"name\":\"%s\",\"unit\":\"%s\",\"median\":%.3f,\"min\":%.3f,"
+			       "\"max\":%.3f",
+			       i ? "," : "", s->name, s->unit, median(s), smin(s), smax(s));
+			if (!strcmp(s->unit, "GiB/s"))
+				printf(",\"pct_of_memcpy\":%.1f", 100 * median(s) / median(mc));
+			printf("}");
+		}
+		printf("]}\n");
+	} else {
+		printf("# precopy-bench-shm: %llu MiB, %u runs interleaved; median, min, max\n"
+		       "# GiB/s = 2^30 bytes per second; %% is of the memcpy median of this run\n",
+		       (unsigned long long)(ram >> 20), runs);
+		printf("%-46s %9s %9s %9s %8s\n", "#test (unit)", "median", "min", "max", "%memcpy");
+		for (unsigned i = 0; i < n; i++) {
+			struct series *s = all[i];
+			char unit[64];
+
+			snprintf(unit, sizeof(unit), "%s (%s)", s->name, s->unit);
+			printf("%-46s %9.3f %9.3f %9.3f", unit, median(s), smin(s), smax(s));
+			if (!strcmp(s->unit, "GiB/s"))
+				printf(" %7.1f%%", 100 * median(s) / median(mc));
+			printf("\n");
+		}
+	}
+}
+
 int main(int argc, char **argv)
 {
 	uint64_t ram = 1ull << 30;
@@ -435,36 +472,7 @@ int main(int argc, char **argv)
 			fprintf(stderr, "run %u/%u done\n", r + 1, runs);
 	}
 
-	if (json) {
-		printf("{\"bench\":\"shm\",\"ram_bytes\":%llu,\"runs\":%u,\"results\":[",
-		       (unsigned long long)ram, runs);
-		for (unsigned i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
-			struct series *s = all[i];
-
-			printf("%s{\"name\":\"%s\",\"unit\":\"%s\",\"median\":%.3f,\"min\":%.3f,"
-			       "\"max\":%.3f",
-			       i ? "," : "", s->name, s->unit, median(s), smin(s), smax(s));
-			if (!strcmp(s->unit, "GiB/s"))
-				printf(",\"pct_of_memcpy\":%.1f", 100 * median(s) / median(&mc));
-			printf("}");
-		}
-		printf("]}\n");
-	} else {
-		printf("# precopy-bench-shm: %llu MiB, %u runs interleaved; median, min, max\n"
-		       "# GiB/s = 2^30 bytes per second; %% is of the memcpy median of this run\n",
-		       (unsigned long long)(ram >> 20), runs);
-		printf("%-46s %9s %9s %9s %8s\n", "#test (unit)", "median", "min", "max", "%memcpy");
-		for (unsigned i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
-			struct series *s = all[i];
-			char unit[64];
-
-			snprintf(unit, sizeof(unit), "%s (%s)", s->name, s->unit);
-			printf("%-46s %9.3f %9.3f %9.3f", unit, median(s), smin(s), smax(s));
-			if (!strcmp(s->unit, "GiB/s"))
-				printf(" %7.1f%%", 100 * median(s) / median(&mc));
-			printf("\n");
-		}
-	}
+	report(json, all, sizeof(all) / sizeof(all[0]), &mc, ram, runs);
 	munmap(dst, ram);
 	munmap(warm, ram);
 	close(warm_fd);

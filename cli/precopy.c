@@ -582,10 +582,13 @@ static int check_transport_flags(const char *cmd, const struct pc_cli *c)
 	return 0;
 }
 
-/* Whether @uri's transport authenticates with the shared key (rdma:). */
+/* Whether @uri's transport authenticates with the shared key (rdma:); not
+ * a URI that names no transport built in. */
 static bool takes_key(const char *uri)
 {
-	return uri && (pc_cli_uri_caps(uri) & PC_TCAP_AUTH_KEY);
+	uint32_t caps = uri ? pc_cli_uri_caps(uri) : ~0u;
+
+	return caps != ~0u && (caps & PC_TCAP_AUTH_KEY);
 }
 
 /*

@@ -69,7 +69,8 @@ struct pc_transport {
 	 * receiving thread after the CPU has placed a page run that arrived
 	 * on @chan (bytes [@off, @off + @len) of region @region), before the
 	 * next message of that channel is returned. Transports whose peer
-	 * writes without our CPU (RDMA, a shared memfd) cannot call it.
+	 * writes without our CPU (PC_TCAP_DIRECT_WRITE) cannot call it, and
+	 * the engine leaves it NULL on them.
 	 */
 	void (*placed)(void *arg, unsigned chan, uint32_t region, uint64_t off, uint64_t len);
 	void *placed_arg;

@@ -16,7 +16,8 @@ import struct
 import subprocess
 import sys
 
-from checks import check
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+from checks import check  # noqa: E402
 
 
 def png_size(path):

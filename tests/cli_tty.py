@@ -25,7 +25,8 @@ import sys
 import termios
 import fcntl
 
-from checks import check
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+from checks import check  # noqa: E402
 
 COLS = 120
 DEMO = ["demo", "--ram", "32M", "--dirty-rate", "8M"]

@@ -192,39 +192,17 @@ out_join:
 static int migrate_once(const char *listen, void *src, uint8_t *dst, size_t len,
 			struct precopy_stats *out, double *cpu)
 {
-	struct precopy_session *ss = NULL;
-	struct pcb_dest d = { 0 };
-	char uri[128];
-	double c0;
-	int err;
+	struct pcb_pair p;
+	int err = pcb_pair_open(&p, listen, src, dst, len, NULL, NULL, true);
 
-	err = precopy_new(PRECOPY_ROLE_DEST, NULL, NULL, &d.s);
-	if (!err && precopy_add_region(d.s, dst, len, PRECOPY_DIRTY_AUTO) < 0)
-		err = -EINVAL;
-	if (!err)
-		err = precopy_listen(d.s, listen);
-	if (!err)
-		err = precopy_local_uri(d.s, uri, sizeof(uri));
-	if (!err)
-		err = precopy_new(PRECOPY_ROLE_SOURCE, NULL, NULL, &ss);
-	if (!err && precopy_add_region(ss, src, len, PRECOPY_DIRTY_AUTO) < 0)
-		err = -EINVAL;
-	if (err)
-		goto out;
-	err = pcb_dest_start(&d);
-	if (err)
-		goto out;
-	c0 = pcb_clock(CLOCK_PROCESS_CPUTIME_ID);
-	err = precopy_migrate(ss, uri);
-	if (pcb_dest_join(&d) && !err)
-		err = d.err;
-	*cpu = pcb_clock(CLOCK_PROCESS_CPUTIME_ID) - c0;
-	precopy_query(ss, out);
-out:
-	if (ss)
-		precopy_delete(&ss);
-	if (d.s)
-		precopy_delete(&d.s);
+	if (!err) {
+		double c0 = pcb_clock(CLOCK_PROCESS_CPUTIME_ID);
+
+		err = pcb_pair_migrate(&p);
+		*cpu = pcb_clock(CLOCK_PROCESS_CPUTIME_ID) - c0;
+		precopy_query(p.src, out);
+	}
+	pcb_pair_close(&p);
 	return err;
 }
 

@@ -62,10 +62,8 @@ static int real_run(const struct scenario *sc, uint64_t ram, struct precopy_stat
 	struct precopy_callbacks cb = { .stop_vm = guest_stop, .resume_vm = guest_resume,
 					.set_throttle = guest_throttle };
 	struct precopy_params p;
-	struct precopy_session *s = NULL;
-	struct pcb_dest d = { 0 };
+	struct pcb_pair pair = { 0 };
 	struct pc_guest *g;
-	char uri[128];
 	void *dst;
 	int err;
 
@@ -76,31 +74,15 @@ static int real_run(const struct scenario *sc, uint64_t ram, struct precopy_stat
 	dst = mmap(NULL, ram, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	err = dst == MAP_FAILED ? -ENOMEM : 0;
 	if (!err)
-		err = precopy_new(PRECOPY_ROLE_DEST, NULL, NULL, &d.s);
-	if (!err && precopy_add_region(d.s, dst, ram, PRECOPY_DIRTY_AUTO) < 0)
-		err = -EINVAL;
-	if (!err)
-		err = precopy_listen(d.s, "tcp:127.0.0.1:0");
-	if (!err)
-		err = precopy_local_uri(d.s, uri, sizeof(uri));
-	if (!err)
-		err = precopy_new(PRECOPY_ROLE_SOURCE, &p, &cb, &s);
-	if (!err && precopy_add_region(s, pc_guest_ram(g, NULL), ram, PRECOPY_DIRTY_AUTO) < 0)
-		err = -EINVAL;
+		err = pcb_pair_open(&pair, "tcp:127.0.0.1:0", pc_guest_ram(g, NULL), dst, ram, &p,
+				    &cb, true);
 	if (!err)
 		err = pc_guest_start(g);
-	if (!err)
-		err = pcb_dest_start(&d);
 	if (!err) {
-		err = precopy_migrate(s, uri);
-		precopy_query(s, st);
-		if (pcb_dest_join(&d) && !err)
-			err = d.err;
+		err = pcb_pair_migrate(&pair);
+		precopy_query(pair.src, st);
 	}
-	if (s)
-		precopy_delete(&s);
-	if (d.s)
-		precopy_delete(&d.s);
+	pcb_pair_close(&pair);
 	if (dst != MAP_FAILED)
 		munmap(dst, ram);
 	pc_guest_delete(&g);

@@ -37,39 +37,15 @@
 static int migrate_once(void *src, uint8_t *dst, size_t len, bool populate,
 			struct precopy_stats *out, struct precopy_stats *dout)
 {
-	struct precopy_session *ss = NULL;
-	struct pcb_dest d = { 0 };
-	char uri[128];
-	int err;
+	struct pcb_pair p;
+	int err = pcb_pair_open(&p, "tcp:127.0.0.1:0", src, dst, len, NULL, NULL, populate);
 
-	err = precopy_new(PRECOPY_ROLE_DEST, NULL, NULL, &d.s);
-	if (!err && precopy_add_region(d.s, dst, len, PRECOPY_DIRTY_AUTO) < 0)
-		err = -EINVAL;
-	if (!err && !populate)
-		err = precopy_set_param(d.s, PRECOPY_PARAM_POPULATE, 0);
-	if (!err)
-		err = precopy_listen(d.s, "tcp:127.0.0.1:0");
-	if (!err)
-		err = precopy_local_uri(d.s, uri, sizeof(uri));
-	if (!err)
-		err = precopy_new(PRECOPY_ROLE_SOURCE, NULL, NULL, &ss);
-	if (!err && precopy_add_region(ss, src, len, PRECOPY_DIRTY_AUTO) < 0)
-		err = -EINVAL;
-	if (err)
-		goto out;
-	err = pcb_dest_start(&d);
-	if (err)
-		goto out;
-	err = precopy_migrate(ss, uri);
-	if (pcb_dest_join(&d) && !err)
-		err = d.err;
-	precopy_query(ss, out);
-	precopy_query(d.s, dout);
-out:
-	if (ss)
-		precopy_delete(&ss);
-	if (d.s)
-		precopy_delete(&d.s);
+	if (!err) {
+		err = pcb_pair_migrate(&p);
+		precopy_query(p.src, out);
+		precopy_query(p.d.s, dout);
+	}
+	pcb_pair_close(&p);
 	return err;
 }
 

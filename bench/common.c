@@ -43,6 +43,49 @@ int pcb_dest_join(struct pcb_dest *d)
 	return d->err;
 }
 
+int pcb_pair_open(struct pcb_pair *p, const char *listen, void *src, void *dst, size_t len,
+		  const struct precopy_params *params, const struct precopy_callbacks *cb,
+		  bool populate)
+{
+	int err;
+
+	*p = (struct pcb_pair){ 0 };
+	err = precopy_new(PRECOPY_ROLE_DEST, NULL, NULL, &p->d.s);
+	if (!err && precopy_add_region(p->d.s, dst, len, PRECOPY_DIRTY_AUTO) < 0)
+		err = -EINVAL;
+	if (!err && !populate)
+		err = precopy_set_param(p->d.s, PRECOPY_PARAM_POPULATE, 0);
+	if (!err)
+		err = precopy_listen(p->d.s, listen);
+	if (!err)
+		err = precopy_local_uri(p->d.s, p->uri, sizeof(p->uri));
+	if (!err)
+		err = precopy_new(PRECOPY_ROLE_SOURCE, params, cb, &p->src);
+	if (!err && precopy_add_region(p->src, src, len, PRECOPY_DIRTY_AUTO) < 0)
+		err = -EINVAL;
+	return err;
+}
+
+int pcb_pair_migrate(struct pcb_pair *p)
+{
+	int err = pcb_dest_start(&p->d);
+
+	if (err)
+		return err;
+	err = precopy_migrate(p->src, p->uri);
+	if (pcb_dest_join(&p->d) && !err)
+		err = p->d.err;
+	return err;
+}
+
+void pcb_pair_close(struct pcb_pair *p)
+{
+	if (p->src)
+		precopy_delete(&p->src);
+	if (p->d.s)
+		precopy_delete(&p->d.s);
+}
+
 struct sink {
 	int lfd;
 	uint8_t *dst; /* NULL: drain */

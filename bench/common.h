@@ -8,6 +8,7 @@
 #define PC_BENCH_COMMON_H
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
@@ -39,6 +40,30 @@ int pcb_dest_start(struct pcb_dest *d);
 
 /** pcb_dest_join() - wait for the thread. Return: precopy_incoming()'s. */
 int pcb_dest_join(struct pcb_dest *d);
+
+/** Two sessions in this process: a destination and the source sending to it. */
+struct pcb_pair {
+	struct precopy_session *src;
+	struct pcb_dest d;
+	char uri[128]; /**< where the destination listens */
+};
+
+/**
+ * pcb_pair_open() - @p->d.s receiving @len bytes into @dst, listening on
+ * @listen (with the "populate" parameter 0 unless @populate), and @p->src
+ * sending them from @src with @params and @cb (either may be NULL).
+ * Return: 0 or -errno; pcb_pair_close() either way.
+ */
+int pcb_pair_open(struct pcb_pair *p, const char *listen, void *src, void *dst, size_t len,
+		  const struct precopy_params *params, const struct precopy_callbacks *cb,
+		  bool populate);
+
+/** pcb_pair_migrate() - migrate from @p->src to @p->d.s, the destination in
+ *  a thread. Return: 0, or the source's or else the destination's -errno. */
+int pcb_pair_migrate(struct pcb_pair *p);
+
+/** pcb_pair_close() - delete both sessions (those that were made). */
+void pcb_pair_close(struct pcb_pair *p);
 
 /**
  * pcb_loopback_rate() - send @len bytes from @src over a TCP loopback

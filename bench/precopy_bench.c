@@ -67,6 +67,23 @@ struct point {
 	double cpu_dst;      /* CPU seconds per GiB, receiving thread(s) */
 };
 
+/* @pt from @iters writes of @size bytes in @secs: the average, the peak
+ * (at least the average), messages/s and each side's CPU seconds per GiB
+ * from @cpu_src and @cpu_dst seconds. */
+static void point_fill(struct point *pt, uint64_t size, uint64_t iters, double secs,
+		       double peak, double cpu_src, double cpu_dst)
+{
+	double gib = (double)iters * size / GiB;
+
+	pt->bytes = size;
+	pt->iters = iters;
+	pt->bw_avg = iters * size / secs / MiB;
+	pt->bw_peak = peak > pt->bw_avg ? peak : pt->bw_avg;
+	pt->mpps = iters / secs / 1e6;
+	pt->cpu_src = cpu_src / gib;
+	pt->cpu_dst = cpu_dst / gib;
+}
+
 struct tp_recv {
 	struct pc_transport *t;
 	unsigned chan;
@@ -224,13 +241,7 @@ static int tp_point(struct tp_pair *p, uint8_t *src, uint8_t *dst, size_t region
 		cr += rcv[c].cpu;
 		peak += snd[c].peak;
 	}
-	pt->bytes = size;
-	pt->iters = iters;
-	pt->bw_avg = iters * size / (t1 - t0) / MiB;
-	pt->bw_peak = peak > pt->bw_avg ? peak : pt->bw_avg;
-	pt->mpps = iters / (t1 - t0) / 1e6;
-	pt->cpu_src = cs / ((double)iters * size / GiB);
-	pt->cpu_dst = cr / ((double)iters * size / GiB);
+	point_fill(pt, size, iters, t1 - t0, peak, cs, cr);
 	return err;
 }
 
@@ -312,13 +323,7 @@ static int sock_point(uint8_t *src, uint8_t *dst, size_t region, uint64_t size, 
 	pthread_join(t, NULL);
 	t1 = pcb_now();
 	close(k.lfd);
-	pt->bytes = size;
-	pt->iters = iters;
-	pt->bw_avg = iters * size / (t1 - t0) / MiB;
-	pt->bw_peak = peak > pt->bw_avg ? peak : pt->bw_avg;
-	pt->mpps = iters / (t1 - t0) / 1e6;
-	pt->cpu_src = cs / ((double)iters * size / GiB);
-	pt->cpu_dst = k.cpu / ((double)iters * size / GiB);
+	point_fill(pt, size, iters, t1 - t0, peak, cs, k.cpu);
 	return 0;
 }
 
@@ -336,12 +341,7 @@ static int memcpy_point(uint8_t *src, uint8_t *dst, size_t region, uint64_t size
 		off += size;
 	}
 	t1 = pcb_now();
-	pt->bytes = size;
-	pt->iters = iters;
-	pt->bw_avg = pt->bw_peak = iters * size / (t1 - t0) / MiB;
-	pt->mpps = iters / (t1 - t0) / 1e6;
-	pt->cpu_src = (pcb_clock(CLOCK_THREAD_CPUTIME_ID) - c0) / ((double)iters * size / GiB);
-	pt->cpu_dst = 0;
+	point_fill(pt, size, iters, t1 - t0, 0, pcb_clock(CLOCK_THREAD_CPUTIME_ID) - c0, 0);
 	return 0;
 }
 

@@ -59,6 +59,8 @@ struct pc_stream_chan {
 	uint8_t *rbuf;    /* receive buffer */
 	size_t rpos, rlen;
 	_Atomic uint64_t last_tx_ns; /* monotonic time of the last send */
+	uint8_t *rx_bounce; /* page runs are received into this, then copied */
+	uint8_t *tx_bounce; /* and copied into this, then sent */
 };
 
 struct pc_stream_region {

@@ -366,9 +366,8 @@ int pc_stream_write_pages(struct pc_transport *t, unsigned chan,
 /* Read exactly @n bytes from the channel into @dst. Bytes already in the
  * channel's buffer are taken first; then each recvmsg() puts the wanted
  * bytes straight into @dst and lets at most RTAIL bytes that follow (the
- * next frame header, say) spill into the buffer, so page data is not
- * bounced through a staging buffer and small frames do not cost a system
- * call each. */
+ * next frame header, say) spill into the buffer, so small frames do not
+ * cost a system call each. */
 static int chan_read(struct pc_stream *s, unsigned chan, void *dst, size_t n)
 {
 	struct pc_stream_chan *c = &s->ch[chan];

@@ -8,8 +8,9 @@
  *   le32 region   PAGES: the receiver's exposed region id; MSG: 0
  *   le64 offset   PAGES: byte offset in the region; MSG: 0
  *   le64 len      bytes that follow
- * PAGES frames are received straight into the exposed region after the
- * bounds check; a MSG frame is handed to the caller of recv_msg.
+ * PAGES frames are written into the exposed region after the bounds
+ * check (plain sockets: through the channel's bounce buffer, see
+ * stream.c); a MSG frame is handed to the caller of recv_msg.
  *
  * Heartbeats (pc_stream_beats_start()): a BEAT frame (region, offset and
  * len all 0) goes out on every channel that has sent nothing for a third

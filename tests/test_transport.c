@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -148,6 +149,55 @@ static void write_pages__in_place_before_next_message(void **state)
 	assert_memory_equal(dst + rlen - 4096, src + rlen - 4096, 4096);
 	for (size_t i = 4096; i < 8192; i++)
 		assert_int_equal(dst[i], 0); /* untouched between runs */
+	pair_close(&p);
+	free(src);
+	free(dst);
+}
+
+/*
+ * One write_pages call of runs of every size: one that spans many
+ * buffers' worth of bytes (tcp copies page data through a 64 KiB buffer,
+ * so a run goes in pieces), more runs than one system call takes (256),
+ * and a big run after them. Every byte lands where its run says, and
+ * nothing between the runs is written.
+ */
+static void write_pages__runs_of_every_size(void **state)
+{
+	const size_t pg = 4096, rlen = 4u << 20;
+	uint8_t *src = malloc(rlen), *dst = calloc(1, rlen);
+	struct pc_page_run runs[302];
+	unsigned n = 0;
+	struct pair p;
+	uint8_t msg[8] = "marker";
+	struct iovec v = { msg, sizeof(msg) };
+	size_t len;
+
+	(void)state;
+	for (size_t i = 0; i < rlen; i++)
+		src[i] = (uint8_t)(i * 31 + (i >> 12) + 5);
+	pair_open(&p, 1);
+	assert_int_equal(p.b->ops->expose_region(p.b, 0, dst, rlen), 0);
+	assert_int_equal(p.a->ops->reg_local(p.a, src, rlen), 0);
+	runs[n++] = (struct pc_page_run){ src + pg, 0, pg, 75 * pg }; /* pages 1..75 */
+	for (unsigned i = 0; i < 300; i++) /* pages 100, 102, ..., 698 */
+		runs[n++] = (struct pc_page_run){ src + (100 + 2 * i) * pg, 0,
+						  (100 + 2 * i) * pg, pg };
+	runs[n++] = (struct pc_page_run){ src + 800 * pg, 0, 800 * pg, 200 * pg };
+	assert_int_equal(pc_tp_write_pages(p.a, 0, runs, n), 0);
+	assert_int_equal(pc_tp_send_msg(p.a, 0, &v, 1), 0);
+	assert_int_equal(pc_tp_recv_msg(p.b, 0, msg, sizeof(msg), &len), 0);
+	for (size_t page = 0; page < rlen / pg; page++) {
+		bool sent = (page >= 1 && page <= 75) ||
+			    (page >= 100 && page <= 698 && page % 2 == 0) ||
+			    (page >= 800 && page < 1000);
+
+		if (sent) {
+			assert_memory_equal(dst + page * pg, src + page * pg, pg);
+		} else {
+			for (size_t i = 0; i < pg; i++)
+				assert_int_equal(dst[page * pg + i], 0);
+		}
+	}
 	pair_close(&p);
 	free(src);
 	free(dst);
@@ -538,6 +588,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(connect_accept__channels),
 		cmocka_unit_test(send_recv__in_order_per_channel),
 		cmocka_unit_test(write_pages__in_place_before_next_message),
+		cmocka_unit_test(write_pages__runs_of_every_size),
 		cmocka_unit_test(link_stats__count_what_left),
 		cmocka_unit_test(write_pages__outside_region_refused),
 		cmocka_unit_test(write_pages__unexposed_region_refused),

@@ -8,8 +8,9 @@
  *   le32 region   PAGES: the receiver's exposed region id; MSG: 0
  *   le64 offset   PAGES: byte offset in the region; MSG: 0
  *   le64 len      bytes that follow
- * PAGES frames are received straight into the exposed region after the
- * bounds check; a MSG frame is handed to the caller of recv_msg.
+ * PAGES frames are written into the exposed region after the bounds
+ * check (plain sockets: through the channel's bounce buffer, see
+ * stream.c); a MSG frame is handed to the caller of recv_msg.
  *
  * Heartbeats (pc_stream_beats_start()): a BEAT frame (region, offset and
  * len all 0) goes out on every channel that has sent nothing for a third
@@ -84,6 +85,8 @@ struct pc_stream_chan {
 	_Atomic uint64_t last_tx_ns; /* monotonic time of the last send */
 	int fdq[PC_STREAM_FDQ_MAX]; /* fds received, not yet claimed by a frame */
 	unsigned nfdq;
+	uint8_t *rx_bounce; /* page runs are received into this, then copied */
+	uint8_t *tx_bounce; /* and copied into this, then sent */
 };
 
 struct pc_stream_region {

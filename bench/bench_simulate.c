@@ -53,10 +53,6 @@ static void *dest_main(void *arg)
 	return NULL;
 }
 
-static int guest_stop(void *o) { return pc_guest_pause(o); }
-static int guest_resume(void *o) { return pc_guest_resume(o); }
-static int guest_throttle(void *o, unsigned pct) { return pc_guest_set_throttle(o, pct); }
-
 static void params_for(const struct scenario *sc, struct precopy_params *p)
 {
 	precopy_params_init(p);
@@ -71,8 +67,7 @@ static int real_run(const struct scenario *sc, uint64_t ram, struct precopy_stat
 {
 	struct pc_guest_opts go = { .ram = ram, .dirty_rate = (double)sc->dirty,
 				    .pattern = sc->pattern, .threads = 1, .seed = 3 };
-	struct precopy_callbacks cb = { .stop_vm = guest_stop, .resume_vm = guest_resume,
-					.set_throttle = guest_throttle };
+	struct precopy_callbacks cb;
 	struct precopy_params p;
 	struct precopy_session *s = NULL;
 	struct dest d = { 0 };
@@ -85,7 +80,7 @@ static int real_run(const struct scenario *sc, uint64_t ram, struct precopy_stat
 	params_for(sc, &p);
 	if (pc_guest_new(&go, &g))
 		return -ENOMEM;
-	cb.opaque = g;
+	cb = pc_guest_callbacks(g, NULL, NULL);
 	dst = mmap(NULL, ram, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	err = dst == MAP_FAILED ? -ENOMEM : 0;
 	if (!err)

@@ -71,6 +71,11 @@ int pc_cli_parse_size(const char *s, uint64_t *out);
 int pc_cli_parse_u64(const char *s, uint64_t *out);
 /** Format @bytes as "1.5 GiB" into @buf. */
 const char *pc_cli_fmt_bytes(double bytes, char *buf, size_t len);
+/** Descriptors open in this process (without pipes when @skip_pipes:
+ *  sanitizers' symbolizers open some), or -1. */
+long pc_cli_count_fds(bool skip_pipes);
+/** Resident memory of this process in KiB (VmRSS), or -1. */
+long pc_cli_rss_kib(void);
 
 /* Subcommands: each returns the process exit status (0, 1, or 2). */
 int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current);

@@ -45,6 +45,7 @@ struct h_src {
 	/** Called from the progress hook (on the migrating thread), if set. */
 	void (*on_progress)(struct h_src *s, const struct precopy_stats *st);
 	void *opaque; /**< the test's, for the hooks above */
+	struct precopy_callbacks guest_cb; /**< the guest's own (pc_guest_callbacks()) */
 };
 
 /** Map @len bytes, listen on tcp:127.0.0.1:0, accept in a thread. */
@@ -97,6 +98,21 @@ void h_src_free(struct h_src *s);
 /** Whether @g still runs: its write count grows (waits up to 30 s for it,
  *  however loaded the machine). */
 bool h_guest_runs(struct pc_guest *g);
+
+/* Fixtures: each fails the running cmocka test when its check fails. */
+
+/** A new guest with @o, its writers started. */
+struct pc_guest *h_guest_new(const struct pc_guest_opts *o);
+/** @g still runs (h_guest_runs()) and its memory is exactly what it
+ *  wrote; @what names it in the failure ("source"). */
+void h_check_guest_intact(struct pc_guest *g, const char *what);
+/** After a migration that succeeded: the source guest stopped for good
+ *  (every other stop_vm resumed), the destination resumed once with the
+ *  device state, both memories equal, the destination's verified against
+ *  the guest's descriptor, both sessions COMPLETED. */
+void h_check_migrated(struct h_src *s, struct h_dest *d);
+/** @s is in @want; a FAILED or CANCELLED session says why. */
+void h_expect_status(struct precopy_session *s, enum precopy_status want);
 
 /** Wait until @s reaches @st (or ends), at most @ms. Return: true if reached. */
 bool h_wait_status(struct precopy_session *s, enum precopy_status st, unsigned ms);

@@ -342,6 +342,39 @@ void h_check_migrated(struct h_src *s, struct h_dest *d)
 	assert_int_equal(st.status, PRECOPY_STATUS_COMPLETED);
 }
 
+void h_src_go(struct h_src *s, struct pc_guest *g, const struct precopy_params *p,
+	      const char *uri)
+{
+	assert_int_equal(h_src_new(s, g, p, PRECOPY_DIRTY_AUTO), 0);
+	assert_int_equal(h_src_start(s, uri), 0);
+}
+
+void h_check_source_back(struct h_src *s, enum precopy_status want)
+{
+	h_expect_status(s->s, want);
+	assert_int_equal(s->resumes, s->stops);
+	h_check_guest_intact(s->guest, "source");
+}
+
+void h_free_all(struct h_src *s, struct h_dest *d, struct pc_guest **g)
+{
+	if (s)
+		h_src_free(s);
+	if (d)
+		h_dest_free(d);
+	if (g)
+		pc_guest_delete(g);
+}
+
+void h_migrate_ok(struct h_src *s, struct h_dest *d, struct pc_guest *g,
+		  const struct precopy_params *p)
+{
+	h_src_go(s, g, p, d->uri);
+	assert_int_equal(h_src_join(s), 0);
+	assert_int_equal(h_dest_join(d), 0);
+	h_check_migrated(s, d);
+}
+
 void h_expect_status(struct precopy_session *s, enum precopy_status want)
 {
 	struct precopy_stats st;

@@ -111,6 +111,20 @@ void h_check_guest_intact(struct pc_guest *g, const char *what);
  *  device state, both memories equal, the destination's verified against
  *  the guest's descriptor, both sessions COMPLETED. */
 void h_check_migrated(struct h_src *s, struct h_dest *d);
+/** h_src_new() for @g with @p (NULL: defaults) and PRECOPY_DIRTY_AUTO,
+ *  then h_src_start() to @uri. */
+void h_src_go(struct h_src *s, struct pc_guest *g, const struct precopy_params *p,
+	      const char *uri);
+/** After a migration that failed or was cancelled: @s is in @want, every
+ *  stop_vm was resumed, and the guest runs on intact. */
+void h_check_source_back(struct h_src *s, enum precopy_status want);
+/** Free whichever of @s, @d, *@g is not NULL. */
+void h_free_all(struct h_src *s, struct h_dest *d, struct pc_guest **g);
+/** Migrate @g with @p (NULL: defaults) into @d, started: both ends
+ *  succeed and h_check_migrated() holds. @s stays for the caller's checks
+ *  (then h_src_free()). */
+void h_migrate_ok(struct h_src *s, struct h_dest *d, struct pc_guest *g,
+		  const struct precopy_params *p);
 /** @s is in @want; a FAILED or CANCELLED session says why. */
 void h_expect_status(struct precopy_session *s, enum precopy_status want);
 

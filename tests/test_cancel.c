@@ -91,11 +91,7 @@ static void intact_then_retry(struct pc_guest *g)
 
 	h_check_guest_intact(g, "source");
 	assert_int_equal(dest_start(&d, NULL, true, NULL), 0);
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
-	assert_int_equal(h_src_join(&s), 0);
-	assert_int_equal(h_dest_join(&d), 0);
-	h_check_migrated(&s, &d);
+	h_migrate_ok(&s, &d, g, NULL);
 	h_src_free(&s);
 	h_dest_free(&d);
 }
@@ -201,8 +197,7 @@ static void cancel__source_in_setup(void **state)
 
 	(void)state;
 	mute_start(&m, uri, sizeof(uri));
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, uri), 0);
+	h_src_go(&s, g, NULL, uri);
 	assert_true(h_wait_status(s.s, PRECOPY_STATUS_SETUP, 10000));
 	usleep(200 * 1000); /* connected, waiting for the handshake */
 	assert_int_equal(precopy_cancel(s.s), 0);
@@ -252,8 +247,7 @@ static void cancel__source_after_completion(void **state)
 
 	(void)state;
 	assert_int_equal(dest_start(&d, NULL, true, NULL), 0);
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
+	h_src_go(&s, g, NULL, d.uri);
 	assert_int_equal(h_src_join(&s), 0);
 	assert_int_equal(h_dest_join(&d), 0);
 	assert_int_equal(precopy_cancel(s.s), -EALREADY);
@@ -327,8 +321,7 @@ static void cancel__source_connecting(void **state)
 		snprintf(uri, sizeof(uri), "tcp:127.0.0.1:%u", syn_sink(fds));
 		p.timeout_ms = 3600000;
 	}
-	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, uri), 0);
+	h_src_go(&s, g, &p, uri);
 	assert_true(h_wait_status(s.s, PRECOPY_STATUS_SETUP, 10000));
 	usleep(300 * 1000);
 	precopy_query(s.s, &st);
@@ -362,8 +355,7 @@ static void cancel_source_in(enum precopy_status when)
 	p.max_bandwidth = 16 * MiB; /* a bulk pass of 2 s */
 	p.downtime_limit_ms = 1;     /* then iterations until cancelled */
 	assert_int_equal(dest_start(&d, NULL, true, NULL), 0);
-	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
+	h_src_go(&s, g, &p, d.uri);
 	assert_true(h_wait_status(s.s, when, 30000));
 	usleep(100 * 1000);
 	assert_int_equal(precopy_cancel(s.s), 0);
@@ -402,8 +394,7 @@ static void cancel__source_after_failure(void **state)
 	(void)state;
 	mute_start(&m, uri, sizeof(uri));
 	mute_stop(&m); /* nobody listens there now */
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, uri), 0);
+	h_src_go(&s, g, NULL, uri);
 	assert_true(h_src_join(&s) < 0);
 	h_expect_status(s.s, PRECOPY_STATUS_FAILED);
 	assert_int_equal(precopy_cancel(s.s), -EALREADY);
@@ -454,8 +445,7 @@ static void cancel_dest_in(enum precopy_status when)
 	p.max_bandwidth = 16 * MiB; /* a bulk pass of 2 s */
 	p.downtime_limit_ms = 1;     /* then iterations until cancelled */
 	assert_int_equal(dest_start(&d, NULL, true, NULL), 0);
-	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
+	h_src_go(&s, g, &p, d.uri);
 	assert_true(h_wait_status(d.s, when, 30000));
 	usleep(100 * 1000);
 	assert_int_equal(precopy_cancel(d.s), 0);
@@ -500,8 +490,7 @@ static void cancel__dest_in_switchover(void **state)
 
 	(void)state;
 	assert_int_equal(dest_start(&d, NULL, true, cancel_from_load_hook), 0);
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
+	h_src_go(&s, g, NULL, d.uri);
 	assert_int_equal(h_dest_join(&d), -ECANCELED);
 	h_expect_status(d.s, PRECOPY_STATUS_CANCELLED);
 	assert_true(d.have_desc);     /* it got as far as the device state */
@@ -525,8 +514,7 @@ static void cancel__dest_after_completion(void **state)
 
 	(void)state;
 	assert_int_equal(dest_start(&d, NULL, true, NULL), 0);
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
+	h_src_go(&s, g, NULL, d.uri);
 	assert_int_equal(h_dest_join(&d), 0);
 	assert_int_equal(precopy_cancel(d.s), -EALREADY);
 	h_expect_status(d.s, PRECOPY_STATUS_COMPLETED);

@@ -26,13 +26,8 @@
 
 static struct pc_guest *make_guest(size_t ram, double rate, enum pc_guest_pattern pat)
 {
-	struct pc_guest_opts o = { .ram = ram, .dirty_rate = rate, .pattern = pat,
-				   .threads = 1, .seed = 5 };
-	struct pc_guest *g;
-
-	assert_int_equal(pc_guest_new(&o, &g), 0);
-	assert_int_equal(pc_guest_start(g), 0);
-	return g;
+	return h_guest_new(&(struct pc_guest_opts){ .ram = ram, .dirty_rate = rate,
+						    .pattern = pat, .threads = 1, .seed = 5 });
 }
 
 static int hint_one(struct precopy_session *s, uint64_t page)
@@ -82,9 +77,7 @@ static void hint_before_arming__refused_page_arrives(void **state)
 	assert_int_equal(hint_err, -EAGAIN);
 	/* once ended, too late */
 	assert_int_equal(hint_one(s.s, HINTED), -EBUSY);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
+	h_free_all(&s, &d, &g);
 }
 
 /* From the progress hook at BULK (the log is armed, no page sent yet):
@@ -131,9 +124,7 @@ static void hint_during__written_page_arrives(void **state)
 		      st.iteration);
 	assert_int_equal(st.free_skipped, 1);
 	assert_true(st.iteration >= 1);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
+	h_free_all(&s, &d, &g);
 }
 
 /* From the progress hook at BULK: hint page 12 free, leave it alone. */
@@ -177,9 +168,7 @@ static void hint_during__unwritten_page_skipped(void **state)
 	assert_int_equal(memcmp(mem, d.ram, HINTED * PAGE), 0);
 	assert_int_equal(memcmp(mem + (HINTED + 1) * PAGE, (uint8_t *)d.ram + (HINTED + 1) * PAGE,
 				len - (HINTED + 1) * PAGE), 0);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
+	h_free_all(&s, &d, &g);
 }
 
 /* --- max-forced-downtime ------------------------------------------------ */
@@ -200,12 +189,11 @@ static void forced_params(struct precopy_params *p)
 
 static void run_forced(uint64_t bound, int *src_err, int *dest_err, struct precopy_stats *st)
 {
-	struct pc_guest *g = make_guest(32 * MiB, 64.0 * MiB, PC_GUEST_RANDOM);
+	size_t len = 32 * MiB;
+	struct pc_guest *g = make_guest(len, 64.0 * MiB, PC_GUEST_RANDOM);
 	struct precopy_params p;
 	struct h_dest d;
 	struct h_src s;
-	size_t len;
-	void *mem = pc_guest_ram(g, &len);
 	uint64_t v = 0;
 
 	forced_params(&p);
@@ -219,25 +207,16 @@ static void run_forced(uint64_t bound, int *src_err, int *dest_err, struct preco
 	*dest_err = h_dest_join(&d);
 	precopy_query(s.s, st);
 	if (*src_err) {
-		struct pc_guest_desc desc;
-		char why[256];
-
 		/* aborted: the guest runs on here, intact; never resumed there */
 		assert_int_equal(s.resumes, s.stops);
-		assert_true(h_guest_runs(g));
-		pc_guest_pause(g);
-		pc_guest_describe(g, &desc);
-		assert_int_equal(pc_guest_verify(mem, len, &desc, why, sizeof(why)), 0);
-		pc_guest_resume(g);
+		h_check_guest_intact(g, "source");
 		assert_int_equal(d.resumed, 0);
 	} else {
 		char why[256];
 
 		assert_int_equal(pc_guest_verify(d.ram, len, &d.desc, why, sizeof(why)), 0);
 	}
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
+	h_free_all(&s, &d, &g);
 }
 
 /* The forced pause is expected to take more than the bound (1 ms): abort. */

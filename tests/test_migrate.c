@@ -38,15 +38,9 @@ static void run_pattern(unsigned channels)
 	precopy_params_init(&p);
 	p.channels = channels;
 	assert_int_equal(h_dest_start(&d, ram), 0);
-	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
-	assert_int_equal(h_src_join(&s), 0);
-	assert_int_equal(h_dest_join(&d), 0);
+	h_migrate_ok(&s, &d, g, &p);
 	assert_true(pc_guest_writes(g) > 0); /* the guest really ran */
-	h_check_migrated(&s, &d);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
+	h_free_all(&s, &d, &g);
 }
 
 static void migrate__pattern_running_1_channel(void **state)
@@ -74,19 +68,13 @@ static void migrate__idle_guest_zero_pages_as_runs(void **state)
 	assert_int_equal(h_dest_start(&d, ram), 0);
 	/* make the destination dirty so zero runs must really clear it */
 	memset(d.ram, 0x5a, ram);
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
-	assert_int_equal(h_src_join(&s), 0);
-	assert_int_equal(h_dest_join(&d), 0);
-	h_check_migrated(&s, &d);
+	h_migrate_ok(&s, &d, g, NULL);
 	precopy_query(s.s, &st);
 	assert_true(st.duplicate > ram / 4096 * 40 / 100);
 	assert_true(st.duplicate + st.normal >= ram / 4096);
 	/* zero pages cost a run record, not 4 KiB */
 	assert_true(st.transferred < (st.normal + 64) * 4096 + st.duplicate * 64);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
+	h_free_all(&s, &d, &g);
 }
 
 /* Heartbeats: each end's slow local work (here 3 s of saving and of
@@ -126,9 +114,7 @@ static void beats__slow_ends_outlive_a_short_timeout(void **state)
 	assert_int_equal(h_src_join(&s), 0);
 	assert_int_equal(h_dest_join(&d), 0);
 	h_check_migrated(&s, &d);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
+	h_free_all(&s, &d, &g);
 }
 
 static void migrate__region_mismatch_refused(void **state)
@@ -140,16 +126,13 @@ static void migrate__region_mismatch_refused(void **state)
 
 	(void)state;
 	assert_int_equal(h_dest_start(&d, 4 * MiB), 0);
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
+	h_src_go(&s, g, NULL, d.uri);
 	assert_true(h_src_join(&s) < 0);
 	assert_true(h_dest_join(&d) < 0);
 	precopy_strerror(s.s, msg, sizeof(msg));
 	assert_non_null(strstr(msg, "region 0"));
 	assert_int_equal(s.stops, 0);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
+	h_free_all(&s, &d, &g);
 }
 
 static void api__bad_arguments(void **state)

@@ -75,14 +75,9 @@ static double now_s(void)
 
 static struct pc_guest *make_guest(size_t ram, double rate)
 {
-	struct pc_guest_opts o = { .ram = ram, .dirty_rate = rate,
-				   .pattern = PC_GUEST_SEQUENTIAL, .threads = 1,
-				   .zero_pct = 10, .seed = 99 };
-	struct pc_guest *g;
-
-	assert_int_equal(pc_guest_new(&o, &g), 0);
-	assert_int_equal(pc_guest_start(g), 0);
-	return g;
+	return h_guest_new(&(struct pc_guest_opts){ .ram = ram, .dirty_rate = rate,
+						    .pattern = PC_GUEST_SEQUENTIAL, .threads = 1,
+						    .zero_pct = 10, .seed = 99 });
 }
 
 /* One migration of 48 MiB; @pin_all: the registration asked for with
@@ -98,8 +93,6 @@ static void run_migration(unsigned channels, const char *key, bool pin_all, bool
 	struct h_dest d;
 	struct h_src s;
 	char why[256];
-	size_t len;
-	void *src = pc_guest_ram(g, &len);
 	size_t klen = key ? strlen(key) : 0;
 	int err;
 
@@ -122,14 +115,8 @@ static void run_migration(unsigned channels, const char *key, bool pin_all, bool
 	assert_true(pc_guest_writes(g) > 0);
 	/* stopped once for good; on a soft-dirty kernel (the 6.1 VM) the
 	 * guest is also paused around each dirty sync */
-	assert_true(s.stops >= 1);
-	assert_int_equal(s.resumes, s.stops - 1);
-	assert_int_equal(d.resumed, 1);
-	assert_true(d.have_desc);
-	assert_int_equal(memcmp(src, d.ram, len), 0);
-	assert_int_equal(pc_guest_verify(d.ram, d.len, &d.desc, why, sizeof(why)), 0);
+	h_check_migrated(&s, &d);
 	precopy_query(s.s, &st);
-	assert_int_equal(st.status, PRECOPY_STATUS_COMPLETED);
 	assert_int_equal(precopy_set_registration(s.s, PRECOPY_REG_PIN_ALL), -EBUSY);
 	/* pin-all: the one region whole; on demand: 16 MiB chunks, all of
 	 * them touched by the bulk pass. The destination registers its one
@@ -146,9 +133,7 @@ static void run_migration(unsigned channels, const char *key, bool pin_all, bool
 	       (unsigned long long)st.downtime, st.bandwidth_busy / 1048576.0, sreg.ns / 1e6,
 	       (unsigned long long)sreg.count, want_pin_all ? "pin-all" : "on demand",
 	       dreg.ns / 1e6);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
+	h_free_all(&s, &d, &g);
 }
 
 static void migrate__pattern_1_qp_with_key(void **state)
@@ -396,8 +381,7 @@ static void migrate__dest_killed_source_survives(void **state)
 	mem = pc_guest_ram(g, &len);
 	precopy_params_init(&p);
 	p.max_bandwidth = 4 * MiB; /* slow: still sending when the peer dies */
-	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, uri), 0);
+	h_src_go(&s, g, &p, uri);
 	if (!h_wait_status(s.s, PRECOPY_STATUS_BULK, 60000)) {
 		precopy_strerror(s.s, why, sizeof(why));
 		print_error("source: %s\n", why);
@@ -1690,8 +1674,7 @@ static void intact_then_retry(struct pc_guest *g)
 	pc_guest_resume(g);
 
 	assert_int_equal(h_dest_start_key(&d, len, listen_uri, false, NULL, 0), 0);
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
+	h_src_go(&s, g, NULL, d.uri);
 	assert_int_equal(h_src_join(&s), 0);
 	assert_int_equal(h_dest_join(&d), 0);
 	assert_int_equal(d.resumed, 1);
@@ -1719,8 +1702,7 @@ static void end_with(enum end_how how)
 	if (how == END_SOURCE_CANCELS)
 		p.max_bandwidth = 4 * MiB; /* still in bulk when cancelled */
 	spy_dest_start(&d, ram, how == END_LOAD_FAILS ? -EIO : 0);
-	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
+	h_src_go(&s, g, &p, d.uri);
 	if (how == END_SOURCE_CANCELS) {
 		assert_true(h_wait_status(d.s, PRECOPY_STATUS_BULK, 60000));
 		usleep(500 * 1000);
@@ -2108,8 +2090,7 @@ static void hung__dest_stopped_source_fails(void **state)
 	precopy_params_init(&p);
 	p.max_bandwidth = 4 * MiB; /* still in bulk when the peer stops */
 	p.timeout_ms = 3000;
-	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, uri), 0);
+	h_src_go(&s, g, &p, uri);
 	if (!h_wait_status(s.s, PRECOPY_STATUS_BULK, 60000)) {
 		kill(pid, SIGKILL);
 		waitpid(pid, &status, 0);

@@ -59,50 +59,18 @@ static const char *new_uri(char *buf, size_t len)
 
 static struct pc_guest *make_guest(size_t ram, double rate, bool memfd)
 {
-	struct pc_guest_opts o = { .ram = ram, .dirty_rate = rate,
-				   .pattern = PC_GUEST_SEQUENTIAL, .threads = 1,
-				   .zero_pct = 10, .seed = 7, .memfd = memfd };
-	struct pc_guest *g;
-
-	assert_int_equal(pc_guest_new(&o, &g), 0);
-	assert_int_equal(pc_guest_start(g), 0);
-	return g;
+	return h_guest_new(&(struct pc_guest_opts){ .ram = ram, .dirty_rate = rate,
+						    .pattern = PC_GUEST_SEQUENTIAL, .threads = 1,
+						    .zero_pct = 10, .seed = 7, .memfd = memfd });
 }
 
-static void check_migrated(struct h_src *s, struct h_dest *d)
+/* h_migrate_ok(), and the source stopped once, never resumed. */
+static void migrate_ok(struct h_src *s, struct h_dest *d, struct pc_guest *g,
+		       const struct precopy_params *p)
 {
-	struct precopy_stats st;
-	char why[256];
-	size_t len;
-	void *src = pc_guest_ram(s->guest, &len);
-
+	h_migrate_ok(s, d, g, p);
 	assert_int_equal(s->stops, 1);
 	assert_int_equal(s->resumes, 0);
-	assert_int_equal(d->resumed, 1);
-	assert_true(d->have_desc);
-	assert_int_equal(memcmp(src, d->ram, len), 0);
-	if (pc_guest_verify(d->ram, d->len, &d->desc, why, sizeof(why)))
-		fail_msg("destination memory: %s", why);
-	precopy_query(s->s, &st);
-	assert_int_equal(st.status, PRECOPY_STATUS_COMPLETED);
-	precopy_query(d->s, &st);
-	assert_int_equal(st.status, PRECOPY_STATUS_COMPLETED);
-}
-
-/* The source guest runs on and its memory is exactly what it wrote. */
-static void check_source_intact(struct pc_guest *g)
-{
-	struct pc_guest_desc desc;
-	char why[256];
-	size_t len;
-	void *mem = pc_guest_ram(g, &len);
-
-	assert_true(h_guest_runs(g));
-	pc_guest_pause(g);
-	pc_guest_describe(g, &desc);
-	if (pc_guest_verify(mem, len, &desc, why, sizeof(why)))
-		fail_msg("source memory: %s", why);
-	pc_guest_resume(g);
 }
 
 static void copy_mode(bool memfd_dest, unsigned channels)
@@ -117,15 +85,9 @@ static void copy_mode(bool memfd_dest, unsigned channels)
 	precopy_params_init(&p);
 	p.channels = channels;
 	assert_int_equal(h_dest_start_uri(&d, ram, new_uri(uri, sizeof(uri)), memfd_dest), 0);
-	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
-	assert_int_equal(h_src_join(&s), 0);
-	assert_int_equal(h_dest_join(&d), 0);
+	migrate_ok(&s, &d, g, &p);
 	assert_true(pc_guest_writes(g) > 0);
-	check_migrated(&s, &d);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
+	h_free_all(&s, &d, &g);
 }
 
 static void copy__memfd_destination_1_channel(void **state)
@@ -161,11 +123,7 @@ static void handoff__running_guest(void **state)
 	(void)state;
 	usleep(50 * 1000); /* let the guest write */
 	assert_int_equal(h_dest_start_uri(&d, ram, new_uri(uri, sizeof(uri)), false), 0);
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
-	assert_int_equal(h_src_join(&s), 0);
-	assert_int_equal(h_dest_join(&d), 0);
-	check_migrated(&s, &d);
+	migrate_ok(&s, &d, g, NULL);
 	precopy_query(s.s, &st);
 	assert_int_equal(st.normal, 0);       /* no page was copied */
 	assert_true(st.transferred < 64 * 1024); /* device state and records */
@@ -173,9 +131,7 @@ static void handoff__running_guest(void **state)
 	src = pc_guest_ram(g, &len);
 	((volatile uint8_t *)d.ram)[len - 1] ^= 0xff;
 	assert_int_equal(src[len - 1], ((volatile uint8_t *)d.ram)[len - 1]);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
+	h_free_all(&s, &d, &g);
 }
 
 /* A destination whose region does not match refuses; the source guest was
@@ -189,17 +145,14 @@ static void handoff__length_mismatch_refused(void **state)
 
 	(void)state;
 	assert_int_equal(h_dest_start_uri(&d, 4 * MiB, new_uri(uri, sizeof(uri)), false), 0);
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
+	h_src_go(&s, g, NULL, d.uri);
 	assert_true(h_src_join(&s) < 0);
 	assert_true(h_dest_join(&d) < 0);
 	precopy_strerror(s.s, msg, sizeof(msg));
 	assert_non_null(strstr(msg, "region 0"));
 	assert_int_equal(s.stops, 0);
-	check_source_intact(g);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
+	h_check_guest_intact(g, "source");
+	h_free_all(&s, &d, &g);
 }
 
 /* --- robustness ------------------------------------------------------------- */
@@ -250,8 +203,7 @@ static void fail_midway(bool kill_peer)
 	g = make_guest(ram, 64.0 * MiB, false);
 	precopy_params_init(&p);
 	p.max_bandwidth = 32 * MiB; /* about 4 s for the bulk pass */
-	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, uri), 0);
+	h_src_go(&s, g, &p, uri);
 	assert_true(h_wait_status(s.s, PRECOPY_STATUS_BULK, 30000));
 	usleep(500 * 1000);
 	if (kill_peer)
@@ -271,7 +223,7 @@ static void fail_midway(bool kill_peer)
 	print_message("source: %s\n", msg);
 	assert_int_equal(s.resumes, s.stops);
 	h_src_free(&s);
-	check_source_intact(g);
+	h_check_guest_intact(g, "source");
 	pc_guest_delete(&g);
 }
 
@@ -417,14 +369,8 @@ static void then_migrate_ok(bool handoff)
 	char uri[128];
 
 	assert_int_equal(h_dest_start_uri(&d, ram, new_uri(uri, sizeof(uri)), !handoff), 0);
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
-	assert_int_equal(h_src_join(&s), 0);
-	assert_int_equal(h_dest_join(&d), 0);
-	check_migrated(&s, &d);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
+	migrate_ok(&s, &d, g, NULL);
+	h_free_all(&s, &d, &g);
 }
 
 /* The destination never reports success, resumes nothing, keeps nothing
@@ -530,8 +476,7 @@ static void handoff__refused_after_mapping_undone(void **state)
 	g = make_guest(ram, 16.0 * MiB, true);
 	o.uri = new_uri(uri, sizeof(uri));
 	assert_int_equal(h_dest_start_opts(&d, ram, &o), 0);
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
+	h_src_go(&s, g, NULL, d.uri);
 	assert_true(h_src_join(&s) < 0);
 	assert_true(h_dest_join(&d) < 0);
 	assert_true(d.have_desc); /* it got as far as the device state */
@@ -548,7 +493,7 @@ static void handoff__refused_after_mapping_undone(void **state)
 	assert_int_equal(s.resumes, s.stops);
 	h_src_free(&s);
 	h_dest_free(&d);
-	check_source_intact(g);
+	h_check_guest_intact(g, "source");
 	pc_guest_delete(&g);
 	shm_leaks_check(&lk, "after the refused handoff");
 	then_migrate_ok(true);

@@ -36,13 +36,9 @@ static const uint8_t key2[32] = "0123456789abcdef0123456789abcdX";
 
 static struct pc_guest *make_guest(void)
 {
-	struct pc_guest_opts o = { .ram = RAM, .dirty_rate = 16.0 * MiB,
-				   .pattern = PC_GUEST_SEQUENTIAL, .threads = 1, .seed = 9 };
-	struct pc_guest *g;
-
-	assert_int_equal(pc_guest_new(&o, &g), 0);
-	assert_int_equal(pc_guest_start(g), 0);
-	return g;
+	return h_guest_new(&(struct pc_guest_opts){ .ram = RAM, .dirty_rate = 16.0 * MiB,
+						    .pattern = PC_GUEST_SEQUENTIAL, .threads = 1,
+						    .seed = 9 });
 }
 
 /* Migrate @g with @stls to a destination with @dtls; returns the source's
@@ -92,18 +88,9 @@ static int run(struct pc_guest *g, const struct precopy_tls *stls, const struct 
 static void untouched(struct pc_guest *g, const struct precopy_tls *good_s,
 		      const struct precopy_tls *good_d)
 {
-	struct pc_guest_desc desc;
 	char why[256];
-	size_t len;
-	void *mem = pc_guest_ram(g, &len);
-	uint64_t w0 = pc_guest_writes(g);
 
-	usleep(50 * 1000);
-	assert_true(pc_guest_writes(g) > w0);
-	pc_guest_pause(g);
-	pc_guest_describe(g, &desc);
-	assert_int_equal(pc_guest_verify(mem, len, &desc, why, sizeof(why)), 0);
-	pc_guest_resume(g);
+	h_check_guest_intact(g, "source");
 	assert_int_equal(run(g, good_s, good_d, 1, why, sizeof(why)), 0);
 }
 

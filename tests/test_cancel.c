@@ -83,17 +83,18 @@ static struct pc_guest *make_guest(void)
 						    .zero_pct = 10, .seed = 7 });
 }
 
-/* The guest runs, holds exactly what it wrote, and migrates again. */
-static void intact_then_retry(struct pc_guest *g)
+/* Free @old_s and @old_d (either may be NULL); then the guest runs, holds
+ * exactly what it wrote, and migrates again; then delete it. */
+static void intact_then_retry(struct h_src *old_s, struct h_dest *old_d, struct pc_guest **gp)
 {
 	struct h_dest d;
 	struct h_src s;
 
-	h_check_guest_intact(g, "source");
+	h_free_all(old_s, old_d, NULL);
+	h_check_guest_intact(*gp, "source");
 	assert_int_equal(dest_start(&d, NULL, true, NULL), 0);
-	h_migrate_ok(&s, &d, g, NULL);
-	h_src_free(&s);
-	h_dest_free(&d);
+	h_migrate_ok(&s, &d, *gp, NULL);
+	h_free_all(&s, &d, gp);
 }
 
 /* --- the source cancelled -------------------------------------------- */
@@ -182,10 +183,7 @@ static void cancel__source_before_start(void **state)
 	assert_int_equal(precopy_cancel(d.s), 0);
 	assert_int_equal(h_dest_join(&d), -ECANCELED);
 	assert_int_equal(d.resumed, 0);
-	h_src_free(&s);
-	h_dest_free(&d);
-	intact_then_retry(g);
-	pc_guest_delete(&g);
+	intact_then_retry(&s, &d, &g);
 }
 
 static void cancel__source_in_setup(void **state)
@@ -204,10 +202,8 @@ static void cancel__source_in_setup(void **state)
 	assert_int_equal(h_src_join(&s), -ECANCELED);
 	h_expect_status(s.s, PRECOPY_STATUS_CANCELLED);
 	assert_int_equal(s.stops, 0);
-	h_src_free(&s);
 	mute_stop(&m);
-	intact_then_retry(g);
-	pc_guest_delete(&g);
+	intact_then_retry(&s, NULL, &g);
 }
 
 static void cancel_from_stop_hook(struct h_src *s)
@@ -233,32 +229,7 @@ static void cancel__source_in_switchover(void **state)
 	assert_int_equal(s.resumes, s.stops); /* resumed after the cancel */
 	assert_true(h_dest_join(&d) < 0);
 	assert_int_equal(d.resumed, 0);
-	h_src_free(&s);
-	h_dest_free(&d);
-	intact_then_retry(g);
-	pc_guest_delete(&g);
-}
-
-static void cancel__source_after_completion(void **state)
-{
-	struct pc_guest *g = make_guest();
-	struct h_dest d;
-	struct h_src s;
-
-	(void)state;
-	assert_int_equal(dest_start(&d, NULL, true, NULL), 0);
-	h_src_go(&s, g, NULL, d.uri);
-	assert_int_equal(h_src_join(&s), 0);
-	assert_int_equal(h_dest_join(&d), 0);
-	assert_int_equal(precopy_cancel(s.s), -EALREADY);
-	assert_int_equal(precopy_cancel(d.s), -EALREADY);
-	h_expect_status(s.s, PRECOPY_STATUS_COMPLETED);
-	h_expect_status(d.s, PRECOPY_STATUS_COMPLETED);
-	assert_int_equal(d.resumed, 1);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_resume(g); /* it "runs at the destination"; bring it back */
-	pc_guest_delete(&g);
+	intact_then_retry(&s, &d, &g);
 }
 
 /*
@@ -333,55 +304,59 @@ static void cancel__source_connecting(void **state)
 	print_message("source: %s\n", st.error);
 	assert_null(strstr(st.error, "timed out"));
 	assert_int_equal(s.stops, 0);
-	h_src_free(&s);
 	for (int i = 0; i < 4; i++)
 		if (fds[i] >= 0)
 			close(fds[i]);
 	if (shm)
 		unlink(uri + 4);
-	intact_then_retry(g);
-	pc_guest_delete(&g);
+	intact_then_retry(&s, NULL, &g);
 }
 
-/* Cancel the source once it is in @when; the destination fails. */
-static void cancel_source_in(enum precopy_status when)
+/* Cancel one end (the destination if @at_dest) once it is in @when: that
+ * end reports CANCELLED, the other FAILED, the destination never resumes
+ * the guest and the source resumes it after each stop. */
+static void cancel_in(bool at_dest, enum precopy_status when)
 {
 	struct pc_guest *g = make_guest();
+	struct precopy_session *cancelled, *other;
 	struct precopy_params p;
 	struct h_dest d;
 	struct h_src s;
+	int src_err, dest_err;
 
 	precopy_params_init(&p);
 	p.max_bandwidth = 16 * MiB; /* a bulk pass of 2 s */
 	p.downtime_limit_ms = 1;     /* then iterations until cancelled */
 	assert_int_equal(dest_start(&d, NULL, true, NULL), 0);
 	h_src_go(&s, g, &p, d.uri);
-	assert_true(h_wait_status(s.s, when, 30000));
+	cancelled = at_dest ? d.s : s.s;
+	other = at_dest ? s.s : d.s;
+	assert_true(h_wait_status(cancelled, when, 30000));
 	usleep(100 * 1000);
-	assert_int_equal(precopy_cancel(s.s), 0);
-	assert_int_equal(h_src_join(&s), -ECANCELED);
-	h_expect_status(s.s, PRECOPY_STATUS_CANCELLED);
+	assert_int_equal(precopy_cancel(cancelled), 0);
+	src_err = h_src_join(&s);
+	dest_err = h_dest_join(&d);
+	assert_int_equal(at_dest ? dest_err : src_err, -ECANCELED);
+	assert_true((at_dest ? src_err : dest_err) < 0); /* never success */
+	h_expect_status(cancelled, PRECOPY_STATUS_CANCELLED);
+	h_expect_status(other, PRECOPY_STATUS_FAILED);
 	assert_int_equal(s.resumes, s.stops);
-	assert_true(h_dest_join(&d) < 0); /* never success */
-	h_expect_status(d.s, PRECOPY_STATUS_FAILED);
 	assert_int_equal(d.resumed, 0);
-	assert_int_equal(precopy_cancel(s.s), -EALREADY);
-	h_src_free(&s);
-	h_dest_free(&d);
-	intact_then_retry(g);
-	pc_guest_delete(&g);
+	assert_int_equal(precopy_cancel(cancelled), -EALREADY);
+	intact_then_retry(&s, &d, &g);
 }
 
-static void cancel__source_in_bulk(void **state)
-{
-	(void)state;
-	cancel_source_in(PRECOPY_STATUS_BULK);
-}
+struct cancel_row {
+	bool at_dest;
+	enum precopy_status when;
+};
 
-static void cancel__source_in_iterate(void **state)
+/* A row of the table in main(): cancel_in() with its arguments. */
+static void cancel__in_state(void **state)
 {
-	(void)state;
-	cancel_source_in(PRECOPY_STATUS_ITERATE);
+	const struct cancel_row *r = *state;
+
+	cancel_in(r->at_dest, r->when);
 }
 
 static void cancel__source_after_failure(void **state)
@@ -399,9 +374,7 @@ static void cancel__source_after_failure(void **state)
 	h_expect_status(s.s, PRECOPY_STATUS_FAILED);
 	assert_int_equal(precopy_cancel(s.s), -EALREADY);
 	h_expect_status(s.s, PRECOPY_STATUS_FAILED);
-	h_src_free(&s);
-	intact_then_retry(g);
-	pc_guest_delete(&g);
+	intact_then_retry(&s, NULL, &g);
 }
 
 /* --- the destination cancelled ---------------------------------------- */
@@ -434,45 +407,6 @@ static void cancel__dest_in_setup(void **state)
 	h_dest_free(&d);
 }
 
-static void cancel_dest_in(enum precopy_status when)
-{
-	struct pc_guest *g = make_guest();
-	struct precopy_params p;
-	struct h_dest d;
-	struct h_src s;
-
-	precopy_params_init(&p);
-	p.max_bandwidth = 16 * MiB; /* a bulk pass of 2 s */
-	p.downtime_limit_ms = 1;     /* then iterations until cancelled */
-	assert_int_equal(dest_start(&d, NULL, true, NULL), 0);
-	h_src_go(&s, g, &p, d.uri);
-	assert_true(h_wait_status(d.s, when, 30000));
-	usleep(100 * 1000);
-	assert_int_equal(precopy_cancel(d.s), 0);
-	assert_int_equal(h_dest_join(&d), -ECANCELED);
-	h_expect_status(d.s, PRECOPY_STATUS_CANCELLED);
-	assert_int_equal(d.resumed, 0);
-	assert_true(h_src_join(&s) < 0);
-	h_expect_status(s.s, PRECOPY_STATUS_FAILED);
-	assert_int_equal(s.resumes, s.stops);
-	h_src_free(&s);
-	h_dest_free(&d);
-	intact_then_retry(g);
-	pc_guest_delete(&g);
-}
-
-static void cancel__dest_in_bulk(void **state)
-{
-	(void)state;
-	cancel_dest_in(PRECOPY_STATUS_BULK);
-}
-
-static void cancel__dest_in_iterate(void **state)
-{
-	(void)state;
-	cancel_dest_in(PRECOPY_STATUS_ITERATE);
-}
-
 /* From load_device_state: the destination is in switchover, its memory
  * verified; the cancel wins, the guest is not resumed here. */
 static int cancel_from_load_hook(struct h_dest *d)
@@ -499,14 +433,13 @@ static void cancel__dest_in_switchover(void **state)
 	h_expect_status(s.s, PRECOPY_STATUS_FAILED);
 	assert_true(s.stops >= 1);
 	assert_int_equal(s.resumes, s.stops); /* the guest runs at the source */
-	h_src_free(&s);
-	h_dest_free(&d);
-	intact_then_retry(g);
-	pc_guest_delete(&g);
+	intact_then_retry(&s, &d, &g);
 }
 
-/* After the verified guest was resumed, a cancel is too late. */
-static void cancel__dest_after_completion(void **state)
+/* After the end a cancel is too late at either end: the destination's
+ * (its verified guest resumed) while the source may still be finishing,
+ * then the source's. */
+static void cancel__after_completion(void **state)
 {
 	struct pc_guest *g = make_guest();
 	struct h_dest d;
@@ -520,10 +453,13 @@ static void cancel__dest_after_completion(void **state)
 	h_expect_status(d.s, PRECOPY_STATUS_COMPLETED);
 	assert_int_equal(d.resumed, 1);
 	assert_int_equal(h_src_join(&s), 0);
+	assert_int_equal(precopy_cancel(s.s), -EALREADY);
+	assert_int_equal(precopy_cancel(d.s), -EALREADY);
 	h_expect_status(s.s, PRECOPY_STATUS_COMPLETED);
+	h_expect_status(d.s, PRECOPY_STATUS_COMPLETED);
 	h_src_free(&s);
 	h_dest_free(&d);
-	pc_guest_resume(g);
+	pc_guest_resume(g); /* it "runs at the destination"; bring it back */
 	pc_guest_delete(&g);
 }
 
@@ -535,23 +471,26 @@ static int rm_shm_dir(void)
 	return system(cmd);
 }
 
+#define CANCEL_ROW(name, at_dest, when)                                               \
+	{ #name, cancel__in_state, setup, teardown,                                    \
+	  &(struct cancel_row){ at_dest, PRECOPY_STATUS_##when } }
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(cancel__source_before_start, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__source_connecting, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__source_in_setup, setup, teardown),
-		cmocka_unit_test_setup_teardown(cancel__source_in_bulk, setup, teardown),
-		cmocka_unit_test_setup_teardown(cancel__source_in_iterate, setup, teardown),
+		CANCEL_ROW(cancel__source_in_bulk, false, BULK),
+		CANCEL_ROW(cancel__source_in_iterate, false, ITERATE),
 		cmocka_unit_test_setup_teardown(cancel__source_in_switchover, setup, teardown),
-		cmocka_unit_test_setup_teardown(cancel__source_after_completion, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__source_after_failure, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__dest_before_start, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__dest_in_setup, setup, teardown),
-		cmocka_unit_test_setup_teardown(cancel__dest_in_bulk, setup, teardown),
-		cmocka_unit_test_setup_teardown(cancel__dest_in_iterate, setup, teardown),
+		CANCEL_ROW(cancel__dest_in_bulk, true, BULK),
+		CANCEL_ROW(cancel__dest_in_iterate, true, ITERATE),
 		cmocka_unit_test_setup_teardown(cancel__dest_in_switchover, setup, teardown),
-		cmocka_unit_test_setup_teardown(cancel__dest_after_completion, setup, teardown),
+		cmocka_unit_test_setup_teardown(cancel__after_completion, setup, teardown),
 	};
 	int rc;
 

@@ -99,6 +99,15 @@ void h_src_free(struct h_src *s);
  *  however loaded the machine). */
 bool h_guest_runs(struct pc_guest *g);
 
+/** A cmocka case named @name that runs @call: one line for each row of a
+ *  case written once with its arguments. */
+#define H_CASE(name, call)                                                            \
+	static void name(void **state)                                                \
+	{                                                                             \
+		(void)state;                                                          \
+		call;                                                                 \
+	}
+
 /* Fixtures: each fails the running cmocka test when its check fails. */
 
 /** A new guest with @o, its writers started. */

@@ -346,18 +346,10 @@ static void cancel_in(bool at_dest, enum precopy_status when)
 	intact_then_retry(&s, &d, &g);
 }
 
-struct cancel_row {
-	bool at_dest;
-	enum precopy_status when;
-};
-
-/* A row of the table in main(): cancel_in() with its arguments. */
-static void cancel__in_state(void **state)
-{
-	const struct cancel_row *r = *state;
-
-	cancel_in(r->at_dest, r->when);
-}
+H_CASE(cancel__source_in_bulk, cancel_in(false, PRECOPY_STATUS_BULK))
+H_CASE(cancel__source_in_iterate, cancel_in(false, PRECOPY_STATUS_ITERATE))
+H_CASE(cancel__dest_in_bulk, cancel_in(true, PRECOPY_STATUS_BULK))
+H_CASE(cancel__dest_in_iterate, cancel_in(true, PRECOPY_STATUS_ITERATE))
 
 static void cancel__source_after_failure(void **state)
 {
@@ -471,24 +463,20 @@ static int rm_shm_dir(void)
 	return system(cmd);
 }
 
-#define CANCEL_ROW(name, at_dest, when)                                               \
-	{ #name, cancel__in_state, setup, teardown,                                    \
-	  &(struct cancel_row){ at_dest, PRECOPY_STATUS_##when } }
-
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(cancel__source_before_start, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__source_connecting, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__source_in_setup, setup, teardown),
-		CANCEL_ROW(cancel__source_in_bulk, false, BULK),
-		CANCEL_ROW(cancel__source_in_iterate, false, ITERATE),
+		cmocka_unit_test_setup_teardown(cancel__source_in_bulk, setup, teardown),
+		cmocka_unit_test_setup_teardown(cancel__source_in_iterate, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__source_in_switchover, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__source_after_failure, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__dest_before_start, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__dest_in_setup, setup, teardown),
-		CANCEL_ROW(cancel__dest_in_bulk, true, BULK),
-		CANCEL_ROW(cancel__dest_in_iterate, true, ITERATE),
+		cmocka_unit_test_setup_teardown(cancel__dest_in_bulk, setup, teardown),
+		cmocka_unit_test_setup_teardown(cancel__dest_in_iterate, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__dest_in_switchover, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__after_completion, setup, teardown),
 	};

@@ -43,17 +43,8 @@ static void run_pattern(unsigned channels)
 	h_free_all(&s, &d, &g);
 }
 
-static void migrate__pattern_running_1_channel(void **state)
-{
-	(void)state;
-	run_pattern(1);
-}
-
-static void migrate__pattern_running_2_channels(void **state)
-{
-	(void)state;
-	run_pattern(2);
-}
+H_CASE(migrate__pattern_running_1_channel, run_pattern(1))
+H_CASE(migrate__pattern_running_2_channels, run_pattern(2))
 
 static void migrate__idle_guest_zero_pages_as_runs(void **state)
 {

@@ -1657,26 +1657,14 @@ static void spy_dest_free(struct spy_dest *d)
  * fresh destination. */
 static void intact_then_retry(struct pc_guest *g)
 {
-	struct pc_guest_desc desc;
 	struct h_dest d;
 	struct h_src s;
-	char why[256];
 	size_t len;
-	void *mem = pc_guest_ram(g, &len);
 
-	assert_true(h_guest_runs(g));
-	pc_guest_pause(g);
-	pc_guest_describe(g, &desc);
-	if (pc_guest_verify(mem, len, &desc, why, sizeof(why)))
-		fail_msg("source memory not intact: %s", why);
-	pc_guest_resume(g);
-
+	h_check_guest_intact(g, "source");
+	pc_guest_ram(g, &len);
 	assert_int_equal(h_dest_start_key(&d, len, listen_uri, false, NULL, 0), 0);
-	h_src_go(&s, g, NULL, d.uri);
-	assert_int_equal(h_src_join(&s), 0);
-	assert_int_equal(h_dest_join(&d), 0);
-	assert_int_equal(d.resumed, 1);
-	assert_int_equal(memcmp(mem, d.ram, len), 0);
+	h_migrate_ok(&s, &d, g, NULL);
 	h_src_free(&s);
 	h_dest_free(&d);
 	pc_guest_resume(g); /* it "runs at the destination"; bring it back */
@@ -1762,23 +1750,9 @@ static void end_with(enum end_how how)
 	pc_guest_delete(&g);
 }
 
-static void end__keys_dead_before_resume_when_verified(void **state)
-{
-	(void)state;
-	end_with(END_VERIFIED);
-}
-
-static void end__keys_dead_when_load_fails(void **state)
-{
-	(void)state;
-	end_with(END_LOAD_FAILS);
-}
-
-static void end__keys_dead_when_source_cancels(void **state)
-{
-	(void)state;
-	end_with(END_SOURCE_CANCELS);
-}
+H_CASE(end__keys_dead_before_resume_when_verified, end_with(END_VERIFIED))
+H_CASE(end__keys_dead_when_load_fails, end_with(END_LOAD_FAILS))
+H_CASE(end__keys_dead_when_source_cancels, end_with(END_SOURCE_CANCELS))
 
 /* --- a hostile source against the engine ---------------------------------------------- */
 
@@ -1996,11 +1970,40 @@ static void connect__replayed_request_refused(void **state)
 /* --- a peer process stopped (SIGSTOP) ----------------------------------------------- */
 
 /*
+ * Once @s (this process's end, named @who) is in the bulk pass, stop the
+ * peer process @pid (SIGSTOP), wait until @s fails, print how long it took
+ * and @s's error, kill the peer. @st gets @s's stats. (Waits are bounded by
+ * a minute: a guard, not a timing check.)
+ */
+static void stop_peer_until_failed(struct precopy_session *s, const char *who, pid_t pid,
+				   struct precopy_stats *st)
+{
+	bool failed;
+	int status;
+	double t0;
+
+	if (!h_wait_status(s, PRECOPY_STATUS_BULK, 60000)) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+		fail_msg("the source never reached the bulk pass");
+	}
+	sleep(1);
+	kill(pid, SIGSTOP);
+	t0 = now_s();
+	failed = h_wait_status(s, PRECOPY_STATUS_FAILED, 60000);
+	precopy_query(s, st);
+	printf("# %s %.1f s after SIGSTOP of its peer: %s: %s\n", who, now_s() - t0,
+	       precopy_status_name(st->status), st->error);
+	kill(pid, SIGKILL);
+	waitpid(pid, &status, 0);
+	assert_true(failed);
+}
+
+/*
  * The source process is stopped during the bulk pass: its NIC still
  * acknowledges every packet, but its process answers no heartbeat, so the
  * destination fails with ETIMEDOUT after its timeout (3 s here) and
- * resumes nothing. (Waits are bounded by a minute: a guard, not a timing
- * check.)
+ * resumes nothing.
  */
 static void hung__source_stopped_dest_fails(void **state)
 {
@@ -2010,9 +2013,6 @@ static void hung__source_stopped_dest_fails(void **state)
 	struct h_dest d;
 	struct h_dest_opts dopts = { .p = &p, .uri = listen_uri };
 	struct leaks lk;
-	bool failed;
-	double t0;
-	int status;
 	pid_t pid;
 
 	(void)state;
@@ -2026,21 +2026,7 @@ static void hung__source_stopped_dest_fails(void **state)
 		execl("/proc/self/exe", "test_rdma", "--src-child", addr, d.uri, (char *)NULL);
 		_exit(5);
 	}
-	if (!h_wait_status(d.s, PRECOPY_STATUS_BULK, 60000)) {
-		kill(pid, SIGKILL);
-		waitpid(pid, &status, 0);
-		fail_msg("the source never reached the bulk pass");
-	}
-	sleep(1);
-	kill(pid, SIGSTOP);
-	t0 = now_s();
-	failed = h_wait_status(d.s, PRECOPY_STATUS_FAILED, 60000);
-	precopy_query(d.s, &st);
-	printf("# destination %.1f s after SIGSTOP of the source: %s: %s\n", now_s() - t0,
-	       precopy_status_name(st.status), st.error);
-	kill(pid, SIGKILL);
-	waitpid(pid, &status, 0);
-	assert_true(failed);
+	stop_peer_until_failed(d.s, "destination", pid, &st);
 	assert_true(h_dest_join(&d) < 0);
 	assert_non_null(strstr(st.error, "3000 ms"));
 	assert_int_equal(d.resumed, 0);
@@ -2060,9 +2046,6 @@ static void hung__dest_stopped_source_fails(void **state)
 	struct precopy_stats st;
 	struct h_src s;
 	char uri[128];
-	int status;
-	bool failed;
-	double t0;
 	pid_t pid;
 
 	(void)state;
@@ -2072,21 +2055,7 @@ static void hung__dest_stopped_source_fails(void **state)
 	p.max_bandwidth = 4 * MiB; /* still in bulk when the peer stops */
 	p.timeout_ms = 3000;
 	h_src_go(&s, g, &p, uri);
-	if (!h_wait_status(s.s, PRECOPY_STATUS_BULK, 60000)) {
-		kill(pid, SIGKILL);
-		waitpid(pid, &status, 0);
-		fail_msg("the source never reached the bulk pass");
-	}
-	sleep(1);
-	kill(pid, SIGSTOP);
-	t0 = now_s();
-	failed = h_wait_status(s.s, PRECOPY_STATUS_FAILED, 60000);
-	precopy_query(s.s, &st);
-	printf("# source %.1f s after SIGSTOP of the destination: %s: %s\n", now_s() - t0,
-	       precopy_status_name(st.status), st.error);
-	kill(pid, SIGKILL);
-	waitpid(pid, &status, 0);
-	assert_true(failed);
+	stop_peer_until_failed(s.s, "source", pid, &st);
 	assert_true(h_src_join(&s) < 0);
 	assert_int_equal(s.resumes, s.stops);
 	h_check_guest_intact(g, "source");

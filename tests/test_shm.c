@@ -90,23 +90,9 @@ static void copy_mode(bool memfd_dest, unsigned channels)
 	h_free_all(&s, &d, &g);
 }
 
-static void copy__memfd_destination_1_channel(void **state)
-{
-	(void)state;
-	copy_mode(true, 1);
-}
-
-static void copy__memfd_destination_2_channels(void **state)
-{
-	(void)state;
-	copy_mode(true, 2);
-}
-
-static void copy__plain_destination_framed(void **state)
-{
-	(void)state;
-	copy_mode(false, 2);
-}
+H_CASE(copy__memfd_destination_1_channel, copy_mode(true, 1))
+H_CASE(copy__memfd_destination_2_channels, copy_mode(true, 2))
+H_CASE(copy__plain_destination_framed, copy_mode(false, 2))
 
 /* The source guest is a memfd: its RAM changes hands; no page passes. */
 static void handoff__running_guest(void **state)
@@ -227,17 +213,8 @@ static void fail_midway(bool kill_peer)
 	pc_guest_delete(&g);
 }
 
-static void robust__peer_killed_mid_migration(void **state)
-{
-	(void)state;
-	fail_midway(true);
-}
-
-static void robust__socket_path_removed_mid_migration(void **state)
-{
-	(void)state;
-	fail_midway(false);
-}
+H_CASE(robust__peer_killed_mid_migration, fail_midway(true))
+H_CASE(robust__socket_path_removed_mid_migration, fail_midway(false))
 
 /* --- the source dies ---------------------------------------------------------- */
 
@@ -831,17 +808,8 @@ static void hostile_source(bool seal)
 	close(memfd);
 }
 
-static void hostile_source__cannot_seal_dest_ram(void **state)
-{
-	(void)state;
-	hostile_source(true);
-}
-
-static void hostile_source__cannot_write_dest_ram_after_revoke(void **state)
-{
-	(void)state;
-	hostile_source(false);
-}
+H_CASE(hostile_source__cannot_seal_dest_ram, hostile_source(true))
+H_CASE(hostile_source__cannot_write_dest_ram_after_revoke, hostile_source(false))
 
 /* precopy's own RAM memfd takes no further seals, whoever holds it. */
 static void memfd_alloc__no_seal_can_be_added(void **state)

@@ -375,6 +375,18 @@ void h_migrate_ok(struct h_src *s, struct h_dest *d, struct pc_guest *g,
 	h_check_migrated(s, d);
 }
 
+void h_check_refused(struct h_src *s, struct h_dest *d, const char *what)
+{
+	char msg[PRECOPY_ERRMSG_MAX];
+
+	assert_true(h_src_join(s) < 0);
+	assert_true(h_dest_join(d) < 0);
+	precopy_strerror(s->s, msg, sizeof(msg));
+	if (!strstr(msg, what))
+		fail_msg("source error \"%s\" does not say \"%s\"", msg, what);
+	assert_int_equal(s->stops, 0);
+}
+
 void h_expect_status(struct precopy_session *s, enum precopy_status want)
 {
 	struct precopy_stats st;

@@ -134,6 +134,9 @@ void h_free_all(struct h_src *s, struct h_dest *d, struct pc_guest **g);
  *  (then h_src_free()). */
 void h_migrate_ok(struct h_src *s, struct h_dest *d, struct pc_guest *g,
 		  const struct precopy_params *p);
+/** Both ends of a started migration fail before the guest was stopped,
+ *  the source's error saying @what. */
+void h_check_refused(struct h_src *s, struct h_dest *d, const char *what);
 /** @s is in @want; a FAILED or CANCELLED session says why. */
 void h_expect_status(struct precopy_session *s, enum precopy_status want);
 

@@ -127,16 +127,12 @@ static void handoff__length_mismatch_refused(void **state)
 	struct pc_guest *g = make_guest(8 * MiB, 16.0 * MiB, true);
 	struct h_dest d;
 	struct h_src s;
-	char uri[128], msg[PRECOPY_ERRMSG_MAX];
+	char uri[128];
 
 	(void)state;
 	assert_int_equal(h_dest_start_uri(&d, 4 * MiB, new_uri(uri, sizeof(uri)), false), 0);
 	h_src_go(&s, g, NULL, d.uri);
-	assert_true(h_src_join(&s) < 0);
-	assert_true(h_dest_join(&d) < 0);
-	precopy_strerror(s.s, msg, sizeof(msg));
-	assert_non_null(strstr(msg, "region 0"));
-	assert_int_equal(s.stops, 0);
+	h_check_refused(&s, &d, "region 0");
 	h_check_guest_intact(g, "source");
 	h_free_all(&s, &d, &g);
 }
@@ -368,39 +364,14 @@ static void check_dest_failed(struct h_dest *d)
 		assert_string_not_equal(name, "pc-guest-ram"); /* ours at most */
 }
 
-/* Copy mode into memfd RAM (the source maps it and copies straight in):
- * the source is killed in bulk. */
-static void robust__source_killed_copy_mode(void **state)
-{
-	size_t ram = 128 * MiB;
-	struct shm_leaks lk;
-	struct h_dest d;
-	char uri[128];
-	int wfd, rfd, status;
-	pid_t pid;
-
-	(void)state;
-	pid = fork_source(false, &wfd, &rfd); /* before any thread exists here */
-	shm_leaks_mark(&lk);
-	assert_int_equal(h_dest_start_uri(&d, ram, new_uri(uri, sizeof(uri)), true), 0);
-	assert_int_equal(write(wfd, d.uri, sizeof(uri)), (ssize_t)sizeof(uri));
-	assert_true(h_wait_status(d.s, PRECOPY_STATUS_BULK, 30000));
-	usleep(500 * 1000);
-	kill(pid, SIGKILL);
-	waitpid(pid, &status, 0);
-	assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
-	close(wfd);
-	close(rfd);
-	check_dest_failed(&d);
-	h_dest_free(&d);
-	shm_leaks_check(&lk, "after the source was killed");
-	then_migrate_ok(false);
-	shm_leaks_check(&lk, "after a good migration");
-}
-
-/* Handoff: the source's RAM memfd has gone across, the device state and
- * COMPLETE have not; the source is killed there. */
-static void robust__source_killed_in_handoff(void **state)
+/*
+ * The source process is killed mid-migration: in copy mode into memfd RAM
+ * (the source maps it and copies straight in), in bulk; with @handoff,
+ * once the source's RAM memfd has gone across and the device state and
+ * COMPLETE have not. The destination fails, leaks nothing, and takes a
+ * good migration after.
+ */
+static void source_killed(bool handoff)
 {
 	size_t ram = 128 * MiB;
 	struct shm_leaks lk;
@@ -409,13 +380,17 @@ static void robust__source_killed_in_handoff(void **state)
 	int wfd, rfd, status;
 	pid_t pid;
 
-	(void)state;
-	pid = fork_source(true, &wfd, &rfd);
+	pid = fork_source(handoff, &wfd, &rfd); /* before any thread exists here */
 	shm_leaks_mark(&lk);
-	assert_int_equal(h_dest_start_uri(&d, ram, new_uri(uri, sizeof(uri)), false), 0);
+	assert_int_equal(h_dest_start_uri(&d, ram, new_uri(uri, sizeof(uri)), !handoff), 0);
 	assert_int_equal(write(wfd, d.uri, sizeof(uri)), (ssize_t)sizeof(uri));
-	assert_int_equal(read(rfd, &said, 1), 1); /* handed over, now waiting */
-	assert_int_equal(said, 'h');
+	if (handoff) {
+		assert_int_equal(read(rfd, &said, 1), 1); /* handed over, now waiting */
+		assert_int_equal(said, 'h');
+	} else {
+		assert_true(h_wait_status(d.s, PRECOPY_STATUS_BULK, 30000));
+		usleep(500 * 1000);
+	}
 	kill(pid, SIGKILL);
 	waitpid(pid, &status, 0);
 	assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
@@ -424,9 +399,12 @@ static void robust__source_killed_in_handoff(void **state)
 	check_dest_failed(&d);
 	h_dest_free(&d);
 	shm_leaks_check(&lk, "after the source was killed");
-	then_migrate_ok(true);
+	then_migrate_ok(handoff);
 	shm_leaks_check(&lk, "after a good migration");
 }
+
+H_CASE(robust__source_killed_copy_mode, source_killed(false))
+H_CASE(robust__source_killed_in_handoff, source_killed(true))
 
 /* Handoff refused after the destination mapped the source's RAM (its
  * load_device_state fails): the mapping is undone, the source resumes its

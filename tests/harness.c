@@ -1,11 +1,14 @@
 /* SPDX-License-Identifier: MIT */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <time.h>
 #include <unistd.h>
@@ -385,6 +388,19 @@ void h_check_refused(struct h_src *s, struct h_dest *d, const char *what)
 	if (!strstr(msg, what))
 		fail_msg("source error \"%s\" does not say \"%s\"", msg, what);
 	assert_int_equal(s->stops, 0);
+}
+
+int h_raw_connect(const char *uri)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	const char *port = strrchr(uri, ':');
+
+	assert_true(fd >= 0 && port);
+	a.sin_port = htons((uint16_t)atoi(port + 1));
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	return fd;
 }
 
 void h_expect_status(struct precopy_session *s, enum precopy_status want)

@@ -137,6 +137,9 @@ void h_migrate_ok(struct h_src *s, struct h_dest *d, struct pc_guest *g,
 /** Both ends of a started migration fail before the guest was stopped,
  *  the source's error saying @what. */
 void h_check_refused(struct h_src *s, struct h_dest *d, const char *what);
+/** A plain TCP connection to the port of @uri ("tcp:" or "tls:" on
+ *  127.0.0.1), as a stranger would make it. Return: the socket. */
+int h_raw_connect(const char *uri);
 /** @s is in @want; a FAILED or CANCELLED session says why. */
 void h_expect_status(struct precopy_session *s, enum precopy_status want);
 

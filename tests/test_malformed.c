@@ -26,19 +26,6 @@
 
 #define RAM (1u << 20)
 
-static int raw_connect(const char *uri)
-{
-	struct sockaddr_in a = { .sin_family = AF_INET };
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	const char *port = strrchr(uri, ':');
-
-	assert_true(fd >= 0 && port);
-	a.sin_port = htons((uint16_t)atoi(port + 1));
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-	return fd;
-}
-
 static void put(int fd, const void *p, size_t n)
 {
 	assert_int_equal(send(fd, p, n, MSG_NOSIGNAL), (ssize_t)n);
@@ -95,7 +82,7 @@ static void expect_refused(void (*feed)(int fd), const char *text)
 	assert_int_equal(h_dest_start(&d, RAM), 0);
 	canary = (uint8_t *)d.ram;
 	memset(canary, 0x77, RAM);
-	fd = raw_connect(d.uri);
+	fd = h_raw_connect(d.uri);
 	tcp_hello(fd);
 	feed(fd);
 	shutdown(fd, SHUT_WR);
@@ -261,7 +248,7 @@ static void incoming__stranger_dropped(void **state)
 
 	(void)state;
 	assert_int_equal(h_dest_start(&d, RAM), 0);
-	fd = raw_connect(d.uri);
+	fd = h_raw_connect(d.uri);
 	put(fd, junk, sizeof(junk));
 	assert_true(recv(fd, &c, 1, 0) <= 0); /* closed on us */
 	close(fd);

@@ -247,24 +247,17 @@ static void tls__cancel_during_handshake_source(void **state)
 
 static void tls__cancel_during_handshake_destination(void **state)
 {
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	/* "PCT1", version 1, channel 0 of 1, cookie 1 */
 	uint8_t hello[32] = { 'P', 'C', 'T', '1', 1, 0, 0, 0, 1, 0, 0, 0, 1 };
 	struct precopy_params p;
 	struct h_dest d;
-	const char *port;
 	int fd;
 
 	(void)state;
 	precopy_params_init(&p);
 	p.timeout_ms = 3600000;
 	assert_int_equal(h_dest_start_tls(&d, RAM, &p, "tls:127.0.0.1:0", &psk1, true), 0);
-	port = strrchr(d.uri, ':');
-	assert_non_null(port);
-	a.sin_port = htons((uint16_t)atoi(port + 1));
-	fd = socket(AF_INET, SOCK_STREAM, 0);
-	assert_true(fd >= 0);
-	assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	fd = h_raw_connect(d.uri);
 	assert_int_equal(send(fd, hello, sizeof(hello), 0), (ssize_t)sizeof(hello));
 	usleep(300 * 1000); /* the destination waits for a ClientHello */
 	assert_int_equal(precopy_cancel(d.s), 0);
@@ -339,14 +332,12 @@ static void tls__settings_checked(void **state)
  */
 static void tls__stranger_does_not_end_listener(void **state)
 {
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	uint8_t hello[32] = { 'P', 'C', 'T', '1', 1, 1, 0, 0, 1, 0, 0, 0, 7 }, junk[32];
 	struct precopy_tls bad = psk1;
 	struct pc_guest *g = make_guest();
 	struct precopy_params p;
 	struct h_dest d;
 	struct h_src s;
-	const char *port;
 	uint8_t buf[256];
 	size_t len;
 	int fd, quiet;
@@ -355,22 +346,17 @@ static void tls__stranger_does_not_end_listener(void **state)
 	precopy_params_init(&p);
 	p.timeout_ms = 5000;
 	assert_int_equal(h_dest_start_tls(&d, RAM, &p, "tls:127.0.0.1:0", &psk1, true), 0);
-	port = strrchr(d.uri, ':');
-	assert_non_null(port);
-	a.sin_port = htons((uint16_t)atoi(port + 1));
 
 	/* junk where the ClientHello should be: the destination closes it */
 	memset(junk, 0x5a, sizeof(junk));
-	fd = socket(AF_INET, SOCK_STREAM, 0);
-	assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	fd = h_raw_connect(d.uri);
 	assert_int_equal(send(fd, hello, sizeof(hello), 0), (ssize_t)sizeof(hello));
 	assert_int_equal(send(fd, junk, sizeof(junk), 0), (ssize_t)sizeof(junk));
 	while (recv(fd, buf, sizeof(buf), 0) > 0)
 		;
 	close(fd);
 	/* a hello and then nothing, left open */
-	quiet = socket(AF_INET, SOCK_STREAM, 0);
-	assert_int_equal(connect(quiet, (struct sockaddr *)&a, sizeof(a)), 0);
+	quiet = h_raw_connect(d.uri);
 	assert_int_equal(send(quiet, hello, sizeof(hello), 0), (ssize_t)sizeof(hello));
 
 	/* a source with another key is refused */

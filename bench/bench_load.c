@@ -322,11 +322,11 @@ int main(int argc, char **argv)
 		t->n++;
 		if (i + 1 == warm) {
 			fds0 = pc_cli_count_fds(false);
-			rss0 = pc_cli_rss_kib();
+			rss0 = pc_cli_status_kib("VmRSS");
 		}
 	}
 	fds1 = pc_cli_count_fds(false);
-	rss1 = pc_cli_rss_kib();
+	rss1 = pc_cli_status_kib("VmRSS");
 	pc_guest_delete(&g);
 	rmdir(dir);
 	if (fds1 != fds0) {

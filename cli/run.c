@@ -430,7 +430,7 @@ out:
 
 static void print_resources(struct pc_cli *c, const char *stage)
 {
-	long fds = pc_cli_count_fds(false), rss = pc_cli_rss_kib();
+	long fds = pc_cli_count_fds(false), rss = pc_cli_status_kib("VmRSS");
 
 	if (c->json)
 		printf("{\"event\":\"resources\",\"role\":\"source\",\"stage\":\"%s\","

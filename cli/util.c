@@ -37,16 +37,18 @@ long pc_cli_count_fds(bool skip_pipes)
 	return n - 1; /* the one opendir() holds */
 }
 
-long pc_cli_rss_kib(void)
+long pc_cli_status_kib(const char *field)
 {
 	FILE *f = fopen("/proc/self/status", "r");
+	size_t n = strlen(field);
 	char line[128];
 	long kib = -1;
 
 	if (!f)
 		return -1;
 	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
+		if (!strncmp(line, field, n) && line[n] == ':' &&
+		    sscanf(line + n + 1, "%ld kB", &kib) == 1)
 			break;
 	fclose(f);
 	return kib;

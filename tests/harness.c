@@ -403,6 +403,24 @@ int h_raw_connect(const char *uri)
 	return fd;
 }
 
+void h_leaks_mark(struct h_leaks *l, long (*count)(void), const char *what)
+{
+	l->count = count;
+	l->what = what;
+	l->fds = h_count_fds();
+	l->other = count ? count() : 0;
+}
+
+void h_leaks_check(const struct h_leaks *l, const char *when)
+{
+	long fds = h_count_fds(), other = l->count ? l->count() : 0;
+
+	print_message("%s: %ld descriptors (%ld before), %ld %s (%ld before)\n", when, fds,
+		      l->fds, other, l->what ? l->what : "-", l->other);
+	assert_int_equal(fds, l->fds);
+	assert_int_equal(other, l->other);
+}
+
 void h_expect_status(struct precopy_session *s, enum precopy_status want)
 {
 	struct precopy_stats st;

@@ -140,6 +140,17 @@ void h_check_refused(struct h_src *s, struct h_dest *d, const char *what);
 /** A plain TCP connection to the port of @uri ("tcp:" or "tls:" on
  *  127.0.0.1), as a stranger would make it. Return: the socket. */
 int h_raw_connect(const char *uri);
+/** Descriptors open (h_count_fds()) and one more count of what a
+ *  migration must give back (memfd mappings, pinned KiB...), if any. */
+struct h_leaks {
+	long (*count)(void);
+	const char *what;
+	long fds, other;
+};
+/** Take the counts now: @count names @what ("KiB pinned"); NULL = none. */
+void h_leaks_mark(struct h_leaks *l, long (*count)(void), const char *what);
+/** The counts are as marked (printed with @when). */
+void h_leaks_check(const struct h_leaks *l, const char *when);
 /** @s is in @want; a FAILED or CANCELLED session says why. */
 void h_expect_status(struct precopy_session *s, enum precopy_status want);
 

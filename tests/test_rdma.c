@@ -53,6 +53,7 @@
 #include <rdma/rdma_cma.h>
 
 #include "config.h"
+#include "cli.h"
 #include "harness.h"
 #include "le.h"
 #include "rdma.h"
@@ -413,38 +414,15 @@ static void migrate__dest_killed_source_survives(void **state)
 /* Memory pinned by this process (registered memory regions), KiB. */
 static long pinned_kib(void)
 {
-	char line[256];
-	long kib = -1;
-	FILE *f = fopen("/proc/self/status", "r");
-
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "VmPin: %ld kB", &kib) == 1)
-			break;
-	fclose(f);
-	return kib;
+	return pc_cli_status_kib("VmPin");
 }
 
-struct leaks {
-	long fds, pinned;
-};
-
-static void leaks_mark(struct leaks *l)
+static void leaks_mark(struct h_leaks *l)
 {
-	l->fds = h_count_fds();
-	l->pinned = pinned_kib();
+	h_leaks_mark(l, pinned_kib, "KiB pinned");
 }
 
-static void leaks_check(const struct leaks *l, const char *when)
-{
-	long fds = h_count_fds(), pinned = pinned_kib();
-
-	printf("# %s: %ld descriptors (%ld before), %ld KiB pinned (%ld before)\n", when, fds,
-	       l->fds, pinned, l->pinned);
-	assert_int_equal(fds, l->fds);
-	assert_int_equal(pinned, l->pinned);
-}
+#define leaks_check h_leaks_check
 
 /* --- rdma_cm helpers ------------------------------------------------------------ */
 
@@ -1680,7 +1658,7 @@ static void end_with(enum end_how how)
 	struct precopy_stats st;
 	struct spy_dest d;
 	struct h_src s;
-	struct leaks lk;
+	struct h_leaks lk;
 	int serr;
 
 	leaks_mark(&lk);
@@ -1767,7 +1745,7 @@ static void hostile__engine_dest_fails(void **state)
 	struct precopy_stats st;
 	struct hostile h;
 	struct h_dest d;
-	struct leaks lk;
+	struct h_leaks lk;
 	char why[160];
 	enum ibv_wc_status rs;
 	int n;
@@ -1825,7 +1803,7 @@ static void migrate__source_killed_dest_fails(void **state)
 	size_t ram = 48 * MiB;
 	struct precopy_stats st;
 	struct h_dest d;
-	struct leaks lk;
+	struct h_leaks lk;
 	int status;
 	pid_t pid;
 
@@ -2012,7 +1990,7 @@ static void hung__source_stopped_dest_fails(void **state)
 	struct precopy_stats st;
 	struct h_dest d;
 	struct h_dest_opts dopts = { .p = &p, .uri = listen_uri };
-	struct leaks lk;
+	struct h_leaks lk;
 	pid_t pid;
 
 	(void)state;
@@ -2090,7 +2068,7 @@ static void warm_up(void)
 
 /* Every case leaves the process as it found it: no descriptor, no
  * registered (pinned) memory. */
-static struct leaks at_setup;
+static struct h_leaks at_setup;
 
 static int setup(void **state)
 {
@@ -2101,13 +2079,13 @@ static int setup(void **state)
 
 static int teardown(void **state)
 {
-	struct leaks now;
+	struct h_leaks now;
 
 	(void)state;
 	leaks_mark(&now);
-	if (now.fds != at_setup.fds || now.pinned != at_setup.pinned) {
+	if (now.fds != at_setup.fds || now.other != at_setup.other) {
 		fprintf(stderr, "left behind: %ld descriptors, %ld KiB pinned\n",
-			now.fds - at_setup.fds, now.pinned - at_setup.pinned);
+			now.fds - at_setup.fds, now.other - at_setup.other);
 		return -1;
 	}
 	return 0;

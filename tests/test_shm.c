@@ -256,25 +256,12 @@ static bool memfd_at(const void *addr, char *name, size_t len)
 	return found;
 }
 
-struct shm_leaks {
-	long fds, memfds;
-};
-
-static void shm_leaks_mark(struct shm_leaks *l)
+static void shm_leaks_mark(struct h_leaks *l)
 {
-	l->fds = h_count_fds();
-	l->memfds = memfd_maps();
+	h_leaks_mark(l, memfd_maps, "memfd mappings");
 }
 
-static void shm_leaks_check(const struct shm_leaks *l, const char *when)
-{
-	long fds = h_count_fds(), memfds = memfd_maps();
-
-	print_message("%s: %ld descriptors (%ld before), %ld memfd mappings (%ld before)\n",
-		      when, fds, l->fds, memfds, l->memfds);
-	assert_int_equal(fds, l->fds);
-	assert_int_equal(memfds, l->memfds);
-}
+#define shm_leaks_check h_leaks_check
 
 /*
  * A source in a child process: it reads the destination's URI from @rfd,
@@ -374,7 +361,7 @@ static void check_dest_failed(struct h_dest *d)
 static void source_killed(bool handoff)
 {
 	size_t ram = 128 * MiB;
-	struct shm_leaks lk;
+	struct h_leaks lk;
 	struct h_dest d;
 	char uri[128], said;
 	int wfd, rfd, status;
@@ -420,7 +407,7 @@ static void handoff__refused_after_mapping_undone(void **state)
 	size_t ram = 32 * MiB;
 	struct h_dest_opts o = { .on_load = load_fails };
 	struct precopy_stats st;
-	struct shm_leaks lk;
+	struct h_leaks lk;
 	struct h_dest d;
 	struct h_src s;
 	struct pc_guest *g;

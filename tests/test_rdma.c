@@ -434,6 +434,27 @@ static void addr_of(const char *host, uint16_t port, struct sockaddr_in *sa)
 	assert_int_equal(inet_pton(AF_INET, host, &sa->sin_addr), 1);
 }
 
+/* A new event channel in *@ec and an rdma_cm id listening on an ephemeral
+ * port of the device's address in *@lid; "ADDR:PORT" in @uri if given.
+ * Return: the port. */
+static uint16_t cm_listen(struct rdma_event_channel **ec, struct rdma_cm_id **lid, char *uri,
+			  size_t len)
+{
+	struct sockaddr_in la;
+	uint16_t port;
+
+	*ec = rdma_create_event_channel();
+	assert_non_null(*ec);
+	addr_of(addr, 0, &la);
+	assert_int_equal(rdma_create_id(*ec, lid, NULL, RDMA_PS_TCP), 0);
+	assert_int_equal(rdma_bind_addr(*lid, (struct sockaddr *)&la), 0);
+	assert_int_equal(rdma_listen(*lid, 1), 0);
+	port = ntohs(rdma_get_src_port(*lid));
+	if (uri)
+		snprintf(uri, len, "%s:%u", addr, port);
+	return port;
+}
+
 /* "rdma:HOST:PORT" -> port */
 static uint16_t port_of(const char *uri)
 {
@@ -552,7 +573,6 @@ static void connect__impostor_destination_refused(void **state)
 {
 	const struct pc_transport_ops *ops = pc_transport_find("rdma");
 	struct impostor im = { 0 };
-	struct sockaddr_in la;
 	char why[160] = "", uri[200];
 	struct pc_transport_opts o = { .channels = 1, .key = "right key", .key_len = 9,
 				       .why = why, .whylen = sizeof(why) };
@@ -560,13 +580,7 @@ static void connect__impostor_destination_refused(void **state)
 	pthread_t th;
 
 	(void)state;
-	im.ec = rdma_create_event_channel();
-	assert_non_null(im.ec);
-	addr_of(addr, 0, &la);
-	assert_int_equal(rdma_create_id(im.ec, &im.lid, NULL, RDMA_PS_TCP), 0);
-	assert_int_equal(rdma_bind_addr(im.lid, (struct sockaddr *)&la), 0);
-	assert_int_equal(rdma_listen(im.lid, 1), 0);
-	snprintf(uri, sizeof(uri), "%s:%u", addr, ntohs(rdma_get_src_port(im.lid)));
+	cm_listen(&im.ec, &im.lid, uri, sizeof(uri));
 	assert_int_equal(pthread_create(&th, NULL, impostor_main, &im), 0);
 	assert_int_equal(ops->connect(uri, &o, &t), -EACCES);
 	pthread_join(th, NULL);
@@ -607,19 +621,13 @@ static void *connector_main(void *arg)
 static void connect__cancel_while_waiting_for_accept(void **state)
 {
 	struct connector k = { 0 };
-	struct rdma_event_channel *ec = rdma_create_event_channel();
+	struct rdma_event_channel *ec;
 	struct rdma_cm_id *lid, *req = NULL;
-	struct sockaddr_in la;
 	char uri[200];
 	pthread_t th;
 
 	(void)state;
-	assert_non_null(ec);
-	addr_of(addr, 0, &la);
-	assert_int_equal(rdma_create_id(ec, &lid, NULL, RDMA_PS_TCP), 0);
-	assert_int_equal(rdma_bind_addr(lid, (struct sockaddr *)&la), 0);
-	assert_int_equal(rdma_listen(lid, 1), 0);
-	snprintf(uri, sizeof(uri), "%s:%u", addr, ntohs(rdma_get_src_port(lid)));
+	cm_listen(&ec, &lid, uri, sizeof(uri));
 	k.uri = uri;
 	atomic_init(&k.cancel, false);
 	assert_int_equal(pthread_create(&th, NULL, connector_main, &k), 0);
@@ -657,7 +665,7 @@ struct probe {
 
 static void probe_open(struct probe *p, struct ibv_pd *far_pd)
 {
-	struct sockaddr_in la, da;
+	struct sockaddr_in da;
 	struct ibv_qp_init_attr qa = { .qp_type = IBV_QPT_RC,
 				       .cap = { .max_send_wr = 4, .max_recv_wr = 4,
 						.max_send_sge = 1, .max_recv_sge = 1 } };
@@ -666,13 +674,7 @@ static void probe_open(struct probe *p, struct ibv_pd *far_pd)
 	unsigned established = 0;
 
 	memset(p, 0, sizeof(*p));
-	p->ec = rdma_create_event_channel();
-	assert_non_null(p->ec);
-	addr_of(addr, 0, &la);
-	assert_int_equal(rdma_create_id(p->ec, &p->lid, NULL, RDMA_PS_TCP), 0);
-	assert_int_equal(rdma_bind_addr(p->lid, (struct sockaddr *)&la), 0);
-	assert_int_equal(rdma_listen(p->lid, 1), 0);
-	addr_of(addr, ntohs(rdma_get_src_port(p->lid)), &da);
+	addr_of(addr, cm_listen(&p->ec, &p->lid, NULL, 0), &da);
 
 	assert_int_equal(rdma_create_id(p->ec, &p->near, NULL, RDMA_PS_TCP), 0);
 	assert_int_equal(rdma_resolve_addr(p->near, NULL, (struct sockaddr *)&da, 2000), 0);
@@ -1882,7 +1884,6 @@ static void connect__replayed_request_refused(void **state)
 	struct pc_transport_opts o = { .channels = 1, .key = "k", .key_len = 1 };
 	struct acceptor a = { .ops = ops, .key = "k", .err = 1 };
 	struct recorder r = { 0 };
-	struct sockaddr_in la;
 	struct pc_transport *t = NULL;
 	struct hostile h;
 	uint8_t rep[56], proof[16];
@@ -1893,13 +1894,7 @@ static void connect__replayed_request_refused(void **state)
 
 	(void)state;
 	/* 1. record a genuine request */
-	r.ec = rdma_create_event_channel();
-	assert_non_null(r.ec);
-	addr_of(addr, 0, &la);
-	assert_int_equal(rdma_create_id(r.ec, &r.lid, NULL, RDMA_PS_TCP), 0);
-	assert_int_equal(rdma_bind_addr(r.lid, (struct sockaddr *)&la), 0);
-	assert_int_equal(rdma_listen(r.lid, 1), 0);
-	snprintf(uri, sizeof(uri), "%s:%u", addr, ntohs(rdma_get_src_port(r.lid)));
+	cm_listen(&r.ec, &r.lid, uri, sizeof(uri));
 	assert_int_equal(pthread_create(&th, NULL, recorder_main, &r), 0);
 	assert_true(ops->connect(uri, &o, &t) < 0);
 	pthread_join(th, NULL);

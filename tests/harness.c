@@ -17,6 +17,7 @@
 
 #include "cli.h"
 #include "harness.h"
+#include "transport.h"
 
 static int d_load(void *o, const void *buf, size_t len)
 {
@@ -419,6 +420,28 @@ void h_leaks_check(const struct h_leaks *l, const char *when)
 		      l->fds, other, l->what ? l->what : "-", l->other);
 	assert_int_equal(fds, l->fds);
 	assert_int_equal(other, l->other);
+}
+
+static void *accept_main(void *arg)
+{
+	struct h_accept *a = arg;
+	struct pc_transport_opts o = { 0 };
+
+	a->err = a->l->ops->accept(a->l, &o, &a->t);
+	return NULL;
+}
+
+void h_accept_start(struct h_accept *a)
+{
+	a->t = NULL;
+	a->err = 1;
+	assert_int_equal(pthread_create(&a->th, NULL, accept_main, a), 0);
+}
+
+int h_accept_join(struct h_accept *a)
+{
+	pthread_join(a->th, NULL);
+	return a->err;
 }
 
 void h_expect_status(struct precopy_session *s, enum precopy_status want)

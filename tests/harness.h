@@ -151,6 +151,20 @@ struct h_leaks {
 void h_leaks_mark(struct h_leaks *l, long (*count)(void), const char *what);
 /** The counts are as marked (printed with @when). */
 void h_leaks_check(const struct h_leaks *l, const char *when);
+struct pc_listener;
+struct pc_transport;
+/** A transport listener accepting one connection in a thread (the
+ *  transport layer's own test peers). */
+struct h_accept {
+	struct pc_listener *l;   /**< the caller's, listening */
+	struct pc_transport *t;  /**< the connection, once joined with 0 */
+	int err;                 /**< the accept's result */
+	pthread_t th;
+};
+/** Start accepting on @a->l with default options in a thread. */
+void h_accept_start(struct h_accept *a);
+/** Wait for the accept; returns its result (@a->err). */
+int h_accept_join(struct h_accept *a);
 /** @s is in @want; a FAILED or CANCELLED session says why. */
 void h_expect_status(struct precopy_session *s, enum precopy_status want);
 

@@ -119,21 +119,9 @@ static int mute_listener(char *uri, size_t len)
 /* The same over shm: a listener of the transport that accepts the
  * connection and then says nothing. */
 struct mute {
-	int fd;                 /* tcp */
-	struct pc_listener *l;  /* shm */
-	struct pc_transport *t;
-	pthread_t th;
-	int err;
+	int fd;             /* tcp */
+	struct h_accept a;  /* shm */
 };
-
-static void *mute_accept(void *arg)
-{
-	struct mute *m = arg;
-	struct pc_transport_opts o = { 0 };
-
-	m->err = m->l->ops->accept(m->l, &o, &m->t);
-	return NULL;
-}
 
 static void mute_start(struct mute *m, char *uri, size_t len)
 {
@@ -147,8 +135,8 @@ static void mute_start(struct mute *m, char *uri, size_t len)
 		return;
 	}
 	snprintf(uri, len, "shm:%s/mute%u.sock", shm_dir, shm_seq++);
-	assert_int_equal(ops->listen(uri + 4, &o, &m->l), 0);
-	assert_int_equal(pthread_create(&m->th, NULL, mute_accept, m), 0);
+	assert_int_equal(ops->listen(uri + 4, &o, &m->a.l), 0);
+	h_accept_start(&m->a);
 }
 
 static void mute_stop(struct mute *m)
@@ -157,10 +145,10 @@ static void mute_stop(struct mute *m)
 		close(m->fd);
 		return;
 	}
-	m->l->ops->listener_abort(m->l);
-	pthread_join(m->th, NULL);
-	pc_tp_close(m->t);
-	m->l->ops->listener_close(m->l);
+	m->a.l->ops->listener_abort(m->a.l);
+	h_accept_join(&m->a);
+	pc_tp_close(m->a.t);
+	m->a.l->ops->listener_close(m->a.l);
 }
 
 /* Start @s for @g with @p towards @uri, a peer that does not answer; once

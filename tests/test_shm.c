@@ -452,29 +452,13 @@ static void skip_unless_root(void)
 	}
 }
 
-struct accepting {
-	struct pc_listener *l;
-	struct pc_transport *t;
-	int err;
-};
-
-static void *accept_main(void *arg)
-{
-	struct accepting *a = arg;
-	struct pc_transport_opts o = { 0 };
-
-	a->err = a->l->ops->accept(a->l, &o, &a->t);
-	return NULL;
-}
-
 /* A process of another uid connecting to us is refused, and told why. */
 static void peer__other_uid_connecting_refused(void **state)
 {
 	const struct pc_transport_ops *ops = pc_transport_find("shm");
 	struct pc_transport_opts o = { .channels = 1 };
-	struct accepting a = { 0 };
+	struct h_accept a = { 0 };
 	char uri[128];
-	pthread_t th;
 	int status;
 	pid_t pid;
 
@@ -497,15 +481,14 @@ static void peer__other_uid_connecting_refused(void **state)
 		printf("  nobody connecting: %s (%s)\n", strerror(-err), why);
 		_exit(err == -EACCES && strstr(why, "uid 65534") ? 0 : 1);
 	}
-	assert_int_equal(pthread_create(&th, NULL, accept_main, &a), 0);
+	h_accept_start(&a);
 	waitpid(pid, &status, 0);
 	assert_true(WIFEXITED(status));
 	assert_int_equal(WEXITSTATUS(status), 0);
 	/* our accept is still waiting: the stranger did not count */
 	usleep(50 * 1000);
 	ops->listener_abort(a.l);
-	pthread_join(th, NULL);
-	assert_int_equal(a.err, -ECANCELED);
+	assert_int_equal(h_accept_join(&a), -ECANCELED);
 	ops->listener_close(a.l);
 }
 
@@ -698,7 +681,7 @@ static void hostile_source(bool seal)
 	const struct pc_transport_ops *ops = pc_transport_find("shm");
 	struct pc_transport_opts o = { .channels = 1 };
 	const size_t len = 1 * MiB;
-	struct accepting a = { 0 };
+	struct h_accept a = { 0 };
 	uint8_t msg[16] = "ready", hdr[PC_FRAME_HDR], page[4096];
 	struct iovec v = { msg, 5 };
 	int fds[8], memfd, sfd, err;
@@ -707,7 +690,6 @@ static void hostile_source(bool seal)
 	uint8_t *ram;
 	void *again;
 	char uri[128];
-	pthread_t th;
 
 	memfd = memfd_create("vmm-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	assert_true(memfd >= 0);
@@ -717,10 +699,9 @@ static void hostile_source(bool seal)
 
 	new_uri(uri, sizeof(uri));
 	assert_int_equal(ops->listen(uri + 4, &o, &a.l), 0);
-	assert_int_equal(pthread_create(&th, NULL, accept_main, &a), 0);
+	h_accept_start(&a);
 	sfd = raw_source_connect(uri + 4);
-	pthread_join(th, NULL);
-	assert_int_equal(a.err, 0);
+	assert_int_equal(h_accept_join(&a), 0);
 
 	/* the engine's way: with the fd where the transport can share it */
 	err = a.t->ops->expose_region_fd(a.t, 0, ram, len, memfd, 0);

@@ -151,6 +151,13 @@ static void mute_stop(struct mute *m)
 	m->a.l->ops->listener_close(m->a.l);
 }
 
+/* @s ends with -ECANCELED, CANCELLED and saying why. */
+static void source_cancelled(struct h_src *s)
+{
+	assert_int_equal(h_src_join(s), -ECANCELED);
+	h_expect_status(s->s, PRECOPY_STATUS_CANCELLED);
+}
+
 /* Start @s for @g with @p towards @uri, a peer that does not answer; once
  * it is in setup and @ms later (still there), cancel it: CANCELLED, the
  * guest never stopped. */
@@ -165,8 +172,7 @@ static void cancel_unanswered(struct h_src *s, struct pc_guest *g,
 	precopy_query(s->s, &st);
 	assert_int_equal(st.status, PRECOPY_STATUS_SETUP);
 	assert_int_equal(precopy_cancel(s->s), 0);
-	assert_int_equal(h_src_join(s), -ECANCELED);
-	h_expect_status(s->s, PRECOPY_STATUS_CANCELLED);
+	source_cancelled(s);
 	assert_int_equal(s->stops, 0);
 }
 
@@ -181,8 +187,7 @@ static void cancel__source_before_start(void **state)
 	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
 	assert_int_equal(precopy_cancel(s.s), 0);
 	assert_int_equal(h_src_start(&s, d.uri), 0);
-	assert_int_equal(h_src_join(&s), -ECANCELED);
-	h_expect_status(s.s, PRECOPY_STATUS_CANCELLED);
+	source_cancelled(&s);
 	assert_int_equal(s.stops, 0);
 	/* a session runs once */
 	assert_int_equal(precopy_migrate(s.s, d.uri), -EBUSY);
@@ -225,8 +230,7 @@ static void cancel__source_in_switchover(void **state)
 	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
 	s.on_stop = cancel_from_stop_hook;
 	assert_int_equal(h_src_start(&s, d.uri), 0);
-	assert_int_equal(h_src_join(&s), -ECANCELED);
-	h_expect_status(s.s, PRECOPY_STATUS_CANCELLED);
+	source_cancelled(&s);
 	assert_true(s.stops >= 1);
 	assert_int_equal(s.resumes, s.stops); /* resumed after the cancel */
 	assert_true(h_dest_join(&d) < 0);

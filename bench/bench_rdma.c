@@ -195,55 +195,33 @@ out_join:
 
 /* --- 3. a whole migration ------------------------------------------------------ */
 
-struct mdest {
-	struct precopy_session *s;
-	int err;
-};
-
-static void *mdest_main(void *arg)
-{
-	struct mdest *d = arg;
-
-	d->err = precopy_incoming(d->s);
-	return NULL;
-}
-
 static int migrate_once(const char *listen, void *src, uint8_t *dst, size_t len,
 			struct precopy_stats *out, double *cpu)
 {
 	struct precopy_session *ss = NULL;
-	struct mdest d = { 0 };
-	char uri[128];
-	pthread_t t;
+	struct pc_cli_dest d;
 	double c0;
 	int err;
 
-	err = precopy_new(PRECOPY_ROLE_DEST, NULL, NULL, &d.s);
-	if (!err && precopy_add_region(d.s, dst, len, PRECOPY_DIRTY_AUTO) < 0)
-		err = -EINVAL;
-	if (!err)
-		err = precopy_listen(d.s, listen);
-	if (!err)
-		err = precopy_local_uri(d.s, uri, sizeof(uri));
+	err = pc_cli_dest_listen(&d, NULL, dst, len, listen, true);
 	if (!err)
 		err = precopy_new(PRECOPY_ROLE_SOURCE, NULL, NULL, &ss);
 	if (!err && precopy_add_region(ss, src, len, PRECOPY_DIRTY_AUTO) < 0)
 		err = -EINVAL;
+	if (!err)
+		err = pc_cli_dest_start(&d);
 	if (err)
 		goto out;
-	pthread_create(&t, NULL, mdest_main, &d);
 	c0 = clk(CLOCK_PROCESS_CPUTIME_ID);
-	err = precopy_migrate(ss, uri);
-	pthread_join(t, NULL);
-	*cpu = clk(CLOCK_PROCESS_CPUTIME_ID) - c0;
-	if (!err)
+	err = precopy_migrate(ss, d.uri);
+	if (pc_cli_dest_join(&d) && !err)
 		err = d.err;
+	*cpu = clk(CLOCK_PROCESS_CPUTIME_ID) - c0;
 	precopy_query(ss, out);
 out:
 	if (ss)
 		precopy_delete(&ss);
-	if (d.s)
-		precopy_delete(&d.s);
+	pc_cli_dest_free(&d);
 	return err;
 }
 

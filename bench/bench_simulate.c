@@ -40,19 +40,6 @@ static const struct scenario scenarios[] = {
 	{ "random d/b=1.5 auto-converge", PC_GUEST_RANDOM, 128 * MiB, 192 * MiB, true },
 };
 
-struct dest {
-	struct precopy_session *s;
-	int err;
-};
-
-static void *dest_main(void *arg)
-{
-	struct dest *d = arg;
-
-	d->err = precopy_incoming(d->s);
-	return NULL;
-}
-
 static void params_for(const struct scenario *sc, struct precopy_params *p)
 {
 	precopy_params_init(p);
@@ -70,11 +57,9 @@ static int real_run(const struct scenario *sc, uint64_t ram, struct precopy_stat
 	struct precopy_callbacks cb;
 	struct precopy_params p;
 	struct precopy_session *s = NULL;
-	struct dest d = { 0 };
+	struct pc_cli_dest d = { 0 };
 	struct pc_guest *g;
-	char uri[128];
 	void *dst;
-	pthread_t t;
 	int err;
 
 	params_for(sc, &p);
@@ -84,31 +69,24 @@ static int real_run(const struct scenario *sc, uint64_t ram, struct precopy_stat
 	dst = mmap(NULL, ram, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	err = dst == MAP_FAILED ? -ENOMEM : 0;
 	if (!err)
-		err = precopy_new(PRECOPY_ROLE_DEST, NULL, NULL, &d.s);
-	if (!err && precopy_add_region(d.s, dst, ram, PRECOPY_DIRTY_AUTO) < 0)
-		err = -EINVAL;
-	if (!err)
-		err = precopy_listen(d.s, "tcp:127.0.0.1:0");
-	if (!err)
-		err = precopy_local_uri(d.s, uri, sizeof(uri));
+		err = pc_cli_dest_listen(&d, NULL, dst, ram, "tcp:127.0.0.1:0", true);
 	if (!err)
 		err = precopy_new(PRECOPY_ROLE_SOURCE, &p, &cb, &s);
 	if (!err && precopy_add_region(s, pc_guest_ram(g, NULL), ram, PRECOPY_DIRTY_AUTO) < 0)
 		err = -EINVAL;
 	if (!err)
 		err = pc_guest_start(g);
+	if (!err)
+		err = pc_cli_dest_start(&d);
 	if (!err) {
-		pthread_create(&t, NULL, dest_main, &d);
-		err = precopy_migrate(s, uri);
-		pthread_join(t, NULL);
-		precopy_query(s, st);
-		if (!err)
+		err = precopy_migrate(s, d.uri);
+		if (pc_cli_dest_join(&d) && !err)
 			err = d.err;
+		precopy_query(s, st);
 	}
 	if (s)
 		precopy_delete(&s);
-	if (d.s)
-		precopy_delete(&d.s);
+	pc_cli_dest_free(&d);
 	if (dst != MAP_FAILED)
 		munmap(dst, ram);
 	pc_guest_delete(&g);

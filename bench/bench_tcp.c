@@ -102,55 +102,31 @@ static double baseline(const uint8_t *src, uint8_t *dst, size_t len)
 
 /* --- precopy: a whole migration of an idle guest -------------------------- */
 
-struct dest {
-	struct precopy_session *s;
-	int err;
-};
-
-static void *dest_main(void *arg)
-{
-	struct dest *d = arg;
-
-	d->err = precopy_incoming(d->s);
-	return NULL;
-}
-
 static int migrate_once(void *src, uint8_t *dst, size_t len, bool populate,
 			struct precopy_stats *out, struct precopy_stats *dout)
 {
 	struct precopy_session *ss = NULL;
-	struct dest d = { 0 };
-	char uri[128];
-	pthread_t t;
+	struct pc_cli_dest d;
 	int err;
 
-	err = precopy_new(PRECOPY_ROLE_DEST, NULL, NULL, &d.s);
-	if (!err && precopy_add_region(d.s, dst, len, PRECOPY_DIRTY_AUTO) < 0)
-		err = -EINVAL;
-	if (!err && !populate)
-		err = precopy_set_param(d.s, PRECOPY_PARAM_POPULATE, 0);
-	if (!err)
-		err = precopy_listen(d.s, "tcp:127.0.0.1:0");
-	if (!err)
-		err = precopy_local_uri(d.s, uri, sizeof(uri));
+	err = pc_cli_dest_listen(&d, NULL, dst, len, "tcp:127.0.0.1:0", populate);
 	if (!err)
 		err = precopy_new(PRECOPY_ROLE_SOURCE, NULL, NULL, &ss);
 	if (!err && precopy_add_region(ss, src, len, PRECOPY_DIRTY_AUTO) < 0)
 		err = -EINVAL;
+	if (!err)
+		err = pc_cli_dest_start(&d);
 	if (err)
 		goto out;
-	pthread_create(&t, NULL, dest_main, &d);
-	err = precopy_migrate(ss, uri);
-	pthread_join(t, NULL);
-	if (!err)
+	err = precopy_migrate(ss, d.uri);
+	if (pc_cli_dest_join(&d) && !err)
 		err = d.err;
 	precopy_query(ss, out);
 	precopy_query(d.s, dout);
 out:
 	if (ss)
 		precopy_delete(&ss);
-	if (d.s)
-		precopy_delete(&d.s);
+	pc_cli_dest_free(&d);
 	return err;
 }
 

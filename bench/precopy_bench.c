@@ -541,20 +541,6 @@ usage:
 /* migrate                                                                  */
 /* ------------------------------------------------------------------------ */
 
-struct mig_dest {
-	struct precopy_session *s;
-	int err;
-	struct pc_guest_desc desc; /* the device state: magic set once taken */
-};
-
-static void *mig_dest_main(void *arg)
-{
-	struct mig_dest *d = arg;
-
-	d->err = precopy_incoming(d->s);
-	return NULL;
-}
-
 struct mig_result {
 	int err;
 	struct precopy_stats st;
@@ -571,11 +557,11 @@ static void mig_run(uint64_t ram, double rate, enum pc_guest_pattern pat, unsign
 	struct precopy_callbacks dcb = { .load_device_state = pc_guest_load_desc };
 	struct precopy_params p;
 	struct precopy_session *s = NULL;
-	struct mig_dest d = { 0 };
+	struct pc_guest_desc desc = { 0 }; /* the device state: magic set once taken */
+	struct pc_cli_dest d = { 0 };
 	struct pc_guest *g = NULL;
-	char uri[128], why[256];
+	char why[256];
 	void *dst = NULL;
-	pthread_t t;
 
 	memset(r, 0, sizeof(*r));
 	precopy_params_init(&p);
@@ -585,34 +571,28 @@ static void mig_run(uint64_t ram, double rate, enum pc_guest_pattern pat, unsign
 	if (r->err)
 		return;
 	cb = pc_guest_callbacks(g, NULL, NULL);
-	dcb.opaque = &d.desc;
+	dcb.opaque = &desc;
 	dst = mmap(NULL, ram, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (dst == MAP_FAILED) {
 		r->err = -ENOMEM;
 		dst = NULL;
 		goto out;
 	}
-	if ((r->err = precopy_new(PRECOPY_ROLE_DEST, NULL, &dcb, &d.s)) ||
-	    (r->err = precopy_add_region(d.s, dst, ram, PRECOPY_DIRTY_AUTO)) < 0 ||
-	    (r->err = precopy_listen(d.s, "tcp:127.0.0.1:0")) ||
-	    (r->err = precopy_local_uri(d.s, uri, sizeof(uri))) ||
+	if ((r->err = pc_cli_dest_listen(&d, &dcb, dst, ram, "tcp:127.0.0.1:0", true)) ||
 	    (r->err = precopy_new(PRECOPY_ROLE_SOURCE, &p, &cb, &s)) ||
 	    (r->err = precopy_add_region(s, pc_guest_ram(g, NULL), ram, PRECOPY_DIRTY_AUTO)) < 0 ||
-	    (r->err = pc_guest_start(g)))
+	    (r->err = pc_guest_start(g)) || (r->err = pc_cli_dest_start(&d)))
 		goto out;
-	pthread_create(&t, NULL, mig_dest_main, &d);
-	r->err = precopy_migrate(s, uri);
-	pthread_join(t, NULL);
-	if (!r->err)
+	r->err = precopy_migrate(s, d.uri);
+	if (pc_cli_dest_join(&d) && !r->err)
 		r->err = d.err;
 	precopy_query(s, &r->st);
-	r->verified = !r->err && d.desc.magic == PC_GUEST_MAGIC &&
-		      pc_guest_verify(dst, ram, &d.desc, why, sizeof(why)) == 0;
+	r->verified = !r->err && desc.magic == PC_GUEST_MAGIC &&
+		      pc_guest_verify(dst, ram, &desc, why, sizeof(why)) == 0;
 out:
 	if (s)
 		precopy_delete(&s);
-	if (d.s)
-		precopy_delete(&d.s);
+	pc_cli_dest_free(&d);
 	if (dst)
 		munmap(dst, ram);
 	pc_guest_delete(&g);

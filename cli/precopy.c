@@ -173,6 +173,10 @@ static void usage(FILE *f)
 "  --bandwidth RATE          link bandwidth\n"
 "  --estimator busy|wall     bandwidth estimate to decide with [busy]\n"
 "  --rtt-us N                the path's round trip in us; the end pays two [0]\n"
+"  --send-queue SIZE         the transport's send queue (a TCP socket's send\n"
+"                            buffer, e.g. 4M): sends return while it has room,\n"
+"                            and the final burst waits behind it; 0 = a send\n"
+"                            returns when its bytes are on the link [0]\n"
 "\n"
 "output:\n"
 "  --json                    JSON lines: progress events and a result\n"
@@ -189,7 +193,7 @@ enum {
 	OPT_ZERO_PCT, OPT_FREE_PCT, OPT_SEED, OPT_DIRTY_MODE, OPT_MAX_BW, OPT_DOWNTIME,
 	OPT_AVAIL_BW, OPT_AUTO_CONVERGE, OPT_TRIGGER, OPT_T_INITIAL, OPT_T_INCREMENT,
 	OPT_T_MAX, OPT_TAILSLOW, OPT_MAX_ITER, OPT_MAX_TIME, OPT_STALL, OPT_ON_LIMIT,
-	OPT_CHANNELS, OPT_NO_VERIFY, OPT_JSON, OPT_QUIET, OPT_BANDWIDTH, OPT_ESTIMATOR, OPT_RTT_US,
+	OPT_CHANNELS, OPT_NO_VERIFY, OPT_JSON, OPT_QUIET, OPT_BANDWIDTH, OPT_ESTIMATOR, OPT_RTT_US, OPT_SEND_QUEUE,
 	OPT_HELP, OPT_NUMA_NODE, OPT_MEMFD, OPT_LISTEN_UNIX, OPT_TO_UNIX,
 	OPT_TIMEOUT, OPT_VERIFY_SOURCE, OPT_THEN_TO, OPT_STOP_DELAY, OPT_TLS_PSK_FILE,
 	OPT_TLS_PSK_ID, OPT_TLS_CA, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_HOSTNAME,
@@ -242,6 +246,7 @@ static const struct option long_opts[] = {
 	{ "bandwidth", required_argument, 0, OPT_BANDWIDTH },
 	{ "estimator", required_argument, 0, OPT_ESTIMATOR },
 	{ "rtt-us", required_argument, 0, OPT_RTT_US },
+	{ "send-queue", required_argument, 0, OPT_SEND_QUEUE },
 	{ "listen-unix", required_argument, 0, OPT_LISTEN_UNIX },
 	{ "to-unix", required_argument, 0, OPT_TO_UNIX },
 	{ "help", no_argument, 0, OPT_HELP },
@@ -539,6 +544,10 @@ static int parse_args(int argc, char **argv, struct pc_cli *c)
 			c->rtt_us = v;
 			break;
 		}
+		case OPT_SEND_QUEUE:
+			if (pc_cli_parse_size(a, &c->send_queue))
+				return bad_value(name, a, "expected a size, e.g. 4M");
+			break;
 		case 'h':
 		case OPT_HELP:
 			usage(stdout);

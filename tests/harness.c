@@ -379,6 +379,19 @@ void h_migrate_ok(struct h_src *s, struct h_dest *d, struct pc_guest *g,
 	h_check_migrated(s, d);
 }
 
+void h_slow_save(struct h_src *s)
+{
+	(void)s;
+	usleep(3000 * 1000);
+}
+
+int h_slow_load(struct h_dest *d)
+{
+	(void)d;
+	usleep(3000 * 1000);
+	return 0;
+}
+
 void h_check_refused(struct h_src *s, struct h_dest *d, const char *what)
 {
 	char msg[PRECOPY_ERRMSG_MAX];
@@ -425,7 +438,7 @@ void h_leaks_check(const struct h_leaks *l, const char *when)
 static void *accept_main(void *arg)
 {
 	struct h_accept *a = arg;
-	struct pc_transport_opts o = { 0 };
+	struct pc_transport_opts o = { .timeout_ms = a->timeout_ms };
 
 	a->err = a->l->ops->accept(a->l, &o, &a->t);
 	return NULL;

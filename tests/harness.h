@@ -134,6 +134,10 @@ void h_free_all(struct h_src *s, struct h_dest *d, struct pc_guest **g);
  *  (then h_src_free()). */
 void h_migrate_ok(struct h_src *s, struct h_dest *d, struct pc_guest *g,
 		  const struct precopy_params *p);
+/** Hooks that take 3 s of local work, saving and loading device state
+ *  (for on_save and on_load): longer than a short timeout. */
+void h_slow_save(struct h_src *s);
+int h_slow_load(struct h_dest *d);
 /** Both ends of a started migration fail before the guest was stopped,
  *  the source's error saying @what. */
 void h_check_refused(struct h_src *s, struct h_dest *d, const char *what);
@@ -159,6 +163,7 @@ struct h_accept {
 	struct pc_listener *l;   /**< the caller's, listening */
 	struct pc_transport *t;  /**< the connection, once joined with 0 */
 	int err;                 /**< the accept's result */
+	unsigned timeout_ms;     /**< the accept's timeout option (0: default) */
 	pthread_t th;
 };
 /** Start accepting on @a->l with default options in a thread. */

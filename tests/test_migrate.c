@@ -72,19 +72,6 @@ static void migrate__idle_guest_zero_pages_as_runs(void **state)
  * loading device state) outlives a timeout of 1 s, because the transport
  * keeps telling the peer it is alive. The timeout itself is checked with
  * stopped processes (tests/cli_hung.sh). */
-static void sleep_save(struct h_src *s)
-{
-	(void)s;
-	usleep(3000 * 1000);
-}
-
-static int sleep_load(struct h_dest *d)
-{
-	(void)d;
-	usleep(3000 * 1000);
-	return 0;
-}
-
 static void beats__slow_ends_outlive_a_short_timeout(void **state)
 {
 	size_t ram = 8 * MiB;
@@ -97,10 +84,10 @@ static void beats__slow_ends_outlive_a_short_timeout(void **state)
 	precopy_params_init(&p);
 	p.timeout_ms = 1000;
 	assert_int_equal(h_dest_start_opts(&d, ram,
-					   &(struct h_dest_opts){ .p = &p, .on_load = sleep_load }),
+					   &(struct h_dest_opts){ .p = &p, .on_load = h_slow_load }),
 			 0);
 	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
-	s.on_save = sleep_save;
+	s.on_save = h_slow_save;
 	assert_int_equal(h_src_start(&s, d.uri), 0);
 	assert_int_equal(h_src_join(&s), 0);
 	assert_int_equal(h_dest_join(&d), 0);

@@ -929,7 +929,7 @@ static int hostile_open(struct hostile *h, const char *uri, uint8_t *req, bool s
 	return 0;
 }
 
-/* Connect to @uri as channel 0 of 1 with @key, as transport/rdma.c does:
+/* Connect to @uri as channel 0 of 1 with @key, as transport/rdma_cm.c does:
  * a request with a good token, then the answer to the challenge. Return:
  * 0; -EACCES if refused. */
 static int hostile_connect(struct hostile *h, const char *uri, const char *key)

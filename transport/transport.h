@@ -35,6 +35,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/uio.h>
+#include <time.h>
 
 #include "config.h"
 #include "precopy.h"
@@ -343,6 +344,16 @@ static inline void pc_tp_close(struct pc_transport *t)
 {
 	if (t)
 		t->ops->close(t);
+}
+
+/** pc_mono_ns() - CLOCK_MONOTONIC in ns, the clock of every transport's
+ *  deadlines and figures. */
+static inline uint64_t pc_mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 /* Transports built into this library (defined in their own files). */

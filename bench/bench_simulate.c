@@ -18,6 +18,7 @@
 #include <sys/mman.h>
 
 #include "cli.h"
+#include "common.h"
 #include "guest.h"
 #include "precopy.h"
 #include "sim.h"
@@ -56,8 +57,7 @@ static int real_run(const struct scenario *sc, uint64_t ram, struct precopy_stat
 				    .pattern = sc->pattern, .threads = 1, .seed = 3 };
 	struct precopy_callbacks cb;
 	struct precopy_params p;
-	struct precopy_session *s = NULL;
-	struct pc_cli_dest d = { 0 };
+	struct pcb_pair pair = { 0 };
 	struct pc_guest *g;
 	void *dst;
 	int err;
@@ -69,24 +69,15 @@ static int real_run(const struct scenario *sc, uint64_t ram, struct precopy_stat
 	dst = mmap(NULL, ram, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	err = dst == MAP_FAILED ? -ENOMEM : 0;
 	if (!err)
-		err = pc_cli_dest_listen(&d, NULL, dst, ram, "tcp:127.0.0.1:0", true);
-	if (!err)
-		err = precopy_new(PRECOPY_ROLE_SOURCE, &p, &cb, &s);
-	if (!err && precopy_add_region(s, pc_guest_ram(g, NULL), ram, PRECOPY_DIRTY_AUTO) < 0)
-		err = -EINVAL;
+		err = pcb_pair_open(&pair, "tcp:127.0.0.1:0", pc_guest_ram(g, NULL), dst, ram, &p,
+				    &cb, true);
 	if (!err)
 		err = pc_guest_start(g);
-	if (!err)
-		err = pc_cli_dest_start(&d);
 	if (!err) {
-		err = precopy_migrate(s, d.uri);
-		if (pc_cli_dest_join(&d) && !err)
-			err = d.err;
-		precopy_query(s, st);
+		err = pcb_pair_migrate(&pair);
+		precopy_query(pair.src, st);
 	}
-	if (s)
-		precopy_delete(&s);
-	pc_cli_dest_free(&d);
+	pcb_pair_close(&pair);
 	if (dst != MAP_FAILED)
 		munmap(dst, ram);
 	pc_guest_delete(&g);

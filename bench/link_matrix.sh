@@ -46,6 +46,8 @@ set -uo pipefail
 
 PRECOPY=$(readlink -f "${1:?usage: link_matrix.sh PRECOPY [ROW...]}")
 shift
+# shellcheck source=scripts/netns.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../scripts/netns.sh"
 LIMIT_MS=300
 MAX_TIME=${MATRIX_MAX_TIME:-60000}
 SRC=pcm-src-$$
@@ -56,24 +58,14 @@ PIDS=()
 
 skip() { echo "SKIP: $*"; exit 77; }
 cleanup() {
-	for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-	ip netns del "$SRC" 2>/dev/null
-	ip netns del "$DST" 2>/dev/null
+	netns_cleanup "$SRC" "$DST"
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-[ "$(id -u)" -eq 0 ] || skip "network namespaces need root"
-command -v ip >/dev/null || skip "no 'ip' (iproute2)"
-command -v tc >/dev/null || skip "no 'tc' (iproute2)"
-command -v jq >/dev/null || skip "no 'jq'"
-ip netns add "$SRC" 2>/dev/null || skip "cannot create a network namespace here"
-ip netns add "$DST" || skip "cannot create a second network namespace"
-ip -n "$SRC" link add a0 type veth peer name a1 netns "$DST" || skip "no veth"
-ip -n "$SRC" addr add $A_SRC/24 dev a0
-ip -n "$DST" addr add $A_DST/24 dev a1
-for l in lo a0; do ip -n "$SRC" link set $l up; done
-for l in lo a1; do ip -n "$DST" link set $l up; done
+netns_need ip tc jq
+netns_pair "$SRC" "$DST"
+netns_link "$SRC" "$DST" a0 $A_SRC a1 $A_DST
 
 # shape LINK_MIB: tbf at LINK MiB/s on the source's egress, 20 ms of queue,
 # and a burst of MATRIX_BURST_MS of the rate (default 4; at least 16 KiB):

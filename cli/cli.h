@@ -3,7 +3,6 @@
 #ifndef PC_CLI_H
 #define PC_CLI_H
 
-#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -71,28 +70,11 @@ int pc_cli_apply_rdma(struct pc_cli *c, struct precopy_session *s, const char *c
  *  optional "iB"/"B" and "/s". Return: 0 or -EINVAL. */
 int pc_cli_parse_size(const char *s, uint64_t *out);
 int pc_cli_parse_u64(const char *s, uint64_t *out);
+/** What the transport of @uri can do (PC_TCAP_*); ~0 when the URI names
+ *  no transport built in (the command reports that itself). */
+uint32_t pc_cli_uri_caps(const char *uri);
 /** Format @bytes as "1.5 GiB" into @buf. */
 const char *pc_cli_fmt_bytes(double bytes, char *buf, size_t len);
-/** A destination session run in a thread of its own, as the benchmarks
- *  run one beside their source. */
-struct pc_cli_dest {
-	struct precopy_session *s;
-	char uri[128];  /* where it listens */
-	int err;        /* precopy_incoming()'s result, once joined */
-	pthread_t th;
-	bool running;
-};
-/** A destination with @cb (NULL: none) and @ram (@len bytes) as its one
- *  region, listening on @listen; the "populate" parameter 0 unless
- *  @populate. Return: 0 or -errno (free @d either way). */
-int pc_cli_dest_listen(struct pc_cli_dest *d, const struct precopy_callbacks *cb, void *ram,
-		       size_t len, const char *listen, bool populate);
-/** Run precopy_incoming() in a thread. Return: 0 or -EAGAIN. */
-int pc_cli_dest_start(struct pc_cli_dest *d);
-/** Wait for it. Return: precopy_incoming()'s result (0 if never started). */
-int pc_cli_dest_join(struct pc_cli_dest *d);
-/** Join if running, delete the session. */
-void pc_cli_dest_free(struct pc_cli_dest *d);
 /** Descriptors open in this process (without pipes when @skip_pipes:
  *  sanitizers' symbolizers open some), or -1. */
 long pc_cli_count_fds(bool skip_pipes);

@@ -13,57 +13,7 @@
 #include <unistd.h>
 
 #include "cli.h"
-
-int pc_cli_dest_listen(struct pc_cli_dest *d, const struct precopy_callbacks *cb, void *ram,
-		       size_t len, const char *listen, bool populate)
-{
-	int err;
-
-	memset(d, 0, sizeof(*d));
-	err = precopy_new(PRECOPY_ROLE_DEST, NULL, cb, &d->s);
-	if (!err) {
-		err = precopy_add_region(d->s, ram, len, PRECOPY_DIRTY_AUTO);
-		err = err < 0 ? err : 0;
-	}
-	if (!err && !populate)
-		err = precopy_set_param(d->s, PRECOPY_PARAM_POPULATE, 0);
-	if (!err)
-		err = precopy_listen(d->s, listen);
-	if (!err)
-		err = precopy_local_uri(d->s, d->uri, sizeof(d->uri));
-	return err;
-}
-
-static void *dest_main(void *arg)
-{
-	struct pc_cli_dest *d = arg;
-
-	d->err = precopy_incoming(d->s);
-	return NULL;
-}
-
-int pc_cli_dest_start(struct pc_cli_dest *d)
-{
-	if (pthread_create(&d->th, NULL, dest_main, d))
-		return -EAGAIN;
-	d->running = true;
-	return 0;
-}
-
-int pc_cli_dest_join(struct pc_cli_dest *d)
-{
-	if (d->running)
-		pthread_join(d->th, NULL);
-	d->running = false;
-	return d->err;
-}
-
-void pc_cli_dest_free(struct pc_cli_dest *d)
-{
-	pc_cli_dest_join(d);
-	if (d->s)
-		precopy_delete(&d->s);
-}
+#include "transport.h"
 
 long pc_cli_count_fds(bool skip_pipes)
 {
@@ -303,4 +253,14 @@ int pc_cli_apply_rdma(struct pc_cli *c, struct precopy_session *s, const char *c
 		return 0;
 	fprintf(stderr, "precopy %s: cannot apply the RDMA settings: %s\n", cmd, strerror(-err));
 	return 2;
+}
+
+uint32_t pc_cli_uri_caps(const char *uri)
+{
+	const struct pc_transport_ops *ops;
+	const char *rest;
+
+	if (!uri || pc_transport_split_uri(uri, &ops, &rest))
+		return ~0u;
+	return ops->caps;
 }

@@ -116,6 +116,7 @@ static int rd_link_stats(struct pc_transport *t, unsigned chan, struct pc_tp_lin
 
 const struct pc_transport_ops pc_rdma_ops = {
 	.scheme = "rdma",
+	.syntax = "rdma:HOST:PORT",
 	.caps = PC_TCAP_DIRECT_WRITE | PC_TCAP_NEEDS_REG | PC_TCAP_AUTH_KEY,
 	.listen = rd_listen,
 	.listener_addr = rd_listener_addr,

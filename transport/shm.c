@@ -746,6 +746,7 @@ static int shm_link_stats(struct pc_transport *t, unsigned chan, struct pc_tp_li
 
 const struct pc_transport_ops pc_shm_ops = {
 	.scheme = "shm",
+	.syntax = "shm:PATH",
 	.caps = PC_TCAP_FD_PASS,
 	.listen = shm_listen,
 	.listener_addr = shm_listener_addr,

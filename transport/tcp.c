@@ -353,7 +353,7 @@ static void pend_step(struct pending *p, const struct pc_transport_ops *ops,
 		}
 		p->st = P_READY;
 #if PRECOPY_HAVE_TLS
-		if (!strcmp(ops->scheme, "tls")) {
+		if (ops->caps & PC_TCAP_TLS) {
 			if (pc_tls_accept_new(p->fd, o ? o->tls : NULL, &p->tls, NULL, 0)) {
 				pend_close(p);
 				return;
@@ -520,7 +520,7 @@ static int wrap(struct pc_stream *s, const struct pc_transport_opts *o, bool ser
 		const char *host, const atomic_bool *cancel)
 {
 #if PRECOPY_HAVE_TLS
-	if (!strcmp(s->base.ops->scheme, "tls"))
+	if (s->base.ops->caps & PC_TCAP_TLS)
 		return pc_tls_start(s, o ? o->tls : NULL, server, host, o ? o->timeout_ms : 0,
 				    cancel, o ? o->why : NULL, o ? o->whylen : 0);
 #endif
@@ -553,7 +553,7 @@ static int tcp_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
 		return err;
 	}
 #if PRECOPY_HAVE_TLS
-	if (!strcmp(pl->ops->scheme, "tls")) {
+	if (pl->ops->caps & PC_TCAP_TLS) {
 		err = pc_tls_check(o ? o->tls : NULL, true, o ? o->why : NULL, o ? o->whylen : 0);
 		if (err)
 			return err;
@@ -748,6 +748,7 @@ static int tcp_link_stats(struct pc_transport *t, unsigned chan, struct pc_tp_li
 
 const struct pc_transport_ops pc_tcp_ops = {
 	.scheme = "tcp",
+	.syntax = "tcp:HOST:PORT",
 	.caps = 0,
 	.listen = tcp_listen,
 	.listener_addr = tcp_listener_addr,
@@ -786,6 +787,7 @@ static int tls_connect(const char *addr, const struct pc_transport_opts *o,
 
 const struct pc_transport_ops pc_tls_ops = {
 	.scheme = "tls",
+	.syntax = "tls:HOST:PORT",
 	.caps = PC_TCAP_TLS,
 	.listen = tls_listen,
 	.listener_addr = tcp_listener_addr,

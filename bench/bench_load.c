@@ -23,7 +23,6 @@
  * destination did not verify, or descriptors or memory grew (more than
  * --rss-slack SIZE, default 16M); 2 for bad usage.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -60,21 +59,9 @@ struct dest {
 	void *ram;
 	size_t len;
 	int fd;
-	struct pc_guest_desc desc;
-	bool have_desc;
+	struct pc_guest_desc desc; /* the device state: magic set once taken */
 	int err;
 };
-
-static int d_load(void *o, const void *buf, size_t len)
-{
-	struct dest *d = o;
-
-	if (len != sizeof(d->desc))
-		return -EINVAL;
-	memcpy(&d->desc, buf, len);
-	d->have_desc = true;
-	return 0;
-}
 
 static void *d_main(void *arg)
 {
@@ -84,67 +71,18 @@ static void *d_main(void *arg)
 	return NULL;
 }
 
-static int s_stop(void *o) { return pc_guest_pause(o); }
-static int s_resume(void *o) { return pc_guest_resume(o); }
-static int s_throttle(void *o, unsigned pct) { return pc_guest_set_throttle(o, pct); }
-
-static int s_save(void *o, void **buf, size_t *len)
-{
-	struct pc_guest_desc *d = malloc(sizeof(*d));
-
-	if (!d)
-		return -ENOMEM;
-	pc_guest_describe(o, d);
-	*buf = d;
-	*len = sizeof(*d);
-	return 0;
-}
-
-static long count_fds(void)
-{
-	DIR *d = opendir("/proc/self/fd");
-	struct dirent *e;
-	long n = 0;
-
-	if (!d)
-		return -1;
-	while ((e = readdir(d)))
-		if (e->d_name[0] != '.')
-			n++;
-	closedir(d);
-	return n - 1;
-}
-
-static long rss_kib(void)
-{
-	FILE *f = fopen("/proc/self/status", "r");
-	char line[128];
-	long kib = -1;
-
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
-			break;
-	fclose(f);
-	return kib;
-}
-
 /* One migration over @t; fills the source's stats. Return: 0 or a negative errno. */
 static int migrate_once(struct pc_guest *g, size_t ram, const struct tp *t,
 			struct precopy_stats *st, char *why, size_t whylen)
 {
-	struct precopy_callbacks dcb, scb = {
-		.opaque = g, .stop_vm = s_stop, .resume_vm = s_resume,
-		.save_device_state = s_save, .set_throttle = s_throttle,
-	};
+	struct precopy_callbacks dcb, scb = pc_guest_callbacks(g, NULL, NULL);
 	struct precopy_session *src = NULL;
 	struct dest d = { .len = ram, .fd = -1 };
 	pthread_t thr;
 	char uri[200];
 	int err;
 
-	dcb = (struct precopy_callbacks){ .opaque = &d, .load_device_state = d_load };
+	dcb = (struct precopy_callbacks){ .opaque = &d.desc, .load_device_state = pc_guest_load_desc };
 	if (t->memfd) {
 		err = precopy_memfd_alloc(ram, -1, &d.ram, &d.fd);
 		if (err) {
@@ -199,7 +137,7 @@ static int migrate_once(struct pc_guest *g, size_t ram, const struct tp *t,
 		err = d.err;
 		precopy_strerror(d.s, why, whylen);
 	}
-	if (!err && (!d.have_desc || pc_guest_verify(d.ram, ram, &d.desc, why, whylen)))
+	if (!err && (d.desc.magic != PC_GUEST_MAGIC || pc_guest_verify(d.ram, ram, &d.desc, why, whylen)))
 		err = -EBADMSG;
 	/* The guest now "runs at the destination"; bring it back here. */
 	pc_guest_resume(g);
@@ -421,12 +359,12 @@ static int run_all(const struct opts *o, struct pc_guest *g, struct tp *const *t
 		total[i] = t->total[t->n] = st.total_time;
 		t->n++;
 		if (i + 1 == gr->warm) {
-			gr->fds0 = count_fds();
-			gr->rss0 = rss_kib();
+			gr->fds0 = pc_cli_count_fds(false);
+			gr->rss0 = pc_cli_status_kib("VmRSS");
 		}
 	}
-	gr->fds1 = count_fds();
-	gr->rss1 = rss_kib();
+	gr->fds1 = pc_cli_count_fds(false);
+	gr->rss1 = pc_cli_status_kib("VmRSS");
 	if (gr->fds1 != gr->fds0) {
 		fprintf(stderr, "precopy-bench-load: descriptors grew from %ld to %ld\n", gr->fds0,
 			gr->fds1);

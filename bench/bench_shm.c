@@ -293,8 +293,9 @@ static void dest_end(struct dest *d)
 		close(d->fd);
 }
 
+/* The guest's own hooks (pc_guest_callbacks()), the stop timed. */
 struct src_ctx {
-	struct pc_guest *g;
+	struct precopy_callbacks guest_cb;
 	double t_stop;
 };
 
@@ -303,18 +304,20 @@ static int s_stop(void *o)
 	struct src_ctx *x = o;
 
 	x->t_stop = pcb_now();
-	return pc_guest_pause(x->g);
+	return x->guest_cb.stop_vm(x->guest_cb.opaque);
 }
 
 static int s_resume(void *o)
 {
-	return pc_guest_resume(((struct src_ctx *)o)->g);
+	struct src_ctx *x = o;
+
+	return x->guest_cb.resume_vm(x->guest_cb.opaque);
 }
 
 /* Migrate @g (memfd or not) into a fresh destination; fills @st. */
 static void migrate_once(struct pc_guest *g, struct precopy_stats *st, double *real_downtime)
 {
-	struct src_ctx x = { .g = g };
+	struct src_ctx x = { .guest_cb = pc_guest_callbacks(g, NULL, NULL) };
 	struct precopy_callbacks cb = { .opaque = &x, .stop_vm = s_stop, .resume_vm = s_resume };
 	struct precopy_session *s;
 	struct dest d;

@@ -41,10 +41,6 @@ static const struct scenario scenarios[] = {
 	{ "random d/b=1.5 auto-converge", PC_GUEST_RANDOM, 128 * MiB, 192 * MiB, true },
 };
 
-static int guest_stop(void *o) { return pc_guest_pause(o); }
-static int guest_resume(void *o) { return pc_guest_resume(o); }
-static int guest_throttle(void *o, unsigned pct) { return pc_guest_set_throttle(o, pct); }
-
 static void params_for(const struct scenario *sc, struct precopy_params *p)
 {
 	precopy_params_init(p);
@@ -59,8 +55,7 @@ static int real_run(const struct scenario *sc, uint64_t ram, struct precopy_stat
 {
 	struct pc_guest_opts go = { .ram = ram, .dirty_rate = (double)sc->dirty,
 				    .pattern = sc->pattern, .threads = 1, .seed = 3 };
-	struct precopy_callbacks cb = { .stop_vm = guest_stop, .resume_vm = guest_resume,
-					.set_throttle = guest_throttle };
+	struct precopy_callbacks cb;
 	struct precopy_params p;
 	struct pcb_pair pair = { 0 };
 	struct pc_guest *g;
@@ -70,7 +65,7 @@ static int real_run(const struct scenario *sc, uint64_t ram, struct precopy_stat
 	params_for(sc, &p);
 	if (pc_guest_new(&go, &g))
 		return -ENOMEM;
-	cb.opaque = g;
+	cb = pc_guest_callbacks(g, NULL, NULL);
 	dst = mmap(NULL, ram, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	err = dst == MAP_FAILED ? -ENOMEM : 0;
 	if (!err)

@@ -575,20 +575,8 @@ static int cmd_transport(int argc, char **argv)
 struct mig_dest {
 	struct precopy_session *s;
 	int err;
-	struct pc_guest_desc desc;
-	bool have_desc;
+	struct pc_guest_desc desc; /* the device state: magic set once taken */
 };
-
-static int d_load(void *o, const void *buf, size_t len)
-{
-	struct mig_dest *d = o;
-
-	if (len != sizeof(d->desc))
-		return -EINVAL;
-	memcpy(&d->desc, buf, len);
-	d->have_desc = true;
-	return 0;
-}
 
 static void *mig_dest_main(void *arg)
 {
@@ -596,21 +584,6 @@ static void *mig_dest_main(void *arg)
 
 	d->err = precopy_incoming(d->s);
 	return NULL;
-}
-
-static int g_stop(void *o) { return pc_guest_pause(o); }
-static int g_resume(void *o) { return pc_guest_resume(o); }
-static int g_throttle(void *o, unsigned pct) { return pc_guest_set_throttle(o, pct); }
-static int g_save(void *o, void **buf, size_t *len)
-{
-	struct pc_guest_desc *d = malloc(sizeof(*d));
-
-	if (!d)
-		return -ENOMEM;
-	pc_guest_describe(o, d);
-	*buf = d;
-	*len = sizeof(*d);
-	return 0;
 }
 
 struct mig_result {
@@ -625,9 +598,8 @@ static void mig_run(uint64_t ram, double rate, enum pc_guest_pattern pat, unsign
 {
 	struct pc_guest_opts go = { .ram = ram, .dirty_rate = rate, .pattern = pat,
 				    .threads = 1, .zero_pct = zero_pct, .seed = 5 };
-	struct precopy_callbacks cb = { .stop_vm = g_stop, .resume_vm = g_resume,
-					.set_throttle = g_throttle, .save_device_state = g_save };
-	struct precopy_callbacks dcb = { .load_device_state = d_load };
+	struct precopy_callbacks cb;
+	struct precopy_callbacks dcb = { .load_device_state = pc_guest_load_desc };
 	struct precopy_params p;
 	struct precopy_session *s = NULL;
 	struct mig_dest d = { 0 };
@@ -643,8 +615,8 @@ static void mig_run(uint64_t ram, double rate, enum pc_guest_pattern pat, unsign
 	r->err = pc_guest_new(&go, &g);
 	if (r->err)
 		return;
-	cb.opaque = g;
-	dcb.opaque = &d;
+	cb = pc_guest_callbacks(g, NULL, NULL);
+	dcb.opaque = &d.desc;
 	dst = mmap(NULL, ram, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (dst == MAP_FAILED) {
 		r->err = -ENOMEM;
@@ -665,7 +637,7 @@ static void mig_run(uint64_t ram, double rate, enum pc_guest_pattern pat, unsign
 	if (!r->err)
 		r->err = d.err;
 	precopy_query(s, &r->st);
-	r->verified = !r->err && d.have_desc &&
+	r->verified = !r->err && d.desc.magic == PC_GUEST_MAGIC &&
 		      pc_guest_verify(dst, ram, &d.desc, why, sizeof(why)) == 0;
 out:
 	if (s)

@@ -75,6 +75,12 @@ int pc_cli_parse_u64(const char *s, uint64_t *out);
 uint32_t pc_cli_uri_caps(const char *uri);
 /** Format @bytes as "1.5 GiB" into @buf. */
 const char *pc_cli_fmt_bytes(double bytes, char *buf, size_t len);
+/** Descriptors open in this process (without pipes when @skip_pipes:
+ *  sanitizers' symbolizers open some), or -1. */
+long pc_cli_count_fds(bool skip_pipes);
+/** A memory figure of this process in KiB: the line @field ("VmRSS",
+ *  resident; "VmPin", pinned) of /proc/self/status, or -1. */
+long pc_cli_status_kib(const char *field);
 
 /* Subcommands: each returns the process exit status (0, 1, or 2). */
 int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current);

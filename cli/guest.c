@@ -41,6 +41,9 @@ struct pc_guest {
 	atomic_bool pause_req;
 	atomic_uint throttle;
 	_Atomic uint64_t writes;
+	/* pc_guest_callbacks(): the caller's progress hook and its opaque */
+	void (*progress)(void *opaque, const struct precopy_stats *st);
+	void *progress_opaque;
 	struct writer w[MAX_WRITERS];
 };
 
@@ -374,6 +377,76 @@ void pc_guest_describe(struct pc_guest *g, struct pc_guest_desc *d)
 	d->seed = g->o.seed;
 	d->npages = g->npages;
 	d->writes = atomic_load(&g->writes);
+}
+
+/* --- the VMM's hooks (pc_guest_callbacks) ------------------------------- */
+
+static int cb_stop(void *o)
+{
+	struct pc_guest *g = o;
+	unsigned ms = g->o.stop_delay_ms;
+	struct timespec ts = { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000L };
+	int err = pc_guest_pause(g);
+
+	if (!err && ms)
+		nanosleep(&ts, NULL);
+	return err;
+}
+
+static int cb_resume(void *o)
+{
+	return pc_guest_resume(o);
+}
+
+static int cb_save(void *o, void **buf, size_t *len)
+{
+	struct pc_guest_desc *d = malloc(sizeof(*d));
+
+	if (!d)
+		return -ENOMEM;
+	pc_guest_describe(o, d);
+	*buf = d;
+	*len = sizeof(*d);
+	return 0;
+}
+
+static int cb_throttle(void *o, unsigned pct)
+{
+	return pc_guest_set_throttle(o, pct);
+}
+
+static void cb_progress(void *o, const struct precopy_stats *st)
+{
+	struct pc_guest *g = o;
+
+	g->progress(g->progress_opaque, st);
+}
+
+struct precopy_callbacks pc_guest_callbacks(struct pc_guest *g,
+					    void (*progress)(void *opaque,
+							     const struct precopy_stats *st),
+					    void *opaque)
+{
+	g->progress = progress;
+	g->progress_opaque = opaque;
+	return (struct precopy_callbacks){
+		.opaque = g, .stop_vm = cb_stop, .resume_vm = cb_resume,
+		.save_device_state = cb_save, .set_throttle = cb_throttle,
+		.progress = progress ? cb_progress : NULL,
+	};
+}
+
+int pc_guest_load_desc(void *desc, const void *buf, size_t len)
+{
+	struct pc_guest_desc d;
+
+	if (!desc || !buf || len != sizeof(d))
+		return -EINVAL;
+	memcpy(&d, buf, len);
+	if (d.magic != PC_GUEST_MAGIC)
+		return -EINVAL;
+	memcpy(desc, &d, sizeof(d));
+	return 0;
 }
 
 void pc_guest_delete(struct pc_guest **gp)

@@ -20,6 +20,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "precopy.h"
+
 enum pc_guest_pattern {
 	PC_GUEST_SEQUENTIAL = 0, /* page after page */
 	PC_GUEST_RANDOM,         /* uniform random pages */
@@ -37,6 +39,9 @@ struct pc_guest_opts {
 	uint64_t seed;            /* content seed */
 	bool memfd;               /* back the memory with a sealed memfd (MAP_SHARED),
 				   * so it can be handed over; see pc_guest_fd() */
+	unsigned stop_delay_ms;   /* the stop_vm hook of pc_guest_callbacks() returns
+				   * this long after the writers parked: a VMM slow
+				   * to quiesce */
 };
 
 /** What a destination needs to verify the memory: sent as device state. */
@@ -89,6 +94,29 @@ unsigned pc_guest_throttle(struct pc_guest *g);
  */
 int pc_guest_verify(const void *mem, size_t len, const struct pc_guest_desc *d, char *why,
 		    size_t whylen);
+
+/**
+ * pc_guest_callbacks() - the hooks of the VMM that runs @g at a migration's
+ * source: stop_vm pauses the writers (then waits opts.stop_delay_ms),
+ * resume_vm lets them go on, save_device_state sends the descriptor
+ * (pc_guest_describe(), taken by pc_guest_load_desc() at the other end),
+ * set_throttle sets the throttle. With @progress, the progress hook calls
+ * it with @opaque; the callbacks' own opaque is @g, so a caller that wraps
+ * a hook calls it with that opaque. Return: the callbacks.
+ */
+struct precopy_callbacks pc_guest_callbacks(struct pc_guest *g,
+					    void (*progress)(void *opaque,
+							     const struct precopy_stats *st),
+					    void *opaque);
+
+/**
+ * pc_guest_load_desc() - a destination's load_device_state hook for the
+ * device state of pc_guest_callbacks(): copies the descriptor in @buf
+ * (@len bytes) into the struct pc_guest_desc @desc points to.
+ * Return: 0; -EINVAL if @buf is not a guest's descriptor (@desc then
+ * unchanged).
+ */
+int pc_guest_load_desc(void *desc, const void *buf, size_t len);
 
 /** pc_guest_is_zero_page() - whether page @i is one of the all-zero ones. */
 bool pc_guest_is_zero_page(uint64_t seed, unsigned zero_pct, uint64_t i);

@@ -2,7 +2,6 @@
 /*
  * run.c - precopy incoming, migrate and demo.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -132,48 +131,14 @@ static void describe_setup(struct ctx *x, const char *uri, char *buf, size_t len
 	}
 }
 
-/* --- VMM hooks of the synthetic guest ------------------------------------ */
-
-static int g_stop(void *o)
-{
-	return pc_guest_pause(((struct ctx *)o)->guest);
-}
-
-static int g_resume(void *o)
-{
-	struct ctx *x = o;
-
-	return x->guest ? pc_guest_resume(x->guest) : 0;
-}
-
-static int g_save(void *o, void **buf, size_t *len)
-{
-	struct pc_guest_desc *d = malloc(sizeof(*d));
-
-	if (!d)
-		return -ENOMEM;
-	pc_guest_describe(((struct ctx *)o)->guest, d);
-	*buf = d;
-	*len = sizeof(*d);
-	return 0;
-}
-
+/* The destination's device state: the synthetic guest's descriptor. */
 static int g_load(void *o, const void *buf, size_t len)
 {
 	struct ctx *x = o;
+	int err = pc_guest_load_desc(&x->desc, buf, len);
 
-	if (len != sizeof(x->desc))
-		return -EINVAL;
-	memcpy(&x->desc, buf, len);
-	if (x->desc.magic != PC_GUEST_MAGIC)
-		return -EINVAL;
-	x->have_desc = true;
-	return 0;
-}
-
-static int g_throttle(void *o, unsigned pct)
-{
-	return pc_guest_set_throttle(((struct ctx *)o)->guest, pct);
+	x->have_desc = !err;
+	return err;
 }
 
 /* What the session's transport registered with its device, if anything. */
@@ -488,41 +453,9 @@ out:
 
 /* --- migrate ------------------------------------------------------------ */
 
-/* Descriptors open in this process, or -1. */
-static long count_fds(void)
-{
-	DIR *d = opendir("/proc/self/fd");
-	struct dirent *e;
-	long n = 0;
-
-	if (!d)
-		return -1;
-	while ((e = readdir(d)))
-		if (e->d_name[0] != '.')
-			n++;
-	closedir(d);
-	return n - 1; /* the one opendir() holds */
-}
-
-/* Resident memory in KiB (VmRSS), or -1. */
-static long rss_kib(void)
-{
-	FILE *f = fopen("/proc/self/status", "r");
-	char line[128];
-	long kib = -1;
-
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
-			break;
-	fclose(f);
-	return kib;
-}
-
 static void print_resources(struct pc_cli *c, const char *stage)
 {
-	long fds = count_fds(), rss = rss_kib();
+	long fds = pc_cli_count_fds(false), rss = pc_cli_status_kib("VmRSS");
 
 	if (c->json)
 		printf("{\"event\":\"resources\",\"role\":\"source\",\"stage\":\"%s\","
@@ -533,34 +466,15 @@ static void print_resources(struct pc_cli *c, const char *stage)
 	fflush(stdout);
 }
 
-/* The synthetic VMM's stop hook: --stop-delay makes it slow to quiesce,
- * which holds the source in switchover (fault tests aim at it). */
-static int g_stop_slow(void *o)
-{
-	struct ctx *x = o;
-	uint64_t ms = x->c->stop_delay_ms;
-	struct timespec ts = { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000L };
-	int err = pc_guest_pause(x->guest);
-
-	if (!err && ms)
-		nanosleep(&ts, NULL);
-	return err;
-}
-
 /* One migration of the running guest in @x to @uri with a new session.
  * Prints the summary; returns precopy_migrate()'s result. */
 static int migrate_once(struct ctx *x, const char *uri, struct precopy_session **current,
 			struct precopy_stats *st)
 {
 	struct pc_cli *c = x->c;
-	struct precopy_callbacks cb = {
-		.opaque = x,
-		.stop_vm = c->stop_delay_ms ? g_stop_slow : g_stop,
-		.resume_vm = g_resume,
-		.save_device_state = g_save,
-		.set_throttle = g_throttle,
-		.progress = progress,
-	};
+	/* --stop-delay makes the guest slow to quiesce, which holds the
+	 * source in switchover (fault tests aim at it) */
+	struct precopy_callbacks cb = pc_guest_callbacks(x->guest, progress, x);
 	struct precopy_session *s = NULL;
 	struct pc_cli_reg reg;
 	int err, region;
@@ -665,7 +579,7 @@ static int migrate_main(struct pc_cli *c, struct precopy_session **current,
 	struct pc_guest_opts go = {
 		.ram = c->ram, .dirty_rate = c->dirty_rate, .pattern = c->pattern,
 		.threads = c->threads, .zero_pct = c->zero_pct, .free_pct = c->free_pct,
-		.seed = c->seed, .memfd = c->memfd,
+		.seed = c->seed, .memfd = c->memfd, .stop_delay_ms = (unsigned)c->stop_delay_ms,
 	};
 	struct precopy_stats st = { 0 };
 	int err, rc = 1;

@@ -1,16 +1,59 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * util.c - parsing and printing shared by the CLI and the benchmarks.
+ * util.c - parsing, printing and resource counts shared by the CLI, the
+ * tests and the benchmarks.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "transport.h"
+
+long pc_cli_count_fds(bool skip_pipes)
+{
+	DIR *dir = opendir("/proc/self/fd");
+	struct dirent *e;
+	long n = 0;
+
+	if (!dir)
+		return -1;
+	while ((e = readdir(dir))) {
+		char path[300], target[64] = "";
+
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/fd/%s", e->d_name);
+		if (skip_pipes && readlink(path, target, sizeof(target) - 1) > 0 &&
+		    !strncmp(target, "pipe:", 5))
+			continue;
+		n++;
+	}
+	closedir(dir);
+	return n - 1; /* the one opendir() holds */
+}
+
+long pc_cli_status_kib(const char *field)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	size_t n = strlen(field);
+	char line[128];
+	long kib = -1;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (!strncmp(line, field, n) && line[n] == ':' &&
+		    sscanf(line + n + 1, "%ld kB", &kib) == 1)
+			break;
+	fclose(f);
+	return kib;
+}
 
 int pc_cli_parse_u64(const char *s, uint64_t *out)
 {

@@ -1,22 +1,31 @@
 /* SPDX-License-Identifier: MIT */
-#include <dirent.h>
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <cmocka.h>
+
+#include "cli.h"
 #include "harness.h"
+#include "transport.h"
 
 static int d_load(void *o, const void *buf, size_t len)
 {
 	struct h_dest *d = o;
+	int err = pc_guest_load_desc(&d->desc, buf, len);
 
-	if (len != sizeof(d->desc))
-		return -EINVAL;
-	memcpy(&d->desc, buf, len);
+	if (err)
+		return err;
 	d->have_desc = true;
 	return d->on_load ? d->on_load(d) : 0;
 }
@@ -79,24 +88,7 @@ int h_dest_run(struct h_dest *d)
 
 long h_count_fds(void)
 {
-	DIR *dir = opendir("/proc/self/fd");
-	struct dirent *e;
-	long n = 0;
-
-	if (!dir)
-		return -1;
-	while ((e = readdir(dir))) {
-		char path[300], target[64] = "";
-
-		if (e->d_name[0] == '.')
-			continue;
-		snprintf(path, sizeof(path), "/proc/self/fd/%s", e->d_name);
-		if (readlink(path, target, sizeof(target) - 1) > 0 && !strncmp(target, "pipe:", 5))
-			continue; /* the engine opens none; sanitizers' symbolizers do */
-		n++;
-	}
-	closedir(dir);
-	return n - 1; /* the directory's own */
+	return pc_cli_count_fds(true);
 }
 
 int h_dest_start_opts(struct h_dest *d, size_t len, const struct h_dest_opts *o)
@@ -174,14 +166,15 @@ void h_dest_free(struct h_dest *d)
 	d->fd = -1;
 }
 
+/* The source's hooks: the synthetic guest's (pc_guest_callbacks()),
+ * counted, with the test's hooks around them. */
 static int s_stop(void *o)
 {
 	struct h_src *s = o;
-
 	int err;
 
 	s->stops++;
-	err = pc_guest_pause(s->guest);
+	err = s->guest_cb.stop_vm(s->guest_cb.opaque);
 	if (!err && s->on_stop)
 		s->on_stop(s);
 	return err;
@@ -192,28 +185,23 @@ static int s_resume(void *o)
 	struct h_src *s = o;
 
 	s->resumes++;
-	return pc_guest_resume(s->guest);
+	return s->guest_cb.resume_vm(s->guest_cb.opaque);
 }
 
 static int s_save(void *o, void **buf, size_t *len)
 {
 	struct h_src *s = o;
-	struct pc_guest_desc *d;
 
 	if (s->on_save)
 		s->on_save(s);
-	d = malloc(sizeof(*d));
-	if (!d)
-		return -ENOMEM;
-	pc_guest_describe(((struct h_src *)o)->guest, d);
-	*buf = d;
-	*len = sizeof(*d);
-	return 0;
+	return s->guest_cb.save_device_state(s->guest_cb.opaque, buf, len);
 }
 
 static int s_throttle(void *o, unsigned pct)
 {
-	return pc_guest_set_throttle(((struct h_src *)o)->guest, pct);
+	struct h_src *s = o;
+
+	return s->guest_cb.set_throttle(s->guest_cb.opaque, pct);
 }
 
 static void s_progress(void *o, const struct precopy_stats *st)
@@ -238,6 +226,7 @@ int h_src_new(struct h_src *s, struct pc_guest *guest, const struct precopy_para
 
 	memset(s, 0, sizeof(*s));
 	s->guest = guest;
+	s->guest_cb = pc_guest_callbacks(guest, NULL, NULL);
 	if (p)
 		s->params = *p;
 	else
@@ -309,4 +298,173 @@ bool h_wait_status(struct precopy_session *s, enum precopy_status want, unsigned
 		nanosleep(&ts, NULL);
 	}
 	return false;
+}
+
+struct pc_guest *h_guest_new(const struct pc_guest_opts *o)
+{
+	struct pc_guest *g;
+
+	assert_int_equal(pc_guest_new(o, &g), 0);
+	assert_int_equal(pc_guest_start(g), 0);
+	return g;
+}
+
+void h_check_guest_intact(struct pc_guest *g, const char *what)
+{
+	struct pc_guest_desc desc;
+	char why[256];
+	size_t len;
+	void *mem = pc_guest_ram(g, &len);
+
+	assert_true(h_guest_runs(g));
+	pc_guest_pause(g);
+	pc_guest_describe(g, &desc);
+	if (pc_guest_verify(mem, len, &desc, why, sizeof(why)))
+		fail_msg("%s memory: %s", what, why);
+	pc_guest_resume(g);
+}
+
+void h_check_migrated(struct h_src *s, struct h_dest *d)
+{
+	struct precopy_stats st;
+	char why[256];
+	size_t len;
+	void *src = pc_guest_ram(s->guest, &len);
+
+	/* stopped once for good (soft-dirty also pauses around each sync) */
+	assert_true(s->stops >= 1);
+	assert_int_equal(s->resumes, s->stops - 1);
+	assert_int_equal(d->resumed, 1);
+	assert_true(d->have_desc);
+	assert_int_equal(memcmp(src, d->ram, len), 0);
+	if (pc_guest_verify(d->ram, d->len, &d->desc, why, sizeof(why)))
+		fail_msg("destination memory: %s", why);
+	precopy_query(s->s, &st);
+	assert_int_equal(st.status, PRECOPY_STATUS_COMPLETED);
+	assert_true(st.transferred >= st.normal_bytes);
+	precopy_query(d->s, &st);
+	assert_int_equal(st.status, PRECOPY_STATUS_COMPLETED);
+}
+
+void h_src_go(struct h_src *s, struct pc_guest *g, const struct precopy_params *p,
+	      const char *uri)
+{
+	assert_int_equal(h_src_new(s, g, p, PRECOPY_DIRTY_AUTO), 0);
+	assert_int_equal(h_src_start(s, uri), 0);
+}
+
+void h_check_source_back(struct h_src *s, enum precopy_status want)
+{
+	h_expect_status(s->s, want);
+	assert_int_equal(s->resumes, s->stops);
+	h_check_guest_intact(s->guest, "source");
+}
+
+void h_free_all(struct h_src *s, struct h_dest *d, struct pc_guest **g)
+{
+	if (s)
+		h_src_free(s);
+	if (d)
+		h_dest_free(d);
+	if (g)
+		pc_guest_delete(g);
+}
+
+void h_migrate_ok(struct h_src *s, struct h_dest *d, struct pc_guest *g,
+		  const struct precopy_params *p)
+{
+	h_src_go(s, g, p, d->uri);
+	assert_int_equal(h_src_join(s), 0);
+	assert_int_equal(h_dest_join(d), 0);
+	h_check_migrated(s, d);
+}
+
+void h_slow_save(struct h_src *s)
+{
+	(void)s;
+	usleep(3000 * 1000);
+}
+
+int h_slow_load(struct h_dest *d)
+{
+	(void)d;
+	usleep(3000 * 1000);
+	return 0;
+}
+
+void h_check_refused(struct h_src *s, struct h_dest *d, const char *what)
+{
+	char msg[PRECOPY_ERRMSG_MAX];
+
+	assert_true(h_src_join(s) < 0);
+	assert_true(h_dest_join(d) < 0);
+	precopy_strerror(s->s, msg, sizeof(msg));
+	if (!strstr(msg, what))
+		fail_msg("source error \"%s\" does not say \"%s\"", msg, what);
+	assert_int_equal(s->stops, 0);
+}
+
+int h_raw_connect(const char *uri)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	const char *port = strrchr(uri, ':');
+
+	assert_true(fd >= 0 && port);
+	a.sin_port = htons((uint16_t)atoi(port + 1));
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	return fd;
+}
+
+void h_leaks_mark(struct h_leaks *l, long (*count)(void), const char *what)
+{
+	l->count = count;
+	l->what = what;
+	l->fds = h_count_fds();
+	l->other = count ? count() : 0;
+}
+
+void h_leaks_check(const struct h_leaks *l, const char *when)
+{
+	long fds = h_count_fds(), other = l->count ? l->count() : 0;
+
+	print_message("%s: %ld descriptors (%ld before), %ld %s (%ld before)\n", when, fds,
+		      l->fds, other, l->what ? l->what : "-", l->other);
+	assert_int_equal(fds, l->fds);
+	assert_int_equal(other, l->other);
+}
+
+static void *accept_main(void *arg)
+{
+	struct h_accept *a = arg;
+	struct pc_transport_opts o = { .timeout_ms = a->timeout_ms };
+
+	a->err = a->l->ops->accept(a->l, &o, &a->t);
+	return NULL;
+}
+
+void h_accept_start(struct h_accept *a)
+{
+	a->t = NULL;
+	a->err = 1;
+	assert_int_equal(pthread_create(&a->th, NULL, accept_main, a), 0);
+}
+
+int h_accept_join(struct h_accept *a)
+{
+	pthread_join(a->th, NULL);
+	return a->err;
+}
+
+void h_expect_status(struct precopy_session *s, enum precopy_status want)
+{
+	struct precopy_stats st;
+
+	precopy_query(s, &st);
+	if (st.status != want)
+		fail_msg("status %s, expected %s (%s)", precopy_status_name(st.status),
+			 precopy_status_name(want), st.error);
+	if (want == PRECOPY_STATUS_FAILED || want == PRECOPY_STATUS_CANCELLED)
+		assert_true(st.error[0] != '\0');
 }

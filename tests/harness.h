@@ -45,6 +45,7 @@ struct h_src {
 	/** Called from the progress hook (on the migrating thread), if set. */
 	void (*on_progress)(struct h_src *s, const struct precopy_stats *st);
 	void *opaque; /**< the test's, for the hooks above */
+	struct precopy_callbacks guest_cb; /**< the guest's own (pc_guest_callbacks()) */
 };
 
 /** Map @len bytes, listen on tcp:127.0.0.1:0, accept in a thread. */
@@ -97,6 +98,80 @@ void h_src_free(struct h_src *s);
 /** Whether @g still runs: its write count grows (waits up to 30 s for it,
  *  however loaded the machine). */
 bool h_guest_runs(struct pc_guest *g);
+
+/** A cmocka case named @name that runs @call: one line for each row of a
+ *  case written once with its arguments. */
+#define H_CASE(name, call)                                                            \
+	static void name(void **state)                                                \
+	{                                                                             \
+		(void)state;                                                          \
+		call;                                                                 \
+	}
+
+/* Fixtures: each fails the running cmocka test when its check fails. */
+
+/** A new guest with @o, its writers started. */
+struct pc_guest *h_guest_new(const struct pc_guest_opts *o);
+/** @g still runs (h_guest_runs()) and its memory is exactly what it
+ *  wrote; @what names it in the failure ("source"). */
+void h_check_guest_intact(struct pc_guest *g, const char *what);
+/** After a migration that succeeded: the source guest stopped for good
+ *  (every other stop_vm resumed), the destination resumed once with the
+ *  device state, both memories equal, the destination's verified against
+ *  the guest's descriptor, both sessions COMPLETED. */
+void h_check_migrated(struct h_src *s, struct h_dest *d);
+/** h_src_new() for @g with @p (NULL: defaults) and PRECOPY_DIRTY_AUTO,
+ *  then h_src_start() to @uri. */
+void h_src_go(struct h_src *s, struct pc_guest *g, const struct precopy_params *p,
+	      const char *uri);
+/** After a migration that failed or was cancelled: @s is in @want, every
+ *  stop_vm was resumed, and the guest runs on intact. */
+void h_check_source_back(struct h_src *s, enum precopy_status want);
+/** Free whichever of @s, @d, *@g is not NULL. */
+void h_free_all(struct h_src *s, struct h_dest *d, struct pc_guest **g);
+/** Migrate @g with @p (NULL: defaults) into @d, started: both ends
+ *  succeed and h_check_migrated() holds. @s stays for the caller's checks
+ *  (then h_src_free()). */
+void h_migrate_ok(struct h_src *s, struct h_dest *d, struct pc_guest *g,
+		  const struct precopy_params *p);
+/** Hooks that take 3 s of local work, saving and loading device state
+ *  (for on_save and on_load): longer than a short timeout. */
+void h_slow_save(struct h_src *s);
+int h_slow_load(struct h_dest *d);
+/** Both ends of a started migration fail before the guest was stopped,
+ *  the source's error saying @what. */
+void h_check_refused(struct h_src *s, struct h_dest *d, const char *what);
+/** A plain TCP connection to the port of @uri ("tcp:" or "tls:" on
+ *  127.0.0.1), as a stranger would make it. Return: the socket. */
+int h_raw_connect(const char *uri);
+/** Descriptors open (h_count_fds()) and one more count of what a
+ *  migration must give back (memfd mappings, pinned KiB...), if any. */
+struct h_leaks {
+	long (*count)(void);
+	const char *what;
+	long fds, other;
+};
+/** Take the counts now: @count names @what ("KiB pinned"); NULL = none. */
+void h_leaks_mark(struct h_leaks *l, long (*count)(void), const char *what);
+/** The counts are as marked (printed with @when). */
+void h_leaks_check(const struct h_leaks *l, const char *when);
+struct pc_listener;
+struct pc_transport;
+/** A transport listener accepting one connection in a thread (the
+ *  transport layer's own test peers). */
+struct h_accept {
+	struct pc_listener *l;   /**< the caller's, listening */
+	struct pc_transport *t;  /**< the connection, once joined with 0 */
+	int err;                 /**< the accept's result */
+	unsigned timeout_ms;     /**< the accept's timeout option (0: default) */
+	pthread_t th;
+};
+/** Start accepting on @a->l with default options in a thread. */
+void h_accept_start(struct h_accept *a);
+/** Wait for the accept; returns its result (@a->err). */
+int h_accept_join(struct h_accept *a);
+/** @s is in @want; a FAILED or CANCELLED session says why. */
+void h_expect_status(struct precopy_session *s, enum precopy_status want);
 
 /** Wait until @s reaches @st (or ends), at most @ms. Return: true if reached. */
 bool h_wait_status(struct precopy_session *s, enum precopy_status st, unsigned ms);

@@ -1,13 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Cancel at either end in every state: before the start, in setup, bulk,
- * iterate and switchover, and after the end.
+ * Cancel at either end in every state: before the start, while
+ * connecting, in setup, bulk, iterate and switchover, and after the end.
  *   test_cancel [tcp]       over tcp:127.0.0.1:0
  *   test_cancel shm         over shm:PATH, the destination's RAM a memfd
  *                           (pages written straight into it)
  * Whatever is cancelled: the cancelled end reports CANCELLED, the other
  * end never reports success, the source guest runs with its memory intact,
- * it then migrates to a fresh destination, and no descriptor is left open.
+ * it then migrates to a fresh destination (every page checked), and no
+ * descriptor is left open.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -74,55 +75,26 @@ static int teardown(void **state)
 	return 0;
 }
 
+/* A guest that keeps writing, some of its pages zero. */
 static struct pc_guest *make_guest(void)
 {
-	struct pc_guest_opts o = { .ram = RAM, .dirty_rate = 16.0 * MiB,
-				   .pattern = PC_GUEST_SEQUENTIAL, .threads = 1, .seed = 7 };
-	struct pc_guest *g;
-
-	assert_int_equal(pc_guest_new(&o, &g), 0);
-	assert_int_equal(pc_guest_start(g), 0);
-	return g;
+	return h_guest_new(&(struct pc_guest_opts){ .ram = RAM, .dirty_rate = 16.0 * MiB,
+						    .pattern = PC_GUEST_SEQUENTIAL, .threads = 1,
+						    .zero_pct = 10, .seed = 7 });
 }
 
-/* The guest runs, holds exactly what it wrote, and migrates again. */
-static void intact_then_retry(struct pc_guest *g)
+/* Free @old_s and @old_d (either may be NULL); then the guest runs, holds
+ * exactly what it wrote, and migrates again; then delete it. */
+static void intact_then_retry(struct h_src *old_s, struct h_dest *old_d, struct pc_guest **gp)
 {
-	struct pc_guest_desc desc;
 	struct h_dest d;
 	struct h_src s;
-	char why[256];
-	size_t len;
-	void *mem = pc_guest_ram(g, &len);
 
-	assert_true(h_guest_runs(g));
-	pc_guest_pause(g);
-	pc_guest_describe(g, &desc);
-	if (pc_guest_verify(mem, len, &desc, why, sizeof(why)))
-		fail_msg("source memory not intact: %s", why);
-	pc_guest_resume(g);
-
+	h_free_all(old_s, old_d, NULL);
+	h_check_guest_intact(*gp, "source");
 	assert_int_equal(dest_start(&d, NULL, true, NULL), 0);
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
-	assert_int_equal(h_src_join(&s), 0);
-	assert_int_equal(h_dest_join(&d), 0);
-	assert_int_equal(d.resumed, 1);
-	assert_int_equal(memcmp(mem, d.ram, len), 0);
-	h_src_free(&s);
-	h_dest_free(&d);
-}
-
-static void expect_status(struct precopy_session *s, enum precopy_status want)
-{
-	struct precopy_stats st;
-
-	precopy_query(s, &st);
-	if (st.status != want)
-		fail_msg("status %s, expected %s (%s)", precopy_status_name(st.status),
-			 precopy_status_name(want), st.error);
-	if (want == PRECOPY_STATUS_FAILED || want == PRECOPY_STATUS_CANCELLED)
-		assert_true(st.error[0] != '\0');
+	h_migrate_ok(&s, &d, *gp, NULL);
+	h_free_all(&s, &d, gp);
 }
 
 /* --- the source cancelled -------------------------------------------- */
@@ -147,21 +119,9 @@ static int mute_listener(char *uri, size_t len)
 /* The same over shm: a listener of the transport that accepts the
  * connection and then says nothing. */
 struct mute {
-	int fd;                 /* tcp */
-	struct pc_listener *l;  /* shm */
-	struct pc_transport *t;
-	pthread_t th;
-	int err;
+	int fd;             /* tcp */
+	struct h_accept a;  /* shm */
 };
-
-static void *mute_accept(void *arg)
-{
-	struct mute *m = arg;
-	struct pc_transport_opts o = { 0 };
-
-	m->err = m->l->ops->accept(m->l, &o, &m->t);
-	return NULL;
-}
 
 static void mute_start(struct mute *m, char *uri, size_t len)
 {
@@ -175,8 +135,8 @@ static void mute_start(struct mute *m, char *uri, size_t len)
 		return;
 	}
 	snprintf(uri, len, "shm:%s/mute%u.sock", shm_dir, shm_seq++);
-	assert_int_equal(ops->listen(uri + 4, &o, &m->l), 0);
-	assert_int_equal(pthread_create(&m->th, NULL, mute_accept, m), 0);
+	assert_int_equal(ops->listen(uri + 4, &o, &m->a.l), 0);
+	h_accept_start(&m->a);
 }
 
 static void mute_stop(struct mute *m)
@@ -185,10 +145,35 @@ static void mute_stop(struct mute *m)
 		close(m->fd);
 		return;
 	}
-	m->l->ops->listener_abort(m->l);
-	pthread_join(m->th, NULL);
-	pc_tp_close(m->t);
-	m->l->ops->listener_close(m->l);
+	m->a.l->ops->listener_abort(m->a.l);
+	h_accept_join(&m->a);
+	pc_tp_close(m->a.t);
+	m->a.l->ops->listener_close(m->a.l);
+}
+
+/* @s ends with -ECANCELED, CANCELLED and saying why. */
+static void source_cancelled(struct h_src *s)
+{
+	assert_int_equal(h_src_join(s), -ECANCELED);
+	h_expect_status(s->s, PRECOPY_STATUS_CANCELLED);
+}
+
+/* Start @s for @g with @p towards @uri, a peer that does not answer; once
+ * it is in setup and @ms later (still there), cancel it: CANCELLED, the
+ * guest never stopped. */
+static void cancel_unanswered(struct h_src *s, struct pc_guest *g,
+			      const struct precopy_params *p, const char *uri, unsigned ms)
+{
+	struct precopy_stats st;
+
+	h_src_go(s, g, p, uri);
+	assert_true(h_wait_status(s->s, PRECOPY_STATUS_SETUP, 10000));
+	usleep(ms * 1000);
+	precopy_query(s->s, &st);
+	assert_int_equal(st.status, PRECOPY_STATUS_SETUP);
+	assert_int_equal(precopy_cancel(s->s), 0);
+	source_cancelled(s);
+	assert_int_equal(s->stops, 0);
 }
 
 static void cancel__source_before_start(void **state)
@@ -202,17 +187,15 @@ static void cancel__source_before_start(void **state)
 	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
 	assert_int_equal(precopy_cancel(s.s), 0);
 	assert_int_equal(h_src_start(&s, d.uri), 0);
-	assert_int_equal(h_src_join(&s), -ECANCELED);
-	expect_status(s.s, PRECOPY_STATUS_CANCELLED);
+	source_cancelled(&s);
 	assert_int_equal(s.stops, 0);
+	/* a session runs once */
+	assert_int_equal(precopy_migrate(s.s, d.uri), -EBUSY);
 	/* the destination saw no source: it is still waiting */
 	assert_int_equal(precopy_cancel(d.s), 0);
 	assert_int_equal(h_dest_join(&d), -ECANCELED);
 	assert_int_equal(d.resumed, 0);
-	h_src_free(&s);
-	h_dest_free(&d);
-	intact_then_retry(g);
-	pc_guest_delete(&g);
+	intact_then_retry(&s, &d, &g);
 }
 
 static void cancel__source_in_setup(void **state)
@@ -224,18 +207,10 @@ static void cancel__source_in_setup(void **state)
 
 	(void)state;
 	mute_start(&m, uri, sizeof(uri));
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, uri), 0);
-	assert_true(h_wait_status(s.s, PRECOPY_STATUS_SETUP, 10000));
-	usleep(200 * 1000); /* connected, waiting for the handshake */
-	assert_int_equal(precopy_cancel(s.s), 0);
-	assert_int_equal(h_src_join(&s), -ECANCELED);
-	expect_status(s.s, PRECOPY_STATUS_CANCELLED);
-	assert_int_equal(s.stops, 0);
-	h_src_free(&s);
+	/* cancelled when connected, waiting for the handshake */
+	cancel_unanswered(&s, g, NULL, uri, 200);
 	mute_stop(&m);
-	intact_then_retry(g);
-	pc_guest_delete(&g);
+	intact_then_retry(&s, NULL, &g);
 }
 
 static void cancel_from_stop_hook(struct h_src *s)
@@ -255,123 +230,124 @@ static void cancel__source_in_switchover(void **state)
 	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
 	s.on_stop = cancel_from_stop_hook;
 	assert_int_equal(h_src_start(&s, d.uri), 0);
-	assert_int_equal(h_src_join(&s), -ECANCELED);
-	expect_status(s.s, PRECOPY_STATUS_CANCELLED);
+	source_cancelled(&s);
 	assert_true(s.stops >= 1);
 	assert_int_equal(s.resumes, s.stops); /* resumed after the cancel */
 	assert_true(h_dest_join(&d) < 0);
 	assert_int_equal(d.resumed, 0);
-	h_src_free(&s);
-	h_dest_free(&d);
-	intact_then_retry(g);
-	pc_guest_delete(&g);
+	intact_then_retry(&s, &d, &g);
 }
 
-static void cancel__source_after_completion(void **state)
+/*
+ * tcp: a listener whose accept queue is full: the kernel drops further
+ * SYNs, so a connect to it neither succeeds nor fails for minutes. Returns
+ * the port; @fds gets the listener and the connections that fill its queue.
+ */
+static unsigned syn_sink(int fds[4])
 {
-	struct pc_guest *g = make_guest();
-	struct h_dest d;
-	struct h_src s;
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t alen = sizeof(a);
 
-	(void)state;
-	assert_int_equal(dest_start(&d, NULL, true, NULL), 0);
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
-	assert_int_equal(h_src_join(&s), 0);
-	assert_int_equal(h_dest_join(&d), 0);
-	assert_int_equal(precopy_cancel(s.s), -EALREADY);
-	assert_int_equal(precopy_cancel(d.s), -EALREADY);
-	expect_status(s.s, PRECOPY_STATUS_COMPLETED);
-	expect_status(d.s, PRECOPY_STATUS_COMPLETED);
-	assert_int_equal(d.resumed, 1);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_resume(g); /* it "runs at the destination"; bring it back */
-	pc_guest_delete(&g);
+	fds[0] = socket(AF_INET, SOCK_STREAM, 0);
+	assert_true(fds[0] >= 0);
+	assert_int_equal(bind(fds[0], (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(fds[0], 0), 0);
+	assert_int_equal(getsockname(fds[0], (struct sockaddr *)&a, &alen), 0);
+	for (int i = 1; i < 4; i++) {
+		fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+		assert_true(fds[i] >= 0);
+		connect(fds[i], (struct sockaddr *)&a, sizeof(a));
+	}
+	usleep(100 * 1000);
+	return ntohs(a.sin_port);
 }
 
-/* shm: connect() waits for the listener's verdict; a listener that never
- * accepts leaves the source there. A cancel ends that wait, not the
- * transport's own 10 s limit (the error would then say "timed out"). */
-static void cancel__source_connecting(void **state)
+/* shm: a unix socket that listens and never accepts; connect() waits for
+ * the listener's verdict there. Returns the listening socket. */
+static int shm_never_accepts(char *uri, size_t len)
 {
-	struct pc_guest *g;
 	struct sockaddr_un a = { .sun_family = AF_UNIX };
-	struct precopy_stats st;
-	struct h_src s;
-	char uri[128];
 	int fd;
 
-	(void)state;
-	if (!shm) {
-		print_message("tcp: connect does not wait for the listener (see in_setup)\n");
-		skip();
-	}
-	g = make_guest();
 	snprintf(a.sun_path, sizeof(a.sun_path), "%s/never%u.sock", shm_dir, shm_seq++);
-	snprintf(uri, sizeof(uri), "shm:%s", a.sun_path);
+	snprintf(uri, len, "shm:%s", a.sun_path);
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	assert_true(fd >= 0);
 	assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
 	assert_int_equal(listen(fd, 4), 0); /* and never accept() */
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, uri), 0);
-	assert_true(h_wait_status(s.s, PRECOPY_STATUS_SETUP, 10000));
-	usleep(200 * 1000); /* in connect(), waiting for the verdict */
-	assert_int_equal(precopy_cancel(s.s), 0);
-	assert_int_equal(h_src_join(&s), -ECANCELED);
-	expect_status(s.s, PRECOPY_STATUS_CANCELLED);
-	precopy_query(s.s, &st);
-	print_message("source: %s\n", st.error);
-	assert_null(strstr(st.error, "timed out"));
-	assert_int_equal(s.stops, 0);
-	h_src_free(&s);
-	close(fd);
-	unlink(a.sun_path);
-	intact_then_retry(g);
-	pc_guest_delete(&g);
+	return fd;
 }
 
-/* Cancel the source once it is in @when; the destination fails. */
-static void cancel_source_in(enum precopy_status when)
+/* A source still connecting: a cancel is taken at once. It waits neither
+ * for the connect to time out (tcp: here an hour) nor for the transport's
+ * own 10 s limit (shm: the error would then say "timed out"). */
+static void cancel__source_connecting(void **state)
 {
 	struct pc_guest *g = make_guest();
 	struct precopy_params p;
+	struct precopy_stats st;
+	struct h_src s;
+	char uri[128];
+	int fds[4] = { -1, -1, -1, -1 };
+
+	(void)state;
+	precopy_params_init(&p);
+	if (shm) {
+		fds[0] = shm_never_accepts(uri, sizeof(uri));
+	} else {
+		snprintf(uri, sizeof(uri), "tcp:127.0.0.1:%u", syn_sink(fds));
+		p.timeout_ms = 3600000;
+	}
+	cancel_unanswered(&s, g, &p, uri, 300); /* still connecting */
+	precopy_query(s.s, &st);
+	print_message("source: %s\n", st.error);
+	assert_null(strstr(st.error, "timed out"));
+	for (int i = 0; i < 4; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	if (shm)
+		unlink(uri + 4);
+	intact_then_retry(&s, NULL, &g);
+}
+
+/* Cancel one end (the destination if @at_dest) once it is in @when: that
+ * end reports CANCELLED, the other FAILED, the destination never resumes
+ * the guest and the source resumes it after each stop. */
+static void cancel_in(bool at_dest, enum precopy_status when)
+{
+	struct pc_guest *g = make_guest();
+	struct precopy_session *cancelled, *other;
+	struct precopy_params p;
 	struct h_dest d;
 	struct h_src s;
+	int src_err, dest_err;
 
 	precopy_params_init(&p);
 	p.max_bandwidth = 16 * MiB; /* a bulk pass of 2 s */
 	p.downtime_limit_ms = 1;     /* then iterations until cancelled */
 	assert_int_equal(dest_start(&d, NULL, true, NULL), 0);
-	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
-	assert_true(h_wait_status(s.s, when, 30000));
+	h_src_go(&s, g, &p, d.uri);
+	cancelled = at_dest ? d.s : s.s;
+	other = at_dest ? s.s : d.s;
+	assert_true(h_wait_status(cancelled, when, 30000));
 	usleep(100 * 1000);
-	assert_int_equal(precopy_cancel(s.s), 0);
-	assert_int_equal(h_src_join(&s), -ECANCELED);
-	expect_status(s.s, PRECOPY_STATUS_CANCELLED);
+	assert_int_equal(precopy_cancel(cancelled), 0);
+	src_err = h_src_join(&s);
+	dest_err = h_dest_join(&d);
+	assert_int_equal(at_dest ? dest_err : src_err, -ECANCELED);
+	assert_true((at_dest ? src_err : dest_err) < 0); /* never success */
+	h_expect_status(cancelled, PRECOPY_STATUS_CANCELLED);
+	h_expect_status(other, PRECOPY_STATUS_FAILED);
 	assert_int_equal(s.resumes, s.stops);
-	assert_true(h_dest_join(&d) < 0);
-	expect_status(d.s, PRECOPY_STATUS_FAILED);
 	assert_int_equal(d.resumed, 0);
-	h_src_free(&s);
-	h_dest_free(&d);
-	intact_then_retry(g);
-	pc_guest_delete(&g);
+	assert_int_equal(precopy_cancel(cancelled), -EALREADY);
+	intact_then_retry(&s, &d, &g);
 }
 
-static void cancel__source_in_bulk(void **state)
-{
-	(void)state;
-	cancel_source_in(PRECOPY_STATUS_BULK);
-}
-
-static void cancel__source_in_iterate(void **state)
-{
-	(void)state;
-	cancel_source_in(PRECOPY_STATUS_ITERATE);
-}
+H_CASE(cancel__source_in_bulk, cancel_in(false, PRECOPY_STATUS_BULK))
+H_CASE(cancel__source_in_iterate, cancel_in(false, PRECOPY_STATUS_ITERATE))
+H_CASE(cancel__dest_in_bulk, cancel_in(true, PRECOPY_STATUS_BULK))
+H_CASE(cancel__dest_in_iterate, cancel_in(true, PRECOPY_STATUS_ITERATE))
 
 static void cancel__source_after_failure(void **state)
 {
@@ -383,15 +359,12 @@ static void cancel__source_after_failure(void **state)
 	(void)state;
 	mute_start(&m, uri, sizeof(uri));
 	mute_stop(&m); /* nobody listens there now */
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, uri), 0);
+	h_src_go(&s, g, NULL, uri);
 	assert_true(h_src_join(&s) < 0);
-	expect_status(s.s, PRECOPY_STATUS_FAILED);
+	h_expect_status(s.s, PRECOPY_STATUS_FAILED);
 	assert_int_equal(precopy_cancel(s.s), -EALREADY);
-	expect_status(s.s, PRECOPY_STATUS_FAILED);
-	h_src_free(&s);
-	intact_then_retry(g);
-	pc_guest_delete(&g);
+	h_expect_status(s.s, PRECOPY_STATUS_FAILED);
+	intact_then_retry(&s, NULL, &g);
 }
 
 /* --- the destination cancelled ---------------------------------------- */
@@ -405,7 +378,7 @@ static void cancel__dest_before_start(void **state)
 	assert_int_equal(precopy_cancel(d.s), 0);
 	assert_int_equal(h_dest_run(&d), 0);
 	assert_int_equal(h_dest_join(&d), -ECANCELED);
-	expect_status(d.s, PRECOPY_STATUS_CANCELLED);
+	h_expect_status(d.s, PRECOPY_STATUS_CANCELLED);
 	assert_int_equal(d.resumed, 0);
 	h_dest_free(&d);
 }
@@ -420,48 +393,8 @@ static void cancel__dest_in_setup(void **state)
 	usleep(100 * 1000); /* waiting for a source */
 	assert_int_equal(precopy_cancel(d.s), 0);
 	assert_int_equal(h_dest_join(&d), -ECANCELED);
-	expect_status(d.s, PRECOPY_STATUS_CANCELLED);
+	h_expect_status(d.s, PRECOPY_STATUS_CANCELLED);
 	h_dest_free(&d);
-}
-
-static void cancel_dest_in(enum precopy_status when)
-{
-	struct pc_guest *g = make_guest();
-	struct precopy_params p;
-	struct h_dest d;
-	struct h_src s;
-
-	precopy_params_init(&p);
-	p.max_bandwidth = 16 * MiB; /* a bulk pass of 2 s */
-	p.downtime_limit_ms = 1;     /* then iterations until cancelled */
-	assert_int_equal(dest_start(&d, NULL, true, NULL), 0);
-	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
-	assert_true(h_wait_status(d.s, when, 30000));
-	usleep(100 * 1000);
-	assert_int_equal(precopy_cancel(d.s), 0);
-	assert_int_equal(h_dest_join(&d), -ECANCELED);
-	expect_status(d.s, PRECOPY_STATUS_CANCELLED);
-	assert_int_equal(d.resumed, 0);
-	assert_true(h_src_join(&s) < 0);
-	expect_status(s.s, PRECOPY_STATUS_FAILED);
-	assert_int_equal(s.resumes, s.stops);
-	h_src_free(&s);
-	h_dest_free(&d);
-	intact_then_retry(g);
-	pc_guest_delete(&g);
-}
-
-static void cancel__dest_in_bulk(void **state)
-{
-	(void)state;
-	cancel_dest_in(PRECOPY_STATUS_BULK);
-}
-
-static void cancel__dest_in_iterate(void **state)
-{
-	(void)state;
-	cancel_dest_in(PRECOPY_STATUS_ITERATE);
 }
 
 /* From load_device_state: the destination is in switchover, its memory
@@ -481,24 +414,22 @@ static void cancel__dest_in_switchover(void **state)
 
 	(void)state;
 	assert_int_equal(dest_start(&d, NULL, true, cancel_from_load_hook), 0);
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
+	h_src_go(&s, g, NULL, d.uri);
 	assert_int_equal(h_dest_join(&d), -ECANCELED);
-	expect_status(d.s, PRECOPY_STATUS_CANCELLED);
+	h_expect_status(d.s, PRECOPY_STATUS_CANCELLED);
 	assert_true(d.have_desc);     /* it got as far as the device state */
 	assert_int_equal(d.resumed, 0); /* and did not start the guest */
 	assert_true(h_src_join(&s) < 0);
-	expect_status(s.s, PRECOPY_STATUS_FAILED);
+	h_expect_status(s.s, PRECOPY_STATUS_FAILED);
 	assert_true(s.stops >= 1);
 	assert_int_equal(s.resumes, s.stops); /* the guest runs at the source */
-	h_src_free(&s);
-	h_dest_free(&d);
-	intact_then_retry(g);
-	pc_guest_delete(&g);
+	intact_then_retry(&s, &d, &g);
 }
 
-/* After the verified guest was resumed, a cancel is too late. */
-static void cancel__dest_after_completion(void **state)
+/* After the end a cancel is too late at either end: the destination's
+ * (its verified guest resumed) while the source may still be finishing,
+ * then the source's. */
+static void cancel__after_completion(void **state)
 {
 	struct pc_guest *g = make_guest();
 	struct h_dest d;
@@ -506,17 +437,19 @@ static void cancel__dest_after_completion(void **state)
 
 	(void)state;
 	assert_int_equal(dest_start(&d, NULL, true, NULL), 0);
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
+	h_src_go(&s, g, NULL, d.uri);
 	assert_int_equal(h_dest_join(&d), 0);
 	assert_int_equal(precopy_cancel(d.s), -EALREADY);
-	expect_status(d.s, PRECOPY_STATUS_COMPLETED);
+	h_expect_status(d.s, PRECOPY_STATUS_COMPLETED);
 	assert_int_equal(d.resumed, 1);
 	assert_int_equal(h_src_join(&s), 0);
-	expect_status(s.s, PRECOPY_STATUS_COMPLETED);
+	assert_int_equal(precopy_cancel(s.s), -EALREADY);
+	assert_int_equal(precopy_cancel(d.s), -EALREADY);
+	h_expect_status(s.s, PRECOPY_STATUS_COMPLETED);
+	h_expect_status(d.s, PRECOPY_STATUS_COMPLETED);
 	h_src_free(&s);
 	h_dest_free(&d);
-	pc_guest_resume(g);
+	pc_guest_resume(g); /* it "runs at the destination"; bring it back */
 	pc_guest_delete(&g);
 }
 
@@ -537,14 +470,13 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(cancel__source_in_bulk, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__source_in_iterate, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__source_in_switchover, setup, teardown),
-		cmocka_unit_test_setup_teardown(cancel__source_after_completion, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__source_after_failure, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__dest_before_start, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__dest_in_setup, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__dest_in_bulk, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__dest_in_iterate, setup, teardown),
 		cmocka_unit_test_setup_teardown(cancel__dest_in_switchover, setup, teardown),
-		cmocka_unit_test_setup_teardown(cancel__dest_after_completion, setup, teardown),
+		cmocka_unit_test_setup_teardown(cancel__after_completion, setup, teardown),
 	};
 	int rc;
 

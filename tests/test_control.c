@@ -26,13 +26,8 @@
 
 static struct pc_guest *make_guest(size_t ram, double rate, enum pc_guest_pattern pat)
 {
-	struct pc_guest_opts o = { .ram = ram, .dirty_rate = rate, .pattern = pat,
-				   .threads = 1, .seed = 5 };
-	struct pc_guest *g;
-
-	assert_int_equal(pc_guest_new(&o, &g), 0);
-	assert_int_equal(pc_guest_start(g), 0);
-	return g;
+	return h_guest_new(&(struct pc_guest_opts){ .ram = ram, .dirty_rate = rate,
+						    .pattern = pat, .threads = 1, .seed = 5 });
 }
 
 static int hint_one(struct precopy_session *s, uint64_t page)
@@ -82,105 +77,80 @@ static void hint_before_arming__refused_page_arrives(void **state)
 	assert_int_equal(hint_err, -EAGAIN);
 	/* once ended, too late */
 	assert_int_equal(hint_one(s.s, HINTED), -EBUSY);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
+	h_free_all(&s, &d, &g);
 }
+
+struct hint_at_bulk {
+	bool write; /* and then write the page, as a guest reusing it would */
+	int done;
+};
 
 /* From the progress hook at BULK (the log is armed, no page sent yet):
- * hint page 12 free, then write it, as a guest reusing a page would. */
-static void hint_then_write(struct h_src *s, const struct precopy_stats *st)
+ * hint page 12 free (then write it, if asked to). */
+static void hint_at_bulk(struct h_src *s, const struct precopy_stats *st)
 {
-	int *done = s->opaque;
+	struct hint_at_bulk *h = s->opaque;
 	uint8_t *mem = pc_guest_ram(s->guest, NULL);
 
-	if (st->status != PRECOPY_STATUS_BULK || *done)
+	if (st->status != PRECOPY_STATUS_BULK || h->done)
 		return;
 	assert_int_equal(hint_one(s->s, HINTED), 0);
-	memset(mem + HINTED * PAGE, 0xAB, PAGE);
-	*done = 1;
+	if (h->write)
+		memset(mem + HINTED * PAGE, 0xAB, PAGE);
+	h->done = 1;
 }
 
-/* A page written after its hint is dirty again and sent with its
- * contents; the pages hinted and not written go as free runs. */
-static void hint_during__written_page_arrives(void **state)
+/*
+ * Page 12 hinted free during the migration. Written after its hint
+ * (@write), it is dirty again and sent with its contents. Hinted and left
+ * alone, it goes as a free run and arrives as zeros (what it held does not
+ * matter to a guest that freed it), and the checksums of both ends agree
+ * on it: the destination verified. Either way the bulk pass skipped it
+ * once.
+ */
+static void hint_during(bool write)
 {
 	struct pc_guest *g = make_guest(256 * PAGE, 0, PC_GUEST_SEQUENTIAL);
+	struct hint_at_bulk h = { .write = write };
 	struct precopy_stats st;
 	struct h_dest d;
 	struct h_src s;
 	size_t len;
 	uint8_t *mem = pc_guest_ram(g, &len);
-	int done = 0;
 
-	(void)state;
+	if (!write)
+		memset(mem + HINTED * PAGE, 0xCD, PAGE);
 	assert_int_equal(h_dest_start(&d, len), 0);
 	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	s.on_progress = hint_then_write;
-	s.opaque = &done;
+	s.on_progress = hint_at_bulk;
+	s.opaque = &h;
 	assert_int_equal(h_src_start(&s, d.uri), 0);
 	assert_int_equal(h_src_join(&s), 0);
 	assert_int_equal(h_dest_join(&d), 0);
-	assert_int_equal(done, 1);
-	assert_true(page_is((uint8_t *)d.ram + HINTED * PAGE, 0xAB));
-	assert_int_equal(memcmp(mem, d.ram, len), 0);
-	/* it was skipped once (the bulk pass) and then sent after all */
+	assert_int_equal(h.done, 1);
 	assert_int_equal(precopy_query(s.s, &st), 0);
 	print_message("free-skipped %llu, normal %llu, passes after bulk %u\n",
 		      (unsigned long long)st.free_skipped, (unsigned long long)st.normal,
 		      st.iteration);
 	assert_int_equal(st.free_skipped, 1);
-	assert_true(st.iteration >= 1);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
+	if (write) {
+		assert_true(page_is((uint8_t *)d.ram + HINTED * PAGE, 0xAB));
+		assert_int_equal(memcmp(mem, d.ram, len), 0);
+		/* skipped by the bulk pass, then sent after all */
+		assert_true(st.iteration >= 1);
+	} else {
+		assert_true(page_is((uint8_t *)d.ram + HINTED * PAGE, 0));
+		/* every other page as the source has it */
+		assert_int_equal(memcmp(mem, d.ram, HINTED * PAGE), 0);
+		assert_int_equal(memcmp(mem + (HINTED + 1) * PAGE,
+					(uint8_t *)d.ram + (HINTED + 1) * PAGE,
+					len - (HINTED + 1) * PAGE), 0);
+	}
+	h_free_all(&s, &d, &g);
 }
 
-/* From the progress hook at BULK: hint page 12 free, leave it alone. */
-static void hint_only(struct h_src *s, const struct precopy_stats *st)
-{
-	int *done = s->opaque;
-
-	if (st->status != PRECOPY_STATUS_BULK || *done)
-		return;
-	assert_int_equal(hint_one(s->s, HINTED), 0);
-	*done = 1;
-}
-
-/* Hinted and left alone: it goes as a free run and arrives as zeros (what
- * it held does not matter to a guest that freed it), and the checksums of
- * both ends agree on it: the destination verified. */
-static void hint_during__unwritten_page_skipped(void **state)
-{
-	struct pc_guest *g = make_guest(256 * PAGE, 0, PC_GUEST_SEQUENTIAL);
-	struct precopy_stats st;
-	struct h_dest d;
-	struct h_src s;
-	size_t len;
-	uint8_t *mem = pc_guest_ram(g, &len);
-	int done = 0;
-
-	(void)state;
-	memset(mem + HINTED * PAGE, 0xCD, PAGE);
-	assert_int_equal(h_dest_start(&d, len), 0);
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	s.on_progress = hint_only;
-	s.opaque = &done;
-	assert_int_equal(h_src_start(&s, d.uri), 0);
-	assert_int_equal(h_src_join(&s), 0);
-	assert_int_equal(h_dest_join(&d), 0);
-	assert_int_equal(done, 1);
-	assert_int_equal(precopy_query(s.s, &st), 0);
-	assert_int_equal(st.free_skipped, 1);
-	assert_true(page_is((uint8_t *)d.ram + HINTED * PAGE, 0));
-	/* every other page as the source has it */
-	assert_int_equal(memcmp(mem, d.ram, HINTED * PAGE), 0);
-	assert_int_equal(memcmp(mem + (HINTED + 1) * PAGE, (uint8_t *)d.ram + (HINTED + 1) * PAGE,
-				len - (HINTED + 1) * PAGE), 0);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
-}
+H_CASE(hint_during__written_page_arrives, hint_during(true))
+H_CASE(hint_during__unwritten_page_skipped, hint_during(false))
 
 /* --- max-forced-downtime ------------------------------------------------ */
 
@@ -200,12 +170,11 @@ static void forced_params(struct precopy_params *p)
 
 static void run_forced(uint64_t bound, int *src_err, int *dest_err, struct precopy_stats *st)
 {
-	struct pc_guest *g = make_guest(32 * MiB, 64.0 * MiB, PC_GUEST_RANDOM);
+	size_t len = 32 * MiB;
+	struct pc_guest *g = make_guest(len, 64.0 * MiB, PC_GUEST_RANDOM);
 	struct precopy_params p;
 	struct h_dest d;
 	struct h_src s;
-	size_t len;
-	void *mem = pc_guest_ram(g, &len);
 	uint64_t v = 0;
 
 	forced_params(&p);
@@ -219,25 +188,16 @@ static void run_forced(uint64_t bound, int *src_err, int *dest_err, struct preco
 	*dest_err = h_dest_join(&d);
 	precopy_query(s.s, st);
 	if (*src_err) {
-		struct pc_guest_desc desc;
-		char why[256];
-
 		/* aborted: the guest runs on here, intact; never resumed there */
 		assert_int_equal(s.resumes, s.stops);
-		assert_true(h_guest_runs(g));
-		pc_guest_pause(g);
-		pc_guest_describe(g, &desc);
-		assert_int_equal(pc_guest_verify(mem, len, &desc, why, sizeof(why)), 0);
-		pc_guest_resume(g);
+		h_check_guest_intact(g, "source");
 		assert_int_equal(d.resumed, 0);
 	} else {
 		char why[256];
 
 		assert_int_equal(pc_guest_verify(d.ram, len, &d.desc, why, sizeof(why)), 0);
 	}
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
+	h_free_all(&s, &d, &g);
 }
 
 /* The forced pause is expected to take more than the bound (1 ms): abort. */

@@ -183,128 +183,128 @@ static struct pc_dirty *tracker(const struct mode_ctx *c, void *addr, size_t len
 	return d;
 }
 
+/* A mapping of @len bytes tracked by the group's method, and two bitmaps
+ * of its pages: what was written (want) and what a sync reported (got). */
+struct tracked {
+	char *p;
+	size_t len;
+	uint64_t npages;
+	uint64_t *want, *got;
+	struct pc_dirty *d;
+};
+
+/* Skip if the group's method is not here; else map (@populate: touched
+ * first) and track. */
+static void tracked_open(struct tracked *t, void **state, size_t len, bool populate)
+{
+	const struct mode_ctx *c = ctx_of(state);
+
+	need_mode(c);
+	t->len = len;
+	t->npages = len / PAGE;
+	t->p = map_anon(len, populate);
+	t->want = bitmap_new(t->npages);
+	t->got = bitmap_new(t->npages);
+	t->d = tracker(c, t->p, len);
+}
+
+static void tracked_close(struct tracked *t)
+{
+	pc_dirty_delete(&t->d);
+	free(t->want);
+	free(t->got);
+	munmap(t->p, t->len);
+}
+
+/* The next sync of @d reports exactly the pages in @want (as new bits). */
+static void expect_sync(struct pc_dirty *d, uint64_t *got, const uint64_t *want,
+			uint64_t npages)
+{
+	assert_int_equal(pc_dirty_sync(d, got), (int64_t)bitmap_count(want, npages));
+	assert_bitmap_equal(got, want, npages);
+}
+
 /* ------------------------------ per mode --------------------------------- */
 
 static void pc_dirty_sync__reports_exactly_the_pages_written_after_start(void **state)
 {
-	struct mode_ctx *c = ctx_of(state);
-	uint64_t npages = BIG / PAGE;
+	struct tracked t;
 
-	need_mode(c);
-	char *p = map_anon(BIG, true);
-	uint64_t *want = bitmap_new(npages), *got = bitmap_new(npages);
-	struct pc_dirty *d = tracker(c, p, BIG);
-
+	tracked_open(&t, state, BIG, true);
 	/* Written before start: must not be reported. */
-	touch_scattered(d, p, npages, 500, 7, NULL);
-	assert_int_equal(pc_dirty_start(d), 0);
-	touch_scattered(d, p, npages, 1000, 11, want);
+	touch_scattered(t.d, t.p, t.npages, 500, 7, NULL);
+	assert_int_equal(pc_dirty_start(t.d), 0);
+	touch_scattered(t.d, t.p, t.npages, 1000, 11, t.want);
+	expect_sync(t.d, t.got, t.want, t.npages);
 
-	int64_t n = pc_dirty_sync(d, got);
-
-	assert_int_equal(n, (int64_t)bitmap_count(want, npages));
-	assert_bitmap_equal(got, want, npages);
-
-	pc_dirty_delete(&d);
-	assert_null(d);
+	pc_dirty_delete(&t.d);
+	assert_null(t.d);
 	/* After delete the memory is an ordinary mapping again. */
-	touch_scattered(NULL, p, npages, 100, 13, NULL);
-	free(want);
-	free(got);
-	munmap(p, BIG);
+	touch_scattered(NULL, t.p, t.npages, 100, 13, NULL);
+	tracked_close(&t);
 }
 
 static void pc_dirty_sync__second_sync_reports_only_later_writes(void **state)
 {
-	struct mode_ctx *c = ctx_of(state);
-	uint64_t npages = BIG / PAGE;
+	struct tracked t;
 
-	need_mode(c);
-	char *p = map_anon(BIG, true);
-	uint64_t *want = bitmap_new(npages), *got = bitmap_new(npages);
-	struct pc_dirty *d = tracker(c, p, BIG);
-
-	assert_int_equal(pc_dirty_start(d), 0);
-	touch_scattered(d, p, npages, 300, 17, NULL);
-	assert_true(pc_dirty_sync(d, got) > 0);
+	tracked_open(&t, state, BIG, true);
+	assert_int_equal(pc_dirty_start(t.d), 0);
+	touch_scattered(t.d, t.p, t.npages, 300, 17, NULL);
+	assert_true(pc_dirty_sync(t.d, t.got) > 0);
 
 	/* Nothing written since: nothing reported. */
-	memset(got, 0, (npages + 63) / 64 * 8);
-	assert_int_equal(pc_dirty_sync(d, got), 0);
-	assert_int_equal(bitmap_count(got, npages), 0);
+	memset(t.got, 0, (t.npages + 63) / 64 * 8);
+	assert_int_equal(pc_dirty_sync(t.d, t.got), 0);
+	assert_int_equal(bitmap_count(t.got, t.npages), 0);
 
 	/* Written since the first sync: reported by the next. */
-	touch_scattered(d, p, npages, 300, 19, want);
-	assert_int_equal(pc_dirty_sync(d, got), (int64_t)bitmap_count(want, npages));
-	assert_bitmap_equal(got, want, npages);
+	touch_scattered(t.d, t.p, t.npages, 300, 19, t.want);
+	expect_sync(t.d, t.got, t.want, t.npages);
 
 	/* Bits already set in the caller's bitmap are not counted again. */
-	touch(d, p, 0, NULL);
-	assert_int_equal(pc_dirty_sync(d, got), 0);
-	assert_bitmap_equal(got, want, npages);
-
-	pc_dirty_delete(&d);
-	free(want);
-	free(got);
-	munmap(p, BIG);
+	touch(t.d, t.p, 0, NULL);
+	assert_int_equal(pc_dirty_sync(t.d, t.got), 0);
+	assert_bitmap_equal(t.got, t.want, t.npages);
+	tracked_close(&t);
 }
 
 static void pc_dirty_sync__reports_unpopulated_pages_written_after_start(void **state)
 {
-	struct mode_ctx *c = ctx_of(state);
-	uint64_t npages = BIG / PAGE;
-
-	need_mode(c);
-	char *p = map_anon(BIG, false); /* never touched */
-	uint64_t *want = bitmap_new(npages), *got = bitmap_new(npages);
-	struct pc_dirty *d = tracker(c, p, BIG);
+	struct tracked t;
 	uint64_t seed = 23;
 	volatile char sink = 0;
 
-	assert_int_equal(pc_dirty_start(d), 0);
-	touch_scattered(d, p, npages, 1000, 29, want);
+	tracked_open(&t, state, BIG, false); /* never touched */
+	assert_int_equal(pc_dirty_start(t.d), 0);
+	touch_scattered(t.d, t.p, t.npages, 1000, 29, t.want);
 	/* Only read (the zero page gets mapped): not a write. */
 	for (int k = 0; k < 1000; k++) {
-		uint64_t i = rng_next(&seed) % npages;
+		uint64_t i = rng_next(&seed) % t.npages;
 
-		if (!bit_test(want, i))
-			sink += p[i * PAGE];
+		if (!bit_test(t.want, i))
+			sink += t.p[i * PAGE];
 	}
 	(void)sink;
-
-	assert_int_equal(pc_dirty_sync(d, got), (int64_t)bitmap_count(want, npages));
-	assert_bitmap_equal(got, want, npages);
-
-	pc_dirty_delete(&d);
-	free(want);
-	free(got);
-	munmap(p, BIG);
+	expect_sync(t.d, t.got, t.want, t.npages);
+	tracked_close(&t);
 }
 
 /* More runs of written pages than one PAGEMAP_SCAN vector holds (4096). */
 static void pc_dirty_sync__reports_every_page_when_runs_exceed_one_scan(void **state)
 {
-	struct mode_ctx *c = ctx_of(state);
-	uint64_t npages = BIG / PAGE;
+	struct tracked t;
 
-	need_mode(c);
-	char *p = map_anon(BIG, true);
-	uint64_t *want = bitmap_new(npages), *got = bitmap_new(npages);
-	struct pc_dirty *d = tracker(c, p, BIG);
+	tracked_open(&t, state, BIG, true);
+	assert_int_equal(pc_dirty_start(t.d), 0);
+	for (uint64_t i = 0; i < t.npages; i += 2)
+		touch(t.d, t.p, i, t.want);
+	assert_int_equal(pc_dirty_sync(t.d, t.got), (int64_t)(t.npages / 2));
+	assert_bitmap_equal(t.got, t.want, t.npages);
 
-	assert_int_equal(pc_dirty_start(d), 0);
-	for (uint64_t i = 0; i < npages; i += 2)
-		touch(d, p, i, want);
-	assert_int_equal(pc_dirty_sync(d, got), (int64_t)(npages / 2));
-	assert_bitmap_equal(got, want, npages);
-
-	memset(got, 0, (npages + 63) / 64 * 8);
-	assert_int_equal(pc_dirty_sync(d, got), 0);
-
-	pc_dirty_delete(&d);
-	free(want);
-	free(got);
-	munmap(p, BIG);
+	memset(t.got, 0, (t.npages + 63) / 64 * 8);
+	assert_int_equal(pc_dirty_sync(t.d, t.got), 0);
+	tracked_close(&t);
 }
 
 struct writer {
@@ -446,10 +446,8 @@ static void pc_dirty_sync__two_trackers_keep_their_own_pages(void **state)
 	touch_scattered(b, q, n, 100, 41, wb);
 	touch_scattered(a, p, n, 100, 43, wa);
 
-	assert_int_equal(pc_dirty_sync(b, gb), (int64_t)bitmap_count(wb, n));
-	assert_bitmap_equal(gb, wb, n);
-	assert_int_equal(pc_dirty_sync(a, ga), (int64_t)bitmap_count(wa, n));
-	assert_bitmap_equal(ga, wa, n);
+	expect_sync(b, gb, wb, n);
+	expect_sync(a, ga, wa, n);
 
 	/* Again, syncing in the other order. */
 	memset(wa, 0, n / 8);
@@ -458,10 +456,8 @@ static void pc_dirty_sync__two_trackers_keep_their_own_pages(void **state)
 	memset(gb, 0, n / 8);
 	touch_scattered(a, p, n, 50, 47, wa);
 	touch_scattered(b, q, n, 50, 53, wb);
-	assert_int_equal(pc_dirty_sync(a, ga), (int64_t)bitmap_count(wa, n));
-	assert_bitmap_equal(ga, wa, n);
-	assert_int_equal(pc_dirty_sync(b, gb), (int64_t)bitmap_count(wb, n));
-	assert_bitmap_equal(gb, wb, n);
+	expect_sync(a, ga, wa, n);
+	expect_sync(b, gb, wb, n);
 
 	/* Deleting one leaves the other working. */
 	pc_dirty_delete(&a);
@@ -469,8 +465,7 @@ static void pc_dirty_sync__two_trackers_keep_their_own_pages(void **state)
 	memset(gb, 0, n / 8);
 	touch_scattered(NULL, p, n, 50, 59, NULL);
 	touch_scattered(b, q, n, 50, 61, wb);
-	assert_int_equal(pc_dirty_sync(b, gb), (int64_t)bitmap_count(wb, n));
-	assert_bitmap_equal(gb, wb, n);
+	expect_sync(b, gb, wb, n);
 
 	pc_dirty_delete(&b);
 	free(wa);
@@ -519,42 +514,33 @@ static void pc_dirty_sync__unmapped_range_returns_efault(void **state)
 
 static void pc_dirty_sync__fork_child_gets_ebadfd_parent_keeps_tracking(void **state)
 {
-	struct mode_ctx *c = ctx_of(state);
-	uint64_t n = MiB / PAGE;
-
-	need_mode(c);
-	char *p = map_anon(MiB, true);
-	uint64_t *want = bitmap_new(n), *got = bitmap_new(n);
-	struct pc_dirty *d = tracker(c, p, MiB);
+	struct tracked t;
 	int status;
 	pid_t pid;
 
-	assert_int_equal(pc_dirty_start(d), 0);
-	touch(d, p, 3, want);
+	tracked_open(&t, state, MiB, true);
+	assert_int_equal(pc_dirty_start(t.d), 0);
+	touch(t.d, t.p, 3, t.want);
 	pid = fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
 		int ok = 1;
 
-		if (pc_dirty_mode(d) != PRECOPY_DIRTY_EXTERNAL) {
-			ok &= pc_dirty_sync(d, got) == -EBADFD;
-			ok &= pc_dirty_start(d) == -EBADFD;
+		if (pc_dirty_mode(t.d) != PRECOPY_DIRTY_EXTERNAL) {
+			ok &= pc_dirty_sync(t.d, t.got) == -EBADFD;
+			ok &= pc_dirty_start(t.d) == -EBADFD;
 		}
-		p[5 * PAGE] = 1; /* the child's own copy */
-		pc_dirty_delete(&d);
+		t.p[5 * PAGE] = 1; /* the child's own copy */
+		pc_dirty_delete(&t.d);
 		_exit(ok ? 0 : 1);
 	}
 	assert_int_equal(waitpid(pid, &status, 0), pid);
 	assert_true(WIFEXITED(status));
 	assert_int_equal(WEXITSTATUS(status), 0);
 
-	touch(d, p, 7, want); /* a first write after fork: copy-on-write */
-	assert_int_equal(pc_dirty_sync(d, got), (int64_t)bitmap_count(want, n));
-	assert_bitmap_equal(got, want, n);
-	pc_dirty_delete(&d);
-	free(want);
-	free(got);
-	munmap(p, MiB);
+	touch(t.d, t.p, 7, t.want); /* a first write after fork: copy-on-write */
+	expect_sync(t.d, t.got, t.want, t.npages);
+	tracked_close(&t);
 }
 
 /* ------------------------------ common ----------------------------------- */
@@ -628,8 +614,7 @@ static void pc_dirty_mark__unaligned_first_sets_exactly_those_pages(void **state
 	assert_int_equal(pc_dirty_mark(d, npages - 1, src, 1), 0);
 	bit_set(want, npages - 1);
 
-	assert_int_equal(pc_dirty_sync(d, got), (int64_t)bitmap_count(want, npages));
-	assert_bitmap_equal(got, want, npages);
+	expect_sync(d, got, want, npages);
 	memset(got, 0, (npages + 63) / 64 * 8);
 	assert_int_equal(pc_dirty_sync(d, got), 0);
 

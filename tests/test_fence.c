@@ -158,8 +158,10 @@ static int hs_complete(struct hostile *h)
 	struct pc_wire_msg m;
 	struct iovec v[2];
 
-	/* device state: what the harness's load_device_state takes */
+	/* device state: what the harness's load_device_state takes (a
+	 * guest's descriptor; nothing checks the memory against it) */
 	memset(&desc, 0, sizeof(desc));
+	desc.magic = PC_GUEST_MAGIC;
 	v[0].iov_base = h->buf;
 	v[0].iov_len = (size_t)pc_wire_enc_devstate_hdr(h->buf, sizeof(h->buf), sizeof(desc), 0,
 							 sizeof(desc));
@@ -180,12 +182,23 @@ static void hs_go(struct hostile *h)
 	assert_int_equal(m.u.result.status, 0);
 }
 
+/* A hostile source connected to a fresh destination. */
+static struct hostile *hs_new(void)
+{
+	struct hostile *h = calloc(1, sizeof(*h));
+
+	assert_non_null(h);
+	hs_start(h);
+	return h;
+}
+
 static void hs_end(struct hostile *h)
 {
 	pc_tp_close(h->tp);
 	h->tp = NULL;
 	h_dest_free(&h->d);
 	munmap(h->ram, RAM);
+	free(h);
 }
 
 /* Waits for the destination's verdict; returns it and its text. */
@@ -199,21 +212,46 @@ static int hs_dest_result(struct hostile *h, char *why, size_t len)
 	return rc;
 }
 
-static void behaving__migrates(void **state)
+/* GO: the destination succeeds and holds what the source sent. */
+static void hs_go_ok(struct hostile *h)
 {
-	struct hostile *h = calloc(1, sizeof(*h));
 	char why[PRECOPY_ERRMSG_MAX];
 
-	(void)state;
-	hs_start(h);
-	hs_bulk(h);
-	assert_int_equal(hs_complete(h), 0);
 	hs_go(h);
 	assert_int_equal(hs_dest_result(h, why, sizeof(why)), 0);
+	/* precopy_incoming() has returned: nothing can land any more */
 	assert_memory_equal(h->d.ram, h->ram, RAM);
+}
+
+/* A run of one 0xEE page at @page on @chan, where the protocol would send
+ * none; only over a transport whose CPU places page runs (cpu_places). */
+static void hs_stray_page(struct hostile *h, unsigned chan, uint64_t page)
+{
+	static uint8_t junk[PRECOPY_PAGE_SIZE];
+	struct pc_page_run pr = { junk, 0, page * PRECOPY_PAGE_SIZE, PRECOPY_PAGE_SIZE };
+
+	memset(junk, 0xEE, sizeof(junk));
+	assert_int_equal(pc_tp_write_pages(h->tp, chan, &pr, 1), 0);
+}
+
+/* Whether this transport's CPU places page runs; else say it skips. */
+static bool need_cpu_places(void)
+{
+	if (!cpu_places)
+		print_message("skipped over %s: the NIC places page runs\n", scheme);
+	return cpu_places;
+}
+
+static void behaving__migrates(void **state)
+{
+	struct hostile *h = hs_new();
+
+	(void)state;
+	hs_bulk(h);
+	assert_int_equal(hs_complete(h), 0);
+	hs_go_ok(h);
 	assert_int_equal(h->d.resumed, 1);
 	hs_end(h);
-	free(h);
 }
 
 /* After the verdict, a zero RUNS record on channel 1 (whose pass 0 had
@@ -221,11 +259,9 @@ static void behaving__migrates(void **state)
  * COMPLETE, so the record is never read. */
 static void after_verdict__zero_runs_on_channel_1_change_nothing(void **state)
 {
-	struct hostile *h = calloc(1, sizeof(*h));
-	char why[PRECOPY_ERRMSG_MAX];
+	struct hostile *h = hs_new();
 
 	(void)state;
-	hs_start(h);
 	hs_bulk(h);
 	assert_int_equal(hs_complete(h), 0);
 	hs_pages(h, 1, 1, CHUNK + 3, 2, PC_RUN_ZERO);
@@ -233,12 +269,8 @@ static void after_verdict__zero_runs_on_channel_1_change_nothing(void **state)
 	/* Not an assertion: time for a receiver still reading channel 1 to
 	 * act on them, as one did before the fence. */
 	usleep(200 * 1000);
-	hs_go(h);
-	assert_int_equal(hs_dest_result(h, why, sizeof(why)), 0);
-	/* precopy_incoming() has returned: nothing can land any more */
-	assert_memory_equal(h->d.ram, h->ram, RAM);
+	hs_go_ok(h);
 	hs_end(h);
-	free(h);
 }
 
 /* A page run on channel 1 after its last pass ended, sent before COMPLETE:
@@ -247,29 +279,18 @@ static void after_verdict__zero_runs_on_channel_1_change_nothing(void **state)
 static void complete__page_run_on_parked_channel_lands_nowhere(void **state)
 {
 	struct hostile *h;
-	char why[PRECOPY_ERRMSG_MAX];
-	struct pc_page_run pr;
-	uint8_t junk[PRECOPY_PAGE_SIZE];
 
 	(void)state;
-	if (!cpu_places) {
-		print_message("skipped over %s: the NIC places page runs\n", scheme);
+	if (!need_cpu_places())
 		return;
-	}
-	h = calloc(1, sizeof(*h));
-	hs_start(h);
+	h = hs_new();
 	hs_bulk(h);
-	memset(junk, 0xEE, sizeof(junk));
-	pr = (struct pc_page_run){ junk, 0, (CHUNK + 5) * PRECOPY_PAGE_SIZE, PRECOPY_PAGE_SIZE };
-	assert_int_equal(pc_tp_write_pages(h->tp, 1, &pr, 1), 0);
+	hs_stray_page(h, 1, CHUNK + 5);
 	usleep(200 * 1000); /* as above: a chance for a reader to place it */
 	/* the checksums say what was verified, not the 0xEE page */
 	assert_int_equal(hs_complete(h), 0);
-	hs_go(h);
-	assert_int_equal(hs_dest_result(h, why, sizeof(why)), 0);
-	assert_memory_equal(h->d.ram, h->ram, RAM);
+	hs_go_ok(h);
 	hs_end(h);
-	free(h);
 }
 
 /* A page run on channel 0 after the page's checksum was taken, never
@@ -279,39 +300,30 @@ static void complete__page_placed_after_its_checksum_fails(void **state)
 {
 	struct hostile *h;
 	char why[PRECOPY_ERRMSG_MAX];
-	struct pc_page_run pr;
-	uint8_t junk[PRECOPY_PAGE_SIZE];
 
 	(void)state;
-	if (!cpu_places) {
-		print_message("skipped over %s: the NIC places page runs\n", scheme);
+	if (!need_cpu_places())
 		return;
-	}
-	h = calloc(1, sizeof(*h));
-	hs_start(h);
+	h = hs_new();
 	hs_bulk(h);
-	memset(junk, 0xEE, sizeof(junk));
-	pr = (struct pc_page_run){ junk, 0, 10 * PRECOPY_PAGE_SIZE, PRECOPY_PAGE_SIZE };
-	assert_int_equal(pc_tp_write_pages(h->tp, 0, &pr, 1), 0);
+	hs_stray_page(h, 0, 10);
 	assert_int_equal(hs_complete(h), -EBADMSG);
 	assert_int_equal(hs_dest_result(h, why, sizeof(why)), -EBADMSG);
 	assert_non_null(strstr(why, "page 10 was written after its checksum was taken"));
 	assert_int_equal(h->d.resumed, 0);
 	hs_end(h);
-	free(h);
 }
 
 /* One RUNS record of 1024 data runs, each the whole region: refused before
  * a page is read (runs of one record may not overlap). */
 static void runs__whole_region_1024_times_refused(void **state)
 {
-	struct hostile *h = calloc(1, sizeof(*h));
+	struct hostile *h = hs_new();
 	char why[PRECOPY_ERRMSG_MAX];
 	struct pc_wire_msg m;
 	size_t len;
 
 	(void)state;
-	hs_start(h);
 	pc_wire_enc_runs_hdr(h->buf, sizeof(h->buf), 0);
 	for (uint32_t i = 0; i < PC_WIRE_RUNS_MAX; i++)
 		pc_wire_put_run(h->buf, i, &(struct pc_wire_run){ 0, PC_RUN_DATA, 0, NPAGES });
@@ -326,7 +338,6 @@ static void runs__whole_region_1024_times_refused(void **state)
 	assert_int_equal(hs_dest_result(h, why, sizeof(why)), -EPROTO);
 	assert_non_null(strstr(why, "overlap"));
 	hs_end(h);
-	free(h);
 }
 
 /* Channel 1 ends passes 0, 1 and 2 while channel 0 has not ended pass 0:
@@ -335,12 +346,10 @@ static void runs__whole_region_1024_times_refused(void **state)
  * in (read only once channel 0 has begun them). */
 static void barrier__one_channel_cannot_end_passes_for_others(void **state)
 {
-	struct hostile *h = calloc(1, sizeof(*h));
-	char why[PRECOPY_ERRMSG_MAX];
+	struct hostile *h = hs_new();
 	struct pc_wire_msg m;
 
 	(void)state;
-	hs_start(h);
 	hs_pages(h, 1, 0, CHUNK, CHUNK, PC_RUN_DATA);
 	for (uint32_t p = 0; p < 3; p++)
 		hs_iter_end(h, 1, p);
@@ -356,11 +365,8 @@ static void barrier__one_channel_cannot_end_passes_for_others(void **state)
 	assert_int_equal(m.u.iter_ack.iteration, 1);
 	/* channel 1's ITER_END of pass 2 is never read: COMPLETE fences it */
 	assert_int_equal(hs_complete(h), 0);
-	hs_go(h);
-	assert_int_equal(hs_dest_result(h, why, sizeof(why)), 0);
-	assert_memory_equal(h->d.ram, h->ram, RAM);
+	hs_go_ok(h);
 	hs_end(h);
-	free(h);
 }
 
 int main(int argc, char **argv)

@@ -162,31 +162,9 @@ static void proxy_join(struct proxy *p)
 
 static struct pc_guest *make_guest(size_t ram)
 {
-	struct pc_guest_opts o = { .ram = ram, .dirty_rate = 16.0 * MiB,
-				   .pattern = PC_GUEST_RANDOM, .threads = 1, .zero_pct = 10,
-				   .seed = 7 };
-	struct pc_guest *g;
-
-	assert_int_equal(pc_guest_new(&o, &g), 0);
-	assert_int_equal(pc_guest_start(g), 0);
-	return g;
-}
-
-/* The source guest runs and its memory is exactly what it wrote. */
-static void check_source_runs_intact(struct pc_guest *g)
-{
-	struct pc_guest_desc desc;
-	char why[256];
-	size_t len;
-	void *mem = pc_guest_ram(g, &len);
-	uint64_t w0 = pc_guest_writes(g);
-
-	usleep(100 * 1000);
-	assert_true(pc_guest_writes(g) > w0);
-	pc_guest_pause(g);
-	pc_guest_describe(g, &desc);
-	assert_int_equal(pc_guest_verify(mem, len, &desc, why, sizeof(why)), 0);
-	pc_guest_resume(g);
+	return h_guest_new(&(struct pc_guest_opts){ .ram = ram, .dirty_rate = 16.0 * MiB,
+						    .pattern = PC_GUEST_RANDOM, .threads = 1,
+						    .zero_pct = 10, .seed = 7 });
 }
 
 static void print_errors(struct h_src *s, struct h_dest *d)
@@ -222,8 +200,7 @@ static void handover__verdict_lost_source_resumes(void **state)
 	(void)state;
 	assert_int_equal(h_dest_start(&d, ram), 0);
 	proxy_start(&px, d.uri, 1);
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, px.uri), 0);
+	h_src_go(&s, g, NULL, px.uri);
 	assert_true(h_src_join(&s) < 0);
 	assert_true(h_dest_join(&d) < 0);
 	proxy_join(&px);
@@ -236,14 +213,9 @@ static void handover__verdict_lost_source_resumes(void **state)
 	precopy_query(d.s, &st);
 	assert_int_equal(st.status, PRECOPY_STATUS_FAILED);
 	/* the source runs its guest again */
-	precopy_query(s.s, &st);
-	assert_int_equal(st.status, PRECOPY_STATUS_FAILED);
 	assert_true(s.stops >= 1);
-	assert_int_equal(s.resumes, s.stops);
-	check_source_runs_intact(g);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
+	h_check_source_back(&s, PRECOPY_STATUS_FAILED);
+	h_free_all(&s, &d, &g);
 }
 
 static void handover__answer_lost_source_stays_stopped(void **state)
@@ -260,8 +232,7 @@ static void handover__answer_lost_source_stays_stopped(void **state)
 	(void)state;
 	assert_int_equal(h_dest_start(&d, ram), 0);
 	proxy_start(&px, d.uri, 2);
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, px.uri), 0);
+	h_src_go(&s, g, NULL, px.uri);
 	assert_int_equal(h_src_join(&s), -ENOTRECOVERABLE);
 	assert_int_equal(h_dest_join(&d), 0);
 	proxy_join(&px);
@@ -282,9 +253,7 @@ static void handover__answer_lost_source_stays_stopped(void **state)
 	assert_int_equal(st.status, PRECOPY_STATUS_FAILED);
 	assert_error_has(s.s, "was not resumed here");
 	assert_int_equal(precopy_cancel(s.s), -EALREADY);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
+	h_free_all(&s, &d, &g);
 }
 
 static int resume_fails(struct h_dest *d)
@@ -298,26 +267,19 @@ static void handover__dest_resume_fails_source_resumes(void **state)
 	size_t ram = 64 * MiB;
 	struct pc_guest *g = make_guest(ram);
 	struct h_dest_opts o = { .on_resume = resume_fails };
-	struct precopy_stats st;
 	struct h_dest d;
 	struct h_src s;
 
 	(void)state;
 	assert_int_equal(h_dest_start_opts(&d, ram, &o), 0);
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
+	h_src_go(&s, g, NULL, d.uri);
 	assert_int_equal(h_src_join(&s), -EIO);
 	assert_int_equal(h_dest_join(&d), -EIO);
 	print_errors(&s, &d);
 	assert_int_equal(d.resumed, 0);
 	assert_error_has(s.s, "could not resume");
-	precopy_query(s.s, &st);
-	assert_int_equal(st.status, PRECOPY_STATUS_FAILED);
-	assert_int_equal(s.resumes, s.stops);
-	check_source_runs_intact(g);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
+	h_check_source_back(&s, PRECOPY_STATUS_FAILED);
+	h_free_all(&s, &d, &g);
 }
 
 static struct h_src *cancel_me;
@@ -335,7 +297,6 @@ static void handover__source_cancel_before_go_taken(void **state)
 	size_t ram = 64 * MiB;
 	struct pc_guest *g = make_guest(ram);
 	struct h_dest_opts o = { .on_load = cancel_source_on_load };
-	struct precopy_stats st;
 	struct h_dest d;
 	struct h_src s;
 
@@ -350,13 +311,8 @@ static void handover__source_cancel_before_go_taken(void **state)
 	/* COMPLETE was sent, the verdict not yet: the cancel is still taken */
 	assert_int_equal(cancel_rc, 0);
 	assert_int_equal(d.resumed, 0);
-	precopy_query(s.s, &st);
-	assert_int_equal(st.status, PRECOPY_STATUS_CANCELLED);
-	assert_int_equal(s.resumes, s.stops);
-	check_source_runs_intact(g);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
+	h_check_source_back(&s, PRECOPY_STATUS_CANCELLED);
+	h_free_all(&s, &d, &g);
 }
 
 int main(void)

@@ -26,19 +26,6 @@
 
 #define RAM (1u << 20)
 
-static int raw_connect(const char *uri)
-{
-	struct sockaddr_in a = { .sin_family = AF_INET };
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	const char *port = strrchr(uri, ':');
-
-	assert_true(fd >= 0 && port);
-	a.sin_port = htons((uint16_t)atoi(port + 1));
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-	return fd;
-}
-
 static void put(int fd, const void *p, size_t n)
 {
 	assert_int_equal(send(fd, p, n, MSG_NOSIGNAL), (ssize_t)n);
@@ -95,7 +82,7 @@ static void expect_refused(void (*feed)(int fd), const char *text)
 	assert_int_equal(h_dest_start(&d, RAM), 0);
 	canary = (uint8_t *)d.ram;
 	memset(canary, 0x77, RAM);
-	fd = raw_connect(d.uri);
+	fd = h_raw_connect(d.uri);
 	tcp_hello(fd);
 	feed(fd);
 	shutdown(fd, SHUT_WR);
@@ -111,12 +98,7 @@ static void expect_refused(void (*feed)(int fd), const char *text)
 		if (canary[i] != 0x77)
 			fail_msg("byte %zu of the destination's memory changed to %#x", i,
 				 canary[i]);
-	{
-		struct precopy_stats st;
-
-		precopy_query(d.s, &st);
-		assert_int_equal(st.status, PRECOPY_STATUS_FAILED);
-	}
+	h_expect_status(d.s, PRECOPY_STATUS_FAILED);
 	h_dest_free(&d);
 }
 
@@ -208,48 +190,18 @@ static void feed_oversized_message(int fd)
 	frame(fd, PC_FRAME_MSG, 0, 0, NULL, 1ull << 40);
 }
 
-static void incoming__bad_magic(void **s) { (void)s; expect_refused(feed_bad_magic, "magic"); }
-static void incoming__bad_version(void **s) { (void)s; expect_refused(feed_bad_version, "version"); }
-static void incoming__page_for_unregistered_region(void **s)
-{
-	(void)s;
-	expect_refused(feed_page_unregistered_region, "not registered");
-}
-static void incoming__page_past_region_end(void **s)
-{
-	(void)s;
-	expect_refused(feed_page_past_region_end, "outside region");
-}
-static void incoming__unknown_frame_kind(void **s)
-{
-	(void)s;
-	expect_refused(feed_unknown_frame, "unknown frame");
-}
-static void incoming__unknown_record_type(void **s)
-{
-	(void)s;
-	expect_refused(feed_unknown_record, "unknown record");
-}
-static void incoming__run_outside_region(void **s)
-{
-	(void)s;
-	expect_refused(feed_run_outside_region, "outside region");
-}
-static void incoming__truncated_stream(void **s)
-{
-	(void)s;
-	expect_refused(feed_truncated, "closed");
-}
-static void incoming__complete_without_pages(void **s)
-{
-	(void)s;
-	expect_refused(feed_complete_without_pages, "checksum mismatch");
-}
-static void incoming__oversized_message(void **s)
-{
-	(void)s;
-	expect_refused(feed_oversized_message, "malformed");
-}
+H_CASE(incoming__bad_magic, expect_refused(feed_bad_magic, "magic"))
+H_CASE(incoming__bad_version, expect_refused(feed_bad_version, "version"))
+H_CASE(incoming__page_for_unregistered_region,
+       expect_refused(feed_page_unregistered_region, "not registered"))
+H_CASE(incoming__page_past_region_end, expect_refused(feed_page_past_region_end, "outside region"))
+H_CASE(incoming__unknown_frame_kind, expect_refused(feed_unknown_frame, "unknown frame"))
+H_CASE(incoming__unknown_record_type, expect_refused(feed_unknown_record, "unknown record"))
+H_CASE(incoming__run_outside_region, expect_refused(feed_run_outside_region, "outside region"))
+H_CASE(incoming__truncated_stream, expect_refused(feed_truncated, "closed"))
+H_CASE(incoming__complete_without_pages,
+       expect_refused(feed_complete_without_pages, "checksum mismatch"))
+H_CASE(incoming__oversized_message, expect_refused(feed_oversized_message, "malformed"))
 
 /* A connection that is not precopy at all is dropped; the destination
  * keeps waiting for a real source, and cancel ends the wait. */
@@ -261,7 +213,7 @@ static void incoming__stranger_dropped(void **state)
 
 	(void)state;
 	assert_int_equal(h_dest_start(&d, RAM), 0);
-	fd = raw_connect(d.uri);
+	fd = h_raw_connect(d.uri);
 	put(fd, junk, sizeof(junk));
 	assert_true(recv(fd, &c, 1, 0) <= 0); /* closed on us */
 	close(fd);

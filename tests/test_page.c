@@ -39,15 +39,21 @@ static void is_zero__one_byte_anywhere(void **state)
 	}
 }
 
+/* pg filled with rand() from @seed. Return: its hash. */
+static uint64_t fill_random(unsigned seed)
+{
+	srand(seed);
+	for (size_t i = 0; i < sizeof(pg); i++)
+		pg[i] = (uint8_t)rand();
+	return pc_page_hash(pg);
+}
+
 static void hash__every_bit_matters(void **state)
 {
 	uint64_t base;
 
 	(void)state;
-	srand(7);
-	for (size_t i = 0; i < sizeof(pg); i++)
-		pg[i] = (uint8_t)rand();
-	base = pc_page_hash(pg);
+	base = fill_random(7);
 	for (size_t bit = 0; bit < sizeof(pg) * 8; bit += 7) {
 		pg[bit / 8] ^= (uint8_t)(1u << (bit % 8));
 		assert_true(pc_page_hash(pg) != base);
@@ -62,10 +68,7 @@ static void hash__moved_data_differs(void **state)
 	uint64_t base;
 
 	(void)state;
-	srand(11);
-	for (size_t i = 0; i < sizeof(pg); i++)
-		pg[i] = (uint8_t)rand();
-	base = pc_page_hash(pg);
+	base = fill_random(11);
 	/* swap two different 64-byte blocks: same words, other places */
 	assert_memory_not_equal(pg, pg + 1024, 64);
 	memcpy(tmp, pg, 64);

@@ -23,13 +23,9 @@
 static struct pc_guest *make_guest(size_t ram, double rate, enum pc_guest_pattern pat,
 				   unsigned free_pct)
 {
-	struct pc_guest_opts o = { .ram = ram, .dirty_rate = rate, .pattern = pat,
-				   .threads = 1, .free_pct = free_pct, .seed = 9 };
-	struct pc_guest *g;
-
-	assert_int_equal(pc_guest_new(&o, &g), 0);
-	assert_int_equal(pc_guest_start(g), 0);
-	return g;
+	return h_guest_new(&(struct pc_guest_opts){ .ram = ram, .dirty_rate = rate,
+						    .pattern = pat, .threads = 1,
+						    .free_pct = free_pct, .seed = 9 });
 }
 
 struct outcome {
@@ -109,86 +105,87 @@ static void migrate(struct pc_guest *g, const struct precopy_params *p, bool hin
 			assert_int_equal(memcmp(mem, d.ram, len), 0);
 		o->verified = pc_guest_verify(d.ram, len, &d.desc, why, sizeof(why)) == 0;
 	} else {
-		struct pc_guest_desc desc;
-		uint64_t w0 = pc_guest_writes(g);
-
 		/* failed: the guest runs on, its memory exactly what it wrote */
 		assert_int_equal(s.resumes, s.stops);
-		usleep(50 * 1000);
-		assert_true(pc_guest_writes(g) > w0);
-		pc_guest_pause(g);
-		pc_guest_describe(g, &desc);
-		assert_int_equal(pc_guest_verify(mem, len, &desc, why, sizeof(why)), 0);
-		pc_guest_resume(g);
+		h_check_guest_intact(g, "source");
 		assert_int_equal(d.resumed, 0);
 	}
 	h_src_free(&s);
 	h_dest_free(&d);
 }
 
-/* A guest that dirties 64 MiB/s over a link the operator says gives
- * 24 MiB/s (rate cap and switchover bandwidth alike). */
-static void busy_params(struct precopy_params *p)
+/* What a busy case changes (zeroes: unchanged). */
+struct busy {
+	uint64_t max_time_ms;
+	unsigned max_iterations;
+	enum precopy_on_limit on_limit;
+	bool auto_converge; /* from 50%, by 20% */
+};
+
+/* A guest that dirties 64 MiB/s at random over a link the operator says
+ * gives 24 MiB/s (rate cap and switchover bandwidth alike), with a 300 ms
+ * downtime limit and @b's limits: migrate() it. */
+static void busy_migrate(const struct busy *b, struct outcome *o)
 {
-	precopy_params_init(p);
-	p->max_bandwidth = 24 * MiB;
-	p->avail_switchover_bandwidth = 24 * MiB;
-	p->downtime_limit_ms = 300;
+	struct pc_guest *g = make_guest(48 * MiB, 64.0 * MiB, PC_GUEST_RANDOM, 0);
+	struct precopy_params p;
+
+	precopy_params_init(&p);
+	p.max_bandwidth = 24 * MiB;
+	p.avail_switchover_bandwidth = 24 * MiB;
+	p.downtime_limit_ms = 300;
+	if (b->max_time_ms)
+		p.max_time_ms = b->max_time_ms;
+	if (b->max_iterations)
+		p.max_iterations = b->max_iterations;
+	p.on_limit = b->on_limit;
+	if (b->auto_converge) {
+		p.auto_converge = true;
+		p.cpu_throttle_initial = 50;
+		p.cpu_throttle_increment = 20;
+	}
+	migrate(g, &p, false, o);
+	pc_guest_delete(&g);
 }
 
 static void auto_converge__off_never_converges(void **state)
 {
-	struct pc_guest *g = make_guest(48 * MiB, 64.0 * MiB, PC_GUEST_RANDOM, 0);
-	struct precopy_params p;
 	struct outcome o;
 
 	(void)state;
-	busy_params(&p);
-	p.max_time_ms = 7000;
-	p.on_limit = PRECOPY_ON_LIMIT_ABORT;
-	migrate(g, &p, false, &o);
+	busy_migrate(&(struct busy){ .max_time_ms = 7000, .on_limit = PRECOPY_ON_LIMIT_ABORT },
+		     &o);
 	assert_int_equal(o.src_err, -ETIMEDOUT);
 	assert_int_equal(o.src.status, PRECOPY_STATUS_FAILED);
 	assert_non_null(strstr(o.src.error, "watchdog"));
 	assert_int_equal(o.max_throttle, 0);
 	assert_true(o.dest_err < 0);
-	pc_guest_delete(&g);
 }
 
 static void auto_converge__on_converges(void **state)
 {
-	struct pc_guest *g = make_guest(48 * MiB, 64.0 * MiB, PC_GUEST_RANDOM, 0);
-	struct precopy_params p;
 	struct outcome o;
 
 	(void)state;
-	busy_params(&p);
-	p.auto_converge = true;
-	p.cpu_throttle_initial = 50;
-	p.cpu_throttle_increment = 20;
-	p.max_time_ms = 60000; /* a guard; it must converge well before */
-	p.on_limit = PRECOPY_ON_LIMIT_ABORT;
-	migrate(g, &p, false, &o);
+	/* max_time_ms: a guard; it must converge well before */
+	busy_migrate(&(struct busy){ .max_time_ms = 60000, .on_limit = PRECOPY_ON_LIMIT_ABORT,
+				     .auto_converge = true },
+		     &o);
 	assert_int_equal(o.src_err, 0);
 	assert_int_equal(o.dest_err, 0);
 	assert_true(o.verified);
 	assert_false(o.src.forced_switchover);
 	assert_true(o.max_throttle >= 50);
 	assert_true(o.src.expected_downtime <= 300);
-	pc_guest_delete(&g);
 }
 
 static void watchdog__force_switches_over(void **state)
 {
-	struct pc_guest *g = make_guest(48 * MiB, 64.0 * MiB, PC_GUEST_RANDOM, 0);
-	struct precopy_params p;
 	struct outcome o;
 
 	(void)state;
-	busy_params(&p);
-	p.max_iterations = 2;
-	p.on_limit = PRECOPY_ON_LIMIT_FORCE;
-	migrate(g, &p, false, &o);
+	busy_migrate(&(struct busy){ .max_iterations = 2, .on_limit = PRECOPY_ON_LIMIT_FORCE },
+		     &o);
 	assert_int_equal(o.src_err, 0);
 	assert_int_equal(o.dest_err, 0);
 	assert_true(o.verified);
@@ -197,25 +194,19 @@ static void watchdog__force_switches_over(void **state)
 	/* it went when the limit said, not when the downtime allowed */
 	assert_true(o.src.iteration <= 3);
 	assert_true(o.src.expected_downtime > 300);
-	pc_guest_delete(&g);
 }
 
 static void watchdog__abort_fails_cleanly(void **state)
 {
-	struct pc_guest *g = make_guest(48 * MiB, 64.0 * MiB, PC_GUEST_RANDOM, 0);
-	struct precopy_params p;
 	struct outcome o;
 
 	(void)state;
-	busy_params(&p);
-	p.max_iterations = 2;
-	p.on_limit = PRECOPY_ON_LIMIT_ABORT;
-	migrate(g, &p, false, &o);
+	busy_migrate(&(struct busy){ .max_iterations = 2, .on_limit = PRECOPY_ON_LIMIT_ABORT },
+		     &o);
 	assert_int_equal(o.src_err, -ETIMEDOUT);
 	assert_non_null(strstr(o.src.error, "max-iterations"));
 	assert_true(o.dest_err < 0);
 	assert_int_equal(o.dest.status, PRECOPY_STATUS_FAILED);
-	pc_guest_delete(&g);
 }
 
 /*
@@ -264,9 +255,7 @@ static void device_state__size_changes_the_decision(void **state)
 	assert_true(o.src.forced_switchover);
 	assert_int_equal(o.src.device_state_bytes, 8 * MiB);
 	assert_true(o.src.expected_downtime >= 800);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
+	h_free_all(&s, &d, &g);
 }
 
 static void free_hints__cut_bytes_by_free_share(void **state)
@@ -315,17 +304,14 @@ static void raise_limit(struct h_src *s, const struct precopy_stats *st)
 
 static void set_param__raised_downtime_limit_converges(void **state)
 {
-	struct pc_guest *g = make_guest(48 * MiB, 64.0 * MiB, PC_GUEST_RANDOM, 0);
-	struct precopy_params p;
 	struct outcome o;
 
 	(void)state;
-	busy_params(&p);
-	p.max_time_ms = 120000; /* a guard: without the raise it never ends */
-	p.on_limit = PRECOPY_ON_LIMIT_ABORT;
 	raised_at = 0;
 	during = raise_limit;
-	migrate(g, &p, false, &o);
+	/* max_time_ms: a guard; without the raise it never ends */
+	busy_migrate(&(struct busy){ .max_time_ms = 120000, .on_limit = PRECOPY_ON_LIMIT_ABORT },
+		     &o);
 	during = NULL;
 	print_message("raised at pass %u, switched over after pass %u, expected %llu ms\n",
 		      raised_at, o.src.iteration, (unsigned long long)o.src.expected_downtime);
@@ -337,7 +323,6 @@ static void set_param__raised_downtime_limit_converges(void **state)
 	assert_true(o.src.iteration >= raised_at);
 	/* it went because of the new limit: the old one was never met */
 	assert_true(o.src.expected_downtime > 300);
-	pc_guest_delete(&g);
 }
 
 /* Names, ranges and states, without a migration. */

@@ -56,13 +56,9 @@
 
 static struct pc_guest *make_guest(size_t ram, unsigned zero_pct)
 {
-	struct pc_guest_opts o = { .ram = ram, .dirty_rate = 0, .pattern = PC_GUEST_SEQUENTIAL,
-				   .threads = 1, .zero_pct = zero_pct, .seed = 7 };
-	struct pc_guest *g;
-
-	assert_int_equal(pc_guest_new(&o, &g), 0);
-	assert_int_equal(pc_guest_start(g), 0);
-	return g;
+	return h_guest_new(&(struct pc_guest_opts){ .ram = ram, .dirty_rate = 0,
+						    .pattern = PC_GUEST_SEQUENTIAL, .threads = 1,
+						    .zero_pct = zero_pct, .seed = 7 });
 }
 
 /* Migrate an idle guest (@zero_pct of its pages zero, never touched) to
@@ -80,17 +76,14 @@ static void migrate(const struct h_dest_opts *o, unsigned channels, unsigned zer
 	precopy_params_init(&p);
 	p.channels = channels;
 	assert_int_equal(h_dest_start_opts(&d, RAM, o), 0);
-	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
+	h_src_go(&s, g, &p, d.uri);
 	assert_int_equal(h_src_join(&s), 0);
 	assert_int_equal(h_dest_join(&d), 0);
 	assert_int_equal(memcmp(pc_guest_ram(g, &len), d.ram, RAM), 0);
 	precopy_query(d.s, dst_st);
 	precopy_query(s.s, src_st);
 	assert_int_equal(dst_st->status, PRECOPY_STATUS_COMPLETED);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
+	h_free_all(&s, &d, &g);
 }
 
 static void populate__tcp_receives_without_faults(void **state)

@@ -18,6 +18,16 @@
 
 #define MIB (1024.0 * 1024.0)
 
+/* pc_eta() of @in is a time, @want seconds. */
+static void expect_seconds(const struct pc_eta_in *in, double want)
+{
+	double s = -1;
+
+	assert_int_equal(pc_eta(in, &s), PC_ETA_SECONDS);
+	if (fabs(s - want) >= 1e-9)
+		fail_msg("%.12f s, expected %.12f s", s, want);
+}
+
 /* 100 MiB left at 100 MiB/s while the guest dirties 10 MiB/s: one pass of
  * 1 s leaves 10 MiB, 0.1 s at 100 MiB/s, within 300 ms. */
 static void pc_eta__converging(void **state)
@@ -27,16 +37,13 @@ static void pc_eta__converging(void **state)
 		.send_bps = 100 * MIB, .switch_bps = 100 * MIB, .dirty_bps = 10 * MIB,
 		.limit_ms = 300,
 	};
-	double s = -1;
 
 	(void)state;
-	assert_int_equal(pc_eta(&in, &s), PC_ETA_SECONDS);
-	assert_true(fabs(s - 1.0) < 1e-9);
+	expect_seconds(&in, 1.0);
 	/* a slower switchover bandwidth needs one pass more: 10 MiB at
 	 * 20 MiB/s is 0.5 s; the next pass (0.1 s) leaves 1 MiB, 50 ms */
 	in.switch_bps = 20 * MIB;
-	assert_int_equal(pc_eta(&in, &s), PC_ETA_SECONDS);
-	assert_true(fabs(s - 1.1) < 1e-9);
+	expect_seconds(&in, 1.1);
 }
 
 static void pc_eta__not_converging(void **state)
@@ -66,16 +73,13 @@ static void pc_eta__bulk(void **state)
 		.bulk = true, .total = (uint64_t)(1024 * MIB), .send_bps = 256 * MIB,
 		.switch_bps = 256 * MIB, .dirty_bps = 0, .limit_ms = 300,
 	};
-	double s = -1;
 
 	(void)state;
-	assert_int_equal(pc_eta(&in, &s), PC_ETA_SECONDS);
-	assert_true(fabs(s - 2.0) < 1e-9);
+	expect_seconds(&in, 2.0);
 	/* dirtying 32 MiB/s: 64 MiB more at the end of bulk, 128 MiB is
 	 * 0.5 s: one more pass of 0.5 s leaves 16 MiB */
 	in.dirty_bps = 32 * MIB;
-	assert_int_equal(pc_eta(&in, &s), PC_ETA_SECONDS);
-	assert_true(fabs(s - 2.5) < 1e-9);
+	expect_seconds(&in, 2.5);
 }
 
 static void pc_eta__no_rate_yet(void **state)

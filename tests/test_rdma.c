@@ -53,6 +53,7 @@
 #include <rdma/rdma_cma.h>
 
 #include "config.h"
+#include "cli.h"
 #include "harness.h"
 #include "le.h"
 #include "rdma.h"
@@ -75,14 +76,9 @@ static double now_s(void)
 
 static struct pc_guest *make_guest(size_t ram, double rate)
 {
-	struct pc_guest_opts o = { .ram = ram, .dirty_rate = rate,
-				   .pattern = PC_GUEST_SEQUENTIAL, .threads = 1,
-				   .zero_pct = 10, .seed = 99 };
-	struct pc_guest *g;
-
-	assert_int_equal(pc_guest_new(&o, &g), 0);
-	assert_int_equal(pc_guest_start(g), 0);
-	return g;
+	return h_guest_new(&(struct pc_guest_opts){ .ram = ram, .dirty_rate = rate,
+						    .pattern = PC_GUEST_SEQUENTIAL, .threads = 1,
+						    .zero_pct = 10, .seed = 99 });
 }
 
 /* One migration of 48 MiB; @pin_all: the registration asked for with
@@ -98,8 +94,6 @@ static void run_migration(unsigned channels, const char *key, bool pin_all, bool
 	struct h_dest d;
 	struct h_src s;
 	char why[256];
-	size_t len;
-	void *src = pc_guest_ram(g, &len);
 	size_t klen = key ? strlen(key) : 0;
 	int err;
 
@@ -122,14 +116,8 @@ static void run_migration(unsigned channels, const char *key, bool pin_all, bool
 	assert_true(pc_guest_writes(g) > 0);
 	/* stopped once for good; on a soft-dirty kernel (the 6.1 VM) the
 	 * guest is also paused around each dirty sync */
-	assert_true(s.stops >= 1);
-	assert_int_equal(s.resumes, s.stops - 1);
-	assert_int_equal(d.resumed, 1);
-	assert_true(d.have_desc);
-	assert_int_equal(memcmp(src, d.ram, len), 0);
-	assert_int_equal(pc_guest_verify(d.ram, d.len, &d.desc, why, sizeof(why)), 0);
+	h_check_migrated(&s, &d);
 	precopy_query(s.s, &st);
-	assert_int_equal(st.status, PRECOPY_STATUS_COMPLETED);
 	assert_int_equal(precopy_set_registration(s.s, PRECOPY_REG_PIN_ALL), -EBUSY);
 	/* pin-all: the one region whole; on demand: 16 MiB chunks, all of
 	 * them touched by the bulk pass. The destination registers its one
@@ -146,9 +134,7 @@ static void run_migration(unsigned channels, const char *key, bool pin_all, bool
 	       (unsigned long long)st.downtime, st.bandwidth_busy / 1048576.0, sreg.ns / 1e6,
 	       (unsigned long long)sreg.count, want_pin_all ? "pin-all" : "on demand",
 	       dreg.ns / 1e6);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
+	h_free_all(&s, &d, &g);
 }
 
 static void migrate__pattern_1_qp_with_key(void **state)
@@ -359,22 +345,13 @@ static void dest_child(int wfd, size_t ram)
 	_exit(0);
 }
 
-static void migrate__dest_killed_source_survives(void **state)
+/* A destination in a child process (dest_child()); its URI in @uri (128
+ * bytes). Return: the child's pid. */
+static pid_t spawn_dest_child(char *uri)
 {
-	size_t ram = 48 * MiB, len;
-	struct pc_guest *g;
-	struct pc_guest_desc desc;
-	struct precopy_params p;
-	struct precopy_stats st;
-	struct h_src s;
-	char uri[128], why[256];
-	int pfd[2], status;
-	double t0;
-	uint64_t w0;
+	int pfd[2];
 	pid_t pid;
-	void *mem;
 
-	(void)state;
 	assert_int_equal(pipe(pfd), 0);
 	pid = fork();
 	assert_true(pid >= 0);
@@ -389,15 +366,29 @@ static void migrate__dest_killed_source_survives(void **state)
 		_exit(5);
 	}
 	close(pfd[1]);
-	assert_int_equal(read(pfd[0], uri, sizeof(uri)), (ssize_t)sizeof(uri));
+	assert_int_equal(read(pfd[0], uri, 128), 128);
 	close(pfd[0]);
+	return pid;
+}
 
+static void migrate__dest_killed_source_survives(void **state)
+{
+	size_t ram = 48 * MiB;
+	struct pc_guest *g;
+	struct precopy_params p;
+	struct precopy_stats st;
+	struct h_src s;
+	char uri[128], why[256];
+	int status;
+	double t0;
+	pid_t pid;
+
+	(void)state;
+	pid = spawn_dest_child(uri);
 	g = make_guest(ram, 1.0 * MiB);
-	mem = pc_guest_ram(g, &len);
 	precopy_params_init(&p);
 	p.max_bandwidth = 4 * MiB; /* slow: still sending when the peer dies */
-	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, uri), 0);
+	h_src_go(&s, g, &p, uri);
 	if (!h_wait_status(s.s, PRECOPY_STATUS_BULK, 60000)) {
 		precopy_strerror(s.s, why, sizeof(why));
 		print_error("source: %s\n", why);
@@ -413,17 +404,9 @@ static void migrate__dest_killed_source_survives(void **state)
 	 * dead peer must end the migration, and the suite's timeout catches
 	 * a source that waits for ever */
 	printf("# source failed %.2f s after the kill: %s\n", now_s() - t0, st.error);
-	assert_int_equal(st.status, PRECOPY_STATUS_FAILED);
-	assert_int_equal(s.resumes, s.stops);
-	h_src_free(&s);
 	/* the guest still runs, and its memory is what it wrote */
-	w0 = pc_guest_writes(g);
-	usleep(300 * 1000);
-	assert_true(pc_guest_writes(g) > w0);
-	pc_guest_pause(g);
-	pc_guest_describe(g, &desc);
-	assert_int_equal(pc_guest_verify(mem, len, &desc, why, sizeof(why)), 0);
-	pc_guest_delete(&g);
+	h_check_source_back(&s, PRECOPY_STATUS_FAILED);
+	h_free_all(&s, NULL, &g);
 }
 
 /* --- leaks: descriptors and pinned memory ------------------------------------ */
@@ -431,38 +414,15 @@ static void migrate__dest_killed_source_survives(void **state)
 /* Memory pinned by this process (registered memory regions), KiB. */
 static long pinned_kib(void)
 {
-	char line[256];
-	long kib = -1;
-	FILE *f = fopen("/proc/self/status", "r");
-
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "VmPin: %ld kB", &kib) == 1)
-			break;
-	fclose(f);
-	return kib;
+	return pc_cli_status_kib("VmPin");
 }
 
-struct leaks {
-	long fds, pinned;
-};
-
-static void leaks_mark(struct leaks *l)
+static void leaks_mark(struct h_leaks *l)
 {
-	l->fds = h_count_fds();
-	l->pinned = pinned_kib();
+	h_leaks_mark(l, pinned_kib, "KiB pinned");
 }
 
-static void leaks_check(const struct leaks *l, const char *when)
-{
-	long fds = h_count_fds(), pinned = pinned_kib();
-
-	printf("# %s: %ld descriptors (%ld before), %ld KiB pinned (%ld before)\n", when, fds,
-	       l->fds, pinned, l->pinned);
-	assert_int_equal(fds, l->fds);
-	assert_int_equal(pinned, l->pinned);
-}
+#define leaks_check h_leaks_check
 
 /* --- rdma_cm helpers ------------------------------------------------------------ */
 
@@ -472,6 +432,27 @@ static void addr_of(const char *host, uint16_t port, struct sockaddr_in *sa)
 	sa->sin_family = AF_INET;
 	sa->sin_port = htons(port);
 	assert_int_equal(inet_pton(AF_INET, host, &sa->sin_addr), 1);
+}
+
+/* A new event channel in *@ec and an rdma_cm id listening on an ephemeral
+ * port of the device's address in *@lid; "ADDR:PORT" in @uri if given.
+ * Return: the port. */
+static uint16_t cm_listen(struct rdma_event_channel **ec, struct rdma_cm_id **lid, char *uri,
+			  size_t len)
+{
+	struct sockaddr_in la;
+	uint16_t port;
+
+	*ec = rdma_create_event_channel();
+	assert_non_null(*ec);
+	addr_of(addr, 0, &la);
+	assert_int_equal(rdma_create_id(*ec, lid, NULL, RDMA_PS_TCP), 0);
+	assert_int_equal(rdma_bind_addr(*lid, (struct sockaddr *)&la), 0);
+	assert_int_equal(rdma_listen(*lid, 1), 0);
+	port = ntohs(rdma_get_src_port(*lid));
+	if (uri)
+		snprintf(uri, len, "%s:%u", addr, port);
+	return port;
 }
 
 /* "rdma:HOST:PORT" -> port */
@@ -592,7 +573,6 @@ static void connect__impostor_destination_refused(void **state)
 {
 	const struct pc_transport_ops *ops = pc_transport_find("rdma");
 	struct impostor im = { 0 };
-	struct sockaddr_in la;
 	char why[160] = "", uri[200];
 	struct pc_transport_opts o = { .channels = 1, .key = "right key", .key_len = 9,
 				       .why = why, .whylen = sizeof(why) };
@@ -600,13 +580,7 @@ static void connect__impostor_destination_refused(void **state)
 	pthread_t th;
 
 	(void)state;
-	im.ec = rdma_create_event_channel();
-	assert_non_null(im.ec);
-	addr_of(addr, 0, &la);
-	assert_int_equal(rdma_create_id(im.ec, &im.lid, NULL, RDMA_PS_TCP), 0);
-	assert_int_equal(rdma_bind_addr(im.lid, (struct sockaddr *)&la), 0);
-	assert_int_equal(rdma_listen(im.lid, 1), 0);
-	snprintf(uri, sizeof(uri), "%s:%u", addr, ntohs(rdma_get_src_port(im.lid)));
+	cm_listen(&im.ec, &im.lid, uri, sizeof(uri));
 	assert_int_equal(pthread_create(&th, NULL, impostor_main, &im), 0);
 	assert_int_equal(ops->connect(uri, &o, &t), -EACCES);
 	pthread_join(th, NULL);
@@ -647,19 +621,13 @@ static void *connector_main(void *arg)
 static void connect__cancel_while_waiting_for_accept(void **state)
 {
 	struct connector k = { 0 };
-	struct rdma_event_channel *ec = rdma_create_event_channel();
+	struct rdma_event_channel *ec;
 	struct rdma_cm_id *lid, *req = NULL;
-	struct sockaddr_in la;
 	char uri[200];
 	pthread_t th;
 
 	(void)state;
-	assert_non_null(ec);
-	addr_of(addr, 0, &la);
-	assert_int_equal(rdma_create_id(ec, &lid, NULL, RDMA_PS_TCP), 0);
-	assert_int_equal(rdma_bind_addr(lid, (struct sockaddr *)&la), 0);
-	assert_int_equal(rdma_listen(lid, 1), 0);
-	snprintf(uri, sizeof(uri), "%s:%u", addr, ntohs(rdma_get_src_port(lid)));
+	cm_listen(&ec, &lid, uri, sizeof(uri));
 	k.uri = uri;
 	atomic_init(&k.cancel, false);
 	assert_int_equal(pthread_create(&th, NULL, connector_main, &k), 0);
@@ -697,7 +665,7 @@ struct probe {
 
 static void probe_open(struct probe *p, struct ibv_pd *far_pd)
 {
-	struct sockaddr_in la, da;
+	struct sockaddr_in da;
 	struct ibv_qp_init_attr qa = { .qp_type = IBV_QPT_RC,
 				       .cap = { .max_send_wr = 4, .max_recv_wr = 4,
 						.max_send_sge = 1, .max_recv_sge = 1 } };
@@ -706,13 +674,7 @@ static void probe_open(struct probe *p, struct ibv_pd *far_pd)
 	unsigned established = 0;
 
 	memset(p, 0, sizeof(*p));
-	p->ec = rdma_create_event_channel();
-	assert_non_null(p->ec);
-	addr_of(addr, 0, &la);
-	assert_int_equal(rdma_create_id(p->ec, &p->lid, NULL, RDMA_PS_TCP), 0);
-	assert_int_equal(rdma_bind_addr(p->lid, (struct sockaddr *)&la), 0);
-	assert_int_equal(rdma_listen(p->lid, 1), 0);
-	addr_of(addr, ntohs(rdma_get_src_port(p->lid)), &da);
+	addr_of(addr, cm_listen(&p->ec, &p->lid, NULL, 0), &da);
 
 	assert_int_equal(rdma_create_id(p->ec, &p->near, NULL, RDMA_PS_TCP), 0);
 	assert_int_equal(rdma_resolve_addr(p->near, NULL, (struct sockaddr *)&da, 2000), 0);
@@ -1670,27 +1632,14 @@ static void spy_dest_free(struct spy_dest *d)
  * fresh destination. */
 static void intact_then_retry(struct pc_guest *g)
 {
-	struct pc_guest_desc desc;
 	struct h_dest d;
 	struct h_src s;
-	char why[256];
 	size_t len;
-	void *mem = pc_guest_ram(g, &len);
 
-	assert_true(h_guest_runs(g));
-	pc_guest_pause(g);
-	pc_guest_describe(g, &desc);
-	if (pc_guest_verify(mem, len, &desc, why, sizeof(why)))
-		fail_msg("source memory not intact: %s", why);
-	pc_guest_resume(g);
-
+	h_check_guest_intact(g, "source");
+	pc_guest_ram(g, &len);
 	assert_int_equal(h_dest_start_key(&d, len, listen_uri, false, NULL, 0), 0);
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
-	assert_int_equal(h_src_join(&s), 0);
-	assert_int_equal(h_dest_join(&d), 0);
-	assert_int_equal(d.resumed, 1);
-	assert_int_equal(memcmp(mem, d.ram, len), 0);
+	h_migrate_ok(&s, &d, g, NULL);
 	h_src_free(&s);
 	h_dest_free(&d);
 	pc_guest_resume(g); /* it "runs at the destination"; bring it back */
@@ -1706,7 +1655,7 @@ static void end_with(enum end_how how)
 	struct precopy_stats st;
 	struct spy_dest d;
 	struct h_src s;
-	struct leaks lk;
+	struct h_leaks lk;
 	int serr;
 
 	leaks_mark(&lk);
@@ -1714,8 +1663,7 @@ static void end_with(enum end_how how)
 	if (how == END_SOURCE_CANCELS)
 		p.max_bandwidth = 4 * MiB; /* still in bulk when cancelled */
 	spy_dest_start(&d, ram, how == END_LOAD_FAILS ? -EIO : 0);
-	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
+	h_src_go(&s, g, &p, d.uri);
 	if (how == END_SOURCE_CANCELS) {
 		assert_true(h_wait_status(d.s, PRECOPY_STATUS_BULK, 60000));
 		usleep(500 * 1000);
@@ -1777,23 +1725,9 @@ static void end_with(enum end_how how)
 	pc_guest_delete(&g);
 }
 
-static void end__keys_dead_before_resume_when_verified(void **state)
-{
-	(void)state;
-	end_with(END_VERIFIED);
-}
-
-static void end__keys_dead_when_load_fails(void **state)
-{
-	(void)state;
-	end_with(END_LOAD_FAILS);
-}
-
-static void end__keys_dead_when_source_cancels(void **state)
-{
-	(void)state;
-	end_with(END_SOURCE_CANCELS);
-}
+H_CASE(end__keys_dead_before_resume_when_verified, end_with(END_VERIFIED))
+H_CASE(end__keys_dead_when_load_fails, end_with(END_LOAD_FAILS))
+H_CASE(end__keys_dead_when_source_cancels, end_with(END_SOURCE_CANCELS))
 
 /* --- a hostile source against the engine ---------------------------------------------- */
 
@@ -1808,7 +1742,7 @@ static void hostile__engine_dest_fails(void **state)
 	struct precopy_stats st;
 	struct hostile h;
 	struct h_dest d;
-	struct leaks lk;
+	struct h_leaks lk;
 	char why[160];
 	enum ibv_wc_status rs;
 	int n;
@@ -1866,7 +1800,7 @@ static void migrate__source_killed_dest_fails(void **state)
 	size_t ram = 48 * MiB;
 	struct precopy_stats st;
 	struct h_dest d;
-	struct leaks lk;
+	struct h_leaks lk;
 	int status;
 	pid_t pid;
 
@@ -1945,7 +1879,6 @@ static void connect__replayed_request_refused(void **state)
 	struct pc_transport_opts o = { .channels = 1, .key = "k", .key_len = 1 };
 	struct acceptor a = { .ops = ops, .key = "k", .err = 1 };
 	struct recorder r = { 0 };
-	struct sockaddr_in la;
 	struct pc_transport *t = NULL;
 	struct hostile h;
 	uint8_t rep[56], proof[16];
@@ -1956,13 +1889,7 @@ static void connect__replayed_request_refused(void **state)
 
 	(void)state;
 	/* 1. record a genuine request */
-	r.ec = rdma_create_event_channel();
-	assert_non_null(r.ec);
-	addr_of(addr, 0, &la);
-	assert_int_equal(rdma_create_id(r.ec, &r.lid, NULL, RDMA_PS_TCP), 0);
-	assert_int_equal(rdma_bind_addr(r.lid, (struct sockaddr *)&la), 0);
-	assert_int_equal(rdma_listen(r.lid, 1), 0);
-	snprintf(uri, sizeof(uri), "%s:%u", addr, ntohs(rdma_get_src_port(r.lid)));
+	cm_listen(&r.ec, &r.lid, uri, sizeof(uri));
 	assert_int_equal(pthread_create(&th, NULL, recorder_main, &r), 0);
 	assert_true(ops->connect(uri, &o, &t) < 0);
 	pthread_join(th, NULL);
@@ -2011,11 +1938,40 @@ static void connect__replayed_request_refused(void **state)
 /* --- a peer process stopped (SIGSTOP) ----------------------------------------------- */
 
 /*
+ * Once @s (this process's end, named @who) is in the bulk pass, stop the
+ * peer process @pid (SIGSTOP), wait until @s fails, print how long it took
+ * and @s's error, kill the peer. @st gets @s's stats. (Waits are bounded by
+ * a minute: a guard, not a timing check.)
+ */
+static void stop_peer_until_failed(struct precopy_session *s, const char *who, pid_t pid,
+				   struct precopy_stats *st)
+{
+	bool failed;
+	int status;
+	double t0;
+
+	if (!h_wait_status(s, PRECOPY_STATUS_BULK, 60000)) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+		fail_msg("the source never reached the bulk pass");
+	}
+	sleep(1);
+	kill(pid, SIGSTOP);
+	t0 = now_s();
+	failed = h_wait_status(s, PRECOPY_STATUS_FAILED, 60000);
+	precopy_query(s, st);
+	printf("# %s %.1f s after SIGSTOP of its peer: %s: %s\n", who, now_s() - t0,
+	       precopy_status_name(st->status), st->error);
+	kill(pid, SIGKILL);
+	waitpid(pid, &status, 0);
+	assert_true(failed);
+}
+
+/*
  * The source process is stopped during the bulk pass: its NIC still
  * acknowledges every packet, but its process answers no heartbeat, so the
  * destination fails with ETIMEDOUT after its timeout (3 s here) and
- * resumes nothing. (Waits are bounded by a minute: a guard, not a timing
- * check.)
+ * resumes nothing.
  */
 static void hung__source_stopped_dest_fails(void **state)
 {
@@ -2024,10 +1980,7 @@ static void hung__source_stopped_dest_fails(void **state)
 	struct precopy_stats st;
 	struct h_dest d;
 	struct h_dest_opts dopts = { .p = &p, .uri = listen_uri };
-	struct leaks lk;
-	bool failed;
-	double t0;
-	int status;
+	struct h_leaks lk;
 	pid_t pid;
 
 	(void)state;
@@ -2041,21 +1994,7 @@ static void hung__source_stopped_dest_fails(void **state)
 		execl("/proc/self/exe", "test_rdma", "--src-child", addr, d.uri, (char *)NULL);
 		_exit(5);
 	}
-	if (!h_wait_status(d.s, PRECOPY_STATUS_BULK, 60000)) {
-		kill(pid, SIGKILL);
-		waitpid(pid, &status, 0);
-		fail_msg("the source never reached the bulk pass");
-	}
-	sleep(1);
-	kill(pid, SIGSTOP);
-	t0 = now_s();
-	failed = h_wait_status(d.s, PRECOPY_STATUS_FAILED, 60000);
-	precopy_query(d.s, &st);
-	printf("# destination %.1f s after SIGSTOP of the source: %s: %s\n", now_s() - t0,
-	       precopy_status_name(st.status), st.error);
-	kill(pid, SIGKILL);
-	waitpid(pid, &status, 0);
-	assert_true(failed);
+	stop_peer_until_failed(d.s, "destination", pid, &st);
 	assert_true(h_dest_join(&d) < 0);
 	assert_non_null(strstr(st.error, "3000 ms"));
 	assert_int_equal(d.resumed, 0);
@@ -2069,65 +2008,26 @@ static void hung__source_stopped_dest_fails(void **state)
  * intact. */
 static void hung__dest_stopped_source_fails(void **state)
 {
-	size_t ram = 48 * MiB, len;
+	size_t ram = 48 * MiB;
 	struct pc_guest *g;
-	struct pc_guest_desc desc;
 	struct precopy_params p;
 	struct precopy_stats st;
 	struct h_src s;
-	char uri[128], why[256];
-	int pfd[2], status;
-	bool failed;
-	double t0;
+	char uri[128];
 	pid_t pid;
-	void *mem;
 
 	(void)state;
-	assert_int_equal(pipe(pfd), 0);
-	pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		char fd[16];
-
-		close(pfd[0]);
-		snprintf(fd, sizeof(fd), "%d", pfd[1]);
-		execl("/proc/self/exe", "test_rdma", "--dest-child", addr, fd, (char *)NULL);
-		_exit(5);
-	}
-	close(pfd[1]);
-	assert_int_equal(read(pfd[0], uri, sizeof(uri)), (ssize_t)sizeof(uri));
-	close(pfd[0]);
-
+	pid = spawn_dest_child(uri);
 	g = make_guest(ram, 1.0 * MiB);
-	mem = pc_guest_ram(g, &len);
 	precopy_params_init(&p);
 	p.max_bandwidth = 4 * MiB; /* still in bulk when the peer stops */
 	p.timeout_ms = 3000;
-	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, uri), 0);
-	if (!h_wait_status(s.s, PRECOPY_STATUS_BULK, 60000)) {
-		kill(pid, SIGKILL);
-		waitpid(pid, &status, 0);
-		fail_msg("the source never reached the bulk pass");
-	}
-	sleep(1);
-	kill(pid, SIGSTOP);
-	t0 = now_s();
-	failed = h_wait_status(s.s, PRECOPY_STATUS_FAILED, 60000);
-	precopy_query(s.s, &st);
-	printf("# source %.1f s after SIGSTOP of the destination: %s: %s\n", now_s() - t0,
-	       precopy_status_name(st.status), st.error);
-	kill(pid, SIGKILL);
-	waitpid(pid, &status, 0);
-	assert_true(failed);
+	h_src_go(&s, g, &p, uri);
+	stop_peer_until_failed(s.s, "source", pid, &st);
 	assert_true(h_src_join(&s) < 0);
 	assert_int_equal(s.resumes, s.stops);
-	h_src_free(&s);
-	assert_true(h_guest_runs(g));
-	pc_guest_pause(g);
-	pc_guest_describe(g, &desc);
-	assert_int_equal(pc_guest_verify(mem, len, &desc, why, sizeof(why)), 0);
-	pc_guest_delete(&g);
+	h_check_guest_intact(g, "source");
+	h_free_all(&s, NULL, &g);
 }
 
 /* Open what librdmacm and libibverbs keep open for the life of the
@@ -2158,7 +2058,7 @@ static void warm_up(void)
 
 /* Every case leaves the process as it found it: no descriptor, no
  * registered (pinned) memory. */
-static struct leaks at_setup;
+static struct h_leaks at_setup;
 
 static int setup(void **state)
 {
@@ -2169,13 +2069,13 @@ static int setup(void **state)
 
 static int teardown(void **state)
 {
-	struct leaks now;
+	struct h_leaks now;
 
 	(void)state;
 	leaks_mark(&now);
-	if (now.fds != at_setup.fds || now.pinned != at_setup.pinned) {
+	if (now.fds != at_setup.fds || now.other != at_setup.other) {
 		fprintf(stderr, "left behind: %ld descriptors, %ld KiB pinned\n",
-			now.fds - at_setup.fds, now.pinned - at_setup.pinned);
+			now.fds - at_setup.fds, now.other - at_setup.other);
 		return -1;
 	}
 	return 0;

@@ -60,50 +60,18 @@ static const char *new_uri(char *buf, size_t len)
 
 static struct pc_guest *make_guest(size_t ram, double rate, bool memfd)
 {
-	struct pc_guest_opts o = { .ram = ram, .dirty_rate = rate,
-				   .pattern = PC_GUEST_SEQUENTIAL, .threads = 1,
-				   .zero_pct = 10, .seed = 7, .memfd = memfd };
-	struct pc_guest *g;
-
-	assert_int_equal(pc_guest_new(&o, &g), 0);
-	assert_int_equal(pc_guest_start(g), 0);
-	return g;
+	return h_guest_new(&(struct pc_guest_opts){ .ram = ram, .dirty_rate = rate,
+						    .pattern = PC_GUEST_SEQUENTIAL, .threads = 1,
+						    .zero_pct = 10, .seed = 7, .memfd = memfd });
 }
 
-static void check_migrated(struct h_src *s, struct h_dest *d)
+/* h_migrate_ok(), and the source stopped once, never resumed. */
+static void migrate_ok(struct h_src *s, struct h_dest *d, struct pc_guest *g,
+		       const struct precopy_params *p)
 {
-	struct precopy_stats st;
-	char why[256];
-	size_t len;
-	void *src = pc_guest_ram(s->guest, &len);
-
+	h_migrate_ok(s, d, g, p);
 	assert_int_equal(s->stops, 1);
 	assert_int_equal(s->resumes, 0);
-	assert_int_equal(d->resumed, 1);
-	assert_true(d->have_desc);
-	assert_int_equal(memcmp(src, d->ram, len), 0);
-	if (pc_guest_verify(d->ram, d->len, &d->desc, why, sizeof(why)))
-		fail_msg("destination memory: %s", why);
-	precopy_query(s->s, &st);
-	assert_int_equal(st.status, PRECOPY_STATUS_COMPLETED);
-	precopy_query(d->s, &st);
-	assert_int_equal(st.status, PRECOPY_STATUS_COMPLETED);
-}
-
-/* The source guest runs on and its memory is exactly what it wrote. */
-static void check_source_intact(struct pc_guest *g)
-{
-	struct pc_guest_desc desc;
-	char why[256];
-	size_t len;
-	void *mem = pc_guest_ram(g, &len);
-
-	assert_true(h_guest_runs(g));
-	pc_guest_pause(g);
-	pc_guest_describe(g, &desc);
-	if (pc_guest_verify(mem, len, &desc, why, sizeof(why)))
-		fail_msg("source memory: %s", why);
-	pc_guest_resume(g);
 }
 
 static void copy_mode(bool memfd_dest, unsigned channels)
@@ -118,34 +86,14 @@ static void copy_mode(bool memfd_dest, unsigned channels)
 	precopy_params_init(&p);
 	p.channels = channels;
 	assert_int_equal(h_dest_start_uri(&d, ram, new_uri(uri, sizeof(uri)), memfd_dest), 0);
-	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
-	assert_int_equal(h_src_join(&s), 0);
-	assert_int_equal(h_dest_join(&d), 0);
+	migrate_ok(&s, &d, g, &p);
 	assert_true(pc_guest_writes(g) > 0);
-	check_migrated(&s, &d);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
+	h_free_all(&s, &d, &g);
 }
 
-static void copy__memfd_destination_1_channel(void **state)
-{
-	(void)state;
-	copy_mode(true, 1);
-}
-
-static void copy__memfd_destination_2_channels(void **state)
-{
-	(void)state;
-	copy_mode(true, 2);
-}
-
-static void copy__plain_destination_framed(void **state)
-{
-	(void)state;
-	copy_mode(false, 2);
-}
+H_CASE(copy__memfd_destination_1_channel, copy_mode(true, 1))
+H_CASE(copy__memfd_destination_2_channels, copy_mode(true, 2))
+H_CASE(copy__plain_destination_framed, copy_mode(false, 2))
 
 /* The source guest is a memfd: its RAM changes hands; no page passes. */
 static void handoff__running_guest(void **state)
@@ -162,11 +110,7 @@ static void handoff__running_guest(void **state)
 	(void)state;
 	usleep(50 * 1000); /* let the guest write */
 	assert_int_equal(h_dest_start_uri(&d, ram, new_uri(uri, sizeof(uri)), false), 0);
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
-	assert_int_equal(h_src_join(&s), 0);
-	assert_int_equal(h_dest_join(&d), 0);
-	check_migrated(&s, &d);
+	migrate_ok(&s, &d, g, NULL);
 	precopy_query(s.s, &st);
 	assert_int_equal(st.normal, 0);       /* no page was copied */
 	assert_true(st.transferred < 64 * 1024); /* device state and records */
@@ -174,9 +118,7 @@ static void handoff__running_guest(void **state)
 	src = pc_guest_ram(g, &len);
 	((volatile uint8_t *)d.ram)[len - 1] ^= 0xff;
 	assert_int_equal(src[len - 1], ((volatile uint8_t *)d.ram)[len - 1]);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
+	h_free_all(&s, &d, &g);
 }
 
 /* A destination whose region does not match refuses; the source guest was
@@ -186,21 +128,14 @@ static void handoff__length_mismatch_refused(void **state)
 	struct pc_guest *g = make_guest(8 * MiB, 16.0 * MiB, true);
 	struct h_dest d;
 	struct h_src s;
-	char uri[128], msg[PRECOPY_ERRMSG_MAX];
+	char uri[128];
 
 	(void)state;
 	assert_int_equal(h_dest_start_uri(&d, 4 * MiB, new_uri(uri, sizeof(uri)), false), 0);
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
-	assert_true(h_src_join(&s) < 0);
-	assert_true(h_dest_join(&d) < 0);
-	precopy_strerror(s.s, msg, sizeof(msg));
-	assert_non_null(strstr(msg, "region 0"));
-	assert_int_equal(s.stops, 0);
-	check_source_intact(g);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
+	h_src_go(&s, g, NULL, d.uri);
+	h_check_refused(&s, &d, "region 0");
+	h_check_guest_intact(g, "source");
+	h_free_all(&s, &d, &g);
 }
 
 /* --- robustness ------------------------------------------------------------- */
@@ -251,8 +186,7 @@ static void fail_midway(bool kill_peer)
 	g = make_guest(ram, 64.0 * MiB, false);
 	precopy_params_init(&p);
 	p.max_bandwidth = 32 * MiB; /* about 4 s for the bulk pass */
-	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, uri), 0);
+	h_src_go(&s, g, &p, uri);
 	assert_true(h_wait_status(s.s, PRECOPY_STATUS_BULK, 30000));
 	usleep(500 * 1000);
 	if (kill_peer)
@@ -272,21 +206,12 @@ static void fail_midway(bool kill_peer)
 	print_message("source: %s\n", msg);
 	assert_int_equal(s.resumes, s.stops);
 	h_src_free(&s);
-	check_source_intact(g);
+	h_check_guest_intact(g, "source");
 	pc_guest_delete(&g);
 }
 
-static void robust__peer_killed_mid_migration(void **state)
-{
-	(void)state;
-	fail_midway(true);
-}
-
-static void robust__socket_path_removed_mid_migration(void **state)
-{
-	(void)state;
-	fail_midway(false);
-}
+H_CASE(robust__peer_killed_mid_migration, fail_midway(true))
+H_CASE(robust__socket_path_removed_mid_migration, fail_midway(false))
 
 /* --- the source dies ---------------------------------------------------------- */
 
@@ -332,25 +257,12 @@ static bool memfd_at(const void *addr, char *name, size_t len)
 	return found;
 }
 
-struct shm_leaks {
-	long fds, memfds;
-};
-
-static void shm_leaks_mark(struct shm_leaks *l)
+static void shm_leaks_mark(struct h_leaks *l)
 {
-	l->fds = h_count_fds();
-	l->memfds = memfd_maps();
+	h_leaks_mark(l, memfd_maps, "memfd mappings");
 }
 
-static void shm_leaks_check(const struct shm_leaks *l, const char *when)
-{
-	long fds = h_count_fds(), memfds = memfd_maps();
-
-	print_message("%s: %ld descriptors (%ld before), %ld memfd mappings (%ld before)\n",
-		      when, fds, l->fds, memfds, l->memfds);
-	assert_int_equal(fds, l->fds);
-	assert_int_equal(memfds, l->memfds);
-}
+#define shm_leaks_check h_leaks_check
 
 /*
  * A source in a child process: it reads the destination's URI from @rfd,
@@ -418,14 +330,8 @@ static void then_migrate_ok(bool handoff)
 	char uri[128];
 
 	assert_int_equal(h_dest_start_uri(&d, ram, new_uri(uri, sizeof(uri)), !handoff), 0);
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
-	assert_int_equal(h_src_join(&s), 0);
-	assert_int_equal(h_dest_join(&d), 0);
-	check_migrated(&s, &d);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
+	migrate_ok(&s, &d, g, NULL);
+	h_free_all(&s, &d, &g);
 }
 
 /* The destination never reports success, resumes nothing, keeps nothing
@@ -446,54 +352,33 @@ static void check_dest_failed(struct h_dest *d)
 		assert_string_not_equal(name, "pc-guest-ram"); /* ours at most */
 }
 
-/* Copy mode into memfd RAM (the source maps it and copies straight in):
- * the source is killed in bulk. */
-static void robust__source_killed_copy_mode(void **state)
+/*
+ * The source process is killed mid-migration: in copy mode into memfd RAM
+ * (the source maps it and copies straight in), in bulk; with @handoff,
+ * once the source's RAM memfd has gone across and the device state and
+ * COMPLETE have not. The destination fails, leaks nothing, and takes a
+ * good migration after.
+ */
+static void source_killed(bool handoff)
 {
 	size_t ram = 128 * MiB;
-	struct shm_leaks lk;
-	struct h_dest d;
-	char uri[128];
-	int wfd, rfd, status;
-	pid_t pid;
-
-	(void)state;
-	pid = fork_source(false, &wfd, &rfd); /* before any thread exists here */
-	shm_leaks_mark(&lk);
-	assert_int_equal(h_dest_start_uri(&d, ram, new_uri(uri, sizeof(uri)), true), 0);
-	assert_int_equal(write(wfd, d.uri, sizeof(uri)), (ssize_t)sizeof(uri));
-	assert_true(h_wait_status(d.s, PRECOPY_STATUS_BULK, 30000));
-	usleep(500 * 1000);
-	kill(pid, SIGKILL);
-	waitpid(pid, &status, 0);
-	assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
-	close(wfd);
-	close(rfd);
-	check_dest_failed(&d);
-	h_dest_free(&d);
-	shm_leaks_check(&lk, "after the source was killed");
-	then_migrate_ok(false);
-	shm_leaks_check(&lk, "after a good migration");
-}
-
-/* Handoff: the source's RAM memfd has gone across, the device state and
- * COMPLETE have not; the source is killed there. */
-static void robust__source_killed_in_handoff(void **state)
-{
-	size_t ram = 128 * MiB;
-	struct shm_leaks lk;
+	struct h_leaks lk;
 	struct h_dest d;
 	char uri[128], said;
 	int wfd, rfd, status;
 	pid_t pid;
 
-	(void)state;
-	pid = fork_source(true, &wfd, &rfd);
+	pid = fork_source(handoff, &wfd, &rfd); /* before any thread exists here */
 	shm_leaks_mark(&lk);
-	assert_int_equal(h_dest_start_uri(&d, ram, new_uri(uri, sizeof(uri)), false), 0);
+	assert_int_equal(h_dest_start_uri(&d, ram, new_uri(uri, sizeof(uri)), !handoff), 0);
 	assert_int_equal(write(wfd, d.uri, sizeof(uri)), (ssize_t)sizeof(uri));
-	assert_int_equal(read(rfd, &said, 1), 1); /* handed over, now waiting */
-	assert_int_equal(said, 'h');
+	if (handoff) {
+		assert_int_equal(read(rfd, &said, 1), 1); /* handed over, now waiting */
+		assert_int_equal(said, 'h');
+	} else {
+		assert_true(h_wait_status(d.s, PRECOPY_STATUS_BULK, 30000));
+		usleep(500 * 1000);
+	}
 	kill(pid, SIGKILL);
 	waitpid(pid, &status, 0);
 	assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
@@ -502,9 +387,12 @@ static void robust__source_killed_in_handoff(void **state)
 	check_dest_failed(&d);
 	h_dest_free(&d);
 	shm_leaks_check(&lk, "after the source was killed");
-	then_migrate_ok(true);
+	then_migrate_ok(handoff);
 	shm_leaks_check(&lk, "after a good migration");
 }
+
+H_CASE(robust__source_killed_copy_mode, source_killed(false))
+H_CASE(robust__source_killed_in_handoff, source_killed(true))
 
 /* Handoff refused after the destination mapped the source's RAM (its
  * load_device_state fails): the mapping is undone, the source resumes its
@@ -520,7 +408,7 @@ static void handoff__refused_after_mapping_undone(void **state)
 	size_t ram = 32 * MiB;
 	struct h_dest_opts o = { .on_load = load_fails };
 	struct precopy_stats st;
-	struct shm_leaks lk;
+	struct h_leaks lk;
 	struct h_dest d;
 	struct h_src s;
 	struct pc_guest *g;
@@ -531,8 +419,7 @@ static void handoff__refused_after_mapping_undone(void **state)
 	g = make_guest(ram, 16.0 * MiB, true);
 	o.uri = new_uri(uri, sizeof(uri));
 	assert_int_equal(h_dest_start_opts(&d, ram, &o), 0);
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
+	h_src_go(&s, g, NULL, d.uri);
 	assert_true(h_src_join(&s) < 0);
 	assert_true(h_dest_join(&d) < 0);
 	assert_true(d.have_desc); /* it got as far as the device state */
@@ -549,7 +436,7 @@ static void handoff__refused_after_mapping_undone(void **state)
 	assert_int_equal(s.resumes, s.stops);
 	h_src_free(&s);
 	h_dest_free(&d);
-	check_source_intact(g);
+	h_check_guest_intact(g, "source");
 	pc_guest_delete(&g);
 	shm_leaks_check(&lk, "after the refused handoff");
 	then_migrate_ok(true);
@@ -566,29 +453,13 @@ static void skip_unless_root(void)
 	}
 }
 
-struct accepting {
-	struct pc_listener *l;
-	struct pc_transport *t;
-	int err;
-};
-
-static void *accept_main(void *arg)
-{
-	struct accepting *a = arg;
-	struct pc_transport_opts o = { 0 };
-
-	a->err = a->l->ops->accept(a->l, &o, &a->t);
-	return NULL;
-}
-
 /* A process of another uid connecting to us is refused, and told why. */
 static void peer__other_uid_connecting_refused(void **state)
 {
 	const struct pc_transport_ops *ops = pc_transport_find("shm");
 	struct pc_transport_opts o = { .channels = 1 };
-	struct accepting a = { 0 };
+	struct h_accept a = { 0 };
 	char uri[128];
-	pthread_t th;
 	int status;
 	pid_t pid;
 
@@ -611,15 +482,14 @@ static void peer__other_uid_connecting_refused(void **state)
 		printf("  nobody connecting: %s (%s)\n", strerror(-err), why);
 		_exit(err == -EACCES && strstr(why, "uid 65534") ? 0 : 1);
 	}
-	assert_int_equal(pthread_create(&th, NULL, accept_main, &a), 0);
+	h_accept_start(&a);
 	waitpid(pid, &status, 0);
 	assert_true(WIFEXITED(status));
 	assert_int_equal(WEXITSTATUS(status), 0);
 	/* our accept is still waiting: the stranger did not count */
 	usleep(50 * 1000);
 	ops->listener_abort(a.l);
-	pthread_join(th, NULL);
-	assert_int_equal(a.err, -ECANCELED);
+	assert_int_equal(h_accept_join(&a), -ECANCELED);
 	ops->listener_close(a.l);
 }
 
@@ -816,7 +686,7 @@ static void hostile_source(bool seal)
 	const struct pc_transport_ops *ops = pc_transport_find("shm");
 	struct pc_transport_opts o = { .channels = 1 };
 	const size_t len = 1 * MiB;
-	struct accepting a = { 0 };
+	struct h_accept a = { 0 };
 	uint8_t msg[16] = "ready", hdr[PC_FRAME_HDR], page[4096];
 	struct iovec v = { msg, 5 };
 	int fds[8], memfd, sfd, err;
@@ -825,7 +695,6 @@ static void hostile_source(bool seal)
 	uint8_t *ram;
 	void *again;
 	char uri[128];
-	pthread_t th;
 
 	memfd = memfd_create("vmm-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	assert_true(memfd >= 0);
@@ -835,10 +704,9 @@ static void hostile_source(bool seal)
 
 	new_uri(uri, sizeof(uri));
 	assert_int_equal(ops->listen(uri + 4, &o, &a.l), 0);
-	assert_int_equal(pthread_create(&th, NULL, accept_main, &a), 0);
+	h_accept_start(&a);
 	sfd = raw_source_connect(uri + 4, 0, NULL);
-	pthread_join(th, NULL);
-	assert_int_equal(a.err, 0);
+	assert_int_equal(h_accept_join(&a), 0);
 
 	/* the engine's way: with the fd where the transport can share it */
 	err = a.t->ops->expose_region_fd(a.t, 0, ram, len, memfd, 0);
@@ -891,17 +759,8 @@ static void hostile_source(bool seal)
 	close(memfd);
 }
 
-static void hostile_source__cannot_seal_dest_ram(void **state)
-{
-	(void)state;
-	hostile_source(true);
-}
-
-static void hostile_source__cannot_write_dest_ram_after_revoke(void **state)
-{
-	(void)state;
-	hostile_source(false);
-}
+H_CASE(hostile_source__cannot_seal_dest_ram, hostile_source(true))
+H_CASE(hostile_source__cannot_write_dest_ram_after_revoke, hostile_source(false))
 
 /* precopy's own RAM memfd takes no further seals, whoever holds it. */
 static void memfd_alloc__no_seal_can_be_added(void **state)
@@ -967,19 +826,6 @@ static void api__ram_above_host_refused(void **state)
 /* Each end's slow local work (3 s of saving and of loading device state)
  * outlives a timeout of 1 s, because each end keeps telling the other it
  * is alive: in copy mode and in a handoff. */
-static void sleep_save(struct h_src *s)
-{
-	(void)s;
-	usleep(3000 * 1000);
-}
-
-static int sleep_load(struct h_dest *d)
-{
-	(void)d;
-	usleep(3000 * 1000);
-	return 0;
-}
-
 static void slow_ends(bool handoff)
 {
 	size_t ram = 16 * MiB;
@@ -996,10 +842,10 @@ static void slow_ends(bool handoff)
 					   &(struct h_dest_opts){ .p = &p,
 								  .uri = new_uri(uri, sizeof(uri)),
 								  .memfd = true,
-								  .on_load = sleep_load }),
+								  .on_load = h_slow_load }),
 			 0);
 	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
-	s.on_save = sleep_save;
+	s.on_save = h_slow_save;
 	assert_int_equal(h_src_start(&s, d.uri), 0);
 	se = h_src_join(&s);
 	de = h_dest_join(&d);
@@ -1011,32 +857,14 @@ static void slow_ends(bool handoff)
 	}
 	assert_int_equal(se, 0);
 	assert_int_equal(de, 0);
-	check_migrated(&s, &d);
-	h_src_free(&s);
-	h_dest_free(&d);
-	pc_guest_delete(&g);
+	h_check_migrated(&s, &d);
+	assert_int_equal(s.stops, 1);
+	assert_int_equal(s.resumes, 0);
+	h_free_all(&s, &d, &g);
 }
 
-static void beats__slow_ends_outlive_a_short_timeout(void **state)
-{
-	(void)state;
-	slow_ends(false);
-}
-
-static void beats__slow_ends_outlive_a_short_timeout_handoff(void **state)
-{
-	(void)state;
-	slow_ends(true);
-}
-
-static void *accept_timeout_main(void *arg)
-{
-	struct accepting *a = arg;
-	struct pc_transport_opts o = { .timeout_ms = 900 };
-
-	a->err = a->l->ops->accept(a->l, &o, &a->t);
-	return NULL;
-}
+H_CASE(beats__slow_ends_outlive_a_short_timeout, slow_ends(false))
+H_CASE(beats__slow_ends_outlive_a_short_timeout_handoff, slow_ends(true))
 
 /*
  * A source that greets and then says nothing: the destination (timeout
@@ -1049,20 +877,18 @@ static void silent_source(bool beats)
 {
 	const struct pc_transport_ops *ops = pc_transport_find("shm");
 	struct pc_transport_opts o = { .channels = 1 };
-	struct accepting a = { 0 };
+	struct h_accept a = { .timeout_ms = 900 };
 	uint8_t buf[64], vflags = 0;
 	struct pollfd pfd;
 	char uri[128];
 	size_t got;
-	pthread_t th;
 	int sfd;
 
 	new_uri(uri, sizeof(uri));
 	assert_int_equal(ops->listen(uri + 4, &o, &a.l), 0);
-	assert_int_equal(pthread_create(&th, NULL, accept_timeout_main, &a), 0);
+	h_accept_start(&a);
 	sfd = raw_source_connect(uri + 4, beats ? 1 : 0, &vflags);
-	pthread_join(th, NULL);
-	assert_int_equal(a.err, 0);
+	assert_int_equal(h_accept_join(&a), 0);
 	assert_int_equal(vflags & 1, 1); /* the destination knows heartbeats */
 	assert_int_equal(pc_tp_recv_msg(a.t, 0, buf, sizeof(buf), &got), -ETIMEDOUT);
 	print_message("  %s\n", a.t->why);
@@ -1081,17 +907,8 @@ static void silent_source(bool beats)
 	ops->listener_close(a.l);
 }
 
-static void beats__silent_source_dropped_after_timeout(void **state)
-{
-	(void)state;
-	silent_source(true);
-}
-
-static void beats__none_to_a_source_that_did_not_ask(void **state)
-{
-	(void)state;
-	silent_source(false);
-}
+H_CASE(beats__silent_source_dropped_after_timeout, silent_source(true))
+H_CASE(beats__none_to_a_source_that_did_not_ask, silent_source(false))
 
 /* --- a destination of an earlier version ------------------------------------ */
 

@@ -36,13 +36,9 @@ static const uint8_t key2[32] = "0123456789abcdef0123456789abcdX";
 
 static struct pc_guest *make_guest(void)
 {
-	struct pc_guest_opts o = { .ram = RAM, .dirty_rate = 16.0 * MiB,
-				   .pattern = PC_GUEST_SEQUENTIAL, .threads = 1, .seed = 9 };
-	struct pc_guest *g;
-
-	assert_int_equal(pc_guest_new(&o, &g), 0);
-	assert_int_equal(pc_guest_start(g), 0);
-	return g;
+	return h_guest_new(&(struct pc_guest_opts){ .ram = RAM, .dirty_rate = 16.0 * MiB,
+						    .pattern = PC_GUEST_SEQUENTIAL, .threads = 1,
+						    .seed = 9 });
 }
 
 /* Migrate @g with @stls to a destination with @dtls; returns the source's
@@ -92,18 +88,9 @@ static int run(struct pc_guest *g, const struct precopy_tls *stls, const struct 
 static void untouched(struct pc_guest *g, const struct precopy_tls *good_s,
 		      const struct precopy_tls *good_d)
 {
-	struct pc_guest_desc desc;
 	char why[256];
-	size_t len;
-	void *mem = pc_guest_ram(g, &len);
-	uint64_t w0 = pc_guest_writes(g);
 
-	usleep(50 * 1000);
-	assert_true(pc_guest_writes(g) > w0);
-	pc_guest_pause(g);
-	pc_guest_describe(g, &desc);
-	assert_int_equal(pc_guest_verify(mem, len, &desc, why, sizeof(why)), 0);
-	pc_guest_resume(g);
+	h_check_guest_intact(g, "source");
 	assert_int_equal(run(g, good_s, good_d, 1, why, sizeof(why)), 0);
 }
 
@@ -260,24 +247,17 @@ static void tls__cancel_during_handshake_source(void **state)
 
 static void tls__cancel_during_handshake_destination(void **state)
 {
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	/* "PCT1", version 1, channel 0 of 1, cookie 1 */
 	uint8_t hello[32] = { 'P', 'C', 'T', '1', 1, 0, 0, 0, 1, 0, 0, 0, 1 };
 	struct precopy_params p;
 	struct h_dest d;
-	const char *port;
 	int fd;
 
 	(void)state;
 	precopy_params_init(&p);
 	p.timeout_ms = 3600000;
 	assert_int_equal(h_dest_start_tls(&d, RAM, &p, "tls:127.0.0.1:0", &psk1, true), 0);
-	port = strrchr(d.uri, ':');
-	assert_non_null(port);
-	a.sin_port = htons((uint16_t)atoi(port + 1));
-	fd = socket(AF_INET, SOCK_STREAM, 0);
-	assert_true(fd >= 0);
-	assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	fd = h_raw_connect(d.uri);
 	assert_int_equal(send(fd, hello, sizeof(hello), 0), (ssize_t)sizeof(hello));
 	usleep(300 * 1000); /* the destination waits for a ClientHello */
 	assert_int_equal(precopy_cancel(d.s), 0);
@@ -352,14 +332,12 @@ static void tls__settings_checked(void **state)
  */
 static void tls__stranger_does_not_end_listener(void **state)
 {
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	uint8_t hello[32] = { 'P', 'C', 'T', '1', 1, 1, 0, 0, 1, 0, 0, 0, 7 }, junk[32];
 	struct precopy_tls bad = psk1;
 	struct pc_guest *g = make_guest();
 	struct precopy_params p;
 	struct h_dest d;
 	struct h_src s;
-	const char *port;
 	uint8_t buf[256];
 	size_t len;
 	int fd, quiet;
@@ -368,22 +346,17 @@ static void tls__stranger_does_not_end_listener(void **state)
 	precopy_params_init(&p);
 	p.timeout_ms = 5000;
 	assert_int_equal(h_dest_start_tls(&d, RAM, &p, "tls:127.0.0.1:0", &psk1, true), 0);
-	port = strrchr(d.uri, ':');
-	assert_non_null(port);
-	a.sin_port = htons((uint16_t)atoi(port + 1));
 
 	/* junk where the ClientHello should be: the destination closes it */
 	memset(junk, 0x5a, sizeof(junk));
-	fd = socket(AF_INET, SOCK_STREAM, 0);
-	assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	fd = h_raw_connect(d.uri);
 	assert_int_equal(send(fd, hello, sizeof(hello), 0), (ssize_t)sizeof(hello));
 	assert_int_equal(send(fd, junk, sizeof(junk), 0), (ssize_t)sizeof(junk));
 	while (recv(fd, buf, sizeof(buf), 0) > 0)
 		;
 	close(fd);
 	/* a hello and then nothing, left open */
-	quiet = socket(AF_INET, SOCK_STREAM, 0);
-	assert_int_equal(connect(quiet, (struct sockaddr *)&a, sizeof(a)), 0);
+	quiet = h_raw_connect(d.uri);
 	assert_int_equal(send(quiet, hello, sizeof(hello), 0), (ssize_t)sizeof(hello));
 
 	/* a source with another key is refused */

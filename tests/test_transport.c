@@ -264,17 +264,35 @@ static void link_stats__count_what_left(void **state)
 	free(dst);
 }
 
+/*
+ * Write @run on channel 0 of @p, then a message behind it; the run must be
+ * refused at one end or the other: the write fails, or the receiver's next
+ * read does (with -EPROTO when @proto).
+ */
+static void expect_run_refused(struct pair *p, const struct pc_page_run *run, bool proto)
+{
+	uint8_t msg[8] = { 0 };
+	struct iovec v = { msg, 4 };
+	size_t len;
+	int we, re;
+
+	we = pc_tp_write_pages(p->a, 0, run, 1);
+	if (!we)
+		we = pc_tp_send_msg(p->a, 0, &v, 1);
+	re = pc_tp_recv_msg(p->b, 0, msg, sizeof(msg), &len);
+	if (proto)
+		assert_true(we < 0 || re == -EPROTO);
+	else
+		assert_true(we < 0 || re < 0);
+}
+
 /* A run outside the exposed region fails at one end or the other, and
  * nothing around the region is written. */
 static void write_pages__outside_region_refused(void **state)
 {
 	size_t rlen = 64 * 1024;
 	uint8_t *src = malloc(2 * rlen), *area = malloc(3 * rlen);
-	uint8_t msg[8];
-	struct iovec v = { msg, 4 };
 	struct pair p;
-	size_t len;
-	int we, re;
 
 	(void)state;
 	memset(src, 0xab, 2 * rlen);
@@ -282,15 +300,7 @@ static void write_pages__outside_region_refused(void **state)
 	pair_open(&p, 1);
 	assert_int_equal(p.b->ops->expose_region(p.b, 0, area + rlen, rlen), 0);
 	p.a->ops->reg_local(p.a, src, 2 * rlen);
-	{
-		struct pc_page_run run = { src, 0, rlen - 4096, 8192 };
-
-		we = pc_tp_write_pages(p.a, 0, &run, 1);
-		if (!we)
-			we = pc_tp_send_msg(p.a, 0, &v, 1);
-		re = pc_tp_recv_msg(p.b, 0, msg, sizeof(msg), &len);
-	}
-	assert_true(we < 0 || re == -EPROTO);
+	expect_run_refused(&p, &(struct pc_page_run){ src, 0, rlen - 4096, 8192 }, true);
 	for (size_t i = 2 * rlen; i < 3 * rlen; i++)
 		assert_int_equal(area[i], 0x11);
 	for (size_t i = 0; i < rlen; i++)
@@ -302,21 +312,14 @@ static void write_pages__outside_region_refused(void **state)
 
 static void write_pages__unexposed_region_refused(void **state)
 {
-	uint8_t src[4096] = { 1 }, msg[8];
-	struct iovec v = { msg, 4 };
+	uint8_t src[4096] = { 1 };
 	struct pc_page_run run = { src, 5, 0, 4096 };
 	struct pair p;
-	size_t len;
-	int we, re;
 
 	(void)state;
 	pair_open(&p, 1);
 	p.a->ops->reg_local(p.a, src, sizeof(src));
-	we = pc_tp_write_pages(p.a, 0, &run, 1);
-	if (!we)
-		we = pc_tp_send_msg(p.a, 0, &v, 1);
-	re = pc_tp_recv_msg(p.b, 0, msg, sizeof(msg), &len);
-	assert_true(we < 0 || re == -EPROTO);
+	expect_run_refused(&p, &run, true);
 	pair_close(&p);
 }
 
@@ -331,7 +334,6 @@ static void write_pages__refused_after_unexpose(void **state)
 	struct pc_page_run run = { src, 0, 0, 4096 };
 	struct pair p;
 	size_t len;
-	int we, re;
 
 	(void)state;
 	assert_true(src && dst);
@@ -345,11 +347,7 @@ static void write_pages__refused_after_unexpose(void **state)
 	assert_int_equal(dst[0], 0xab);
 	assert_int_equal(p.b->ops->unexpose_all(p.b), 0);
 	run.offset = 8192;
-	we = pc_tp_write_pages(p.a, 0, &run, 1);
-	if (!we)
-		we = pc_tp_send_msg(p.a, 0, &v, 1);
-	re = pc_tp_recv_msg(p.b, 0, msg, sizeof(msg), &len);
-	assert_true(we < 0 || re < 0);
+	expect_run_refused(&p, &run, false);
 	for (size_t i = 8192; i < 8192 + 4096; i++)
 		assert_int_equal(dst[i], 0);
 	pair_close(&p);

@@ -38,11 +38,18 @@ static void hello__round_trip(void **state)
 	assert_true(m.u.hello.region_len[1] == 1ull << 30);
 }
 
-static void hello__bad_magic(void **state)
+/* A good HELLO of one 4 KiB region into buf. Return: its length. */
+static int hello_one_page(void)
 {
 	uint64_t len = 4096;
+
+	return pc_wire_enc_hello(buf, sizeof(buf), PC_CAP_ALL, 1, &len, 1);
+}
+
+static void hello__bad_magic(void **state)
+{
 	struct pc_wire_msg m;
-	int n = pc_wire_enc_hello(buf, sizeof(buf), PC_CAP_ALL, 1, &len, 1);
+	int n = hello_one_page();
 
 	(void)state;
 	buf[PC_WIRE_HDR] ^= 0xff;
@@ -52,9 +59,8 @@ static void hello__bad_magic(void **state)
 
 static void hello__bad_version(void **state)
 {
-	uint64_t len = 4096;
 	struct pc_wire_msg m;
-	int n = pc_wire_enc_hello(buf, sizeof(buf), PC_CAP_ALL, 1, &len, 1);
+	int n = hello_one_page();
 
 	(void)state;
 	pc_put_le16(buf + PC_WIRE_HDR + 4, PC_WIRE_MAJOR + 1);
@@ -64,9 +70,8 @@ static void hello__bad_version(void **state)
 
 static void hello__region_count_out_of_range(void **state)
 {
-	uint64_t len = 4096;
 	struct pc_wire_msg m;
-	int n = pc_wire_enc_hello(buf, sizeof(buf), PC_CAP_ALL, 1, &len, 1);
+	int n = hello_one_page();
 
 	(void)state;
 	pc_put_le32(buf + PC_WIRE_HDR + 20, 0);
@@ -79,9 +84,8 @@ static void hello__region_count_out_of_range(void **state)
 
 static void decode__truncated(void **state)
 {
-	uint64_t len = 4096;
 	struct pc_wire_msg m;
-	int n = pc_wire_enc_hello(buf, sizeof(buf), PC_CAP_ALL, 1, &len, 1);
+	int n = hello_one_page();
 
 	(void)state;
 	for (int cut = 0; cut < n; cut++)

@@ -338,12 +338,18 @@ static int commit(struct dest *d, char *text, size_t len)
  */
 static int conclude(struct dest *d, int status, char *text, size_t tlen)
 {
+	static const struct pc_expect go = {
+		.type = PC_MSG_GO,
+		.lost = "connection to the source lost before it handed the guest over: %s; the guest was not resumed",
+		.malformed = "malformed stream after the verdict: %s; the guest was not resumed",
+		.gave_up = "source gave up after the verdict: %s",
+		.other = "malformed stream: %s after the verdict, expected GO; the guest was not resumed",
+		.quiet_cancel = true,
+		.msgsize_proto = true,
+	};
 	struct precopy_session *s = d->s;
 	uint8_t buf[PC_WIRE_HDR + 8 + PC_WIRE_TEXT_MAX];
-	uint8_t *rbuf = d->rcv[0].buf;
 	struct pc_wire_msg m;
-	char why[160];
-	size_t len;
 	int err;
 
 	err = send_rec(d, buf, pc_wire_enc_result(buf, sizeof(buf), PC_MSG_RESULT, status, text));
@@ -352,26 +358,9 @@ static int conclude(struct dest *d, int status, char *text, size_t tlen)
 	if (err)
 		return pc_fail(s, err, "sending the verdict: %s; the guest was not resumed",
 			       pc_err_context(s, err));
-	err = pc_tp_recv_msg(d->tp, 0, rbuf, PC_WIRE_MSG_MAX, &len);
-	if (err) {
-		if (err == -ECANCELED || atomic_load(&s->cancel))
-			return -ECANCELED;
-		return pc_fail(s, err == -EMSGSIZE ? -EPROTO : err,
-			       "connection to the source lost before it handed the guest over: %s; the guest was not resumed",
-			       pc_err_context(s, err));
-	}
-	err = pc_wire_decode(rbuf, len, &m, why, sizeof(why));
+	err = pc_recv_expect(s, 0, d->rcv[0].buf, PC_WIRE_MSG_MAX, &go, &m, NULL, 0);
 	if (err)
-		return pc_fail(s, err,
-			       "malformed stream after the verdict: %s; the guest was not resumed",
-			       why);
-	if (m.type == PC_MSG_ERROR)
-		return pc_fail(s, m.u.result.status ? m.u.result.status : -EIO,
-			       "source gave up after the verdict: %s", m.u.result.text);
-	if (m.type != PC_MSG_GO)
-		return pc_fail(s, -EPROTO,
-			       "malformed stream: %s after the verdict, expected GO; the guest was not resumed",
-			       pc_wire_type_name(m.type));
+		return err;
 	status = commit(d, text, tlen);
 	if (!status && s->cb.resume_vm) {
 		err = s->cb.resume_vm(s->cb.opaque);
@@ -625,20 +614,21 @@ static void *receiver_main(void *arg)
 
 static int handshake(struct dest *d)
 {
+	static const struct pc_expect hello = {
+		.type = PC_MSG_HELLO,
+		.lost = "handshake: %s",
+		.msgsize_proto = true,
+	};
 	struct precopy_session *s = d->s;
-	uint8_t *buf = d->rcv[0].buf;
 	uint8_t ack[PC_WIRE_HDR + 24 + PC_WIRE_TEXT_MAX];
-	char why[160], text[PC_WIRE_TEXT_MAX + 1] = "";
+	char why[160] = "", text[PC_WIRE_TEXT_MAX + 1] = "";
 	struct pc_wire_msg m;
-	size_t len;
 	int status = 0, err;
 
-	err = pc_tp_recv_msg(d->tp, 0, buf, PC_WIRE_MSG_MAX, &len);
-	if (err)
-		return pc_fail(s, err == -EMSGSIZE ? -EPROTO : err, "handshake: %s",
-			       pc_err_context(s, err));
-	err = pc_wire_decode(buf, len, &m, why, sizeof(why));
-	if (!err && m.type != PC_MSG_HELLO) {
+	err = pc_recv_expect(s, 0, d->rcv[0].buf, PC_WIRE_MSG_MAX, &hello, &m, why, sizeof(why));
+	if (err < 0 && !why[0])
+		return err; /* the transport failed */
+	if (err > 0) {
 		err = -EPROTO;
 		snprintf(why, sizeof(why), "expected HELLO, got %s", pc_wire_type_name(m.type));
 	}

@@ -579,24 +579,20 @@ static void update_live_stats(struct source *src)
 /* Wait for an ITER_ACK of @iteration on channel 0. */
 static int wait_ack(struct source *src, unsigned iteration)
 {
-	struct precopy_session *s = src->s;
+	static const struct pc_expect ex = {
+		.type = PC_MSG_ITER_ACK,
+		.lost = "waiting for the destination: %s",
+		.malformed = "malformed reply from destination: %s",
+		.gave_up = "destination failed: %s",
+	};
 	uint8_t buf[PC_WIRE_HDR + 8 + PC_WIRE_TEXT_MAX];
 	struct pc_wire_msg m;
-	char why[160];
-	size_t len;
-	int err;
+	int err = pc_recv_expect(src->s, 0, buf, sizeof(buf), &ex, &m, NULL, 0);
 
-	err = pc_tp_recv_msg(src->tp, 0, buf, sizeof(buf), &len);
-	if (err)
-		return pc_fail(s, err, "waiting for the destination: %s", pc_err_context(s, err));
-	err = pc_wire_decode(buf, len, &m, why, sizeof(why));
-	if (err)
-		return pc_fail(s, err, "malformed reply from destination: %s", why);
-	if (m.type == PC_MSG_ERROR)
-		return pc_fail(s, m.u.result.status ? m.u.result.status : -EIO,
-			       "destination failed: %s", m.u.result.text);
-	if (m.type != PC_MSG_ITER_ACK || m.u.iter_ack.iteration != iteration)
-		return pc_fail(s, -EPROTO, "destination sent %s, expected ITER_ACK %u",
+	if (err < 0)
+		return err;
+	if (err || m.u.iter_ack.iteration != iteration)
+		return pc_fail(src->s, -EPROTO, "destination sent %s, expected ITER_ACK %u",
 			       pc_wire_type_name(m.type), iteration);
 	return 0;
 }
@@ -705,14 +701,20 @@ static int send_device_state(struct source *src)
 
 static int complete(struct source *src)
 {
+	static const struct pc_expect verdict = {
+		.type = PC_MSG_RESULT,
+		.type2 = PC_MSG_ERROR,
+		.lost = "waiting for the destination's verdict: %s",
+		.malformed = "malformed verdict from destination: %s",
+		.other = "destination sent %s, expected RESULT",
+	};
+	static const struct pc_expect answer = { .type = PC_MSG_RESULT };
 	struct precopy_session *s = src->s;
 	uint64_t npages[PRECOPY_MAX_REGIONS], hash[PRECOPY_MAX_REGIONS];
 	uint8_t buf[PC_WIRE_HDR + 8 + 16 * PRECOPY_MAX_REGIONS];
 	uint8_t rbuf[PC_WIRE_HDR + 8 + PC_WIRE_TEXT_MAX];
 	struct pc_wire_msg m;
 	struct iovec v = { buf, 0 };
-	char why[160];
-	size_t len;
 	int n, err;
 
 	for (unsigned i = 0; i < s->nreg; i++) {
@@ -729,16 +731,9 @@ static int complete(struct source *src)
 		return pc_fail(s, err, "sending COMPLETE: %s", pc_err_context(s, err));
 	/* Until GO the destination does not resume the guest: a lost or
 	 * refusing verdict, or a cancel, makes this end the one that runs. */
-	err = pc_tp_recv_msg(src->tp, 0, rbuf, sizeof(rbuf), &len);
+	err = pc_recv_expect(s, 0, rbuf, sizeof(rbuf), &verdict, &m, NULL, 0);
 	if (err)
-		return pc_fail(s, err, "waiting for the destination's verdict: %s",
-			       pc_err_context(s, err));
-	err = pc_wire_decode(rbuf, len, &m, why, sizeof(why));
-	if (err)
-		return pc_fail(s, err, "malformed verdict from destination: %s", why);
-	if (m.type != PC_MSG_RESULT && m.type != PC_MSG_ERROR)
-		return pc_fail(s, -EPROTO, "destination sent %s, expected RESULT",
-			       pc_wire_type_name(m.type));
+		return err;
 	if (m.u.result.status)
 		return pc_fail(s, m.u.result.status, "destination refused: %s", m.u.result.text);
 	/* GO: from here this end never resumes the guest, unless the
@@ -754,11 +749,9 @@ static int complete(struct source *src)
 	v.iov_len = (size_t)pc_wire_enc_go(buf, sizeof(buf));
 	err = pc_tp_send_msg(src->tp, 0, &v, 1);
 	if (!err)
-		err = pc_tp_recv_msg(src->tp, 0, rbuf, sizeof(rbuf), &len);
-	if (!err)
-		err = pc_wire_decode(rbuf, len, &m, why, sizeof(why));
-	if (!err && m.type != PC_MSG_RESULT)
-		err = -EPROTO;
+		err = pc_recv_expect(s, 0, rbuf, sizeof(rbuf), &answer, &m, NULL, 0);
+	if (err > 0)
+		err = -EPROTO; /* not RESULT */
 	if (err) {
 		src->unconfirmed = true;
 		return pc_fail(s, -ENOTRECOVERABLE,
@@ -774,13 +767,17 @@ static int complete(struct source *src)
 
 static int handshake(struct source *src)
 {
+	static const struct pc_expect hello_ack = {
+		.type = PC_MSG_HELLO_ACK,
+		.lost = "handshake: %s",
+		.malformed = "handshake: %s",
+		.other = "handshake: destination sent %s",
+	};
 	struct precopy_session *s = src->s;
 	uint64_t lens[PRECOPY_MAX_REGIONS];
 	uint8_t buf[PC_WIRE_HDR + 32 + 8 * PRECOPY_MAX_REGIONS];
 	struct iovec v = { buf, 0 };
 	struct pc_wire_msg m;
-	char why[160];
-	size_t len;
 	int n, err;
 
 	for (unsigned i = 0; i < s->nreg; i++)
@@ -791,16 +788,11 @@ static int handshake(struct source *src)
 		return pc_fail(s, n, "encoding HELLO");
 	v.iov_len = (size_t)n;
 	err = pc_tp_send_msg(src->tp, 0, &v, 1);
-	if (!err)
-		err = pc_tp_recv_msg(src->tp, 0, buf, sizeof(buf), &len);
 	if (err)
 		return pc_fail(s, err, "handshake: %s", pc_err_context(s, err));
-	err = pc_wire_decode(buf, len, &m, why, sizeof(why));
+	err = pc_recv_expect(s, 0, buf, sizeof(buf), &hello_ack, &m, NULL, 0);
 	if (err)
-		return pc_fail(s, err, "handshake: %s", why);
-	if (m.type != PC_MSG_HELLO_ACK)
-		return pc_fail(s, -EPROTO, "handshake: destination sent %s",
-			       pc_wire_type_name(m.type));
+		return err;
 	if (m.u.hello_ack.status)
 		return pc_fail(s, m.u.hello_ack.status, "destination refused: %s",
 			       m.u.hello_ack.text);

@@ -382,6 +382,21 @@ static int conclude(struct dest *d, int status, char *text, size_t tlen)
 	return 0;
 }
 
+/* Hand the device state to the VMM: 0, or its error and why in @text. */
+static int load_devstate(struct dest *d, char *text, size_t tlen)
+{
+	struct precopy_session *s = d->s;
+	int err;
+
+	if (!s->cb.load_device_state)
+		return 0;
+	err = s->cb.load_device_state(s->cb.opaque, d->devstate ? d->devstate : (void *)"",
+				      (size_t)d->devstate_have);
+	if (err)
+		snprintf(text, tlen, "load_device_state failed: %s", strerror(-err));
+	return err;
+}
+
 /* The first page of region @i placed since its checksum, or npages. */
 static uint64_t first_unlisted(struct dest *d, unsigned i)
 {
@@ -401,9 +416,8 @@ static int handle_complete(struct dest *d, const struct pc_wire_msg *m)
 {
 	struct precopy_session *s = d->s;
 	char text[PC_WIRE_TEXT_MAX + 1] = "";
-	int status = 0, err;
-
 	unsigned busy = 0;
+	int status = 0;
 	uint64_t p;
 
 	/* The source says it has written everything: from here on nothing
@@ -466,14 +480,8 @@ static int handle_complete(struct dest *d, const struct pc_wire_msg *m)
 				 "region %u: checksum mismatch, memory differs from the source", i);
 		}
 	}
-	if (!status && s->cb.load_device_state) {
-		err = s->cb.load_device_state(s->cb.opaque, d->devstate ? d->devstate : (void *)"",
-					      (size_t)d->devstate_have);
-		if (err) {
-			status = err;
-			snprintf(text, sizeof(text), "load_device_state failed: %s", strerror(-err));
-		}
-	}
+	if (!status)
+		status = load_devstate(d, text, sizeof(text));
 	return conclude(d, status, text, sizeof(text));
 }
 
@@ -508,12 +516,7 @@ static int park(struct receiver *rc)
 			break;
 		}
 		/* a cancel does not signal: look at it now and then */
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_nsec += 100 * 1000 * 1000;
-		if (ts.tv_nsec >= 1000000000) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000;
-		}
+		pc_deadline(&ts, CLOCK_MONOTONIC, 100 * PC_NSEC_PER_MSEC);
 		pthread_cond_timedwait(&d->cv, &d->mu, &ts);
 	}
 	pthread_mutex_unlock(&d->mu);
@@ -746,14 +749,8 @@ static int handoff_complete(struct dest *d, const struct pc_wire_msg *m, const i
 			snprintf(text, sizeof(text), "mapping region %u: %s", i, strerror(errno));
 		}
 	}
-	if (!status && s->cb.load_device_state) {
-		err = s->cb.load_device_state(s->cb.opaque, d->devstate ? d->devstate : (void *)"",
-					      (size_t)d->devstate_have);
-		if (err) {
-			status = err;
-			snprintf(text, sizeof(text), "load_device_state failed: %s", strerror(-err));
-		}
-	}
+	if (!status)
+		status = load_devstate(d, text, sizeof(text));
 	if (status)
 		unmap_handed(d, mapped);
 	err = conclude(d, status, text, sizeof(text));

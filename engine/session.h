@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "dirty.h"
 #include "policy.h"
@@ -127,6 +128,9 @@ void pc_snapshot(struct precopy_session *s, struct precopy_stats *out);
 
 /** pc_err_context() - why the transport failed, else strerror(-err). */
 const char *pc_err_context(struct precopy_session *s, int err);
+
+/** pc_deadline() - *@ts = now on @clock plus @ns (for pthread_cond_timedwait). */
+void pc_deadline(struct timespec *ts, clockid_t clock, uint64_t ns);
 
 /** pc_sleep_ns() - sleep, waking early if the session is cancelled. */
 void pc_sleep_ns(struct precopy_session *s, uint64_t ns);

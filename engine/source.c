@@ -613,12 +613,7 @@ static int run_pass(struct source *src, unsigned iteration, enum pc_decision *ti
 		struct timespec ts;
 		uint64_t now;
 
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 100 * 1000 * 1000;
-		if (ts.tv_nsec >= 1000000000) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000;
-		}
+		pc_deadline(&ts, CLOCK_REALTIME, 100 * PC_NSEC_PER_MSEC);
 		pthread_cond_timedwait(&src->cv, &src->mu, &ts);
 		if (src->done >= src->nchan)
 			break;

@@ -15,6 +15,22 @@
 #include "page.h"
 #include "source.h"
 
+/*
+ * Send the record of @n bytes in @buf on channel 0; @n < 0: encoding
+ * record @name failed. @sending words a failure to send (%s: why).
+ */
+static int send_encoded(struct source *src, uint8_t *buf, int n, const char *name,
+			const char *sending)
+{
+	struct iovec v = { buf, (size_t)n };
+	int err;
+
+	if (n < 0)
+		return pc_fail(src->s, n, "encoding %s", name);
+	err = pc_tp_send_msg(src->tp, 0, &v, 1);
+	return err ? pc_fail(src->s, err, sending, pc_err_context(src->s, err)) : 0;
+}
+
 int pc_src_handshake(struct source *src)
 {
 	static const struct pc_expect hello_ack = {
@@ -26,7 +42,6 @@ int pc_src_handshake(struct source *src)
 	struct precopy_session *s = src->s;
 	uint64_t lens[PRECOPY_MAX_REGIONS];
 	uint8_t buf[PC_WIRE_HDR + 32 + 8 * PRECOPY_MAX_REGIONS];
-	struct iovec v = { buf, 0 };
 	struct pc_wire_msg m;
 	int n, err;
 
@@ -34,13 +49,9 @@ int pc_src_handshake(struct source *src)
 		lens[i] = s->reg[i].len;
 	n = pc_wire_enc_hello(buf, sizeof(buf), PC_CAP_ALL | (src->handoff ? PC_CAP_HANDOFF : 0),
 			      s->nreg, lens, src->nchan);
-	if (n < 0)
-		return pc_fail(s, n, "encoding HELLO");
-	v.iov_len = (size_t)n;
-	err = pc_tp_send_msg(src->tp, 0, &v, 1);
-	if (err)
-		return pc_fail(s, err, "handshake: %s", pc_err_context(s, err));
-	err = pc_recv_expect(s, 0, buf, sizeof(buf), &hello_ack, &m, NULL, 0);
+	err = send_encoded(src, buf, n, "HELLO", "handshake: %s");
+	if (!err)
+		err = pc_recv_expect(s, 0, buf, sizeof(buf), &hello_ack, &m, NULL, 0);
 	if (err)
 		return err;
 	if (m.u.hello_ack.status)
@@ -141,15 +152,11 @@ static int complete(struct source *src)
 		hash[i] = src->handoff ? 0 : pc_hash_combine(s->reg[i].hash, s->reg[i].npages);
 	}
 	n = pc_wire_enc_complete(buf, sizeof(buf), s->nreg, npages, hash);
-	if (n < 0)
-		return pc_fail(s, n, "encoding COMPLETE");
-	v.iov_len = (size_t)n;
-	err = pc_tp_send_msg(src->tp, 0, &v, 1);
-	if (err)
-		return pc_fail(s, err, "sending COMPLETE: %s", pc_err_context(s, err));
+	err = send_encoded(src, buf, n, "COMPLETE", "sending COMPLETE: %s");
 	/* Until GO the destination does not resume the guest: a lost or
 	 * refusing verdict, or a cancel, makes this end the one that runs. */
-	err = pc_recv_expect(s, 0, rbuf, sizeof(rbuf), &verdict, &m, NULL, 0);
+	if (!err)
+		err = pc_recv_expect(s, 0, rbuf, sizeof(rbuf), &verdict, &m, NULL, 0);
 	if (err)
 		return err;
 	if (m.u.result.status)
@@ -180,6 +187,23 @@ static int complete(struct source *src)
 		return pc_fail(s, m.u.result.status,
 			       "the destination could not resume the guest: %s; it runs here again",
 			       m.u.result.text);
+	return 0;
+}
+
+/* The device state and the end, the guest stopped since @t_stop. */
+static int finish(struct source *src, uint64_t t_stop)
+{
+	struct precopy_session *s = src->s;
+	int err = send_device_state(src);
+
+	if (!err)
+		err = complete(src);
+	if (err)
+		return err;
+	pthread_mutex_lock(&s->lock);
+	s->st.downtime = (pc_now() - t_stop) / PC_NSEC_PER_MSEC;
+	s->st.remaining = 0;
+	pthread_mutex_unlock(&s->lock);
 	return 0;
 }
 
@@ -230,16 +254,7 @@ int pc_src_handoff(struct source *src)
 			return pc_fail(s, err, "handing over region %u: %s", i,
 				       pc_err_context(s, err));
 	}
-	err = send_device_state(src);
-	if (!err)
-		err = complete(src);
-	if (err)
-		return err;
-	pthread_mutex_lock(&s->lock);
-	s->st.downtime = (pc_now() - t_stop) / PC_NSEC_PER_MSEC;
-	s->st.remaining = 0;
-	pthread_mutex_unlock(&s->lock);
-	return 0;
+	return finish(src, t_stop);
 }
 
 /* --- the switchover ------------------------------------------------------ */
@@ -302,14 +317,10 @@ int pc_src_switchover(struct source *src, unsigned iter, bool forced)
 	atomic_store(&src->stop_pass, false);
 	err = pc_src_run_pass(src, ++iter, NULL);
 	if (!err)
-		err = send_device_state(src);
-	if (!err)
-		err = complete(src);
+		err = finish(src, t_stop);
 	if (err)
 		return err;
 	pthread_mutex_lock(&s->lock);
-	s->st.downtime = (pc_now() - t_stop) / PC_NSEC_PER_MSEC;
-	s->st.remaining = 0;
 	s->st.iteration = iter;
 	s->st.forced_switchover = forced;
 	if (forced)

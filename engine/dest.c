@@ -68,7 +68,7 @@ struct dest {
 	uint8_t *devstate;
 	uint64_t devstate_total, devstate_have;
 	bool devstate_seen;
-	bool handoff;            /* PC_CAP_HANDOFF accepted: see handoff.c */
+	bool handoff;            /* PC_CAP_HANDOFF accepted: see receive_handoff() */
 
 	struct receiver rcv[PRECOPY_MAX_CHANNELS];
 };

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * session.h - the session object shared by api.c, source.c and dest.c.
+ * session.h - the session object shared by api.c, expect.c, source.c,
+ * switchover.c and dest.c.
  */
 #ifndef PC_SESSION_H
 #define PC_SESSION_H

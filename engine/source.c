@@ -797,27 +797,28 @@ static int iterate(struct source *src, unsigned *iterp, bool *forced)
 	return 0;
 }
 
-static int migrate(struct source *src, const char *uri)
+/* Arm, the passes, the switchover: the migration of the pages themselves. */
+static int precopy_pages(struct source *src)
 {
 	unsigned iter = 0;
 	bool forced = false;
-	int err;
+	int err = arm(src);
 
-	err = connect_dest(src, uri);
-	if (!err) {
-		src->handoff = pc_src_handoff_possible(src);
+	if (err)
+		return err;
+	src->peer_waits = true;
+	err = iterate(src, &iter, &forced);
+	return err ? err : pc_src_switchover(src, iter, forced);
+}
+
+static int migrate(struct source *src, const char *uri)
+{
+	int err = connect_dest(src, uri);
+
+	if (!err)
 		err = pc_src_handshake(src);
-	}
-	if (!err && src->handoff)
-		err = pc_src_handoff(src);
-	else if (!err) {
-		err = arm(src);
-		src->peer_waits = !err;
-		if (!err)
-			err = iterate(src, &iter, &forced);
-		if (!err)
-			err = pc_src_switchover(src, iter, forced);
-	}
+	if (!err)
+		err = src->handoff ? pc_src_handoff(src) : precopy_pages(src);
 	return err ? pc_src_failed(src, err) : 0;
 }
 

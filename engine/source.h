@@ -88,12 +88,9 @@ void pc_src_hints_open(struct source *src, bool open);
  * errno with the failure recorded (pc_fail()).
  */
 
-/** pc_src_handshake() - HELLO, HELLO_ACK: regions, capabilities, handoff. */
+/** pc_src_handshake() - HELLO, HELLO_ACK: regions, capabilities, and
+ *  src->handoff: whether the RAM is handed over (memfds, fd passing). */
 int pc_src_handshake(struct source *src);
-
-/** pc_src_handoff_possible() - every region is a memfd and the transport
- *  passes fds. */
-bool pc_src_handoff_possible(struct source *src);
 
 /** pc_src_handoff() - stop the guest, hand the memfds over, the end. */
 int pc_src_handoff(struct source *src);

@@ -31,6 +31,20 @@ static int send_encoded(struct source *src, uint8_t *buf, int n, const char *nam
 	return err ? pc_fail(src->s, err, sending, pc_err_context(src->s, err)) : 0;
 }
 
+/* Every region is a memfd and the transport can pass fds. */
+static bool handoff_possible(struct source *src)
+{
+	struct precopy_session *s = src->s;
+
+	if (!(src->tp->ops->caps & PC_TCAP_FD_PASS))
+		return false;
+	for (unsigned i = 0; i < s->nreg; i++)
+		if (s->reg[i].fd < 0)
+			return false;
+	return true;
+}
+
+/* HELLO, HELLO_ACK: regions, capabilities, and whether the RAM is handed over. */
 int pc_src_handshake(struct source *src)
 {
 	static const struct pc_expect hello_ack = {
@@ -45,6 +59,7 @@ int pc_src_handshake(struct source *src)
 	struct pc_wire_msg m;
 	int n, err;
 
+	src->handoff = handoff_possible(src);
 	for (unsigned i = 0; i < s->nreg; i++)
 		lens[i] = s->reg[i].len;
 	n = pc_wire_enc_hello(buf, sizeof(buf), PC_CAP_ALL | (src->handoff ? PC_CAP_HANDOFF : 0),
@@ -208,19 +223,6 @@ static int finish(struct source *src, uint64_t t_stop)
 }
 
 /* --- handoff: the RAM itself changes hands ------------------------------- */
-
-/* Every region is a memfd and the transport can pass fds. */
-bool pc_src_handoff_possible(struct source *src)
-{
-	struct precopy_session *s = src->s;
-
-	if (!(src->tp->ops->caps & PC_TCAP_FD_PASS))
-		return false;
-	for (unsigned i = 0; i < s->nreg; i++)
-		if (s->reg[i].fd < 0)
-			return false;
-	return true;
-}
 
 /*
  * Stop the guest, hand the memfds over, send the device state and

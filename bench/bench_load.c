@@ -255,87 +255,136 @@ static int usage(void)
 	return 2;
 }
 
-int main(int argc, char **argv)
+/* The command line. */
+struct opts {
+	uint64_t ram, rate, slack;
+	unsigned runs;
+	bool json;
+	const char *list; /* --transports, or NULL */
+};
+
+static int parse_opts(int argc, char **argv, struct opts *o)
 {
-	uint64_t ram = 64ull << 20, rate = 32ull << 20, slack = 16ull << 20, v;
-	unsigned runs = 50, ntp = 0, warm;
-	bool json = false;
-	const char *list = NULL;
-	struct tp all[] = {
-		{ .name = "tcp", .memfd = false },
-		{ .name = "shm-memfd", .memfd = true },
-		{ .name = "shm-plain", .memfd = false },
-		{ .name = "tls", .tls = true },
-	};
-	struct tp *tp[4];
-	uint64_t *down, *total;
-	struct pc_guest *g;
-	char dir[] = "/tmp/precopy-load.XXXXXX", sock[64];
-	long fds0 = 0, rss0 = 0, fds1, rss1;
-	int bad = 0;
+	uint64_t v;
 
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
 
 		if (!strcmp(a, "--json")) {
-			json = true;
+			o->json = true;
 		} else if (!strcmp(a, "--runs") && val && !pc_cli_parse_u64(val, &v) && v >= 2 &&
 			   v <= 100000) {
-			runs = (unsigned)v;
+			o->runs = (unsigned)v;
 			i++;
 		} else if (!strcmp(a, "--ram") && val && !pc_cli_parse_size(val, &v) && v &&
 			   v % 4096 == 0) {
-			ram = v;
+			o->ram = v;
 			i++;
 		} else if (!strcmp(a, "--dirty-rate") && val && !pc_cli_parse_size(val, &v)) {
-			rate = v;
+			o->rate = v;
 			i++;
 		} else if (!strcmp(a, "--rss-slack") && val && !pc_cli_parse_size(val, &v)) {
-			slack = v;
+			o->slack = v;
 			i++;
 		} else if (!strcmp(a, "--transports") && val) {
-			list = val;
+			o->list = val;
 			i++;
 		} else {
 			return usage();
 		}
 	}
+	return 0;
+}
 
-	/* The transports, in turn: the list given, or every one built in. */
-	if (list) {
-		char *copy = strdup(list), *save = NULL;
+/* The transports, in turn, into @tp (*@ntp of them): those @list names
+ * (each once), or every one of @all built in. Return: 0, or an exit
+ * status with the reason printed. */
+static int pick_transports(const char *list, struct tp all[4], struct tp *tp[4], unsigned *ntp)
+{
+	char *copy, *save = NULL;
 
-		for (char *w = strtok_r(copy, ",", &save); w; w = strtok_r(NULL, ",", &save)) {
-			unsigned k = 0;
-
-			while (k < 4 && strcmp(w, all[k].name))
-				k++;
-			for (unsigned j = 0; j < ntp && k < 4; j++)
-				if (tp[j] == &all[k])
-					k = 4; /* each name once */
-			if (k == 4) {
-				free(copy);
-				return usage();
-			}
-			if (all[k].tls && !pc_transport_find("tls")) {
-				fprintf(stderr, "precopy-bench-load: tls is not built in\n");
-				free(copy);
-				return 2;
-			}
-			tp[ntp++] = &all[k];
-		}
-		free(copy);
-	} else {
+	*ntp = 0;
+	if (!list) {
 		for (unsigned k = 0; k < 4; k++)
 			if (!all[k].tls || pc_transport_find("tls"))
-				tp[ntp++] = &all[k];
+				tp[(*ntp)++] = &all[k];
+		return *ntp ? 0 : usage();
 	}
-	if (!ntp)
-		return usage();
-	if (!mkdtemp(dir)) {
-		perror("precopy-bench-load: mkdtemp");
-		return 1;
+	copy = strdup(list);
+	for (char *w = strtok_r(copy, ",", &save); w; w = strtok_r(NULL, ",", &save)) {
+		unsigned k = 0;
+
+		while (k < 4 && strcmp(w, all[k].name))
+			k++;
+		for (unsigned j = 0; j < *ntp && k < 4; j++)
+			if (tp[j] == &all[k])
+				k = 4; /* each name once */
+		if (k == 4) {
+			free(copy);
+			return usage();
+		}
+		if (all[k].tls && !pc_transport_find("tls")) {
+			fprintf(stderr, "precopy-bench-load: tls is not built in\n");
+			free(copy);
+			return 2;
+		}
+		tp[(*ntp)++] = &all[k];
 	}
+	free(copy);
+	return *ntp ? 0 : usage();
+}
+
+/* Descriptors and resident memory after the warm-up and after the end. */
+struct growth {
+	unsigned warm; /* runs in the warm-up */
+	long fds0, rss0, fds1, rss1;
+	int bad;       /* 1 if either grew */
+};
+
+static void report_json(const struct opts *o, struct tp *const *tp, unsigned ntp,
+			uint64_t *down, uint64_t *total, const struct growth *gr)
+{
+	printf("{\"bench\":\"load\",\"runs\":%u,\"ram\":%" PRIu64 ",\"dirty-rate\":%" PRIu64
+	       ",\"transports\":[", o->runs, o->ram, o->rate);
+	for (unsigned k = 0; k < ntp; k++) {
+		printf("%s{\"name\":\"%s\",\"runs\":%u,", k ? "," : "", tp[k]->name, tp[k]->n);
+		json_ms(tp[k]->n, tp[k]->down, tp[k]->total);
+		printf("}");
+	}
+	printf("],");
+	json_ms(o->runs, down, total);
+	printf(",\"warm-up-runs\":%u,\"fds\":[%ld,%ld],\"rss-kib\":[%ld,%ld],\"ok\":%s}\n",
+	       gr->warm, gr->fds0, gr->fds1, gr->rss0, gr->rss1, gr->bad ? "false" : "true");
+}
+
+static void report_text(const struct opts *o, struct tp *const *tp, unsigned ntp,
+			uint64_t *down, uint64_t *total, const struct growth *gr)
+{
+	char a[32], b[32];
+
+	printf("precopy-bench-load: %u migrations of a %s guest writing %s/s, alternating",
+	       o->runs, pc_cli_fmt_bytes((double)o->ram, a, sizeof(a)),
+	       pc_cli_fmt_bytes((double)o->rate, b, sizeof(b)));
+	for (unsigned k = 0; k < ntp; k++)
+		printf("%s %s", k ? "," : "", tp[k]->name);
+	printf("\n%-10s %4s   %-20s   %s\n", "", "runs", "downtime (ms)", "total time (ms)");
+	printf("%-10s %4s   %6s %6s %6s   %6s %6s %6s\n", "", "", "p50", "p99", "max", "p50",
+	       "p99", "max");
+	for (unsigned k = 0; k < ntp; k++)
+		print_ms(tp[k]->name, tp[k]->n, tp[k]->down, tp[k]->total);
+	print_ms("all", o->runs, down, total);
+	printf("descriptors  %ld after the warm-up (%u runs), %ld after the last\n", gr->fds0,
+	       gr->warm, gr->fds1);
+	printf("resident     %ld KiB after the warm-up, %ld KiB after the last\n", gr->rss0,
+	       gr->rss1);
+}
+
+/* Where each transport listens, and room for its figures. Return: 0 or 1. */
+static int prepare_transports(struct tp *const *tp, unsigned ntp, const char *dir,
+			      unsigned runs)
+{
+	char sock[64];
+
 	snprintf(sock, sizeof(sock), "shm:%s/load.sock", dir);
 	for (unsigned k = 0; k < ntp; k++) {
 		snprintf(tp[k]->listen, sizeof(tp[k]->listen), "%s",
@@ -346,12 +395,86 @@ int main(int argc, char **argv)
 		if (!tp[k]->down || !tp[k]->total)
 			return 1;
 	}
+	return 0;
+}
+
+/* @o->runs migrations of @g, the transports in turn; the figures into
+ * @down/@total and each transport's; @gr measured after the warm-up (one
+ * run of each transport, and at least one run left after it) and at the
+ * end. Return: 0, or 1 with the failure printed. */
+static int run_all(const struct opts *o, struct pc_guest *g, struct tp *const *tp,
+		   unsigned ntp, uint64_t *down, uint64_t *total, struct growth *gr)
+{
+	gr->warm = ntp < o->runs ? ntp : o->runs - 1;
+	for (unsigned i = 0; i < o->runs; i++) {
+		struct tp *t = tp[i % ntp];
+		struct precopy_stats st = { 0 };
+		char why[PRECOPY_ERRMSG_MAX] = "";
+		int err = migrate_once(g, o->ram, t, &st, why, sizeof(why));
+
+		if (err) {
+			fprintf(stderr, "precopy-bench-load: run %u (%s) failed: %s (%s)\n", i + 1,
+				t->name, why, strerror(-err));
+			return 1;
+		}
+		down[i] = t->down[t->n] = st.downtime;
+		total[i] = t->total[t->n] = st.total_time;
+		t->n++;
+		if (i + 1 == gr->warm) {
+			gr->fds0 = count_fds();
+			gr->rss0 = rss_kib();
+		}
+	}
+	gr->fds1 = count_fds();
+	gr->rss1 = rss_kib();
+	if (gr->fds1 != gr->fds0) {
+		fprintf(stderr, "precopy-bench-load: descriptors grew from %ld to %ld\n", gr->fds0,
+			gr->fds1);
+		gr->bad = 1;
+	}
+	if (gr->rss1 - gr->rss0 > (long)(o->slack >> 10)) {
+		fprintf(stderr, "precopy-bench-load: resident memory grew from %ld to %ld KiB\n",
+			gr->rss0, gr->rss1);
+		gr->bad = 1;
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct opts o = { .ram = 64ull << 20, .rate = 32ull << 20, .slack = 16ull << 20,
+			  .runs = 50 };
+	struct tp all[] = {
+		{ .name = "tcp", .memfd = false },
+		{ .name = "shm-memfd", .memfd = true },
+		{ .name = "shm-plain", .memfd = false },
+		{ .name = "tls", .tls = true },
+	};
+	struct tp *tp[4];
+	struct growth gr = { 0 };
+	uint64_t *down, *total;
+	struct pc_guest *g;
+	char dir[] = "/tmp/precopy-load.XXXXXX";
+	unsigned ntp;
+	int rc;
+
+	rc = parse_opts(argc, argv, &o);
+	if (!rc)
+		rc = pick_transports(o.list, all, tp, &ntp);
+	if (rc)
+		return rc;
+	if (!mkdtemp(dir)) {
+		perror("precopy-bench-load: mkdtemp");
+		return 1;
+	}
+	if (prepare_transports(tp, ntp, dir, o.runs))
+		return 1;
 	if (getrandom(g_psk, sizeof(g_psk), 0) != (ssize_t)sizeof(g_psk)) {
 		perror("precopy-bench-load: getrandom");
 		return 1;
 	}
 	{
-		struct pc_guest_opts go = { .ram = ram, .dirty_rate = (double)rate,
+		struct pc_guest_opts go = { .ram = o.ram, .dirty_rate = (double)o.rate,
 					    .pattern = PC_GUEST_SEQUENTIAL, .threads = 1,
 					    .seed = 11 };
 
@@ -360,82 +483,25 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
-	down = calloc(runs, sizeof(*down));
-	total = calloc(runs, sizeof(*total));
+	down = calloc(o.runs, sizeof(*down));
+	total = calloc(o.runs, sizeof(*total));
 	if (!down || !total)
 		return 1;
-	/* Warm-up: one run of each transport (thread stacks, malloc arenas,
-	 * GnuTLS's first use), and at least one run left after it. */
-	warm = ntp < runs ? ntp : runs - 1;
-	for (unsigned i = 0; i < runs; i++) {
-		struct tp *t = tp[i % ntp];
-		struct precopy_stats st = { 0 };
-		char why[PRECOPY_ERRMSG_MAX] = "";
-		int err = migrate_once(g, ram, t, &st, why, sizeof(why));
-
-		if (err) {
-			fprintf(stderr, "precopy-bench-load: run %u (%s) failed: %s (%s)\n", i + 1,
-				t->name, why, strerror(-err));
-			rmdir(dir);
-			return 1;
-		}
-		down[i] = t->down[t->n] = st.downtime;
-		total[i] = t->total[t->n] = st.total_time;
-		t->n++;
-		if (i + 1 == warm) {
-			fds0 = count_fds();
-			rss0 = rss_kib();
-		}
+	if (run_all(&o, g, tp, ntp, down, total, &gr)) {
+		rmdir(dir);
+		return 1;
 	}
-	fds1 = count_fds();
-	rss1 = rss_kib();
 	pc_guest_delete(&g);
 	rmdir(dir);
-	if (fds1 != fds0) {
-		fprintf(stderr, "precopy-bench-load: descriptors grew from %ld to %ld\n", fds0, fds1);
-		bad = 1;
-	}
-	if (rss1 - rss0 > (long)(slack >> 10)) {
-		fprintf(stderr, "precopy-bench-load: resident memory grew from %ld to %ld KiB\n",
-			rss0, rss1);
-		bad = 1;
-	}
-	if (json) {
-		printf("{\"bench\":\"load\",\"runs\":%u,\"ram\":%" PRIu64 ",\"dirty-rate\":%" PRIu64
-		       ",\"transports\":[", runs, ram, rate);
-		for (unsigned k = 0; k < ntp; k++) {
-			printf("%s{\"name\":\"%s\",\"runs\":%u,", k ? "," : "", tp[k]->name, tp[k]->n);
-			json_ms(tp[k]->n, tp[k]->down, tp[k]->total);
-			printf("}");
-		}
-		printf("],");
-		json_ms(runs, down, total);
-		printf(",\"warm-up-runs\":%u,\"fds\":[%ld,%ld],\"rss-kib\":[%ld,%ld],\"ok\":%s}\n",
-		       warm, fds0, fds1, rss0, rss1, bad ? "false" : "true");
-	} else {
-		char a[32], b[32];
-
-		printf("precopy-bench-load: %u migrations of a %s guest writing %s/s, alternating",
-		       runs, pc_cli_fmt_bytes((double)ram, a, sizeof(a)),
-		       pc_cli_fmt_bytes((double)rate, b, sizeof(b)));
-		for (unsigned k = 0; k < ntp; k++)
-			printf("%s %s", k ? "," : "", tp[k]->name);
-		printf("\n%-10s %4s   %-20s   %s\n", "", "runs", "downtime (ms)", "total time (ms)");
-		printf("%-10s %4s   %6s %6s %6s   %6s %6s %6s\n", "", "", "p50", "p99", "max", "p50",
-		       "p99", "max");
-		for (unsigned k = 0; k < ntp; k++)
-			print_ms(tp[k]->name, tp[k]->n, tp[k]->down, tp[k]->total);
-		print_ms("all", runs, down, total);
-		printf("descriptors  %ld after the warm-up (%u runs), %ld after the last\n", fds0,
-		       warm, fds1);
-		printf("resident     %ld KiB after the warm-up, %ld KiB after the last\n", rss0,
-		       rss1);
-	}
+	if (o.json)
+		report_json(&o, tp, ntp, down, total, &gr);
+	else
+		report_text(&o, tp, ntp, down, total, &gr);
 	for (unsigned k = 0; k < ntp; k++) {
 		free(tp[k]->down);
 		free(tp[k]->total);
 	}
 	free(down);
 	free(total);
-	return bad;
+	return gr.bad;
 }

@@ -19,61 +19,10 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "common.h"
 #include "page.h"
 
 #define PAGE 4096u
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static void *drain(void *arg)
-{
-	int fd = accept(*(int *)arg, NULL, NULL);
-	static char buf[1 << 20];
-
-	while (fd >= 0 && recv(fd, buf, sizeof(buf), 0) > 0)
-		;
-	if (fd >= 0)
-		close(fd);
-	return NULL;
-}
-
-/* Bytes/s of a plain send loop over loopback. */
-static double link_rate(const uint8_t *src, size_t len)
-{
-	struct sockaddr_in a = { .sin_family = AF_INET };
-	socklen_t al = sizeof(a);
-	int l = socket(AF_INET, SOCK_STREAM, 0), fd;
-	pthread_t t;
-	size_t sent = 0;
-	double t0, t1;
-
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	bind(l, (struct sockaddr *)&a, sizeof(a));
-	listen(l, 1);
-	getsockname(l, (struct sockaddr *)&a, &al);
-	pthread_create(&t, NULL, drain, &l);
-	fd = socket(AF_INET, SOCK_STREAM, 0);
-	connect(fd, (struct sockaddr *)&a, sizeof(a));
-	t0 = now_s();
-	while (sent < len) {
-		ssize_t r = send(fd, src + sent, len - sent < (1u << 20) ? len - sent : (1u << 20), 0);
-
-		if (r <= 0)
-			break;
-		sent += (size_t)r;
-	}
-	close(fd);
-	pthread_join(t, NULL);
-	t1 = now_s();
-	close(l);
-	return (double)sent / (t1 - t0);
-}
 
 static volatile uint64_t sink;
 
@@ -112,26 +61,26 @@ int main(int argc, char **argv)
 	}
 	memset(zero, 0, mem); /* real zero pages, not the shared zero page */
 
-	t0 = now_s();
+	t0 = pcb_now();
 	for (size_t i = 0; i < n; i++)
 		sink += pc_page_is_zero(data + i * PAGE);
-	ns_zero_data = (now_s() - t0) / n * 1e9;
-	t0 = now_s();
+	ns_zero_data = (pcb_now() - t0) / n * 1e9;
+	t0 = pcb_now();
 	for (size_t i = 0; i < n; i++)
 		sink += pc_page_is_zero(zero + i * PAGE);
-	ns_zero_zero = (now_s() - t0) / n * 1e9;
-	t0 = now_s();
+	ns_zero_zero = (pcb_now() - t0) / n * 1e9;
+	t0 = pcb_now();
 	for (size_t i = 0; i < n; i++)
 		sink += pc_page_hash(data + i * PAGE);
-	ns_hash = (now_s() - t0) / n * 1e9;
-	t0 = now_s();
+	ns_hash = (pcb_now() - t0) / n * 1e9;
+	t0 = pcb_now();
 	for (size_t i = 0; i < n; i++) {
 		uint64_t h;
 
 		sink += pc_page_scan(data + i * PAGE, &h) + h;
 	}
-	ns_scan = (now_s() - t0) / n * 1e9;
-	rate = link ? (double)link : link_rate(data, mem);
+	ns_scan = (pcb_now() - t0) / n * 1e9;
+	rate = link ? (double)link : pcb_loopback_rate(data, NULL, mem);
 	page_ns = PAGE / rate * 1e9;
 
 	if (json) {

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "common.h"
 #include "config.h"
 #include "guest.h"
 #include "precopy.h"
@@ -37,14 +38,6 @@
 #endif
 
 #define MiB (1ull << 20)
-
-static double clk(clockid_t id)
-{
-	struct timespec ts;
-
-	clock_gettime(id, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 /* --- 1. ib_write_bw ------------------------------------------------------ */
 
@@ -104,9 +97,9 @@ static void *loop_dest(void *arg)
 	uint8_t msg[64];
 	size_t len;
 
-	p->err = p->ops->accept(p->l, &o, &p->b);
+	p->err = pc_tp_accept(p->l, &o, &p->b);
 	if (!p->err)
-		p->err = p->b->ops->expose_region(p->b, 0, p->dst, p->region);
+		p->err = pc_tp_expose_region(p->b, 0, p->dst, p->region);
 	while (!p->err) {
 		p->err = pc_tp_recv_msg(p->b, 0, msg, sizeof(msg), &len);
 		if (!p->err && len == 3) { /* "end" */
@@ -137,19 +130,20 @@ static struct loop_result write_loop(const char *scheme, const char *listen, uns
 	size_t len;
 
 	p.ops = pc_transport_find(scheme);
-	if (!p.ops || p.ops->listen(listen, &o, &p.l) || p.ops->listener_addr(p.l, uri, sizeof(uri))) {
+	if (!p.ops || pc_tp_listen(p.ops, listen, &o, &p.l) ||
+	    pc_tp_listener_addr(p.l, uri, sizeof(uri))) {
 		r.err = -ENODEV;
 		return r;
 	}
 	pthread_create(&t, NULL, loop_dest, &p);
-	r.err = p.ops->connect(strchr(uri, ':') + 1, &o, &p.a);
+	r.err = pc_tp_connect(p.ops, strchr(uri, ':') + 1, &o, &p.a);
 	if (r.err)
 		goto out_join;
 	/* wait for the region key: the dest's first message on channel 0 is
 	 * internal for rdma; for tcp there is nothing to wait for */
-	w0 = clk(CLOCK_MONOTONIC);
-	c0 = clk(CLOCK_THREAD_CPUTIME_ID);
-	r.err = p.a->ops->reg_local(p.a, src, region);
+	w0 = pcb_clock(CLOCK_MONOTONIC);
+	c0 = pcb_clock(CLOCK_THREAD_CPUTIME_ID);
+	r.err = pc_tp_reg_local(p.a, src, region);
 	for (unsigned i = 0; !r.err && i < mib; i++) {
 		size_t off = ((size_t)i * MiB) % region;
 		struct pc_page_run run = { src + off, 0, off, MiB };
@@ -165,8 +159,8 @@ static struct loop_result write_loop(const char *scheme, const char *listen, uns
 	}
 	if (!r.err)
 		r.err = pc_tp_recv_msg(p.a, 0, msg, sizeof(msg), &len);
-	w1 = clk(CLOCK_MONOTONIC);
-	c1 = clk(CLOCK_THREAD_CPUTIME_ID);
+	w1 = pcb_clock(CLOCK_MONOTONIC);
+	c1 = pcb_clock(CLOCK_THREAD_CPUTIME_ID);
 	if (!r.err) {
 		r.mibps = mib / (w1 - w0);
 		r.cpu_per_gib = (c1 - c0) / (mib / 1024.0);
@@ -183,68 +177,76 @@ out_join:
 	if (r.err && p.b)
 		pc_tp_abort(p.b);
 	if (r.err)
-		p.ops->listener_abort(p.l);
+		pc_tp_listener_abort(p.l);
 	pthread_join(t, NULL);
 	if (!r.err && p.err)
 		r.err = p.err;
 	pc_tp_close(p.a);
 	pc_tp_close(p.b);
-	p.ops->listener_close(p.l);
+	pc_tp_listener_close(p.l);
 	return r;
 }
 
 /* --- 3. a whole migration ------------------------------------------------------ */
 
-struct mdest {
-	struct precopy_session *s;
-	int err;
-};
-
-static void *mdest_main(void *arg)
-{
-	struct mdest *d = arg;
-
-	d->err = precopy_incoming(d->s);
-	return NULL;
-}
-
 static int migrate_once(const char *listen, void *src, uint8_t *dst, size_t len,
 			struct precopy_stats *out, double *cpu)
 {
-	struct precopy_session *ss = NULL;
-	struct mdest d = { 0 };
-	char uri[128];
-	pthread_t t;
-	double c0;
-	int err;
+	struct pcb_pair p;
+	int err = pcb_pair_open(&p, listen, src, dst, len, NULL, NULL, true);
 
-	err = precopy_new(PRECOPY_ROLE_DEST, NULL, NULL, &d.s);
-	if (!err && precopy_add_region(d.s, dst, len, PRECOPY_DIRTY_AUTO) < 0)
-		err = -EINVAL;
-	if (!err)
-		err = precopy_listen(d.s, listen);
-	if (!err)
-		err = precopy_local_uri(d.s, uri, sizeof(uri));
-	if (!err)
-		err = precopy_new(PRECOPY_ROLE_SOURCE, NULL, NULL, &ss);
-	if (!err && precopy_add_region(ss, src, len, PRECOPY_DIRTY_AUTO) < 0)
-		err = -EINVAL;
-	if (err)
-		goto out;
-	pthread_create(&t, NULL, mdest_main, &d);
-	c0 = clk(CLOCK_PROCESS_CPUTIME_ID);
-	err = precopy_migrate(ss, uri);
-	pthread_join(t, NULL);
-	*cpu = clk(CLOCK_PROCESS_CPUTIME_ID) - c0;
-	if (!err)
-		err = d.err;
-	precopy_query(ss, out);
-out:
-	if (ss)
-		precopy_delete(&ss);
-	if (d.s)
-		precopy_delete(&d.s);
+	if (!err) {
+		double c0 = pcb_clock(CLOCK_PROCESS_CPUTIME_ID);
+
+		err = pcb_pair_migrate(&p);
+		*cpu = pcb_clock(CLOCK_PROCESS_CPUTIME_ID) - c0;
+		precopy_query(p.src, out);
+	}
+	pcb_pair_close(&p);
 	return err;
+}
+
+/* What was measured (MiB/s, CPU s/GiB). */
+struct figures {
+	double b1, b2, base;         /* ib_write_bw before and after, their mean */
+	struct loop_result rr, tr;   /* write_pages loops: rdma, tcp */
+	double mig, mig_cpu_per_gib; /* the whole migration */
+};
+
+static void report(bool json, const char *dev, const char *addr, unsigned mib, uint64_t ram,
+		   size_t region, const struct figures *f)
+{
+	if (json) {
+		printf("{\"bench\":\"rdma\",\"mib\":%u,\"ib_write_bw_MiBps\":%.2f,"
+		       "\"rdma_write_loop_MiBps\":%.2f,\"ratio\":%.3f,"
+		       "\"rdma_cpu_s_per_GiB\":%.3f,\"tcp_write_loop_MiBps\":%.1f,"
+		       "\"tcp_cpu_s_per_GiB\":%.3f,\"rdma_reg_ms\":%.2f,"
+		       "\"migrate_ram\":%llu,\"migrate_MiBps\":%.2f,\"migrate_ratio\":%.3f}\n",
+		       mib, f->base, f->rr.mibps, f->base > 0 ? f->rr.mibps / f->base : 0,
+		       f->rr.cpu_per_gib, f->tr.mibps, f->tr.cpu_per_gib, f->rr.reg_ms,
+		       (unsigned long long)ram, f->mig, f->base > 0 ? f->mig / f->base : 0);
+	} else {
+		printf("# %s on %s, 1 MiB writes, %u MiB per measurement; MiB/s = 2^20 B/s\n", dev,
+		       addr, mib);
+		printf("%-44s %10s %14s\n", "#what", "MiB/s", "CPU s/GiB");
+		printf("%-44s %10.2f %14s\n", "ib_write_bw -s 1048576 (before)", f->b1, "-");
+		printf("%-44s %10.2f %14s\n", "ib_write_bw -s 1048576 (after)", f->b2, "-");
+		printf("%-44s %10.2f %14.3f\n", "precopy rdma write_pages loop (1 QP)", f->rr.mibps,
+		       f->rr.cpu_per_gib);
+		printf("%-44s %10.1f %14.3f\n", "precopy tcp write_pages loop (127.0.0.1)",
+		       f->tr.mibps, f->tr.cpu_per_gib);
+		printf("%-44s %10.2f %14.3f\n", "precopy rdma whole migration (idle guest)", f->mig,
+		       f->mig_cpu_per_gib);
+		printf("ratio rdma loop / ib_write_bw (mean of before and after): %.2f "
+		       "(goal >= 0.90)\n",
+		       f->base > 0 ? f->rr.mibps / f->base : 0);
+		printf("ratio rdma migration / ib_write_bw: %.2f\n",
+		       f->base > 0 ? f->mig / f->base : 0);
+		printf("source memory registration (on-demand 16 MiB chunks, %zu MiB): %.2f ms\n",
+		       region >> 20, f->rr.reg_ms);
+		printf("CPU: sending thread's time for the loops; whole process (both ends) for "
+		       "the migration\n");
+	}
 }
 
 int main(int argc, char **argv)
@@ -254,9 +256,9 @@ int main(int argc, char **argv)
 	unsigned mib = 128;
 	bool json = false;
 	char listen[160];
-	struct loop_result rr, tr;
 	struct precopy_stats st;
-	double base, b1, b2, mig = 0, mcpu = 0;
+	struct figures fig = { 0 };
+	double mcpu = 0;
 	size_t region = 64 * MiB;
 	uint8_t *src, *dst;
 	struct pc_guest_opts go = { .seed = 7 };
@@ -301,15 +303,15 @@ int main(int argc, char **argv)
 
 	/* the baseline before and after precopy's loop, averaged, so drift
 	 * on a shared machine hits both sides alike */
-	b1 = ib_write_bw(dev, addr, mib);
+	fig.b1 = ib_write_bw(dev, addr, mib);
 	snprintf(listen, sizeof(listen), "%s:0", addr);
-	rr = write_loop("rdma", listen, mib, src, dst, region);
-	b2 = ib_write_bw(dev, addr, mib);
-	base = b1 > 0 && b2 > 0 ? (b1 + b2) / 2 : 0;
-	tr = write_loop("tcp", "127.0.0.1:0", mib, src, dst, region);
-	if (rr.err || tr.err) {
+	fig.rr = write_loop("rdma", listen, mib, src, dst, region);
+	fig.b2 = ib_write_bw(dev, addr, mib);
+	fig.base = fig.b1 > 0 && fig.b2 > 0 ? (fig.b1 + fig.b2) / 2 : 0;
+	fig.tr = write_loop("tcp", "127.0.0.1:0", mib, src, dst, region);
+	if (fig.rr.err || fig.tr.err) {
 		fprintf(stderr, "precopy-bench-rdma: write loop failed: rdma %s, tcp %s\n",
-			strerror(-rr.err), strerror(-tr.err));
+			strerror(-fig.rr.err), strerror(-fig.tr.err));
 		return 1;
 	}
 	if (memcmp(src, dst, region) != 0) {
@@ -331,38 +333,9 @@ int main(int argc, char **argv)
 			st.error);
 		return 1;
 	}
-	mig = (double)ram / MiB / (st.total_time / 1e3);
-
-	if (json) {
-		printf("{\"bench\":\"rdma\",\"mib\":%u,\"ib_write_bw_MiBps\":%.2f,"
-		       "\"rdma_write_loop_MiBps\":%.2f,\"ratio\":%.3f,"
-		       "\"rdma_cpu_s_per_GiB\":%.3f,\"tcp_write_loop_MiBps\":%.1f,"
-		       "\"tcp_cpu_s_per_GiB\":%.3f,\"rdma_reg_ms\":%.2f,"
-		       "\"migrate_ram\":%llu,\"migrate_MiBps\":%.2f,\"migrate_ratio\":%.3f}\n",
-		       mib, base, rr.mibps, base > 0 ? rr.mibps / base : 0, rr.cpu_per_gib, tr.mibps,
-		       tr.cpu_per_gib, rr.reg_ms, (unsigned long long)ram, mig,
-		       base > 0 ? mig / base : 0);
-	} else {
-		printf("# %s on %s, 1 MiB writes, %u MiB per measurement; MiB/s = 2^20 B/s\n", dev,
-		       addr, mib);
-		printf("%-44s %10s %14s\n", "#what", "MiB/s", "CPU s/GiB");
-		printf("%-44s %10.2f %14s\n", "ib_write_bw -s 1048576 (before)", b1, "-");
-		printf("%-44s %10.2f %14s\n", "ib_write_bw -s 1048576 (after)", b2, "-");
-		printf("%-44s %10.2f %14.3f\n", "precopy rdma write_pages loop (1 QP)", rr.mibps,
-		       rr.cpu_per_gib);
-		printf("%-44s %10.1f %14.3f\n", "precopy tcp write_pages loop (127.0.0.1)",
-		       tr.mibps, tr.cpu_per_gib);
-		printf("%-44s %10.2f %14.3f\n", "precopy rdma whole migration (idle guest)", mig,
-		       mcpu / ((double)ram / (1 << 30)));
-		printf("ratio rdma loop / ib_write_bw (mean of before and after): %.2f "
-		       "(goal >= 0.90)\n",
-		       base > 0 ? rr.mibps / base : 0);
-		printf("ratio rdma migration / ib_write_bw: %.2f\n", base > 0 ? mig / base : 0);
-		printf("source memory registration (on-demand 16 MiB chunks, %zu MiB): %.2f ms\n",
-		       region >> 20, rr.reg_ms);
-		printf("CPU: sending thread's time for the loops; whole process (both ends) for "
-		       "the migration\n");
-	}
+	fig.mig = (double)ram / MiB / (st.total_time / 1e3);
+	fig.mig_cpu_per_gib = mcpu / ((double)ram / (1 << 30));
+	report(json, dev, addr, mib, ram, region, &fig);
 	munmap(src, region);
 	munmap(dst, ram);
 	pc_guest_delete(&g);

@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "common.h"
 #include "guest.h"
 #include "precopy.h"
 #include "transport.h"
@@ -39,21 +40,6 @@
 #define RUN_PAGES 64
 #define BATCH (1u << 20)
 #define MAXRUNS 64
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
 
 struct series {
 	const char *name;
@@ -67,7 +53,7 @@ static double median(struct series *s)
 	double t[MAXRUNS];
 
 	memcpy(t, s->v, s->n * sizeof(double));
-	qsort(t, s->n, sizeof(double), cmp_d);
+	qsort(t, s->n, sizeof(double), pcb_cmp_double);
 	return s->n % 2 ? t[s->n / 2] : (t[s->n / 2 - 1] + t[s->n / 2]) / 2;
 }
 
@@ -99,12 +85,12 @@ static void die(const char *what, int err)
 
 static double bench_memcpy(const uint8_t *src, uint8_t *dst, size_t len)
 {
-	double t0 = now_s();
+	double t0 = pcb_now();
 
 	for (size_t off = 0; off < len; off += PAGE)
 		memcpy(dst + off, src + off, PAGE);
 	__asm__ volatile("" ::: "memory");
-	return (double)len / (now_s() - t0);
+	return (double)len / (pcb_now() - t0);
 }
 
 /* --- transport only ----------------------------------------------------------- */
@@ -122,7 +108,7 @@ static void *tp_connect(void *arg)
 	struct tpair *p = arg;
 	struct pc_transport_opts o = { .channels = 1 };
 
-	p->cerr = p->ops->connect(p->path, &o, &p->a);
+	p->cerr = pc_tp_connect(p->ops, p->path, &o, &p->a);
 	return NULL;
 }
 
@@ -134,11 +120,11 @@ static void tpair_open(struct tpair *p)
 
 	p->ops = pc_transport_find("shm");
 	snprintf(p->path, sizeof(p->path), "/tmp/precopy-bench-shm-%d.sock", (int)getpid());
-	err = p->ops->listen(p->path, &o, &p->l);
+	err = pc_tp_listen(p->ops, p->path, &o, &p->l);
 	if (err)
 		die("listen", err);
 	pthread_create(&t, NULL, tp_connect, p);
-	err = p->ops->accept(p->l, &o, &p->b);
+	err = pc_tp_accept(p->l, &o, &p->b);
 	pthread_join(t, NULL);
 	if (err || p->cerr)
 		die("accept/connect", err ? err : p->cerr);
@@ -148,7 +134,7 @@ static void tpair_close(struct tpair *p)
 {
 	pc_tp_close(p->a);
 	pc_tp_close(p->b);
-	p->ops->listener_close(p->l);
+	pc_tp_listener_close(p->l);
 }
 
 struct drain {
@@ -184,20 +170,20 @@ static double bench_transport(const uint8_t *src, void *dst, size_t len, int fd,
 
 	memset(&p, 0, sizeof(p));
 	tpair_open(&p);
-	t0 = now_s(); /* sharing and mapping the region counts */
-	err = fd >= 0 ? p.b->ops->expose_region_fd(p.b, 0, dst, len, fd, 0) : -EOPNOTSUPP;
+	t0 = pcb_now(); /* sharing and mapping the region counts */
+	err = fd >= 0 ? pc_tp_expose_region_fd(p.b, 0, dst, len, fd, 0) : -EOPNOTSUPP;
 	if (err == -EOPNOTSUPP) /* as the engine does */
-		err = p.b->ops->expose_region(p.b, 0, dst, len);
+		err = pc_tp_expose_region(p.b, 0, dst, len);
 	if (err)
 		die("expose", err);
 	/* as in the engine: the destination answers, the source reads it */
 	if ((err = pc_tp_send_msg(p.b, 0, &v, 1)) ||
 	    (err = pc_tp_recv_msg(p.a, 0, m, sizeof(m), &(size_t){ 0 })))
 		die("hello", err);
-	p.a->ops->reg_local(p.a, src, len);
+	pc_tp_reg_local(p.a, src, len);
 	d = (struct drain){ .t = p.b, .markers = len / BATCH };
 	pthread_create(&th, NULL, drain_main, &d);
-	tm = now_s();
+	tm = pcb_now();
 	for (size_t off = 0; off < len; off += BATCH) {
 		struct pc_page_run runs[BATCH / (RUN_PAGES * PAGE)];
 		unsigned n = 0;
@@ -211,7 +197,7 @@ static double bench_transport(const uint8_t *src, void *dst, size_t len, int fd,
 			die("write_pages", err);
 	}
 	pthread_join(th, NULL);
-	t1 = now_s();
+	t1 = pcb_now();
 	if (d.err)
 		die("receiving", d.err);
 	if (memcmp((uint8_t *)dst + len - PAGE, src + len - PAGE, PAGE))
@@ -231,10 +217,10 @@ static double bench_first_touch(size_t len)
 
 	if (precopy_memfd_alloc(len, -1, &p, &fd))
 		die("memfd", ENOMEM);
-	t0 = now_s();
+	t0 = pcb_now();
 	for (size_t off = 0; off < len; off += PAGE)
 		((volatile uint8_t *)p)[off] = 1;
-	t0 = now_s() - t0;
+	t0 = pcb_now() - t0;
 	munmap(p, len);
 	close(fd);
 	return (double)len / t0;
@@ -255,7 +241,7 @@ struct dest {
 
 static int d_resume(void *o)
 {
-	((struct dest *)o)->t_resume = now_s();
+	((struct dest *)o)->t_resume = pcb_now();
 	return 0;
 }
 
@@ -316,7 +302,7 @@ static int s_stop(void *o)
 {
 	struct src_ctx *x = o;
 
-	x->t_stop = now_s();
+	x->t_stop = pcb_now();
 	return pc_guest_pause(x->g);
 }
 
@@ -358,6 +344,43 @@ static void migrate_once(struct pc_guest *g, struct precopy_stats *st, double *r
 	*real_downtime = d.t_resume - x.t_stop;
 	precopy_delete(&s);
 	pc_guest_resume(g); /* the next run migrates it again */
+}
+
+/* The series as one JSON line or a table; GiB/s rows also as a share of
+ * the memcpy baseline @mc. */
+static void report(bool json, struct series *const *all, unsigned n, struct series *mc,
+		   uint64_t ram, unsigned runs)
+{
+	if (json) {
+		printf("{\"bench\":\"shm\",\"ram_bytes\":%llu,\"runs\":%u,\"results\":[",
+		       (unsigned long long)ram, runs);
+		for (unsigned i = 0; i < n; i++) {
+			struct series *s = all[i];
+
+			printf("%s{\"name\":\"%s\",\"unit\":\"%s\",\"median\":%.3f,\"min\":%.3f,"
+			       "\"max\":%.3f",
+			       i ? "," : "", s->name, s->unit, median(s), smin(s), smax(s));
+			if (!strcmp(s->unit, "GiB/s"))
+				printf(",\"pct_of_memcpy\":%.1f", 100 * median(s) / median(mc));
+			printf("}");
+		}
+		printf("]}\n");
+	} else {
+		printf("# precopy-bench-shm: %llu MiB, %u runs interleaved; median, min, max\n"
+		       "# GiB/s = 2^30 bytes per second; %% is of the memcpy median of this run\n",
+		       (unsigned long long)(ram >> 20), runs);
+		printf("%-46s %9s %9s %9s %8s\n", "#test (unit)", "median", "min", "max", "%memcpy");
+		for (unsigned i = 0; i < n; i++) {
+			struct series *s = all[i];
+			char unit[64];
+
+			snprintf(unit, sizeof(unit), "%s (%s)", s->name, s->unit);
+			printf("%-46s %9.3f %9.3f %9.3f", unit, median(s), smin(s), smax(s));
+			if (!strcmp(s->unit, "GiB/s"))
+				printf(" %7.1f%%", 100 * median(s) / median(mc));
+			printf("\n");
+		}
+	}
 }
 
 int main(int argc, char **argv)
@@ -449,36 +472,7 @@ int main(int argc, char **argv)
 			fprintf(stderr, "run %u/%u done\n", r + 1, runs);
 	}
 
-	if (json) {
-		printf("{\"bench\":\"shm\",\"ram_bytes\":%llu,\"runs\":%u,\"results\":[",
-		       (unsigned long long)ram, runs);
-		for (unsigned i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
-			struct series *s = all[i];
-
-			printf("%s{\"name\":\"%s\",\"unit\":\"%s\",\"median\":%.3f,\"min\":%.3f,"
-			       "\"max\":%.3f",
-			       i ? "," : "", s->name, s->unit, median(s), smin(s), smax(s));
-			if (!strcmp(s->unit, "GiB/s"))
-				printf(",\"pct_of_memcpy\":%.1f", 100 * median(s) / median(&mc));
-			printf("}");
-		}
-		printf("]}\n");
-	} else {
-		printf("# precopy-bench-shm: %llu MiB, %u runs interleaved; median, min, max\n"
-		       "# GiB/s = 2^30 bytes per second; %% is of the memcpy median of this run\n",
-		       (unsigned long long)(ram >> 20), runs);
-		printf("%-46s %9s %9s %9s %8s\n", "#test (unit)", "median", "min", "max", "%memcpy");
-		for (unsigned i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
-			struct series *s = all[i];
-			char unit[64];
-
-			snprintf(unit, sizeof(unit), "%s (%s)", s->name, s->unit);
-			printf("%-46s %9.3f %9.3f %9.3f", unit, median(s), smin(s), smax(s));
-			if (!strcmp(s->unit, "GiB/s"))
-				printf(" %7.1f%%", 100 * median(s) / median(&mc));
-			printf("\n");
-		}
-	}
+	report(json, all, sizeof(all) / sizeof(all[0]), &mc, ram, runs);
 	munmap(dst, ram);
 	munmap(warm, ram);
 	close(warm_fd);

@@ -18,6 +18,7 @@
 #include <sys/mman.h>
 
 #include "cli.h"
+#include "common.h"
 #include "guest.h"
 #include "precopy.h"
 #include "sim.h"
@@ -40,19 +41,6 @@ static const struct scenario scenarios[] = {
 	{ "random d/b=1.5 auto-converge", PC_GUEST_RANDOM, 128 * MiB, 192 * MiB, true },
 };
 
-struct dest {
-	struct precopy_session *s;
-	int err;
-};
-
-static void *dest_main(void *arg)
-{
-	struct dest *d = arg;
-
-	d->err = precopy_incoming(d->s);
-	return NULL;
-}
-
 static int guest_stop(void *o) { return pc_guest_pause(o); }
 static int guest_resume(void *o) { return pc_guest_resume(o); }
 static int guest_throttle(void *o, unsigned pct) { return pc_guest_set_throttle(o, pct); }
@@ -74,12 +62,9 @@ static int real_run(const struct scenario *sc, uint64_t ram, struct precopy_stat
 	struct precopy_callbacks cb = { .stop_vm = guest_stop, .resume_vm = guest_resume,
 					.set_throttle = guest_throttle };
 	struct precopy_params p;
-	struct precopy_session *s = NULL;
-	struct dest d = { 0 };
+	struct pcb_pair pair = { 0 };
 	struct pc_guest *g;
-	char uri[128];
 	void *dst;
-	pthread_t t;
 	int err;
 
 	params_for(sc, &p);
@@ -89,31 +74,15 @@ static int real_run(const struct scenario *sc, uint64_t ram, struct precopy_stat
 	dst = mmap(NULL, ram, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	err = dst == MAP_FAILED ? -ENOMEM : 0;
 	if (!err)
-		err = precopy_new(PRECOPY_ROLE_DEST, NULL, NULL, &d.s);
-	if (!err && precopy_add_region(d.s, dst, ram, PRECOPY_DIRTY_AUTO) < 0)
-		err = -EINVAL;
-	if (!err)
-		err = precopy_listen(d.s, "tcp:127.0.0.1:0");
-	if (!err)
-		err = precopy_local_uri(d.s, uri, sizeof(uri));
-	if (!err)
-		err = precopy_new(PRECOPY_ROLE_SOURCE, &p, &cb, &s);
-	if (!err && precopy_add_region(s, pc_guest_ram(g, NULL), ram, PRECOPY_DIRTY_AUTO) < 0)
-		err = -EINVAL;
+		err = pcb_pair_open(&pair, "tcp:127.0.0.1:0", pc_guest_ram(g, NULL), dst, ram, &p,
+				    &cb, true);
 	if (!err)
 		err = pc_guest_start(g);
 	if (!err) {
-		pthread_create(&t, NULL, dest_main, &d);
-		err = precopy_migrate(s, uri);
-		pthread_join(t, NULL);
-		precopy_query(s, st);
-		if (!err)
-			err = d.err;
+		err = pcb_pair_migrate(&pair);
+		precopy_query(pair.src, st);
 	}
-	if (s)
-		precopy_delete(&s);
-	if (d.s)
-		precopy_delete(&d.s);
+	pcb_pair_close(&pair);
 	if (dst != MAP_FAILED)
 		munmap(dst, ram);
 	pc_guest_delete(&g);

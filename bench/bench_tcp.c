@@ -28,137 +28,25 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "common.h"
 #include "guest.h"
 #include "precopy.h"
 
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-/* --- baseline: send() the same bytes from one buffer into another -------- */
-
-struct sink {
-	int lfd;
-	uint8_t *dst;
-	size_t len;
-};
-
-static void *sink_main(void *arg)
-{
-	struct sink *k = arg;
-	int fd = accept(k->lfd, NULL, NULL);
-	size_t got = 0;
-
-	while (fd >= 0 && got < k->len) {
-		ssize_t n = recv(fd, k->dst + got, k->len - got, 0);
-
-		if (n <= 0)
-			break;
-		got += (size_t)n;
-	}
-	if (fd >= 0)
-		close(fd);
-	return NULL;
-}
-
-static double baseline(const uint8_t *src, uint8_t *dst, size_t len)
-{
-	struct sockaddr_in a = { .sin_family = AF_INET };
-	socklen_t al = sizeof(a);
-	struct sink k = { .dst = dst, .len = len };
-	pthread_t t;
-	double t0, t1;
-	int fd, one = 1;
-	size_t sent = 0;
-
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	k.lfd = socket(AF_INET, SOCK_STREAM, 0);
-	bind(k.lfd, (struct sockaddr *)&a, sizeof(a));
-	listen(k.lfd, 1);
-	getsockname(k.lfd, (struct sockaddr *)&a, &al);
-	pthread_create(&t, NULL, sink_main, &k);
-	fd = socket(AF_INET, SOCK_STREAM, 0);
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	t0 = now_s();
-	if (connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0)
-		while (sent < len) {
-			size_t n = len - sent < (1u << 20) ? len - sent : (1u << 20);
-			ssize_t r = send(fd, src + sent, n, 0);
-
-			if (r <= 0)
-				break;
-			sent += (size_t)r;
-		}
-	close(fd);
-	pthread_join(t, NULL);
-	t1 = now_s();
-	close(k.lfd);
-	return sent == len ? (double)len / (t1 - t0) : 0;
-}
-
 /* --- precopy: a whole migration of an idle guest -------------------------- */
-
-struct dest {
-	struct precopy_session *s;
-	int err;
-};
-
-static void *dest_main(void *arg)
-{
-	struct dest *d = arg;
-
-	d->err = precopy_incoming(d->s);
-	return NULL;
-}
 
 static int migrate_once(void *src, uint8_t *dst, size_t len, bool populate,
 			struct precopy_stats *out, struct precopy_stats *dout)
 {
-	struct precopy_session *ss = NULL;
-	struct dest d = { 0 };
-	char uri[128];
-	pthread_t t;
-	int err;
+	struct pcb_pair p;
+	int err = pcb_pair_open(&p, "tcp:127.0.0.1:0", src, dst, len, NULL, NULL, populate);
 
-	err = precopy_new(PRECOPY_ROLE_DEST, NULL, NULL, &d.s);
-	if (!err && precopy_add_region(d.s, dst, len, PRECOPY_DIRTY_AUTO) < 0)
-		err = -EINVAL;
-	if (!err && !populate)
-		err = precopy_set_param(d.s, PRECOPY_PARAM_POPULATE, 0);
-	if (!err)
-		err = precopy_listen(d.s, "tcp:127.0.0.1:0");
-	if (!err)
-		err = precopy_local_uri(d.s, uri, sizeof(uri));
-	if (!err)
-		err = precopy_new(PRECOPY_ROLE_SOURCE, NULL, NULL, &ss);
-	if (!err && precopy_add_region(ss, src, len, PRECOPY_DIRTY_AUTO) < 0)
-		err = -EINVAL;
-	if (err)
-		goto out;
-	pthread_create(&t, NULL, dest_main, &d);
-	err = precopy_migrate(ss, uri);
-	pthread_join(t, NULL);
-	if (!err)
-		err = d.err;
-	precopy_query(ss, out);
-	precopy_query(d.s, dout);
-out:
-	if (ss)
-		precopy_delete(&ss);
-	if (d.s)
-		precopy_delete(&d.s);
+	if (!err) {
+		err = pcb_pair_migrate(&p);
+		precopy_query(p.src, out);
+		precopy_query(p.d.s, dout);
+	}
+	pcb_pair_close(&p);
 	return err;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
 }
 
 /* One migration into fresh memory; MiB/s of the whole migration (as the
@@ -188,7 +76,6 @@ static int cold_once(void *src, size_t len, bool populate, double *mibps, double
 	return 0;
 }
 
-static int cmp_double(const void *a, const void *b);
 
 static int run_cold(void *src, size_t ram, unsigned runs, bool json)
 {
@@ -204,11 +91,11 @@ static int run_cold(void *src, size_t ram, unsigned runs, bool json)
 			      first ? &ffault[r] : &fpop[r], first ? &unused : &pms[r]))
 			return 1;
 	}
-	qsort(pop, runs, sizeof(double), cmp_double);
-	qsort(fault, runs, sizeof(double), cmp_double);
-	qsort(fpop, runs, sizeof(double), cmp_double);
-	qsort(ffault, runs, sizeof(double), cmp_double);
-	qsort(pms, runs, sizeof(double), cmp_double);
+	qsort(pop, runs, sizeof(double), pcb_cmp_double);
+	qsort(fault, runs, sizeof(double), pcb_cmp_double);
+	qsort(fpop, runs, sizeof(double), pcb_cmp_double);
+	qsort(ffault, runs, sizeof(double), pcb_cmp_double);
+	qsort(pms, runs, sizeof(double), pcb_cmp_double);
 	if (json) {
 		printf("{\"bench\":\"tcp-cold\",\"ram\":%llu,\"runs\":%u,"
 		       "\"populated_MiBps\":%.1f,\"populated_faults\":%.0f,\"populate_ms\":%.0f,"
@@ -279,7 +166,7 @@ int main(int argc, char **argv)
 		struct precopy_stats st;
 		int err;
 
-		base[r] = baseline(src, dst, ram);
+		base[r] = pcb_loopback_rate(src, dst, ram);
 		struct precopy_stats dst_st;
 
 		err = migrate_once(src, dst, ram, true, &st, &dst_st);
@@ -291,9 +178,9 @@ int main(int argc, char **argv)
 		pc[r] = (double)ram / ((double)st.total_time / 1e3);
 		down[r] = (double)st.downtime;
 	}
-	qsort(base, runs, sizeof(double), cmp_double);
-	qsort(pc, runs, sizeof(double), cmp_double);
-	qsort(down, runs, sizeof(double), cmp_double);
+	qsort(base, runs, sizeof(double), pcb_cmp_double);
+	qsort(pc, runs, sizeof(double), pcb_cmp_double);
+	qsort(down, runs, sizeof(double), pcb_cmp_double);
 	{
 		double b = base[runs / 2], p = pc[runs / 2], d = down[runs / 2];
 

@@ -32,6 +32,7 @@
 #include <sys/mman.h>
 #include <time.h>
 
+#include "common.h"
 #include "dirty.h"
 
 #define PAGE PRECOPY_PAGE_SIZE
@@ -43,14 +44,6 @@ struct result {
 	uint64_t race_writes, race_pages, race_missed;
 	int race_syncs;
 };
-
-static double now_s(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
 static uint64_t rng_next(uint64_t *s)
 {
@@ -83,116 +76,139 @@ static void *racer_main(void *arg)
 	return NULL;
 }
 
-static int run(enum precopy_dirty_mode mode, const char *name, size_t len,
-	       struct result *res)
-{
-	uint64_t npages = len / PAGE, nwords = (npages + 63) / 64;
-	uint64_t ndirty = npages / 10, seed = 1;
-	uint64_t *bitmap = calloc(nwords, 8), *chosen = calloc(nwords, 8);
-	uint64_t *pages = calloc(ndirty, 8);
-	struct pc_dirty *d = NULL;
+/* The tracked memory and the bitmaps a measurement uses. */
+struct area {
+	struct pc_dirty *d;
 	char *p;
-	int err;
+	uint64_t npages, nwords;
+	uint64_t *bitmap, *chosen;
+};
 
-	memset(res, 0, sizeof(*res));
-	res->name = name;
-	if (!bitmap || !chosen || !pages)
-		return -ENOMEM;
-	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-		 -1, 0);
-	if (p == MAP_FAILED)
-		return -errno;
-	madvise(p, len, MADV_NOHUGEPAGE);
-	memset(p, 1, len);
+/* 10% of the pages written, distinct random ones, five rounds: the cost
+ * of a first and a second write to each, and of the sync that finds them.
+ * Return: 0 or -EIO (printed) when the sync missed some. */
+static int measure_writes(struct area *a, uint64_t *pages, uint64_t ndirty, const char *name,
+			  struct result *res)
+{
+	uint64_t seed = 1;
 
-	err = pc_dirty_new(p, len, mode, &d);
-	if (err)
-		goto out;
-
-	double t0 = now_s();
-
-	err = pc_dirty_start(d);
-	res->arm_ms = (now_s() - t0) * 1e3;
-	if (err)
-		goto out;
-
-	/* Nothing written. */
-	pc_dirty_sync(d, bitmap);
-	t0 = now_s();
-	for (int k = 0; k < 20; k++) {
-		if (pc_dirty_sync(d, bitmap) < 0) {
-			err = -EIO;
-			goto out;
-		}
-	}
-	res->clean_ms = (now_s() - t0) * 1e3 / 20;
-
-	/* 10% written, distinct random pages. */
 	for (int round = 0; round < 5; round++) {
-		memset(chosen, 0, nwords * 8);
+		memset(a->chosen, 0, a->nwords * 8);
 		for (uint64_t k = 0; k < ndirty;) {
-			uint64_t i = rng_next(&seed) % npages;
+			uint64_t i = rng_next(&seed) % a->npages;
 
-			if (chosen[i / 64] >> (i % 64) & 1)
+			if (a->chosen[i / 64] >> (i % 64) & 1)
 				continue;
-			chosen[i / 64] |= 1ull << (i % 64);
+			a->chosen[i / 64] |= 1ull << (i % 64);
 			pages[k++] = i;
 		}
-		t0 = now_s();
-		for (uint64_t k = 0; k < ndirty; k++)
-			((volatile char *)p)[pages[k] * PAGE] += 1;
-		double t1 = now_s();
+		double t0 = pcb_now();
 
 		for (uint64_t k = 0; k < ndirty; k++)
-			((volatile char *)p)[pages[k] * PAGE] += 1;
-		double t2 = now_s();
+			((volatile char *)a->p)[pages[k] * PAGE] += 1;
+		double t1 = pcb_now();
 
-		memset(bitmap, 0, nwords * 8);
-		int64_t n = pc_dirty_sync(d, bitmap);
-		double t3 = now_s();
+		for (uint64_t k = 0; k < ndirty; k++)
+			((volatile char *)a->p)[pages[k] * PAGE] += 1;
+		double t2 = pcb_now();
+
+		memset(a->bitmap, 0, a->nwords * 8);
+		int64_t n = pc_dirty_sync(a->d, a->bitmap);
+		double t3 = pcb_now();
 
 		if (n < (int64_t)ndirty) {
 			fprintf(stderr, "%s: sync reported %lld of %llu pages\n",
 				name, (long long)n, (unsigned long long)ndirty);
-			err = -EIO;
-			goto out;
+			return -EIO;
 		}
 		res->wr1_ns += (t1 - t0) * 1e9 / (double)ndirty / 5;
 		res->wr2_ns += (t2 - t1) * 1e9 / (double)ndirty / 5;
 		res->dirty_ms += (t3 - t2) * 1e3 / 5;
 	}
+	return 0;
+}
 
-	/* A writer that is not paused during the syncs. */
-	struct racer r = { .base = p, .npages = npages, .recorded = chosen };
+/* A writer that is not paused during the syncs, for a second: the pages
+ * it wrote that no sync reported. Return: 0 or -EAGAIN. */
+static int measure_race(struct area *a, struct result *res)
+{
+	struct racer r = { .base = a->p, .npages = a->npages, .recorded = a->chosen };
 	pthread_t th;
+	double t0;
 
-	memset(chosen, 0, nwords * 8);
-	memset(bitmap, 0, nwords * 8);
-	pc_dirty_sync(d, bitmap);
-	memset(bitmap, 0, nwords * 8);
-	if (pthread_create(&th, NULL, racer_main, &r)) {
-		err = -EAGAIN;
-		goto out;
-	}
-	t0 = now_s();
-	while (now_s() - t0 < 1.0) {
-		if (pc_dirty_sync(d, bitmap) < 0)
+	memset(a->chosen, 0, a->nwords * 8);
+	memset(a->bitmap, 0, a->nwords * 8);
+	pc_dirty_sync(a->d, a->bitmap);
+	memset(a->bitmap, 0, a->nwords * 8);
+	if (pthread_create(&th, NULL, racer_main, &r))
+		return -EAGAIN;
+	t0 = pcb_now();
+	while (pcb_now() - t0 < 1.0) {
+		if (pc_dirty_sync(a->d, a->bitmap) < 0)
 			break;
 		res->race_syncs++;
 	}
 	atomic_store(&r.stop, true);
 	pthread_join(th, NULL);
-	pc_dirty_sync(d, bitmap);
+	pc_dirty_sync(a->d, a->bitmap);
 	res->race_writes = r.writes;
-	for (uint64_t w = 0; w < nwords; w++) {
-		res->race_pages += (uint64_t)__builtin_popcountll(chosen[w]);
-		res->race_missed += (uint64_t)__builtin_popcountll(chosen[w] & ~bitmap[w]);
+	for (uint64_t w = 0; w < a->nwords; w++) {
+		res->race_pages += (uint64_t)__builtin_popcountll(a->chosen[w]);
+		res->race_missed += (uint64_t)__builtin_popcountll(a->chosen[w] & ~a->bitmap[w]);
 	}
+	return 0;
+}
+
+static int run(enum precopy_dirty_mode mode, const char *name, size_t len,
+	       struct result *res)
+{
+	struct area a = { .npages = len / PAGE };
+	uint64_t ndirty = a.npages / 10, *pages;
+	double t0;
+	int err;
+
+	a.nwords = (a.npages + 63) / 64;
+	a.bitmap = calloc(a.nwords, 8);
+	a.chosen = calloc(a.nwords, 8);
+	pages = calloc(ndirty, 8);
+	memset(res, 0, sizeof(*res));
+	res->name = name;
+	if (!a.bitmap || !a.chosen || !pages)
+		return -ENOMEM;
+	a.p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (a.p == MAP_FAILED)
+		return -errno;
+	madvise(a.p, len, MADV_NOHUGEPAGE);
+	memset(a.p, 1, len);
+
+	err = pc_dirty_new(a.p, len, mode, &a.d);
+	if (err)
+		goto out;
+	t0 = pcb_now();
+	err = pc_dirty_start(a.d);
+	res->arm_ms = (pcb_now() - t0) * 1e3;
+	if (err)
+		goto out;
+
+	/* Nothing written. */
+	pc_dirty_sync(a.d, a.bitmap);
+	t0 = pcb_now();
+	for (int k = 0; k < 20; k++) {
+		if (pc_dirty_sync(a.d, a.bitmap) < 0) {
+			err = -EIO;
+			goto out;
+		}
+	}
+	res->clean_ms = (pcb_now() - t0) * 1e3 / 20;
+
+	err = measure_writes(&a, pages, ndirty, name, res);
+	if (!err)
+		err = measure_race(&a, res);
 out:
-	pc_dirty_delete(&d);
-	munmap(p, len);
-	free(bitmap);
-	free(chosen);
+	pc_dirty_delete(&a.d);
+	munmap(a.p, len);
+	free(a.bitmap);
+	free(a.chosen);
 	free(pages);
 	res->err = err;
 	return err;

@@ -28,6 +28,16 @@
 # watchdog and reported, not judged. Exit status: 0 if every converged row
 # held, 1 if one did not, 77 if namespaces or tbf cannot be had here.
 #
+# Beside each row, `precopy simulate` with the same guest, parameters and
+# link: its total time and downtime, and whether they agree with the real
+# ones within 25% (downtime: or 20 ms). Its transport queue is what the
+# real sender's sockets held (Send-Q summed over channels, the median of
+# samples five times a second); its guest writes only the pages that are
+# not zero, as the synthetic guest does (a write to a zero page is
+# dropped), so its write rate is DIRTY x (100 - zero%). That agreement is
+# printed and counted at the end; it does not change the exit status
+# unless MATRIX_JUDGE_SIM=1.
+#
 # MATRIX_RAM_32 / MATRIX_RAM_256 (default 128M / 256M): the guest's size
 # on the slow and the fast link. MATRIX_BURST_MS (default 4): tbf's burst,
 # in ms of the rate. MATRIX_KEEP=PREFIX: keep each row's JSON lines and
@@ -36,6 +46,8 @@ set -uo pipefail
 
 PRECOPY=$(readlink -f "${1:?usage: link_matrix.sh PRECOPY [ROW...]}")
 shift
+# shellcheck source=scripts/netns.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../scripts/netns.sh"
 LIMIT_MS=300
 MAX_TIME=${MATRIX_MAX_TIME:-60000}
 SRC=pcm-src-$$
@@ -46,24 +58,14 @@ PIDS=()
 
 skip() { echo "SKIP: $*"; exit 77; }
 cleanup() {
-	for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-	ip netns del "$SRC" 2>/dev/null
-	ip netns del "$DST" 2>/dev/null
+	netns_cleanup "$SRC" "$DST"
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-[ "$(id -u)" -eq 0 ] || skip "network namespaces need root"
-command -v ip >/dev/null || skip "no 'ip' (iproute2)"
-command -v tc >/dev/null || skip "no 'tc' (iproute2)"
-command -v jq >/dev/null || skip "no 'jq'"
-ip netns add "$SRC" 2>/dev/null || skip "cannot create a network namespace here"
-ip netns add "$DST" || skip "cannot create a second network namespace"
-ip -n "$SRC" link add a0 type veth peer name a1 netns "$DST" || skip "no veth"
-ip -n "$SRC" addr add $A_SRC/24 dev a0
-ip -n "$DST" addr add $A_DST/24 dev a1
-for l in lo a0; do ip -n "$SRC" link set $l up; done
-for l in lo a1; do ip -n "$DST" link set $l up; done
+netns_need ip tc jq
+netns_pair "$SRC" "$DST"
+netns_link "$SRC" "$DST" a0 $A_SRC a1 $A_DST
 
 # shape LINK_MIB: tbf at LINK MiB/s on the source's egress, 20 ms of queue,
 # and a burst of MATRIX_BURST_MS of the rate (default 4; at least 16 KiB):
@@ -88,9 +90,23 @@ if [ ${#rows[@]} -eq 0 ]; then
 	done; done; done
 fi
 
-bad=0 port=6000
-printf '%-22s %-9s %8s %8s %6s %7s %9s %9s %-9s %s\n' row outcome "down ms" "exp ms" \
-	"ratio" "total s" "link M/s" "used M/s" source verdict
+# simulate_row QUEUE ARGS...: "TOTAL_S DOWN_MS OUTCOME" of the simulated row.
+simulate_row() {
+	local q=$1
+	shift
+	"$PRECOPY" simulate --json --send-queue "$q" "$@" 2>/dev/null |
+		jq -r 'select(.event=="result") | "\(."total-time-ms" / 1000) \(."downtime-ms") \(.outcome)"'
+}
+
+# within A B PCT FLOOR: |A - B| <= max(PCT% of B, FLOOR)
+within() {
+	awk -v a="$1" -v b="$2" -v p="$3" -v f="$4" 'BEGIN {
+		d = a - b; if (d < 0) d = -d; t = b * p / 100; if (t < f) t = f; exit !(d <= t) }'
+}
+
+bad=0 port=6000 sim_ok=0 sim_n=0
+printf '%-22s %-9s %8s %8s %6s %7s %9s %9s %-9s %-26s %s\n' row outcome "down ms" "exp ms" \
+	"ratio" "total s" "link M/s" "used M/s" source verdict "simulate: s, ms, queue"
 for row in "${rows[@]}"; do
 	IFS=- read -r link cap ch guest dirty <<<"$row"
 	[[ $link =~ ^[0-9]+$ && ($cap == nocap || $cap == cap) && $ch =~ ^[0-9]+$ &&
@@ -113,7 +129,19 @@ for row in "${rows[@]}"; do
 		sleep 0.05
 	done
 	ip netns exec "$SRC" "$PRECOPY" migrate --to tcp:$A_DST:$port "${args[@]}" --json \
-		>"$WORK/src.json" 2>"$WORK/src.err"
+		>"$WORK/src.json" 2>"$WORK/src.err" &
+	spid=$!
+	PIDS+=($spid)
+	# What the sender's sockets hold (Send-Q, summed over channels), five
+	# times a second while it runs: simulate's transport queue.
+	: >"$WORK/sendq"
+	while kill -0 $spid 2>/dev/null; do
+		ip netns exec "$SRC" ss -tnH state established dst $A_DST 2>/dev/null |
+			awk '{ q += $2 } END { if (NR) print q }' >>"$WORK/sendq"
+		sleep 0.2
+	done
+	wait $spid
+	queue=$(sort -n "$WORK/sendq" | awk '{ v[NR] = $1 } END { print NR ? v[int((NR + 1) / 2)] : 0 }')
 	[ -n "${MATRIX_KEEP:-}" ] && cp "$WORK/src.err" "$MATRIX_KEEP.$row.err"
 	wait $dpid 2>/dev/null
 	r=$(jq -c 'select(.event=="result" and .role=="source")' "$WORK/src.json" | head -n 1)
@@ -122,13 +150,37 @@ for row in "${rows[@]}"; do
 		bad=1
 		continue
 	fi
+	zpct=0
+	[ "$guest" = zero80 ] && zpct=80
+	sargs=("${args[@]}")
+	sargs[7]=$((link * 1048576 * dirty / 100 * (100 - zpct) / 100)) # after --dirty-rate
+	read -r sim_total sim_down sim_out < <(simulate_row "$queue" --bandwidth $((link * 1048576)) \
+		"${sargs[@]}")
 	read -r status down exp total bwl bws src < <(jq -r '[.status, .downtime,
 		."expected-downtime", ."total-time", ."bandwidth-link", ."bandwidth-switchover",
 		."bandwidth-source"] | @tsv' <<<"$r")
+	# Does simulate agree? Total time within 25%; downtime within 25% or
+	# 20 ms; a real row that did not converge agrees with one simulate
+	# did not converge either.
+	sim="$sim_total $sim_down"
+	if [ -z "$sim_out" ]; then
+		simv="simulate failed"
+	elif [ "$status" != completed ] || [ "$sim_out" != converged ]; then
+		[ "$status" != completed ] && [ "$sim_out" != converged ] && simv=agrees ||
+			simv="disagrees ($sim_out)"
+	elif within "$sim_total" "$(echo "$total / 1000" | bc -l)" 25 0 &&
+		within "$sim_down" "$down" 25 20; then
+		simv=agrees
+	else
+		simv=disagrees
+	fi
+	sim_n=$((sim_n + 1))
+	[ "$simv" = agrees ] && sim_ok=$((sim_ok + 1))
+	sim=$(printf '%6.1f %7.0f %5dK %s' "${sim_total:-0}" "${sim_down:-0}" $((queue / 1024)) "$simv")
 	if [ "$status" != completed ]; then
-		printf '%-22s %-9s %8s %8s %6s %7.1f %9.1f %9.1f %-9s %s\n' "$row" "$status" - - - \
+		printf '%-22s %-9s %8s %8s %6s %7.1f %9.1f %9.1f %-9s %-26s %s\n' "$row" "$status" - - - \
 			"$(echo "$total / 1000" | bc -l)" "$(echo "$bwl / 1048576" | bc -l)" \
-			"$(echo "$bws / 1048576" | bc -l)" "$src" "not converged (not judged)"
+			"$(echo "$bws / 1048576" | bc -l)" "$src" "not converged (not judged)" "$sim"
 		continue
 	fi
 	verdict=ok
@@ -141,9 +193,11 @@ for row in "${rows[@]}"; do
 	fi
 	[ "$verdict" = ok ] || bad=1
 	ratio=$(echo "scale=2; $exp / ($down + 0.0001)" | bc -l)
-	printf '%-22s %-9s %8s %8s %6s %7.1f %9.1f %9.1f %-9s %s\n' "$row" "$status" "$down" "$exp" \
+	printf '%-22s %-9s %8s %8s %6s %7.1f %9.1f %9.1f %-9s %-26s %s\n' "$row" "$status" "$down" "$exp" \
 		"$ratio" "$(echo "$total / 1000" | bc -l)" "$(echo "$bwl / 1048576" | bc -l)" \
-		"$(echo "$bws / 1048576" | bc -l)" "$src" "$verdict"
+		"$(echo "$bws / 1048576" | bc -l)" "$src" "$verdict" "$sim"
 	[ -n "${MATRIX_KEEP:-}" ] && cp "$WORK/src.json" "$MATRIX_KEEP.$row.json"
 done
+echo "simulate agreed with $sim_ok of $sim_n rows"
+[ "${MATRIX_JUDGE_SIM:-0}" = 1 ] && [ "$sim_ok" -ne "$sim_n" ] && bad=1
 exit $bad

@@ -35,28 +35,13 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "common.h"
 #include "guest.h"
 #include "precopy.h"
 #include "transport.h"
 
 #define MiB (1ull << 20)
 #define GiB (1ull << 30)
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static double thread_cpu_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 static void *map(size_t len)
 {
@@ -82,6 +67,23 @@ struct point {
 	double cpu_dst;      /* CPU seconds per GiB, receiving thread(s) */
 };
 
+/* @pt from @iters writes of @size bytes in @secs: the average, the peak
+ * (at least the average), messages/s and each side's CPU seconds per GiB
+ * from @cpu_src and @cpu_dst seconds. */
+static void point_fill(struct point *pt, uint64_t size, uint64_t iters, double secs,
+		       double peak, double cpu_src, double cpu_dst)
+{
+	double gib = (double)iters * size / GiB;
+
+	pt->bytes = size;
+	pt->iters = iters;
+	pt->bw_avg = iters * size / secs / MiB;
+	pt->bw_peak = peak > pt->bw_avg ? peak : pt->bw_avg;
+	pt->mpps = iters / secs / 1e6;
+	pt->cpu_src = cpu_src / gib;
+	pt->cpu_dst = cpu_dst / gib;
+}
+
 struct tp_recv {
 	struct pc_transport *t;
 	unsigned chan;
@@ -93,7 +95,7 @@ static void *tp_receiver(void *arg)
 {
 	struct tp_recv *r = arg;
 	uint8_t buf[64];
-	double c0 = thread_cpu_s();
+	double c0 = pcb_clock(CLOCK_THREAD_CPUTIME_ID);
 
 	for (;;) {
 		size_t len;
@@ -102,7 +104,7 @@ static void *tp_receiver(void *arg)
 		if (r->err || (len == 4 && !memcmp(buf, "done", 4)))
 			break;
 	}
-	r->cpu = thread_cpu_s() - c0;
+	r->cpu = pcb_clock(CLOCK_THREAD_CPUTIME_ID) - c0;
 	return NULL;
 }
 
@@ -125,11 +127,11 @@ static void *tp_sender(void *arg)
 	uint8_t mark[4] = { 'b', 'a', 't', 'c' };
 	struct iovec v = { mark, sizeof(mark) };
 	uint64_t off = 0, sent = 0;
-	double c0 = thread_cpu_s();
+	double c0 = pcb_clock(CLOCK_THREAD_CPUTIME_ID);
 
 	for (uint64_t i = s->chan; i < s->iters && !s->err;) {
 		unsigned k = 0;
-		double t0 = now_s(), dt;
+		double t0 = pcb_now(), dt;
 
 		while (k < s->depth && i < s->iters) {
 			if (off + s->size > s->region)
@@ -141,7 +143,7 @@ static void *tp_sender(void *arg)
 		s->err = pc_tp_write_pages(s->t, s->chan, runs, k);
 		if (!s->err)
 			s->err = pc_tp_send_msg(s->t, s->chan, &v, 1);
-		dt = now_s() - t0;
+		dt = pcb_now() - t0;
 		sent += k * s->size;
 		if (dt > 0 && k * s->size / dt / MiB > s->peak)
 			s->peak = k * s->size / dt / MiB;
@@ -152,7 +154,7 @@ static void *tp_sender(void *arg)
 		if (!s->err)
 			s->err = pc_tp_send_msg(s->t, s->chan, &d, 1);
 	}
-	s->cpu = thread_cpu_s() - c0;
+	s->cpu = pcb_clock(CLOCK_THREAD_CPUTIME_ID) - c0;
 	(void)sent;
 	return NULL;
 }
@@ -171,7 +173,7 @@ static void *tp_connect(void *arg)
 	struct tp_pair *p = arg;
 	struct pc_transport_opts o = { .channels = p->nchan };
 
-	p->cerr = p->ops->connect(p->addr, &o, &p->a);
+	p->cerr = pc_tp_connect(p->ops, p->addr, &o, &p->a);
 	return NULL;
 }
 
@@ -186,13 +188,13 @@ static int tp_open(struct tp_pair *p, const struct pc_transport_ops *ops, const 
 	memset(p, 0, sizeof(*p));
 	p->ops = ops;
 	p->nchan = nchan;
-	err = ops->listen(listen, &o, &p->l);
+	err = pc_tp_listen(ops, listen, &o, &p->l);
 	if (err)
 		return err;
-	ops->listener_addr(p->l, uri, sizeof(uri));
+	pc_tp_listener_addr(p->l, uri, sizeof(uri));
 	snprintf(p->addr, sizeof(p->addr), "%s", strchr(uri, ':') + 1);
 	pthread_create(&t, NULL, tp_connect, p);
-	err = ops->accept(p->l, &o, &p->b);
+	err = pc_tp_accept(p->l, &o, &p->b);
 	pthread_join(t, NULL);
 	if (!err)
 		err = p->cerr;
@@ -204,7 +206,7 @@ static void tp_close(struct tp_pair *p)
 	pc_tp_close(p->a);
 	pc_tp_close(p->b);
 	if (p->l)
-		p->ops->listener_close(p->l);
+		pc_tp_listener_close(p->l);
 }
 
 static int tp_point(struct tp_pair *p, uint8_t *src, uint8_t *dst, size_t region,
@@ -225,27 +227,21 @@ static int tp_point(struct tp_pair *p, uint8_t *src, uint8_t *dst, size_t region
 		pthread_create(&tr[c], NULL, tp_receiver, &rcv[c]);
 	}
 	(void)dst;
-	t0 = now_s();
+	t0 = pcb_now();
 	for (unsigned c = 0; c < p->nchan; c++)
 		pthread_create(&ts[c], NULL, tp_sender, &snd[c]);
 	for (unsigned c = 0; c < p->nchan; c++) {
 		pthread_join(ts[c], NULL);
 		pthread_join(tr[c], NULL);
 	}
-	t1 = now_s();
+	t1 = pcb_now();
 	for (unsigned c = 0; c < p->nchan; c++) {
 		err = err ? err : snd[c].err ? snd[c].err : rcv[c].err;
 		cs += snd[c].cpu;
 		cr += rcv[c].cpu;
 		peak += snd[c].peak;
 	}
-	pt->bytes = size;
-	pt->iters = iters;
-	pt->bw_avg = iters * size / (t1 - t0) / MiB;
-	pt->bw_peak = peak > pt->bw_avg ? peak : pt->bw_avg;
-	pt->mpps = iters / (t1 - t0) / 1e6;
-	pt->cpu_src = cs / ((double)iters * size / GiB);
-	pt->cpu_dst = cr / ((double)iters * size / GiB);
+	point_fill(pt, size, iters, t1 - t0, peak, cs, cr);
 	return err;
 }
 
@@ -263,7 +259,7 @@ static void *sock_sink_main(void *arg)
 	struct sock_sink *k = arg;
 	int fd = accept(k->lfd, NULL, NULL);
 	size_t off = 0;
-	double c0 = thread_cpu_s();
+	double c0 = pcb_clock(CLOCK_THREAD_CPUTIME_ID);
 
 	while (fd >= 0) {
 		ssize_t n;
@@ -275,7 +271,7 @@ static void *sock_sink_main(void *arg)
 			break;
 		off += (size_t)n;
 	}
-	k->cpu = thread_cpu_s() - c0;
+	k->cpu = pcb_clock(CLOCK_THREAD_CPUTIME_ID) - c0;
 	if (fd >= 0)
 		close(fd);
 	return NULL;
@@ -302,11 +298,11 @@ static int sock_point(uint8_t *src, uint8_t *dst, size_t region, uint64_t size, 
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	if (connect(fd, (struct sockaddr *)&a, sizeof(a)))
 		return -errno;
-	c0 = thread_cpu_s();
-	t0 = now_s();
+	c0 = pcb_clock(CLOCK_THREAD_CPUTIME_ID);
+	t0 = pcb_now();
 	for (uint64_t i = 0; i < iters; i++) {
 		size_t done = 0;
-		double b0 = now_s(), dt;
+		double b0 = pcb_now(), dt;
 
 		if (off + size > region)
 			off = 0;
@@ -318,22 +314,16 @@ static int sock_point(uint8_t *src, uint8_t *dst, size_t region, uint64_t size, 
 			done += (size_t)n;
 		}
 		off += size;
-		dt = now_s() - b0;
+		dt = pcb_now() - b0;
 		if (dt > 0 && size / dt / MiB > peak)
 			peak = size / dt / MiB;
 	}
-	cs = thread_cpu_s() - c0;
+	cs = pcb_clock(CLOCK_THREAD_CPUTIME_ID) - c0;
 	close(fd);
 	pthread_join(t, NULL);
-	t1 = now_s();
+	t1 = pcb_now();
 	close(k.lfd);
-	pt->bytes = size;
-	pt->iters = iters;
-	pt->bw_avg = iters * size / (t1 - t0) / MiB;
-	pt->bw_peak = peak > pt->bw_avg ? peak : pt->bw_avg;
-	pt->mpps = iters / (t1 - t0) / 1e6;
-	pt->cpu_src = cs / ((double)iters * size / GiB);
-	pt->cpu_dst = k.cpu / ((double)iters * size / GiB);
+	point_fill(pt, size, iters, t1 - t0, peak, cs, k.cpu);
 	return 0;
 }
 
@@ -341,7 +331,7 @@ static int memcpy_point(uint8_t *src, uint8_t *dst, size_t region, uint64_t size
 			uint64_t total, struct point *pt)
 {
 	uint64_t iters = total / size ? total / size : 1, off = 0;
-	double t0 = now_s(), c0 = thread_cpu_s(), t1;
+	double t0 = pcb_now(), c0 = pcb_clock(CLOCK_THREAD_CPUTIME_ID), t1;
 
 	for (uint64_t i = 0; i < iters; i++) {
 		if (off + size > region)
@@ -350,13 +340,8 @@ static int memcpy_point(uint8_t *src, uint8_t *dst, size_t region, uint64_t size
 			memcpy(dst + off + p, src + off + p, size - p < 4096 ? size - p : 4096);
 		off += size;
 	}
-	t1 = now_s();
-	pt->bytes = size;
-	pt->iters = iters;
-	pt->bw_avg = pt->bw_peak = iters * size / (t1 - t0) / MiB;
-	pt->mpps = iters / (t1 - t0) / 1e6;
-	pt->cpu_src = (thread_cpu_s() - c0) / ((double)iters * size / GiB);
-	pt->cpu_dst = 0;
+	t1 = pcb_now();
+	point_fill(pt, size, iters, t1 - t0, 0, pcb_clock(CLOCK_THREAD_CPUTIME_ID) - c0, 0);
 	return 0;
 }
 
@@ -380,147 +365,197 @@ static void print_point(bool json, const char *tp, const char *what, unsigned de
 	printf("\n");
 }
 
-static int cmd_transport(int argc, char **argv)
-{
-	const char *only = NULL;
-	uint64_t lo = 4096, hi = 8 * MiB, total = 512 * MiB;
-	unsigned depth = 16, nchan = 1;
-	bool json = false;
-	size_t region = 64 * MiB;
-	uint8_t *src, *dst;
-	const char *schemes[] = { "tcp", "shm", "rdma" };
-	int rc = 0;
+/* precopy-bench transport's command line. */
+struct tp_args {
+	const char *only; /* --transport, or NULL: all */
+	uint64_t lo, hi, total;
+	unsigned depth, nchan;
+	bool json;
+};
 
+static int tp_usage(void)
+{
+	fprintf(stderr, "usage: precopy-bench transport [--transport T] [--sizes 4K-8M] [--total SIZE]"
+			" [--depth 1..64] [--channels 1..16] [--json]\n");
+	return 2;
+}
+
+/* Return: 0, or the exit status 2 with the usage printed. */
+static int tp_parse_args(int argc, char **argv, struct tp_args *a)
+{
 	for (int i = 0; i < argc; i++) {
 		uint64_t v;
 
 		if (!strcmp(argv[i], "--transport") && i + 1 < argc)
-			only = argv[++i];
+			a->only = argv[++i];
 		else if (!strcmp(argv[i], "--sizes") && i + 1 < argc) {
 			char *dash = strchr(argv[++i], '-');
 
 			if (!dash)
-				goto usage;
+				return tp_usage();
 			*dash = '\0';
-			if (pc_cli_parse_size(argv[i], &lo) || pc_cli_parse_size(dash + 1, &hi) ||
-			    lo < 4096 || hi < lo || hi > 64 * MiB)
-				goto usage;
+			if (pc_cli_parse_size(argv[i], &a->lo) || pc_cli_parse_size(dash + 1, &a->hi) ||
+			    a->lo < 4096 || a->hi < a->lo || a->hi > 64 * MiB)
+				return tp_usage();
 		} else if (!strcmp(argv[i], "--total") && i + 1 < argc &&
-			   !pc_cli_parse_size(argv[++i], &total) && total >= 4096)
+			   !pc_cli_parse_size(argv[++i], &a->total) && a->total >= 4096)
 			continue;
 		else if (!strcmp(argv[i], "--depth") && i + 1 < argc &&
 			 !pc_cli_parse_u64(argv[++i], &v) && v >= 1 && v <= 64)
-			depth = (unsigned)v;
+			a->depth = (unsigned)v;
 		else if (!strcmp(argv[i], "--channels") && i + 1 < argc &&
 			 !pc_cli_parse_u64(argv[++i], &v) && v >= 1 && v <= PRECOPY_MAX_CHANNELS)
-			nchan = (unsigned)v;
+			a->nchan = (unsigned)v;
 		else if (!strcmp(argv[i], "--json"))
-			json = true;
+			a->json = true;
 		else
-			goto usage;
+			return tp_usage();
 	}
-	if (region < hi * depth)
-		region = hi * depth;
+	return 0;
+}
+
+static void tp_print_head(const struct tp_args *a)
+{
+	printf("# precopy-bench transport: depth %u (runs per write), %u channel(s), %s per point\n",
+	       a->depth, a->nchan, pc_cli_fmt_bytes((double)a->total, (char[32]){ 0 }, 32));
+	printf("# baseline interleaved point by point: tcp = plain socket send/recv loop, shm = page-by-page memcpy\n# (shm writes into a memfd destination, framed: the destination does not share it)\n");
+	printf("# BW in MiB/s (2^20 bytes/s); CPU in seconds per GiB moved\n");
+	printf(" %-9s %-9s %9s %11s %15s %18s %14s %9s %9s %7s\n", "transport", "what",
+	       "#bytes", "#iterations", "BW peak[MiB/s]", "BW average[MiB/s]",
+	       "MsgRate[Mpps]", "CPU src", "CPU dst", "ratio");
+}
+
+/* Where @scheme's destination listens, into @buf. Return: false if it
+ * cannot run here (said unless @json). */
+static bool tp_listen_addr(const char *scheme, bool json, char *buf, size_t len)
+{
+	if (!strcmp(scheme, "tcp"))
+		snprintf(buf, len, "127.0.0.1:0");
+	else if (!strcmp(scheme, "shm"))
+		snprintf(buf, len, "/tmp/precopy-bench-%d.sock", getpid());
+	else if (getenv("PRECOPY_RDMA_ADDR"))
+		snprintf(buf, len, "%s:0", getenv("PRECOPY_RDMA_ADDR"));
+	else {
+		if (!json)
+			printf("# %s: skipped (no PRECOPY_RDMA_ADDR; run under soft-roce-setup/run)\n",
+			       scheme);
+		return false;
+	}
+	return true;
+}
+
+/* The pair's destination exposes its region (shm: memfd RAM, into
+ * @shdst and @shfd, exposed with its fd as the engine does), the source
+ * registers @src, and the two exchange a "ready" message. Return: 0 or
+ * -errno. */
+static int tp_prepare(struct tp_pair *p, bool shm, uint8_t *src, uint8_t *dst, size_t region,
+		      uint8_t **shdst, int *shfd)
+{
+	struct iovec rv = { "redy", 4 };
+	uint8_t rb[16];
+	size_t rl;
+	int err;
+
+	if (shm) {
+		void *a;
+
+		err = precopy_memfd_alloc(region, -1, &a, shfd);
+		if (err)
+			return err;
+		*shdst = a;
+		memset(*shdst, 0x5c, region);
+		err = pc_tp_expose_region_fd(p->b, 0, *shdst, region, *shfd, 0);
+		if (err == -EOPNOTSUPP)
+			err = pc_tp_expose_region(p->b, 0, *shdst, region);
+	} else {
+		err = pc_tp_expose_region(p->b, 0, dst, region);
+	}
+	if (!err)
+		err = pc_tp_reg_local(p->a, src, region);
+	/* As the engine does (HELLO_ACK): the destination says it is ready
+	 * after exposing its region, and the source reads that, taking in
+	 * whatever the transport sent along (shm's fd, RDMA's keys) before
+	 * its first write. */
+	if (!err)
+		err = pc_tp_send_msg(p->b, 0, &rv, 1);
+	if (!err)
+		err = pc_tp_recv_msg(p->a, 0, rb, sizeof(rb), &rl);
+	return err;
+}
+
+/* Every size from lo to hi (x4) over @p, each beside its baseline.
+ * Return: 0, or 1 with the failure printed. */
+static int tp_sizes(const struct tp_args *a, const char *scheme, struct tp_pair *p,
+		    uint8_t *src, uint8_t *dst, size_t region)
+{
+	for (uint64_t size = a->lo; size <= a->hi; size *= 4) {
+		struct point base = { 0 }, me = { 0 };
+		bool have_base = true;
+		int err = 0;
+
+		if (!strcmp(scheme, "tcp"))
+			err = sock_point(src, dst, region, size, a->total, &base);
+		else if (!strcmp(scheme, "shm"))
+			err = memcpy_point(src, dst, region, size, a->total, &base);
+		else
+			have_base = false; /* rdma: ib_write_bw, see bench/rdma-bench.sh */
+		if (have_base && !err)
+			print_point(a->json, scheme, "baseline", 1, 1, &base, 0);
+		err = tp_point(p, src, dst, region, size, a->total, a->depth, &me);
+		if (err) {
+			fprintf(stderr, "precopy-bench: %s at %" PRIu64 " bytes: %s\n", scheme, size,
+				strerror(-err));
+			return 1;
+		}
+		print_point(a->json, scheme, "precopy", a->depth, a->nchan, &me,
+			    have_base && base.bw_avg > 0 ? me.bw_avg / base.bw_avg : 0);
+		if (size < a->hi && size * 4 > a->hi)
+			size = a->hi / 4; /* end exactly at hi */
+	}
+	return 0;
+}
+
+static int cmd_transport(int argc, char **argv)
+{
+	struct tp_args a = { .lo = 4096, .hi = 8 * MiB, .total = 512 * MiB, .depth = 16,
+			     .nchan = 1 };
+	size_t region = 64 * MiB;
+	uint8_t *src, *dst;
+	const char *schemes[] = { "tcp", "shm", "rdma" };
+	int rc = tp_parse_args(argc, argv, &a);
+
+	if (rc)
+		return rc;
+	if (region < a.hi * a.depth)
+		region = a.hi * a.depth;
 	src = map(region);
 	dst = map(region);
 	if (!src || !dst) {
 		fprintf(stderr, "precopy-bench: cannot map 2 x %zu bytes\n", region);
 		return 1;
 	}
-	if (!json) {
-		printf("# precopy-bench transport: depth %u (runs per write), %u channel(s), %s per point\n",
-		       depth, nchan, pc_cli_fmt_bytes((double)total, (char[32]){ 0 }, 32));
-		printf("# baseline interleaved point by point: tcp = plain socket send/recv loop, shm = page-by-page memcpy\n# (shm writes into a memfd destination, framed: the destination does not share it)\n");
-		printf("# BW in MiB/s (2^20 bytes/s); CPU in seconds per GiB moved\n");
-		printf(" %-9s %-9s %9s %11s %15s %18s %14s %9s %9s %7s\n", "transport", "what",
-		       "#bytes", "#iterations", "BW peak[MiB/s]", "BW average[MiB/s]",
-		       "MsgRate[Mpps]", "CPU src", "CPU dst", "ratio");
-	}
+	if (!a.json)
+		tp_print_head(&a);
 	for (size_t s = 0; s < sizeof(schemes) / sizeof(schemes[0]); s++) {
 		const struct pc_transport_ops *ops = pc_transport_find(schemes[s]);
 		char listen[256];
 		struct tp_pair p;
-		int err;
-
-		if (only && strcmp(only, schemes[s]))
-			continue;
-		if (!ops)
-			continue;
-		if (!strcmp(schemes[s], "tcp"))
-			snprintf(listen, sizeof(listen), "127.0.0.1:0");
-		else if (!strcmp(schemes[s], "shm"))
-			snprintf(listen, sizeof(listen), "/tmp/precopy-bench-%d.sock", getpid());
-		else if (getenv("PRECOPY_RDMA_ADDR"))
-			snprintf(listen, sizeof(listen), "%s:0", getenv("PRECOPY_RDMA_ADDR"));
-		else {
-			if (!json)
-				printf("# %s: skipped (no PRECOPY_RDMA_ADDR; run under soft-roce-setup/run)\n",
-				       schemes[s]);
-			continue;
-		}
 		uint8_t *shdst = NULL;
-		int shfd = -1;
+		int shfd = -1, err;
 
-		err = tp_open(&p, ops, listen, nchan);
-		if (!err && !strcmp(schemes[s], "shm")) {
-			/* memfd RAM, exposed with its fd as the engine does */
-			void *a;
-
-			err = precopy_memfd_alloc(region, -1, &a, &shfd);
-			if (!err) {
-				shdst = a;
-				memset(shdst, 0x5c, region);
-				err = p.b->ops->expose_region_fd(p.b, 0, shdst, region, shfd, 0);
-				if (err == -EOPNOTSUPP)
-					err = p.b->ops->expose_region(p.b, 0, shdst, region);
-			}
-		} else if (!err)
-			err = p.b->ops->expose_region(p.b, 0, dst, region);
+		if ((a.only && strcmp(a.only, schemes[s])) || !ops ||
+		    !tp_listen_addr(schemes[s], a.json, listen, sizeof(listen)))
+			continue;
+		err = tp_open(&p, ops, listen, a.nchan);
 		if (!err)
-			err = p.a->ops->reg_local(p.a, src, region);
-		if (!err) {
-			/* As the engine does (HELLO_ACK): the destination says it is
-			 * ready after exposing its region, and the source reads that,
-			 * taking in whatever the transport sent along (shm's fd, RDMA's
-			 * keys) before its first write. */
-			struct iovec rv = { "redy", 4 };
-			uint8_t rb[16];
-			size_t rl;
-
-			err = pc_tp_send_msg(p.b, 0, &rv, 1);
-			if (!err)
-				err = pc_tp_recv_msg(p.a, 0, rb, sizeof(rb), &rl);
-		}
+			err = tp_prepare(&p, !strcmp(schemes[s], "shm"), src, dst, region, &shdst,
+					 &shfd);
 		if (err) {
 			fprintf(stderr, "precopy-bench: %s: cannot connect: %s\n", schemes[s],
 				strerror(-err));
-			tp_close(&p);
 			rc = 1;
-			continue;
-		}
-		for (uint64_t size = lo; size <= hi; size *= 4) {
-			struct point base = { 0 }, me = { 0 };
-			bool have_base = true;
-
-			if (!strcmp(schemes[s], "tcp"))
-				err = sock_point(src, dst, region, size, total, &base);
-			else if (!strcmp(schemes[s], "shm"))
-				err = memcpy_point(src, dst, region, size, total, &base);
-			else
-				have_base = false; /* rdma: ib_write_bw, see bench/rdma-bench.sh */
-			if (have_base && !err)
-				print_point(json, schemes[s], "baseline", 1, 1, &base, 0);
-			err = tp_point(&p, src, dst, region, size, total, depth, &me);
-			if (err) {
-				fprintf(stderr, "precopy-bench: %s at %" PRIu64 " bytes: %s\n",
-					schemes[s], size, strerror(-err));
-				rc = 1;
-				break;
-			}
-			print_point(json, schemes[s], "precopy", depth, nchan, &me,
-				    have_base && base.bw_avg > 0 ? me.bw_avg / base.bw_avg : 0);
-			if (size < hi && size * 4 > hi)
-				size = hi / 4; /* end exactly at hi */
+		} else if (tp_sizes(&a, schemes[s], &p, src, dst, region)) {
+			rc = 1;
 		}
 		tp_close(&p);
 		if (shdst) {
@@ -531,10 +566,6 @@ static int cmd_transport(int argc, char **argv)
 	munmap(src, region);
 	munmap(dst, region);
 	return rc;
-usage:
-	fprintf(stderr, "usage: precopy-bench transport [--transport T] [--sizes 4K-8M] [--total SIZE]"
-			" [--depth 1..64] [--channels 1..16] [--json]\n");
-	return 2;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -646,71 +677,131 @@ out:
 	pc_guest_delete(&g);
 }
 
+/* One point of precopy-bench migrate: what was migrated. */
+struct mig_case {
+	uint64_t ram;
+	double share, rate; /* dirty rate: a share of the link, and bytes/s */
+	const char *pattern;
+	unsigned zero_pct;
+};
+
+/* @r for @c as a CSV row (if @csv), and a JSON or table line. */
+static void mig_print(FILE *csv, bool json, const struct mig_case *c, const struct mig_result *r)
+{
+	const struct precopy_stats *st = &r->st;
+	double per_ram = (double)st->transferred / c->ram;
+	char how[16];
+
+	snprintf(how, sizeof(how), "%s",
+		 r->err ? precopy_status_name(st->status)
+			: st->forced_switchover ? "forced" : "converged");
+	if (csv)
+		fprintf(csv, "%llu,%.2f,%.0f,%s,%u,%" PRIu64 ",%" PRIu64 ",%" PRIu64
+			     ",%.3f,%u,%u,%s,%s,\"%s\"\n",
+			(unsigned long long)c->ram, c->share, c->rate, c->pattern, c->zero_pct,
+			st->total_time, st->downtime, st->setup_time, per_ram, st->iteration,
+			st->cpu_throttle_percentage, r->verified ? "yes" : "no", how, st->error);
+	if (json)
+		printf("{\"bench\":\"migrate\",\"ram\":%llu,\"dirty_share\":%.2f,"
+		       "\"dirty_rate\":%.0f,\"pattern\":\"%s\",\"zero_pct\":%u,"
+		       "\"total_ms\":%" PRIu64 ",\"downtime_ms\":%" PRIu64
+		       ",\"setup_ms\":%" PRIu64 ",\"bytes_per_ram\":%.3f,"
+		       "\"iterations\":%u,\"throttle\":%u,\"verified\":%s,"
+		       "\"status\":\"%s\"}\n",
+		       (unsigned long long)c->ram, c->share, c->rate, c->pattern, c->zero_pct,
+		       st->total_time, st->downtime, st->setup_time, per_ram, st->iteration,
+		       st->cpu_throttle_percentage, r->verified ? "true" : "false", how);
+	else
+		printf("%-8llu %5.0f%% %-10s %4u%% %9" PRIu64 " %9" PRIu64
+		       " %8" PRIu64 " %9.2f %5u %7u%% %8s %s\n",
+		       (unsigned long long)(c->ram >> 20), c->share * 100, c->pattern, c->zero_pct,
+		       st->total_time, st->downtime, st->setup_time, per_ram, st->iteration,
+		       st->cpu_throttle_percentage, r->verified ? "yes" : "NO", how);
+	fflush(stdout);
+}
+
+/* precopy-bench migrate's command line. */
+struct mig_args {
+	uint64_t rams[8];
+	unsigned nram;
+	bool json, quick;
+	const char *csv_path;
+};
+
+/* Return: 0, or the exit status 2 with the usage printed. */
+static int mig_parse_args(int argc, char **argv, struct mig_args *a)
+{
+	for (int i = 0; i < argc; i++) {
+		if (!strcmp(argv[i], "--ram") && i + 1 < argc) {
+			char *list = argv[++i], *tok, *save = NULL;
+
+			a->nram = 0;
+			for (tok = strtok_r(list, ",", &save); tok && a->nram < 8;
+			     tok = strtok_r(NULL, ",", &save))
+				if (pc_cli_parse_size(tok, &a->rams[a->nram++]) ||
+				    a->rams[a->nram - 1] % 4096 || !a->rams[a->nram - 1])
+					goto usage;
+		} else if (!strcmp(argv[i], "--csv") && i + 1 < argc)
+			a->csv_path = argv[++i];
+		else if (!strcmp(argv[i], "--json"))
+			a->json = true;
+		else if (!strcmp(argv[i], "--quick"))
+			a->quick = true;
+		else
+			goto usage;
+	}
+	return 0;
+usage:
+	fprintf(stderr, "usage: precopy-bench migrate [--ram 256M,1G,4G] [--quick] [--csv FILE] [--json]\n");
+	return 2;
+}
+
 static int cmd_migrate(int argc, char **argv)
 {
-	uint64_t rams[8] = { 256 * MiB, GiB, 4 * GiB };
-	unsigned nram = 3;
+	struct mig_args a = { .rams = { 256 * MiB, GiB, 4 * GiB }, .nram = 3 };
 	const double shares[] = { 0, 0.10, 0.50, 1.50 };
 	const enum pc_guest_pattern pats[] = { PC_GUEST_SEQUENTIAL, PC_GUEST_RANDOM,
 					       PC_GUEST_HOTSET };
 	const char *pat_name[] = { "sequential", "random", "hotset" };
 	const unsigned zeros[] = { 0, 50 };
-	bool json = false, quick = false;
-	const char *csv_path = NULL;
 	FILE *csv = NULL;
 	struct sysinfo si;
 	struct point link;
-	uint8_t *a, *b;
+	uint8_t *m1, *m2;
 	double link_bps;
+	int rc = mig_parse_args(argc, argv, &a);
 
-	for (int i = 0; i < argc; i++) {
-		if (!strcmp(argv[i], "--ram") && i + 1 < argc) {
-			char *list = argv[++i], *tok, *save = NULL;
-
-			nram = 0;
-			for (tok = strtok_r(list, ",", &save); tok && nram < 8;
-			     tok = strtok_r(NULL, ",", &save))
-				if (pc_cli_parse_size(tok, &rams[nram++]) || rams[nram - 1] % 4096 ||
-				    !rams[nram - 1])
-					goto usage;
-		} else if (!strcmp(argv[i], "--csv") && i + 1 < argc)
-			csv_path = argv[++i];
-		else if (!strcmp(argv[i], "--json"))
-			json = true;
-		else if (!strcmp(argv[i], "--quick"))
-			quick = true;
-		else
-			goto usage;
-	}
-	if (csv_path) {
-		csv = fopen(csv_path, "w");
+	if (rc)
+		return rc;
+	if (a.csv_path) {
+		csv = fopen(a.csv_path, "w");
 		if (!csv) {
-			perror(csv_path);
+			perror(a.csv_path);
 			return 1;
 		}
 		fprintf(csv, "ram,dirty_share,dirty_rate,pattern,zero_pct,total_ms,downtime_ms,"
 			     "setup_ms,bytes_per_ram,iterations,throttle,verified,status,error\n");
 	}
 	/* The link, measured first: a plain socket loop over loopback. */
-	a = map(256 * MiB);
-	b = map(256 * MiB);
-	if (!a || !b || sock_point(a, b, 256 * MiB, MiB, 1024 * MiB, &link))
+	m1 = map(256 * MiB);
+	m2 = map(256 * MiB);
+	if (!m1 || !m2 || sock_point(m1, m2, 256 * MiB, MiB, 1024 * MiB, &link))
 		return 1;
-	munmap(a, 256 * MiB);
-	munmap(b, 256 * MiB);
+	munmap(m1, 256 * MiB);
+	munmap(m2, 256 * MiB);
 	link_bps = link.bw_avg * MiB;
 	sysinfo(&si);
-	if (!json)
+	if (!a.json)
 		printf("# precopy-bench migrate: TCP loopback, link measured at %.0f MiB/s (socket send loop);"
 		       " auto-converge on, max-time 60 s\n"
 		       "%-8s %6s %-10s %5s %9s %9s %8s %9s %5s %8s %8s %s\n",
 		       link.bw_avg, "#ram", "dirty", "pattern", "zero", "total ms", "down ms",
 		       "setup ms", "sent/RAM", "iter", "throttle", "verified", "status");
-	for (unsigned ri = 0; ri < nram; ri++) {
-		uint64_t ram = rams[ri];
+	for (unsigned ri = 0; ri < a.nram; ri++) {
+		uint64_t ram = a.rams[ri];
 
 		if ((double)ram * 2.5 > (double)si.freeram * si.mem_unit) {
-			if (!json)
+			if (!a.json)
 				printf("# %llu MiB: skipped, not enough free memory for both ends\n",
 				       (unsigned long long)(ram >> 20));
 			continue;
@@ -718,60 +809,21 @@ static int cmd_migrate(int argc, char **argv)
 		for (size_t di = 0; di < sizeof(shares) / sizeof(shares[0]); di++)
 			for (size_t pi = 0; pi < 3; pi++)
 				for (size_t zi = 0; zi < 2; zi++) {
+					struct mig_case c = { ram, shares[di], shares[di] * link_bps,
+							      pat_name[pi], zeros[zi] };
 					struct mig_result r;
-					double rate = shares[di] * link_bps;
-					char st[16];
 
-					if (quick && (pi || zi || (di && di != 2)))
+					if (a.quick && (pi || zi || (di && di != 2)))
 						continue;
 					if (di == 0 && pi) /* an idle guest has no pattern */
 						continue;
-					mig_run(ram, rate, pats[pi], zeros[zi], &r);
-					snprintf(st, sizeof(st), "%s",
-						 r.err ? precopy_status_name(r.st.status)
-						       : r.st.forced_switchover ? "forced"
-										: "converged");
-					if (csv)
-						fprintf(csv,
-							"%llu,%.2f,%.0f,%s,%u,%" PRIu64 ",%" PRIu64
-							",%" PRIu64 ",%.3f,%u,%u,%s,%s,\"%s\"\n",
-							(unsigned long long)ram, shares[di], rate,
-							pat_name[pi], zeros[zi], r.st.total_time,
-							r.st.downtime, r.st.setup_time,
-							(double)r.st.transferred / ram, r.st.iteration,
-							r.st.cpu_throttle_percentage,
-							r.verified ? "yes" : "no", st, r.st.error);
-					if (json)
-						printf("{\"bench\":\"migrate\",\"ram\":%llu,\"dirty_share\":%.2f,"
-						       "\"dirty_rate\":%.0f,\"pattern\":\"%s\",\"zero_pct\":%u,"
-						       "\"total_ms\":%" PRIu64 ",\"downtime_ms\":%" PRIu64
-						       ",\"setup_ms\":%" PRIu64 ",\"bytes_per_ram\":%.3f,"
-						       "\"iterations\":%u,\"throttle\":%u,\"verified\":%s,"
-						       "\"status\":\"%s\"}\n",
-						       (unsigned long long)ram, shares[di], rate,
-						       pat_name[pi], zeros[zi], r.st.total_time,
-						       r.st.downtime, r.st.setup_time,
-						       (double)r.st.transferred / ram, r.st.iteration,
-						       r.st.cpu_throttle_percentage,
-						       r.verified ? "true" : "false", st);
-					else
-						printf("%-8llu %5.0f%% %-10s %4u%% %9" PRIu64 " %9" PRIu64
-						       " %8" PRIu64 " %9.2f %5u %7u%% %8s %s\n",
-						       (unsigned long long)(ram >> 20), shares[di] * 100,
-						       pat_name[pi], zeros[zi], r.st.total_time,
-						       r.st.downtime, r.st.setup_time,
-						       (double)r.st.transferred / ram, r.st.iteration,
-						       r.st.cpu_throttle_percentage,
-						       r.verified ? "yes" : "NO", st);
-					fflush(stdout);
+					mig_run(ram, c.rate, pats[pi], zeros[zi], &r);
+					mig_print(csv, a.json, &c, &r);
 				}
 	}
 	if (csv)
 		fclose(csv);
 	return 0;
-usage:
-	fprintf(stderr, "usage: precopy-bench migrate [--ram 256M,1G,4G] [--quick] [--csv FILE] [--json]\n");
-	return 2;
 }
 
 int main(int argc, char **argv)

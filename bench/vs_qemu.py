@@ -32,6 +32,10 @@ import sys
 import tempfile
 import time
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
+from qmp import QMP  # noqa: E402
+
 MiB = 1 << 20
 GiB = 1 << 30
 
@@ -52,50 +56,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-class QMP:
-    """QEMU's machine protocol: one JSON object a line on a unix socket."""
-
-    def __init__(self, path, timeout=30):
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.connect(path)
-                break
-            except OSError:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"QMP socket {path} did not come up")
-                time.sleep(0.05)
-        self.sock.settimeout(timeout)
-        self.f = self.sock.makefile("rwb")
-        self._read()  # greeting
-        self.cmd("qmp_capabilities")
-
-    def _read(self):
-        while True:
-            line = self.f.readline()
-            if not line:
-                raise RuntimeError("QMP connection closed")
-            msg = json.loads(line)
-            if "event" not in msg:
-                return msg
-
-    def cmd(self, name, **args):
-        self.f.write(json.dumps({"execute": name, "arguments": args}).encode() + b"\n")
-        self.f.flush()
-        r = self._read()
-        if "error" in r:
-            raise RuntimeError(f"{name}: {r['error'].get('desc')}")
-        return r.get("return")
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
 
 
 def fill_random(path, size):

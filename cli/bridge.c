@@ -87,7 +87,7 @@ static void on_signal(int sig)
 	if (g_unix_listen_fd >= 0)
 		shutdown(g_unix_listen_fd, SHUT_RDWR);
 	if (g_listener)
-		g_listener->ops->listener_abort(g_listener);
+		pc_tp_listener_abort(g_listener);
 	if (b) {
 		if (b->tp)
 			pc_tp_abort(b->tp);
@@ -214,17 +214,25 @@ static int write_all(int fd, const uint8_t *p, size_t len)
 	return 0;
 }
 
+/* A buffer for one message, or NULL with the bridge failed. */
+static uint8_t *msg_buf(struct bridge *b)
+{
+	uint8_t *buf = malloc(PC_MSG_MAX);
+
+	if (!buf)
+		fail(b, -ENOMEM, true, "out of memory");
+	return buf;
+}
+
 /* Socket -> transport, until the socket's end of stream. */
 static void *upstream(void *arg)
 {
 	struct bridge *b = arg;
-	uint8_t *buf = malloc(PC_MSG_MAX);
+	uint8_t *buf = msg_buf(b);
 	int err;
 
-	if (!buf) {
-		fail(b, -ENOMEM, true, "out of memory");
+	if (!buf)
 		return NULL;
-	}
 	pc_put_le32(buf, BR_DATA);
 	for (;;) {
 		ssize_t n = read(b->fd, buf + BR_HDR, PC_MSG_MAX - BR_HDR);
@@ -261,13 +269,11 @@ static void *upstream(void *arg)
 static void *downstream(void *arg)
 {
 	struct bridge *b = arg;
-	uint8_t *buf = malloc(PC_MSG_MAX);
+	uint8_t *buf = msg_buf(b);
 	int err;
 
-	if (!buf) {
-		fail(b, -ENOMEM, true, "out of memory");
+	if (!buf)
 		return NULL;
-	}
 	for (;;) {
 		size_t len = 0;
 		uint32_t kind;
@@ -396,24 +402,43 @@ static int pump(struct bridge *b)
 	return atomic_load(&b->err);
 }
 
+
+/* One channel, with the command line's timeout, key and TLS settings; why
+ * a connection failed into @why. */
+static struct pc_transport_opts tp_opts(struct pc_cli *c, char *why, size_t whylen)
+{
+	return (struct pc_transport_opts){ .channels = 1, .timeout_ms = c->params.timeout_ms,
+					   .key = c->auth_key, .key_len = c->auth_key_len,
+					   .tls = c->have_tls ? &c->tls : NULL, .why = why,
+					   .whylen = whylen };
+}
+
+/* @uri (given as @flag) as its transport and the rest. Return: 0, or the
+ * bridge's failure. */
+static int split_uri(struct bridge *b, const char *flag, const char *uri,
+		     const struct pc_transport_ops **ops, const char **rest)
+{
+	int err = pc_transport_split_uri(uri, ops, rest);
+
+	if (err)
+		return fail(b, err, false, "%s %s: %s", flag, uri,
+			    err == -EPROTONOSUPPORT ? "transport not built in" : "malformed URI");
+	return 0;
+}
 /* Source side: QEMU connects to us on a unix socket; we connect onward. */
 static int bridge_source(struct bridge *b)
 {
 	struct pc_cli *c = b->c;
 	const struct pc_transport_ops *ops;
 	char why[160] = "";
-	struct pc_transport_opts o = { .channels = 1, .timeout_ms = c->params.timeout_ms,
-				       .key = c->auth_key, .key_len = c->auth_key_len,
-				       .tls = c->have_tls ? &c->tls : NULL, .why = why,
-				       .whylen = sizeof(why) };
+	struct pc_transport_opts o = tp_opts(c, why, sizeof(why));
 	const char *rest;
 	char uri[URI_MAX];
 	int lfd = -1, err;
 
-	err = pc_transport_split_uri(c->to, &ops, &rest);
+	err = split_uri(b, "--to", c->to, &ops, &rest);
 	if (err)
-		return fail(b, err, false, "--to %s: %s", c->to,
-			    err == -EPROTONOSUPPORT ? "transport not built in" : "malformed URI");
+		return err;
 	err = unix_listen(c->listen_unix, &lfd);
 	if (err)
 		return fail(b, err, false, "--listen-unix %s: %s", c->listen_unix, strerror(-err));
@@ -431,7 +456,7 @@ static int bridge_source(struct bridge *b)
 		return fail(b, err, false, "waiting for a connection on %s: %s", uri,
 			    strerror(-err));
 	b->t0 = now_ns();
-	err = ops->connect(rest, &o, &b->tp);
+	err = pc_tp_connect(ops, rest, &o, &b->tp);
 	if (err) {
 		b->tp = NULL;
 		return fail(b, err, false, "connecting to %s: %s", c->to,
@@ -449,34 +474,30 @@ static int bridge_dest(struct bridge *b)
 	struct pc_cli *c = b->c;
 	const struct pc_transport_ops *ops;
 	char why[160] = "";
-	struct pc_transport_opts o = { .channels = 1, .timeout_ms = c->params.timeout_ms,
-				       .key = c->auth_key, .key_len = c->auth_key_len,
-				       .tls = c->have_tls ? &c->tls : NULL, .why = why,
-				       .whylen = sizeof(why) };
+	struct pc_transport_opts o = tp_opts(c, why, sizeof(why));
 	struct pc_listener *l = NULL;
 	const char *rest;
 	char uri[URI_MAX];
 	int err;
 
-	err = pc_transport_split_uri(c->listen, &ops, &rest);
+	err = split_uri(b, "--listen", c->listen, &ops, &rest);
 	if (err)
-		return fail(b, err, false, "--listen %s: %s", c->listen,
-			    err == -EPROTONOSUPPORT ? "transport not built in" : "malformed URI");
-	err = ops->listen(rest, &o, &l);
+		return err;
+	err = pc_tp_listen(ops, rest, &o, &l);
 	if (err)
 		return fail(b, err, false, "--listen %s: %s", c->listen,
 			    why[0] ? why : strerror(-err));
-	err = ops->listener_addr(l, uri, sizeof(uri));
+	err = pc_tp_listener_addr(l, uri, sizeof(uri));
 	if (err)
 		snprintf(uri, sizeof(uri), "%s", c->listen);
 	say(c, "listening", "listening on %s", uri);
 	g_listener = l;
 	if (!g_stop)
-		err = ops->accept(l, &o, &b->tp);
+		err = pc_tp_accept(l, &o, &b->tp);
 	else
 		err = -ECANCELED;
 	g_listener = NULL;
-	ops->listener_close(l);
+	pc_tp_listener_close(l);
 	if (err) {
 		b->tp = NULL;
 		return fail(b, err, false, "waiting for the peer bridge on %s: %s", uri,

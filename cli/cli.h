@@ -24,6 +24,7 @@ struct pc_cli {
 	bool no_verify, json, quiet, estimator_wall;
 	bool no_populate; /* incoming: the "populate" parameter = 0 */
 	uint64_t rtt_us; /* simulate: the path's round trip */
+	uint64_t send_queue; /* simulate: the transport's send queue, bytes */
 	double bandwidth;
 	int ready_fd; /* demo: where the destination writes its URI, or -1 */
 	int numa_node; /* incoming: bind the RAM to this node, or -1 */
@@ -69,6 +70,9 @@ int pc_cli_apply_rdma(struct pc_cli *c, struct precopy_session *s, const char *c
  *  optional "iB"/"B" and "/s". Return: 0 or -EINVAL. */
 int pc_cli_parse_size(const char *s, uint64_t *out);
 int pc_cli_parse_u64(const char *s, uint64_t *out);
+/** What the transport of @uri can do (PC_TCAP_*); ~0 when the URI names
+ *  no transport built in (the command reports that itself). */
+uint32_t pc_cli_uri_caps(const char *uri);
 /** Format @bytes as "1.5 GiB" into @buf. */
 const char *pc_cli_fmt_bytes(double bytes, char *buf, size_t len);
 

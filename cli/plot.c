@@ -435,35 +435,36 @@ static bool bw_ratio(const struct rows *r, double *median, double *max)
 #define MIB (1024.0 * 1024.0)
 #define OFF(f) offsetof(struct row, f)
 
-static void draw(FILE *f, struct rows *r, bool source, const char *name)
+/* What the shading means, under the title. */
+static void draw_key(FILE *f)
 {
-	struct fig g = { .f = f };
-	struct panel p[3];
+	static const struct { int st; const char *label; } ph[] = {
+		{ PRECOPY_STATUS_SETUP, "setup" },
+		{ PRECOPY_STATUS_BULK, "bulk pass" },
+		{ PRECOPY_STATUS_SWITCHOVER, "switchover (guest stopped)" },
+	};
+	struct panel k = { .legend_x = PL, .legend_y = 54 };
+
+	for (size_t i = 0; i < sizeof(ph) / sizeof(ph[0]); i++) {
+		fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"18\" height=\"10\" fill=\"%s\" "
+			"stroke=\"#bbb\"/>\n", k.legend_x, k.legend_y - 9, phase_color(ph[i].st));
+		k.legend_x += 24;
+		text(f, k.legend_x, k.legend_y, "start", 11, ph[i].label);
+		k.legend_x += strlen(ph[i].label) * CHAR_W + 22;
+	}
+	fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#999\" "
+		"stroke-dasharray=\"2,3\"/>\n", k.legend_x, k.legend_y - 4, k.legend_x + 22,
+		k.legend_y - 4);
+	text(f, k.legend_x + 28, k.legend_y, "start", 11,
+	     "a later pass begins (not drawn past 60)");
+}
+
+/* The SVG's head: title, what was migrated and how it ended, and the key
+ * to the phase shading. */
+static void draw_head(FILE *f, const struct rows *r, bool source, const char *name)
+{
 	const struct row *last = &r->v[r->n - 1];
 	char b[256], c[64];
-	double med = 0, mx = 0;
-
-	g.tmax = last->t > 0 ? last->t : 1;
-	g.x = nice_axis_n(g.tmax, 8);
-	g.x.hi = ceil(g.tmax / g.x.step - 1e-9) * g.x.step; /* no headroom in time */
-	if (g.x.hi <= 0)
-		g.x.hi = g.x.step;
-	for (int i = 0; i < 3; i++) {
-		p[i].head = 68 + i * 270;
-		p[i].legend_x = PL;
-		p[i].legend_y = p[i].head + 12;
-		p[i].top = p[i].head + 36;
-		p[i].bottom = p[i].head + 270 - 24;
-	}
-	if (!source) {
-		/* the rate from each event to the next, from what was received */
-		for (size_t i = 0; i < r->n; i++)
-			r->v[i].wall = i + 1 < r->n && r->v[i + 1].t > r->v[i].t
-				? (r->v[i + 1].transferred - r->v[i].transferred) /
-					  (r->v[i + 1].t - r->v[i].t) : 0;
-		for (size_t i = 0; i < r->n; i++)
-			r->v[i].throttle = r->v[i].iteration;
-	}
 
 	fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
 		"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
@@ -483,29 +484,12 @@ static void draw(FILE *f, struct rows *r, bool source, const char *name)
 		snprintf(b + strlen(b), sizeof(b) - strlen(b), " (the last of %u migrations)",
 			 r->migrations);
 	text(f, W / 2.0, 38, "middle", 11, b);
-	/* what the shading means */
-	{
-		struct panel k = { .legend_x = PL, .legend_y = 54 };
-		static const struct { int st; const char *label; } ph[] = {
-			{ PRECOPY_STATUS_SETUP, "setup" },
-			{ PRECOPY_STATUS_BULK, "bulk pass" },
-			{ PRECOPY_STATUS_SWITCHOVER, "switchover (guest stopped)" },
-		};
+	draw_key(f);
+}
 
-		for (size_t i = 0; i < sizeof(ph) / sizeof(ph[0]); i++) {
-			fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"18\" height=\"10\" fill=\"%s\" "
-				"stroke=\"#bbb\"/>\n", k.legend_x, k.legend_y - 9, phase_color(ph[i].st));
-			k.legend_x += 24;
-			text(f, k.legend_x, k.legend_y, "start", 11, ph[i].label);
-			k.legend_x += strlen(ph[i].label) * CHAR_W + 22;
-		}
-		fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#999\" "
-			"stroke-dasharray=\"2,3\"/>\n", k.legend_x, k.legend_y - 4, k.legend_x + 22,
-			k.legend_y - 4);
-		text(f, k.legend_x + 28, k.legend_y, "start", 11,
-		     "a later pass begins (not drawn past 60)");
-	}
-
+/* The y axes of the three panels. */
+static void set_axes(struct panel p[3], const struct rows *r, bool source)
+{
 	if (source) {
 		double top = max_of(r, OFF(busy), 1 / MIB);
 
@@ -530,42 +514,88 @@ static void draw(FILE *f, struct rows *r, bool source, const char *name)
 			p[2].y.hi = ceil(p[2].y.hi) < 1 ? 1 : ceil(p[2].y.hi);
 		}
 	}
+}
+
+/* Source: what is left, the bandwidths and dirty rate, the throttle. */
+static void draw_source(struct fig *g, struct panel p[3], const struct rows *r)
+{
+	double med = 0, mx = 0;
+	char b[256];
+
+	legend(g, &p[0], "#6a3d9a", false, "remaining: dirty RAM not yet sent (MiB)");
+	frame(g, &p[0], "MiB");
+	series(g, &p[0], r, OFF(remaining), 1 / MIB, false, "#6a3d9a", 2, false);
+
+	legend(g, &p[1], "#1f78b4", false,
+	       "bandwidth the switchover decision uses: what the link can carry");
+	legend(g, &p[1], "#33a02c", false, "bandwidth from wall time: what was sent");
+	legend(g, &p[1], "#e66101", true, "dirty rate over the last pass");
+	if (bw_ratio(r, &med, &mx))
+		snprintf(b, sizeof(b), "decision/wall: median %.1fx, largest %.1fx", med, mx);
+	else
+		snprintf(b, sizeof(b), "decision/wall: no sample with both while sending");
+	legend(g, &p[1], NULL, false, b);
+	frame(g, &p[1], p[1].y.log ? "MiB/s (log scale)" : "MiB/s");
+	series(g, &p[1], r, OFF(wall), 1 / MIB, false, "#33a02c", 2.6, false);
+	series(g, &p[1], r, OFF(busy), 1 / MIB, false, "#1f78b4", 1.4, false);
+	series(g, &p[1], r, OFF(dirty), 1 / MIB, true, "#e66101", 1.6, true);
+
+	legend(g, &p[2], "#333", false, "vCPU throttle (auto-converge), percent of CPU time taken");
+	frame(g, &p[2], "throttle (%)");
+	series(g, &p[2], r, OFF(throttle), 1, true, "#333", 2, false);
+}
+
+/* Destination: what was received, its rate, the passes acknowledged. */
+static void draw_dest(struct fig *g, struct panel p[3], const struct rows *r)
+{
+	legend(g, &p[0], "#6a3d9a", false, "received: bytes taken off the transport (MiB)");
+	frame(g, &p[0], "MiB");
+	series(g, &p[0], r, OFF(transferred), 1 / MIB, false, "#6a3d9a", 2, false);
+	legend(g, &p[1], "#33a02c", false, "receive rate between two events (MiB/s)");
+	frame(g, &p[1], p[1].y.log ? "MiB/s (log scale)" : "MiB/s");
+	series(g, &p[1], r, OFF(wall), 1 / MIB, true, "#33a02c", 1.6, false);
+	legend(g, &p[2], "#333", false, "passes acknowledged");
+	frame(g, &p[2], "pass");
+	series(g, &p[2], r, OFF(throttle), 1, true, "#333", 2, false);
+}
+
+static void draw(FILE *f, struct rows *r, bool source, const char *name)
+{
+	struct fig g = { .f = f };
+	struct panel p[3];
+	const struct row *last = &r->v[r->n - 1];
+
+	g.tmax = last->t > 0 ? last->t : 1;
+	g.x = nice_axis_n(g.tmax, 8);
+	g.x.hi = ceil(g.tmax / g.x.step - 1e-9) * g.x.step; /* no headroom in time */
+	if (g.x.hi <= 0)
+		g.x.hi = g.x.step;
+	for (int i = 0; i < 3; i++) {
+		p[i].head = 68 + i * 270;
+		p[i].legend_x = PL;
+		p[i].legend_y = p[i].head + 12;
+		p[i].top = p[i].head + 36;
+		p[i].bottom = p[i].head + 270 - 24;
+	}
+	if (!source) {
+		/* the rate from each event to the next, from what was received */
+		for (size_t i = 0; i < r->n; i++)
+			r->v[i].wall = i + 1 < r->n && r->v[i + 1].t > r->v[i].t
+				? (r->v[i + 1].transferred - r->v[i].transferred) /
+					  (r->v[i + 1].t - r->v[i].t) : 0;
+		for (size_t i = 0; i < r->n; i++)
+			r->v[i].throttle = r->v[i].iteration;
+	}
+
+	draw_head(f, r, source, name);
+	set_axes(p, r, source);
 	for (int i = 0; i < 3; i++)
 		phases(&g, &p[i], r);
 
-	if (source) {
-		legend(&g, &p[0], "#6a3d9a", false, "remaining: dirty RAM not yet sent (MiB)");
-		frame(&g, &p[0], "MiB");
-		series(&g, &p[0], r, OFF(remaining), 1 / MIB, false, "#6a3d9a", 2, false);
-
-		legend(&g, &p[1], "#1f78b4", false,
-		       "bandwidth the switchover decision uses: what the link can carry");
-		legend(&g, &p[1], "#33a02c", false, "bandwidth from wall time: what was sent");
-		legend(&g, &p[1], "#e66101", true, "dirty rate over the last pass");
-		if (bw_ratio(r, &med, &mx))
-			snprintf(b, sizeof(b), "decision/wall: median %.1fx, largest %.1fx", med, mx);
-		else
-			snprintf(b, sizeof(b), "decision/wall: no sample with both while sending");
-		legend(&g, &p[1], NULL, false, b);
-		frame(&g, &p[1], p[1].y.log ? "MiB/s (log scale)" : "MiB/s");
-		series(&g, &p[1], r, OFF(wall), 1 / MIB, false, "#33a02c", 2.6, false);
-		series(&g, &p[1], r, OFF(busy), 1 / MIB, false, "#1f78b4", 1.4, false);
-		series(&g, &p[1], r, OFF(dirty), 1 / MIB, true, "#e66101", 1.6, true);
-
-		legend(&g, &p[2], "#333", false, "vCPU throttle (auto-converge), percent of CPU time taken");
-		frame(&g, &p[2], "throttle (%)");
-		series(&g, &p[2], r, OFF(throttle), 1, true, "#333", 2, false);
-	} else {
-		legend(&g, &p[0], "#6a3d9a", false, "received: bytes taken off the transport (MiB)");
-		frame(&g, &p[0], "MiB");
-		series(&g, &p[0], r, OFF(transferred), 1 / MIB, false, "#6a3d9a", 2, false);
-		legend(&g, &p[1], "#33a02c", false, "receive rate between two events (MiB/s)");
-		frame(&g, &p[1], p[1].y.log ? "MiB/s (log scale)" : "MiB/s");
-		series(&g, &p[1], r, OFF(wall), 1 / MIB, true, "#33a02c", 1.6, false);
-		legend(&g, &p[2], "#333", false, "passes acknowledged");
-		frame(&g, &p[2], "pass");
-		series(&g, &p[2], r, OFF(throttle), 1, true, "#333", 2, false);
-	}
+	if (source)
+		draw_source(&g, p, r);
+	else
+		draw_dest(&g, p, r);
 	text(f, (PL + PR) / 2, H - 8, "middle", 12, "time since the migration started (s)");
 	fputs("</svg>\n", f);
 }

@@ -29,9 +29,8 @@ static void on_sigint(int sig)
 		precopy_cancel(g_session);
 }
 
-static void usage(FILE *f)
-{
-	fprintf(f,
+/* precopy help; the man page and README list the same flags. */
+static const char usage_text[] =
 "usage: precopy COMMAND [OPTIONS]\n"
 "\n"
 "Live-migrate memory by iterative precopy.\n"
@@ -173,6 +172,10 @@ static void usage(FILE *f)
 "  --bandwidth RATE          link bandwidth\n"
 "  --estimator busy|wall     bandwidth estimate to decide with [busy]\n"
 "  --rtt-us N                the path's round trip in us; the end pays two [0]\n"
+"  --send-queue SIZE         the transport's send queue (a TCP socket's send\n"
+"                            buffer, e.g. 4M): sends return while it has room,\n"
+"                            and the final burst waits behind it; 0 = a send\n"
+"                            returns when its bytes are on the link [0]\n"
 "\n"
 "output:\n"
 "  --json                    JSON lines: progress events and a result\n"
@@ -181,73 +184,44 @@ static void usage(FILE *f)
 "Exit status: 0 success, 1 migration failed or cancelled, 2 bad usage,\n"
 "3 the source guest was not intact after a failure (--verify-source-after-failure),\n"
 "4 the guest was handed over but the destination did not confirm it runs it:\n"
-"  it is left stopped here, and may be running there.\n");
+"  it is left stopped here, and may be running there.\n";
+
+static void usage(FILE *f)
+{
+	fputs(usage_text, f);
 }
 
-enum {
-	OPT_LISTEN = 256, OPT_TO, OPT_RAM, OPT_DIRTY_RATE, OPT_PATTERN, OPT_THREADS,
-	OPT_ZERO_PCT, OPT_FREE_PCT, OPT_SEED, OPT_DIRTY_MODE, OPT_MAX_BW, OPT_DOWNTIME,
-	OPT_AVAIL_BW, OPT_AUTO_CONVERGE, OPT_TRIGGER, OPT_T_INITIAL, OPT_T_INCREMENT,
-	OPT_T_MAX, OPT_TAILSLOW, OPT_MAX_ITER, OPT_MAX_TIME, OPT_STALL, OPT_ON_LIMIT,
-	OPT_CHANNELS, OPT_NO_VERIFY, OPT_JSON, OPT_QUIET, OPT_BANDWIDTH, OPT_ESTIMATOR, OPT_RTT_US,
-	OPT_HELP, OPT_NUMA_NODE, OPT_MEMFD, OPT_LISTEN_UNIX, OPT_TO_UNIX,
-	OPT_TIMEOUT, OPT_VERIFY_SOURCE, OPT_THEN_TO, OPT_STOP_DELAY, OPT_TLS_PSK_FILE,
-	OPT_TLS_PSK_ID, OPT_TLS_CA, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_HOSTNAME,
-	OPT_AUTH_KEY_FILE, OPT_RDMA_REG, OPT_CONTROL, OPT_MAX_FORCED, OPT_NO_POPULATE,
+/* A private key file or a credential file: its check (see below). */
+static int key_file_private(const char *opt, const char *path);
+static int readable(const char *opt, const char *path);
+
+/* How an option's argument is read. */
+enum opt_kind {
+	O_STR,    /* const char *: the argument as given, after .check */
+	O_TRUE,   /* bool: set; no argument */
+	O_UINT,   /* a whole number in lo..hi */
+	O_SIZE,   /* a size or rate with K/M/G/T (uint64_t) */
+	O_CHOICE, /* one of .choices, stored as its value */
+	O_FUNC,   /* .parse reads it */
 };
 
-static const struct option long_opts[] = {
-	{ "listen", required_argument, 0, OPT_LISTEN },
-	{ "to", required_argument, 0, OPT_TO },
-	{ "ram", required_argument, 0, OPT_RAM },
-	{ "dirty-rate", required_argument, 0, OPT_DIRTY_RATE },
-	{ "pattern", required_argument, 0, OPT_PATTERN },
-	{ "threads", required_argument, 0, OPT_THREADS },
-	{ "zero-pct", required_argument, 0, OPT_ZERO_PCT },
-	{ "free-pct", required_argument, 0, OPT_FREE_PCT },
-	{ "seed", required_argument, 0, OPT_SEED },
-	{ "dirty-mode", required_argument, 0, OPT_DIRTY_MODE },
-	{ "max-bandwidth", required_argument, 0, OPT_MAX_BW },
-	{ "downtime-limit", required_argument, 0, OPT_DOWNTIME },
-	{ "avail-switchover-bandwidth", required_argument, 0, OPT_AVAIL_BW },
-	{ "auto-converge", no_argument, 0, OPT_AUTO_CONVERGE },
-	{ "throttle-trigger-threshold", required_argument, 0, OPT_TRIGGER },
-	{ "cpu-throttle-initial", required_argument, 0, OPT_T_INITIAL },
-	{ "cpu-throttle-increment", required_argument, 0, OPT_T_INCREMENT },
-	{ "max-cpu-throttle", required_argument, 0, OPT_T_MAX },
-	{ "cpu-throttle-tailslow", no_argument, 0, OPT_TAILSLOW },
-	{ "max-iterations", required_argument, 0, OPT_MAX_ITER },
-	{ "max-time", required_argument, 0, OPT_MAX_TIME },
-	{ "stall-iterations", required_argument, 0, OPT_STALL },
-	{ "on-limit", required_argument, 0, OPT_ON_LIMIT },
-	{ "channels", required_argument, 0, OPT_CHANNELS },
-	{ "timeout", required_argument, 0, OPT_TIMEOUT },
-	{ "verify-source-after-failure", no_argument, 0, OPT_VERIFY_SOURCE },
-	{ "then-migrate-to", required_argument, 0, OPT_THEN_TO },
-	{ "stop-delay", required_argument, 0, OPT_STOP_DELAY },
-	{ "tls-psk-file", required_argument, 0, OPT_TLS_PSK_FILE },
-	{ "tls-psk-identity", required_argument, 0, OPT_TLS_PSK_ID },
-	{ "tls-ca", required_argument, 0, OPT_TLS_CA },
-	{ "tls-cert", required_argument, 0, OPT_TLS_CERT },
-	{ "tls-key", required_argument, 0, OPT_TLS_KEY },
-	{ "tls-hostname", required_argument, 0, OPT_TLS_HOSTNAME },
-	{ "auth-key-file", required_argument, 0, OPT_AUTH_KEY_FILE },
-	{ "rdma-registration", required_argument, 0, OPT_RDMA_REG },
-	{ "control", required_argument, 0, OPT_CONTROL },
-	{ "max-forced-downtime", required_argument, 0, OPT_MAX_FORCED },
-	{ "no-verify", no_argument, 0, OPT_NO_VERIFY },
-	{ "no-populate", no_argument, 0, OPT_NO_POPULATE },
-	{ "json", no_argument, 0, OPT_JSON },
-	{ "quiet", no_argument, 0, OPT_QUIET },
-	{ "bandwidth", required_argument, 0, OPT_BANDWIDTH },
-	{ "estimator", required_argument, 0, OPT_ESTIMATOR },
-	{ "rtt-us", required_argument, 0, OPT_RTT_US },
-	{ "listen-unix", required_argument, 0, OPT_LISTEN_UNIX },
-	{ "to-unix", required_argument, 0, OPT_TO_UNIX },
-	{ "help", no_argument, 0, OPT_HELP },
-	{ "numa-node", required_argument, 0, OPT_NUMA_NODE },
-	{ "memfd", no_argument, 0, OPT_MEMFD },
-	{ 0, 0, 0, 0 },
+struct opt_choice {
+	const char *name;
+	int val;
+};
+
+/* One command-line option: what it takes and which field of struct
+ * pc_cli it sets. */
+struct opt {
+	const char *name;
+	enum opt_kind kind;
+	size_t off, size; /* the field it sets */
+	size_t have;      /* if not 0: a bool also set (have_tls...) */
+	uint64_t lo, hi;  /* O_UINT */
+	const char *what; /* why a value is refused; NULL: the generic reason */
+	const struct opt_choice *choices;                /* O_CHOICE; NULL name ends */
+	int (*check)(const char *opt, const char *path); /* O_STR, optional */
+	int (*parse)(struct pc_cli *c, const struct opt *o, const char *a); /* O_FUNC */
 };
 
 static int bad_value(const char *opt, const char *val, const char *what)
@@ -256,14 +230,230 @@ static int bad_value(const char *opt, const char *val, const char *what)
 	return -EINVAL;
 }
 
-static int parse_uint(const char *opt, const char *s, uint64_t max, uint64_t *out)
+/* Store @v in the field of @o, whatever its width. */
+static void put(struct pc_cli *c, const struct opt *o, uint64_t v)
+{
+	char *p = (char *)c + o->off;
+
+	if (o->size == sizeof(bool)) {
+		bool b = v != 0;
+
+		memcpy(p, &b, sizeof(b));
+	} else if (o->size == sizeof(uint32_t)) {
+		uint32_t u = (uint32_t)v;
+
+		memcpy(p, &u, sizeof(u));
+	} else {
+		memcpy(p, &v, sizeof(v));
+	}
+}
+
+static void put_double(struct pc_cli *c, const struct opt *o, double v)
+{
+	memcpy((char *)c + o->off, &v, sizeof(v));
+}
+
+static int parse_ram(struct pc_cli *c, const struct opt *o, const char *a)
 {
 	uint64_t v;
 
-	if (pc_cli_parse_u64(s, &v) || v > max)
-		return bad_value(opt, s, "expected a whole number in range");
-	*out = v;
+	if (pc_cli_parse_size(a, &v) || v == 0 || v % PRECOPY_PAGE_SIZE)
+		return bad_value(o->name, a, "expected a size in whole 4 KiB pages, e.g. 256M");
+	c->ram = v;
 	return 0;
+}
+
+/* --dirty-rate (a rate, or "max": -1) and --bandwidth (a rate above 0). */
+static int parse_rate(struct pc_cli *c, const struct opt *o, const char *a)
+{
+	uint64_t v;
+
+	if (o->lo == 0 && !strcmp(a, "max")) {
+		put_double(c, o, -1);
+		return 0;
+	}
+	if (pc_cli_parse_size(a, &v) || v < o->lo)
+		return bad_value(o->name, a, o->what);
+	put_double(c, o, (double)v);
+	return 0;
+}
+
+/* A key file of hex digits, private to its owner. Return: its length in
+ * bytes, or -EINVAL with the reason printed. */
+static int read_key_file(const struct opt *o, const char *a, uint8_t *key, size_t cap)
+{
+	int n = key_file_private(o->name, a) ? -EPERM : pc_cli_read_psk(a, key, cap);
+
+	if (n == -EPERM)
+		return -EINVAL;
+	if (n < 0)
+		return bad_value(o->name, a, n == -EINVAL ? o->what : strerror(-n));
+	return n;
+}
+
+static int parse_tls_psk(struct pc_cli *c, const struct opt *o, const char *a)
+{
+	int n = read_key_file(o, a, c->tls_psk, sizeof(c->tls_psk));
+
+	if (n < 0)
+		return n;
+	c->tls.psk = c->tls_psk;
+	c->tls.psk_len = (size_t)n;
+	if (!c->tls.psk_identity)
+		c->tls.psk_identity = "precopy";
+	return 0;
+}
+
+static int parse_auth_key(struct pc_cli *c, const struct opt *o, const char *a)
+{
+	int n = read_key_file(o, a, c->auth_key, sizeof(c->auth_key));
+
+	if (n < 0)
+		return n;
+	c->auth_key_len = (size_t)n;
+	return 0;
+}
+
+/* --rtt-us: as strtoull() reads it (a leading '+' is fine), not negative. */
+static int parse_rtt(struct pc_cli *c, const struct opt *o, const char *a)
+{
+	char *end;
+	uint64_t v;
+
+	errno = 0;
+	v = strtoull(a, &end, 10);
+	if (errno || end == a || *end || v > 10000000 || a[0] == '-')
+		return bad_value(o->name, a, "expected microseconds, 0..10000000");
+	c->rtt_us = v;
+	return 0;
+}
+
+static const struct opt_choice patterns[] = {
+	{ "sequential", PC_GUEST_SEQUENTIAL }, { "seq", PC_GUEST_SEQUENTIAL },
+	{ "random", PC_GUEST_RANDOM }, { "hotset", PC_GUEST_HOTSET }, { NULL, 0 },
+};
+static const struct opt_choice dirty_modes[] = {
+	{ "auto", PRECOPY_DIRTY_AUTO }, { "uffd-wp", PRECOPY_DIRTY_UFFD_WP },
+	{ "soft-dirty", PRECOPY_DIRTY_SOFT_DIRTY }, { NULL, 0 },
+};
+static const struct opt_choice on_limits[] = {
+	{ "force", PRECOPY_ON_LIMIT_FORCE }, { "abort", PRECOPY_ON_LIMIT_ABORT }, { NULL, 0 },
+};
+static const struct opt_choice registrations[] = {
+	{ "on-demand", PRECOPY_REG_ON_DEMAND }, { "pin-all", PRECOPY_REG_PIN_ALL }, { NULL, 0 },
+};
+static const struct opt_choice estimators[] = { { "busy", 0 }, { "wall", 1 }, { NULL, 0 } };
+
+#define F(field) .off = offsetof(struct pc_cli, field), .size = sizeof(((struct pc_cli *)0)->field)
+#define STR(n, field, ...) { n, O_STR, F(field), __VA_ARGS__ }
+#define SET(n, field) { n, O_TRUE, F(field) }
+#define UINT(n, field, max) { n, O_UINT, F(field), .hi = (max) }
+#define RANGE(n, field, min, max, why) { n, O_UINT, F(field), .lo = (min), .hi = (max), .what = why }
+#define SIZE(n, field) { n, O_SIZE, F(field), .what = "expected a rate such as 1G" }
+#define CHOICE(n, field, c, why, ...) { n, O_CHOICE, F(field), .choices = c, .what = why, __VA_ARGS__ }
+#define FUNC(n, fn, ...) { n, O_FUNC, .parse = fn, __VA_ARGS__ }
+#define HAVE_TLS .have = offsetof(struct pc_cli, have_tls)
+
+static const struct opt opts[] = {
+	STR("listen", listen),
+	STR("to", to),
+	FUNC("ram", parse_ram),
+	FUNC("dirty-rate", parse_rate, F(dirty_rate), .what = "expected a rate such as 64M or 'max'"),
+	CHOICE("pattern", pattern, patterns, "expected sequential, random or hotset"),
+	RANGE("threads", threads, 1, 64, "expected 1..64"),
+	UINT("zero-pct", zero_pct, 100),
+	UINT("free-pct", free_pct, 100),
+	UINT("seed", seed, UINT64_MAX),
+	CHOICE("dirty-mode", dirty_mode, dirty_modes, "expected auto, uffd-wp or soft-dirty"),
+	SIZE("max-bandwidth", params.max_bandwidth),
+	UINT("downtime-limit", params.downtime_limit_ms, 2000000),
+	SIZE("avail-switchover-bandwidth", params.avail_switchover_bandwidth),
+	SET("auto-converge", params.auto_converge),
+	UINT("throttle-trigger-threshold", params.throttle_trigger_threshold, 100),
+	UINT("cpu-throttle-initial", params.cpu_throttle_initial, 99),
+	UINT("cpu-throttle-increment", params.cpu_throttle_increment, 99),
+	UINT("max-cpu-throttle", params.max_cpu_throttle, 99),
+	SET("cpu-throttle-tailslow", params.cpu_throttle_tailslow),
+	UINT("max-iterations", params.max_iterations, UINT32_MAX),
+	UINT("max-time", params.max_time_ms, UINT32_MAX),
+	UINT("stall-iterations", params.stall_iterations, UINT32_MAX),
+	CHOICE("on-limit", params.on_limit, on_limits, "expected force or abort"),
+	RANGE("channels", params.channels, 1, PRECOPY_MAX_CHANNELS, "expected 1..16"),
+	RANGE("timeout", params.timeout_ms, 100, 3600000, "expected 100..3600000 (ms)"),
+	SET("verify-source-after-failure", verify_source),
+	STR("then-migrate-to", then_to),
+	UINT("stop-delay", stop_delay_ms, 600000),
+	FUNC("tls-psk-file", parse_tls_psk, HAVE_TLS,
+	     .what = "expected a file of 32..1024 hex digits (16..512 bytes)"),
+	STR("tls-psk-identity", tls.psk_identity, HAVE_TLS),
+	STR("tls-ca", tls.ca_file, HAVE_TLS, .check = readable),
+	STR("tls-cert", tls.cert_file, HAVE_TLS, .check = readable),
+	STR("tls-key", tls.key_file, HAVE_TLS, .check = key_file_private),
+	STR("tls-hostname", tls.hostname, HAVE_TLS),
+	FUNC("auth-key-file", parse_auth_key, .have = offsetof(struct pc_cli, have_auth_key),
+	     .what = "expected a file of 32..2048 hex digits (16..1024 bytes)"),
+	CHOICE("rdma-registration", registration, registrations, "expected on-demand or pin-all",
+	       .have = offsetof(struct pc_cli, have_registration)),
+	STR("control", control),
+	UINT("max-forced-downtime", max_forced_downtime_ms, 2000000),
+	SET("no-verify", no_verify),
+	SET("no-populate", no_populate),
+	SET("json", json),
+	SET("quiet", quiet),
+	FUNC("bandwidth", parse_rate, F(bandwidth), .lo = 1, .what = "expected a rate such as 1G"),
+	CHOICE("estimator", estimator_wall, estimators, "expected busy or wall"),
+	FUNC("rtt-us", parse_rtt),
+	{ "send-queue", O_SIZE, F(send_queue), .what = "expected a size, e.g. 4M" },
+	STR("listen-unix", listen_unix),
+	STR("to-unix", to_unix),
+	UINT("numa-node", numa_node, 1023),
+	SET("memfd", memfd),
+};
+
+#define NOPTS (sizeof(opts) / sizeof(opts[0]))
+#define OPT_HELP 256 /* getopt's value for --help; opts[i] has 257 + i */
+
+/* Read @a for @o into @c. Return: 0, or -EINVAL with the reason printed. */
+static int parse_opt(struct pc_cli *c, const struct opt *o, const char *a)
+{
+	const struct opt_choice *ch;
+	uint64_t v = 1;
+	int err = 0;
+
+	switch (o->kind) {
+	case O_STR:
+		if (o->check && o->check(o->name, a))
+			return -EINVAL;
+		memcpy((char *)c + o->off, &a, sizeof(a));
+		break;
+	case O_TRUE:
+		put(c, o, 1);
+		break;
+	case O_UINT:
+		if (pc_cli_parse_u64(a, &v) || v < o->lo || v > o->hi)
+			return bad_value(o->name, a, o->what ? o->what
+							      : "expected a whole number in range");
+		put(c, o, v);
+		break;
+	case O_SIZE:
+		if (pc_cli_parse_size(a, &v))
+			return bad_value(o->name, a, o->what);
+		put(c, o, v);
+		break;
+	case O_CHOICE:
+		for (ch = o->choices; ch->name && strcmp(ch->name, a); ch++)
+			;
+		if (!ch->name)
+			return bad_value(o->name, a, o->what);
+		put(c, o, (uint64_t)ch->val);
+		break;
+	case O_FUNC:
+		err = o->parse(c, o, a);
+		break;
+	}
+	if (!err && o->have)
+		*(bool *)((char *)c + o->have) = true;
+	return err;
 }
 
 /* The first --tls-* flag given, to name it in an error. */
@@ -301,278 +491,40 @@ static int readable(const char *opt, const char *path)
 
 static int parse_args(int argc, char **argv, struct pc_cli *c)
 {
+	struct option long_opts[NOPTS + 2] = { { "help", no_argument, 0, OPT_HELP } };
+	char why[128];
 	int opt;
-	uint64_t v;
 
+	for (size_t i = 0; i < NOPTS; i++)
+		long_opts[i + 1] = (struct option){ opts[i].name, opts[i].kind == O_TRUE ?
+						    no_argument : required_argument,
+						    0, OPT_HELP + 1 + (int)i };
 	optind = 1;
 	while ((opt = getopt_long(argc, argv, "h", long_opts, NULL)) != -1) {
-		const char *a = optarg;
-		const char *name = NULL;
+		const struct opt *o = opt > OPT_HELP ? &opts[opt - OPT_HELP - 1] : NULL;
 
-		for (const struct option *o = long_opts; o->name; o++)
-			if (o->val == opt)
-				name = o->name;
-		if (name && !strncmp(name, "tls-", 4) && !g_tls_flag)
-			g_tls_flag = name;
-		switch (opt) {
-		case OPT_LISTEN: c->listen = a; break;
-		case OPT_TO: c->to = a; break;
-		case OPT_LISTEN_UNIX: c->listen_unix = a; break;
-		case OPT_TO_UNIX: c->to_unix = a; break;
-		case OPT_RAM:
-			if (pc_cli_parse_size(a, &v) || v == 0 || v % PRECOPY_PAGE_SIZE)
-				return bad_value(name, a, "expected a size in whole 4 KiB pages, e.g. 256M");
-			c->ram = v;
-			break;
-		case OPT_DIRTY_RATE:
-			if (!strcmp(a, "max")) {
-				c->dirty_rate = -1;
-				break;
-			}
-			if (pc_cli_parse_size(a, &v))
-				return bad_value(name, a, "expected a rate such as 64M or 'max'");
-			c->dirty_rate = (double)v;
-			break;
-		case OPT_PATTERN:
-			if (!strcmp(a, "sequential") || !strcmp(a, "seq"))
-				c->pattern = PC_GUEST_SEQUENTIAL;
-			else if (!strcmp(a, "random"))
-				c->pattern = PC_GUEST_RANDOM;
-			else if (!strcmp(a, "hotset"))
-				c->pattern = PC_GUEST_HOTSET;
-			else
-				return bad_value(name, a, "expected sequential, random or hotset");
-			break;
-		case OPT_THREADS:
-			if (pc_cli_parse_u64(a, &v) || v == 0 || v > 64)
-				return bad_value(name, a, "expected 1..64");
-			c->threads = (unsigned)v;
-			break;
-		case OPT_ZERO_PCT:
-			if (parse_uint(name, a, 100, &v))
-				return -EINVAL;
-			c->zero_pct = (unsigned)v;
-			break;
-		case OPT_FREE_PCT:
-			if (parse_uint(name, a, 100, &v))
-				return -EINVAL;
-			c->free_pct = (unsigned)v;
-			break;
-		case OPT_SEED:
-			if (parse_uint(name, a, UINT64_MAX, &c->seed))
-				return -EINVAL;
-			break;
-		case OPT_DIRTY_MODE:
-			if (!strcmp(a, "auto"))
-				c->dirty_mode = PRECOPY_DIRTY_AUTO;
-			else if (!strcmp(a, "uffd-wp"))
-				c->dirty_mode = PRECOPY_DIRTY_UFFD_WP;
-			else if (!strcmp(a, "soft-dirty"))
-				c->dirty_mode = PRECOPY_DIRTY_SOFT_DIRTY;
-			else
-				return bad_value(name, a, "expected auto, uffd-wp or soft-dirty");
-			break;
-		case OPT_MAX_BW:
-			if (pc_cli_parse_size(a, &c->params.max_bandwidth))
-				return bad_value(name, a, "expected a rate such as 1G");
-			break;
-		case OPT_DOWNTIME:
-			if (parse_uint(name, a, 2000000, &c->params.downtime_limit_ms))
-				return -EINVAL;
-			break;
-		case OPT_AVAIL_BW:
-			if (pc_cli_parse_size(a, &c->params.avail_switchover_bandwidth))
-				return bad_value(name, a, "expected a rate such as 1G");
-			break;
-		case OPT_AUTO_CONVERGE: c->params.auto_converge = true; break;
-		case OPT_TRIGGER:
-			if (parse_uint(name, a, 100, &v))
-				return -EINVAL;
-			c->params.throttle_trigger_threshold = (unsigned)v;
-			break;
-		case OPT_T_INITIAL:
-			if (parse_uint(name, a, 99, &v))
-				return -EINVAL;
-			c->params.cpu_throttle_initial = (unsigned)v;
-			break;
-		case OPT_T_INCREMENT:
-			if (parse_uint(name, a, 99, &v))
-				return -EINVAL;
-			c->params.cpu_throttle_increment = (unsigned)v;
-			break;
-		case OPT_T_MAX:
-			if (parse_uint(name, a, 99, &v))
-				return -EINVAL;
-			c->params.max_cpu_throttle = (unsigned)v;
-			break;
-		case OPT_TAILSLOW: c->params.cpu_throttle_tailslow = true; break;
-		case OPT_MAX_ITER:
-			if (parse_uint(name, a, UINT32_MAX, &v))
-				return -EINVAL;
-			c->params.max_iterations = (unsigned)v;
-			break;
-		case OPT_MAX_TIME:
-			if (parse_uint(name, a, UINT32_MAX, &c->params.max_time_ms))
-				return -EINVAL;
-			break;
-		case OPT_STALL:
-			if (parse_uint(name, a, UINT32_MAX, &v))
-				return -EINVAL;
-			c->params.stall_iterations = (unsigned)v;
-			break;
-		case OPT_ON_LIMIT:
-			if (!strcmp(a, "force"))
-				c->params.on_limit = PRECOPY_ON_LIMIT_FORCE;
-			else if (!strcmp(a, "abort"))
-				c->params.on_limit = PRECOPY_ON_LIMIT_ABORT;
-			else
-				return bad_value(name, a, "expected force or abort");
-			break;
-		case OPT_CHANNELS:
-			if (pc_cli_parse_u64(a, &v) || v == 0 || v > PRECOPY_MAX_CHANNELS)
-				return bad_value(name, a, "expected 1..16");
-			c->params.channels = (unsigned)v;
-			break;
-		case OPT_TIMEOUT:
-			if (pc_cli_parse_u64(a, &v) || v < 100 || v > 3600000)
-				return bad_value(name, a, "expected 100..3600000 (ms)");
-			c->params.timeout_ms = (unsigned)v;
-			break;
-		case OPT_VERIFY_SOURCE: c->verify_source = true; break;
-		case OPT_THEN_TO: c->then_to = a; break;
-		case OPT_STOP_DELAY:
-			if (parse_uint(name, a, 600000, &c->stop_delay_ms))
-				return -EINVAL;
-			break;
-		case OPT_TLS_PSK_FILE: {
-			int n = key_file_private(name, a) ? -EPERM
-				: pc_cli_read_psk(a, c->tls_psk, sizeof(c->tls_psk));
-
-			if (n == -EPERM)
-				return -EINVAL;
-			if (n < 0)
-				return bad_value(name, a, n == -EINVAL
-					? "expected a file of 32..1024 hex digits (16..512 bytes)"
-					: strerror(-n));
-			c->tls.psk = c->tls_psk;
-			c->tls.psk_len = (size_t)n;
-			if (!c->tls.psk_identity)
-				c->tls.psk_identity = "precopy";
-			c->have_tls = true;
-			break;
-		}
-		case OPT_TLS_PSK_ID: c->tls.psk_identity = a; c->have_tls = true; break;
-		case OPT_TLS_CA:
-			if (readable(name, a))
-				return -EINVAL;
-			c->tls.ca_file = a;
-			c->have_tls = true;
-			break;
-		case OPT_TLS_CERT:
-			if (readable(name, a))
-				return -EINVAL;
-			c->tls.cert_file = a;
-			c->have_tls = true;
-			break;
-		case OPT_TLS_KEY:
-			if (key_file_private(name, a))
-				return -EINVAL;
-			c->tls.key_file = a;
-			c->have_tls = true;
-			break;
-		case OPT_TLS_HOSTNAME: c->tls.hostname = a; c->have_tls = true; break;
-		case OPT_AUTH_KEY_FILE: {
-			int n = key_file_private(name, a) ? -EPERM
-				: pc_cli_read_psk(a, c->auth_key, sizeof(c->auth_key));
-
-			if (n == -EPERM)
-				return -EINVAL;
-			if (n < 0)
-				return bad_value(name, a, n == -EINVAL
-					? "expected a file of 32..2048 hex digits (16..1024 bytes)"
-					: strerror(-n));
-			c->auth_key_len = (size_t)n;
-			c->have_auth_key = true;
-			break;
-		}
-		case OPT_RDMA_REG:
-			if (!strcmp(a, "on-demand"))
-				c->registration = PRECOPY_REG_ON_DEMAND;
-			else if (!strcmp(a, "pin-all"))
-				c->registration = PRECOPY_REG_PIN_ALL;
-			else
-				return bad_value(name, a, "expected on-demand or pin-all");
-			c->have_registration = true;
-			break;
-		case OPT_CONTROL: c->control = a; break;
-		case OPT_MAX_FORCED:
-			if (parse_uint(name, a, 2000000, &c->max_forced_downtime_ms))
-				return -EINVAL;
-			break;
-		case OPT_NO_VERIFY: c->no_verify = true; break;
-		case OPT_NO_POPULATE: c->no_populate = true; break;
-		case OPT_NUMA_NODE:
-			if (parse_uint(name, a, 1023, &v))
-				return -EINVAL;
-			c->numa_node = (int)v;
-			break;
-		case OPT_MEMFD: c->memfd = true; break;
-		case OPT_JSON: c->json = true; break;
-		case OPT_QUIET: c->quiet = true; break;
-		case OPT_BANDWIDTH:
-			if (pc_cli_parse_size(a, &v) || v == 0)
-				return bad_value(name, a, "expected a rate such as 1G");
-			c->bandwidth = (double)v;
-			break;
-		case OPT_ESTIMATOR:
-			if (strcmp(a, "busy") && strcmp(a, "wall"))
-				return bad_value(name, a, "expected busy or wall");
-			c->estimator_wall = !strcmp(a, "wall");
-			break;
-		case OPT_RTT_US: {
-			char *end;
-
-			errno = 0;
-			v = strtoull(a, &end, 10);
-			if (errno || end == a || *end || v > 10000000 || a[0] == '-')
-				return bad_value(name, a, "expected microseconds, 0..10000000");
-			c->rtt_us = v;
-			break;
-		}
-		case 'h':
-		case OPT_HELP:
+		if (opt == 'h' || opt == OPT_HELP) {
 			usage(stdout);
 			exit(0);
-		default:
+		}
+		if (!o) {
 			fprintf(stderr, "precopy: see 'precopy help'\n");
 			return -EINVAL;
 		}
+		if (!strncmp(o->name, "tls-", 4) && !g_tls_flag)
+			g_tls_flag = o->name;
+		if (parse_opt(c, o, optarg))
+			return -EINVAL;
 	}
 	if (optind < argc) {
 		fprintf(stderr, "precopy: unexpected argument '%s'\n", argv[optind]);
 		return -EINVAL;
 	}
-	{
-		char why[128];
-
-		if (precopy_params_check(&c->params, why, sizeof(why))) {
-			fprintf(stderr, "precopy: %s\n", why);
-			return -EINVAL;
-		}
+	if (precopy_params_check(&c->params, why, sizeof(why))) {
+		fprintf(stderr, "precopy: %s\n", why);
+		return -EINVAL;
 	}
 	return 0;
-}
-
-/* What the transport of @uri can do; ~0 when the URI names no transport
- * built in (the command reports that itself). */
-static uint32_t uri_caps(const char *uri)
-{
-	const struct pc_transport_ops *ops;
-	const char *rest;
-
-	if (!uri || pc_transport_split_uri(uri, &ops, &rest))
-		return ~0u;
-	return ops->caps;
 }
 
 /*
@@ -610,7 +562,7 @@ static int check_transport_flags(const char *cmd, const struct pc_cli *c)
 	}
 	if (!uris[0])
 		return 0; /* (a missing URI is reported by the command) */
-	caps = uri_caps(uris[0]) | (uris[1] ? uri_caps(uris[1]) : 0);
+	caps = pc_cli_uri_caps(uris[0]) | (uris[1] ? pc_cli_uri_caps(uris[1]) : 0);
 	if (c->have_tls && !(caps & PC_TCAP_TLS)) {
 		fprintf(stderr, "precopy %s: --%s applies to tls: URIs only; '%s' would ignore "
 				"it (use tls:HOST:PORT)\n", cmd, g_tls_flag, uris[0]);
@@ -630,10 +582,13 @@ static int check_transport_flags(const char *cmd, const struct pc_cli *c)
 	return 0;
 }
 
-/* Whether @uri's transport authenticates with the shared key (rdma:). */
+/* Whether @uri's transport authenticates with the shared key (rdma:); not
+ * a URI that names no transport built in. */
 static bool takes_key(const char *uri)
 {
-	return uri && (uri_caps(uri) & PC_TCAP_AUTH_KEY);
+	uint32_t caps = uri ? pc_cli_uri_caps(uri) : ~0u;
+
+	return caps != ~0u && (caps & PC_TCAP_AUTH_KEY);
 }
 
 /*

@@ -155,12 +155,81 @@ static void rates(const struct pc_progress *p, double *dirty, double *send)
 	}
 }
 
+/* The line of a phase that is not a pass (setup, switchover, the end)
+ * into @buf. Return: whether @status is one. */
+static bool format_phase(const struct pc_progress *p, enum precopy_status status, char *buf,
+			 size_t len)
+{
+	const struct precopy_stats *st = &p->st;
+	char a[32];
+
+	switch (status) {
+	case PRECOPY_STATUS_NONE:
+	case PRECOPY_STATUS_SETUP:
+		snprintf(buf, len, "setup: %s", p->what);
+		return true;
+	case PRECOPY_STATUS_COMPLETED:
+		snprintf(buf, len, "completed: %s %s", pc_cli_fmt_bytes((double)st->transferred, a, sizeof(a)),
+			 p->source ? "sent" : "received");
+		return true;
+	case PRECOPY_STATUS_FAILED:
+	case PRECOPY_STATUS_CANCELLED:
+		snprintf(buf, len, "%s", precopy_status_name(status));
+		return true;
+	case PRECOPY_STATUS_SWITCHOVER:
+		if (p->source)
+			snprintf(buf, len, "switchover: guest stopped, %" PRIu64 " pages pending (%s)",
+				 st->remaining / PRECOPY_PAGE_SIZE,
+				 pc_cli_fmt_bytes((double)st->remaining, a, sizeof(a)));
+		else
+			snprintf(buf, len, "switchover: the source's guest is stopped; last pages "
+					   "and device state, %s received",
+				 pc_cli_fmt_bytes((double)st->transferred, a, sizeof(a)));
+		return true;
+	default:
+		return false;
+	}
+}
+
+/* When the switchover comes, at the rates @send and @dirty (bytes/s; < 0:
+ * not known yet), into @buf. */
+static void format_eta(const struct pc_progress *p, enum precopy_status status, double send,
+		       double dirty, char *buf, size_t len)
+{
+	const struct precopy_stats *st = &p->st;
+	uint64_t done = (st->normal + st->duplicate + st->free_skipped) * PRECOPY_PAGE_SIZE;
+	struct pc_eta_in in = {
+		.pending = st->remaining,
+		.bulk = status == PRECOPY_STATUS_BULK,
+		.bulk_unsent = st->total > done ? st->total - done : 0,
+		.total = st->total,
+		.send_bps = send,
+		.switch_bps = p->avail_bps ? (double)p->avail_bps : (double)st->bandwidth_busy,
+		.dirty_bps = dirty,
+		.limit_ms = p->limit_ms,
+	};
+	double s = 0;
+	char e[32];
+
+	switch (dirty < 0 ? PC_ETA_UNKNOWN : pc_eta(&in, &s)) {
+	case PC_ETA_SECONDS:
+		snprintf(buf, len, "switchover in %s", fmt_eta(s, e, sizeof(e)));
+		break;
+	case PC_ETA_NOT_CONVERGING:
+		snprintf(buf, len, "not converging at this rate");
+		break;
+	default:
+		snprintf(buf, len, "switchover in ...");
+		break;
+	}
+}
+
 void pc_progress_format(struct pc_progress *p, uint64_t ms, char *buf, size_t len)
 {
 	const struct precopy_stats *st = &p->st;
 	enum precopy_status status = p->have_st ? st->status : PRECOPY_STATUS_NONE;
 	double dirty, send, total = (double)st->total;
-	char a[32], b[32], c[32], e[32];
+	char a[32], b[32], c[32];
 	size_t n;
 
 	n = (size_t)snprintf(buf, len, "%5.1f s  ", ms / 1e3);
@@ -174,32 +243,8 @@ void pc_progress_format(struct pc_progress *p, uint64_t ms, char *buf, size_t le
 	if (dirty < 0 && st->iteration > 0)
 		dirty = (double)st->dirty_pages_rate * PRECOPY_PAGE_SIZE;
 
-	switch (status) {
-	case PRECOPY_STATUS_NONE:
-	case PRECOPY_STATUS_SETUP:
-		snprintf(buf, len, "setup: %s", p->what);
+	if (format_phase(p, status, buf, len))
 		return;
-	case PRECOPY_STATUS_COMPLETED:
-		snprintf(buf, len, "completed: %s %s", pc_cli_fmt_bytes((double)st->transferred, a, sizeof(a)),
-			 p->source ? "sent" : "received");
-		return;
-	case PRECOPY_STATUS_FAILED:
-	case PRECOPY_STATUS_CANCELLED:
-		snprintf(buf, len, "%s", precopy_status_name(status));
-		return;
-	case PRECOPY_STATUS_SWITCHOVER:
-		if (p->source)
-			snprintf(buf, len, "switchover: guest stopped, %" PRIu64 " pages pending (%s)",
-				 st->remaining / PRECOPY_PAGE_SIZE,
-				 pc_cli_fmt_bytes((double)st->remaining, a, sizeof(a)));
-		else
-			snprintf(buf, len, "switchover: the source's guest is stopped; last pages "
-					   "and device state, %s received",
-				 pc_cli_fmt_bytes((double)st->transferred, a, sizeof(a)));
-		return;
-	default:
-		break;
-	}
 
 	/* bulk or a later pass */
 	if (status == PRECOPY_STATUS_BULK) {
@@ -232,32 +277,7 @@ void pc_progress_format(struct pc_progress *p, uint64_t ms, char *buf, size_t le
 		return;
 	buf += n;
 	len -= n;
-	{
-		uint64_t done = (st->normal + st->duplicate + st->free_skipped) * PRECOPY_PAGE_SIZE;
-		struct pc_eta_in in = {
-			.pending = st->remaining,
-			.bulk = status == PRECOPY_STATUS_BULK,
-			.bulk_unsent = st->total > done ? st->total - done : 0,
-			.total = st->total,
-			.send_bps = send,
-			.switch_bps = p->avail_bps ? (double)p->avail_bps : (double)st->bandwidth_busy,
-			.dirty_bps = dirty,
-			.limit_ms = p->limit_ms,
-		};
-		double s = 0;
-
-		switch (dirty < 0 ? PC_ETA_UNKNOWN : pc_eta(&in, &s)) {
-		case PC_ETA_SECONDS:
-			snprintf(buf, len, "switchover in %s", fmt_eta(s, e, sizeof(e)));
-			break;
-		case PC_ETA_NOT_CONVERGING:
-			snprintf(buf, len, "not converging at this rate");
-			break;
-		default:
-			snprintf(buf, len, "switchover in ...");
-			break;
-		}
-	}
+	format_eta(p, status, send, dirty, buf, len);
 }
 
 static int term_cols(FILE *f)

@@ -19,6 +19,7 @@
 #include "cli.h"
 #include "progress.h"
 #include "session.h"
+#include "transport.h"
 
 void pc_cli_defaults(struct pc_cli *c)
 {
@@ -104,19 +105,22 @@ static void end_progress(struct ctx *x, const struct precopy_stats *st)
 static void describe_setup(struct ctx *x, const char *uri, char *buf, size_t len)
 {
 	struct pc_cli *c = x->c;
+	uint32_t caps = pc_cli_uri_caps(uri);
 	char r[32];
 
+	if (caps == ~0u)
+		caps = 0;
 	pc_cli_fmt_bytes((double)c->ram, r, sizeof(r));
 	if (strcmp(x->role, "source")) {
-		snprintf(buf, len, "waiting for the source on %s%s%s%s", uri,
-			 !strncmp(uri, "tls:", 4) ? ", then the TLS handshake" : "",
-			 !strncmp(uri, "rdma:", 5) ? ", then registering the " : "",
-			 !strncmp(uri, "rdma:", 5) ? "RAM with the device" : "");
-	} else if (!strncmp(uri, "tls:", 4)) {
+		snprintf(buf, len, "waiting for the source on %s%s%s", uri,
+			 caps & PC_TCAP_TLS ? ", then the TLS handshake" : "",
+			 caps & PC_TCAP_NEEDS_REG ? ", then registering the RAM with the device"
+						  : "");
+	} else if (caps & PC_TCAP_TLS) {
 		snprintf(buf, len, "connecting to %s, TLS handshake", uri);
-	} else if (!strncmp(uri, "shm:", 4) && c->memfd) {
+	} else if ((caps & PC_TCAP_FD_PASS) && c->memfd) {
 		snprintf(buf, len, "connecting to %s, handing the guest's RAM over", uri);
-	} else if (!strncmp(uri, "rdma:", 5)) {
+	} else if (caps & PC_TCAP_NEEDS_REG) {
 		if (c->have_registration && c->registration == PRECOPY_REG_PIN_ALL)
 			snprintf(buf, len, "connecting to %s, registering %s of RAM with the device",
 				 uri, r);
@@ -338,6 +342,72 @@ static int ram_fits(const char *cmd, uint64_t ram, unsigned copies)
 	return 2;
 }
 
+/* --numa-node N names no node here: say why. */
+static void bad_numa_node(int node)
+{
+	int max = precopy_numa_max_node();
+
+	if (max < 0)
+		fprintf(stderr, "precopy incoming: --numa-node %d: this kernel has no NUMA "
+				"support\n", node);
+	else if (max == 0)
+		fprintf(stderr, "precopy incoming: --numa-node %d: no such NUMA node (this "
+				"machine has node 0 only)\n", node);
+	else
+		fprintf(stderr, "precopy incoming: --numa-node %d: no such NUMA node (this "
+				"machine has nodes 0..%d)\n", node, max);
+}
+
+/* The destination listens: tell --ready-fd, the user or the JSON reader
+ * where, and start the progress line. */
+static void announce_listening(struct ctx *x, struct precopy_session *s)
+{
+	struct pc_cli *c = x->c;
+	char uri[128], what[256];
+
+	precopy_local_uri(s, uri, sizeof(uri));
+	if (c->ready_fd >= 0) {
+		dprintf(c->ready_fd, "%s\n", uri);
+		close(c->ready_fd);
+		c->ready_fd = -1;
+	}
+	if (c->json)
+		printf("{\"event\":\"listening\",\"uri\":\"%s\"}\n", uri);
+	else if (!c->quiet)
+		fprintf(stderr, "precopy: listening on %s\n", uri);
+	fflush(stdout);
+	describe_setup(x, uri, what, sizeof(what));
+	begin_progress(x, what);
+	pc_progress_attach(&x->prog, s);
+}
+
+/* Check the received RAM against the guest descriptor the source sent,
+ * and report it. Return: 0 if it is intact, -1 if not (said why). */
+static int verify_received(struct ctx *x, const void *ram)
+{
+	struct pc_cli *c = x->c;
+	char why[256];
+	int err;
+
+	if (!x->have_desc) {
+		fprintf(stderr, "precopy incoming: the source sent no guest descriptor; "
+				"use --no-verify for a guest that is not precopy's own\n");
+		return -1;
+	}
+	err = pc_guest_verify(ram, c->ram, &x->desc, why, sizeof(why));
+	if (c->json)
+		printf("{\"event\":\"verify\",\"role\":\"destination\",\"verified\":%s,"
+		       "\"pages\":%" PRIu64 ",\"writes\":%" PRIu64 ",\"detail\":\"%s\"}\n",
+		       err ? "false" : "true", x->desc.npages, x->desc.writes, err ? why : "ok");
+	else if (err)
+		printf("  guest pattern    BROKEN: %s\n", why);
+	else
+		printf("  guest pattern    verified: %" PRIu64 " pages, %" PRIu64
+		       " guest writes accounted for\n", x->desc.npages, x->desc.writes);
+	fflush(stdout);
+	return err ? -1 : 0;
+}
+
 int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current)
 {
 	struct ctx x = { .c = c, .role = "destination" };
@@ -347,7 +417,6 @@ int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current)
 	struct precopy_session *s = NULL;
 	struct precopy_stats st;
 	struct pc_cli_reg reg;
-	char uri[128], why[256];
 	void *ram = NULL;
 	int err, rc = 1, ramfd = -1;
 
@@ -358,17 +427,7 @@ int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current)
 	if (ram_fits("incoming", c->ram, 1))
 		return 2;
 	if (c->numa_node >= 0 && precopy_numa_node_ok(c->numa_node)) {
-		int max = precopy_numa_max_node();
-
-		if (max < 0)
-			fprintf(stderr, "precopy incoming: --numa-node %d: this kernel has no NUMA "
-					"support\n", c->numa_node);
-		else if (max == 0)
-			fprintf(stderr, "precopy incoming: --numa-node %d: no such NUMA node (this "
-					"machine has node 0 only)\n", c->numa_node);
-		else
-			fprintf(stderr, "precopy incoming: --numa-node %d: no such NUMA node (this "
-					"machine has nodes 0..%d)\n", c->numa_node, max);
+		bad_numa_node(c->numa_node);
 		return 2;
 	}
 	/* RAM as a sealed memfd (F_SEAL_SEAL too); every transport writes
@@ -396,30 +455,16 @@ int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current)
 		precopy_set_param(s, PRECOPY_PARAM_POPULATE, 0);
 	err = precopy_listen(s, c->listen);
 	if (err) {
-		fprintf(stderr, "precopy incoming: cannot listen on '%s': %s\n", c->listen,
-			err == -EINVAL ? "malformed URI (expected tcp:HOST:PORT, tls:HOST:PORT or shm:PATH)"
-				       : strerror(-err));
+		if (err == -EINVAL)
+			fprintf(stderr, "precopy incoming: cannot listen on '%s': malformed URI "
+					"(expected one of %s)\n", c->listen, pc_transport_syntaxes());
+		else
+			fprintf(stderr, "precopy incoming: cannot listen on '%s': %s\n",
+				c->listen, strerror(-err));
 		rc = err == -EINVAL || err == -EPROTONOSUPPORT ? 2 : 1;
 		goto out;
 	}
-	precopy_local_uri(s, uri, sizeof(uri));
-	if (c->ready_fd >= 0) {
-		dprintf(c->ready_fd, "%s\n", uri);
-		close(c->ready_fd);
-		c->ready_fd = -1;
-	}
-	if (c->json)
-		printf("{\"event\":\"listening\",\"uri\":\"%s\"}\n", uri);
-	else if (!c->quiet)
-		fprintf(stderr, "precopy: listening on %s\n", uri);
-	fflush(stdout);
-	{
-		char what[256];
-
-		describe_setup(&x, uri, what, sizeof(what));
-		begin_progress(&x, what);
-		pc_progress_attach(&x.prog, s);
-	}
+	announce_listening(&x, s);
 	*current = s;
 	err = precopy_incoming(s);
 	*current = NULL;
@@ -429,28 +474,8 @@ int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current)
 	print_summary(&x, &st, &reg);
 	if (err)
 		goto out;
-	if (!c->no_verify) {
-		if (!x.have_desc) {
-			fprintf(stderr, "precopy incoming: the source sent no guest descriptor; "
-					"use --no-verify for a guest that is not precopy's own\n");
-			goto out;
-		}
-		err = pc_guest_verify(ram, c->ram, &x.desc, why, sizeof(why));
-		if (c->json)
-			printf("{\"event\":\"verify\",\"role\":\"destination\",\"verified\":%s,"
-			       "\"pages\":%" PRIu64 ",\"writes\":%" PRIu64 ",\"detail\":\"%s\"}\n",
-			       err ? "false" : "true", x.desc.npages, x.desc.writes,
-			       err ? why : "ok");
-		else if (err)
-			printf("  guest pattern    BROKEN: %s\n", why);
-		else
-			printf("  guest pattern    verified: %" PRIu64 " pages, %" PRIu64
-			       " guest writes accounted for\n",
-			       x.desc.npages, x.desc.writes);
-		fflush(stdout);
-		if (err)
-			goto out;
-	}
+	if (!c->no_verify && verify_received(&x, ram))
+		goto out;
 	report_numa(c, ram);
 	rc = 0;
 out:

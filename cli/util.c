@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "transport.h"
 
 int pc_cli_parse_u64(const char *s, uint64_t *out)
 {
@@ -209,4 +210,14 @@ int pc_cli_apply_rdma(struct pc_cli *c, struct precopy_session *s, const char *c
 		return 0;
 	fprintf(stderr, "precopy %s: cannot apply the RDMA settings: %s\n", cmd, strerror(-err));
 	return 2;
+}
+
+uint32_t pc_cli_uri_caps(const char *uri)
+{
+	const struct pc_transport_ops *ops;
+	const char *rest;
+
+	if (!uri || pc_transport_split_uri(uri, &ops, &rest))
+		return ~0u;
+	return ops->caps;
 }

@@ -231,7 +231,7 @@ int precopy_delete(struct precopy_session **sp)
 	free(s->word_region);
 	free(s->key);
 	if (s->lst)
-		s->lst->ops->listener_close(s->lst);
+		pc_tp_listener_close(s->lst);
 	pc_tp_close(s->tp);
 	tls_clear(s);
 	pthread_mutex_destroy(&s->lock);
@@ -420,7 +420,7 @@ static int end_run(struct precopy_session *s, int err)
 		struct pc_tp_reg_stats rs;
 
 		s->tp = NULL;
-		if (tp->ops->reg_stats(tp, &rs) == 0) {
+		if (pc_tp_reg_stats(tp, &rs) == 0) {
 			s->reg_stats = rs;
 			s->have_reg_stats = true;
 			s->st.registered = true;
@@ -541,7 +541,7 @@ int precopy_listen(struct precopy_session *s, const char *uri)
 	err = pc_transport_split_uri(uri, &ops, &rest);
 	if (err)
 		return err;
-	err = ops->listen(rest, &o, &s->lst);
+	err = pc_tp_listen(ops, rest, &o, &s->lst);
 	if (err)
 		return err;
 	s->ops = ops;
@@ -570,7 +570,7 @@ int precopy_local_uri(struct precopy_session *s, char *buf, size_t len)
 		return -EINVAL;
 	if (!s->lst)
 		return -ENOTCONN;
-	return s->lst->ops->listener_addr(s->lst, buf, len);
+	return pc_tp_listener_addr(s->lst, buf, len);
 }
 
 int precopy_incoming(struct precopy_session *s)
@@ -603,7 +603,7 @@ int precopy_cancel(struct precopy_session *s)
 	if (s->tp)
 		pc_tp_abort(s->tp);
 	if (s->lst)
-		s->lst->ops->listener_abort(s->lst);
+		pc_tp_listener_abort(s->lst);
 	pthread_mutex_unlock(&s->lock);
 	return 0;
 }

@@ -424,7 +424,7 @@ static int handle_complete(struct dest *d, const struct pc_wire_msg *m)
 	 * more may land in our memory. Revoke the peer's access (RDMA keys
 	 * deregistered, stream page runs refused) before the memory is
 	 * verified and long before the guest can start. */
-	d->tp->ops->unexpose_all(d->tp);
+	pc_tp_unexpose_all(d->tp);
 	pthread_mutex_lock(&d->mu);
 	/* The fence: a parked receiver ends without reading another byte. */
 	d->fenced = true;
@@ -669,10 +669,10 @@ static int handshake(struct dest *d)
 	for (unsigned i = 0; !status && !d->handoff && i < s->nreg; i++) {
 		err = -EOPNOTSUPP;
 		if (s->reg[i].fd >= 0) /* shared: the source writes straight into it */
-			err = d->tp->ops->expose_region_fd(d->tp, i, s->reg[i].addr, s->reg[i].len,
-							   s->reg[i].fd, s->reg[i].fd_offset);
+			err = pc_tp_expose_region_fd(d->tp, i, s->reg[i].addr, s->reg[i].len,
+						     s->reg[i].fd, s->reg[i].fd_offset);
 		if (err == -EOPNOTSUPP)
-			err = d->tp->ops->expose_region(d->tp, i, s->reg[i].addr, s->reg[i].len);
+			err = pc_tp_expose_region(d->tp, i, s->reg[i].addr, s->reg[i].len);
 		if (err) {
 			status = err;
 			snprintf(text, sizeof(text), "cannot expose region %u: %s", i,
@@ -854,7 +854,7 @@ static int incoming(struct dest *d)
 	pc_set_status(s, PRECOPY_STATUS_SETUP);
 	if (atomic_load(&s->cancel))
 		return -ECANCELED;
-	err = s->lst->ops->accept(s->lst, &o, &tp);
+	err = pc_tp_accept(s->lst, &o, &tp);
 	if (err)
 		return err == -ECANCELED ? err
 					 : pc_fail(s, err, "accept: %s", why[0] ? why : strerror(-err));
@@ -876,7 +876,7 @@ static int incoming(struct dest *d)
 		memset(d->rcv[c].buf, 0, PC_WIRE_MSG_MAX);
 	}
 	tp->placed_arg = d;
-	tp->placed = on_placed;
+	tp->placed = tp->ops->caps & PC_TCAP_DIRECT_WRITE ? NULL : on_placed;
 	err = handshake(d);
 	if (err)
 		return err;
@@ -950,7 +950,7 @@ int pc_dest_run(struct precopy_session *s)
 		for (unsigned c = 1; c < d->nchan; c++)
 			if (d->rcv[c].started)
 				pthread_join(d->rcv[c].thread, NULL);
-		d->tp->ops->unexpose_all(d->tp);
+		pc_tp_unexpose_all(d->tp);
 	}
 	if (!err && atomic_load(&d->err) && !atomic_load(&d->finished))
 		err = atomic_load(&d->err);

@@ -638,16 +638,15 @@ static int connect_dest(struct source *src, const char *uri)
 	pc_set_status(s, PRECOPY_STATUS_SETUP);
 	err = pc_transport_split_uri(uri, &ops, &rest);
 	if (err)
-		return pc_fail(s, err, "bad destination URI '%s' (expected tcp:HOST:PORT or "
-				       "shm:PATH; built: %s)", uri, pc_transport_schemes());
+		return pc_fail(s, err, "bad destination URI '%s' (expected one of %s)", uri,
+			       pc_transport_syntaxes());
 	if (atomic_load(&s->cancel))
 		return -ECANCELED;
-	err = ops->connect(rest, &o, &tp);
+	err = pc_tp_connect(ops, rest, &o, &tp);
 	if (err == -ECANCELED)
 		return err;
 	if (err == -EINVAL && !why[0])
-		return pc_fail(s, err, "bad destination URI '%s' (expected %s:HOST:PORT, port 1..65535)",
-			       uri, pc_transport_schemes());
+		return pc_fail(s, err, "bad destination URI '%s' (expected %s)", uri, ops->syntax);
 	if (err)
 		return pc_fail(s, err, "connecting to %s: %s", uri, why[0] ? why : strerror(-err));
 	pthread_mutex_lock(&s->lock);
@@ -682,8 +681,8 @@ static int arm(struct source *src)
 	uint64_t t_setup;
 	int err;
 
-	for (unsigned i = 0; i < s->nreg; i++) {
-		err = src->tp->ops->reg_local(src->tp, s->reg[i].addr, s->reg[i].len);
+	for (unsigned i = 0; i < s->nreg && (src->tp->ops->caps & PC_TCAP_NEEDS_REG); i++) {
+		err = pc_tp_reg_local(src->tp, s->reg[i].addr, s->reg[i].len);
 		if (err)
 			return pc_fail(s, err, "registering region %u: %s", i, strerror(-err));
 	}

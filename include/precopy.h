@@ -149,11 +149,12 @@ struct precopy_params {
 	 *  TCP_USER_TIMEOUT), or an idle connection whose keepalive probes go
 	 *  unanswered (probes start after min(5 s, timeout/3)), ends the
 	 *  migration with -ETIMEDOUT; so does a TCP connect that gets no
-	 *  answer this long. Over tcp: and tls:, a peer whose process is
-	 *  stopped or frozen is caught too. If it reads nothing for this long,
-	 *  or sends nothing for this long (heartbeats included), the migration
-	 *  fails with -ETIMEDOUT. Heartbeats go out every timeout/3 of idle,
-	 *  so slow work in the peer's callbacks is not taken for silence.
+	 *  answer this long. Over tcp:, tls: and shm:, a peer whose process
+	 *  is stopped or frozen is caught too. If it reads nothing for this
+	 *  long, or sends nothing for this long (heartbeats included), the
+	 *  migration fails with -ETIMEDOUT. Heartbeats go out every timeout/3
+	 *  of idle, so slow work in the peer's callbacks is not taken for
+	 *  silence.
 	 *  Over rdma:, the same through heartbeats the peer's process must
 	 *  answer (its NIC acknowledges everything even when it is stopped):
 	 *  a channel that hears nothing for this long fails.
@@ -272,9 +273,10 @@ struct precopy_stats {
 	/* --- since PRECOPY_0.3: the bandwidth estimate (source) --------- */
 	/** bytes/s of the link as the transport measured it where the bytes
 	 *  leave: tcp:/tls: the kernel's bytes acknowledged over the time it
-	 *  had data queued or in flight (TCP_INFO), shm: the copy rate; with
-	 *  several channels the link they share, not the sum of channels.
-	 *  0 = the transport gives no figures (rdma: today). */
+	 *  had data queued or in flight (TCP_INFO), rdma: the bytes of
+	 *  completed work requests over the time work requests were
+	 *  outstanding, shm: the copy rate; with several channels the link
+	 *  they share, not the sum of channels. 0 = no figures yet. */
 	uint64_t bandwidth_link;
 	/** bytes/s of guest RAM the sender gets through when it is not
 	 *  waiting for max-bandwidth (scanning, zero pages and sends). */

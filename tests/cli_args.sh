@@ -51,6 +51,21 @@ expect "--on-limit" migrate $T --ram 4M --on-limit maybe
 expect "--max-bandwidth" migrate $T --ram 4M --max-bandwidth lots
 expect "--stop-delay" migrate $T --ram 4M --stop-delay -1
 expect "bad destination URI" migrate --to bogus:1 --ram 4M
+# ... and a URI of no transport built in is not warned about as rdma: would be
+refute() {
+	local text=$1 out
+	shift
+	out=$(timeout 20 "$P" "$@" 2>&1 </dev/null)
+	n=$((n + 1))
+	if [[ $out == *"$text"* ]]; then
+		echo "FAIL: precopy $*: '$out' (wanted no '$text')"
+		fails=$((fails + 1))
+	else
+		echo "ok   precopy $*: no '$text'"
+	fi
+}
+refute "without --auth-key-file" migrate --to bogus:1 --ram 4M
+refute "without --auth-key-file" bridge --listen nope --to-unix /nonexistent/s
 expect "bad destination URI" migrate --to tcp:localhost --ram 4M
 expect "bad destination URI" migrate --to tcp:127.0.0.1:70000 --ram 4M
 expect "bad destination URI" migrate --to tcp:[::1 --ram 4M

@@ -2,8 +2,8 @@
 # SPDX-License-Identifier: MIT
 # cli_hung.sh PRECOPY - a peer whose process is stopped (SIGSTOP) while its
 # kernel still answers: TCP acknowledges the data and the keepalive probes,
-# so only precopy's own timeouts can tell. With --timeout 1000, over tcp:
-# and tls: (PSK):
+# so only precopy's own timeouts can tell. With --timeout 1000, over tcp:,
+# tls: (PSK) and shm: (where a stopped peer's socket stays open as well):
 #
 #  dest-stopped    the destination is stopped during the bulk pass: the
 #                  source fails (exit 1) saying the peer read nothing, and
@@ -55,8 +55,10 @@ chmod 600 "$dir/psk" # a key file must be private to its owner
 # after the first progress report that shows bytes sent.
 run() {
 	local scheme=$1 who=$2 name="$1-$2-stopped" uri= tls=() i dpid spid victim other rc
+	local addr="$scheme:127.0.0.1:0"
 	[ "$scheme" = tls ] && tls=(--tls-psk-file "$dir/psk")
-	"$P" incoming --listen "$scheme:127.0.0.1:0" --ram 64M --json --timeout 1000 "${tls[@]}" \
+	[ "$scheme" = shm ] && addr="shm:$dir/$name.sock"
+	"$P" incoming --listen "$addr" --ram 64M --json --timeout 1000 "${tls[@]}" \
 		>"$dir/$name.dout" 2>"$dir/$name.derr" &
 	dpid=$!
 	pids+=("$dpid")
@@ -116,5 +118,7 @@ if "$P" version | grep -q 'tls'; then
 else
 	echo "skip tls: not built in"
 fi
+run shm dest
+run shm source
 [ $fails -eq 0 ] || { echo "$fails failed"; exit 1; }
 echo "all passed"

@@ -16,14 +16,8 @@ import struct
 import subprocess
 import sys
 
-fails = 0
-
-
-def check(cond, what):
-    global fails
-    print(("ok     " if cond else "FAIL   ") + what)
-    if not cond:
-        fails += 1
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+from checks import check  # noqa: E402
 
 
 def png_size(path):
@@ -109,8 +103,7 @@ def main():
     p = subprocess.run([precopy, "plot", events], capture_output=True, text=True)
     check(p.returncode == 2 and "usage" in p.stderr, f"one argument: exit {p.returncode}")
 
-    print(f"cli_plot: {fails} failed")
-    return 1 if fails else 0
+    return check.verdict("cli_plot")
 
 
 if __name__ == "__main__":

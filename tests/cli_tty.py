@@ -25,16 +25,11 @@ import sys
 import termios
 import fcntl
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+from checks import check  # noqa: E402
+
 COLS = 120
 DEMO = ["demo", "--ram", "32M", "--dirty-rate", "8M"]
-fails = 0
-
-
-def check(cond, what):
-    global fails
-    print(("ok     " if cond else "FAIL   ") + what)
-    if not cond:
-        fails += 1
 
 
 def run_pty(argv):
@@ -130,7 +125,7 @@ def main():
     # the progress line's last state stays on a line of its own
     prog = [ln for ln in lines if re.match(r"^ *[0-9]+\.[0-9] s  ", ln)]
     check(len(prog) == 1 and "completed" in prog[0], f"the last progress line is kept: {prog!r}")
-    if fails:
+    if check.fails:
         sys.stdout.write("# the screen:\n" + "".join("#  " + ln + "\n" for ln in lines))
 
     # standard error not a terminal: nothing drawn
@@ -147,8 +142,7 @@ def main():
     check(rc == 0 and "\x1b" not in text and not rest,
           f"--json on a terminal: JSON lines only (exit {rc}, other lines {rest[:3]!r})")
 
-    print(f"cli_tty: {fails} failed")
-    return 1 if fails else 0
+    return check.verdict("cli_tty")
 
 
 if __name__ == "__main__":

@@ -19,14 +19,16 @@ Exit 0 pass, 1 fail, 77 skipped (no QEMU, or the transport is not built; for
 rdma with PRECOPY_REQUIRE_RDMA=1, as in CI, that fails instead: exit 1).
 """
 import argparse
-import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
+from qmp import QMP  # noqa: E402
 
 PAGE = 4096
 
@@ -36,54 +38,6 @@ def log(msg):
 
 
 T0 = time.monotonic()
-
-
-class QMP:
-    """The QEMU Machine Protocol over a unix socket: one JSON object a line."""
-
-    def __init__(self, path, timeout):
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.connect(path)
-                break
-            except OSError:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"QMP socket {path} did not come up")
-                time.sleep(0.1)
-        self.sock.settimeout(timeout)
-        self.file = self.sock.makefile("rwb")
-        greeting = self._read()
-        if "QMP" not in greeting:
-            raise RuntimeError(f"not a QMP greeting: {greeting}")
-        self.version = greeting["QMP"]["version"]["qemu"]
-        self.cmd("qmp_capabilities")
-
-    def _read(self):
-        line = self.file.readline()
-        if not line:
-            raise RuntimeError("QMP connection closed")
-        return json.loads(line)
-
-    def cmd(self, name, **args):
-        msg = {"execute": name}
-        if args:
-            msg["arguments"] = args
-        self.file.write(json.dumps(msg).encode() + b"\n")
-        self.file.flush()
-        while True:
-            r = self._read()
-            if "event" in r:
-                continue
-            if "error" in r:
-                raise RuntimeError(f"QMP {name}: {r['error']}")
-            return r["return"]
-
-    def close(self):
-        self.file.close()
-        self.sock.close()
 
 
 def fill_source(path, size):

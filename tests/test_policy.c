@@ -330,28 +330,47 @@ static void bucket__debt_is_paid_by_the_wait(void **state)
 	(void)state;
 	struct pc_bucket b;
 
-	/* 1 MB/s: depth 10 ms = 10000 bytes. */
+	/* 1 MB/s: a 100 ms slice = 100000 bytes. */
 	pc_bucket_init(&b, MB, 0);
-	assert_int_equal(pc_bucket_take(&b, 10000, 0), 0);
-	/* 20000 more: 20 ms of debt. */
-	assert_int_equal(pc_bucket_take(&b, 20000, 0), 20 * MS);
-	/* After the wait, the debt is paid: a small take waits its own time. */
-	assert_int_equal(pc_bucket_take(&b, 1000, 20 * MS), 1 * MS);
+	assert_int_equal(pc_bucket_take(&b, 100000, 0), 0);
+	/* 150000 more: paid by the next two slices, so wait until 200 ms. */
+	assert_int_equal(pc_bucket_take(&b, 150000, 10 * MS), 190 * MS);
+	/* At 200 ms the debt is paid and 50000 are left of that slice. */
+	assert_int_equal(pc_bucket_take(&b, 50000, 200 * MS), 0);
+	assert_int_equal(pc_bucket_take(&b, 1, 250 * MS), 50 * MS);
 }
 
-static void bucket__refills_with_elapsed_time_up_to_depth(void **state)
+static void bucket__refills_per_slice_up_to_one_slice(void **state)
 {
 	(void)state;
 	struct pc_bucket b;
 
 	pc_bucket_init(&b, MB, 0);
-	assert_int_equal(pc_bucket_take(&b, 10000, 0), 0); /* empty */
-	/* 5 ms later: 5000 tokens. */
-	assert_int_equal(pc_bucket_take(&b, 5000, 5 * MS), 0);
-	assert_int_equal(pc_bucket_take(&b, 1000, 5 * MS), 1 * MS);
-	/* A long idle refills to 10 ms worth, not more. */
-	assert_int_equal(pc_bucket_take(&b, 0, 10 * SEC), 0);
-	assert_near(b.tokens, 10000, 1e-9);
+	assert_int_equal(pc_bucket_take(&b, 100000, 0), 0); /* slice spent */
+	/* Later in the same slice: nothing came back. */
+	assert_int_equal(pc_bucket_take(&b, 1000, 50 * MS), 50 * MS);
+	/* The next slice brings a whole slice's worth at once. */
+	assert_int_equal(pc_bucket_take(&b, 99000, 100 * MS), 0);
+	assert_near(b.tokens, 0, 1e-9);
+	/* A long idle refills to one slice's worth, not more. */
+	assert_int_equal(pc_bucket_take(&b, 0, 10 * SEC + 30 * MS), 0);
+	assert_near(b.tokens, 100000, 1e-9);
+	assert_int_equal(b.last, 10 * SEC);
+}
+
+/* Slices are on one clock: two buckets of different rates started at
+ * different times, and two callers in debt on one bucket, wake at the same
+ * boundary. That is what makes the channels send side by side. */
+static void bucket__callers_in_debt_wake_at_one_boundary(void **state)
+{
+	(void)state;
+	struct pc_bucket b, c;
+
+	pc_bucket_init(&b, MB, 3 * MS);
+	pc_bucket_init(&c, 7 * MB, 42 * MS);
+	assert_int_equal(pc_bucket_take(&b, 120000, 10 * MS), 90 * MS);
+	assert_int_equal(pc_bucket_take(&b, 10000, 20 * MS), 80 * MS);
+	assert_int_equal(pc_bucket_take(&c, 800000, 50 * MS), 50 * MS);
 }
 
 static void bucket__long_run_rate_within_1pct(void **state)
@@ -372,35 +391,35 @@ static void bucket__long_run_rate_within_1pct(void **state)
 	assert_near((double)sent * 1e9 / (double)now, (double)rate, 0.01);
 }
 
-/* No burst over 10 ms worth (plus the one send that goes into debt). */
-static void bucket__burst_after_idle_at_most_10ms_worth(void **state)
+/* No burst over one slice's worth (plus the one send that goes into debt). */
+static void bucket__burst_after_idle_at_most_one_slice(void **state)
 {
 	(void)state;
-	const uint64_t rate = 100 * MB; /* 10 ms = 1 MB */
+	const uint64_t rate = 10 * MB; /* 100 ms = 1 MB */
 	const uint64_t chunk = 4096;
 	struct pc_bucket b;
 	uint64_t now = 0, burst = 0;
 
 	pc_bucket_init(&b, rate, now);
-	now = 60 * SEC; /* idle for a minute */
+	now = 60 * SEC + 7 * MS; /* idle for a minute */
 	while (pc_bucket_take(&b, chunk, now) == 0)
 		burst += chunk;
 	burst += chunk; /* the one that went into debt */
-	assert_true(burst <= rate / 100 + chunk);
-	assert_true(burst >= rate / 100);
+	assert_true(burst <= rate / 10 + chunk);
+	assert_true(burst >= rate / 10);
 
-	/* And over any 100 ms after that, at most 10 ms worth more than rate. */
+	/* And over any second after that, at most one slice more than rate. */
 	uint64_t start = now, total = 0;
 
 	for (;;) {
 		uint64_t wait = pc_bucket_take(&b, chunk, now);
 
 		total += chunk;
-		if (now - start >= 100 * MS)
+		if (now - start >= SEC)
 			break;
 		now += wait;
 	}
-	assert_true(total <= rate / 10 + rate / 100 + 2 * chunk);
+	assert_true(total <= rate + rate / 10 + 2 * chunk);
 }
 
 static void bucket__set_rate_to_and_from_unlimited(void **state)
@@ -409,15 +428,15 @@ static void bucket__set_rate_to_and_from_unlimited(void **state)
 	struct pc_bucket b;
 
 	pc_bucket_init(&b, MB, 0);
-	assert_int_equal(pc_bucket_take(&b, 30000, 0), 20 * MS);
+	assert_int_equal(pc_bucket_take(&b, 150000, 0), 100 * MS);
 	pc_bucket_set_rate(&b, 0, 1 * MS);
 	assert_int_equal(pc_bucket_take(&b, 1ull << 30, 1 * MS), 0);
-	pc_bucket_set_rate(&b, 2 * MB, 2 * MS); /* full: 20000 tokens */
-	assert_int_equal(pc_bucket_take(&b, 20000, 2 * MS), 0);
-	assert_int_equal(pc_bucket_take(&b, 2000, 2 * MS), 1 * MS);
-	/* Slower rate keeps the debt and waits longer for it. */
-	pc_bucket_set_rate(&b, MB, 2 * MS);
-	assert_int_equal(pc_bucket_take(&b, 0, 2 * MS), 2 * MS);
+	pc_bucket_set_rate(&b, 2 * MB, 2 * MS); /* full: 200000 tokens */
+	assert_int_equal(pc_bucket_take(&b, 200000, 2 * MS), 0);
+	assert_int_equal(pc_bucket_take(&b, 2000, 2 * MS), 98 * MS);
+	/* A slower rate keeps the debt and waits longer for it. */
+	pc_bucket_set_rate(&b, MB / 100, 2 * MS); /* 1000 a slice */
+	assert_int_equal(pc_bucket_take(&b, 0, 2 * MS), 198 * MS);
 }
 
 /* ------------------------------------------------------------------ */
@@ -981,10 +1000,10 @@ static void policy__max_bandwidth_throttles_until_switchover(void **state)
 	struct precopy_params p = defaults();
 	struct pc_policy pol;
 
-	p.max_bandwidth = 10 * MB; /* 10 ms = 100 kB */
+	p.max_bandwidth = MB; /* a 100 ms slice = 100 kB */
 	pc_policy_init(&pol, &p, 0);
 	assert_int_equal(pc_policy_sent(&pol, 0, 100000, 0, 0), 0);
-	assert_int_equal(pc_policy_sent(&pol, 0, 100000, 0, 0), 10 * MS);
+	assert_int_equal(pc_policy_sent(&pol, 0, 100000, 0, 0), 100 * MS);
 	pc_policy_set_switchover(&pol);
 	for (int i = 0; i < 100; i++)
 		assert_int_equal(pc_policy_sent(&pol, 0, 100 * MB, 0, 0), 0);
@@ -1142,9 +1161,10 @@ int main(void)
 		cmocka_unit_test(switch_bandwidth__avail_overrides_estimate),
 		cmocka_unit_test(bucket__rate_zero_is_unlimited),
 		cmocka_unit_test(bucket__debt_is_paid_by_the_wait),
-		cmocka_unit_test(bucket__refills_with_elapsed_time_up_to_depth),
+		cmocka_unit_test(bucket__refills_per_slice_up_to_one_slice),
+		cmocka_unit_test(bucket__callers_in_debt_wake_at_one_boundary),
 		cmocka_unit_test(bucket__long_run_rate_within_1pct),
-		cmocka_unit_test(bucket__burst_after_idle_at_most_10ms_worth),
+		cmocka_unit_test(bucket__burst_after_idle_at_most_one_slice),
 		cmocka_unit_test(bucket__set_rate_to_and_from_unlimited),
 		cmocka_unit_test(throttle__disabled_is_always_zero),
 		cmocka_unit_test(throttle__needs_two_periods_in_a_row),

@@ -20,6 +20,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -738,8 +739,9 @@ static void api__region_fd_checked(void **state)
 /* --- what a source holds of the destination's RAM --------------------- */
 
 /* A source that speaks the transport's wire format itself and keeps
- * whatever it is handed: one channel, connected and greeted. */
-static int raw_source_connect(const char *path)
+ * whatever it is handed: one channel, connected and greeted with hello
+ * flags @flags; *@vflags (optional): the verdict's flags. */
+static int raw_source_connect(const char *path, uint8_t flags, uint8_t *vflags)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	uint8_t h[32] = { 0 }, r[160];
@@ -751,12 +753,15 @@ static int raw_source_connect(const char *path)
 	assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
 	pc_put_le32(h, 0x31534350u); /* "PCS1" */
 	h[4] = 1;                    /* version */
+	h[5] = flags;                /* bit 0: heartbeats */
 	h[6] = 0;                    /* channel */
 	h[8] = 1;                    /* of one */
 	pc_put_le64(h + 12, 0x5eed);
 	assert_int_equal(write(fd, h, sizeof(h)), (ssize_t)sizeof(h));
 	assert_int_equal(recv(fd, r, sizeof(r), MSG_WAITALL), (ssize_t)sizeof(r));
 	assert_int_equal(pc_get_le32(r + 4), 0); /* accepted */
+	if (vflags)
+		*vflags = r[sizeof(r) - 1];
 	return fd;
 }
 
@@ -831,7 +836,7 @@ static void hostile_source(bool seal)
 	new_uri(uri, sizeof(uri));
 	assert_int_equal(ops->listen(uri + 4, &o, &a.l), 0);
 	assert_int_equal(pthread_create(&th, NULL, accept_main, &a), 0);
-	sfd = raw_source_connect(uri + 4);
+	sfd = raw_source_connect(uri + 4, 0, NULL);
 	pthread_join(th, NULL);
 	assert_int_equal(a.err, 0);
 
@@ -957,6 +962,294 @@ static void api__ram_above_host_refused(void **state)
 	munmap(va, len);
 }
 
+/* --- heartbeats and the timeout ------------------------------------------- */
+
+/* Each end's slow local work (3 s of saving and of loading device state)
+ * outlives a timeout of 1 s, because each end keeps telling the other it
+ * is alive: in copy mode and in a handoff. */
+static void sleep_save(struct h_src *s)
+{
+	(void)s;
+	usleep(3000 * 1000);
+}
+
+static int sleep_load(struct h_dest *d)
+{
+	(void)d;
+	usleep(3000 * 1000);
+	return 0;
+}
+
+static void slow_ends(bool handoff)
+{
+	size_t ram = 16 * MiB;
+	struct pc_guest *g = make_guest(ram, 4.0 * MiB, handoff);
+	struct precopy_params p;
+	struct h_dest d;
+	struct h_src s;
+	char uri[128], msg[PRECOPY_ERRMSG_MAX];
+	int se, de;
+
+	precopy_params_init(&p);
+	p.timeout_ms = 1000;
+	assert_int_equal(h_dest_start_opts(&d, ram,
+					   &(struct h_dest_opts){ .p = &p,
+								  .uri = new_uri(uri, sizeof(uri)),
+								  .memfd = true,
+								  .on_load = sleep_load }),
+			 0);
+	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
+	s.on_save = sleep_save;
+	assert_int_equal(h_src_start(&s, d.uri), 0);
+	se = h_src_join(&s);
+	de = h_dest_join(&d);
+	if (se || de) {
+		precopy_strerror(s.s, msg, sizeof(msg));
+		print_message("  source: %s\n", msg);
+		precopy_strerror(d.s, msg, sizeof(msg));
+		print_message("  destination: %s\n", msg);
+	}
+	assert_int_equal(se, 0);
+	assert_int_equal(de, 0);
+	check_migrated(&s, &d);
+	h_src_free(&s);
+	h_dest_free(&d);
+	pc_guest_delete(&g);
+}
+
+static void beats__slow_ends_outlive_a_short_timeout(void **state)
+{
+	(void)state;
+	slow_ends(false);
+}
+
+static void beats__slow_ends_outlive_a_short_timeout_handoff(void **state)
+{
+	(void)state;
+	slow_ends(true);
+}
+
+static void *accept_timeout_main(void *arg)
+{
+	struct accepting *a = arg;
+	struct pc_transport_opts o = { .timeout_ms = 900 };
+
+	a->err = a->l->ops->accept(a->l, &o, &a->t);
+	return NULL;
+}
+
+/*
+ * A source that greets and then says nothing: the destination (timeout
+ * 900 ms) drops it after the timeout, saying nothing came, heartbeats or
+ * not. It sends heartbeats only to a source whose hello asked for them
+ * (@beats); to one that did not (an earlier version, which would refuse
+ * the frame), none.
+ */
+static void silent_source(bool beats)
+{
+	const struct pc_transport_ops *ops = pc_transport_find("shm");
+	struct pc_transport_opts o = { .channels = 1 };
+	struct accepting a = { 0 };
+	uint8_t buf[64], vflags = 0;
+	struct pollfd pfd;
+	char uri[128];
+	size_t got;
+	pthread_t th;
+	int sfd;
+
+	new_uri(uri, sizeof(uri));
+	assert_int_equal(ops->listen(uri + 4, &o, &a.l), 0);
+	assert_int_equal(pthread_create(&th, NULL, accept_timeout_main, &a), 0);
+	sfd = raw_source_connect(uri + 4, beats ? 1 : 0, &vflags);
+	pthread_join(th, NULL);
+	assert_int_equal(a.err, 0);
+	assert_int_equal(vflags & 1, 1); /* the destination knows heartbeats */
+	assert_int_equal(pc_tp_recv_msg(a.t, 0, buf, sizeof(buf), &got), -ETIMEDOUT);
+	print_message("  %s\n", a.t->why);
+	assert_non_null(strstr(a.t->why, "not even a heartbeat"));
+	pfd = (struct pollfd){ .fd = sfd, .events = POLLIN };
+	if (beats) {
+		/* sent after a third of the timeout of idle: long here */
+		assert_int_equal(poll(&pfd, 1, 0), 1);
+		assert_int_equal(recv(sfd, buf, PC_FRAME_HDR, MSG_WAITALL), PC_FRAME_HDR);
+		assert_int_equal(pc_get_le32(buf), PC_FRAME_BEAT);
+	} else {
+		assert_int_equal(poll(&pfd, 1, 0), 0);
+	}
+	close(sfd);
+	a.t->ops->close(a.t);
+	ops->listener_close(a.l);
+}
+
+static void beats__silent_source_dropped_after_timeout(void **state)
+{
+	(void)state;
+	silent_source(true);
+}
+
+static void beats__none_to_a_source_that_did_not_ask(void **state)
+{
+	(void)state;
+	silent_source(false);
+}
+
+/* --- a destination of an earlier version ------------------------------------ */
+
+struct connecting {
+	const char *path;
+	struct pc_transport *t;
+	int err;
+};
+
+static void *connect_main(void *arg)
+{
+	struct connecting *c = arg;
+	struct pc_transport_opts o = { .channels = 1, .timeout_ms = 300 };
+
+	c->err = pc_transport_find("shm")->connect(c->path, &o, &c->t);
+	return NULL;
+}
+
+/* One bodiless frame header on @fd, with @passfd attached (-1: none). */
+static void raw_frame(int fd, uint32_t kind, uint32_t region, uint64_t len, int passfd)
+{
+	uint8_t hdr[PC_FRAME_HDR] = { 0 };
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} u;
+	struct iovec v = { hdr, sizeof(hdr) };
+	struct msghdr mh = { .msg_iov = &v, .msg_iovlen = 1 };
+
+	pc_put_le32(hdr, kind);
+	pc_put_le32(hdr + 4, region);
+	pc_put_le64(hdr + 16, len);
+	if (passfd >= 0) {
+		struct cmsghdr *cm;
+
+		memset(&u, 0, sizeof(u));
+		mh.msg_control = u.buf;
+		mh.msg_controllen = sizeof(u.buf);
+		cm = CMSG_FIRSTHDR(&mh);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(cm), &passfd, sizeof(int));
+	}
+	assert_int_equal(sendmsg(fd, &mh, MSG_NOSIGNAL), (ssize_t)sizeof(hdr));
+}
+
+/* The destination shares region 0 (REGION, or UNEXPOSE when @memfd is
+ * -1), then sends an empty message the source receives. */
+static void earlier_dest_shares(int dfd, struct pc_transport *t, int memfd, size_t len)
+{
+	uint8_t buf[8];
+	size_t got = 1;
+
+	if (memfd >= 0)
+		raw_frame(dfd, 0x50435231u /* PCR1 */, 0, len, memfd);
+	else
+		raw_frame(dfd, 0x50435531u /* PCU1 */, 0, 0, -1);
+	raw_frame(dfd, PC_FRAME_MSG, 0, 0, -1);
+	assert_int_equal(pc_tp_recv_msg(t, 0, buf, sizeof(buf), &got), 0);
+	assert_int_equal(got, 0);
+}
+
+/* The next frame the source sent: its kind; the body is read and dropped. */
+static uint32_t earlier_dest_next(int dfd)
+{
+	uint8_t hdr[PC_FRAME_HDR], body[8192];
+	uint64_t n;
+
+	assert_int_equal(recv(dfd, hdr, sizeof(hdr), MSG_WAITALL), (ssize_t)sizeof(hdr));
+	n = pc_get_le64(hdr + 16);
+	assert_true(n <= sizeof(body));
+	if (n)
+		assert_int_equal(recv(dfd, body, n, MSG_WAITALL), (ssize_t)n);
+	return pc_get_le32(hdr);
+}
+
+/*
+ * A destination of an earlier version shared its memfd (a REGION frame
+ * with the fd) and later revoked it (UNEXPOSE). The source copies page
+ * runs straight into a shared region, framing nothing; after UNEXPOSE it
+ * frames them; a run past a shared region's end is refused before a byte
+ * is copied. Such a destination's verdict does not offer heartbeats, and
+ * it is sent none.
+ */
+static void compat__region_shared_by_an_earlier_destination(void **state)
+{
+	const size_t len = 1 * MiB;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct connecting c = { 0 };
+	uint8_t h[32], r[160] = { 0 }, *src = malloc(len), *ram;
+	struct iovec v = { (void *)"marker", 6 };
+	struct pc_page_run run;
+	struct pollfd pfd;
+	char uri[128];
+	pthread_t th;
+	int lfd, dfd, memfd;
+
+	(void)state;
+	c.path = new_uri(uri, sizeof(uri)) + 4;
+	memcpy(sa.sun_path, c.path, strlen(c.path) + 1);
+	lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(listen(lfd, 1), 0);
+	assert_int_equal(pthread_create(&th, NULL, connect_main, &c), 0);
+	dfd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+	assert_true(dfd >= 0);
+	assert_int_equal(recv(dfd, h, sizeof(h), MSG_WAITALL), (ssize_t)sizeof(h));
+	assert_int_equal(h[5] & 1, 1); /* the source asks for heartbeats */
+	pc_put_le32(r, 0x31534350u);   /* "PCS1", status 0, no flags */
+	assert_int_equal(write(dfd, r, sizeof(r)), (ssize_t)sizeof(r));
+	pthread_join(th, NULL);
+	assert_int_equal(c.err, 0);
+
+	memfd = memfd_create("earlier-dest", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	assert_int_equal(ftruncate(memfd, (off_t)len), 0);
+	assert_int_equal(fcntl(memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
+	ram = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+	assert_true(ram != MAP_FAILED);
+	for (size_t i = 0; i < len; i++)
+		src[i] = (uint8_t)(i * 3 + 1);
+
+	/* shared: copied, and the next frame is the marker message */
+	earlier_dest_shares(dfd, c.t, memfd, len);
+	run = (struct pc_page_run){ src + 4096, 0, 8192, 4096 };
+	assert_int_equal(pc_tp_write_pages(c.t, 0, &run, 1), 0);
+	assert_memory_equal(ram + 8192, src + 4096, 4096);
+	assert_int_equal(pc_tp_send_msg(c.t, 0, &v, 1), 0);
+	assert_int_equal(earlier_dest_next(dfd), PC_FRAME_MSG);
+
+	/* revoked: framed */
+	earlier_dest_shares(dfd, c.t, -1, 0);
+	run.offset = 16384;
+	assert_int_equal(pc_tp_write_pages(c.t, 0, &run, 1), 0);
+	assert_int_equal(earlier_dest_next(dfd), PC_FRAME_PAGES);
+	assert_int_equal(ram[16384], 0);
+
+	/* no heartbeat came, after more than a third of the timeout idle */
+	usleep(300 * 1000);
+	pfd = (struct pollfd){ .fd = dfd, .events = POLLIN };
+	assert_int_equal(poll(&pfd, 1, 0), 0);
+
+	/* shared again: a run past its end is refused, nothing copied */
+	earlier_dest_shares(dfd, c.t, memfd, len);
+	run = (struct pc_page_run){ src, 0, len - 4096, 8192 };
+	assert_int_equal(pc_tp_write_pages(c.t, 0, &run, 1), -EPROTO);
+	assert_non_null(strstr(c.t->why, "outside the peer's region 0"));
+	assert_int_equal(ram[len - 4096], 0);
+
+	pc_tp_close(c.t);
+	munmap(ram, len);
+	close(memfd);
+	close(dfd);
+	close(lfd);
+	unlink(c.path);
+	free(src);
+}
+
 static int teardown_dir(void)
 {
 	char cmd[128];
@@ -987,6 +1280,11 @@ int main(void)
 		cmocka_unit_test(copy__plain_destination_framed),
 		cmocka_unit_test(handoff__running_guest),
 		cmocka_unit_test(handoff__length_mismatch_refused),
+		cmocka_unit_test(beats__slow_ends_outlive_a_short_timeout),
+		cmocka_unit_test(beats__slow_ends_outlive_a_short_timeout_handoff),
+		cmocka_unit_test(beats__silent_source_dropped_after_timeout),
+		cmocka_unit_test(beats__none_to_a_source_that_did_not_ask),
+		cmocka_unit_test(compat__region_shared_by_an_earlier_destination),
 	};
 	int rc;
 

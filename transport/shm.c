@@ -3,12 +3,17 @@
  * shm.c - the shared-memory transport for two processes on one host:
  * "shm:PATH", PATH a unix socket path.
  *
- * Channels. One SOCK_STREAM unix connection per channel carries the
- * messages, framed like stream.h (24-byte little-endian header: le32 kind,
- * le32 region, le64 offset, le64 len). Each connection opens with a 32-byte
- * hello (le32 "PCS1", u8 version at 4, u8 channel at 6, u8 channel count
- * at 8, le64 cookie at 12) which the acceptor answers with a 64-byte
- * verdict (le32 "PCS1", le32 status as -errno, 152 bytes of text).
+ * Channels. One SOCK_STREAM unix connection per channel, carried by the
+ * stream layer (stream.h): its framing, heartbeats and receive timeout,
+ * with the two things unix sockets add there, fds passed with messages
+ * and waits that poll. Each connection opens with a 32-byte hello (le32
+ * "PCS1", u8 version at 4, u8 flags at 5, u8 channel at 6, u8 channel
+ * count at 8, le64 cookie at 12) which the acceptor answers with a
+ * 160-byte verdict (le32 "PCS1", le32 status as -errno, text up to byte
+ * 158, u8 flags at 159). Flag bit 0, in the hello: the source sends
+ * heartbeats and wants them; in the verdict: the destination knows them.
+ * Each end sends heartbeats only to a peer that said so, and times out
+ * its peer's silence either way.
  *
  * Peers. Only a peer running as our uid, or as root, is accepted: the
  * acceptor checks SO_PEERCRED of every connection and answers a stranger
@@ -36,16 +41,15 @@
  * fds. send_fds()/recv_fds() carry fds with a message (PC_TCAP_FD_PASS);
  * the engine hands guest-RAM memfds over with them.
  *
- * Wake-ups. Sockets are non-blocking; every wait polls the socket, an
- * eventfd that abort() signals, and an inotify watch on PATH's directory:
- * if PATH is removed or renamed, a call that would block fails with
- * -ENOTCONN ("socket path removed"). A dead peer is seen at once as EOF.
+ * Wake-ups. Every wait polls the socket, an eventfd that abort() signals,
+ * and an inotify watch on PATH's directory: if PATH is removed or renamed,
+ * a call that would block fails with -ENOTCONN ("socket path removed").
+ * A dead peer is seen at once as EOF.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,54 +62,34 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "stream.h" /* frame constants, le helpers, pc_stream-compatible limits */
+#include "stream.h"
 
 #define SHM_MAGIC 0x31534350u /* "PCS1" */
 #define SHM_VERSION 1
 #define SHM_HELLO_SIZE 32
 #define SHM_REPLY_SIZE 160
-#define SHM_REPLY_TEXT (SHM_REPLY_SIZE - 8)
+#define SHM_REPLY_FLAGS (SHM_REPLY_SIZE - 1)
+#define SHM_REPLY_TEXT (SHM_REPLY_FLAGS - 8) /* the text and its NUL */
+#define SHM_BEATS 0x01u /* hello byte 5, verdict byte 159: heartbeats */
 /* Sent by destinations of earlier versions only (see Compatibility). */
 #define PC_FRAME_REGION 0x50435231u   /* "PCR1": dest exposes a memfd region */
 #define PC_FRAME_UNEXPOSE 0x50435531u /* "PCU1": dest revokes every region */
-#define RBUF_SIZE (256u * 1024)
-#define RUNS_PER_WRITE 256
-#define FDQ_MAX 64
 #define SOCKBUF (4 << 20)
 
-struct shm_chan {
-	int fd;
-	pthread_mutex_t send_lock;
-	atomic_int err;
-	uint8_t *rbuf;
-	size_t rpos, rlen;
-	int fdq[FDQ_MAX]; /* fds received, not yet claimed by a frame */
-	unsigned nfdq;
-	/* link_stats: time inside the copies into shared memory and their bytes */
-	_Atomic uint64_t copy_ns, copied;
-};
-
 struct shm_watch {
-	int fd;               /* inotify on PATH's directory, or -1 */
+	struct pc_stream_watch base; /* fd: inotify on PATH's directory, or -1 */
 	char name[NAME_MAX + 1];
 	atomic_bool gone;
 };
 
 struct shm_conn {
-	struct pc_transport base;
-	struct shm_chan ch[PRECOPY_MAX_CHANNELS];
-	int abort_fd;
-	atomic_bool aborted;
-	atomic_flag why_set;
+	struct pc_stream s;
 	struct shm_watch watch;
-	unsigned timeout_ms;
-	/* receiving side: what the peer may write (framed runs); once
-	 * revoked, nothing (region[] stays, as in stream.c) */
-	struct pc_stream_region region[PRECOPY_MAX_REGIONS];
-	atomic_bool revoked;
 	/* sending side: the peer's regions mapped here (direct writes) */
 	pthread_rwlock_t plock;
 	struct pc_stream_region peer[PRECOPY_MAX_REGIONS];
+	/* link_stats: time inside write_pages and the bytes it moved */
+	_Atomic uint64_t copy_ns[PRECOPY_MAX_CHANNELS], copied[PRECOPY_MAX_CHANNELS];
 };
 
 struct shm_listener {
@@ -118,20 +102,6 @@ struct shm_listener {
 	dev_t dev;
 	ino_t ino;
 };
-
-static void set_why(struct shm_conn *c, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
-
-static void set_why(struct shm_conn *c, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (atomic_flag_test_and_set(&c->why_set))
-		return;
-	va_start(ap, fmt);
-	vsnprintf(c->base.why, sizeof(c->base.why), fmt, ap);
-	va_end(ap);
-}
 
 /* --- addresses, credentials, the path watch ------------------------------ */
 
@@ -163,12 +133,35 @@ static int peer_allowed(int fd, const char *who, char *why, size_t whylen)
 	return -EACCES;
 }
 
+/* Drain the watch if asked; true once PATH has gone. */
+static bool watch_gone(struct pc_stream_watch *pw, bool drain)
+{
+	struct shm_watch *w = (struct shm_watch *)pw;
+	char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+	ssize_t n;
+
+	while (drain && (n = read(w->base.fd, buf, sizeof(buf))) > 0) {
+		for (char *p = buf; p < buf + n;) {
+			struct inotify_event *ev = (struct inotify_event *)p;
+
+			if (ev->mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED))
+				atomic_store(&w->gone, true);
+			else if (ev->len && !strcmp(ev->name, w->name))
+				atomic_store(&w->gone, true);
+			p += sizeof(*ev) + ev->len;
+		}
+	}
+	return atomic_load(&w->gone);
+}
+
 static void watch_init(struct shm_watch *w, const char *path)
 {
 	char dir[PATH_MAX];
 	const char *slash = strrchr(path, '/');
 
-	w->fd = -1;
+	w->base.fd = -1;
+	w->base.gone = watch_gone;
+	w->base.why = "socket path removed during the migration";
 	atomic_init(&w->gone, false);
 	if (slash) {
 		size_t n = (size_t)(slash - path);
@@ -184,122 +177,24 @@ static void watch_init(struct shm_watch *w, const char *path)
 		strcpy(dir, ".");
 		snprintf(w->name, sizeof(w->name), "%s", path);
 	}
-	w->fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-	if (w->fd < 0)
+	w->base.fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	if (w->base.fd < 0)
 		return; /* best effort: no watch, no path-removed detection */
-	if (inotify_add_watch(w->fd, dir, IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF |
-						  IN_MOVE_SELF) < 0) {
-		close(w->fd);
-		w->fd = -1;
+	if (inotify_add_watch(w->base.fd, dir, IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF |
+						       IN_MOVE_SELF) < 0) {
+		close(w->base.fd);
+		w->base.fd = -1;
 	}
-}
-
-/* Drain the watch; true if PATH has gone. */
-static bool watch_check(struct shm_watch *w)
-{
-	char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
-	ssize_t n;
-
-	while ((n = read(w->fd, buf, sizeof(buf))) > 0) {
-		for (char *p = buf; p < buf + n;) {
-			struct inotify_event *ev = (struct inotify_event *)p;
-
-			if (ev->mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED))
-				atomic_store(&w->gone, true);
-			else if (ev->len && !strcmp(ev->name, w->name))
-				atomic_store(&w->gone, true);
-			p += sizeof(*ev) + ev->len;
-		}
-	}
-	return atomic_load(&w->gone);
 }
 
 static void watch_fini(struct shm_watch *w)
 {
-	if (w->fd >= 0)
-		close(w->fd);
-	w->fd = -1;
+	if (w->base.fd >= 0)
+		close(w->base.fd);
+	w->base.fd = -1;
 }
 
-/*
- * Wait until @fd is ready for @ev. Return: 0; -ECANCELED if @abort_fd was
- * signalled; -ENOTCONN if the path went away and the call would block;
- * -ETIMEDOUT after @ms of nothing (0 = no limit).
- */
-static int wait_fd(int fd, short ev, int abort_fd, struct shm_watch *w, unsigned ms)
-{
-	struct pollfd p[3] = {
-		{ .fd = fd, .events = ev },
-		{ .fd = abort_fd, .events = POLLIN },
-		{ .fd = w ? w->fd : -1, .events = POLLIN },
-	};
-
-	for (;;) {
-		bool gone = w && atomic_load(&w->gone);
-		int r = poll(p, 3, gone ? 0 : ms ? (int)ms : -1);
-
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (p[1].revents)
-			return -ECANCELED;
-		if (p[0].revents)
-			return 0;
-		if (r == 0)
-			return gone ? -ENOTCONN : -ETIMEDOUT;
-		if (p[2].revents)
-			watch_check(w);
-	}
-}
-
-/* --- connection objects --------------------------------------------------- */
-
-static int conn_new(const int *fds, unsigned nchan, const char *path, unsigned timeout_ms,
-		    struct shm_conn **out)
-{
-	struct shm_conn *c = calloc(1, sizeof(*c));
-	unsigned i;
-
-	if (!c)
-		return -ENOMEM;
-	c->base.ops = pc_transport_find("shm");
-	c->base.nchan = nchan;
-	c->timeout_ms = timeout_ms;
-	atomic_init(&c->aborted, false);
-	atomic_init(&c->revoked, false);
-	atomic_flag_clear(&c->why_set);
-	c->abort_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (c->abort_fd < 0) {
-		free(c);
-		return -errno;
-	}
-	for (i = 0; i < PRECOPY_MAX_CHANNELS; i++)
-		c->ch[i].fd = -1;
-	for (i = 0; i < nchan; i++) {
-		c->ch[i].rbuf = malloc(RBUF_SIZE);
-		if (!c->ch[i].rbuf)
-			goto err_free;
-		pthread_mutex_init(&c->ch[i].send_lock, NULL);
-		atomic_init(&c->ch[i].err, 0);
-	}
-	pthread_rwlock_init(&c->plock, NULL);
-	watch_init(&c->watch, path);
-	for (i = 0; i < nchan; i++)
-		c->ch[i].fd = fds[i];
-	*out = c;
-	return 0;
-
-err_free:
-	while (i--) {
-		pthread_mutex_destroy(&c->ch[i].send_lock);
-		free(c->ch[i].rbuf);
-	}
-	close(c->abort_fd);
-	free(c);
-	return -ENOMEM;
-}
+/* --- the memory the peer shared (earlier destinations) -------------------- */
 
 static void unmap_peer_regions(struct shm_conn *c)
 {
@@ -313,285 +208,6 @@ static void unmap_peer_regions(struct shm_conn *c)
 	pthread_rwlock_unlock(&c->plock);
 }
 
-static void shm_close(struct pc_transport *t)
-{
-	struct shm_conn *c = (struct shm_conn *)t;
-
-	if (!c)
-		return;
-	unmap_peer_regions(c);
-	for (unsigned i = 0; i < t->nchan; i++) {
-		struct shm_chan *ch = &c->ch[i];
-
-		if (ch->fd >= 0)
-			close(ch->fd);
-		while (ch->nfdq)
-			close(ch->fdq[--ch->nfdq]);
-		pthread_mutex_destroy(&ch->send_lock);
-		free(ch->rbuf);
-	}
-	pthread_rwlock_destroy(&c->plock);
-	watch_fini(&c->watch);
-	close(c->abort_fd);
-	free(c);
-}
-
-static int shm_abort(struct pc_transport *t)
-{
-	struct shm_conn *c = (struct shm_conn *)t;
-	uint64_t one = 1;
-
-	atomic_store(&c->aborted, true);
-	if (write(c->abort_fd, &one, sizeof(one)) < 0) {
-		/* the counter cannot overflow with 1s; nothing to do */
-	}
-	/* and the peer learns at once, as with TCP */
-	for (unsigned i = 0; i < t->nchan; i++)
-		if (c->ch[i].fd >= 0)
-			shutdown(c->ch[i].fd, SHUT_RDWR);
-	return 0;
-}
-
-static int chan_check(struct shm_conn *c, unsigned chan)
-{
-	if (chan >= c->base.nchan)
-		return -EINVAL;
-	if (atomic_load(&c->aborted))
-		return -ECANCELED;
-	return atomic_load(&c->ch[chan].err);
-}
-
-static int chan_fail(struct shm_conn *c, unsigned chan, int err)
-{
-	int none = 0;
-
-	if (atomic_load(&c->aborted))
-		err = -ECANCELED;
-	if (err == -ENOTCONN)
-		set_why(c, "socket path removed during the migration");
-	atomic_compare_exchange_strong(&c->ch[chan].err, &none, err);
-	return err;
-}
-
-/* --- raw I/O --------------------------------------------------------------- */
-
-/* Send all of @iov (consumed) with @nfds fds attached to the first byte. */
-static int chan_sendv(struct shm_conn *c, unsigned chan, struct iovec *iov, int iovcnt,
-		      const int *fds, unsigned nfds)
-{
-	int fd = c->ch[chan].fd;
-	union {
-		char buf[CMSG_SPACE(sizeof(int) * PC_TP_FDS_MAX)];
-		struct cmsghdr align;
-	} u;
-
-	while (iovcnt > 0) {
-		struct msghdr mh = { .msg_iov = iov, .msg_iovlen = (size_t)iovcnt };
-		ssize_t n;
-
-		if (nfds) {
-			struct cmsghdr *cm;
-
-			memset(&u, 0, sizeof(u));
-			mh.msg_control = u.buf;
-			mh.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-			cm = CMSG_FIRSTHDR(&mh);
-			cm->cmsg_level = SOL_SOCKET;
-			cm->cmsg_type = SCM_RIGHTS;
-			cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-			memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
-		}
-		n = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-		if (n < 0) {
-			int err;
-
-			if (errno == EINTR)
-				continue;
-			if (errno != EAGAIN) {
-				if (errno == EPIPE || errno == ECONNRESET) {
-					if (!atomic_load(&c->aborted))
-						set_why(c, "peer closed channel %u", chan);
-					return -ECONNRESET;
-				}
-				return -errno;
-			}
-			err = wait_fd(fd, POLLOUT, c->abort_fd, &c->watch, c->timeout_ms);
-			if (err)
-				return err;
-			continue;
-		}
-		nfds = 0; /* the fds went with the first byte */
-		while (iovcnt > 0 && (size_t)n >= iov->iov_len) {
-			n -= (ssize_t)iov->iov_len;
-			iov++;
-			iovcnt--;
-		}
-		if (iovcnt > 0) {
-			iov->iov_base = (uint8_t *)iov->iov_base + n;
-			iov->iov_len -= (size_t)n;
-		}
-	}
-	return 0;
-}
-
-/* One recvmsg into @p; fds that come along are queued on the channel. */
-static ssize_t chan_recv_some(struct shm_conn *c, unsigned chan, void *p, size_t n)
-{
-	struct shm_chan *ch = &c->ch[chan];
-	union {
-		char buf[CMSG_SPACE(sizeof(int) * 16)];
-		struct cmsghdr align;
-	} u;
-
-	for (;;) {
-		struct iovec v = { p, n };
-		struct msghdr mh = { .msg_iov = &v, .msg_iovlen = 1, .msg_control = u.buf,
-				     .msg_controllen = sizeof(u.buf) };
-		ssize_t r = recvmsg(ch->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-		bool overflow = false;
-
-		if (r < 0 && errno == EAGAIN) {
-			int err = wait_fd(ch->fd, POLLIN, c->abort_fd, &c->watch, c->timeout_ms);
-
-			if (err) {
-				errno = -err;
-				return -1;
-			}
-			continue;
-		}
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return r;
-		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
-			int *f = (int *)CMSG_DATA(cm);
-			size_t k;
-
-			if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
-				continue;
-			k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-			for (size_t i = 0; i < k; i++) {
-				int fd;
-
-				memcpy(&fd, f + i, sizeof(fd));
-				if (ch->nfdq < FDQ_MAX)
-					ch->fdq[ch->nfdq++] = fd;
-				else {
-					close(fd);
-					overflow = true;
-				}
-			}
-		}
-		if (overflow || (mh.msg_flags & MSG_CTRUNC)) {
-			set_why(c, "peer sent more file descriptors than expected on channel %u",
-				chan);
-			errno = EPROTO;
-			return -1;
-		}
-		return r;
-	}
-}
-
-/* Read exactly @n bytes through the channel's buffer (large reads direct). */
-static int chan_read(struct shm_conn *c, unsigned chan, void *dst, size_t n)
-{
-	struct shm_chan *ch = &c->ch[chan];
-	uint8_t *p = dst;
-
-	while (n > 0) {
-		size_t have = ch->rlen - ch->rpos;
-		ssize_t r;
-
-		if (have) {
-			size_t k = have < n ? have : n;
-
-			memcpy(p, ch->rbuf + ch->rpos, k);
-			ch->rpos += k;
-			p += k;
-			n -= k;
-			continue;
-		}
-		if (n >= RBUF_SIZE / 2) {
-			r = chan_recv_some(c, chan, p, n);
-			if (r > 0) {
-				p += r;
-				n -= (size_t)r;
-				continue;
-			}
-		} else {
-			r = chan_recv_some(c, chan, ch->rbuf, RBUF_SIZE);
-			if (r > 0) {
-				ch->rpos = 0;
-				ch->rlen = (size_t)r;
-				continue;
-			}
-		}
-		if (r == 0) {
-			if (!atomic_load(&c->aborted))
-				set_why(c, "peer closed channel %u", chan);
-			return -ECONNRESET;
-		}
-		return errno == EPIPE ? -ECONNRESET : -errno;
-	}
-	return 0;
-}
-
-/* Take @n fds queued on @chan into @out (closing them if @out is NULL). */
-static int take_fds(struct shm_conn *c, unsigned chan, unsigned n, int *out)
-{
-	struct shm_chan *ch = &c->ch[chan];
-
-	if (ch->nfdq < n) {
-		set_why(c, "frame announces %u file descriptors, %u arrived", n, ch->nfdq);
-		return -EPROTO;
-	}
-	for (unsigned i = 0; i < n; i++) {
-		if (out)
-			out[i] = ch->fdq[i];
-		else
-			close(ch->fdq[i]);
-	}
-	memmove(ch->fdq, ch->fdq + n, (ch->nfdq - n) * sizeof(int));
-	ch->nfdq -= n;
-	return 0;
-}
-
-static void put_hdr(uint8_t *h, uint32_t kind, uint32_t region, uint64_t off, uint64_t len)
-{
-	pc_put_le32(h, kind);
-	pc_put_le32(h + 4, region);
-	pc_put_le64(h + 8, off);
-	pc_put_le64(h + 16, len);
-}
-
-/* --- memory ---------------------------------------------------------------- */
-
-static int shm_expose_region(struct pc_transport *t, uint32_t id, void *addr, size_t len)
-{
-	struct shm_conn *c = (struct shm_conn *)t;
-
-	if (id >= PRECOPY_MAX_REGIONS || !addr || len == 0)
-		return -EINVAL;
-	c->region[id].addr = addr;
-	c->region[id].len = len;
-	return 0;
-}
-
-static int shm_unexpose_all(struct pc_transport *t)
-{
-	struct shm_conn *c = (struct shm_conn *)t;
-
-	/* Nothing of ours is mapped by the peer: refusing later runs is all. */
-	atomic_store(&c->revoked, true);
-	return 0;
-}
-
-static int shm_reg_local(struct pc_transport *t, const void *addr, size_t len)
-{
-	(void)t, (void)addr, (void)len;
-	return 0; /* the CPU copies from memory as it is */
-}
-
 /* Source side: map the region the peer exposed (REGION frame + fd). */
 static int map_peer_region(struct shm_conn *c, uint32_t id, uint64_t len, int fd)
 {
@@ -601,7 +217,8 @@ static int map_peer_region(struct shm_conn *c, uint32_t id, uint64_t len, int fd
 
 	if (id >= PRECOPY_MAX_REGIONS || len == 0 || len > SIZE_MAX) {
 		close(fd);
-		set_why(c, "REGION frame for region %u of %llu bytes", id, (unsigned long long)len);
+		pc_stream_set_why(&c->s, "REGION frame for region %u of %llu bytes", id,
+				  (unsigned long long)len);
 		return -EPROTO;
 	}
 	seals = fcntl(fd, F_GET_SEALS);
@@ -628,244 +245,120 @@ static int map_peer_region(struct shm_conn *c, uint32_t id, uint64_t len, int fd
 	return 0;
 }
 
-/* --- data ------------------------------------------------------------------ */
-
-static int send_common(struct shm_conn *c, unsigned chan, const int *fds, unsigned nfds,
-		       const struct iovec *iov, int iovcnt)
+/* The stream's hook for the frames of an earlier destination. */
+static int peer_frame(struct pc_stream *s, unsigned chan, uint32_t kind, uint32_t region,
+		      uint64_t off, uint64_t len)
 {
-	struct iovec v[9];
-	uint8_t h[PC_FRAME_HDR];
-	size_t total = 0;
+	struct shm_conn *c = (struct shm_conn *)s;
+	int fd, err;
+
+	(void)off;
+	if (kind == PC_FRAME_UNEXPOSE) {
+		unmap_peer_regions(c);
+		return 0;
+	}
+	if (kind != PC_FRAME_REGION)
+		return -ENOMSG;
+	err = pc_stream_take_fds(s, chan, 1, &fd);
+	return err ? err : map_peer_region(c, region, len, fd);
+}
+
+/* The stream's direct-write hook: a run into a region the peer shared is
+ * a memcpy, after the check the receiver of a framed run makes. The lock
+ * keeps an UNEXPOSE from unmapping under the copy. */
+static int copy_into_peer(struct pc_stream *s, const struct pc_page_run *r)
+{
+	struct shm_conn *c = (struct shm_conn *)s;
+	const struct pc_stream_region *pr = &c->peer[r->region];
+	int done = 0;
+
+	pthread_rwlock_rdlock(&c->plock);
+	if (pr->addr && (r->offset > pr->len || r->len > pr->len - r->offset)) {
+		pc_stream_set_why(s, "page run [%llu, +%llu) outside the peer's region %u of "
+				     "%zu bytes", (unsigned long long)r->offset,
+				  (unsigned long long)r->len, r->region, pr->len);
+		done = -EPROTO;
+	} else if (pr->addr) {
+		memcpy(pr->addr + r->offset, r->src, (size_t)r->len);
+		done = 1;
+	}
+	pthread_rwlock_unlock(&c->plock);
+	return done;
+}
+
+/* --- connection objects --------------------------------------------------- */
+
+/*
+ * The connection over @fds (taken over on success). @timeout_ms: the
+ * peer's silence allowed, 0 = no limit; @beats: the peer knows heartbeats.
+ */
+static int conn_new(const int *fds, unsigned nchan, const char *path, unsigned timeout_ms,
+		    bool beats, struct shm_conn **out)
+{
+	struct shm_conn *c = calloc(1, sizeof(*c));
 	int err;
 
-	if (chan >= c->base.nchan || iovcnt < 0 || iovcnt > 8 || (iovcnt && !iov) ||
-	    nfds > PC_TP_FDS_MAX || (nfds && !fds))
-		return -EINVAL;
-	for (int i = 0; i < iovcnt; i++)
-		total += iov[i].iov_len;
-	if (total > PC_MSG_MAX)
-		return -EMSGSIZE;
-	put_hdr(h, PC_FRAME_MSG, nfds, 0, total);
-	v[0].iov_base = h;
-	v[0].iov_len = sizeof(h);
-	for (int i = 0; i < iovcnt; i++)
-		v[i + 1] = iov[i];
-	pthread_mutex_lock(&c->ch[chan].send_lock);
-	err = chan_check(c, chan);
-	if (!err) {
-		err = chan_sendv(c, chan, v, iovcnt + 1, fds, nfds);
-		if (err)
-			err = chan_fail(c, chan, err);
+	if (!c)
+		return -ENOMEM;
+	err = pc_stream_init(&c->s, pc_transport_find("shm"), fds, nchan);
+	if (err) {
+		free(c);
+		return err;
 	}
-	pthread_mutex_unlock(&c->ch[chan].send_lock);
-	return err;
-}
-
-static int shm_send_msg(struct pc_transport *t, unsigned chan, const struct iovec *iov,
-			int iovcnt)
-{
-	return send_common((struct shm_conn *)t, chan, NULL, 0, iov, iovcnt);
-}
-
-static int shm_send_fds(struct pc_transport *t, unsigned chan, const int *fds, unsigned nfds,
-			const struct iovec *iov, int iovcnt)
-{
-	return send_common((struct shm_conn *)t, chan, fds, nfds, iov, iovcnt);
-}
-
-/* Frame the runs onto the socket (the peer has not shared the region). */
-static int send_framed(struct shm_conn *c, unsigned chan, const struct pc_page_run *runs,
-		       unsigned n)
-{
-	uint8_t hdr[RUNS_PER_WRITE][PC_FRAME_HDR];
-	struct iovec v[2 * RUNS_PER_WRITE];
-	int err = 0;
-
-	while (!err && n > 0) {
-		unsigned k = n < RUNS_PER_WRITE ? n : RUNS_PER_WRITE;
-
-		for (unsigned i = 0; i < k; i++) {
-			put_hdr(hdr[i], PC_FRAME_PAGES, runs[i].region, runs[i].offset, runs[i].len);
-			v[2 * i].iov_base = hdr[i];
-			v[2 * i].iov_len = PC_FRAME_HDR;
-			v[2 * i + 1].iov_base = (void *)runs[i].src;
-			v[2 * i + 1].iov_len = runs[i].len;
-		}
-		err = chan_sendv(c, chan, v, (int)(2 * k), NULL, 0);
-		runs += k;
-		n -= k;
+	pthread_rwlock_init(&c->plock, NULL);
+	watch_init(&c->watch, path);
+	pc_stream_pass_fds(&c->s);
+	c->s.direct = copy_into_peer;
+	c->s.other_frame = peer_frame;
+	err = pc_stream_nonblock(&c->s, timeout_ms, &c->watch.base);
+	if (!err && timeout_ms)
+		err = beats ? pc_stream_beats_start(&c->s, timeout_ms)
+			    : pc_stream_rcv_timeout(&c->s, timeout_ms);
+	if (err) {
+		for (unsigned i = 0; i < nchan; i++)
+			c->s.ch[i].fd = -1; /* still the caller's */
+		pc_stream_fini(&c->s);
+		pthread_rwlock_destroy(&c->plock);
+		watch_fini(&c->watch);
+		free(c);
+		return err;
 	}
-	return err;
+	*out = c;
+	return 0;
 }
 
+static void shm_close(struct pc_transport *t)
+{
+	struct shm_conn *c = (struct shm_conn *)t;
+
+	if (!c)
+		return;
+	pc_stream_fini(&c->s);
+	unmap_peer_regions(c);
+	pthread_rwlock_destroy(&c->plock);
+	watch_fini(&c->watch);
+	free(c);
+}
+
+/* The stream's, timed for the bandwidth estimate. */
 static int shm_write_pages(struct pc_transport *t, unsigned chan,
 			   const struct pc_page_run *runs, unsigned n)
 {
 	struct shm_conn *c = (struct shm_conn *)t;
-	uint64_t framed = 0; /* regions the peer has not shared: bit per region */
-	int err;
+	uint64_t t0 = pc_mono_ns(), bytes = 0;
+	int err = pc_stream_write_pages(t, chan, runs, n);
 
-	if (chan >= t->nchan || (n && !runs))
-		return -EINVAL;
-	for (unsigned i = 0; i < n; i++)
-		if (!runs[i].src || runs[i].len == 0 || runs[i].region >= PRECOPY_MAX_REGIONS)
-			return -EINVAL;
-
-	pthread_mutex_lock(&c->ch[chan].send_lock);
-	err = chan_check(c, chan);
-	/* Shared regions first: a memcpy each, after the bounds check. The
-	 * lock keeps an UNEXPOSE from unmapping under the copy. */
-	pthread_rwlock_rdlock(&c->plock);
-	struct timespec c0, c1;
-	uint64_t copied = 0;
-
-	clock_gettime(CLOCK_MONOTONIC, &c0);
-	for (unsigned i = 0; !err && i < n; i++) {
-		const struct pc_page_run *r = &runs[i];
-		const struct pc_stream_region *pr = &c->peer[r->region];
-
-		if (!pr->addr) {
-			framed |= 1ull << r->region;
-			continue;
-		}
-		/* The same check the receiver of a framed run makes. */
-		if (r->offset > pr->len || r->len > pr->len - r->offset) {
-			set_why(c, "page run [%llu, +%llu) outside the peer's region %u of %zu bytes",
-				(unsigned long long)r->offset, (unsigned long long)r->len,
-				r->region, pr->len);
-			err = -EPROTO;
-			break;
-		}
-		memcpy(pr->addr + r->offset, r->src, (size_t)r->len);
-		copied += r->len;
-	}
-	pthread_rwlock_unlock(&c->plock);
-	/* Then the others, framed onto the socket, outside the lock. */
-	for (unsigned i = 0; !err && framed && i < n;) {
-		struct pc_page_run batch[RUNS_PER_WRITE];
-		unsigned k = 0;
-
-		for (; i < n && k < RUNS_PER_WRITE; i++)
-			if (framed >> runs[i].region & 1) {
-				batch[k++] = runs[i];
-				copied += runs[i].len;
-			}
-		if (k)
-			err = send_framed(c, chan, batch, k);
-	}
-	/* The link's figures: bytes moved (copied, or framed into the
-	 * socket, which the peer must read out) over the time it took. */
-	if (!err && copied) {
-		clock_gettime(CLOCK_MONOTONIC, &c1);
-		atomic_fetch_add(&c->ch[chan].copy_ns,
-				 (uint64_t)((c1.tv_sec - c0.tv_sec) * 1000000000ll +
-					    (c1.tv_nsec - c0.tv_nsec)));
-		atomic_fetch_add(&c->ch[chan].copied, copied);
-	}
-	if (err)
-		err = chan_fail(c, chan, err);
-	pthread_mutex_unlock(&c->ch[chan].send_lock);
-	return err;
-}
-
-static int recv_common(struct shm_conn *c, unsigned chan, void *buf, size_t cap, size_t *len,
-		       int *fds, unsigned maxfds, unsigned *nfds)
-{
-	uint8_t hdr[PC_FRAME_HDR];
-	int err;
-
-	if (!len || (cap && !buf) || (maxfds && !fds))
-		return -EINVAL;
-	err = chan_check(c, chan);
 	if (err)
 		return err;
-	for (;;) {
-		uint32_t kind, region;
-		uint64_t off, n;
-
-		err = chan_read(c, chan, hdr, sizeof(hdr));
-		if (err)
-			return chan_fail(c, chan, err);
-		kind = pc_get_le32(hdr);
-		region = pc_get_le32(hdr + 4);
-		off = pc_get_le64(hdr + 8);
-		n = pc_get_le64(hdr + 16);
-
-		if (kind == PC_FRAME_MSG) {
-			if (off || region > maxfds) {
-				set_why(c, "message frame with %u fds (%u expected) or offset set",
-					region, maxfds);
-				take_fds(c, chan, c->ch[chan].nfdq, NULL);
-				return chan_fail(c, chan, -EPROTO);
-			}
-			if (n > cap || n > PC_MSG_MAX) {
-				set_why(c, "message of %llu bytes exceeds %zu",
-					(unsigned long long)n, cap);
-				return chan_fail(c, chan, -EMSGSIZE);
-			}
-			err = chan_read(c, chan, buf, (size_t)n);
-			if (!err)
-				err = take_fds(c, chan, region, fds);
-			if (err)
-				return chan_fail(c, chan, err);
-			*len = (size_t)n;
-			if (nfds)
-				*nfds = region;
-			return 0;
-		}
-		if (kind == PC_FRAME_REGION || kind == PC_FRAME_UNEXPOSE) {
-			int fd = -1;
-
-			if (kind == PC_FRAME_REGION) {
-				err = take_fds(c, chan, 1, &fd);
-				if (!err)
-					err = map_peer_region(c, region, n, fd);
-			} else {
-				unmap_peer_regions(c);
-			}
-			if (err)
-				return chan_fail(c, chan, err);
-			continue;
-		}
-		if (kind != PC_FRAME_PAGES) {
-			set_why(c, "unknown frame kind 0x%08x", kind);
-			return chan_fail(c, chan, -EPROTO);
-		}
-		if (region >= PRECOPY_MAX_REGIONS || !c->region[region].addr) {
-			set_why(c, "page run for region %u, which is not registered", region);
-			return chan_fail(c, chan, -EPROTO);
-		}
-		if (atomic_load(&c->revoked)) {
-			set_why(c, "page run for region %u after the regions were revoked", region);
-			return chan_fail(c, chan, -EPROTO);
-		}
-		if (n == 0 || off > c->region[region].len || n > c->region[region].len - off) {
-			set_why(c, "page run [%llu, +%llu) outside region %u of %zu bytes",
-				(unsigned long long)off, (unsigned long long)n, region,
-				c->region[region].len);
-			return chan_fail(c, chan, -EPROTO);
-		}
-		err = chan_read(c, chan, c->region[region].addr + off, (size_t)n);
-		if (err)
-			return chan_fail(c, chan, err);
-		if (c->base.placed)
-			c->base.placed(c->base.placed_arg, chan, region, off, n);
+	for (unsigned i = 0; i < n; i++)
+		bytes += runs[i].len;
+	/* The link's figures: bytes moved (copied, or framed into the
+	 * socket, which the peer must read out) over the time it took. */
+	if (bytes) {
+		atomic_fetch_add(&c->copy_ns[chan], pc_mono_ns() - t0);
+		atomic_fetch_add(&c->copied[chan], bytes);
 	}
-}
-
-static int shm_recv_msg(struct pc_transport *t, unsigned chan, void *buf, size_t cap,
-			size_t *len)
-{
-	return recv_common((struct shm_conn *)t, chan, buf, cap, len, NULL, 0, NULL);
-}
-
-static int shm_recv_fds(struct pc_transport *t, unsigned chan, void *buf, size_t cap,
-			size_t *len, int *fds, unsigned maxfds, unsigned *nfds)
-{
-	if (!nfds)
-		return -EINVAL;
-	*nfds = 0;
-	return recv_common((struct shm_conn *)t, chan, buf, cap, len, fds, maxfds, nfds);
+	return 0;
 }
 
 /* --- set-up ------------------------------------------------------------------ */
@@ -900,7 +393,7 @@ static int read_within(int fd, void *buf, size_t n, int abort_fd, unsigned ms,
 				return -errno;
 			if (cancel && atomic_load(cancel))
 				return -ECANCELED;
-			err = wait_fd(fd, POLLIN, abort_fd, NULL, cancel && ms > 50 ? 50 : ms);
+			err = pc_fd_wait(fd, POLLIN, abort_fd, NULL, cancel && ms > 50 ? 50 : ms);
 			if (err == -ETIMEDOUT && cancel && (waited += 50) < ms)
 				continue;
 			if (err)
@@ -921,15 +414,16 @@ static int write_small(int fd, const void *buf, size_t n)
 	return pc_fd_writev_all(fd, &v, 1); /* tiny: fits any socket buffer */
 }
 
-static void reply_encode(uint8_t *b, int status, const char *text)
+static void reply_encode(uint8_t *b, int status, const char *text, uint8_t flags)
 {
+	size_t n = text ? strnlen(text, SHM_REPLY_TEXT - 1) : 0;
+
 	memset(b, 0, SHM_REPLY_SIZE);
 	pc_put_le32(b, SHM_MAGIC);
 	pc_put_le32(b + 4, (uint32_t)status);
-	size_t n = text ? strnlen(text, SHM_REPLY_TEXT - 1) : 0;
-
 	if (n)
 		memcpy(b + 8, text, n); /* NUL-terminated: b was zeroed */
+	b[SHM_REPLY_FLAGS] = flags;
 }
 
 static int shm_listen(const char *path, const struct pc_transport_opts *o,
@@ -1044,7 +538,7 @@ static int accept_one(struct shm_listener *l, unsigned ms, int *fdp, uint8_t *he
 	uint8_t reply[SHM_REPLY_SIZE];
 	int err, fd;
 
-	err = wait_fd(l->fd, POLLIN, l->abort_fd, &l->watch, ms);
+	err = pc_fd_wait(l->fd, POLLIN, l->abort_fd, &l->watch.base, ms);
 	if (err == -ENOTCONN)
 		return -ENOENT; /* our name is gone: nobody can reach us */
 	if (err)
@@ -1054,7 +548,7 @@ static int accept_one(struct shm_listener *l, unsigned ms, int *fdp, uint8_t *he
 		return errno == EAGAIN || errno == ECONNABORTED ? -EAGAIN : -errno;
 	err = peer_allowed(fd, "the connecting process", why, sizeof(why));
 	if (err) {
-		reply_encode(reply, err, why);
+		reply_encode(reply, err, why, 0);
 		write_small(fd, reply, sizeof(reply));
 		close(fd);
 		return -EAGAIN;
@@ -1078,6 +572,7 @@ static int shm_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
 	unsigned nchan = 0, have = 0;
 	uint64_t cookie = 0;
 	uint8_t h[SHM_HELLO_SIZE], reply[SHM_REPLY_SIZE];
+	bool beats = false;
 	int err;
 
 	if (!out)
@@ -1096,6 +591,7 @@ static int shm_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
 			continue;
 		}
 		nchan = h[8];
+		beats = h[5] & SHM_BEATS;
 		cookie = pc_get_le64(h + 12);
 		fds[have++] = fd;
 		break;
@@ -1115,16 +611,16 @@ static int shm_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
 		}
 		fds[have++] = fd;
 	}
-	reply_encode(reply, 0, "");
+	reply_encode(reply, 0, "", SHM_BEATS);
 	for (unsigned i = 0; i < nchan; i++) {
 		err = write_small(fds[i], reply, sizeof(reply));
 		if (err)
 			goto err_close;
 	}
-	err = conn_new(fds, nchan, l->path, o ? o->timeout_ms : 0, &c);
+	err = conn_new(fds, nchan, l->path, o ? o->timeout_ms : 0, beats, &c);
 	if (err)
 		goto err_close;
-	*out = &c->base;
+	*out = &c->s.base;
 	return 0;
 
 err_close:
@@ -1156,6 +652,7 @@ static int connect_one(const struct sockaddr_un *sa, unsigned chan, unsigned nch
 	memset(h, 0, sizeof(h));
 	pc_put_le32(h, SHM_MAGIC);
 	h[4] = SHM_VERSION;
+	h[5] = SHM_BEATS;
 	h[6] = (uint8_t)chan;
 	h[8] = (uint8_t)nchan;
 	pc_put_le64(h + 12, cookie);
@@ -1170,11 +667,6 @@ static int connect_one(const struct sockaddr_un *sa, unsigned chan, unsigned nch
 				 (char *)r + 8);
 			err = (int)pc_get_le32(r + 4);
 		}
-		close(fd);
-		return err;
-	}
-	if (fcntl(fd, F_SETFL, O_NONBLOCK) < 0) {
-		err = -errno;
 		close(fd);
 		return err;
 	}
@@ -1221,10 +713,12 @@ static int shm_connect(const char *path, const struct pc_transport_opts *o,
 		if (err)
 			goto err_close;
 	}
-	err = conn_new(fds, nchan, path, o ? o->timeout_ms : 0, &c);
+	/* an earlier destination knows no heartbeats (verdict flag 0) */
+	err = conn_new(fds, nchan, path, o ? o->timeout_ms : 0, r[SHM_REPLY_FLAGS] & SHM_BEATS,
+		       &c);
 	if (err)
 		goto err_close;
-	*out = &c->base;
+	*out = &c->s.base;
 	return 0;
 
 err_close:
@@ -1245,13 +739,14 @@ static int shm_link_stats(struct pc_transport *t, unsigned chan, struct pc_tp_li
 		return -EINVAL;
 	memset(out, 0, sizeof(*out));
 	out->source = PC_TP_LINK_COPY;
-	out->busy_ns = atomic_load(&c->ch[chan].copy_ns);
-	out->delivered = atomic_load(&c->ch[chan].copied);
+	out->busy_ns = atomic_load(&c->copy_ns[chan]);
+	out->delivered = atomic_load(&c->copied[chan]);
 	return 0;
 }
 
 const struct pc_transport_ops pc_shm_ops = {
 	.scheme = "shm",
+	.syntax = "shm:PATH",
 	.caps = PC_TCAP_FD_PASS,
 	.listen = shm_listen,
 	.listener_addr = shm_listener_addr,
@@ -1259,15 +754,15 @@ const struct pc_transport_ops pc_shm_ops = {
 	.listener_abort = shm_listener_abort,
 	.listener_close = shm_listener_close,
 	.connect = shm_connect,
-	.abort = shm_abort,
+	.abort = pc_stream_abort,
 	.close = shm_close,
-	.expose_region = shm_expose_region,
-	.unexpose_all = shm_unexpose_all,
-	.reg_local = shm_reg_local,
-	.send_msg = shm_send_msg,
-	.recv_msg = shm_recv_msg,
+	.expose_region = pc_stream_expose_region,
+	.unexpose_all = pc_stream_unexpose_all,
+	.reg_local = pc_stream_reg_local,
+	.send_msg = pc_stream_send_msg,
+	.recv_msg = pc_stream_recv_msg,
 	.write_pages = shm_write_pages,
 	.link_stats = shm_link_stats,
-	.send_fds = shm_send_fds,
-	.recv_fds = shm_recv_fds,
+	.send_fds = pc_stream_send_fds,
+	.recv_fds = pc_stream_recv_fds,
 };

@@ -3,6 +3,7 @@
  * stream.c - messages and page runs framed onto byte-stream channels.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -11,7 +12,6 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "stream.h"
@@ -19,11 +19,9 @@
 #define RTAIL (16u * 1024) /* what may spill past a read */
 #define RBUF_SIZE RTAIL
 #define RUNS_PER_WRITE 256 /* 2 iovecs a run; well under IOV_MAX */
+#define FDS_PER_READ 16    /* fds one read can take (a frame carries PC_TP_FDS_MAX) */
 
-static void set_why(struct pc_stream *s, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
-
-static void set_why(struct pc_stream *s, const char *fmt, ...)
+void pc_stream_set_why(struct pc_stream *s, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -34,13 +32,8 @@ static void set_why(struct pc_stream *s, const char *fmt, ...)
 	va_end(ap);
 }
 
-static uint64_t mono_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
+#define set_why pc_stream_set_why
+#define mono_ns pc_mono_ns
 
 int pc_stream_init(struct pc_stream *s, const struct pc_transport_ops *ops, const int *fds,
 		   unsigned nchan)
@@ -55,6 +48,7 @@ int pc_stream_init(struct pc_stream *s, const struct pc_transport_ops *ops, cons
 	atomic_init(&s->aborted, false);
 	atomic_init(&s->revoked, false);
 	s->beat_efd = -1;
+	s->abort_efd = -1;
 	for (i = 0; i < PRECOPY_MAX_CHANNELS; i++)
 		s->ch[i].fd = -1;
 	for (i = 0; i < nchan; i++) {
@@ -88,7 +82,11 @@ void pc_stream_fini(struct pc_stream *s)
 	if (s->beat_efd >= 0)
 		close(s->beat_efd);
 	s->beat_efd = -1;
+	if (s->abort_efd >= 0)
+		close(s->abort_efd);
+	s->abort_efd = -1;
 	for (unsigned i = 0; i < s->base.nchan; i++) {
+		pc_stream_take_fds(s, i, s->ch[i].nfdq, NULL);
 		if (s->io && s->ch[i].io_ctx)
 			s->io->fini(s->ch[i].io_ctx);
 		s->ch[i].io_ctx = NULL;
@@ -106,6 +104,13 @@ int pc_stream_abort(struct pc_transport *t)
 	struct pc_stream *s = (struct pc_stream *)t;
 
 	atomic_store(&s->aborted, true);
+	if (s->abort_efd >= 0) {
+		uint64_t one = 1;
+
+		if (write(s->abort_efd, &one, sizeof(one)) < 0) {
+			/* a counter of 1s cannot overflow; nothing to do */
+		}
+	}
 	/* shutdown() wakes blocked send/recv without closing the fds, so no
 	 * fd number can be reused while another thread still uses it. */
 	for (unsigned i = 0; i < t->nchan; i++)
@@ -139,19 +144,109 @@ int pc_stream_reg_local(struct pc_transport *t, const void *addr, size_t len)
 	return 0; /* a stream reads local memory as it is */
 }
 
-int pc_fd_writev_all(int fd, struct iovec *iov, int iovcnt)
+int pc_stream_nonblock(struct pc_stream *s, unsigned send_ms, struct pc_stream_watch *watch)
 {
-	while (iovcnt > 0) {
-		struct msghdr mh = { .msg_iov = iov, .msg_iovlen = (size_t)iovcnt };
-		ssize_t n = sendmsg(fd, &mh, MSG_NOSIGNAL);
+	if (!s || s->abort_efd >= 0)
+		return -EINVAL;
+	for (unsigned i = 0; i < s->base.nchan; i++) {
+		int fl = fcntl(s->ch[i].fd, F_GETFL);
 
-		if (n < 0) {
+		if (fl < 0 || fcntl(s->ch[i].fd, F_SETFL, fl | O_NONBLOCK) < 0)
+			return -errno;
+	}
+	s->abort_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (s->abort_efd < 0)
+		return -errno;
+	s->send_ms = send_ms;
+	s->watch = watch;
+	return 0;
+}
+
+void pc_stream_pass_fds(struct pc_stream *s)
+{
+	s->fd_pass = true;
+}
+
+int pc_fd_wait(int fd, short ev, int abort_efd, struct pc_stream_watch *w, unsigned ms)
+{
+	struct pollfd p[3] = {
+		{ .fd = fd, .events = ev },
+		{ .fd = abort_efd, .events = POLLIN },
+		{ .fd = w ? w->fd : -1, .events = POLLIN },
+	};
+	uint64_t end = ms ? mono_ns() + (uint64_t)ms * 1000000ull : 0;
+
+	for (;;) {
+		bool gone = w && w->gone(w, false);
+		uint64_t now = end ? mono_ns() : 0;
+		int left = gone || (end && now >= end) ? 0
+			   : end ? (int)((end - now + 999999) / 1000000) : -1;
+		int r = poll(p, 3, left);
+
+		if (r < 0) {
 			if (errno == EINTR)
 				continue;
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
-				return -ETIMEDOUT; /* SO_SNDTIMEO: the peer reads nothing */
-			return errno == EPIPE ? -ECONNRESET : -errno;
+			return -errno;
 		}
+		if (p[1].revents)
+			return -ECANCELED;
+		if (p[0].revents)
+			return 0;
+		if (r == 0)
+			return gone ? -ENOTCONN : -ETIMEDOUT;
+		if (p[2].revents)
+			w->gone(w, true);
+	}
+}
+
+/*
+ * Send all of @iov (consumed) on @fd, @nfds fds attached to its first
+ * byte. @s: a stream in poll mode waits for room as it says; NULL, or a
+ * blocking stream: the socket's SO_SNDTIMEO ends the wait (-ETIMEDOUT).
+ */
+static int sendv(const struct pc_stream *s, int fd, struct iovec *iov, int iovcnt,
+		 const int *fds, unsigned nfds)
+{
+	bool polls = s && s->abort_efd >= 0;
+	union {
+		char buf[CMSG_SPACE(sizeof(int) * PC_TP_FDS_MAX)];
+		struct cmsghdr align;
+	} u;
+
+	while (iovcnt > 0) {
+		struct msghdr mh = { .msg_iov = iov, .msg_iovlen = (size_t)iovcnt };
+		ssize_t n;
+
+		if (nfds) {
+			struct cmsghdr *cm;
+
+			memset(&u, 0, sizeof(u));
+			mh.msg_control = u.buf;
+			mh.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+			cm = CMSG_FIRSTHDR(&mh);
+			cm->cmsg_level = SOL_SOCKET;
+			cm->cmsg_type = SCM_RIGHTS;
+			cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+			memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
+		}
+		n = sendmsg(fd, &mh, MSG_NOSIGNAL | (polls ? MSG_DONTWAIT : 0));
+		if (n < 0) {
+			int err;
+
+			if (errno == EINTR)
+				continue;
+			if (errno == EPIPE)
+				return -ECONNRESET;
+			if (errno != EAGAIN && errno != EWOULDBLOCK)
+				return -errno;
+			if (!polls)
+				return -ETIMEDOUT; /* SO_SNDTIMEO: the peer reads nothing */
+			err = pc_fd_wait(fd, POLLOUT, s->abort_efd, s->watch, s->send_ms);
+			if (err)
+				return err;
+			continue;
+		}
+		nfds = 0; /* the fds went with the first byte */
 		while (iovcnt > 0 && (size_t)n >= iov->iov_len) {
 			n -= (ssize_t)iov->iov_len;
 			iov++;
@@ -163,6 +258,11 @@ int pc_fd_writev_all(int fd, struct iovec *iov, int iovcnt)
 		}
 	}
 	return 0;
+}
+
+int pc_fd_writev_all(int fd, struct iovec *iov, int iovcnt)
+{
+	return sendv(NULL, fd, iov, iovcnt, NULL, 0);
 }
 
 int pc_fd_read_all(int fd, void *buf, size_t len)
@@ -196,29 +296,36 @@ static int chan_check(struct pc_stream *s, unsigned chan)
 
 static int chan_fail(struct pc_stream *s, unsigned chan, int err)
 {
-	if (atomic_load(&s->aborted))
-		err = -ECANCELED;
 	int none = 0;
 
+	if (atomic_load(&s->aborted))
+		err = -ECANCELED;
+	if (err == -ENOTCONN && s->watch)
+		set_why(s, "%s", s->watch->why);
 	atomic_compare_exchange_strong(&s->ch[chan].err, &none, err);
 	return err;
 }
 
-static int chan_writev_all(struct pc_stream *s, unsigned chan, struct iovec *v, int n)
+static int chan_writev_all(struct pc_stream *s, unsigned chan, struct iovec *v, int n,
+			   const int *fds, unsigned nfds)
 {
 	int err = s->io ? s->io->writev_all(s->ch[chan].io_ctx, v, n)
-			: pc_fd_writev_all(s->ch[chan].fd, v, n);
+			: sendv(s, s->ch[chan].fd, v, n, fds, nfds);
 
 	if (!err)
 		atomic_store(&s->ch[chan].last_tx_ns, mono_ns());
-	if (err == -ETIMEDOUT && !atomic_load(&s->aborted))
+	if (atomic_load(&s->aborted))
+		return err;
+	if (err == -ETIMEDOUT)
 		set_why(s, "channel %u: the peer has read nothing of what was sent for the "
 			   "whole timeout (a hung or stopped process?)", chan);
+	if (err == -ECONNRESET && !s->io)
+		set_why(s, "peer closed channel %u", chan);
 	return err;
 }
 
-int pc_stream_send_msg(struct pc_transport *t, unsigned chan, const struct iovec *iov,
-		       int iovcnt)
+int pc_stream_send_fds(struct pc_transport *t, unsigned chan, const int *fds, unsigned nfds,
+		       const struct iovec *iov, int iovcnt)
 {
 	struct pc_stream *s = (struct pc_stream *)t;
 	struct iovec v[9];
@@ -226,14 +333,15 @@ int pc_stream_send_msg(struct pc_transport *t, unsigned chan, const struct iovec
 	size_t total = 0;
 	int err;
 
-	if (iovcnt < 0 || iovcnt > 8 || (iovcnt && !iov))
+	if (iovcnt < 0 || iovcnt > 8 || (iovcnt && !iov) || nfds > PC_TP_FDS_MAX ||
+	    (nfds && (!fds || !s->fd_pass)))
 		return -EINVAL;
 	for (int i = 0; i < iovcnt; i++)
 		total += iov[i].iov_len;
 	if (total > PC_MSG_MAX)
 		return -EMSGSIZE;
 	pc_put_le32(hdr, PC_FRAME_MSG);
-	pc_put_le32(hdr + 4, 0);
+	pc_put_le32(hdr + 4, nfds);
 	pc_put_le64(hdr + 8, 0);
 	pc_put_le64(hdr + 16, total);
 	v[0].iov_base = hdr;
@@ -246,12 +354,49 @@ int pc_stream_send_msg(struct pc_transport *t, unsigned chan, const struct iovec
 	pthread_mutex_lock(&s->ch[chan].send_lock);
 	err = chan_check(s, chan);
 	if (!err) {
-		err = chan_writev_all(s, chan, v, iovcnt + 1);
+		err = chan_writev_all(s, chan, v, iovcnt + 1, fds, nfds);
 		if (err)
 			err = chan_fail(s, chan, err);
 	}
 	pthread_mutex_unlock(&s->ch[chan].send_lock);
 	return err;
+}
+
+int pc_stream_send_msg(struct pc_transport *t, unsigned chan, const struct iovec *iov,
+		       int iovcnt)
+{
+	return pc_stream_send_fds(t, chan, NULL, 0, iov, iovcnt);
+}
+
+/* Frame up to RUNS_PER_WRITE of @runs (those the direct hook does not
+ * place) into @hdr and @v; *@used: how many of @runs were taken. Return:
+ * the iovecs filled, or -errno from the hook. */
+static int frame_runs(struct pc_stream *s, const struct pc_page_run *runs, unsigned n,
+		      uint8_t (*hdr)[PC_FRAME_HDR], struct iovec *v, unsigned *used)
+{
+	unsigned k = 0, i;
+
+	for (i = 0; i < n && k < RUNS_PER_WRITE; i++) {
+		int d = s->direct ? s->direct(s, &runs[i]) : 0;
+
+		if (d < 0) {
+			*used = i;
+			return d;
+		}
+		if (d)
+			continue;
+		pc_put_le32(hdr[k], PC_FRAME_PAGES);
+		pc_put_le32(hdr[k] + 4, runs[i].region);
+		pc_put_le64(hdr[k] + 8, runs[i].offset);
+		pc_put_le64(hdr[k] + 16, runs[i].len);
+		v[2 * k].iov_base = hdr[k];
+		v[2 * k].iov_len = PC_FRAME_HDR;
+		v[2 * k + 1].iov_base = (void *)runs[i].src;
+		v[2 * k + 1].iov_len = runs[i].len;
+		k++;
+	}
+	*used = i;
+	return (int)(2 * k);
 }
 
 int pc_stream_write_pages(struct pc_transport *t, unsigned chan,
@@ -271,30 +416,109 @@ int pc_stream_write_pages(struct pc_transport *t, unsigned chan,
 	pthread_mutex_lock(&s->ch[chan].send_lock);
 	err = chan_check(s, chan);
 	while (!err && n > 0) {
-		unsigned k = n < RUNS_PER_WRITE ? n : RUNS_PER_WRITE;
+		unsigned used;
+		int nv = frame_runs(s, runs, n, hdr, v, &used);
 
-		for (unsigned i = 0; i < k; i++) {
-			pc_put_le32(hdr[i], PC_FRAME_PAGES);
-			pc_put_le32(hdr[i] + 4, runs[i].region);
-			pc_put_le64(hdr[i] + 8, runs[i].offset);
-			pc_put_le64(hdr[i] + 16, runs[i].len);
-			v[2 * i].iov_base = hdr[i];
-			v[2 * i].iov_len = PC_FRAME_HDR;
-			v[2 * i + 1].iov_base = (void *)runs[i].src;
-			v[2 * i + 1].iov_len = runs[i].len;
-		}
-		err = chan_writev_all(s, chan, v, (int)(2 * k));
+		err = nv < 0 ? nv : nv ? chan_writev_all(s, chan, v, nv, NULL, 0) : 0;
 		if (err)
 			err = chan_fail(s, chan, err);
-		runs += k;
-		n -= k;
+		runs += used;
+		n -= used;
 	}
 	pthread_mutex_unlock(&s->ch[chan].send_lock);
 	return err;
 }
 
+/* Queue the fds that came with a read on @chan; -EPROTO when there were
+ * more than a channel holds. */
+static int queue_fds(struct pc_stream *s, unsigned chan, struct msghdr *mh)
+{
+	struct pc_stream_chan *c = &s->ch[chan];
+	bool overflow = (mh->msg_flags & MSG_CTRUNC) != 0;
+
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(mh); cm; cm = CMSG_NXTHDR(mh, cm)) {
+		const uint8_t *f = CMSG_DATA(cm);
+		size_t k;
+
+		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+			continue;
+		k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (size_t i = 0; i < k; i++) {
+			int fd;
+
+			memcpy(&fd, f + i * sizeof(int), sizeof(fd));
+			if (c->nfdq < PC_STREAM_FDQ_MAX) {
+				c->fdq[c->nfdq++] = fd;
+			} else {
+				close(fd);
+				overflow = true;
+			}
+		}
+	}
+	if (overflow) {
+		set_why(s, "peer sent more file descriptors than expected on channel %u", chan);
+		return -EPROTO;
+	}
+	return 0;
+}
+
+int pc_stream_take_fds(struct pc_stream *s, unsigned chan, unsigned n, int *out)
+{
+	struct pc_stream_chan *c = &s->ch[chan];
+
+	if (c->nfdq < n) {
+		set_why(s, "frame announces %u file descriptors, %u arrived", n, c->nfdq);
+		return -EPROTO;
+	}
+	for (unsigned i = 0; i < n; i++) {
+		if (out)
+			out[i] = c->fdq[i];
+		else
+			close(c->fdq[i]);
+	}
+	memmove(c->fdq, c->fdq + n, (c->nfdq - n) * sizeof(int));
+	c->nfdq -= n;
+	return 0;
+}
+
+/* One read from channel @chan's socket into @v (like readv: > 0, 0 at the
+ * end, -1 with errno); fds that come along are queued. In poll mode a
+ * read that would block waits, as long as the receive timeout allows. */
+static ssize_t sock_read(struct pc_stream *s, unsigned chan, struct iovec *v, int n)
+{
+	union {
+		char buf[CMSG_SPACE(sizeof(int) * FDS_PER_READ)];
+		struct cmsghdr align;
+	} u;
+	int fd = s->ch[chan].fd;
+
+	for (;;) {
+		struct msghdr mh = { .msg_iov = v, .msg_iovlen = (size_t)n };
+		bool polls = s->abort_efd >= 0;
+		ssize_t r;
+		int err;
+
+		if (s->fd_pass) {
+			mh.msg_control = u.buf;
+			mh.msg_controllen = sizeof(u.buf);
+		}
+		r = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC | (polls ? MSG_DONTWAIT : 0));
+		if (r >= 0 && s->fd_pass && (err = queue_fds(s, chan, &mh))) {
+			errno = -err;
+			return -1;
+		}
+		if (r >= 0 || !polls || (errno != EAGAIN && errno != EWOULDBLOCK))
+			return r;
+		err = pc_fd_wait(fd, POLLIN, s->abort_efd, s->watch, s->timeout_ms);
+		if (err) {
+			errno = -err;
+			return -1;
+		}
+	}
+}
+
 /* Read exactly @n bytes from the channel into @dst. Bytes already in the
- * channel's buffer are taken first; then each recvmsg() puts the wanted
+ * channel's buffer are taken first; then each read puts the wanted
  * bytes straight into @dst and lets at most RTAIL bytes that follow (the
  * next frame header, say) spill into the buffer, so page data is not
  * bounced through a staging buffer and small frames do not cost a system
@@ -307,7 +531,6 @@ static int chan_read(struct pc_stream *s, unsigned chan, void *dst, size_t n)
 	while (n > 0) {
 		size_t have = c->rlen - c->rpos;
 		struct iovec v[2];
-		struct msghdr mh = { .msg_iov = v, .msg_iovlen = 2 };
 		ssize_t r;
 
 		if (have) {
@@ -330,7 +553,7 @@ static int chan_read(struct pc_stream *s, unsigned chan, void *dst, size_t n)
 				r = -1;
 			}
 		} else {
-			r = recvmsg(c->fd, &mh, 0);
+			r = sock_read(s, chan, v, 2);
 		}
 		if (r > 0) {
 			if ((size_t)r <= n) {
@@ -351,7 +574,7 @@ static int chan_read(struct pc_stream *s, unsigned chan, void *dst, size_t n)
 		if (errno == EINTR)
 			continue;
 		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ETIMEDOUT) {
-			/* SO_RCVTIMEO, set with the heartbeats */
+			/* SO_RCVTIMEO, set with the heartbeats; or a polling wait */
 			if (!atomic_load(&s->aborted))
 				set_why(s, "channel %u: nothing from the peer, not even a "
 					   "heartbeat, for %u ms (a hung or stopped process?)",
@@ -363,77 +586,131 @@ static int chan_read(struct pc_stream *s, unsigned chan, void *dst, size_t n)
 	return 0;
 }
 
-int pc_stream_recv_msg(struct pc_transport *t, unsigned chan, void *buf, size_t cap,
-		       size_t *len)
+/* A frame header, decoded. */
+struct frame {
+	uint32_t kind, region;
+	uint64_t off, len;
+};
+
+/* The body of a MSG frame into @buf, with the fds it announced. */
+static int recv_message(struct pc_stream *s, unsigned chan, const struct frame *f, void *buf,
+			size_t cap, size_t *len, int *fds, unsigned maxfds, unsigned *nfds)
 {
-	struct pc_stream *s = (struct pc_stream *)t;
+	int err;
+
+	if (f->off || f->region > maxfds) {
+		if (s->fd_pass)
+			set_why(s, "message frame with %u fds (%u expected) or offset set",
+				f->region, maxfds);
+		else
+			set_why(s, "message frame with region/offset set");
+		pc_stream_take_fds(s, chan, s->ch[chan].nfdq, NULL);
+		return chan_fail(s, chan, -EPROTO);
+	}
+	if (f->len > cap || f->len > PC_MSG_MAX) {
+		set_why(s, "message of %llu bytes exceeds %zu", (unsigned long long)f->len, cap);
+		return chan_fail(s, chan, -EMSGSIZE);
+	}
+	err = chan_read(s, chan, buf, (size_t)f->len);
+	if (!err)
+		err = pc_stream_take_fds(s, chan, f->region, fds);
+	if (err)
+		return chan_fail(s, chan, err);
+	*len = (size_t)f->len;
+	if (nfds)
+		*nfds = f->region;
+	return 0;
+}
+
+/* A PAGES frame: bounds-checked, then read straight into the region. */
+static int recv_pages(struct pc_stream *s, unsigned chan, const struct frame *f)
+{
+	const struct pc_stream_region *r = &s->region[f->region < PRECOPY_MAX_REGIONS ? f->region : 0];
+	int err;
+
+	if (f->region >= PRECOPY_MAX_REGIONS || !r->addr) {
+		set_why(s, "page run for region %u, which is not registered", f->region);
+		return chan_fail(s, chan, -EPROTO);
+	}
+	if (atomic_load(&s->revoked)) {
+		set_why(s, "page run for region %u after the regions were revoked", f->region);
+		return chan_fail(s, chan, -EPROTO);
+	}
+	if (f->len == 0 || f->off > r->len || f->len > r->len - f->off) {
+		set_why(s, "page run [%llu, +%llu) outside region %u of %zu bytes",
+			(unsigned long long)f->off, (unsigned long long)f->len, f->region, r->len);
+		return chan_fail(s, chan, -EPROTO);
+	}
+	err = chan_read(s, chan, r->addr + f->off, (size_t)f->len);
+	if (err)
+		return chan_fail(s, chan, err);
+	if (s->base.placed)
+		s->base.placed(s->base.placed_arg, chan, f->region, f->off, f->len);
+	return 0;
+}
+
+/* A frame of any other kind: a heartbeat, or the transport's own. */
+static int recv_other(struct pc_stream *s, unsigned chan, const struct frame *f)
+{
+	int err;
+
+	if (f->kind == PC_FRAME_BEAT) {
+		if (!f->region && !f->off && !f->len)
+			return 0;
+		set_why(s, "heartbeat frame with region/offset/length set");
+		return chan_fail(s, chan, -EPROTO);
+	}
+	err = s->other_frame ? s->other_frame(s, chan, f->kind, f->region, f->off, f->len)
+			     : -ENOMSG;
+	if (err == -ENOMSG) {
+		set_why(s, "unknown frame kind 0x%08x", f->kind);
+		err = -EPROTO;
+	}
+	return err ? chan_fail(s, chan, err) : 0;
+}
+
+static int recv_frames(struct pc_stream *s, unsigned chan, void *buf, size_t cap,
+		       size_t *len, int *fds, unsigned maxfds, unsigned *nfds)
+{
 	uint8_t hdr[PC_FRAME_HDR];
 	int err;
 
-	if (!len || (cap && !buf))
+	if (!len || (cap && !buf) || (maxfds && !fds))
 		return -EINVAL;
 	err = chan_check(s, chan);
 	if (err)
 		return err;
 	for (;;) {
-		uint32_t kind, region;
-		uint64_t off, n;
+		struct frame f;
 
 		err = chan_read(s, chan, hdr, sizeof(hdr));
 		if (err)
 			return chan_fail(s, chan, err);
-		kind = pc_get_le32(hdr);
-		region = pc_get_le32(hdr + 4);
-		off = pc_get_le64(hdr + 8);
-		n = pc_get_le64(hdr + 16);
-
-		if (kind == PC_FRAME_MSG) {
-			if (region || off) {
-				set_why(s, "message frame with region/offset set");
-				return chan_fail(s, chan, -EPROTO);
-			}
-			if (n > cap || n > PC_MSG_MAX) {
-				set_why(s, "message of %llu bytes exceeds %zu",
-					(unsigned long long)n, cap);
-				return chan_fail(s, chan, -EMSGSIZE);
-			}
-			err = chan_read(s, chan, buf, (size_t)n);
-			if (err)
-				return chan_fail(s, chan, err);
-			*len = (size_t)n;
-			return 0;
-		}
-		if (kind == PC_FRAME_BEAT) {
-			if (region || off || n) {
-				set_why(s, "heartbeat frame with region/offset/length set");
-				return chan_fail(s, chan, -EPROTO);
-			}
-			continue;
-		}
-		if (kind != PC_FRAME_PAGES) {
-			set_why(s, "unknown frame kind 0x%08x", kind);
-			return chan_fail(s, chan, -EPROTO);
-		}
-		if (region >= PRECOPY_MAX_REGIONS || !s->region[region].addr) {
-			set_why(s, "page run for region %u, which is not registered", region);
-			return chan_fail(s, chan, -EPROTO);
-		}
-		if (atomic_load(&s->revoked)) {
-			set_why(s, "page run for region %u after the regions were revoked", region);
-			return chan_fail(s, chan, -EPROTO);
-		}
-		if (n == 0 || off > s->region[region].len || n > s->region[region].len - off) {
-			set_why(s, "page run [%llu, +%llu) outside region %u of %zu bytes",
-				(unsigned long long)off, (unsigned long long)n, region,
-				s->region[region].len);
-			return chan_fail(s, chan, -EPROTO);
-		}
-		err = chan_read(s, chan, s->region[region].addr + off, (size_t)n);
+		f.kind = pc_get_le32(hdr);
+		f.region = pc_get_le32(hdr + 4);
+		f.off = pc_get_le64(hdr + 8);
+		f.len = pc_get_le64(hdr + 16);
+		if (f.kind == PC_FRAME_MSG)
+			return recv_message(s, chan, &f, buf, cap, len, fds, maxfds, nfds);
+		err = f.kind == PC_FRAME_PAGES ? recv_pages(s, chan, &f) : recv_other(s, chan, &f);
 		if (err)
-			return chan_fail(s, chan, err);
-		if (t->placed)
-			t->placed(t->placed_arg, chan, region, off, n);
+			return err;
 	}
+}
+
+int pc_stream_recv_msg(struct pc_transport *t, unsigned chan, void *buf, size_t cap,
+		       size_t *len)
+{
+	return recv_frames((struct pc_stream *)t, chan, buf, cap, len, NULL, 0, NULL);
+}
+
+int pc_stream_recv_fds(struct pc_transport *t, unsigned chan, void *buf, size_t cap,
+		       size_t *len, int *fds, unsigned maxfds, unsigned *nfds)
+{
+	if (!nfds)
+		return -EINVAL;
+	*nfds = 0;
+	return recv_frames((struct pc_stream *)t, chan, buf, cap, len, fds, maxfds, nfds);
 }
 
 /* Send a BEAT on every channel idle for a third of the timeout. A channel
@@ -463,7 +740,7 @@ static void *beat_main(void *arg)
 			err = chan_check(s, i);
 			if (!err) {
 				pc_put_le32(hdr, PC_FRAME_BEAT);
-				err = chan_writev_all(s, i, &v, 1);
+				err = chan_writev_all(s, i, &v, 1, NULL, 0);
 				if (err)
 					chan_fail(s, i, err);
 			}

@@ -19,6 +19,13 @@
  * that receives nothing at all for the timeout fails with -ETIMEDOUT: the
  * peer's process is stopped or frozen even though its kernel still
  * answers (which TCP's own timeouts cannot tell).
+ *
+ * Unix sockets (shm) add two things, both of the plain-socket path:
+ * descriptors passed with a message (pc_stream_pass_fds(): a MSG frame's
+ * region field then counts the fds attached to its first byte), and waits
+ * that poll (pc_stream_nonblock(): every call that would block polls its
+ * socket, an eventfd that abort() signals and optionally a watch, such as
+ * one on the socket's path).
  */
 #ifndef PC_STREAM_H
 #define PC_STREAM_H
@@ -51,6 +58,22 @@ struct pc_stream_io {
 	void (*fini)(void *ctx);
 };
 
+/* Most fds received on a channel and not yet claimed by their frame. */
+#define PC_STREAM_FDQ_MAX 64
+
+/*
+ * Something a polling wait watches besides its socket (shm: the socket's
+ * path). @fd is polled for POLLIN; gone(@w, true) then drains it, and
+ * gone(@w, false) is cheap; either says whether the peer can no longer be
+ * reached. Once it is gone, a wait that would block fails with -ENOTCONN
+ * and a stream's why becomes @why.
+ */
+struct pc_stream_watch {
+	int fd;
+	bool (*gone)(struct pc_stream_watch *w, bool drain);
+	const char *why;
+};
+
 struct pc_stream_chan {
 	int fd;
 	void *io_ctx;     /* the byte layer's, per channel */
@@ -59,6 +82,8 @@ struct pc_stream_chan {
 	uint8_t *rbuf;    /* receive buffer */
 	size_t rpos, rlen;
 	_Atomic uint64_t last_tx_ns; /* monotonic time of the last send */
+	int fdq[PC_STREAM_FDQ_MAX]; /* fds received, not yet claimed by a frame */
+	unsigned nfdq;
 };
 
 struct pc_stream_region {
@@ -80,6 +105,25 @@ struct pc_stream {
 	int beat_efd;         /* eventfd: stops the heartbeat thread */
 	pthread_t beat_thread;
 	bool beat_started;
+	bool fd_pass;         /* pc_stream_pass_fds() */
+	int abort_efd;        /* pc_stream_nonblock(): abort() signals it; else -1 */
+	unsigned send_ms;     /* pc_stream_nonblock(): a send's wait; 0 = no limit */
+	struct pc_stream_watch *watch; /* optional, with abort_efd */
+	/*
+	 * Optional, set by the transport: called under the send lock for each
+	 * page run of write_pages() before it is framed. Return 1 when it put
+	 * the run in place itself (shm: a memcpy into a region the peer
+	 * shared), 0 to frame it, or -errno (the channel fails).
+	 */
+	int (*direct)(struct pc_stream *s, const struct pc_page_run *run);
+	/*
+	 * Optional: a frame of a kind the stream does not know arrived; the
+	 * transport handles it (taking its fds with pc_stream_take_fds()) and
+	 * returns 0, or -errno (the channel fails); -ENOMSG: not its kind
+	 * either.
+	 */
+	int (*other_frame)(struct pc_stream *s, unsigned chan, uint32_t kind, uint32_t region,
+			   uint64_t off, uint64_t len);
 };
 
 /** pc_stream_init() - set up @s with @nchan connected fds (taken over). */
@@ -87,7 +131,8 @@ int pc_stream_init(struct pc_stream *s, const struct pc_transport_ops *ops,
 		   const int *fds, unsigned nchan);
 /**
  * pc_stream_beats_start() - send heartbeats and time out a silent peer:
- * each fd gets SO_RCVTIMEO of @timeout_ms, and a thread sends a BEAT frame
+ * each fd gets SO_RCVTIMEO of @timeout_ms (in poll mode, the limit of a
+ * receive's wait), and a thread sends a BEAT frame
  * on every channel idle for @timeout_ms / 3. Both ends must do it (the
  * peer must know BEAT frames). Return: 0, or -errno (nothing started).
  */
@@ -99,9 +144,35 @@ int pc_stream_beats_start(struct pc_stream *s, unsigned timeout_ms);
  * silence is still not waited out for ever. Return: 0, or -errno.
  */
 int pc_stream_rcv_timeout(struct pc_stream *s, unsigned timeout_ms);
-/** pc_stream_fini() - stop the heartbeats, close the fds, free buffers. */
+/** pc_stream_fini() - stop the heartbeats, close the fds (and any
+ *  received fds not claimed), free buffers. */
 void pc_stream_fini(struct pc_stream *s);
+/**
+ * pc_stream_nonblock() - make @s's sockets non-blocking and its waits
+ * poll: a send waits at most @send_ms (0: no limit) for room, a receive as
+ * long as the receive timeout allows; abort() wakes both at once, and
+ * @watch (optional, kept by the caller) can end them with -ENOTCONN.
+ * Before anything is sent. Return: 0, or -errno.
+ */
+int pc_stream_nonblock(struct pc_stream *s, unsigned send_ms, struct pc_stream_watch *watch);
+/** pc_stream_pass_fds() - @s carries fds with its messages (unix
+ *  sockets; send_fds/recv_fds). Before anything is sent. */
+void pc_stream_pass_fds(struct pc_stream *s);
+/**
+ * pc_stream_take_fds() - claim @n fds received on @chan into @out (closed
+ * if @out is NULL), for a frame that announced them. Return: 0; -EPROTO
+ * (with the reason in why) when fewer arrived.
+ */
+int pc_stream_take_fds(struct pc_stream *s, unsigned chan, unsigned n, int *out);
+/** pc_stream_set_why() - the reason of the first failure, for @s's why
+ *  (kept if one is already there). */
+void pc_stream_set_why(struct pc_stream *s, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
 
+/*
+ * The ops of a stream transport, for its pc_transport_ops (transport.h
+ * says what each does). send_fds/recv_fds need pc_stream_pass_fds().
+ */
 int pc_stream_abort(struct pc_transport *t);
 int pc_stream_expose_region(struct pc_transport *t, uint32_t id, void *addr, size_t len);
 int pc_stream_unexpose_all(struct pc_transport *t);
@@ -112,6 +183,10 @@ int pc_stream_recv_msg(struct pc_transport *t, unsigned chan, void *buf, size_t 
 		       size_t *len);
 int pc_stream_write_pages(struct pc_transport *t, unsigned chan,
 			  const struct pc_page_run *runs, unsigned n);
+int pc_stream_send_fds(struct pc_transport *t, unsigned chan, const int *fds, unsigned nfds,
+		       const struct iovec *iov, int iovcnt);
+int pc_stream_recv_fds(struct pc_transport *t, unsigned chan, void *buf, size_t cap,
+		       size_t *len, int *fds, unsigned maxfds, unsigned *nfds);
 
 /* Helpers for the transports' own handshakes. */
 /** pc_fd_writev_all() - write all of @iov (consumed), or -errno;
@@ -119,5 +194,13 @@ int pc_stream_write_pages(struct pc_transport *t, unsigned chan,
 int pc_fd_writev_all(int fd, struct iovec *iov, int iovcnt);
 /** pc_fd_read_all() - read exactly @len bytes; -ECONNRESET on EOF. */
 int pc_fd_read_all(int fd, void *buf, size_t len);
+/**
+ * pc_fd_wait() - wait until @fd is ready for @ev (POLLIN, POLLOUT).
+ * @abort_efd: an eventfd (or -1) whose signal ends the wait; @w: optional.
+ * Return: 0; -ECANCELED once @abort_efd is signalled; -ENOTCONN when @w
+ * says the peer is gone and @fd is not ready; -ETIMEDOUT after @ms
+ * (0: no limit); -errno.
+ */
+int pc_fd_wait(int fd, short ev, int abort_efd, struct pc_stream_watch *w, unsigned ms);
 
 #endif /* PC_STREAM_H */

@@ -24,6 +24,7 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 
+#include "addr.h"
 #include "stream.h"
 #if PRECOPY_HAVE_TLS
 #include "tls.h"
@@ -47,62 +48,6 @@ struct tcp_listener {
 struct tcp_conn {
 	struct pc_stream s;
 };
-
-/* Split "HOST:PORT" or "[V6]:PORT" into host and port strings. */
-static int split_hostport(const char *addr, char *host, size_t hostlen, char *port,
-			  size_t portlen)
-{
-	const char *colon, *h = addr;
-	size_t n;
-
-	if (!addr || !*addr)
-		return -EINVAL;
-	if (*addr == '[') {
-		const char *end = strchr(addr, ']');
-
-		if (!end || end[1] != ':')
-			return -EINVAL;
-		h = addr + 1;
-		n = (size_t)(end - h);
-		colon = end + 1;
-	} else {
-		colon = strrchr(addr, ':');
-		if (!colon)
-			return -EINVAL;
-		n = (size_t)(colon - addr);
-		if (memchr(addr, ':', n))
-			return -EINVAL; /* bare IPv6 needs brackets */
-	}
-	if (n == 0 || n >= hostlen || strlen(colon + 1) == 0 || strlen(colon + 1) >= portlen)
-		return -EINVAL;
-	memcpy(host, h, n);
-	host[n] = '\0';
-	strcpy(port, colon + 1);
-	for (const char *p = port; *p; p++)
-		if (*p < '0' || *p > '9')
-			return -EINVAL;
-	if (atol(port) > 65535)
-		return -EINVAL;
-	return 0;
-}
-
-static int resolve(const char *addr, bool passive, struct addrinfo **res)
-{
-	char host[256], port[8];
-	struct addrinfo hints = {
-		.ai_family = AF_UNSPEC,
-		.ai_socktype = SOCK_STREAM,
-		.ai_flags = passive ? AI_PASSIVE : 0,
-	};
-	int err = split_hostport(addr, host, sizeof(host), port, sizeof(port));
-
-	if (err)
-		return err;
-	err = getaddrinfo(host, port, &hints, res);
-	if (err)
-		return err == EAI_SYSTEM ? -errno : -EHOSTUNREACH;
-	return 0;
-}
 
 /*
  * Dead peers: TCP_USER_TIMEOUT ends a connection whose sent data stays
@@ -194,7 +139,7 @@ static int listen_as(const char *scheme, const char *addr, struct pc_listener **
 
 	if (!out)
 		return -EINVAL;
-	err = resolve(addr, true, &res);
+	err = pc_addr_resolve(addr, true, &res);
 	if (err)
 		return err;
 	err = -EADDRNOTAVAIL;
@@ -408,7 +353,7 @@ static void pend_step(struct pending *p, const struct pc_transport_ops *ops,
 		}
 		p->st = P_READY;
 #if PRECOPY_HAVE_TLS
-		if (!strcmp(ops->scheme, "tls")) {
+		if (ops->caps & PC_TCAP_TLS) {
 			if (pc_tls_accept_new(p->fd, o ? o->tls : NULL, &p->tls, NULL, 0)) {
 				pend_close(p);
 				return;
@@ -575,7 +520,7 @@ static int wrap(struct pc_stream *s, const struct pc_transport_opts *o, bool ser
 		const char *host, const atomic_bool *cancel)
 {
 #if PRECOPY_HAVE_TLS
-	if (!strcmp(s->base.ops->scheme, "tls"))
+	if (s->base.ops->caps & PC_TCAP_TLS)
 		return pc_tls_start(s, o ? o->tls : NULL, server, host, o ? o->timeout_ms : 0,
 				    cancel, o ? o->why : NULL, o ? o->whylen : 0);
 #endif
@@ -608,7 +553,7 @@ static int tcp_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
 		return err;
 	}
 #if PRECOPY_HAVE_TLS
-	if (!strcmp(pl->ops->scheme, "tls")) {
+	if (pl->ops->caps & PC_TCAP_TLS) {
 		err = pc_tls_check(o ? o->tls : NULL, true, o ? o->why : NULL, o ? o->whylen : 0);
 		if (err)
 			return err;
@@ -664,7 +609,7 @@ static int connect_as(const char *scheme, const char *addr,
 
 	if (!out || nchan > PRECOPY_MAX_CHANNELS)
 		return -EINVAL;
-	err = resolve(addr, false, &res);
+	err = pc_addr_resolve(addr, false, &res);
 	if (err)
 		return err;
 	if (getrandom(&cookie, sizeof(cookie), 0) != sizeof(cookie))
@@ -717,7 +662,7 @@ static int connect_as(const char *scheme, const char *addr,
 	{
 		char host[256], port[8];
 
-		if (split_hostport(addr, host, sizeof(host), port, sizeof(port)))
+		if (pc_addr_split(addr, host, sizeof(host), port, sizeof(port)))
 			host[0] = '\0';
 		err = wrap(&c->s, o, false, host[0] ? host : NULL, o ? o->cancel : NULL);
 	}
@@ -803,6 +748,7 @@ static int tcp_link_stats(struct pc_transport *t, unsigned chan, struct pc_tp_li
 
 const struct pc_transport_ops pc_tcp_ops = {
 	.scheme = "tcp",
+	.syntax = "tcp:HOST:PORT",
 	.caps = 0,
 	.listen = tcp_listen,
 	.listener_addr = tcp_listener_addr,
@@ -841,6 +787,7 @@ static int tls_connect(const char *addr, const struct pc_transport_opts *o,
 
 const struct pc_transport_ops pc_tls_ops = {
 	.scheme = "tls",
+	.syntax = "tls:HOST:PORT",
 	.caps = PC_TCAP_TLS,
 	.listen = tls_listen,
 	.listener_addr = tcp_listener_addr,

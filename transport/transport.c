@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "config.h"
@@ -147,39 +148,55 @@ static const struct pc_transport_ops *const builtin[] = {
 
 /* Merged tables: each transport's ops over no_ops, built once (the tables
  * are read by every thread that holds a connection, so they must not be
- * rewritten on each lookup), read-only afterwards. */
+ * rewritten on each lookup), read-only afterwards; with them the lists of
+ * schemes and URI syntaxes. */
 static struct pc_transport_ops merged[NBUILTIN];
+static char schemes[NBUILTIN * 16], syntaxes[NBUILTIN * 32];
 static pthread_once_t merged_once = PTHREAD_ONCE_INIT;
 
 #define MERGE(dst, src, op) ((dst)->op = (src)->op ? (src)->op : no_ops.op)
 
+void pc_transport_merge(struct pc_transport_ops *m, const struct pc_transport_ops *src)
+{
+	m->scheme = src->scheme;
+	m->syntax = src->syntax;
+	m->caps = src->caps;
+	MERGE(m, src, listen);
+	MERGE(m, src, listener_addr);
+	MERGE(m, src, accept);
+	MERGE(m, src, listener_abort);
+	MERGE(m, src, listener_close);
+	MERGE(m, src, connect);
+	MERGE(m, src, abort);
+	MERGE(m, src, close);
+	MERGE(m, src, expose_region);
+	MERGE(m, src, unexpose_all);
+	MERGE(m, src, reg_local);
+	MERGE(m, src, reg_stats);
+	MERGE(m, src, link_stats);
+	MERGE(m, src, send_msg);
+	MERGE(m, src, recv_msg);
+	MERGE(m, src, write_pages);
+	MERGE(m, src, expose_region_fd);
+	MERGE(m, src, send_fds);
+	MERGE(m, src, recv_fds);
+}
+
+/* Append ", @s" (or @s first) to @buf of @len bytes, truncating. */
+static void add_item(char *buf, size_t len, const char *s)
+{
+	size_t n = strlen(buf);
+
+	if (s)
+		snprintf(buf + n, len - n, "%s%s", n ? ", " : "", s);
+}
+
 static void merge_all(void)
 {
 	for (size_t i = 0; i < NBUILTIN; i++) {
-		const struct pc_transport_ops *src = builtin[i];
-		struct pc_transport_ops *m = &merged[i];
-
-		m->scheme = src->scheme;
-		m->caps = src->caps;
-		MERGE(m, src, listen);
-		MERGE(m, src, listener_addr);
-		MERGE(m, src, accept);
-		MERGE(m, src, listener_abort);
-		MERGE(m, src, listener_close);
-		MERGE(m, src, connect);
-		MERGE(m, src, abort);
-		MERGE(m, src, close);
-		MERGE(m, src, expose_region);
-		MERGE(m, src, unexpose_all);
-		MERGE(m, src, reg_local);
-		MERGE(m, src, reg_stats);
-		MERGE(m, src, link_stats);
-		MERGE(m, src, send_msg);
-		MERGE(m, src, recv_msg);
-		MERGE(m, src, write_pages);
-		MERGE(m, src, expose_region_fd);
-		MERGE(m, src, send_fds);
-		MERGE(m, src, recv_fds);
+		pc_transport_merge(&merged[i], builtin[i]);
+		add_item(schemes, sizeof(schemes), builtin[i]->scheme);
+		add_item(syntaxes, sizeof(syntaxes), builtin[i]->syntax);
 	}
 }
 
@@ -220,13 +237,12 @@ int pc_transport_split_uri(const char *uri, const struct pc_transport_ops **ops,
 
 const char *pc_transport_schemes(void)
 {
-#if PRECOPY_HAVE_RDMA && PRECOPY_HAVE_TLS
-	return "tcp, shm, rdma, tls";
-#elif PRECOPY_HAVE_RDMA
-	return "tcp, shm, rdma";
-#elif PRECOPY_HAVE_TLS
-	return "tcp, shm, tls";
-#else
-	return "tcp, shm";
-#endif
+	pthread_once(&merged_once, merge_all);
+	return schemes;
+}
+
+const char *pc_transport_syntaxes(void)
+{
+	pthread_once(&merged_once, merge_all);
+	return syntaxes;
 }

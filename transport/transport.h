@@ -35,6 +35,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/uio.h>
+#include <time.h>
 
 #include "config.h"
 #include "precopy.h"
@@ -69,7 +70,8 @@ struct pc_transport {
 	 * receiving thread after the CPU has placed a page run that arrived
 	 * on @chan (bytes [@off, @off + @len) of region @region), before the
 	 * next message of that channel is returned. Transports whose peer
-	 * writes without our CPU (RDMA, a shared memfd) cannot call it.
+	 * writes without our CPU (PC_TCAP_DIRECT_WRITE) cannot call it, and
+	 * the engine leaves it NULL on them.
 	 */
 	void (*placed)(void *arg, unsigned chan, uint32_t region, uint64_t off, uint64_t len);
 	void *placed_arg;
@@ -195,7 +197,12 @@ typedef int (*pc_tp_recv_fds_op)(struct pc_transport *t, unsigned chan, void *bu
 
 struct pc_transport_ops {
 	const char *scheme; /**< URI scheme: "tcp", "rdma", "shm" */
-	uint32_t caps;      /**< PC_TCAP_* */
+	/** The URI syntax, for messages: "tcp:HOST:PORT", "shm:PATH" */
+	const char *syntax;
+	/** PC_TCAP_*: what it can do, and so which settings it accepts
+	 *  (pc_transport_opts.tls: PC_TCAP_TLS; .key: PC_TCAP_AUTH_KEY;
+	 *  PC_TOPT_PIN_ALL: PC_TCAP_NEEDS_REG); callers refuse the others */
+	uint32_t caps;
 
 	/* --- connection set-up (addr is the URI without "scheme:") --- */
 	/** Bind and listen; does not block. */
@@ -296,7 +303,80 @@ int pc_transport_split_uri(const char *uri, const struct pc_transport_ops **ops,
 /** pc_transport_schemes() - the built-in schemes, e.g. "tcp, shm". */
 const char *pc_transport_schemes(void);
 
-/* Inline dispatch, so callers read like plain calls. */
+/** pc_transport_syntaxes() - the URI syntax of every built-in transport,
+ *  e.g. "tcp:HOST:PORT, shm:PATH", for messages. */
+const char *pc_transport_syntaxes(void);
+
+/**
+ * pc_transport_merge() - fill @dst with @src's ops and the -EOPNOTSUPP
+ * stubs where @src leaves an op NULL, as pc_transport_find() does for the
+ * built-in transports. For tables made elsewhere (test doubles), so their
+ * callers need not test for NULL either.
+ */
+void pc_transport_merge(struct pc_transport_ops *dst, const struct pc_transport_ops *src);
+
+/* Inline dispatch, so callers read like plain calls: one per op. */
+static inline int pc_tp_listen(const struct pc_transport_ops *ops, const char *addr,
+			       const struct pc_transport_opts *o, struct pc_listener **out)
+{
+	return ops->listen(addr, o, out);
+}
+
+static inline int pc_tp_listener_addr(struct pc_listener *l, char *buf, size_t len)
+{
+	return l->ops->listener_addr(l, buf, len);
+}
+
+static inline int pc_tp_accept(struct pc_listener *l, const struct pc_transport_opts *o,
+			       struct pc_transport **out)
+{
+	return l->ops->accept(l, o, out);
+}
+
+static inline int pc_tp_listener_abort(struct pc_listener *l)
+{
+	return l->ops->listener_abort(l);
+}
+
+static inline void pc_tp_listener_close(struct pc_listener *l)
+{
+	if (l)
+		l->ops->listener_close(l);
+}
+
+static inline int pc_tp_connect(const struct pc_transport_ops *ops, const char *addr,
+				const struct pc_transport_opts *o, struct pc_transport **out)
+{
+	return ops->connect(addr, o, out);
+}
+
+static inline int pc_tp_expose_region(struct pc_transport *t, uint32_t id, void *addr,
+				      size_t len)
+{
+	return t->ops->expose_region(t, id, addr, len);
+}
+
+static inline int pc_tp_expose_region_fd(struct pc_transport *t, uint32_t id, void *addr,
+					 size_t len, int fd, uint64_t offset)
+{
+	return t->ops->expose_region_fd(t, id, addr, len, fd, offset);
+}
+
+static inline int pc_tp_unexpose_all(struct pc_transport *t)
+{
+	return t->ops->unexpose_all(t);
+}
+
+static inline int pc_tp_reg_local(struct pc_transport *t, const void *addr, size_t len)
+{
+	return t->ops->reg_local(t, addr, len);
+}
+
+static inline int pc_tp_reg_stats(struct pc_transport *t, struct pc_tp_reg_stats *out)
+{
+	return t->ops->reg_stats(t, out);
+}
+
 static inline int pc_tp_send_msg(struct pc_transport *t, unsigned chan,
 				 const struct iovec *iov, int iovcnt)
 {
@@ -343,6 +423,16 @@ static inline void pc_tp_close(struct pc_transport *t)
 {
 	if (t)
 		t->ops->close(t);
+}
+
+/** pc_mono_ns() - CLOCK_MONOTONIC in ns, the clock of every transport's
+ *  deadlines and figures. */
+static inline uint64_t pc_mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 /* Transports built into this library (defined in their own files). */

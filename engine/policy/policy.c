@@ -323,25 +323,35 @@ static double bucket_depth(uint64_t rate)
 	return (double)rate * (double)PC_BUCKET_SLICE_NS / 1e9;
 }
 
+/* Move to the slice that holds @now, adding each elapsed slice's budget. */
 static void bucket_refill(struct pc_bucket *b, uint64_t now)
 {
-	if (now <= b->last)
-		return; /* never move last back: see pc_bw_sample() */
+	if (now < b->last || now - b->last < PC_BUCKET_SLICE_NS)
+		return; /* same slice; never move back: see pc_bw_sample() */
+	uint64_t n = (now - b->last) / PC_BUCKET_SLICE_NS;
+
+	b->last += n * PC_BUCKET_SLICE_NS;
 	if (b->rate) {
 		double depth = bucket_depth(b->rate);
 
-		b->tokens += (double)b->rate * (double)(now - b->last) / 1e9;
+		b->tokens += (double)n * depth;
 		if (b->tokens > depth)
 			b->tokens = depth;
 	}
-	b->last = now;
+}
+
+/* Slices are aligned on the clock, so that every bucket (and every
+ * channel sharing one) agrees on where they start. */
+static uint64_t slice_start(uint64_t now)
+{
+	return now - now % PC_BUCKET_SLICE_NS;
 }
 
 void pc_bucket_init(struct pc_bucket *b, uint64_t rate, uint64_t now)
 {
 	b->rate = rate;
 	b->tokens = bucket_depth(rate);
-	b->last = now;
+	b->last = slice_start(now);
 }
 
 void pc_bucket_set_rate(struct pc_bucket *b, uint64_t rate, uint64_t now)
@@ -350,6 +360,7 @@ void pc_bucket_set_rate(struct pc_bucket *b, uint64_t rate, uint64_t now)
 	if (b->rate == 0) {
 		/* From unlimited: start full, as after init. */
 		b->tokens = bucket_depth(rate);
+		b->last = slice_start(now);
 	} else if (rate) {
 		/* Keep any debt; cap savings to the new depth. */
 		double depth = bucket_depth(rate);
@@ -371,11 +382,19 @@ uint64_t pc_bucket_take(struct pc_bucket *b, uint64_t bytes, uint64_t now)
 	if (b->tokens >= 0)
 		return 0;
 
-	double wait = ceil(-b->tokens * 1e9 / (double)b->rate);
+	/* The debt is paid at the start of slice last + k, k >= 1, where
+	 * k x depth >= debt. */
+	double k = ceil(-b->tokens / bucket_depth(b->rate));
 
-	if (!(wait < 18446744073709549568.0))
+	if (k < 1)
+		k = 1;
+	double end = (double)b->last + k * (double)PC_BUCKET_SLICE_NS;
+
+	if (!(end < 18446744073709549568.0))
 		return UINT64_MAX;
-	return (uint64_t)wait;
+	uint64_t e = (uint64_t)end;
+
+	return e > now ? e - now : 0;
 }
 
 /* ------------------------------------------------------------------ */

@@ -12,7 +12,7 @@
  *   pc_bw_*        bandwidth estimate from channel busy time (and wall time)
  *   pc_link_*      bandwidth of the link, from the transport's own figures
  *   pc_switch_*    expected downtime and the switchover test
- *   pc_bucket_*    max-bandwidth token bucket, <= 10 ms granularity
+ *   pc_bucket_*    max-bandwidth, a budget per 100 ms slice
  *   pc_throttle_*  auto-converge on periods of >= 1 s
  *   pc_watchdog_*  max-iterations, max-time, stall
  * and the controller pc_policy_* that strings them together.
@@ -272,16 +272,28 @@ bool pc_switch_ok(const struct pc_switch_in *in);
 /* max-bandwidth                                                       */
 /* ------------------------------------------------------------------ */
 
-/** Refill granularity (and bucket depth in time) of the token bucket. */
-#define PC_BUCKET_SLICE_NS (10 * PC_NSEC_PER_MSEC)
+/*
+ * max-bandwidth is a budget per slice of PC_BUCKET_SLICE_NS (QEMU's rate
+ * limit works in the same 100 ms periods). Slices are aligned on one clock
+ * for every channel: senders that ran out of budget all wake at the same
+ * slice boundary and send side by side, at the link's speed, until the
+ * slice's budget is spent. Two things follow. The link estimate sees the
+ * link, not the cap: bursts of tens of ms are long enough for the kernel's
+ * busy time (counted in jiffies) and its delivery-rate samples, where a
+ * trickle of 10 ms slices hid under a shaper's burst allowance. And the
+ * channels are busy at the same time, which the link estimate assumes
+ * (pc_link); a continuous bucket shared by several channels let them take
+ * turns, and the estimate counted the link once per channel.
+ */
+#define PC_BUCKET_SLICE_NS (100 * PC_NSEC_PER_MSEC)
 
 struct pc_bucket {
 	uint64_t rate;   /**< bytes/s; 0 = unlimited */
-	double tokens;   /**< may go negative: debt to wait off */
-	uint64_t last;   /**< time of the last refill */
+	double tokens;   /**< left in the current slice; negative: debt */
+	uint64_t last;   /**< start of the current slice */
 };
 
-/** pc_bucket_init() - @rate bytes/s (0 = unlimited), full at @now. */
+/** pc_bucket_init() - @rate bytes/s (0 = unlimited), a full slice at @now. */
 void pc_bucket_init(struct pc_bucket *b, uint64_t rate, uint64_t now);
 
 /** pc_bucket_set_rate() - change the rate at @now (0 = unlimited). */
@@ -291,11 +303,13 @@ void pc_bucket_set_rate(struct pc_bucket *b, uint64_t rate, uint64_t now);
  * pc_bucket_take() - spend @bytes at @now. Return: how many ns the caller
  * must wait before sending more (0 = go on).
  *
- * The bucket holds at most 10 ms worth of rate (PC_BUCKET_SLICE_NS), so
- * after an idle stretch at most that much (plus the one send that takes
- * it into debt) goes out at once. Tokens refill with the time elapsed
- * since the last call; a send bigger than the tokens is let through and
- * the debt is paid by the wait returned. Rate 0: always 0.
+ * Each slice adds rate x PC_BUCKET_SLICE_NS; what a slice leaves unspent is
+ * not saved beyond one slice's worth, so after an idle stretch at most one
+ * slice's worth (plus the one send that takes it into debt) goes out at
+ * once. A send bigger than what is left is let through; the debt is paid
+ * by the following slices, and the wait returned ends at the first slice
+ * boundary where it is paid, the same boundary for every caller in debt.
+ * Rate 0: always 0.
  */
 uint64_t pc_bucket_take(struct pc_bucket *b, uint64_t bytes, uint64_t now);
 

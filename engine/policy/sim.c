@@ -58,6 +58,7 @@ struct sim {
 	double next_second;
 	double carry_bytes, carry_busy;
 	double link_busy, link_del;  /* the transport's cumulative figures */
+	double link_free;        /* queue model: when the link has sent all it was handed */
 
 	double bytes_sent;
 	unsigned max_pct;
@@ -338,10 +339,89 @@ static double zero_share(const struct sim *s, const struct seg *g)
 	return z < 0 ? 0 : z > 1 ? 1 : z;
 }
 
+/*
+ * send_chunk() with a send queue of Q bytes (queue_bytes > 0). Per page
+ * the sender spends a = its CPU (the zero test) and the link b = bytes /
+ * link. The link is free again at link_free (L); the sender at time tau
+ * may hand a page over if L - tau <= Q / link, else it is held back until
+ * then. While it has room and a < b, the room shrinks by b - a per page;
+ * once full, the sender goes at the link's pace, b per page, all of it
+ * held back (inside send). If a >= b the link keeps up and the queue never
+ * fills. @busy: the time held back.
+ */
+static double send_chunk_queued(struct sim *s, double budget, double *wire, double *busy)
+{
+	double used = 0, cpu = s->in->cpu_ns_per_page, qt = (double)s->in->queue_bytes / s->link;
+
+	*wire = 0;
+	*busy = 0;
+	skip_done(s);
+	while (s->cur < s->nseg && budget - used > 1e-9) {
+		struct seg *g = &s->seg[s->cur];
+		double z = zero_share(s, g), tau = s->t + used;
+		double bytes_pp = (1.0 - z) * PAGE + z * PC_SIM_ZERO_RUN_BYTES;
+		double a = z * cpu, b = bytes_pp / s->link;
+		double lf = s->link_free > tau ? s->link_free : tau;
+		double room = qt - (lf - tau); /* ns of link time the queue can still take */
+		double x, dt, held;
+
+		if (a >= b || room >= s->cur_ahead * (b - a)) {
+			/* Never held back in this segment (for what is left of it). */
+			x = a > 0 ? (budget - used) / a : s->cur_ahead;
+			if (x > s->cur_ahead)
+				x = s->cur_ahead;
+			dt = x * a;
+			held = 0;
+			lf = lf + x * b;
+			if (lf < tau + dt)
+				lf = tau + dt;
+		} else {
+			/* Fill the room, then go at the link's pace. */
+			double xf = room > 0 ? room / (b - a) : 0;
+
+			if (xf * a >= budget - used) {
+				x = a > 0 ? (budget - used) / a : xf;
+				dt = x * a;
+				held = 0;
+			} else {
+				double rest = (budget - used - xf * a) / b;
+
+				x = xf + rest;
+				if (x > s->cur_ahead) {
+					x = s->cur_ahead;
+					rest = x - xf;
+				}
+				dt = xf * a + rest * b;
+				held = rest * (b - a);
+			}
+			lf = lf + x * b;
+		}
+		s->link_free = lf;
+		s->cur_frac += (1.0 - s->cur_frac) * x / s->cur_ahead;
+		s->cur_ahead -= x;
+		g->dirty -= x;
+		if (g->dirty < 0)
+			g->dirty = 0;
+		s->dirty_total -= x;
+		*wire += x * bytes_pp;
+		*busy += held;
+		used += dt;
+		if (x <= 0 && dt <= 0)
+			break; /* no progress possible in this budget */
+		skip_done(s);
+	}
+	if (s->dirty_total < 0)
+		s->dirty_total = 0;
+	return used;
+}
+
 /* Send for at most @budget ns; return the ns used. */
 static double send_chunk(struct sim *s, double budget, double *wire, double *busy)
 {
 	double used = 0, cpu = s->in->cpu_ns_per_page;
+
+	if (s->in->queue_bytes)
+		return send_chunk_queued(s, budget, wire, busy);
 
 	*wire = 0;
 	*busy = 0;
@@ -397,13 +477,18 @@ static uint64_t report_sent(struct sim *s, double wire, double busy)
 	}
 	if (s->in->estimator == PC_SIM_EST_BUSY) {
 		struct pc_link_sample ls[PRECOPY_MAX_CHANNELS];
+		/* With a queue, what it still holds is neither delivered nor
+		 * transmitted yet (link_free - t of link time). */
+		double qt = s->in->queue_bytes && s->link_free > s->t ? s->link_free - s->t : 0;
 
 		s->link_busy += wire / s->link;
 		s->link_del += wire;
 		for (unsigned c = 0; c < nch && c < PRECOPY_MAX_CHANNELS; c++)
-			ls[c] = (struct pc_link_sample){ .busy_ns = u64(s->link_busy),
-							 .delivered = u64(s->link_del / nch),
-							 .rtt_ns = s->in->rtt_ns };
+			ls[c] = (struct pc_link_sample){
+				.busy_ns = u64(s->link_busy - qt),
+				.delivered = u64((s->link_del - qt * s->link) / nch),
+				.queued = u64(qt * s->link / nch),
+				.rtt_ns = s->in->rtt_ns };
 		pc_policy_link(&s->pol, PC_LINK_SRC_TCP_INFO, nch, ls, u64(s->t));
 	}
 	return wait;
@@ -472,6 +557,11 @@ static void finish(struct sim *s, enum pc_decision d, uint64_t expected)
 	double bytes = pages * ((1.0 - z) * PAGE + z * PC_SIM_ZERO_RUN_BYTES) +
 		       (double)p->device_state_bytes;
 	double burst = pages * z * p->cpu_ns_per_page + bytes / s->link;
+
+	/* The burst waits behind what the queue still holds (drained during
+	 * the sync). */
+	if (p->queue_bytes && s->link_free > s->t + s->sync_ns + pages * z * p->cpu_ns_per_page)
+		burst = s->link_free - s->t - s->sync_ns + bytes / s->link;
 
 	r->downtime_ns = u64(s->sync_ns + burst + 2.0 * (double)p->rtt_ns);
 	r->final_bytes = u64(bytes);

@@ -52,6 +52,17 @@
  *    x sync cost, which overcounts pages written twice a little); it is
  *    longer when some final pages are zero (the controller counts every
  *    remaining page whole). Both are reported.
+ *  - With queue_bytes > 0 the transport has a send queue of that size (a
+ *    TCP socket's send buffer): the sender hands bytes to it without
+ *    waiting while it has room, and is held back only when it is full; the
+ *    link drains it at link speed. The time inside the sender's send calls
+ *    (pc_policy_sent()'s busy) is then only the time it was held back,
+ *    which is near zero whenever the sender is not the bottleneck (capped,
+ *    or busy with zero pages): the figure that misled the old estimator.
+ *    The transport's figures below count the queue's bytes as delivered
+ *    only once drained, and report what is still queued; the final burst
+ *    waits behind what is queued when the guest stops. With queue_bytes 0
+ *    (the default) a send returns when its bytes are on the link.
  *  - With channels > 1 every chunk is split evenly over the channels,
  *    which share the link and transmit in parallel.
  *  - The transport's figures, as the engine gets them from TCP_INFO: each
@@ -113,6 +124,7 @@ struct pc_sim_params {
 	unsigned max_passes;          /**< give up (-ELOOP) past this many passes */
 	unsigned segments;            /**< model resolution, >= 1 (capped at the page count) */
 	uint64_t rtt_ns;              /**< the path's round trip (the end pays two); default 0 */
+	uint64_t queue_bytes;         /**< the transport's send queue, all channels; default 0 */
 };
 
 /**

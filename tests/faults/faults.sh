@@ -34,6 +34,8 @@ set -uo pipefail
 PRECOPY=${1:?usage: faults.sh PRECOPY CASE}
 CASE=${2:?usage: faults.sh PRECOPY CASE}
 PRECOPY=$(readlink -f "$PRECOPY")
+# shellcheck source=scripts/netns.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../../scripts/netns.sh"
 
 # Under ASan, freed memory waits in a quarantine and would look like RSS
 # growth in the leak check; LSan still reports real leaks.
@@ -66,31 +68,15 @@ dump() {
 }
 
 cleanup() {
-	for p in "${PIDS[@]}"; do
-		kill -9 "$p" 2>/dev/null
-	done
-	for p in "${PIDS[@]}"; do
-		wait "$p" 2>/dev/null
-	done
-	ip netns del "$SRC" 2>/dev/null
-	ip netns del "$DST" 2>/dev/null
+	netns_cleanup "$SRC" "$DST"
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-[ "$(id -u)" -eq 0 ] || skip "network namespaces need root"
-command -v ip >/dev/null || skip "no 'ip' (iproute2)"
-command -v jq >/dev/null || skip "no 'jq'"
-ip netns add "$SRC" 2>/dev/null || skip "cannot create a network namespace here"
-ip netns add "$DST" || skip "cannot create a second network namespace"
-ip -n "$SRC" link add a0 type veth peer name a1 netns "$DST" || skip "no veth"
-ip -n "$SRC" link add b0 type veth peer name b1 netns "$DST" || skip "no veth"
-ip -n "$SRC" addr add $A_SRC/24 dev a0
-ip -n "$SRC" addr add $B_SRC/24 dev b0
-ip -n "$DST" addr add $A_DST/24 dev a1
-ip -n "$DST" addr add $B_DST/24 dev b1
-for l in lo a0 b0; do ip -n "$SRC" link set $l up; done
-for l in lo a1 b1; do ip -n "$DST" link set $l up; done
+netns_need ip jq
+netns_pair "$SRC" "$DST"
+netns_link "$SRC" "$DST" a0 $A_SRC a1 $A_DST
+netns_link "$SRC" "$DST" b0 $B_SRC b1 $B_DST
 
 # --- helpers ----------------------------------------------------------------
 

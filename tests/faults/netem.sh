@@ -89,7 +89,7 @@ run_in_vm() {
 	local shares=() d
 	[ -x "$RUN" ] || skip "no soft-roce-setup/run to boot a VM with netem"
 	# Folders under /tmp, /run or /dev/shm are fresh tmpfs in the VM.
-	for d in "$HERE" "$(dirname "$PRECOPY")"; do
+	for d in "$HERE" "$(cd "$HERE/../../scripts" && pwd -P)" "$(dirname "$PRECOPY")"; do
 		case $d in /tmp/* | /run/* | /dev/shm/*) shares+=(--share "$d") ;; esac
 	done
 	export FAULT_SLOW=$VM_SLOW

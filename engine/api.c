@@ -74,6 +74,17 @@ const char *pc_err_context(struct precopy_session *s, int err)
 	return strerror(-err);
 }
 
+void pc_deadline(struct timespec *ts, clockid_t clock, uint64_t ns)
+{
+	clock_gettime(clock, ts);
+	ts->tv_sec += (time_t)(ns / PC_NSEC_PER_SEC);
+	ts->tv_nsec += (long)(ns % PC_NSEC_PER_SEC);
+	if (ts->tv_nsec >= (long)PC_NSEC_PER_SEC) {
+		ts->tv_sec++;
+		ts->tv_nsec -= (long)PC_NSEC_PER_SEC;
+	}
+}
+
 void pc_sleep_ns(struct precopy_session *s, uint64_t ns)
 {
 	while (ns > 0 && !atomic_load(&s->cancel)) {
@@ -795,8 +806,9 @@ static int param_try(struct precopy_session *s, enum precopy_param param, uint64
 	return pc_policy_params_check(cand, why, whylen);
 }
 
-int precopy_param_check(struct precopy_session *s, enum precopy_param param, uint64_t value,
-			char *why, size_t whylen)
+/* Check @value for @param and, if @store, make it the session's. */
+static int param_apply(struct precopy_session *s, enum precopy_param param, uint64_t value,
+		       bool store, char *why, size_t whylen)
 {
 	struct precopy_params cand;
 	struct pc_xparams xcand;
@@ -806,27 +818,24 @@ int precopy_param_check(struct precopy_session *s, enum precopy_param param, uin
 		return -EINVAL;
 	pthread_mutex_lock(&s->lock);
 	err = param_try(s, param, value, &cand, &xcand, why, whylen);
-	pthread_mutex_unlock(&s->lock);
-	return err;
-}
-
-int precopy_set_param(struct precopy_session *s, enum precopy_param param, uint64_t value)
-{
-	struct precopy_params cand;
-	struct pc_xparams xcand;
-	int err;
-
-	if (!s)
-		return -EINVAL;
-	pthread_mutex_lock(&s->lock);
-	err = param_try(s, param, value, &cand, &xcand, NULL, 0);
-	if (!err) {
+	if (!err && store) {
 		s->params = cand;
 		s->xparams = xcand;
 		atomic_fetch_add(&s->params_gen, 1);
 	}
 	pthread_mutex_unlock(&s->lock);
 	return err;
+}
+
+int precopy_param_check(struct precopy_session *s, enum precopy_param param, uint64_t value,
+			char *why, size_t whylen)
+{
+	return param_apply(s, param, value, false, why, whylen);
+}
+
+int precopy_set_param(struct precopy_session *s, enum precopy_param param, uint64_t value)
+{
+	return param_apply(s, param, value, true, NULL, 0);
 }
 
 int precopy_get_param(struct precopy_session *s, enum precopy_param param, uint64_t *value)

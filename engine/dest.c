@@ -68,7 +68,7 @@ struct dest {
 	uint8_t *devstate;
 	uint64_t devstate_total, devstate_have;
 	bool devstate_seen;
-	bool handoff;            /* PC_CAP_HANDOFF accepted: see handoff.c */
+	bool handoff;            /* PC_CAP_HANDOFF accepted: see receive_handoff() */
 
 	struct receiver rcv[PRECOPY_MAX_CHANNELS];
 };
@@ -338,12 +338,18 @@ static int commit(struct dest *d, char *text, size_t len)
  */
 static int conclude(struct dest *d, int status, char *text, size_t tlen)
 {
+	static const struct pc_expect go = {
+		.type = PC_MSG_GO,
+		.lost = "connection to the source lost before it handed the guest over: %s; the guest was not resumed",
+		.malformed = "malformed stream after the verdict: %s; the guest was not resumed",
+		.gave_up = "source gave up after the verdict: %s",
+		.other = "malformed stream: %s after the verdict, expected GO; the guest was not resumed",
+		.quiet_cancel = true,
+		.msgsize_proto = true,
+	};
 	struct precopy_session *s = d->s;
 	uint8_t buf[PC_WIRE_HDR + 8 + PC_WIRE_TEXT_MAX];
-	uint8_t *rbuf = d->rcv[0].buf;
 	struct pc_wire_msg m;
-	char why[160];
-	size_t len;
 	int err;
 
 	err = send_rec(d, buf, pc_wire_enc_result(buf, sizeof(buf), PC_MSG_RESULT, status, text));
@@ -352,26 +358,9 @@ static int conclude(struct dest *d, int status, char *text, size_t tlen)
 	if (err)
 		return pc_fail(s, err, "sending the verdict: %s; the guest was not resumed",
 			       pc_err_context(s, err));
-	err = pc_tp_recv_msg(d->tp, 0, rbuf, PC_WIRE_MSG_MAX, &len);
-	if (err) {
-		if (err == -ECANCELED || atomic_load(&s->cancel))
-			return -ECANCELED;
-		return pc_fail(s, err == -EMSGSIZE ? -EPROTO : err,
-			       "connection to the source lost before it handed the guest over: %s; the guest was not resumed",
-			       pc_err_context(s, err));
-	}
-	err = pc_wire_decode(rbuf, len, &m, why, sizeof(why));
+	err = pc_recv_expect(s, 0, d->rcv[0].buf, PC_WIRE_MSG_MAX, &go, &m, NULL, 0);
 	if (err)
-		return pc_fail(s, err,
-			       "malformed stream after the verdict: %s; the guest was not resumed",
-			       why);
-	if (m.type == PC_MSG_ERROR)
-		return pc_fail(s, m.u.result.status ? m.u.result.status : -EIO,
-			       "source gave up after the verdict: %s", m.u.result.text);
-	if (m.type != PC_MSG_GO)
-		return pc_fail(s, -EPROTO,
-			       "malformed stream: %s after the verdict, expected GO; the guest was not resumed",
-			       pc_wire_type_name(m.type));
+		return err;
 	status = commit(d, text, tlen);
 	if (!status && s->cb.resume_vm) {
 		err = s->cb.resume_vm(s->cb.opaque);
@@ -393,6 +382,21 @@ static int conclude(struct dest *d, int status, char *text, size_t tlen)
 	return 0;
 }
 
+/* Hand the device state to the VMM: 0, or its error and why in @text. */
+static int load_devstate(struct dest *d, char *text, size_t tlen)
+{
+	struct precopy_session *s = d->s;
+	int err;
+
+	if (!s->cb.load_device_state)
+		return 0;
+	err = s->cb.load_device_state(s->cb.opaque, d->devstate ? d->devstate : (void *)"",
+				      (size_t)d->devstate_have);
+	if (err)
+		snprintf(text, tlen, "load_device_state failed: %s", strerror(-err));
+	return err;
+}
+
 /* The first page of region @i placed since its checksum, or npages. */
 static uint64_t first_unlisted(struct dest *d, unsigned i)
 {
@@ -412,9 +416,8 @@ static int handle_complete(struct dest *d, const struct pc_wire_msg *m)
 {
 	struct precopy_session *s = d->s;
 	char text[PC_WIRE_TEXT_MAX + 1] = "";
-	int status = 0, err;
-
 	unsigned busy = 0;
+	int status = 0;
 	uint64_t p;
 
 	/* The source says it has written everything: from here on nothing
@@ -477,14 +480,8 @@ static int handle_complete(struct dest *d, const struct pc_wire_msg *m)
 				 "region %u: checksum mismatch, memory differs from the source", i);
 		}
 	}
-	if (!status && s->cb.load_device_state) {
-		err = s->cb.load_device_state(s->cb.opaque, d->devstate ? d->devstate : (void *)"",
-					      (size_t)d->devstate_have);
-		if (err) {
-			status = err;
-			snprintf(text, sizeof(text), "load_device_state failed: %s", strerror(-err));
-		}
-	}
+	if (!status)
+		status = load_devstate(d, text, sizeof(text));
 	return conclude(d, status, text, sizeof(text));
 }
 
@@ -519,12 +516,7 @@ static int park(struct receiver *rc)
 			break;
 		}
 		/* a cancel does not signal: look at it now and then */
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_nsec += 100 * 1000 * 1000;
-		if (ts.tv_nsec >= 1000000000) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000;
-		}
+		pc_deadline(&ts, CLOCK_MONOTONIC, 100 * PC_NSEC_PER_MSEC);
 		pthread_cond_timedwait(&d->cv, &d->mu, &ts);
 	}
 	pthread_mutex_unlock(&d->mu);
@@ -625,20 +617,21 @@ static void *receiver_main(void *arg)
 
 static int handshake(struct dest *d)
 {
+	static const struct pc_expect hello = {
+		.type = PC_MSG_HELLO,
+		.lost = "handshake: %s",
+		.msgsize_proto = true,
+	};
 	struct precopy_session *s = d->s;
-	uint8_t *buf = d->rcv[0].buf;
 	uint8_t ack[PC_WIRE_HDR + 24 + PC_WIRE_TEXT_MAX];
-	char why[160], text[PC_WIRE_TEXT_MAX + 1] = "";
+	char why[160] = "", text[PC_WIRE_TEXT_MAX + 1] = "";
 	struct pc_wire_msg m;
-	size_t len;
 	int status = 0, err;
 
-	err = pc_tp_recv_msg(d->tp, 0, buf, PC_WIRE_MSG_MAX, &len);
-	if (err)
-		return pc_fail(s, err == -EMSGSIZE ? -EPROTO : err, "handshake: %s",
-			       pc_err_context(s, err));
-	err = pc_wire_decode(buf, len, &m, why, sizeof(why));
-	if (!err && m.type != PC_MSG_HELLO) {
+	err = pc_recv_expect(s, 0, d->rcv[0].buf, PC_WIRE_MSG_MAX, &hello, &m, why, sizeof(why));
+	if (err < 0 && !why[0])
+		return err; /* the transport failed */
+	if (err > 0) {
 		err = -EPROTO;
 		snprintf(why, sizeof(why), "expected HELLO, got %s", pc_wire_type_name(m.type));
 	}
@@ -756,14 +749,8 @@ static int handoff_complete(struct dest *d, const struct pc_wire_msg *m, const i
 			snprintf(text, sizeof(text), "mapping region %u: %s", i, strerror(errno));
 		}
 	}
-	if (!status && s->cb.load_device_state) {
-		err = s->cb.load_device_state(s->cb.opaque, d->devstate ? d->devstate : (void *)"",
-					      (size_t)d->devstate_have);
-		if (err) {
-			status = err;
-			snprintf(text, sizeof(text), "load_device_state failed: %s", strerror(-err));
-		}
-	}
+	if (!status)
+		status = load_devstate(d, text, sizeof(text));
 	if (status)
 		unmap_handed(d, mapped);
 	err = conclude(d, status, text, sizeof(text));

@@ -113,8 +113,11 @@ struct pm_scan_arg {
 /* pagemap entries per pread() in soft-dirty mode (a multiple of 64). */
 #define SD_BATCH 32768
 
+struct dirty_backend;
+
 struct pc_dirty {
 	enum precopy_dirty_mode mode; /* never AUTO */
+	const struct dirty_backend *be; /* the mode's back end */
 	uintptr_t start;
 	size_t len;
 	uint64_t npages;
@@ -433,7 +436,12 @@ static int64_t uffd_sync(struct pc_dirty *d, uint64_t *bitmap)
 	return (int64_t)newly;
 }
 
-/* Undo everything; only in the process that armed it (see pc_dirty_delete). */
+/*
+ * Undo everything, only in the process that armed it: after fork() the
+ * child's copies of the descriptors still act on the parent's address
+ * space, so un-protecting from the child would change the parent. The
+ * child only closes them.
+ */
 static void uffd_teardown(struct pc_dirty *d)
 {
 	struct uffdio_writeprotect wp = {
@@ -442,6 +450,8 @@ static void uffd_teardown(struct pc_dirty *d)
 	};
 	struct uffdio_range range = { .start = d->start, .len = d->len };
 
+	if (d->uffd < 0 || d->owner != getpid())
+		return;
 	/* Errors are ignored: the range may be gone already. */
 	if (d->armed)
 		(void)ioctl(d->uffd, UFFDIO_WRITEPROTECT, &wp);
@@ -603,6 +613,13 @@ static void sd_unlink(struct pc_dirty *d)
 	}
 }
 
+static void sd_teardown(struct pc_dirty *d)
+{
+	pthread_mutex_lock(&sd_lock);
+	sd_unlink(d);
+	pthread_mutex_unlock(&sd_lock);
+}
+
 /*
  * Probe without clearing (a clear would have to fold everyone): a page of a
  * fresh mapping is reported soft-dirty (its VMA is new) where the kernel
@@ -699,6 +716,13 @@ static int ext_setup(struct pc_dirty *d)
 	return 0;
 }
 
+static int ext_start(struct pc_dirty *d)
+{
+	for (size_t i = 0; i < d->nwords; i++)
+		atomic_store(&d->xpending[i], 0);
+	return 0;
+}
+
 static void ext_or(struct pc_dirty *d, size_t w, uint64_t bits)
 {
 	/* seq_cst: the page contents written before the mark are visible to
@@ -723,6 +747,31 @@ static int64_t ext_sync(struct pc_dirty *d, uint64_t *bitmap)
 	return (int64_t)newly;
 }
 
+/* ------------------------------ back ends -------------------------------- */
+
+/* What each method does at each step; the public API below is the same for all. */
+struct dirty_backend {
+	/* setup, start and sync first check that the range is still mapped */
+	bool mapped;
+	int (*setup)(struct pc_dirty *d);
+	int (*start)(struct pc_dirty *d);
+	int64_t (*sync)(struct pc_dirty *d, uint64_t *bitmap);
+	void (*teardown)(struct pc_dirty *d); /* before the descriptors are closed */
+};
+
+static const struct dirty_backend backends[] = {
+	[PRECOPY_DIRTY_UFFD_WP] = { true, uffd_setup, uffd_start, uffd_sync, uffd_teardown },
+	[PRECOPY_DIRTY_SOFT_DIRTY] = { true, sd_setup, sd_start, sd_sync, sd_teardown },
+	[PRECOPY_DIRTY_EXTERNAL] = { false, ext_setup, ext_start, ext_sync, NULL },
+};
+
+static const struct dirty_backend *backend(enum precopy_dirty_mode mode)
+{
+	if ((unsigned)mode >= sizeof(backends) / sizeof(backends[0]) || !backends[mode].setup)
+		return NULL;
+	return &backends[mode];
+}
+
 /* ------------------------------ public API ------------------------------- */
 
 static void dirty_free(struct pc_dirty *d)
@@ -744,14 +793,15 @@ static int dirty_setup(struct pc_dirty *d, enum precopy_dirty_mode mode)
 	int err;
 
 	d->mode = mode;
-	if (mode == PRECOPY_DIRTY_EXTERNAL)
-		return ext_setup(d);
-	if (!page_size_ok())
-		return -ENOTSUP;
-	err = range_mapped(d->start, d->len);
-	if (err)
-		return err;
-	return mode == PRECOPY_DIRTY_UFFD_WP ? uffd_setup(d) : sd_setup(d);
+	d->be = backend(mode);
+	if (d->be->mapped) {
+		if (!page_size_ok())
+			return -ENOTSUP;
+		err = range_mapped(d->start, d->len);
+		if (err)
+			return err;
+	}
+	return d->be->setup(d);
 }
 
 int pc_dirty_new(void *addr, size_t len, enum precopy_dirty_mode mode,
@@ -767,8 +817,7 @@ int pc_dirty_new(void *addr, size_t len, enum precopy_dirty_mode mode,
 	if (!addr || !len || start % PRECOPY_PAGE_SIZE || len % PRECOPY_PAGE_SIZE ||
 	    start + len < start)
 		return -EINVAL;
-	if (mode != PRECOPY_DIRTY_AUTO && mode != PRECOPY_DIRTY_UFFD_WP &&
-	    mode != PRECOPY_DIRTY_SOFT_DIRTY && mode != PRECOPY_DIRTY_EXTERNAL)
+	if (mode != PRECOPY_DIRTY_AUTO && !backend(mode))
 		return -EINVAL;
 
 	for (int attempt = 0; attempt < 2; attempt++) {
@@ -813,19 +862,8 @@ void pc_dirty_delete(struct pc_dirty **dp)
 	if (!dp || !*dp)
 		return;
 	d = *dp;
-	if (d->mode == PRECOPY_DIRTY_SOFT_DIRTY) {
-		pthread_mutex_lock(&sd_lock);
-		sd_unlink(d);
-		pthread_mutex_unlock(&sd_lock);
-	}
-	/*
-	 * After fork() the child's copies of the descriptors still act on the
-	 * parent's address space: un-protecting from the child would change
-	 * the parent. The child only closes them.
-	 */
-	if (d->mode == PRECOPY_DIRTY_UFFD_WP && d->uffd >= 0 &&
-	    d->owner == getpid())
-		uffd_teardown(d);
+	if (d->be->teardown)
+		d->be->teardown(d);
 	dirty_free(d);
 	*dp = NULL;
 }
@@ -844,24 +882,10 @@ int pc_dirty_start(struct pc_dirty *d)
 	if (d->owner != getpid())
 		return -EBADFD;
 	pthread_mutex_lock(&d->lock);
-	switch (d->mode) {
-	case PRECOPY_DIRTY_UFFD_WP:
+	if (d->be->mapped)
 		err = range_mapped(d->start, d->len);
-		if (!err)
-			err = uffd_start(d);
-		break;
-	case PRECOPY_DIRTY_SOFT_DIRTY:
-		err = range_mapped(d->start, d->len);
-		if (!err)
-			err = sd_start(d);
-		break;
-	case PRECOPY_DIRTY_EXTERNAL:
-		for (size_t i = 0; i < d->nwords; i++)
-			atomic_store(&d->xpending[i], 0);
-		break;
-	default:
-		err = -EINVAL;
-	}
+	if (!err)
+		err = d->be->start(d);
 	if (!err)
 		d->armed = true;
 	pthread_mutex_unlock(&d->lock);
@@ -877,16 +901,11 @@ int64_t pc_dirty_sync(struct pc_dirty *d, uint64_t *bitmap)
 	if (d->owner != getpid())
 		return -EBADFD;
 	pthread_mutex_lock(&d->lock);
-	if (!d->armed) {
-		ret = -EINVAL;
-	} else if (d->mode == PRECOPY_DIRTY_EXTERNAL) {
-		ret = ext_sync(d, bitmap);
-	} else {
+	ret = d->armed ? 0 : -EINVAL;
+	if (!ret && d->be->mapped)
 		ret = range_mapped(d->start, d->len);
-		if (!ret)
-			ret = d->mode == PRECOPY_DIRTY_UFFD_WP ? uffd_sync(d, bitmap)
-							      : sd_sync(d, bitmap);
-	}
+	if (!ret)
+		ret = d->be->sync(d, bitmap);
 	pthread_mutex_unlock(&d->lock);
 	return ret;
 }

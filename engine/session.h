@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * session.h - the session object shared by api.c, source.c and dest.c.
+ * session.h - the session object shared by api.c, expect.c, source.c,
+ * switchover.c and dest.c.
  */
 #ifndef PC_SESSION_H
 #define PC_SESSION_H
@@ -9,6 +10,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "dirty.h"
 #include "policy.h"
@@ -128,6 +130,9 @@ void pc_snapshot(struct precopy_session *s, struct precopy_stats *out);
 /** pc_err_context() - why the transport failed, else strerror(-err). */
 const char *pc_err_context(struct precopy_session *s, int err);
 
+/** pc_deadline() - *@ts = now on @clock plus @ns (for pthread_cond_timedwait). */
+void pc_deadline(struct timespec *ts, clockid_t clock, uint64_t ns);
+
 /** pc_sleep_ns() - sleep, waking early if the session is cancelled. */
 void pc_sleep_ns(struct precopy_session *s, uint64_t ns);
 
@@ -165,6 +170,35 @@ uint64_t pc_thread_faults(void);
 
 /** pc_thread_cpu_ns() - CPU time of the calling thread, ns. */
 uint64_t pc_thread_cpu_ns(void);
+
+/**
+ * struct pc_expect - the record a step of the protocol waits for, and how
+ * its failures read: each text a printf format with one %s (the
+ * transport's context, the decoder's reason, the peer's text, the name of
+ * the type that came). A NULL text leaves that failure unrecorded.
+ */
+struct pc_expect {
+	unsigned type;          /**< the record type wanted */
+	unsigned type2;         /**< another type taken as well, or 0 */
+	const char *lost;       /**< the transport failed */
+	const char *malformed;  /**< the record does not decode */
+	const char *gave_up;    /**< an ERROR record (NULL: as another type) */
+	const char *other;      /**< another type (NULL: returned to the caller) */
+	bool quiet_cancel;      /**< the transport failed in a cancelled session: -ECANCELED, no text */
+	bool msgsize_proto;     /**< a record too big for the buffer is -EPROTO */
+};
+
+/**
+ * pc_recv_expect() - receive the next record on channel @chan of the
+ * session's transport into @buf (@cap bytes), decode it into *@m
+ * (pointers into @buf), and check it is of the type @ex wants. An ERROR
+ * record fails with its status (-EIO if 0). @why (may be NULL): the
+ * decoder's reason when the record is malformed, else untouched.
+ * Return: 0; 1 if another type came and @ex->other is NULL (*@m holds
+ * it); a negative errno, recorded with pc_fail() as @ex says.
+ */
+int pc_recv_expect(struct precopy_session *s, unsigned chan, uint8_t *buf, size_t cap,
+		   const struct pc_expect *ex, struct pc_wire_msg *m, char *why, size_t whylen);
 
 int pc_source_run(struct precopy_session *s, const char *uri);
 int pc_dest_run(struct precopy_session *s);

@@ -1,6 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * source.c - the sending end: setup, bulk pass, iterations, switchover.
+ * source.c - the sending end: connect, arm, the bulk pass and the
+ * iterations; the handshake, the switchover and the end are in
+ * switchover.c. migrate() runs the phases; any failure takes the one path
+ * of pc_src_failed().
  *
  * Threads: the caller's thread runs the state machine, the dirty syncs and
  * the policy; one sender thread per channel walks its share of the dirty
@@ -21,67 +24,12 @@
 #include <string.h>
 
 #include "page.h"
-#include "session.h"
+#include "source.h"
 
 /** Longest data run in one frame (pages). */
 #define MAX_RUN_PAGES 64
 /** Flush a batch when it holds this much page data. */
 #define BATCH_BYTES (256u << 10) /* still in cache when sent */
-
-struct source;
-
-struct sender {
-	struct source *src;
-	unsigned chan;
-	pthread_t thread;
-	bool started;
-	/* batch being built */
-	struct pc_page_run data[PC_WIRE_RUNS_MAX];
-	unsigned ndata;
-	uint64_t data_bytes;
-	uint8_t *msg; /* RUNS record */
-	uint32_t nruns;
-	struct pc_wire_run cur; /* run being extended */
-	bool have_cur;
-	/* the sender estimate: pages looked at since the last batch went,
-	 * and when the sender last stopped waiting (batch sent, bucket) */
-	uint64_t scanned;
-	uint64_t active_since;
-	/* counters, folded into the stats by the control thread */
-	_Atomic uint64_t normal, duplicate, free_skipped, bytes, wire;
-	uint64_t send_cpu_ns; /* this pass, in flush_batch()'s transport calls */
-};
-
-struct source {
-	struct precopy_session *s;
-	struct pc_transport *tp;
-	unsigned nchan;
-	_Atomic uint64_t *dirty; /* session bitmap */
-	uint64_t *tmp;           /* sync scratch, one region at a time */
-	uint64_t zero_hash;
-
-	pthread_mutex_t plock; /* policy + stats counters */
-	struct pc_policy pol;
-	struct precopy_params params; /* as taken at the start or the last change */
-	unsigned params_gen;          /* s->params_gen they are of */
-
-	/* pass hand-off */
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	unsigned gen;        /* bumped to start a pass */
-	unsigned done;       /* senders finished with the current pass */
-	bool quit;
-	unsigned iteration;  /* the pass being sent */
-	bool final;          /* switchover pass: no throttle */
-	atomic_bool stop_pass; /* the watchdog wants the pass cut short */
-	atomic_int err;      /* first sender error */
-	uint64_t pass_dirtied; /* pages newly dirty by every sync of this pass */
-	bool handoff;        /* PC_CAP_HANDOFF offered / accepted */
-	atomic_bool link_stats; /* the transport gives link figures (else -EOPNOTSUPP) */
-	bool unconfirmed;    /* GO sent, no answer: the guest may run there */
-
-	struct sender snd[PRECOPY_MAX_CHANNELS];
-};
 
 static void apply_device_state(struct source *src);
 
@@ -416,44 +364,39 @@ static bool needs_pause(struct source *src, bool vm_stopped)
 	return false;
 }
 
-static int pause_guest(struct source *src)
+/* @fn (a sync, or the arming of the logs) with the guest paused around it
+ * if soft-dirty needs that. */
+static int with_pause(struct source *src, bool vm_stopped,
+		      int (*fn)(struct source *src, uint64_t *out), uint64_t *out)
 {
 	struct precopy_session *s = src->s;
-	int err = s->cb.stop_vm(s->cb.opaque);
+	bool pause = needs_pause(src, vm_stopped);
+	int err;
 
-	return err ? pc_fail(s, err, "stop_vm for a soft-dirty sync failed: %s", strerror(-err))
-		   : 0;
-}
+	if (pause && (err = s->cb.stop_vm(s->cb.opaque)))
+		return pc_fail(s, err, "stop_vm for a soft-dirty sync failed: %s", strerror(-err));
+	err = fn(src, out);
+	if (pause) {
+		int e2 = s->cb.resume_vm(s->cb.opaque);
 
-static int resume_guest(struct source *src)
-{
-	struct precopy_session *s = src->s;
-	int err = s->cb.resume_vm(s->cb.opaque);
-
-	return err ? pc_fail(s, err, "resume_vm after a soft-dirty sync failed: %s",
-			     strerror(-err))
-		   : 0;
+		if (e2)
+			pc_fail(s, e2, "resume_vm after a soft-dirty sync failed: %s",
+				strerror(-e2));
+		err = err ? err : e2;
+	}
+	return err;
 }
 
 static int sync_regions(struct source *src, uint64_t *added);
 
 /* Sync every region's dirty log into the session bitmap; feed the policy. */
-static int sync_dirty_ex(struct source *src, uint64_t *newly, bool vm_stopped)
+int pc_src_sync_dirty(struct source *src, uint64_t *newly, bool vm_stopped)
 {
 	struct precopy_session *s = src->s;
 	uint64_t t0 = pc_now(), added = 0;
 	unsigned pct, old;
-	bool pause = needs_pause(src, vm_stopped);
-	int err;
+	int err = with_pause(src, vm_stopped, sync_regions, &added);
 
-	if (pause && (err = pause_guest(src)))
-		return err;
-	err = sync_regions(src, &added);
-	if (pause) {
-		int e2 = resume_guest(src);
-
-		err = err ? err : e2;
-	}
 	if (err)
 		return err;
 
@@ -479,7 +422,7 @@ static int sync_dirty_ex(struct source *src, uint64_t *newly, bool vm_stopped)
 
 static int sync_dirty(struct source *src, uint64_t *newly)
 {
-	return sync_dirty_ex(src, newly, false);
+	return pc_src_sync_dirty(src, newly, false);
 }
 
 /* OR each region's dirty log into the session bitmap; count new bits. */
@@ -579,30 +522,26 @@ static void update_live_stats(struct source *src)
 /* Wait for an ITER_ACK of @iteration on channel 0. */
 static int wait_ack(struct source *src, unsigned iteration)
 {
-	struct precopy_session *s = src->s;
+	static const struct pc_expect ex = {
+		.type = PC_MSG_ITER_ACK,
+		.lost = "waiting for the destination: %s",
+		.malformed = "malformed reply from destination: %s",
+		.gave_up = "destination failed: %s",
+	};
 	uint8_t buf[PC_WIRE_HDR + 8 + PC_WIRE_TEXT_MAX];
 	struct pc_wire_msg m;
-	char why[160];
-	size_t len;
-	int err;
+	int err = pc_recv_expect(src->s, 0, buf, sizeof(buf), &ex, &m, NULL, 0);
 
-	err = pc_tp_recv_msg(src->tp, 0, buf, sizeof(buf), &len);
-	if (err)
-		return pc_fail(s, err, "waiting for the destination: %s", pc_err_context(s, err));
-	err = pc_wire_decode(buf, len, &m, why, sizeof(why));
-	if (err)
-		return pc_fail(s, err, "malformed reply from destination: %s", why);
-	if (m.type == PC_MSG_ERROR)
-		return pc_fail(s, m.u.result.status ? m.u.result.status : -EIO,
-			       "destination failed: %s", m.u.result.text);
-	if (m.type != PC_MSG_ITER_ACK || m.u.iter_ack.iteration != iteration)
-		return pc_fail(s, -EPROTO, "destination sent %s, expected ITER_ACK %u",
+	if (err < 0)
+		return err;
+	if (err || m.u.iter_ack.iteration != iteration)
+		return pc_fail(src->s, -EPROTO, "destination sent %s, expected ITER_ACK %u",
 			       pc_wire_type_name(m.type), iteration);
 	return 0;
 }
 
 /* Run one pass with all senders; the caller's thread syncs and ticks. */
-static int run_pass(struct source *src, unsigned iteration, enum pc_decision *tick)
+int pc_src_run_pass(struct source *src, unsigned iteration, enum pc_decision *tick)
 {
 	struct precopy_session *s = src->s;
 	uint64_t last_sync = pc_now(), last_progress = 0;
@@ -617,12 +556,7 @@ static int run_pass(struct source *src, unsigned iteration, enum pc_decision *ti
 		struct timespec ts;
 		uint64_t now;
 
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 100 * 1000 * 1000;
-		if (ts.tv_nsec >= 1000000000) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000;
-		}
+		pc_deadline(&ts, CLOCK_REALTIME, 100 * PC_NSEC_PER_MSEC);
 		pthread_cond_timedwait(&src->cv, &src->mu, &ts);
 		if (src->done >= src->nchan)
 			break;
@@ -667,246 +601,12 @@ static int run_pass(struct source *src, unsigned iteration, enum pc_decision *ti
 	return wait_ack(src, iteration);
 }
 
-static int send_device_state(struct source *src)
-{
-	struct precopy_session *s = src->s;
-	uint8_t hdr[PC_WIRE_HDR + 24];
-	void *buf = NULL;
-	size_t len = 0, off = 0;
-	int err;
-
-	if (!s->cb.save_device_state)
-		return 0;
-	err = s->cb.save_device_state(s->cb.opaque, &buf, &len);
-	if (err)
-		return pc_fail(s, err, "save_device_state failed: %s", strerror(-err));
-	if (len > PC_WIRE_DEVSTATE_MAX) {
-		free(buf);
-		return pc_fail(s, -EFBIG, "device state of %zu bytes exceeds the limit", len);
-	}
-	do {
-		uint32_t n = (uint32_t)(len - off < PC_WIRE_DEVSTATE_CHUNK ? len - off
-									    : PC_WIRE_DEVSTATE_CHUNK);
-		struct iovec v[2] = { { hdr, sizeof(hdr) }, { (uint8_t *)buf + off, n } };
-
-		pc_wire_enc_devstate_hdr(hdr, sizeof(hdr), len, off, n);
-		err = pc_tp_send_msg(src->tp, 0, v, n ? 2 : 1);
-		off += n;
-	} while (!err && off < len);
-	free(buf);
-	pthread_mutex_lock(&s->lock);
-	s->st.transferred += len;
-	atomic_store(&pc_device_state_last, len); /* the next migration's guess */
-	pthread_mutex_unlock(&s->lock);
-	if (err)
-		return pc_fail(s, err, "sending device state: %s", pc_err_context(s, err));
-	return 0;
-}
-
-static int complete(struct source *src)
-{
-	struct precopy_session *s = src->s;
-	uint64_t npages[PRECOPY_MAX_REGIONS], hash[PRECOPY_MAX_REGIONS];
-	uint8_t buf[PC_WIRE_HDR + 8 + 16 * PRECOPY_MAX_REGIONS];
-	uint8_t rbuf[PC_WIRE_HDR + 8 + PC_WIRE_TEXT_MAX];
-	struct pc_wire_msg m;
-	struct iovec v = { buf, 0 };
-	char why[160];
-	size_t len;
-	int n, err;
-
-	for (unsigned i = 0; i < s->nreg; i++) {
-		npages[i] = s->reg[i].npages;
-		/* handoff: the destination maps these very pages; no checksum */
-		hash[i] = src->handoff ? 0 : pc_hash_combine(s->reg[i].hash, s->reg[i].npages);
-	}
-	n = pc_wire_enc_complete(buf, sizeof(buf), s->nreg, npages, hash);
-	if (n < 0)
-		return pc_fail(s, n, "encoding COMPLETE");
-	v.iov_len = (size_t)n;
-	err = pc_tp_send_msg(src->tp, 0, &v, 1);
-	if (err)
-		return pc_fail(s, err, "sending COMPLETE: %s", pc_err_context(s, err));
-	/* Until GO the destination does not resume the guest: a lost or
-	 * refusing verdict, or a cancel, makes this end the one that runs. */
-	err = pc_tp_recv_msg(src->tp, 0, rbuf, sizeof(rbuf), &len);
-	if (err)
-		return pc_fail(s, err, "waiting for the destination's verdict: %s",
-			       pc_err_context(s, err));
-	err = pc_wire_decode(rbuf, len, &m, why, sizeof(why));
-	if (err)
-		return pc_fail(s, err, "malformed verdict from destination: %s", why);
-	if (m.type != PC_MSG_RESULT && m.type != PC_MSG_ERROR)
-		return pc_fail(s, -EPROTO, "destination sent %s, expected RESULT",
-			       pc_wire_type_name(m.type));
-	if (m.u.result.status)
-		return pc_fail(s, m.u.result.status, "destination refused: %s", m.u.result.text);
-	/* GO: from here this end never resumes the guest, unless the
-	 * destination says it could not; a cancel is refused (see
-	 * precopy_cancel()). */
-	pthread_mutex_lock(&s->lock);
-	if (atomic_load(&s->cancel)) {
-		pthread_mutex_unlock(&s->lock);
-		return -ECANCELED;
-	}
-	atomic_store(&s->committed, true);
-	pthread_mutex_unlock(&s->lock);
-	v.iov_len = (size_t)pc_wire_enc_go(buf, sizeof(buf));
-	err = pc_tp_send_msg(src->tp, 0, &v, 1);
-	if (!err)
-		err = pc_tp_recv_msg(src->tp, 0, rbuf, sizeof(rbuf), &len);
-	if (!err)
-		err = pc_wire_decode(rbuf, len, &m, why, sizeof(why));
-	if (!err && m.type != PC_MSG_RESULT)
-		err = -EPROTO;
-	if (err) {
-		src->unconfirmed = true;
-		return pc_fail(s, -ENOTRECOVERABLE,
-			       "the destination verified the guest and was told to resume it, but did not say it had (%s); the guest may be running there and was not resumed here",
-			       err == -EPROTO ? "malformed answer" : pc_err_context(s, err));
-	}
-	if (m.u.result.status)
-		return pc_fail(s, m.u.result.status,
-			       "the destination could not resume the guest: %s; it runs here again",
-			       m.u.result.text);
-	return 0;
-}
-
-static int handshake(struct source *src)
-{
-	struct precopy_session *s = src->s;
-	uint64_t lens[PRECOPY_MAX_REGIONS];
-	uint8_t buf[PC_WIRE_HDR + 32 + 8 * PRECOPY_MAX_REGIONS];
-	struct iovec v = { buf, 0 };
-	struct pc_wire_msg m;
-	char why[160];
-	size_t len;
-	int n, err;
-
-	for (unsigned i = 0; i < s->nreg; i++)
-		lens[i] = s->reg[i].len;
-	n = pc_wire_enc_hello(buf, sizeof(buf), PC_CAP_ALL | (src->handoff ? PC_CAP_HANDOFF : 0),
-			      s->nreg, lens, src->nchan);
-	if (n < 0)
-		return pc_fail(s, n, "encoding HELLO");
-	v.iov_len = (size_t)n;
-	err = pc_tp_send_msg(src->tp, 0, &v, 1);
-	if (!err)
-		err = pc_tp_recv_msg(src->tp, 0, buf, sizeof(buf), &len);
-	if (err)
-		return pc_fail(s, err, "handshake: %s", pc_err_context(s, err));
-	err = pc_wire_decode(buf, len, &m, why, sizeof(why));
-	if (err)
-		return pc_fail(s, err, "handshake: %s", why);
-	if (m.type != PC_MSG_HELLO_ACK)
-		return pc_fail(s, -EPROTO, "handshake: destination sent %s",
-			       pc_wire_type_name(m.type));
-	if (m.u.hello_ack.status)
-		return pc_fail(s, m.u.hello_ack.status, "destination refused: %s",
-			       m.u.hello_ack.text);
-	if ((m.u.hello_ack.caps & PC_CAP_REQUIRED) != PC_CAP_REQUIRED)
-		return pc_fail(s, -EPROTO, "destination lacks required capabilities (0x%llx)",
-			       (unsigned long long)m.u.hello_ack.caps);
-	src->handoff = src->handoff && (m.u.hello_ack.caps & PC_CAP_HANDOFF);
-	return 0;
-}
-
-/* Best effort: tell the destination why we give up. */
-static void send_error(struct source *src, int err)
-{
-	uint8_t buf[PC_WIRE_HDR + 8 + PC_WIRE_TEXT_MAX];
-	char text[PRECOPY_ERRMSG_MAX];
-	struct iovec v = { buf, 0 };
-	int n;
-
-	precopy_strerror(src->s, text, sizeof(text));
-	n = pc_wire_enc_result(buf, sizeof(buf), PC_MSG_ERROR, err, text);
-	if (n > 0) {
-		v.iov_len = (size_t)n;
-		pc_tp_send_msg(src->tp, 0, &v, 1);
-	}
-}
-
-/* --- handoff: the RAM itself changes hands ------------------------------- */
-
-/* Every region is a memfd and the transport can pass fds. */
-static bool handoff_possible(struct source *src)
-{
-	struct precopy_session *s = src->s;
-
-	if (!(src->tp->ops->caps & PC_TCAP_FD_PASS))
-		return false;
-	for (unsigned i = 0; i < s->nreg; i++)
-		if (s->reg[i].fd < 0)
-			return false;
-	return true;
-}
-
-/*
- * Stop the guest, hand the memfds over, send the device state and
- * COMPLETE. No page crosses: the downtime does not depend on RAM size. On
- * failure the guest resumes; the destination unmaps what it mapped and
- * never wrote into it.
- */
-static int send_handoff(struct source *src)
-{
-	struct precopy_session *s = src->s;
-	uint64_t t_stop;
-	int err = 0;
-
-	pc_set_status(s, PRECOPY_STATUS_SWITCHOVER);
-	t_stop = pc_now();
-	if (s->cb.stop_vm) {
-		err = s->cb.stop_vm(s->cb.opaque);
-		if (err)
-			return pc_fail(s, err, "stop_vm failed: %s", strerror(-err));
-	}
-	for (unsigned i = 0; i < s->nreg; i++) {
-		struct pc_region *r = &s->reg[i];
-		uint8_t buf[PC_WIRE_HDR + 24];
-		struct iovec v = { buf, 0 };
-		int n = pc_wire_enc_handoff(buf, sizeof(buf), i, r->fd_offset, r->len);
-
-		if (n < 0) {
-			err = pc_fail(s, n, "encoding HANDOFF of region %u", i);
-			goto fail;
-		}
-		v.iov_len = (size_t)n;
-		err = pc_tp_send_fds(src->tp, 0, &r->fd, 1, &v, 1);
-		if (err) {
-			pc_fail(s, err, "handing over region %u: %s", i, pc_err_context(s, err));
-			goto fail;
-		}
-	}
-	err = send_device_state(src);
-	if (!err)
-		err = complete(src);
-	if (err)
-		goto fail;
-	pthread_mutex_lock(&s->lock);
-	s->st.downtime = (pc_now() - t_stop) / PC_NSEC_PER_MSEC;
-	s->st.remaining = 0;
-	pthread_mutex_unlock(&s->lock);
-	return 0;
-
-fail:
-	if (atomic_load(&s->cancel))
-		err = -ECANCELED;
-	if (src->unconfirmed)
-		return err; /* the guest may run there: never here too */
-	if (err != -ECANCELED)
-		send_error(src, err);
-	if (s->cb.resume_vm)
-		s->cb.resume_vm(s->cb.opaque);
-	return err;
-}
-
 /*
  * Take free-page hints into the pending set (@open), or stop taking them.
  * Under the session lock: precopy_region_hint_free() holds it while it
  * marks pages, so once closed no hint touches the bitmaps any more.
  */
-static void hints_open(struct source *src, bool open)
+void pc_src_hints_open(struct source *src, bool open)
 {
 	struct precopy_session *s = src->s;
 
@@ -917,40 +617,10 @@ static void hints_open(struct source *src, bool open)
 	pthread_mutex_unlock(&s->lock);
 }
 
-/*
- * The watchdog wants to force the switchover. Record what it is expected
- * to cost; refuse (abort, the guest keeps running) if that is above
- * max-forced-downtime. Return: 0 to go on with the forced switchover.
- */
-static int check_forced(struct source *src)
-{
-	struct precopy_session *s = src->s;
-	uint64_t ns, ms, bound;
-	enum pc_wd_verdict why;
+/* --- the phases of a migration ------------------------------------------- */
 
-	pthread_mutex_lock(&src->plock);
-	ns = src->pol.expected_downtime_ns;
-	why = src->pol.last_verdict;
-	pthread_mutex_unlock(&src->plock);
-	ms = ns == UINT64_MAX ? UINT64_MAX : ns / PC_NSEC_PER_MSEC;
-	pthread_mutex_lock(&s->lock);
-	bound = s->xparams.max_forced_downtime_ms;
-	s->st.forced_expected_downtime = ms;
-	if (bound && ms > bound)
-		s->st.forced_aborted = true;
-	pthread_mutex_unlock(&s->lock);
-	if (!bound || ms <= bound)
-		return 0;
-	if (ms == UINT64_MAX)
-		return pc_fail(s, -ETIMEDOUT,
-			       "watchdog: %s; the downtime of a forced switchover cannot be predicted (no bandwidth estimate) and max-forced-downtime is %llu ms; migration aborted, guest keeps running",
-			       pc_wd_reason(why), (unsigned long long)bound);
-	return pc_fail(s, -ETIMEDOUT,
-		       "watchdog: %s; a forced switchover would pause the guest about %llu ms, above max-forced-downtime %llu ms; migration aborted, guest keeps running",
-		       pc_wd_reason(why), (unsigned long long)ms, (unsigned long long)bound);
-}
-
-static int migrate(struct source *src, const char *uri)
+/* Connect every channel to @uri; the session holds the transport from here. */
+static int connect_dest(struct source *src, const char *uri)
 {
 	struct precopy_session *s = src->s;
 	const struct pc_transport_ops *ops;
@@ -963,10 +633,6 @@ static int migrate(struct source *src, const char *uri)
 				       .why = why, .whylen = sizeof(why), .cancel = &s->cancel };
 	struct pc_transport *tp;
 	const char *rest;
-	enum pc_decision d = PC_CONTINUE;
-	bool stopped = false, forced = false;
-	uint64_t t_setup, t_stop = 0;
-	unsigned iter = 0;
 	int err;
 
 	pc_set_status(s, PRECOPY_STATUS_SETUP);
@@ -987,33 +653,40 @@ static int migrate(struct source *src, const char *uri)
 	s->tp = tp;
 	pthread_mutex_unlock(&s->lock);
 	src->tp = tp;
-	if (atomic_load(&s->cancel))
-		return -ECANCELED;
-	src->handoff = handoff_possible(src);
-	err = handshake(src);
-	if (err)
-		return err;
-	if (src->handoff)
-		return send_handoff(src);
-	for (unsigned i = 0; i < s->nreg && (tp->ops->caps & PC_TCAP_NEEDS_REG); i++) {
-		err = pc_tp_reg_local(tp, s->reg[i].addr, s->reg[i].len);
-		if (err)
-			return pc_fail(s, err, "registering region %u: %s", i, strerror(-err));
-	}
+	return atomic_load(&s->cancel) ? -ECANCELED : 0;
+}
 
-	/* Arm the dirty log before the first page is read, then send all. */
-	if (needs_pause(src, false) && (err = pause_guest(src)))
-		return err;
+/* Arm every region's dirty log (@unused: with_pause()'s shape). */
+static int start_logs(struct source *src, uint64_t *unused)
+{
+	struct precopy_session *s = src->s;
+	int err = 0;
+
+	(void)unused;
 	for (unsigned i = 0; i < s->nreg && !err; i++) {
 		err = pc_dirty_start(s->reg[i].dirty);
 		if (err)
 			pc_fail(s, err, "arming the dirty log of region %u: %s", i, strerror(-err));
 	}
-	if (needs_pause(src, false)) {
-		int e2 = resume_guest(src);
+	return err;
+}
 
-		err = err ? err : e2;
+/*
+ * Register the regions with the transport, arm the dirty log before the
+ * first page is read, and make every page pending; the policy starts.
+ */
+static int arm(struct source *src)
+{
+	struct precopy_session *s = src->s;
+	uint64_t t_setup;
+	int err;
+
+	for (unsigned i = 0; i < s->nreg && (src->tp->ops->caps & PC_TCAP_NEEDS_REG); i++) {
+		err = pc_tp_reg_local(src->tp, s->reg[i].addr, s->reg[i].len);
+		if (err)
+			return pc_fail(s, err, "registering region %u: %s", i, strerror(-err));
 	}
+	err = with_pause(src, false, start_logs, NULL);
 	if (err)
 		return err;
 	for (unsigned i = 0; i < s->nreg; i++) {
@@ -1036,130 +709,116 @@ static int migrate(struct source *src, const char *uri)
 	pthread_mutex_unlock(&src->plock);
 	/* The log is armed and every page is pending: free-page hints are
 	 * safe from now on (precopy_region_hint_free()). */
-	hints_open(src, true);
+	pc_src_hints_open(src, true);
 	src->link_stats = true;
 	apply_device_state(src);
 	pc_set_status(s, PRECOPY_STATUS_BULK);
+	return 0;
+}
+
+/*
+ * After pass @iter (begun at @t_pass): sync, figures, parameter changes,
+ * and the policy's decision into *@d (a watchdog verdict taken during the
+ * pass stays).
+ */
+static int pass_end(struct source *src, unsigned iter, uint64_t t_pass, enum pc_decision *d)
+{
+	struct precopy_session *s = src->s;
+	uint64_t before;
+	int err;
+
+	err = sync_dirty(src, NULL);
+	if (err)
+		return err;
+	before = count_dirty(src);
+	update_live_stats(src);
+	err = apply_params(src);
+	if (err)
+		return err;
+	pthread_mutex_lock(&src->plock);
+	if (pc_now() > t_pass)
+		pc_policy_dirty_rate(&src->pol, (double)src->pass_dirtied *
+					PRECOPY_PAGE_SIZE * 1e9 / (double)(pc_now() - t_pass));
+	if (*d == PC_CONTINUE) {
+		*d = pc_policy_pass_end(&src->pol, iter, before * PRECOPY_PAGE_SIZE, pc_now());
+	} else if (*d == PC_FORCE) {
+		/* Forced mid-pass: what the pause will carry is what is
+		 * left now, not what was left at the last pass end. */
+		enum pc_wd_verdict why = src->pol.last_verdict;
+
+		pc_policy_pass_end(&src->pol, iter, before * PRECOPY_PAGE_SIZE, pc_now());
+		src->pol.last_verdict = why;
+	}
+	pthread_mutex_unlock(&src->plock);
+	pthread_mutex_lock(&s->lock);
+	s->st.expected_downtime = src->pol.expected_downtime_ns / PC_NSEC_PER_MSEC;
+	s->st.iteration = iter;
+	if (pc_now() > t_pass)
+		s->st.dirty_pages_rate = src->pass_dirtied * PC_NSEC_PER_SEC / (pc_now() - t_pass);
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
+
+/*
+ * The bulk pass, then iterations until the policy says switchover, force
+ * or abort. Return: 0 with the last pass in *@iterp and whether the
+ * watchdog forced the switchover in *@forced.
+ */
+static int iterate(struct source *src, unsigned *iterp, bool *forced)
+{
+	struct precopy_session *s = src->s;
+	enum pc_decision d = PC_CONTINUE;
+	unsigned iter = 0;
+	int err;
 
 	for (;;) {
-		uint64_t before, newly = 0, t_pass = pc_now();
+		uint64_t t_pass = pc_now();
 
 		src->pass_dirtied = 0;
-
-		err = run_pass(src, iter, &d);
+		err = pc_src_run_pass(src, iter, &d);
+		if (!err)
+			err = pass_end(src, iter, t_pass, &d);
+		if (!err && d == PC_FORCE)
+			err = pc_src_check_forced(src);
 		if (err)
-			goto fail;
-		err = sync_dirty(src, &newly);
-		if (err)
-			goto fail;
-		before = count_dirty(src);
-		update_live_stats(src);
-		err = apply_params(src);
-		if (err)
-			goto fail;
-		pthread_mutex_lock(&src->plock);
-		if (pc_now() > t_pass)
-			pc_policy_dirty_rate(&src->pol, (double)src->pass_dirtied *
-						PRECOPY_PAGE_SIZE * 1e9 / (double)(pc_now() - t_pass));
-		if (d == PC_CONTINUE) {
-			d = pc_policy_pass_end(&src->pol, iter, before * PRECOPY_PAGE_SIZE,
-					       pc_now());
-		} else if (d == PC_FORCE) {
-			/* Forced mid-pass: what the pause will carry is what is
-			 * left now, not what was left at the last pass end. */
-			enum pc_wd_verdict why = src->pol.last_verdict;
-
-			pc_policy_pass_end(&src->pol, iter, before * PRECOPY_PAGE_SIZE, pc_now());
-			src->pol.last_verdict = why;
-		}
-		pthread_mutex_unlock(&src->plock);
-		pthread_mutex_lock(&s->lock);
-		s->st.expected_downtime = src->pol.expected_downtime_ns / PC_NSEC_PER_MSEC;
-		s->st.iteration = iter;
-		if (pc_now() > t_pass)
-			s->st.dirty_pages_rate =
-				src->pass_dirtied * PC_NSEC_PER_SEC / (pc_now() - t_pass);
-		pthread_mutex_unlock(&s->lock);
-		if (d == PC_FORCE) {
-			err = check_forced(src);
-			if (err)
-				goto fail;
-		}
+			return err;
 		if (d == PC_SWITCHOVER || d == PC_FORCE)
 			break;
-		if (d == PC_ABORT) {
-			err = pc_fail(s, -ETIMEDOUT, "watchdog: %s; migration aborted, guest keeps running",
-				      pc_wd_reason(src->pol.last_verdict));
-			goto fail;
-		}
+		if (d == PC_ABORT)
+			return pc_fail(s, -ETIMEDOUT, "watchdog: %s; migration aborted, guest keeps running",
+				       pc_wd_reason(src->pol.last_verdict));
 		iter++;
 		if (iter == 1)
 			pc_set_status(s, PRECOPY_STATUS_ITERATE);
 	}
-	forced = d == PC_FORCE;
-
-	/* Switchover: stop the guest, send what is left, unthrottled. Hints
-	 * end here: the last pass is what the destination gets. */
-	hints_open(src, false);
-	pc_set_status(s, PRECOPY_STATUS_SWITCHOVER);
-	pthread_mutex_lock(&src->plock);
-	pc_policy_set_switchover(&src->pol);
-	pthread_mutex_unlock(&src->plock);
-	t_stop = pc_now();
-	if (s->cb.stop_vm) {
-		err = s->cb.stop_vm(s->cb.opaque);
-		if (err) {
-			pc_fail(s, err, "stop_vm failed: %s", strerror(-err));
-			goto fail;
-		}
-	}
-	stopped = true;
-	err = sync_dirty_ex(src, NULL, true);
-	if (err)
-		goto fail;
-	src->final = true;
-	atomic_store(&src->stop_pass, false);
-	err = run_pass(src, ++iter, NULL);
-	if (err)
-		goto fail;
-	err = send_device_state(src);
-	if (err)
-		goto fail;
-	err = complete(src);
-	if (err)
-		goto fail;
-	pthread_mutex_lock(&s->lock);
-	s->st.downtime = (pc_now() - t_stop) / PC_NSEC_PER_MSEC;
-	s->st.remaining = 0;
-	s->st.iteration = iter;
-	s->st.forced_switchover = forced;
-	if (forced)
-		s->st.forced_downtime = s->st.downtime;
-	pthread_mutex_unlock(&s->lock);
+	*iterp = iter;
+	*forced = d == PC_FORCE;
 	return 0;
+}
 
-fail:
-	hints_open(src, false);
-	if (src->unconfirmed) {
-		/* The guest may run at the destination: never here too. */
-		if (src->pol.throttle.pct && s->cb.set_throttle)
-			s->cb.set_throttle(s->cb.opaque, 0);
+/* Arm, the passes, the switchover: the migration of the pages themselves. */
+static int precopy_pages(struct source *src)
+{
+	unsigned iter = 0;
+	bool forced = false;
+	int err = arm(src);
+
+	if (err)
 		return err;
-	}
-	if (atomic_load(&s->cancel))
-		err = -ECANCELED;
-	if (err != -ECANCELED && !atomic_load(&src->err))
-		send_error(src, err);
-	if (err == -ECANCELED || atomic_load(&src->err) == -ECANCELED)
-		err = -ECANCELED;
-	else if (atomic_load(&src->err) && !s->st.error[0])
-		pc_fail(s, atomic_load(&src->err), "sending pages: %s",
-			pc_err_context(s, atomic_load(&src->err)));
-	if (src->pol.throttle.pct && s->cb.set_throttle)
-		s->cb.set_throttle(s->cb.opaque, 0);
-	if (stopped && s->cb.resume_vm)
-		s->cb.resume_vm(s->cb.opaque);
-	return err;
+	src->peer_waits = true;
+	err = iterate(src, &iter, &forced);
+	return err ? err : pc_src_switchover(src, iter, forced);
+}
+
+static int migrate(struct source *src, const char *uri)
+{
+	int err = connect_dest(src, uri);
+
+	if (!err)
+		err = pc_src_handshake(src);
+	if (!err)
+		err = src->handoff ? pc_src_handoff(src) : precopy_pages(src);
+	return err ? pc_src_failed(src, err) : 0;
 }
 
 int pc_source_run(struct precopy_session *s, const char *uri)
@@ -1226,7 +885,7 @@ out_threads:
 		free(src->snd[c].msg);
 	}
 out_free:
-	hints_open(src, false);
+	pc_src_hints_open(src, false);
 	/* Stop tracking: the guest's memory goes back to plain memory. */
 	for (unsigned i = 0; i < s->nreg; i++) {
 		pc_dirty_delete(&s->reg[i].dirty);

@@ -41,6 +41,15 @@ static int put_hdr(uint8_t *buf, size_t cap, unsigned type, size_t payload)
 	return (int)(PC_WIRE_HDR + payload);
 }
 
+/* What HELLO and HELLO_ACK begin with: magic, version, capabilities. */
+static void put_version(uint8_t *p, uint64_t caps)
+{
+	pc_put_le32(p, PC_WIRE_MAGIC);
+	pc_put_le16(p + 4, PC_WIRE_MAJOR);
+	pc_put_le16(p + 6, PC_WIRE_MINOR);
+	pc_put_le64(p + 8, caps);
+}
+
 int pc_wire_enc_hello(uint8_t *buf, size_t cap, uint64_t caps, uint32_t nregions,
 		      const uint64_t *region_len, uint32_t channels)
 {
@@ -53,10 +62,7 @@ int pc_wire_enc_hello(uint8_t *buf, size_t cap, uint64_t caps, uint32_t nregions
 	n = put_hdr(buf, cap, PC_MSG_HELLO, 32 + 8 * (size_t)nregions);
 	if (n < 0)
 		return n;
-	pc_put_le32(p, PC_WIRE_MAGIC);
-	pc_put_le16(p + 4, PC_WIRE_MAJOR);
-	pc_put_le16(p + 6, PC_WIRE_MINOR);
-	pc_put_le64(p + 8, caps);
+	put_version(p, caps);
 	pc_put_le32(p + 16, PRECOPY_PAGE_SIZE);
 	pc_put_le32(p + 20, nregions);
 	pc_put_le32(p + 24, channels);
@@ -82,10 +88,7 @@ int pc_wire_enc_hello_ack(uint8_t *buf, size_t cap, uint64_t caps, int32_t statu
 
 	if (n < 0)
 		return n;
-	pc_put_le32(p, PC_WIRE_MAGIC);
-	pc_put_le16(p + 4, PC_WIRE_MAJOR);
-	pc_put_le16(p + 6, PC_WIRE_MINOR);
-	pc_put_le64(p + 8, caps);
+	put_version(p, caps);
 	pc_put_le32(p + 16, (uint32_t)status);
 	pc_put_le32(p + 20, 0);
 	if (tl)
@@ -274,12 +277,205 @@ int pc_wire_enc_handoff(uint8_t *buf, size_t cap, uint32_t region, uint64_t offs
 	return n;
 }
 
+/* One decoder a record type: @p is the payload, @plen bytes as received
+ * and at least the type's minimum (struct decoder). */
+typedef int (*decode_fn)(const uint8_t *p, uint32_t plen, struct pc_wire_msg *out, char *why,
+			 size_t whylen);
+
+static int dec_hello(const uint8_t *p, uint32_t plen, struct pc_wire_msg *out, char *why,
+		     size_t whylen)
+{
+	uint32_t nr;
+	int err;
+
+	err = check_version(p, &out->u.hello.major, &out->u.hello.minor, why, whylen);
+	if (err)
+		return err;
+	out->u.hello.caps = pc_get_le64(p + 8);
+	out->u.hello.page_size = pc_get_le32(p + 16);
+	nr = pc_get_le32(p + 20);
+	out->u.hello.channels = pc_get_le32(p + 24);
+	if (pc_get_le32(p + 28))
+		return bad(why, whylen, "HELLO reserved field set");
+	if (nr == 0 || nr > PRECOPY_MAX_REGIONS)
+		return bad(why, whylen, "HELLO with %u regions (1..%u)", nr, PRECOPY_MAX_REGIONS);
+	if (plen != 32 + 8 * nr)
+		return bad(why, whylen, "HELLO length %u does not fit %u regions", plen, nr);
+	if (out->u.hello.channels == 0 || out->u.hello.channels > PRECOPY_MAX_CHANNELS)
+		return bad(why, whylen, "HELLO with %u channels", out->u.hello.channels);
+	out->u.hello.nregions = nr;
+	for (uint32_t i = 0; i < nr; i++)
+		out->u.hello.region_len[i] = pc_get_le64(p + 32 + 8 * i);
+	return 0;
+}
+
+static int dec_hello_ack(const uint8_t *p, uint32_t plen, struct pc_wire_msg *out, char *why,
+			 size_t whylen)
+{
+	int err = check_version(p, &out->u.hello_ack.major, &out->u.hello_ack.minor, why, whylen);
+
+	if (err)
+		return err;
+	out->u.hello_ack.caps = pc_get_le64(p + 8);
+	out->u.hello_ack.status = (int32_t)pc_get_le32(p + 16);
+	if (pc_get_le32(p + 20))
+		return bad(why, whylen, "HELLO_ACK reserved field set");
+	get_text(out->u.hello_ack.text, p + 24, plen - 24);
+	return 0;
+}
+
+static int dec_runs(const uint8_t *p, uint32_t plen, struct pc_wire_msg *out, char *why,
+		    size_t whylen)
+{
+	uint32_t count;
+
+	out->u.runs.iteration = pc_get_le32(p);
+	count = pc_get_le32(p + 4);
+	if (count == 0 || count > PC_WIRE_RUNS_MAX)
+		return bad(why, whylen, "RUNS with %u entries (1..%u)", count, PC_WIRE_RUNS_MAX);
+	if ((size_t)plen != 8 + (size_t)count * PC_WIRE_RUN_SIZE)
+		return bad(why, whylen, "RUNS length %u does not fit %u entries", plen, count);
+	out->u.runs.count = count;
+	out->u.runs.entries = p + 8;
+	for (uint32_t i = 0; i < count; i++) {
+		struct pc_wire_run r;
+
+		pc_wire_get_run(p + 8, i, &r);
+		if (r.kind < PC_RUN_DATA || r.kind > PC_RUN_FREE)
+			return bad(why, whylen, "run %u of unknown kind %u", i, r.kind);
+		if (r.npages == 0)
+			return bad(why, whylen, "run %u of no pages", i);
+	}
+	return 0;
+}
+
+static int dec_iter_end(const uint8_t *p, uint32_t plen, struct pc_wire_msg *out, char *why,
+			size_t whylen)
+{
+	(void)plen, (void)why, (void)whylen; /* the length is checked: no more to check */
+	out->u.iter_end.iteration = pc_get_le32(p);
+	out->u.iter_end.channel = pc_get_le32(p + 4);
+	return 0;
+}
+
+static int dec_iter_ack(const uint8_t *p, uint32_t plen, struct pc_wire_msg *out, char *why,
+			size_t whylen)
+{
+	(void)plen, (void)why, (void)whylen;
+	out->u.iter_ack.iteration = pc_get_le32(p);
+	return 0;
+}
+
+static int dec_devstate(const uint8_t *p, uint32_t plen, struct pc_wire_msg *out, char *why,
+			size_t whylen)
+{
+	uint64_t total, off;
+	uint32_t n;
+
+	total = pc_get_le64(p);
+	off = pc_get_le64(p + 8);
+	n = pc_get_le32(p + 16);
+	if (pc_get_le32(p + 20))
+		return bad(why, whylen, "DEVICE_STATE reserved field set");
+	if ((size_t)plen != 24 + (size_t)n || n > PC_WIRE_DEVSTATE_CHUNK)
+		return bad(why, whylen, "DEVICE_STATE piece of %u bytes in %u", n, plen);
+	if (total > PC_WIRE_DEVSTATE_MAX || off > total || n > total - off)
+		return bad(why, whylen, "DEVICE_STATE piece [%llu, +%u) outside %llu bytes",
+			   (unsigned long long)off, n, (unsigned long long)total);
+	out->u.devstate.total = total;
+	out->u.devstate.offset = off;
+	out->u.devstate.len = n;
+	out->u.devstate.data = p + 24;
+	return 0;
+}
+
+static int dec_complete(const uint8_t *p, uint32_t plen, struct pc_wire_msg *out, char *why,
+			size_t whylen)
+{
+	uint32_t nr;
+
+	nr = pc_get_le32(p);
+	if (pc_get_le32(p + 4))
+		return bad(why, whylen, "COMPLETE reserved field set");
+	if (nr == 0 || nr > PRECOPY_MAX_REGIONS || plen != 8 + 16 * nr)
+		return bad(why, whylen, "COMPLETE with %u regions in %u bytes", nr, plen);
+	out->u.complete.nregions = nr;
+	for (uint32_t i = 0; i < nr; i++) {
+		out->u.complete.npages[i] = pc_get_le64(p + 8 + 16 * i);
+		out->u.complete.hash[i] = pc_get_le64(p + 16 + 16 * i);
+	}
+	return 0;
+}
+
+/* RESULT and ERROR. */
+static int dec_result(const uint8_t *p, uint32_t plen, struct pc_wire_msg *out, char *why,
+		      size_t whylen)
+{
+	const char *name = pc_wire_type_name(out->type);
+
+	out->u.result.status = (int32_t)pc_get_le32(p);
+	if (pc_get_le32(p + 4))
+		return bad(why, whylen, "%s reserved field set", name);
+	if (out->u.result.status > 0)
+		return bad(why, whylen, "%s with positive status", name);
+	get_text(out->u.result.text, p + 8, plen - 8);
+	return 0;
+}
+
+static int dec_handoff(const uint8_t *p, uint32_t plen, struct pc_wire_msg *out, char *why,
+		       size_t whylen)
+{
+	uint64_t off, len;
+
+	(void)plen;
+	out->u.handoff.region = pc_get_le32(p);
+	out->u.handoff.offset = off = pc_get_le64(p + 8);
+	out->u.handoff.len = len = pc_get_le64(p + 16);
+	if (pc_get_le32(p + 4))
+		return bad(why, whylen, "HANDOFF reserved field set");
+	if (out->u.handoff.region >= PRECOPY_MAX_REGIONS || len == 0 ||
+	    off % PRECOPY_PAGE_SIZE || len % PRECOPY_PAGE_SIZE || off + len < off)
+		return bad(why, whylen, "HANDOFF of region %u: %llu bytes at %llu",
+			   out->u.handoff.region, (unsigned long long)len,
+			   (unsigned long long)off);
+	return 0;
+}
+
+/* GO has no payload: its length is all there is to check. */
+static int dec_go(const uint8_t *p, uint32_t plen, struct pc_wire_msg *out, char *why,
+		  size_t whylen)
+{
+	(void)p, (void)plen, (void)out, (void)why, (void)whylen;
+	return 0;
+}
+
+#define ANY UINT32_MAX
+
+/* The decoder of each type and the payload lengths it takes: a record
+ * shorter than @min is truncated; with a @max, one outside [min, max] has
+ * the wrong size (the decoder checks what depends on the contents). */
+static const struct decoder {
+	decode_fn fn;
+	uint32_t min, max;
+} decoders[] = {
+	[PC_MSG_HELLO] = { dec_hello, 32, ANY },
+	[PC_MSG_HELLO_ACK] = { dec_hello_ack, 24, 24 + PC_WIRE_TEXT_MAX },
+	[PC_MSG_RUNS] = { dec_runs, 8, ANY },
+	[PC_MSG_ITER_END] = { dec_iter_end, 8, 8 },
+	[PC_MSG_ITER_ACK] = { dec_iter_ack, 4, 4 },
+	[PC_MSG_DEVICE_STATE] = { dec_devstate, 24, ANY },
+	[PC_MSG_COMPLETE] = { dec_complete, 8, ANY },
+	[PC_MSG_RESULT] = { dec_result, 8, 8 + PC_WIRE_TEXT_MAX },
+	[PC_MSG_ERROR] = { dec_result, 8, 8 + PC_WIRE_TEXT_MAX },
+	[PC_MSG_HANDOFF] = { dec_handoff, 24, 24 },
+	[PC_MSG_GO] = { dec_go, 0, 0 },
+};
+
 int pc_wire_decode(const uint8_t *buf, size_t len, struct pc_wire_msg *out, char *why,
 		   size_t whylen)
 {
-	const uint8_t *p = buf + PC_WIRE_HDR;
+	const struct decoder *dec;
 	uint32_t plen;
-	int err;
 
 	if (!buf || !out)
 		return -EINVAL;
@@ -292,159 +488,12 @@ int pc_wire_decode(const uint8_t *buf, size_t len, struct pc_wire_msg *out, char
 	if ((size_t)plen != len - PC_WIRE_HDR)
 		return bad(why, whylen, "%s record says %u payload bytes, %zu received",
 			   pc_wire_type_name(out->type), plen, len - PC_WIRE_HDR);
-
-	switch (out->type) {
-	case PC_MSG_HELLO: {
-		uint32_t nr;
-
-		if (plen < 32)
-			return bad(why, whylen, "HELLO truncated (%u bytes)", plen);
-		err = check_version(p, &out->u.hello.major, &out->u.hello.minor, why, whylen);
-		if (err)
-			return err;
-		out->u.hello.caps = pc_get_le64(p + 8);
-		out->u.hello.page_size = pc_get_le32(p + 16);
-		nr = pc_get_le32(p + 20);
-		out->u.hello.channels = pc_get_le32(p + 24);
-		if (pc_get_le32(p + 28))
-			return bad(why, whylen, "HELLO reserved field set");
-		if (nr == 0 || nr > PRECOPY_MAX_REGIONS)
-			return bad(why, whylen, "HELLO with %u regions (1..%u)", nr,
-				   PRECOPY_MAX_REGIONS);
-		if (plen != 32 + 8 * nr)
-			return bad(why, whylen, "HELLO length %u does not fit %u regions", plen, nr);
-		if (out->u.hello.channels == 0 || out->u.hello.channels > PRECOPY_MAX_CHANNELS)
-			return bad(why, whylen, "HELLO with %u channels", out->u.hello.channels);
-		out->u.hello.nregions = nr;
-		for (uint32_t i = 0; i < nr; i++)
-			out->u.hello.region_len[i] = pc_get_le64(p + 32 + 8 * i);
-		return 0;
-	}
-	case PC_MSG_HELLO_ACK:
-		if (plen < 24 || plen > 24 + PC_WIRE_TEXT_MAX)
-			return bad(why, whylen, "HELLO_ACK of %u bytes", plen);
-		err = check_version(p, &out->u.hello_ack.major, &out->u.hello_ack.minor, why,
-				    whylen);
-		if (err)
-			return err;
-		out->u.hello_ack.caps = pc_get_le64(p + 8);
-		out->u.hello_ack.status = (int32_t)pc_get_le32(p + 16);
-		if (pc_get_le32(p + 20))
-			return bad(why, whylen, "HELLO_ACK reserved field set");
-		get_text(out->u.hello_ack.text, p + 24, plen - 24);
-		return 0;
-	case PC_MSG_RUNS: {
-		uint32_t count;
-
-		if (plen < 8)
-			return bad(why, whylen, "RUNS truncated");
-		out->u.runs.iteration = pc_get_le32(p);
-		count = pc_get_le32(p + 4);
-		if (count == 0 || count > PC_WIRE_RUNS_MAX)
-			return bad(why, whylen, "RUNS with %u entries (1..%u)", count,
-				   PC_WIRE_RUNS_MAX);
-		if ((size_t)plen != 8 + (size_t)count * PC_WIRE_RUN_SIZE)
-			return bad(why, whylen, "RUNS length %u does not fit %u entries", plen,
-				   count);
-		out->u.runs.count = count;
-		out->u.runs.entries = p + 8;
-		for (uint32_t i = 0; i < count; i++) {
-			struct pc_wire_run r;
-
-			pc_wire_get_run(p + 8, i, &r);
-			if (r.kind < PC_RUN_DATA || r.kind > PC_RUN_FREE)
-				return bad(why, whylen, "run %u of unknown kind %u", i, r.kind);
-			if (r.npages == 0)
-				return bad(why, whylen, "run %u of no pages", i);
-		}
-		return 0;
-	}
-	case PC_MSG_ITER_END:
-		if (plen != 8)
-			return bad(why, whylen, "ITER_END of %u bytes", plen);
-		out->u.iter_end.iteration = pc_get_le32(p);
-		out->u.iter_end.channel = pc_get_le32(p + 4);
-		return 0;
-	case PC_MSG_ITER_ACK:
-		if (plen != 4)
-			return bad(why, whylen, "ITER_ACK of %u bytes", plen);
-		out->u.iter_ack.iteration = pc_get_le32(p);
-		return 0;
-	case PC_MSG_DEVICE_STATE: {
-		uint64_t total, off;
-		uint32_t n;
-
-		if (plen < 24)
-			return bad(why, whylen, "DEVICE_STATE truncated");
-		total = pc_get_le64(p);
-		off = pc_get_le64(p + 8);
-		n = pc_get_le32(p + 16);
-		if (pc_get_le32(p + 20))
-			return bad(why, whylen, "DEVICE_STATE reserved field set");
-		if ((size_t)plen != 24 + (size_t)n || n > PC_WIRE_DEVSTATE_CHUNK)
-			return bad(why, whylen, "DEVICE_STATE piece of %u bytes in %u", n, plen);
-		if (total > PC_WIRE_DEVSTATE_MAX || off > total || n > total - off)
-			return bad(why, whylen,
-				   "DEVICE_STATE piece [%llu, +%u) outside %llu bytes",
-				   (unsigned long long)off, n, (unsigned long long)total);
-		out->u.devstate.total = total;
-		out->u.devstate.offset = off;
-		out->u.devstate.len = n;
-		out->u.devstate.data = p + 24;
-		return 0;
-	}
-	case PC_MSG_COMPLETE: {
-		uint32_t nr;
-
-		if (plen < 8)
-			return bad(why, whylen, "COMPLETE truncated");
-		nr = pc_get_le32(p);
-		if (pc_get_le32(p + 4))
-			return bad(why, whylen, "COMPLETE reserved field set");
-		if (nr == 0 || nr > PRECOPY_MAX_REGIONS || plen != 8 + 16 * nr)
-			return bad(why, whylen, "COMPLETE with %u regions in %u bytes", nr, plen);
-		out->u.complete.nregions = nr;
-		for (uint32_t i = 0; i < nr; i++) {
-			out->u.complete.npages[i] = pc_get_le64(p + 8 + 16 * i);
-			out->u.complete.hash[i] = pc_get_le64(p + 16 + 16 * i);
-		}
-		return 0;
-	}
-	case PC_MSG_RESULT:
-	case PC_MSG_ERROR:
-		if (plen < 8 || plen > 8 + PC_WIRE_TEXT_MAX)
-			return bad(why, whylen, "%s of %u bytes", pc_wire_type_name(out->type), plen);
-		out->u.result.status = (int32_t)pc_get_le32(p);
-		if (pc_get_le32(p + 4))
-			return bad(why, whylen, "%s reserved field set",
-				   pc_wire_type_name(out->type));
-		if (out->u.result.status > 0)
-			return bad(why, whylen, "%s with positive status",
-				   pc_wire_type_name(out->type));
-		get_text(out->u.result.text, p + 8, plen - 8);
-		return 0;
-	case PC_MSG_HANDOFF:
-		if (plen != 24)
-			return bad(why, whylen, "HANDOFF of %u bytes", plen);
-		out->u.handoff.region = pc_get_le32(p);
-		out->u.handoff.offset = pc_get_le64(p + 8);
-		out->u.handoff.len = pc_get_le64(p + 16);
-		if (pc_get_le32(p + 4))
-			return bad(why, whylen, "HANDOFF reserved field set");
-		if (out->u.handoff.region >= PRECOPY_MAX_REGIONS || out->u.handoff.len == 0 ||
-		    out->u.handoff.offset % PRECOPY_PAGE_SIZE ||
-		    out->u.handoff.len % PRECOPY_PAGE_SIZE ||
-		    out->u.handoff.offset + out->u.handoff.len < out->u.handoff.offset)
-			return bad(why, whylen, "HANDOFF of region %u: %llu bytes at %llu",
-				   out->u.handoff.region,
-				   (unsigned long long)out->u.handoff.len,
-				   (unsigned long long)out->u.handoff.offset);
-		return 0;
-	case PC_MSG_GO:
-		if (plen)
-			return bad(why, whylen, "GO of %u bytes", plen);
-		return 0;
-	default:
+	if (out->type == 0 || out->type > PC_MSG_TYPE_MAX)
 		return bad(why, whylen, "unknown record type %u", out->type);
-	}
+	dec = &decoders[out->type];
+	if (dec->max == ANY && plen < dec->min)
+		return bad(why, whylen, "%s truncated (%u bytes)", pc_wire_type_name(out->type), plen);
+	if (dec->max != ANY && (plen < dec->min || plen > dec->max))
+		return bad(why, whylen, "%s of %u bytes", pc_wire_type_name(out->type), plen);
+	return dec->fn(buf + PC_WIRE_HDR, plen, out, why, whylen);
 }

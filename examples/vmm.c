@@ -388,6 +388,100 @@ static unsigned long arg_num(int argc, char **argv, int *i)
 	return strtoul(argv[++*i], NULL, 10);
 }
 
+/* The command line into @vm, @ram_size, @params; 0, or 2 for a bad one. */
+static int parse_options(int argc, char **argv, struct vm *vm, size_t *ram_size,
+			 struct precopy_params *params, bool *expect_throttle)
+{
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--ram"))
+			*ram_size = arg_num(argc, argv, &i) << 20;
+		else if (!strcmp(argv[i], "--vcpus"))
+			vm->nvcpus = (unsigned)arg_num(argc, argv, &i);
+		else if (!strcmp(argv[i], "--rate"))
+			vm->rate = (unsigned)arg_num(argc, argv, &i);
+		else if (!strcmp(argv[i], "--max-bandwidth"))
+			params->max_bandwidth = arg_num(argc, argv, &i) << 20;
+		else if (!strcmp(argv[i], "--downtime-limit"))
+			params->downtime_limit_ms = arg_num(argc, argv, &i);
+		else if (!strcmp(argv[i], "--auto-converge"))
+			params->auto_converge = true;
+		else if (!strcmp(argv[i], "--expect-throttle"))
+			*expect_throttle = true;
+		else {
+			fprintf(stderr, "usage: vmm [--ram MIB] [--vcpus N] [--rate PAGES] "
+				"[--max-bandwidth MIB] [--auto-converge] [--downtime-limit MS] "
+				"[--expect-throttle]\n");
+			return 2;
+		}
+	}
+	if (*ram_size == 0 || vm->nvcpus == 0 || vm->nvcpus > MAX_VCPUS)
+		return fprintf(stderr, "vmm: bad --ram or --vcpus\n"), 2;
+	return 0;
+}
+
+/* The destination, forked before any thread exists; its URI in @uri, the
+ * pipe it reports on in *@rfd. Return: its pid, or -1. */
+static pid_t start_destination(size_t ram_size, char *uri, size_t len, int *rfd)
+{
+	int pfd[2];
+	pid_t child;
+
+	if (pipe(pfd))
+		return perror("pipe"), -1;
+	child = fork();
+	if (child < 0)
+		return perror("fork"), -1;
+	if (child == 0) {
+		close(pfd[0]);
+		_exit(destination(ram_size, pfd[1]));
+	}
+	close(pfd[1]);
+	if (read(pfd[0], uri, len) != (ssize_t)len) {
+		fprintf(stderr, "vmm: the destination did not start\n");
+		kill(child, SIGTERM);
+		waitpid(child, NULL, 0);
+		return -1;
+	}
+	*rfd = pfd[0];
+	return child;
+}
+
+/* After a migration that succeeded: compare both ends' RAM and check
+ * --expect-throttle. Return: the exit status. */
+static int check_result(struct vm *vm, size_t ram_size, const struct precopy_stats *st,
+			int rfd, pid_t child, bool expect_throttle)
+{
+	uint64_t src_hash, dst_hash = 0;
+	int status;
+
+	/* Success: the guest stays stopped here; it runs at the destination. */
+	printf("vmm: %s in %" PRIu64 " ms, downtime %" PRIu64 " ms, %u passes, %" PRIu64
+	       " dirty syncs, %.1f MiB sent, highest throttle %u%%%s\n",
+	       precopy_status_name(st->status), st->total_time, st->downtime, st->iteration + 1,
+	       st->dirty_sync_count, (double)st->transferred / (1 << 20), vm->max_throttle,
+	       st->forced_switchover ? ", switchover forced by the watchdog" : "");
+	src_hash = fnv1a(vm->ram, ram_size);
+	if (read(rfd, &dst_hash, sizeof(dst_hash)) != (ssize_t)sizeof(dst_hash))
+		dst_hash = ~src_hash;
+	waitpid(child, &status, 0);
+	vm_shutdown(vm);
+	precopy_delete(&vm->s);
+	printf("vmm: source RAM hash %016" PRIx64 ", destination %016" PRIx64 ": %s\n",
+	       src_hash, dst_hash, src_hash == dst_hash ? "equal" : "DIFFERENT");
+	if (src_hash != dst_hash || !WIFEXITED(status) || WEXITSTATUS(status))
+		return 1;
+	/* --expect-throttle: the guest could only converge by being throttled
+	 * (through our set_throttle hook), and converged by the policy's own
+	 * decision, not by the watchdog's backstop. */
+	if (expect_throttle && (vm->max_throttle == 0 || st->forced_switchover)) {
+		fprintf(stderr, "vmm: expected auto-converge to throttle the vCPUs until the "
+			"migration converged; highest throttle %u%%, %s\n", vm->max_throttle,
+			st->forced_switchover ? "switchover forced" : "not forced");
+		return 1;
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct vm vm = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER,
@@ -401,56 +495,22 @@ int main(int argc, char **argv)
 	struct precopy_stats st;
 	char uri[128], why[PRECOPY_ERRMSG_MAX];
 	size_t ram_size = 64u << 20;
-	uint64_t src_hash, dst_hash = 0;
 	pthread_t harvester;
 	bool expect_throttle = false;
-	int pfd[2], status, err;
+	int rfd, err;
 	pid_t child;
 
 	precopy_params_init(&params);
-	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--ram"))
-			ram_size = arg_num(argc, argv, &i) << 20;
-		else if (!strcmp(argv[i], "--vcpus"))
-			vm.nvcpus = (unsigned)arg_num(argc, argv, &i);
-		else if (!strcmp(argv[i], "--rate"))
-			vm.rate = (unsigned)arg_num(argc, argv, &i);
-		else if (!strcmp(argv[i], "--max-bandwidth"))
-			params.max_bandwidth = arg_num(argc, argv, &i) << 20;
-		else if (!strcmp(argv[i], "--downtime-limit"))
-			params.downtime_limit_ms = arg_num(argc, argv, &i);
-		else if (!strcmp(argv[i], "--auto-converge"))
-			params.auto_converge = true;
-		else if (!strcmp(argv[i], "--expect-throttle"))
-			expect_throttle = true;
-		else {
-			fprintf(stderr, "usage: vmm [--ram MIB] [--vcpus N] [--rate PAGES] "
-				"[--max-bandwidth MIB] [--auto-converge] [--downtime-limit MS] "
-				"[--expect-throttle]\n");
-			return 2;
-		}
-	}
-	if (ram_size == 0 || vm.nvcpus == 0 || vm.nvcpus > MAX_VCPUS)
-		return fprintf(stderr, "vmm: bad --ram or --vcpus\n"), 2;
+	err = parse_options(argc, argv, &vm, &ram_size, &params, &expect_throttle);
+	if (err)
+		return err;
 	/* A backstop so a guest that never converges still ends. */
 	params.max_time_ms = 60000;
 	params.on_limit = PRECOPY_ON_LIMIT_FORCE;
 
-	/* The destination, forked before any thread exists. */
-	if (pipe(pfd))
-		return perror("pipe"), 1;
-	child = fork();
+	child = start_destination(ram_size, uri, sizeof(uri), &rfd);
 	if (child < 0)
-		return perror("fork"), 1;
-	if (child == 0) {
-		close(pfd[0]);
-		_exit(destination(ram_size, pfd[1]));
-	}
-	close(pfd[1]);
-	if (read(pfd[0], uri, sizeof(uri)) != (ssize_t)sizeof(uri)) {
-		fprintf(stderr, "vmm: the destination did not start\n");
 		return 1;
-	}
 
 	/* The source: RAM, precopy session with the RAM registered as
 	 * EXTERNAL (we report the writes), vCPUs, dirty-log harvester. */
@@ -488,30 +548,5 @@ int main(int argc, char **argv)
 		waitpid(child, NULL, 0);
 		return 1;
 	}
-	/* Success: the guest stays stopped here; it runs at the destination. */
-	printf("vmm: %s in %" PRIu64 " ms, downtime %" PRIu64 " ms, %u passes, %" PRIu64
-	       " dirty syncs, %.1f MiB sent, highest throttle %u%%%s\n",
-	       precopy_status_name(st.status), st.total_time, st.downtime, st.iteration + 1,
-	       st.dirty_sync_count, (double)st.transferred / (1 << 20), vm.max_throttle,
-	       st.forced_switchover ? ", switchover forced by the watchdog" : "");
-	src_hash = fnv1a(vm.ram, ram_size);
-	if (read(pfd[0], &dst_hash, sizeof(dst_hash)) != (ssize_t)sizeof(dst_hash))
-		dst_hash = ~src_hash;
-	waitpid(child, &status, 0);
-	vm_shutdown(&vm);
-	precopy_delete(&vm.s);
-	printf("vmm: source RAM hash %016" PRIx64 ", destination %016" PRIx64 ": %s\n",
-	       src_hash, dst_hash, src_hash == dst_hash ? "equal" : "DIFFERENT");
-	if (src_hash != dst_hash || !WIFEXITED(status) || WEXITSTATUS(status))
-		return 1;
-	/* --expect-throttle: the guest could only converge by being throttled
-	 * (through our set_throttle hook), and converged by the policy's own
-	 * decision, not by the watchdog's backstop. */
-	if (expect_throttle && (vm.max_throttle == 0 || st.forced_switchover)) {
-		fprintf(stderr, "vmm: expected auto-converge to throttle the vCPUs until the "
-			"migration converged; highest throttle %u%%, %s\n", vm.max_throttle,
-			st.forced_switchover ? "switchover forced" : "not forced");
-		return 1;
-	}
-	return 0;
+	return check_result(&vm, ram_size, &st, rfd, child, expect_throttle);
 }

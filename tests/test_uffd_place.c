@@ -182,8 +182,8 @@ static void run_random_order(bool shared)
 	pc_uffd_place_stats(u, &placed, &present, &faults);
 	assert_int_equal(placed, NPAGES);
 	assert_true(faults >= 1);
-	printf("# %s: %u pushed, %" PRIu64 " faults served\n", shared ? "memfd" : "anon", push,
-	       faults);
+	printf("# %s: %u pushed (%u found there already), %" PRIu64 " faults served\n",
+	       shared ? "memfd" : "anon", push, again, faults);
 	pc_uffd_place_close(u);
 	munmap(mem, NPAGES * PAGE);
 }

@@ -339,6 +339,17 @@ static double zero_share(const struct sim *s, const struct seg *g)
 	return z < 0 ? 0 : z > 1 ? 1 : z;
 }
 
+/* The sender took @x pages of segment @g, the cursor's. */
+static void take_pages(struct sim *s, struct seg *g, double x)
+{
+	s->cur_frac += (1.0 - s->cur_frac) * x / s->cur_ahead;
+	s->cur_ahead -= x;
+	g->dirty -= x;
+	if (g->dirty < 0)
+		g->dirty = 0;
+	s->dirty_total -= x;
+}
+
 /*
  * send_chunk() with a send queue of Q bytes (queue_bytes > 0). Per page
  * the sender spends a = its CPU (the zero test) and the link b = bytes /
@@ -397,12 +408,7 @@ static double send_chunk_queued(struct sim *s, double budget, double *wire, doub
 			lf = lf + x * b;
 		}
 		s->link_free = lf;
-		s->cur_frac += (1.0 - s->cur_frac) * x / s->cur_ahead;
-		s->cur_ahead -= x;
-		g->dirty -= x;
-		if (g->dirty < 0)
-			g->dirty = 0;
-		s->dirty_total -= x;
+		take_pages(s, g, x);
 		*wire += x * bytes_pp;
 		*busy += held;
 		used += dt;
@@ -435,12 +441,7 @@ static double send_chunk(struct sim *s, double budget, double *wire, double *bus
 
 		if (x > s->cur_ahead)
 			x = s->cur_ahead;
-		s->cur_frac += (1.0 - s->cur_frac) * x / s->cur_ahead;
-		s->cur_ahead -= x;
-		g->dirty -= x;
-		if (g->dirty < 0)
-			g->dirty = 0;
-		s->dirty_total -= x;
+		take_pages(s, g, x);
 		*wire += x * bytes_pp;
 		*busy += x * bytes_pp / s->link;
 		used += x * cost_pp;

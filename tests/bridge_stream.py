@@ -81,30 +81,49 @@ def finish(p, what, want):
     return err, out
 
 
+def fake_destination(path, serve):
+    """QEMU's side at the destination: a unix socket at path whose first
+    connection serve(c) is handed in a thread (then closed); the thread,
+    started."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+    srv.settimeout(60)  # a bridge that never connects fails the case, not hangs it
+
+    def run():
+        c, _ = srv.accept()
+        c.settimeout(None)
+        serve(c)
+        c.close()
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def start_bridges(precopy, in_path, out_path, scheme="tcp", extra=(), dest_extra=()):
+    """The destination bridge (listening on scheme:, writing to in_path) and
+    the source bridge (listening on out_path) pointed at it."""
+    dbr, uri = start_bridge([precopy, "bridge", "--listen", f"{scheme}:127.0.0.1:0",
+                             "--to-unix", in_path, *extra, *dest_extra])
+    sbr, _ = start_bridge([precopy, "bridge", "--listen-unix", out_path, "--to", uri, *extra])
+    return dbr, sbr
+
+
 def case_ok(precopy, tmp, scheme="tcp", extra=()):
     in_path = os.path.join(tmp, f"ok-{scheme}-in.sock")
     out_path = os.path.join(tmp, f"ok-{scheme}-out.sock")
     payload = os.urandom(24 << 20)
     reply_tail = os.urandom(3 << 20)
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(in_path)
-    srv.listen(1)
-    srv.settimeout(60)  # a bridge that never connects fails the case, not hangs it
     got = {}
 
-    def destination():
-        c, _ = srv.accept()
-        c.settimeout(None)
+    def destination(c):
         data = read_all(c)
         got["n"] = len(data)
         c.sendall(hashlib.sha256(data).digest() + reply_tail)
-        c.close()
 
-    t = threading.Thread(target=destination)
-    t.start()
-    dbr, uri = start_bridge([precopy, "bridge", "--listen", f"{scheme}:127.0.0.1:0",
-                             "--to-unix", in_path, *extra])
-    sbr, _ = start_bridge([precopy, "bridge", "--listen-unix", out_path, "--to", uri, *extra])
+    t = fake_destination(in_path, destination)
+    dbr, sbr = start_bridges(precopy, in_path, out_path, scheme, extra)
     s = connect_unix(out_path)
     s.sendall(payload)
     s.shutdown(socket.SHUT_WR)
@@ -135,9 +154,8 @@ def case_tls(precopy, tmp):
 
 def case_no_dest(precopy, tmp):
     out_path = os.path.join(tmp, "nd-out.sock")
-    dbr, uri = start_bridge([precopy, "bridge", "--listen", "tcp:127.0.0.1:0",
-                             "--to-unix", os.path.join(tmp, "nobody.sock"), "--json"])
-    sbr, _ = start_bridge([precopy, "bridge", "--listen-unix", out_path, "--to", uri])
+    dbr, sbr = start_bridges(precopy, os.path.join(tmp, "nobody.sock"), out_path,
+                             dest_extra=("--json",))
     s = connect_unix(out_path)
     try:
         s.sendall(b"x" * 65536)
@@ -157,23 +175,13 @@ def case_no_dest(precopy, tmp):
 
 def case_src_dies(precopy, tmp):
     in_path, out_path = os.path.join(tmp, "sd-in.sock"), os.path.join(tmp, "sd-out.sock")
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(in_path)
-    srv.listen(1)
-    srv.settimeout(60)  # a bridge that never connects fails the case, not hangs it
     got = {}
 
-    def destination():
-        c, _ = srv.accept()
-        c.settimeout(None)
+    def destination(c):
         got["data"] = read_all(c)
-        c.close()
 
-    t = threading.Thread(target=destination)
-    t.start()
-    dbr, uri = start_bridge([precopy, "bridge", "--listen", "tcp:127.0.0.1:0",
-                             "--to-unix", in_path])
-    sbr, _ = start_bridge([precopy, "bridge", "--listen-unix", out_path, "--to", uri])
+    t = fake_destination(in_path, destination)
+    dbr, sbr = start_bridges(precopy, in_path, out_path)
     s = connect_unix(out_path)
     s.sendall(b"y" * (1 << 20))
     time.sleep(0.5)

@@ -8,29 +8,18 @@ set -uo pipefail
 P=$1
 T=$(mktemp -d "${TMPDIR:-/tmp}/precopy-ctl.XXXXXX")
 SOCK=$T/ctl.sock
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-	wait 2>/dev/null
-	rm -rf "$T"
-}
-trap cleanup EXIT
-fails=0
+# shellcheck source=tests/lib.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
+trap 'lib_cleanup "$T"' EXIT
 
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
-ok() { echo "ok   $*"; }
 
 # start_dest NAME: a destination in the background; its URI in $URI
 start_dest() {
 	"$P" incoming --listen tcp:127.0.0.1:0 --ram 48M --json >"$T/$1.dest" 2>&1 &
 	pids+=($!)
 	DEST_PID=$!
-	URI=
-	for _ in $(seq 600); do
-		URI=$(sed -n 's/.*"event":"listening","uri":"\([^"]*\)".*/\1/p' "$T/$1.dest")
-		[ -n "$URI" ] && return 0
-		sleep 0.1
-	done
+	wait_listening "$T/$1.dest" "$DEST_PID" 600 && { URI=$LISTENING; return 0; }
 	echo "the destination did not start: $(cat "$T/$1.dest")"
 	exit 1
 }

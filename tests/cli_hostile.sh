@@ -18,35 +18,12 @@
 # judged by how long it took.
 set -uo pipefail
 P=$1
-fails=0
 umask 077
+# shellcheck source=tests/lib.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/precopy-hostile.XXXXXX")
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do
-		kill "$p" 2>/dev/null
-	done
-	wait 2>/dev/null
-	rm -rf "$dir"
-}
-trap '[ "$BASHPID" = "$$" ] && cleanup' EXIT # not in subshells
-
-ok() { echo "ok   $*"; }
-bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
-alive() { [ -r "/proc/$1/stat" ] && ! grep -q '^[0-9]* (.*) Z' "/proc/$1/stat"; }
-
-# wait_exit PID: its exit status; killed if it has not ended in 30 s.
-wait_exit() {
-	local w rc
-	( trap - EXIT; sleep 30; kill "$1" ) >/dev/null 2>&1 &
-	w=$!
-	wait "$1" 2>/dev/null
-	rc=$?
-	kill "$w" 2>/dev/null
-	wait "$w" 2>/dev/null
-	return $rc
-}
+trap '[ "$BASHPID" = "$$" ] && lib_cleanup "$dir"' EXIT # not in subshells
 
 # hello FLAGS: a 32-byte transport hello for channel 0 of 1, cookie 7.
 hello() {
@@ -58,21 +35,16 @@ hello() {
 
 # start_dest NAME SCHEME ARGS...: sets DPID and PORT (empty on failure).
 start_dest() {
-	local name=$1 scheme=$2 uri= i
+	local name=$1 scheme=$2
 	shift 2
 	"$P" incoming --listen "$scheme:127.0.0.1:0" --ram 16M --json "$@" \
 		>"$dir/$name.dout" 2>"$dir/$name.derr" &
 	DPID=$!
 	pids+=("$DPID")
-	for i in $(seq 300); do
-		uri=$(sed -n 's/.*"event":"listening","uri":"\([^"]*\)".*/\1/p' "$dir/$name.dout")
-		[ -n "$uri" ] && break
-		alive "$DPID" || break
-		sleep 0.1
-	done
-	PORT=${uri##*:}
-	URI=$uri
-	[ -n "$uri" ] || bad "$name: the destination did not listen: $(cat "$dir/$name.derr")"
+	wait_listening "$dir/$name.dout" "$DPID" 300
+	URI=$LISTENING
+	PORT=${URI##*:}
+	[ -n "$URI" ] || bad "$name: the destination did not listen: $(cat "$dir/$name.derr")"
 }
 
 # migrate NAME ARGS...: a real source; its exit status.
@@ -83,7 +55,7 @@ migrate() {
 		>"$dir/$name.sout" 2>"$dir/$name.serr" &
 	spid=$!
 	pids+=("$spid")
-	wait_exit "$spid"
+	wait_exit 30 "$spid"
 }
 
 # --- a hello without the heartbeat flag, then nothing
@@ -91,7 +63,7 @@ start_dest hello-no-beats tcp --timeout 1000
 if [ -n "$PORT" ]; then
 	exec {q}<>"/dev/tcp/127.0.0.1/$PORT"
 	hello 0 >&$q
-	wait_exit "$DPID"
+	wait_exit 30 "$DPID"
 	rc=$?
 	exec {q}>&-
 	if [ $rc -eq 1 ] && grep -q 'nothing from the peer' "$dir/hello-no-beats.dout"; then
@@ -113,7 +85,7 @@ if [ -n "$PORT" ]; then
 	done
 	migrate silent
 	src=$?
-	wait_exit "$DPID"
+	wait_exit 30 "$DPID"
 	rc=$?
 	for q in "${quiet[@]}"; do exec {q}>&-; done
 	if [ $src -eq 0 ] && [ $rc -eq 0 ] && grep -q '"verify"' "$dir/silent.dout"; then
@@ -126,8 +98,8 @@ fi
 
 # --- over tls: strangers end their own connections only
 if "$P" version | grep -q 'tls'; then
-	od -An -v -N32 -tx1 /dev/urandom | tr -d ' \n' >"$dir/psk"
-	od -An -v -N32 -tx1 /dev/urandom | tr -d ' \n' >"$dir/other"
+	newkey "$dir/psk"
+	newkey "$dir/other"
 	start_dest tls-strangers tls --tls-psk-file "$dir/psk"
 	if [ -n "$PORT" ]; then
 		exec {q}<>"/dev/tcp/127.0.0.1/$PORT"
@@ -144,7 +116,7 @@ if "$P" version | grep -q 'tls'; then
 		wrong=$?
 		migrate tls-strangers --tls-psk-file "$dir/psk"
 		src=$?
-		wait_exit "$DPID"
+		wait_exit 30 "$DPID"
 		rc=$?
 		for q in "${quiet[@]}"; do exec {q}>&-; done
 		if [ $wrong -eq 1 ] && [ $src -eq 0 ] && [ $rc -eq 0 ] &&

@@ -17,44 +17,18 @@
 # judged by how long it took.
 set -uo pipefail
 P=$1
-fails=0
+# shellcheck source=tests/lib.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
 
 dir=$(mktemp -d)
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do
-		kill -CONT "$p" 2>/dev/null
-		kill "$p" 2>/dev/null
-	done
-	wait 2>/dev/null
-	rm -rf "$dir"
-}
-trap cleanup EXIT
+trap 'lib_cleanup "$dir"' EXIT
 
-ok() { echo "ok   $*"; }
-bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
-alive() { [ -r "/proc/$1/stat" ] && ! grep -q '^[0-9]* (.*) Z' "/proc/$1/stat"; }
-
-# wait_exit PID: its exit status; killed if it has not ended in 2 minutes.
-wait_exit() {
-	local w rc
-	( sleep 120; kill -CONT "$1"; kill "$1" ) >/dev/null 2>&1 &
-	w=$!
-	wait "$1"
-	rc=$?
-	kill "$w" 2>/dev/null
-	wait "$w" 2>/dev/null
-	return $rc
-}
-
-od -An -v -N32 -tx1 /dev/urandom | tr -d ' \n' >"$dir/psk"
-echo >>"$dir/psk"
-chmod 600 "$dir/psk" # a key file must be private to its owner
+newkey "$dir/psk"
 
 # run SCHEME WHO: migrate 64 MiB at 8 MiB/s (8 s of bulk pass), stop WHO
 # after the first progress report that shows bytes sent.
 run() {
-	local scheme=$1 who=$2 name="$1-$2-stopped" uri= tls=() i dpid spid victim other rc
+	local scheme=$1 who=$2 name="$1-$2-stopped" uri tls=() i dpid spid victim other rc
 	local addr="$scheme:127.0.0.1:0"
 	[ "$scheme" = tls ] && tls=(--tls-psk-file "$dir/psk")
 	[ "$scheme" = shm ] && addr="shm:$dir/$name.sock"
@@ -62,13 +36,9 @@ run() {
 		>"$dir/$name.dout" 2>"$dir/$name.derr" &
 	dpid=$!
 	pids+=("$dpid")
-	for i in $(seq 300); do
-		uri=$(sed -n 's/.*"event":"listening","uri":"\([^"]*\)".*/\1/p' "$dir/$name.dout")
-		[ -n "$uri" ] && break
-		alive "$dpid" || break
-		sleep 0.1
-	done
-	if [ -z "$uri" ]; then
+	if wait_listening "$dir/$name.dout" "$dpid" 300; then
+		uri=$LISTENING
+	else
 		bad "$name: the destination did not listen: $(cat "$dir/$name.derr")"
 		return
 	fi
@@ -85,7 +55,7 @@ run() {
 	done
 	if [ "$who" = dest ]; then victim=$dpid other=$spid; else victim=$spid other=$dpid; fi
 	kill -STOP "$victim"
-	wait_exit "$other"
+	wait_exit 120 "$other"
 	rc=$?
 	kill -CONT "$victim"
 	kill "$victim" 2>/dev/null

@@ -22,7 +22,8 @@ set -uo pipefail
 P=$1
 ADDR=${2:-}
 RAM=32M
-fails=0
+# shellcheck source=tests/lib.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
 
 # Cannot run: 77 (skipped), or 1 with PRECOPY_REQUIRE_RDMA=1 (as in CI).
 cannot() {
@@ -37,53 +38,22 @@ cannot() {
 [ -n "$ADDR" ] || cannot "no RDMA device address given"
 
 dir=$(mktemp -d)
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-	wait 2>/dev/null
-	rm -rf "$dir"
-}
-trap cleanup EXIT
-
-ok() { echo "ok   $*"; }
-bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
-
-# A random key, as hex digits on one line.
-newkey() { od -An -v -N32 -tx1 /dev/urandom | tr -d ' \n' >"$1"; echo >>"$1"; chmod 600 "$1"; }
-
-# alive PID: running (not ended, not a zombie waiting to be reaped).
-alive() { [ -r "/proc/$1/stat" ] && ! grep -q '^[0-9]* (.*) Z' "/proc/$1/stat"; }
+trap 'lib_cleanup "$dir"' EXIT
 
 # start_dest NAME ARGS...: `precopy incoming` in the background with --json;
 # sets DPID and DURI (the URI it listens on) once it listens.
 start_dest() {
-	local name=$1 i
+	local name=$1
 	shift
 	"$P" incoming --listen "rdma:$ADDR:0" --ram $RAM --json "$@" \
 		>"$dir/$name.out" 2>"$dir/$name.err" &
 	DPID=$!
 	pids+=("$DPID")
-	DURI=
-	for i in $(seq 600); do
-		DURI=$(sed -n 's/.*"event":"listening","uri":"\([^"]*\)".*/\1/p' "$dir/$name.out")
-		[ -n "$DURI" ] && return 0
-		alive "$DPID" || break
-		sleep 0.1
-	done
+	wait_listening "$dir/$name.out" "$DPID" 600
+	DURI=$LISTENING
+	[ -n "$DURI" ] && return 0
 	bad "$name: the destination did not listen: $(cat "$dir/$name.err")"
 	return 1
-}
-
-# wait_exit PID: its exit status; killed if it has not ended in 5 minutes.
-wait_exit() {
-	local w rc
-	( sleep 300; kill "$1" ) >/dev/null 2>&1 &
-	w=$!
-	wait "$1"
-	rc=$?
-	kill "$w" 2>/dev/null
-	wait "$w" 2>/dev/null
-	return $rc
 }
 
 # field FILE EVENT ROLE NAME: a JSON field of the record with that event and role.
@@ -125,7 +95,7 @@ if start_dest wrong-key --auth-key-file "$dir/k1"; then
 	"$P" migrate --to "$DURI" --ram $RAM --dirty-rate 2M --auth-key-file "$dir/k1" \
 		--rdma-registration pin-all --json >"$dir/r.out" 2>"$dir/r.err"
 	rc=$?
-	wait_exit "$DPID"
+	wait_exit 300 "$DPID"
 	drc=$?
 	s_status=$(field "$dir/r.out" result source status)
 	s_mode=$(field "$dir/r.out" result source registration-mode)
@@ -168,7 +138,7 @@ if start_dest on-demand --auth-key-file "$dir/k3"; then
 	"$P" migrate --to "$DURI" --ram $RAM --dirty-rate 2M --auth-key-file "$dir/k3.lines" \
 		--quiet >"$dir/o.out" 2>"$dir/o.err"
 	rc=$?
-	wait_exit "$DPID"
+	wait_exit 300 "$DPID"
 	drc=$?
 	sed 's/^/#    /' "$dir/o.out"
 	if [ $rc -eq 0 ] && [ $drc -eq 0 ] &&

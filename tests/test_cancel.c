@@ -97,6 +97,15 @@ static void intact_then_retry(struct h_src *old_s, struct h_dest *old_d, struct 
 	h_free_all(&s, &d, gp);
 }
 
+/* A destination on this run's transport (@on_load its hook, if any), and
+ * @s migrating @g there with @p. */
+static void migrate_to_dest(struct h_src *s, struct h_dest *d, struct pc_guest *g,
+			    const struct precopy_params *p, int (*on_load)(struct h_dest *))
+{
+	assert_int_equal(dest_start(d, NULL, true, on_load), 0);
+	h_src_go(s, g, p, d->uri);
+}
+
 /* --- the source cancelled -------------------------------------------- */
 
 /* A peer that accepts TCP connections (the kernel does) and never answers:
@@ -121,9 +130,10 @@ static int mute_listener(char *uri, size_t len)
 struct mute {
 	int fd;             /* tcp */
 	struct h_accept a;  /* shm */
+	char uri[128];      /* where it listens */
 };
 
-static void mute_start(struct mute *m, char *uri, size_t len)
+static void mute_start(struct mute *m)
 {
 	const struct pc_transport_ops *ops = pc_transport_find("shm");
 	struct pc_transport_opts o = { 0 };
@@ -131,11 +141,11 @@ static void mute_start(struct mute *m, char *uri, size_t len)
 	memset(m, 0, sizeof(*m));
 	m->fd = -1;
 	if (!shm) {
-		m->fd = mute_listener(uri, len);
+		m->fd = mute_listener(m->uri, sizeof(m->uri));
 		return;
 	}
-	snprintf(uri, len, "shm:%s/mute%u.sock", shm_dir, shm_seq++);
-	assert_int_equal(ops->listen(uri + 4, &o, &m->a.l), 0);
+	snprintf(m->uri, sizeof(m->uri), "shm:%s/mute%u.sock", shm_dir, shm_seq++);
+	assert_int_equal(ops->listen(m->uri + 4, &o, &m->a.l), 0);
 	h_accept_start(&m->a);
 }
 
@@ -176,6 +186,22 @@ static void cancel_unanswered(struct h_src *s, struct pc_guest *g,
 	assert_int_equal(s->stops, 0);
 }
 
+/* A destination on this run's transport, and @s for @g towards it,
+ * cancelled before it starts (@on_stop NULL) or by its stop_vm hook
+ * @on_stop: @s ends cancelled (source_cancelled()). */
+static void source_cancelled_at(struct h_src *s, struct h_dest *d, struct pc_guest *g,
+				void (*on_stop)(struct h_src *s))
+{
+	assert_int_equal(dest_start(d, NULL, true, NULL), 0);
+	assert_int_equal(h_src_new(s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
+	if (on_stop)
+		s->on_stop = on_stop;
+	else
+		assert_int_equal(precopy_cancel(s->s), 0);
+	assert_int_equal(h_src_start(s, d->uri), 0);
+	source_cancelled(s);
+}
+
 static void cancel__source_before_start(void **state)
 {
 	struct pc_guest *g = make_guest();
@@ -183,11 +209,7 @@ static void cancel__source_before_start(void **state)
 	struct h_src s;
 
 	(void)state;
-	assert_int_equal(dest_start(&d, NULL, true, NULL), 0);
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	assert_int_equal(precopy_cancel(s.s), 0);
-	assert_int_equal(h_src_start(&s, d.uri), 0);
-	source_cancelled(&s);
+	source_cancelled_at(&s, &d, g, NULL);
 	assert_int_equal(s.stops, 0);
 	/* a session runs once */
 	assert_int_equal(precopy_migrate(s.s, d.uri), -EBUSY);
@@ -202,13 +224,12 @@ static void cancel__source_in_setup(void **state)
 {
 	struct pc_guest *g = make_guest();
 	struct h_src s;
-	char uri[128];
 	struct mute m;
 
 	(void)state;
-	mute_start(&m, uri, sizeof(uri));
+	mute_start(&m);
 	/* cancelled when connected, waiting for the handshake */
-	cancel_unanswered(&s, g, NULL, uri, 200);
+	cancel_unanswered(&s, g, NULL, m.uri, 200);
 	mute_stop(&m);
 	intact_then_retry(&s, NULL, &g);
 }
@@ -226,11 +247,7 @@ static void cancel__source_in_switchover(void **state)
 	struct h_src s;
 
 	(void)state;
-	assert_int_equal(dest_start(&d, NULL, true, NULL), 0);
-	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
-	s.on_stop = cancel_from_stop_hook;
-	assert_int_equal(h_src_start(&s, d.uri), 0);
-	source_cancelled(&s);
+	source_cancelled_at(&s, &d, g, cancel_from_stop_hook);
 	assert_true(s.stops >= 1);
 	assert_int_equal(s.resumes, s.stops); /* resumed after the cancel */
 	assert_true(h_dest_join(&d) < 0);
@@ -325,8 +342,7 @@ static void cancel_in(bool at_dest, enum precopy_status when)
 	precopy_params_init(&p);
 	p.max_bandwidth = 16 * MiB; /* a bulk pass of 2 s */
 	p.downtime_limit_ms = 1;     /* then iterations until cancelled */
-	assert_int_equal(dest_start(&d, NULL, true, NULL), 0);
-	h_src_go(&s, g, &p, d.uri);
+	migrate_to_dest(&s, &d, g, &p, NULL);
 	cancelled = at_dest ? d.s : s.s;
 	other = at_dest ? s.s : d.s;
 	assert_true(h_wait_status(cancelled, when, 30000));
@@ -353,13 +369,12 @@ static void cancel__source_after_failure(void **state)
 {
 	struct pc_guest *g = make_guest();
 	struct h_src s;
-	char uri[128];
 	struct mute m;
 
 	(void)state;
-	mute_start(&m, uri, sizeof(uri));
+	mute_start(&m);
 	mute_stop(&m); /* nobody listens there now */
-	h_src_go(&s, g, NULL, uri);
+	h_src_go(&s, g, NULL, m.uri);
 	assert_true(h_src_join(&s) < 0);
 	h_expect_status(s.s, PRECOPY_STATUS_FAILED);
 	assert_int_equal(precopy_cancel(s.s), -EALREADY);
@@ -413,8 +428,7 @@ static void cancel__dest_in_switchover(void **state)
 	struct h_src s;
 
 	(void)state;
-	assert_int_equal(dest_start(&d, NULL, true, cancel_from_load_hook), 0);
-	h_src_go(&s, g, NULL, d.uri);
+	migrate_to_dest(&s, &d, g, NULL, cancel_from_load_hook);
 	assert_int_equal(h_dest_join(&d), -ECANCELED);
 	h_expect_status(d.s, PRECOPY_STATUS_CANCELLED);
 	assert_true(d.have_desc);     /* it got as far as the device state */
@@ -436,8 +450,7 @@ static void cancel__after_completion(void **state)
 	struct h_src s;
 
 	(void)state;
-	assert_int_equal(dest_start(&d, NULL, true, NULL), 0);
-	h_src_go(&s, g, NULL, d.uri);
+	migrate_to_dest(&s, &d, g, NULL, NULL);
 	assert_int_equal(h_dest_join(&d), 0);
 	assert_int_equal(precopy_cancel(d.s), -EALREADY);
 	h_expect_status(d.s, PRECOPY_STATUS_COMPLETED);

@@ -186,21 +186,39 @@ static void assert_error_has(struct precopy_session *s, const char *what)
 		fail_msg("error \"%s\" does not say \"%s\"", why, what);
 }
 
+/* A 64 MiB guest, and a destination for it started with @o. */
+static struct pc_guest *guest_and_dest(struct h_dest *d, const struct h_dest_opts *o)
+{
+	struct pc_guest *g = make_guest(64 * MiB);
+
+	assert_int_equal(h_dest_start_opts(d, 64 * MiB, o), 0);
+	return g;
+}
+
+/* A 64 MiB guest migrated by @s to a destination @d through proxy @px,
+ * which cuts the connection instead of forwarding the @drop-th RESULT. */
+static struct pc_guest *migrate_through_proxy(struct h_src *s, struct h_dest *d,
+					      struct proxy *px, unsigned drop)
+{
+	struct pc_guest *g = guest_and_dest(d, &(struct h_dest_opts){ 0 });
+
+	proxy_start(px, d->uri, drop);
+	h_src_go(s, g, NULL, px->uri);
+	return g;
+}
+
 /* --- cases ---------------------------------------------------------------- */
 
 static void handover__verdict_lost_source_resumes(void **state)
 {
-	size_t ram = 64 * MiB;
-	struct pc_guest *g = make_guest(ram);
+	struct pc_guest *g;
 	struct precopy_stats st;
 	struct proxy px;
 	struct h_dest d;
 	struct h_src s;
 
 	(void)state;
-	assert_int_equal(h_dest_start(&d, ram), 0);
-	proxy_start(&px, d.uri, 1);
-	h_src_go(&s, g, NULL, px.uri);
+	g = migrate_through_proxy(&s, &d, &px, 1);
 	assert_true(h_src_join(&s) < 0);
 	assert_true(h_dest_join(&d) < 0);
 	proxy_join(&px);
@@ -220,19 +238,18 @@ static void handover__verdict_lost_source_resumes(void **state)
 
 static void handover__answer_lost_source_stays_stopped(void **state)
 {
-	size_t ram = 64 * MiB, len;
-	struct pc_guest *g = make_guest(ram);
-	void *src = pc_guest_ram(g, &len);
+	struct pc_guest *g;
 	struct precopy_stats st;
 	struct proxy px;
 	struct h_dest d;
 	struct h_src s;
 	char why[256];
+	size_t len;
+	void *src;
 
 	(void)state;
-	assert_int_equal(h_dest_start(&d, ram), 0);
-	proxy_start(&px, d.uri, 2);
-	h_src_go(&s, g, NULL, px.uri);
+	g = migrate_through_proxy(&s, &d, &px, 2);
+	src = pc_guest_ram(g, &len);
 	assert_int_equal(h_src_join(&s), -ENOTRECOVERABLE);
 	assert_int_equal(h_dest_join(&d), 0);
 	proxy_join(&px);
@@ -264,14 +281,12 @@ static int resume_fails(struct h_dest *d)
 
 static void handover__dest_resume_fails_source_resumes(void **state)
 {
-	size_t ram = 64 * MiB;
-	struct pc_guest *g = make_guest(ram);
-	struct h_dest_opts o = { .on_resume = resume_fails };
+	struct pc_guest *g;
 	struct h_dest d;
 	struct h_src s;
 
 	(void)state;
-	assert_int_equal(h_dest_start_opts(&d, ram, &o), 0);
+	g = guest_and_dest(&d, &(struct h_dest_opts){ .on_resume = resume_fails });
 	h_src_go(&s, g, NULL, d.uri);
 	assert_int_equal(h_src_join(&s), -EIO);
 	assert_int_equal(h_dest_join(&d), -EIO);
@@ -294,14 +309,12 @@ static int cancel_source_on_load(struct h_dest *d)
 
 static void handover__source_cancel_before_go_taken(void **state)
 {
-	size_t ram = 64 * MiB;
-	struct pc_guest *g = make_guest(ram);
-	struct h_dest_opts o = { .on_load = cancel_source_on_load };
+	struct pc_guest *g;
 	struct h_dest d;
 	struct h_src s;
 
 	(void)state;
-	assert_int_equal(h_dest_start_opts(&d, ram, &o), 0);
+	g = guest_and_dest(&d, &(struct h_dest_opts){ .on_load = cancel_source_on_load });
 	assert_int_equal(h_src_new(&s, g, NULL, PRECOPY_DIRTY_AUTO), 0);
 	cancel_me = &s;
 	assert_int_equal(h_src_start(&s, d.uri), 0);

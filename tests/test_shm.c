@@ -74,19 +74,31 @@ static void migrate_ok(struct h_src *s, struct h_dest *d, struct pc_guest *g,
 	assert_int_equal(s->resumes, 0);
 }
 
-static void copy_mode(bool memfd_dest, unsigned channels)
+/* A 128 MiB guest writing 64 MiB/s, its RAM a memfd if @memfd_src,
+ * migrated with @p into a destination whose RAM is a memfd if
+ * @memfd_dest: migrate_ok(). The caller frees @s, @d and *@g. */
+static void migrate_busy(struct h_src *s, struct h_dest *d, struct pc_guest **g, bool memfd_src,
+			 bool memfd_dest, const struct precopy_params *p)
 {
 	size_t ram = 128 * MiB;
-	struct pc_guest *g = make_guest(ram, 64.0 * MiB, false);
+	char uri[128];
+
+	*g = make_guest(ram, 64.0 * MiB, memfd_src);
+	usleep(50 * 1000); /* let the guest write */
+	assert_int_equal(h_dest_start_uri(d, ram, new_uri(uri, sizeof(uri)), memfd_dest), 0);
+	migrate_ok(s, d, *g, p);
+}
+
+static void copy_mode(bool memfd_dest, unsigned channels)
+{
+	struct pc_guest *g;
 	struct precopy_params p;
 	struct h_dest d;
 	struct h_src s;
-	char uri[128];
 
 	precopy_params_init(&p);
 	p.channels = channels;
-	assert_int_equal(h_dest_start_uri(&d, ram, new_uri(uri, sizeof(uri)), memfd_dest), 0);
-	migrate_ok(&s, &d, g, &p);
+	migrate_busy(&s, &d, &g, false, memfd_dest, &p);
 	assert_true(pc_guest_writes(g) > 0);
 	h_free_all(&s, &d, &g);
 }
@@ -98,19 +110,15 @@ H_CASE(copy__plain_destination_framed, copy_mode(false, 2))
 /* The source guest is a memfd: its RAM changes hands; no page passes. */
 static void handoff__running_guest(void **state)
 {
-	size_t ram = 128 * MiB;
-	struct pc_guest *g = make_guest(ram, 64.0 * MiB, true);
+	struct pc_guest *g;
 	struct precopy_stats st;
 	struct h_dest d;
 	struct h_src s;
-	char uri[128];
 	size_t len;
 	volatile uint8_t *src;
 
 	(void)state;
-	usleep(50 * 1000); /* let the guest write */
-	assert_int_equal(h_dest_start_uri(&d, ram, new_uri(uri, sizeof(uri)), false), 0);
-	migrate_ok(&s, &d, g, NULL);
+	migrate_busy(&s, &d, &g, true, false, NULL);
 	precopy_query(s.s, &st);
 	assert_int_equal(st.normal, 0);       /* no page was copied */
 	assert_true(st.transferred < 64 * 1024); /* device state and records */

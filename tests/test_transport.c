@@ -76,6 +76,30 @@ static void pair_close(struct pair *p)
 	ops->listener_close(p->l);
 }
 
+/* A pair of @nchan channels where @src, registered at a, can be written
+ * into @dst, exposed at b as region @region; both are @rlen bytes. */
+static void pair_open_region(struct pair *p, unsigned nchan, unsigned region, void *src,
+			     void *dst, size_t rlen)
+{
+	pair_open(p, nchan);
+	assert_int_equal(p->b->ops->expose_region(p->b, region, dst, rlen), 0);
+	assert_int_equal(p->a->ops->reg_local(p->a, src, rlen), 0);
+}
+
+/* Write the @n @runs on channel @chan of @p and a message behind them,
+ * and read that message at b: the runs must have landed by then. */
+static void write_then_marker(struct pair *p, unsigned chan, const struct pc_page_run *runs,
+			      unsigned n)
+{
+	uint8_t msg[8] = "marker";
+	struct iovec v = { msg, sizeof(msg) };
+	size_t len;
+
+	assert_int_equal(pc_tp_write_pages(p->a, chan, runs, n), 0);
+	assert_int_equal(pc_tp_send_msg(p->a, chan, &v, 1), 0);
+	assert_int_equal(pc_tp_recv_msg(p->b, chan, msg, sizeof(msg), &len), 0);
+}
+
 static void connect_accept__channels(void **state)
 {
 	struct pair p;
@@ -128,22 +152,15 @@ static void write_pages__in_place_before_next_message(void **state)
 	uint8_t *src = malloc(rlen), *dst = calloc(1, rlen);
 	struct pc_page_run runs[3];
 	struct pair p;
-	uint8_t msg[8] = "marker";
-	struct iovec v = { msg, sizeof(msg) };
-	size_t len;
 
 	(void)state;
 	for (size_t i = 0; i < rlen; i++)
 		src[i] = (uint8_t)(i * 7 + 1);
-	pair_open(&p, 2);
-	assert_int_equal(p.b->ops->expose_region(p.b, 3, dst, rlen), 0);
-	assert_int_equal(p.a->ops->reg_local(p.a, src, rlen), 0);
+	pair_open_region(&p, 2, 3, src, dst, rlen);
 	runs[0] = (struct pc_page_run){ src, 3, 0, 4096 };
 	runs[1] = (struct pc_page_run){ src + 8192, 3, 8192, 3 * 4096 };
 	runs[2] = (struct pc_page_run){ src + rlen - 4096, 3, rlen - 4096, 4096 };
-	assert_int_equal(pc_tp_write_pages(p.a, 1, runs, 3), 0);
-	assert_int_equal(pc_tp_send_msg(p.a, 1, &v, 1), 0);
-	assert_int_equal(pc_tp_recv_msg(p.b, 1, msg, sizeof(msg), &len), 0);
+	write_then_marker(&p, 1, runs, 3);
 	assert_memory_equal(dst, src, 4096);
 	assert_memory_equal(dst + 8192, src + 8192, 3 * 4096);
 	assert_memory_equal(dst + rlen - 4096, src + rlen - 4096, 4096);
@@ -168,24 +185,17 @@ static void write_pages__runs_of_every_size(void **state)
 	struct pc_page_run runs[302];
 	unsigned n = 0;
 	struct pair p;
-	uint8_t msg[8] = "marker";
-	struct iovec v = { msg, sizeof(msg) };
-	size_t len;
 
 	(void)state;
 	for (size_t i = 0; i < rlen; i++)
 		src[i] = (uint8_t)(i * 31 + (i >> 12) + 5);
-	pair_open(&p, 1);
-	assert_int_equal(p.b->ops->expose_region(p.b, 0, dst, rlen), 0);
-	assert_int_equal(p.a->ops->reg_local(p.a, src, rlen), 0);
+	pair_open_region(&p, 1, 0, src, dst, rlen);
 	runs[n++] = (struct pc_page_run){ src + pg, 0, pg, 75 * pg }; /* pages 1..75 */
 	for (unsigned i = 0; i < 300; i++) /* pages 100, 102, ..., 698 */
 		runs[n++] = (struct pc_page_run){ src + (100 + 2 * i) * pg, 0,
 						  (100 + 2 * i) * pg, pg };
 	runs[n++] = (struct pc_page_run){ src + 800 * pg, 0, 800 * pg, 200 * pg };
-	assert_int_equal(pc_tp_write_pages(p.a, 0, runs, n), 0);
-	assert_int_equal(pc_tp_send_msg(p.a, 0, &v, 1), 0);
-	assert_int_equal(pc_tp_recv_msg(p.b, 0, msg, sizeof(msg), &len), 0);
+	write_then_marker(&p, 0, runs, n);
 	for (size_t page = 0; page < rlen / pg; page++) {
 		bool sent = (page >= 1 && page <= 75) ||
 			    (page >= 100 && page <= 698 && page % 2 == 0) ||
@@ -225,9 +235,7 @@ static void link_stats__count_what_left(void **state)
 
 	(void)state;
 	memset(src, 0x5a, rlen);
-	pair_open(&p, 2);
-	assert_int_equal(p.b->ops->expose_region(p.b, 3, dst, rlen), 0);
-	assert_int_equal(p.a->ops->reg_local(p.a, src, rlen), 0);
+	pair_open_region(&p, 2, 3, src, dst, rlen);
 	if (p.a->ops->link_stats(p.a, 1, &ls) == -EOPNOTSUPP) {
 		printf("# %s: no link figures (send time is used)\n", ops->scheme);
 		assert_string_not_equal(ops->scheme, "rdma"); /* completions since 0.3 */
@@ -236,9 +244,7 @@ static void link_stats__count_what_left(void **state)
 		free(dst);
 		return;
 	}
-	assert_int_equal(pc_tp_write_pages(p.a, 1, &run, 1), 0);
-	assert_int_equal(pc_tp_send_msg(p.a, 1, &v, 1), 0);
-	assert_int_equal(pc_tp_recv_msg(p.b, 1, msg, sizeof(msg), &len), 0);
+	write_then_marker(&p, 1, &run, 1);
 	/* the answer: once it is here, what went before was acknowledged */
 	assert_int_equal(pc_tp_send_msg(p.b, 1, &v, 1), 0);
 	assert_int_equal(pc_tp_recv_msg(p.a, 1, msg, sizeof(msg), &len), 0);
@@ -391,9 +397,7 @@ static void write_pages__shared_region(void **state)
 	assert_int_equal(p.a->ops->reg_local(p.a, src, rlen), 0);
 	runs[0] = (struct pc_page_run){ src, 1, 0, 8192 };
 	runs[1] = (struct pc_page_run){ src + rlen - 4096, 1, rlen - 4096, 4096 };
-	assert_int_equal(pc_tp_write_pages(p.a, 1, runs, 2), 0);
-	assert_int_equal(pc_tp_send_msg(p.a, 1, &v, 1), 0);
-	assert_int_equal(pc_tp_recv_msg(p.b, 1, msg, sizeof(msg), &len), 0);
+	write_then_marker(&p, 1, runs, 2);
 	assert_memory_equal(dst, src, 8192);
 	assert_memory_equal(dst + rlen - 4096, src + rlen - 4096, 4096);
 	for (size_t i = 8192; i < rlen - 4096; i++)

@@ -222,6 +222,23 @@ start_dests() {
 	listen_wait d2
 }
 
+# start_until STATUS SECS [ARGS...]: both destinations, then the source
+# (src_args, ARGS), once it reports STATUS (within SECS).
+start_until() {
+	local status=$1 secs=$2
+	shift 2
+	start_dests
+	start src "$SRC" $(src_args) "$@"
+	wait_line src "\"status\":\"$status\"" "$secs" || fail "source never in $status"
+}
+
+# check_d1_lost STATE: the first migration failed in STATE and was retried
+# (check_failed_then_retried), and D1 never reported success.
+check_d1_lost() {
+	check_failed_then_retried "$1"
+	check_d1_failed
+}
+
 # TLS: a key for the source and D2, another for D1 (tls-* cases)
 tls_keys() {
 	head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/good.psk"
@@ -233,6 +250,19 @@ tls_keys() {
 
 nft_dst() { ip netns exec "$DST" nft "$@" || fail "nft $*"; }
 nft_src() { ip netns exec "$SRC" nft "$@" || fail "nft $*"; }
+# nft_chains NFT HOOK...: a table inet pcfault (NFT: nft_src or nft_dst)
+# with a filter chain for each HOOK, named by it (in: input, out: output).
+nft_chains() {
+	local nft=$1 h
+	shift
+	"$nft" add table inet pcfault
+	for h in "$@"; do
+		case $h in
+		in) "$nft" add chain inet pcfault in '{ type filter hook input priority 0; }' ;;
+		out) "$nft" add chain inet pcfault out '{ type filter hook output priority 0; }' ;;
+		esac
+	done
+}
 need_nft() { command -v nft >/dev/null || skip "no 'nft' (nftables)"; }
 
 # netem_both ARGS...: `tc qdisc add dev X root netem ARGS` on both ends of A
@@ -292,42 +322,30 @@ kill-dest-setup)
 	wait_line src '"status":"setup"' 10 || fail "source never in setup"
 	sleep 0.5
 	kill -9 "$PID_d1"
-	check_failed_then_retried setup
-	check_d1_failed
+	check_d1_lost setup
 	;;
 kill-dest-bulk)
-	start_dests
-	start src "$SRC" $(src_args) --max-bandwidth 8M
-	wait_line src '"status":"bulk"' 10 || fail "source never in bulk"
+	start_until bulk 10 --max-bandwidth 8M
 	sleep 0.3
 	kill -9 "$PID_d1"
-	check_failed_then_retried bulk
-	check_d1_failed
+	check_d1_lost bulk
 	;;
 kill-dest-iterate)
-	start_dests
-	start src "$SRC" $(src_args) $ITERATING
-	wait_line src '"status":"iterate"' 30 || fail "source never in iterate"
+	start_until iterate 30 $ITERATING
 	kill -9 "$PID_d1"
-	check_failed_then_retried iterate
-	check_d1_failed
+	check_d1_lost iterate
 	;;
 kill-dest-switchover)
 	# The synthetic VMM takes 2 s to stop: the source is in switchover.
-	start_dests
-	start src "$SRC" $(src_args) --stop-delay 2000
-	wait_line src '"status":"switchover"' 30 || fail "source never in switchover"
+	start_until switchover 30 --stop-delay 2000
 	sleep 0.2
 	kill -9 "$PID_d1"
-	check_failed_then_retried switchover
-	check_d1_failed
+	check_d1_lost switchover
 	;;
 kill-source-iterate)
 	# The destination must fail and never start the guest; a new source
 	# then migrates to a fresh destination.
-	start_dests
-	start src "$SRC" $(src_args) $ITERATING
-	wait_line src '"status":"iterate"' 30 || fail "source never in iterate"
+	start_until iterate 30 $ITERATING
 	kill -9 "$PID_src"
 	wait "$PID_src" 2>/dev/null
 	check_d1_failed
@@ -340,33 +358,23 @@ cut-drop)
 	# Every packet of D1's connection vanishes: TCP_USER_TIMEOUT and
 	# keepalive must notice at both ends.
 	need_nft
-	start_dests
-	start src "$SRC" $(src_args) $ITERATING
-	wait_line src '"status":"iterate"' 30 || fail "source never in iterate"
-	nft_dst add table inet pcfault
-	nft_dst add chain inet pcfault in '{ type filter hook input priority 0; }'
-	nft_dst add chain inet pcfault out '{ type filter hook output priority 0; }'
+	start_until iterate 30 $ITERATING
+	nft_chains nft_dst in out
 	nft_dst add rule inet pcfault in tcp dport 5001 drop
 	nft_dst add rule inet pcfault out tcp sport 5001 drop
 	note "link to destination 1 cut silently"
-	check_failed_then_retried iterate
-	check_d1_failed
+	check_d1_lost iterate
 	;;
 cut-reset)
 	# Both ends answer the other's packets with a TCP reset.
 	need_nft
-	start_dests
-	start src "$SRC" $(src_args) $ITERATING
-	wait_line src '"status":"iterate"' 30 || fail "source never in iterate"
-	nft_dst add table inet pcfault
-	nft_dst add chain inet pcfault in '{ type filter hook input priority 0; }'
+	start_until iterate 30 $ITERATING
+	nft_chains nft_dst in
 	nft_dst 'add rule inet pcfault in tcp dport 5001 tcp flags & rst == 0 reject with tcp reset'
-	nft_src add table inet pcfault
-	nft_src add chain inet pcfault in '{ type filter hook input priority 0; }'
+	nft_chains nft_src in
 	nft_src 'add rule inet pcfault in tcp sport 5001 tcp flags & rst == 0 reject with tcp reset'
 	note "link to destination 1 cut with resets"
-	check_failed_then_retried iterate
-	check_d1_failed
+	check_d1_lost iterate
 	;;
 loss-1pct)
 	# 1% of packets lost each way on link A (nft's random numbers, so
@@ -434,9 +442,7 @@ netem-rate-3mbit)
 	;;
 cancel-iterate)
 	# SIGTERM cancels the running migration (as Ctrl-C does).
-	start_dests
-	start src "$SRC" $(src_args) $ITERATING
-	wait_line src '"status":"iterate"' 30 || fail "source never in iterate"
+	start_until iterate 30 $ITERATING
 	kill -TERM "$PID_src"
 	check_failed_then_retried iterate
 	[ "$(jq -r 'select(.event=="result") | .status' "$WORK/src.json" | head -n 1)" = cancelled ] ||
@@ -451,8 +457,7 @@ tls-kill-dest-bulk)
 	wait_line src '"status":"bulk"' 10 || fail "source never in bulk"
 	sleep 0.3
 	kill -9 "$PID_d1"
-	check_failed_then_retried bulk
-	check_d1_failed
+	check_d1_lost bulk
 	;;
 tls-wrong-key)
 	# D1 holds another key: the handshake fails before the source touches

@@ -17,7 +17,6 @@
 
 #include "cli.h"
 #include "progress.h"
-#include "session.h"
 #include "transport.h"
 
 void pc_cli_defaults(struct pc_cli *c)

@@ -3,7 +3,8 @@
 # (meson install --destdir) and use it as an outside project would:
 #  - the shared library exports every function of precopy.h and nothing
 #    else, each under a version node (PRECOPY_0.1 to 0.3), and has the
-#    soname libprecopy.so.0; precopy_query@PRECOPY_0.1 stays for programs
+#    soname libprecopy.so.0; its newest node is PRECOPY_VERSION_MAJOR.MINOR
+#    of precopy.h; precopy_query@PRECOPY_0.1 stays for programs
 #    built against 0.1 and fills the 0.1 struct, not a byte more;
 #  - a program built with `pkg-config --cflags --libs precopy` against the
 #    installed header links the shared library and migrates memory;
@@ -25,8 +26,12 @@ meson install -C "$build" --destdir "$dest" --no-rebuild --quiet >/dev/null
 
 pc=$(find "$dest" -name precopy.pc | head -n1)
 [ -n "$pc" ] || { echo "no precopy.pc installed"; exit 1; }
-lib=$(find "$dest" -name 'libprecopy.so.0.3.0' | head -n1)
-[ -n "$lib" ] || { echo "no libprecopy.so.0.3.0 installed"; exit 1; }
+# The header's version names the library file and its newest version node.
+hdr="$src/../include/precopy.h"
+api=$(sed -n 's/^#define PRECOPY_VERSION_MAJOR \([0-9]*\)$/\1/p' "$hdr").$(sed -n \
+	's/^#define PRECOPY_VERSION_MINOR \([0-9]*\)$/\1/p' "$hdr")
+lib=$(find "$dest" -name "libprecopy.so.$api.*" | head -n1)
+[ -n "$lib" ] || { echo "no libprecopy.so.$api.* installed (precopy.h says $api)"; exit 1; }
 libdir=$(dirname "$lib")
 for f in precopy.h libprecopy.a libprecopy.so.0 libprecopy.so bin/precopy \
 	 man1/precopy.1 man3/precopy.3 man3/precopy_migrate.3 man3/precopy_delete.3 \
@@ -40,6 +45,10 @@ soname=$(objdump -p "$lib" | awk '$1 == "SONAME" { print $2 }')
 bad=$(nm -D --defined-only "$lib" | awk '$2 != "A" { print $3 }' |
 	grep -v '^precopy_[a-z_]*@@PRECOPY_0\.[123]$' | grep -vx 'precopy_query@PRECOPY_0\.1' || true)
 [ -z "$bad" ] || { echo "exported besides precopy_*@@PRECOPY_0.1..0.3: $bad"; exit 1; }
+newest=$(objdump -p "$lib" | awk '/^Version definitions:/ { d = 1; next }
+	d && NF == 0 { d = 0 } d && $4 ~ /^PRECOPY_/ { v = $4 } END { print v }')
+[ "$newest" = "PRECOPY_$api" ] ||
+	{ echo "newest version node '$newest', precopy.h says $api"; exit 1; }
 nm -D --defined-only "$lib" | grep -q ' T precopy_query@PRECOPY_0\.1$' ||
 	{ echo "precopy_query@PRECOPY_0.1 is gone: programs built against 0.1 would not load"; exit 1; }
 # Inline wrappers (static inline) are the header's own, not exports.

@@ -65,9 +65,13 @@
  *    which is near zero whenever the sender is not the bottleneck (capped,
  *    or busy with zero pages): the figure that misled the old estimator.
  *    The transport's figures below count the queue's bytes as delivered
- *    only once drained, and report what is still queued; the final burst
- *    waits behind what is queued when the guest stops (reported as
- *    queued_bytes). Per page the sender's CPU (scan_ns_per_page, and
+ *    only once drained, and report what is still queued. A pass ends
+ *    once the queue has drained and one round trip (rtt_ns) has passed:
+ *    the engine waits for the destination's ITER_ACK of the pass, sent
+ *    once every channel's bytes have arrived, before it syncs and
+ *    decides; so the guest never stops with bytes queued, and the link
+ *    figures are sampled again, the queue empty, before each decision.
+ *    Per page the sender's CPU (scan_ns_per_page, and
  *    cpu_ns_per_page for a zero page) and the link's time overlap: the
  *    queue fills only while the sender is the faster of the two. With
  *    queue_bytes 0 (the default) a send returns when its bytes are on

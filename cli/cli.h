@@ -25,6 +25,8 @@ struct pc_cli {
 	bool no_populate; /* incoming: the "populate" parameter = 0 */
 	uint64_t rtt_us; /* simulate: the path's round trip */
 	uint64_t send_queue; /* simulate: the transport's send queue, bytes */
+	uint64_t page_cost_ns;      /* simulate: sender CPU per page sent */
+	uint64_t zero_page_cost_ns; /* simulate: and per zero page, on top */
 	double bandwidth;
 	int ready_fd; /* demo: where the destination writes its URI, or -1 */
 	int numa_node; /* incoming: bind the RAM to this node, or -1 */

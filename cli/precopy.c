@@ -176,6 +176,11 @@ static const char usage_text[] =
 "                            buffer, e.g. 4M): sends return while it has room,\n"
 "                            and the final burst waits behind it; 0 = a send\n"
 "                            returns when its bytes are on the link [0]\n"
+"  --page-cost NS            the sender's CPU per page it sends, data or zero\n"
+"                            (reading it; on a real source mostly the first read\n"
+"                            of a page never touched) [0]\n"
+"  --zero-page-cost NS       the sender's CPU per zero page, on top (the zero\n"
+"                            test reads it whole) [0]\n"
 "\n"
 "output:\n"
 "  --json                    JSON lines: progress events and a result\n"
@@ -404,6 +409,8 @@ static const struct opt opts[] = {
 	CHOICE("estimator", estimator_wall, estimators, "expected busy or wall"),
 	FUNC("rtt-us", parse_rtt),
 	{ "send-queue", O_SIZE, F(send_queue), .what = "expected a size, e.g. 4M" },
+	RANGE("page-cost", page_cost_ns, 0, 1000000000, "expected ns, 0..1000000000"),
+	RANGE("zero-page-cost", zero_page_cost_ns, 0, 1000000000, "expected ns, 0..1000000000"),
 	STR("listen-unix", listen_unix),
 	STR("to-unix", to_unix),
 	UINT("numa-node", numa_node, 1023),

@@ -64,6 +64,8 @@ int pc_cli_simulate(struct pc_cli *c)
 	in.estimator = c->estimator_wall ? PC_SIM_EST_WALL : PC_SIM_EST_BUSY;
 	in.rtt_ns = c->rtt_us * 1000;
 	in.queue_bytes = c->send_queue;
+	in.scan_ns_per_page = (double)c->page_cost_ns;
+	in.cpu_ns_per_page = (double)c->zero_page_cost_ns;
 
 	err = pc_sim_run(&in, &r, c->json ? json_event : NULL, NULL);
 	if (err) {

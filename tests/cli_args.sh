@@ -78,6 +78,8 @@ rm -f "${TMPDIR:-/tmp}/precopy-short-psk.$$"
 expect "--tls-psk-file" migrate --to tls:127.0.0.1:9 --ram 4M --tls-psk-file /nonexistent/psk
 expect "incomplete TLS settings" incoming --listen tls:127.0.0.1:0 --ram 4M --tls-hostname x
 expect "--bandwidth" simulate --ram 4M --bandwidth 0 --dirty-rate 1M
+expect "--page-cost '5us'" simulate --ram 4M --bandwidth 1G --dirty-rate 1M --page-cost 5us
+expect "--zero-page-cost '-1'" simulate --ram 4M --bandwidth 1G --dirty-rate 1M --zero-page-cost -1
 
 # RDMA: the key file's format, and both flags where they cannot act
 K=$(mktemp "${TMPDIR:-/tmp}/precopy-key.XXXXXX")

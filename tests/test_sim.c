@@ -484,12 +484,14 @@ static void sim__send_queue_fools_send_time_not_the_link(void **state)
 
 /*
  * Uncapped, the sender fills the queue and is held back at the link's
- * pace: the guest stops with a full queue, and the final burst waits
- * behind it. The controller counts the queued bytes, so it switches over
- * only when remaining + queued fit in the limit: the downtime still holds,
- * and it is the queue's drain plus the burst.
+ * pace; the pass ends when the sender has handed over its last page, 31 ms
+ * of link time before the link has sent it. The engine then waits for the
+ * pass's ITER_ACK, which comes once every byte has arrived, plus one round
+ * trip: the queue is empty when the controller decides and when the guest
+ * stops, so the downtime is the burst alone, as without a queue, and the
+ * controller (its link figures sampled again after the drain) expects it.
  */
-static void sim__final_burst_waits_behind_the_queue(void **state)
+static void sim__pass_end_drains_the_queue(void **state)
 {
 	(void)state;
 	struct pc_sim_params p = base(0.2), q;
@@ -502,16 +504,108 @@ static void sim__final_burst_waits_behind_the_queue(void **state)
 
 	assert_int_equal(a.outcome, PC_SIM_CONVERGED);
 	assert_int_equal(b.outcome, PC_SIM_CONVERGED);
-	assert_true(b.downtime_ns <= b.downtime_limit_ns);
-	/* the burst: the final pages at link speed, after the queue drained */
+	/* the bulk pass ends when the link has sent it (1 s), not 31 ms
+	 * before, when the sender handed over its last page */
+	assert_near((double)b.pass[0].end_ns, 1e9, 1e-3);
+	assert_near((double)b.pass[0].end_ns, (double)a.pass[0].end_ns, 1e-3);
 	double burst = (double)b.final_bytes / (double)GIB * 1e9;
 
-	assert_near((double)b.downtime_ns, burst + 32.0 / 1024 * 1e9, 0.01);
+	assert_near((double)b.downtime_ns, burst, 1e-6);
 	assert_near((double)b.expected_downtime_ns, (double)b.downtime_ns, 0.05);
-	/* without the queue the same guest pays only the burst */
-	assert_near((double)a.downtime_ns, (double)a.final_bytes / (double)GIB * 1e9, 1e-6);
 	pc_sim_result_free(&a);
 	pc_sim_result_free(&b);
+}
+
+/* The ITER_ACK's round trip: every pass ends one round trip after its
+ * last byte left, and the end pays two more. */
+static void sim__pass_end_waits_a_round_trip(void **state)
+{
+	(void)state;
+	struct pc_sim_params p = base(0);
+
+	p.rtt_ns = 10 * MS;
+
+	struct pc_sim_result r = run(&p);
+
+	assert_int_equal(r.npass, 1);
+	assert_near((double)r.pass[0].end_ns, 1.010e9, 1e-6);
+	assert_near((double)r.downtime_ns, 20e6, 1e-6);
+	assert_near((double)r.total_ns, 1.030e9, 1e-6);
+	pc_sim_result_free(&r);
+}
+
+/*
+ * The sender's CPU per page (scan_ns_per_page: a real source's first read
+ * of a page never touched). Without a queue it takes turns with the link:
+ * 2 us + 4 us per page. With a queue the two overlap: a sender at 2 us a
+ * page keeps the 4 us link busy (1 s for 1 GiB), and one at 8 us a page
+ * sets the pace itself (2 s). The final burst pays it per page too.
+ */
+static void sim__page_cost_takes_turns_or_overlaps(void **state)
+{
+	(void)state;
+	double n = (double)GIB / PAGE_B, link_pp = PAGE_B / (double)GIB * 1e9;
+	struct pc_sim_params p = base(0);
+
+	p.scan_ns_per_page = 2000;
+	p.device_state_bytes = 0;
+
+	struct pc_sim_result r = run(&p);
+
+	assert_near((double)r.pass[0].end_ns, n * (2000 + link_pp), 1e-3);
+	pc_sim_result_free(&r);
+
+	p.queue_bytes = 4ull << 20;
+	r = run(&p);
+	assert_near((double)r.pass[0].end_ns, 1e9, 1e-3);
+	pc_sim_result_free(&r);
+
+	p.scan_ns_per_page = 8000;
+	r = run(&p);
+	assert_near((double)r.pass[0].end_ns, n * 8000, 1e-3);
+	pc_sim_result_free(&r);
+
+	/* written pages in the final burst: the scan and the link, each */
+	p = base(0.2);
+	p.policy.downtime_limit_ms = 100;
+	p.scan_ns_per_page = 1000;
+	r = run(&p);
+	assert_int_equal(r.outcome, PC_SIM_CONVERGED);
+	double pages = (double)r.final_bytes / PAGE_B;
+
+	assert_near((double)r.downtime_ns, pages * (1000 + link_pp), 1e-6);
+	pc_sim_result_free(&r);
+}
+
+/*
+ * A busy sender as the bench's zero80 guest: 80% of RAM zero pages that
+ * cost the sender 16 us each (their first read), on a link they would
+ * cross in 0.2 s. The bulk pass takes the zero pages' time, 0.84 s, not
+ * the link's; without the cost it takes the link's.
+ */
+static void sim__zero_page_cost_paces_the_bulk_pass(void **state)
+{
+	(void)state;
+	struct pc_sim_params p = base(0);
+	double n = (double)GIB / PAGE_B;
+
+	p.ram_bytes = 256ull << 20;
+	p.link_bps = 256ull << 20;
+	p.zero_fraction = 0.8;
+	p.cpu_ns_per_page = 16000;
+	p.queue_bytes = 4ull << 20;
+	n /= 4;
+
+	struct pc_sim_result r = run(&p);
+
+	assert_near((double)r.pass[0].end_ns, n * 0.8 * 16000, 1e-3);
+	pc_sim_result_free(&r);
+
+	p.cpu_ns_per_page = 0;
+	r = run(&p);
+	assert_near((double)r.pass[0].end_ns,
+		    n * (0.2 * PAGE_B + 0.8 * PC_SIM_ZERO_RUN_BYTES) / (double)p.link_bps * 1e9, 1e-3);
+	pc_sim_result_free(&r);
 }
 
 static void sim__channels_share_the_link(void **state)
@@ -657,6 +751,8 @@ static void sim__invalid_inputs_einval_with_reason(void **state)
 	expect_einval(&p, "sync_ns_per_page");
 	p.cpu_ns_per_page = NAN;
 	expect_einval(&p, "cpu_ns_per_page");
+	p.scan_ns_per_page = -1;
+	expect_einval(&p, "scan_ns_per_page");
 	p.estimator = (enum pc_sim_estimator)5;
 	expect_einval(&p, "estimator");
 	p.step_ns = 0;
@@ -716,7 +812,10 @@ int main(void)
 		cmocka_unit_test(sim__invalid_inputs_einval_with_reason),
 		cmocka_unit_test(sim__tiny_ram_and_names),
 		cmocka_unit_test(sim__send_queue_fools_send_time_not_the_link),
-		cmocka_unit_test(sim__final_burst_waits_behind_the_queue),
+		cmocka_unit_test(sim__pass_end_drains_the_queue),
+		cmocka_unit_test(sim__pass_end_waits_a_round_trip),
+		cmocka_unit_test(sim__page_cost_takes_turns_or_overlaps),
+		cmocka_unit_test(sim__zero_page_cost_paces_the_bulk_pass),
 	};
 
 	return cmocka_run_group_tests_name("sim", tests, NULL, NULL);

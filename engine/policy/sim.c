@@ -102,6 +102,7 @@ void pc_sim_params_init(struct pc_sim_params *p)
 	p->device_state_bytes = 0;
 	p->sync_ns_per_page = 15;
 	p->cpu_ns_per_page = 0;
+	p->scan_ns_per_page = 0;
 	p->estimator = PC_SIM_EST_BUSY;
 	p->step_ns = 10 * PC_NSEC_PER_MSEC;
 	p->sync_interval_ns = PC_NSEC_PER_SEC;
@@ -147,6 +148,8 @@ static int check(struct sim *s)
 		return fail(s, -EINVAL, "%s", "sync_ns_per_page: negative or absurd");
 	if (!(p->cpu_ns_per_page >= 0 && p->cpu_ns_per_page < 1e12))
 		return fail(s, -EINVAL, "%s", "cpu_ns_per_page: negative or absurd");
+	if (!(p->scan_ns_per_page >= 0 && p->scan_ns_per_page < 1e12))
+		return fail(s, -EINVAL, "%s", "scan_ns_per_page: negative or absurd");
 	if (p->estimator != PC_SIM_EST_BUSY && p->estimator != PC_SIM_EST_WALL)
 		return fail(s, -EINVAL, "%s", "estimator: neither BUSY nor WALL");
 	if (p->step_ns == 0)
@@ -339,6 +342,13 @@ static double zero_share(const struct sim *s, const struct seg *g)
 	return z < 0 ? 0 : z > 1 ? 1 : z;
 }
 
+/* Sender CPU per page when a share @z of the pages is zero: the scan of
+ * every page, and the zero test's full read of a zero page. */
+static double cpu_per_page(const struct sim *s, double z)
+{
+	return s->in->scan_ns_per_page + z * s->in->cpu_ns_per_page;
+}
+
 /* The sender took @x pages of segment @g, the cursor's. */
 static void take_pages(struct sim *s, struct seg *g, double x)
 {
@@ -362,7 +372,7 @@ static void take_pages(struct sim *s, struct seg *g, double x)
  */
 static double send_chunk_queued(struct sim *s, double budget, double *wire, double *busy)
 {
-	double used = 0, cpu = s->in->cpu_ns_per_page, qt = (double)s->in->queue_bytes / s->link;
+	double used = 0, qt = (double)s->in->queue_bytes / s->link;
 
 	*wire = 0;
 	*busy = 0;
@@ -371,7 +381,7 @@ static double send_chunk_queued(struct sim *s, double budget, double *wire, doub
 		struct seg *g = &s->seg[s->cur];
 		double z = zero_share(s, g), tau = s->t + used;
 		double bytes_pp = (1.0 - z) * PAGE + z * PC_SIM_ZERO_RUN_BYTES;
-		double a = z * cpu, b = bytes_pp / s->link;
+		double a = cpu_per_page(s, z), b = bytes_pp / s->link;
 		double lf = s->link_free > tau ? s->link_free : tau;
 		double room = qt - (lf - tau); /* ns of link time the queue can still take */
 		double x, dt, held;
@@ -424,7 +434,7 @@ static double send_chunk_queued(struct sim *s, double budget, double *wire, doub
 /* Send for at most @budget ns; return the ns used. */
 static double send_chunk(struct sim *s, double budget, double *wire, double *busy)
 {
-	double used = 0, cpu = s->in->cpu_ns_per_page;
+	double used = 0;
 
 	if (s->in->queue_bytes)
 		return send_chunk_queued(s, budget, wire, busy);
@@ -436,7 +446,7 @@ static double send_chunk(struct sim *s, double budget, double *wire, double *bus
 		struct seg *g = &s->seg[s->cur];
 		double z = zero_share(s, g);
 		double bytes_pp = (1.0 - z) * PAGE + z * PC_SIM_ZERO_RUN_BYTES;
-		double cost_pp = z * cpu + bytes_pp / s->link;
+		double cost_pp = cpu_per_page(s, z) + bytes_pp / s->link;
 		double x = (budget - used) / cost_pp;
 
 		if (x > s->cur_ahead)
@@ -450,6 +460,26 @@ static double send_chunk(struct sim *s, double budget, double *wire, double *bus
 	if (s->dirty_total < 0)
 		s->dirty_total = 0;
 	return used;
+}
+
+/* The transport's figures (TCP_INFO) into the controller (BUSY only). */
+static void report_link(struct sim *s)
+{
+	unsigned nch = s->pol.params.channels;
+	struct pc_link_sample ls[PRECOPY_MAX_CHANNELS];
+	/* With a queue, what it still holds is neither delivered nor
+	 * transmitted yet (link_free - t of link time). */
+	double qt = s->in->queue_bytes && s->link_free > s->t ? s->link_free - s->t : 0;
+
+	if (s->in->estimator != PC_SIM_EST_BUSY)
+		return;
+	for (unsigned c = 0; c < nch && c < PRECOPY_MAX_CHANNELS; c++)
+		ls[c] = (struct pc_link_sample){
+			.busy_ns = u64(s->link_busy - qt),
+			.delivered = u64((s->link_del - qt * s->link) / nch),
+			.queued = u64(qt * s->link / nch),
+			.rtt_ns = s->in->rtt_ns };
+	pc_policy_link(&s->pol, PC_LINK_SRC_TCP_INFO, nch, ls, u64(s->t));
 }
 
 /* pc_policy_sent() for a chunk: split over the channels; return the wait. */
@@ -476,23 +506,25 @@ static uint64_t report_sent(struct sim *s, double wire, double busy)
 		if (w > wait)
 			wait = w;
 	}
-	if (s->in->estimator == PC_SIM_EST_BUSY) {
-		struct pc_link_sample ls[PRECOPY_MAX_CHANNELS];
-		/* With a queue, what it still holds is neither delivered nor
-		 * transmitted yet (link_free - t of link time). */
-		double qt = s->in->queue_bytes && s->link_free > s->t ? s->link_free - s->t : 0;
-
-		s->link_busy += wire / s->link;
-		s->link_del += wire;
-		for (unsigned c = 0; c < nch && c < PRECOPY_MAX_CHANNELS; c++)
-			ls[c] = (struct pc_link_sample){
-				.busy_ns = u64(s->link_busy - qt),
-				.delivered = u64((s->link_del - qt * s->link) / nch),
-				.queued = u64(qt * s->link / nch),
-				.rtt_ns = s->in->rtt_ns };
-		pc_policy_link(&s->pol, PC_LINK_SRC_TCP_INFO, nch, ls, u64(s->t));
-	}
+	s->link_busy += wire / s->link;
+	s->link_del += wire;
+	report_link(s);
 	return wait;
+}
+
+/*
+ * The end of a pass: the engine waits for the destination's ITER_ACK of
+ * it, which comes once every channel's bytes have arrived, so the queue
+ * has drained and one round trip has passed before the sync and the
+ * decision; the guest runs meanwhile. The link figures are sampled again
+ * (the queue empty), as the engine does before it decides.
+ */
+static void end_pass_wait(struct sim *s)
+{
+	if (s->link_free > s->t)
+		advance(s, s->link_free - s->t);
+	advance(s, (double)s->in->rtt_ns);
+	report_link(s);
 }
 
 /* ------------------------------------------------------------------ */
@@ -557,12 +589,7 @@ static void finish(struct sim *s, enum pc_decision d, uint64_t expected)
 	double pages = s->dirty_total, z = p->dirty_zero_fraction; /* all written */
 	double bytes = pages * ((1.0 - z) * PAGE + z * PC_SIM_ZERO_RUN_BYTES) +
 		       (double)p->device_state_bytes;
-	double burst = pages * z * p->cpu_ns_per_page + bytes / s->link;
-
-	/* The burst waits behind what the queue still holds (drained during
-	 * the sync). */
-	if (p->queue_bytes && s->link_free > s->t + s->sync_ns + pages * z * p->cpu_ns_per_page)
-		burst = s->link_free - s->t - s->sync_ns + bytes / s->link;
+	double burst = pages * cpu_per_page(s, z) + bytes / s->link;
 
 	r->downtime_ns = u64(s->sync_ns + burst + 2.0 * (double)p->rtt_ns);
 	r->final_bytes = u64(bytes);
@@ -638,7 +665,10 @@ static int run(struct sim *s)
 		enum pc_decision d = pc_policy_tick(&s->pol, u64(s->t));
 
 		if (d != PC_CONTINUE) {
-			/* max-time mid-pass: what the controller would expect. */
+			/* max-time mid-pass: the pass stops, its ITER_ACK comes
+			 * back; what the controller would expect then. */
+			end_pass_wait(s);
+
 			struct pc_switch_in si = {
 				.remaining_bytes = u64(s->dirty_total * PAGE),
 				.device_state_bytes = p->device_state_bytes,
@@ -659,6 +689,7 @@ static int run(struct sim *s)
 
 		skip_done(s);
 		if (s->cur >= s->nseg) {
+			end_pass_wait(s);
 			sync_dirty(s);
 			pc_policy_dirty_rate(&s->pol, dirty_ppns_now(s) * PAGE * 1e9);
 			d = pc_policy_pass_end(&s->pol, s->pass, u64(s->dirty_total * PAGE),

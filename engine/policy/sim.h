@@ -14,9 +14,13 @@
  *    the sender's own work overlaps the transmission, and the zero test
  *    of a data page fails at its first bytes). A zero page costs
  *    cpu_ns_per_page of sender CPU (the zero test reads all of it) plus a
- *    PC_SIM_ZERO_RUN_BYTES record. That CPU time, and the syncs, are the
- *    "busy sender": time that is not transmission, which lowers the
- *    wall-time estimate and not the busy-time one. In the bulk pass (0)
+ *    PC_SIM_ZERO_RUN_BYTES record. Every page sent, data or zero, also
+ *    costs scan_ns_per_page of sender CPU (reading it, walking the
+ *    bitmap: on a real source mostly the first read of a page the guest
+ *    never touched, a page fault, which measured 10-25 us on a small VM).
+ *    That CPU time, and the syncs, are the "busy sender": time that is
+ *    not transmission, which lowers the wall-time estimate and not the
+ *    busy-time one. In the bulk pass (0)
  *    every page not hinted free is marked; the pages still zero are the
  *    zero_fraction of those not written since the start. A written page
  *    is zero in proportion dirty_zero_fraction (a guest that clears pages
@@ -45,7 +49,8 @@
  *  - On SWITCHOVER or FORCE the guest stops; the final sync (same cost)
  *    picks up what was written since the last one, and the final burst
  *    goes at full link speed, never throttled:
- *      downtime = sync cost + zero pages × cpu_ns_per_page
+ *      downtime = sync cost + pages × scan_ns_per_page
+ *                 + zero pages × cpu_ns_per_page
  *                 + (bytes of the pages + device state) / link.
  *    The controller's expected downtime counts the same terms (what the
  *    guest writes during the sync that ended the last pass as dirty rate
@@ -60,9 +65,17 @@
  *    which is near zero whenever the sender is not the bottleneck (capped,
  *    or busy with zero pages): the figure that misled the old estimator.
  *    The transport's figures below count the queue's bytes as delivered
- *    only once drained, and report what is still queued; the final burst
- *    waits behind what is queued when the guest stops. With queue_bytes 0
- *    (the default) a send returns when its bytes are on the link.
+ *    only once drained, and report what is still queued. A pass ends
+ *    once the queue has drained and one round trip (rtt_ns) has passed:
+ *    the engine waits for the destination's ITER_ACK of the pass, sent
+ *    once every channel's bytes have arrived, before it syncs and
+ *    decides; so the guest never stops with bytes queued, and the link
+ *    figures are sampled again, the queue empty, before each decision.
+ *    Per page the sender's CPU (scan_ns_per_page, and
+ *    cpu_ns_per_page for a zero page) and the link's time overlap: the
+ *    queue fills only while the sender is the faster of the two. With
+ *    queue_bytes 0 (the default) a send returns when its bytes are on
+ *    the link, so the sender's CPU and the link take turns.
  *  - With channels > 1 every chunk is split evenly over the channels,
  *    which share the link and transmit in parallel.
  *  - The transport's figures, as the engine gets them from TCP_INFO: each
@@ -125,6 +138,7 @@ struct pc_sim_params {
 	unsigned segments;            /**< model resolution, >= 1 (capped at the page count) */
 	uint64_t rtt_ns;              /**< the path's round trip (the end pays two); default 0 */
 	uint64_t queue_bytes;         /**< the transport's send queue, all channels; default 0 */
+	double scan_ns_per_page;      /**< sender CPU per page sent, data or zero, >= 0 */
 };
 
 /**
@@ -132,7 +146,8 @@ struct pc_sim_params {
  * (pc_policy_params_defaults()), 1 GiB of RAM, a 10 Gb/s link
  * (1.25e9 bytes/s), 100 MB/s of UNIFORM writes, hot set 10% / 90%, no
  * zero or free pages, no device state, 15 ns per page of dirty sync (as
- * measured for PAGEMAP_SCAN, DESIGN.md), no sender CPU cost, BUSY
+ * measured for PAGEMAP_SCAN, DESIGN.md), no sender CPU cost (neither per
+ * page scanned nor per zero page), BUSY
  * estimator, 10 ms steps, a sync every second, caps 24 h and 100000
  * passes, 4096 segments.
  */

@@ -556,12 +556,15 @@ int pc_src_run_pass(struct source *src, unsigned iteration, enum pc_decision *ti
 		struct timespec ts;
 		uint64_t now;
 
-		pc_deadline(&ts, CLOCK_REALTIME, 100 * PC_NSEC_PER_MSEC);
+		pc_deadline(&ts, CLOCK_REALTIME, PC_LINK_SAMPLE_NS);
 		pthread_cond_timedwait(&src->cv, &src->mu, &ts);
 		if (src->done >= src->nchan)
 			break;
 		pthread_mutex_unlock(&src->mu);
 
+		/* The link's counters often, so that channels busy one after
+		 * the other are not taken as busy at the same time. */
+		sample_link(src);
 		now = pc_now();
 		if (!src->final) {
 			enum pc_decision d;

@@ -504,12 +504,17 @@ uint64_t pc_policy_sent(struct pc_policy *pol, unsigned chan, uint64_t bytes,
 
 /**
  * pc_policy_sender() - channel @chan's sender went through @ram_bytes of
- * guest RAM (every page it looked at, 4 KiB each, zero pages too) in
- * @active_ns of work at @now: its time not waiting for the token bucket,
- * from the end of its previous batch to the end of this one, scanning and
- * sending. The sum over channels is the rate at which an unthrottled
- * sender gets through dirty RAM, the final burst's other bound besides
- * the link (over shm, where the copy is fast, it is the one that counts).
+ * guest RAM that carries data (the pages it looked at and sent, 4 KiB
+ * each) in @active_ns of work at @now: its time not waiting for the token
+ * bucket, from the end of its previous batch to the end of this one,
+ * scanning and sending, less the time spent on pages found zero. The sum
+ * over channels is the rate at which an unthrottled sender gets through
+ * the pages the guest wrote, the final burst's other bound besides the
+ * link (over shm, where the copy is fast, it is the one that counts). Zero
+ * pages are left out because the final burst has few: a never-touched
+ * page's first read, a fault, is what makes a guest of zero pages slow to
+ * scan in the bulk pass, and the guest's writes are what the final burst
+ * sends.
  */
 void pc_policy_sender(struct pc_policy *pol, unsigned chan, uint64_t ram_bytes,
 		      uint64_t active_ns, uint64_t now);

@@ -739,6 +739,13 @@ static void policy__no_switchover_before_an_estimate(void **state)
 
 /* --- the link estimate from the transport's figures ----------------- */
 
+/* A new estimate, its first window opened at 0 by the counters @s. */
+static void link_prime(struct pc_link *l, unsigned n, const struct pc_link_sample *s)
+{
+	pc_link_init(l, 0);
+	pc_link_sample(l, PC_LINK_SRC_TCP_INFO, n, s, 0);
+}
+
 /* One channel busy 100 ms out of every 100 delivering 10 MB: 100 MB/s. */
 static void link__delivered_over_busy(void **state)
 {
@@ -746,8 +753,7 @@ static void link__delivered_over_busy(void **state)
 	struct pc_link l;
 	struct pc_link_sample s = { 0 };
 
-	pc_link_init(&l, 0);
-	pc_link_sample(&l, PC_LINK_SRC_TCP_INFO, 1, &s, 0); /* primes */
+	link_prime(&l, 1, &s); /* primes */
 	assert_true(pc_link_bps(&l) == 0);
 	s.busy_ns = 50 * MS;
 	s.delivered = 5 * MB;
@@ -787,8 +793,7 @@ static void link__channels_share_one_link(void **state)
 	struct pc_link l;
 	struct pc_link_sample s[4] = { { 0 } };
 
-	pc_link_init(&l, 0);
-	pc_link_sample(&l, PC_LINK_SRC_TCP_INFO, 4, s, 0);
+	link_prime(&l, 4, s);
 	for (unsigned c = 0; c < 4; c++) {
 		s[c].busy_ns = SEC - c * MS;
 		s[c].delivered = 25 * MB;
@@ -811,8 +816,7 @@ static void link__capped_sender_uses_delivery_rate(void **state)
 	struct pc_link l;
 	struct pc_link_sample s = { 0 };
 
-	pc_link_init(&l, 0);
-	pc_link_sample(&l, PC_LINK_SRC_TCP_INFO, 1, &s, 0);
+	link_prime(&l, 1, &s);
 	pc_link_rate(&l, 0, 55.0 * MB, false);
 	pc_link_rate(&l, 0, 3000.0 * MB, true); /* app-limited: a lower bound */
 	pc_link_rate(&l, 0, 60.0 * MB, false);
@@ -822,8 +826,7 @@ static void link__capped_sender_uses_delivery_rate(void **state)
 	pc_link_sample(&l, PC_LINK_SRC_TCP_INFO, 1, &s, 400 * MS);
 	assert_near(pc_link_bps(&l), 60.0 * MB, 1e-9);
 
-	pc_link_init(&l, 0);
-	pc_link_sample(&l, PC_LINK_SRC_TCP_INFO, 1, &s, 0);
+	link_prime(&l, 1, &s);
 	pc_link_rate(&l, 0, 60.0 * MB, false);
 	pc_link_rate(&l, 0, 60.0 * MB, false); /* two: not enough */
 	s.busy_ns += 20 * MS;
@@ -841,22 +844,19 @@ static void link__capped_sender_uses_delivery_rate(void **state)
  */
 static void link__channels_one_after_the_other_count_once(void **state)
 {
-	(void)state;
-	struct pc_link l;
 	struct pc_link_sample s[4] = { { 0 } };
+	struct pc_link l;
+	uint64_t t = 0;
 
-	pc_link_init(&l, 0);
-	pc_link_sample(&l, PC_LINK_SRC_TCP_INFO, 4, s, 0);
+	(void)state;
+	link_prime(&l, 4, s);
 	for (unsigned w = 0; w < 2; w++) {
-		for (unsigned k = 1; k <= 10; k++) {
-			unsigned c = k - 1;
-
+		for (unsigned c = 0; c < 10; c++) {
 			if (c < 4) {
 				s[c].busy_ns += 10 * MS;
 				s[c].delivered += 312500;
 			}
-			pc_link_sample(&l, PC_LINK_SRC_TCP_INFO, 4, s,
-				       (uint64_t)w * 100 * MS + k * 10 * MS);
+			pc_link_sample(&l, PC_LINK_SRC_TCP_INFO, 4, s, t += 10 * MS);
 		}
 		assert_near(pc_link_bps(&l), 31.25 * MB, 1e-9);
 	}
@@ -888,8 +888,7 @@ static void link__link_limited_window_replaces_the_busy_senders(void **state)
 	struct pc_link_sample s = { 0 };
 	uint64_t t = 0;
 
-	pc_link_init(&l, 0);
-	pc_link_sample(&l, PC_LINK_SRC_TCP_INFO, 1, &s, 0);
+	link_prime(&l, 1, &s);
 	for (unsigned k = 0; k < 30; k++)
 		link_step_1(&l, &s, 200000, 3 * MS, 0, t += 10 * MS);
 	assert_near(pc_link_bps(&l), 66.0 * MB + 2.0 * MB / 3, 1e-9);

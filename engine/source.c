@@ -133,11 +133,17 @@ static int flush_batch(struct sender *sd)
 	if (have_ls)
 		pc_policy_link_rate(&src->pol, sd->chan, (double)ls.delivery_bps, ls.app_limited);
 	wait = pc_policy_sent(&src->pol, sd->chan, sd->data_bytes + len, busy, now);
-	if (!src->final && now > sd->active_since)
-		pc_policy_sender(&src->pol, sd->chan, sd->scanned * PRECOPY_PAGE_SIZE,
-				 now - sd->active_since, now);
+	/* Pages found zero, and the time they took, left out: the final
+	 * burst goes through pages the guest wrote, and a never-touched
+	 * page's first read (a fault) is what makes a zero page slow. */
+	if (!src->final && now > sd->active_since + sd->zero_ns)
+		pc_policy_sender(&src->pol, sd->chan,
+				 (sd->scanned - sd->zeros) * PRECOPY_PAGE_SIZE,
+				 now - sd->active_since - sd->zero_ns, now);
 	pthread_mutex_unlock(&src->plock);
 	sd->scanned = 0;
+	sd->zeros = 0;
+	sd->zero_ns = 0;
 	sd->active_since = now;
 	sd->wire += sd->data_bytes + len + (uint64_t)sd->ndata * 24;
 	sd->bytes += sd->data_bytes;
@@ -217,12 +223,18 @@ static int send_word(struct sender *sd, uint64_t w, uint64_t bits)
 			kind = PC_RUN_FREE;
 			h = src->zero_hash;
 			sd->free_skipped++;
-		} else if (pc_page_scan(reg->addr + page * PRECOPY_PAGE_SIZE, &h)) {
-			kind = PC_RUN_ZERO;
-			sd->duplicate++;
 		} else {
-			kind = PC_RUN_DATA;
-			sd->normal++;
+			uint64_t t0 = pc_now();
+
+			if (pc_page_scan(reg->addr + page * PRECOPY_PAGE_SIZE, &h)) {
+				kind = PC_RUN_ZERO;
+				sd->duplicate++;
+				sd->zeros++;
+				sd->zero_ns += pc_now() - t0;
+			} else {
+				kind = PC_RUN_DATA;
+				sd->normal++;
+			}
 		}
 		reg->hash[page] = h;
 		err = add_page(sd, r, page, kind);
@@ -246,6 +258,8 @@ static int send_pass(struct sender *sd)
 	sd->data_bytes = 0;
 	sd->have_cur = false;
 	sd->scanned = 0;
+	sd->zeros = 0;
+	sd->zero_ns = 0;
 	sd->active_since = pc_now();
 	for (uint64_t c = sd->chan; c < nchunks; c += src->nchan) {
 		uint64_t w0 = c * PC_CHUNK_WORDS;
@@ -556,12 +570,15 @@ int pc_src_run_pass(struct source *src, unsigned iteration, enum pc_decision *ti
 		struct timespec ts;
 		uint64_t now;
 
-		pc_deadline(&ts, CLOCK_REALTIME, 100 * PC_NSEC_PER_MSEC);
+		pc_deadline(&ts, CLOCK_REALTIME, PC_LINK_SAMPLE_NS);
 		pthread_cond_timedwait(&src->cv, &src->mu, &ts);
 		if (src->done >= src->nchan)
 			break;
 		pthread_mutex_unlock(&src->mu);
 
+		/* The link's counters often, so that channels busy one after
+		 * the other are not taken as busy at the same time. */
+		sample_link(src);
 		now = pc_now();
 		if (!src->final) {
 			enum pc_decision d;

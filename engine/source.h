@@ -28,6 +28,8 @@ struct sender {
 	 * and when the sender last stopped waiting (batch sent, bucket) */
 	uint64_t scanned;
 	uint64_t active_since;
+	/* of those, the pages found zero and the time their scan took */
+	uint64_t zeros, zero_ns;
 	/* counters, folded into the stats by the control thread */
 	_Atomic uint64_t normal, duplicate, free_skipped, bytes, wire;
 	uint64_t send_cpu_ns; /* this pass, in flush_batch()'s transport calls */

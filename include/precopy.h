@@ -276,10 +276,13 @@ struct precopy_stats {
 	 *  had data queued or in flight (TCP_INFO), rdma: the bytes of
 	 *  completed work requests over the time work requests were
 	 *  outstanding, shm: the copy rate; with several channels the link
-	 *  they share, not the sum of channels. 0 = no figures yet. */
+	 *  they share, not the sum of channels. Once the link has set the
+	 *  pace (busy with bytes waiting, 20 ms in a window), only such
+	 *  windows count. 0 = no figures yet. */
 	uint64_t bandwidth_link;
-	/** bytes/s of guest RAM the sender gets through when it is not
-	 *  waiting for max-bandwidth (scanning, zero pages and sends). */
+	/** bytes/s of guest RAM that carries data the sender gets through
+	 *  when it is not waiting for max-bandwidth (scanning and sends;
+	 *  pages found zero, and their time, left out). */
 	uint64_t bandwidth_sender;
 	/** bytes/s the switchover decision uses: avail-switchover-bandwidth
 	 *  if set, else the lower of bandwidth_link and bandwidth_sender,

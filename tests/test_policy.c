@@ -739,6 +739,13 @@ static void policy__no_switchover_before_an_estimate(void **state)
 
 /* --- the link estimate from the transport's figures ----------------- */
 
+/* A new estimate, its first window opened at 0 by the counters @s. */
+static void link_prime(struct pc_link *l, unsigned n, const struct pc_link_sample *s)
+{
+	pc_link_init(l, 0);
+	pc_link_sample(l, PC_LINK_SRC_TCP_INFO, n, s, 0);
+}
+
 /* One channel busy 100 ms out of every 100 delivering 10 MB: 100 MB/s. */
 static void link__delivered_over_busy(void **state)
 {
@@ -746,8 +753,7 @@ static void link__delivered_over_busy(void **state)
 	struct pc_link l;
 	struct pc_link_sample s = { 0 };
 
-	pc_link_init(&l, 0);
-	pc_link_sample(&l, PC_LINK_SRC_TCP_INFO, 1, &s, 0); /* primes */
+	link_prime(&l, 1, &s); /* primes */
 	assert_true(pc_link_bps(&l) == 0);
 	s.busy_ns = 50 * MS;
 	s.delivered = 5 * MB;
@@ -787,8 +793,7 @@ static void link__channels_share_one_link(void **state)
 	struct pc_link l;
 	struct pc_link_sample s[4] = { { 0 } };
 
-	pc_link_init(&l, 0);
-	pc_link_sample(&l, PC_LINK_SRC_TCP_INFO, 4, s, 0);
+	link_prime(&l, 4, s);
 	for (unsigned c = 0; c < 4; c++) {
 		s[c].busy_ns = SEC - c * MS;
 		s[c].delivered = 25 * MB;
@@ -811,8 +816,7 @@ static void link__capped_sender_uses_delivery_rate(void **state)
 	struct pc_link l;
 	struct pc_link_sample s = { 0 };
 
-	pc_link_init(&l, 0);
-	pc_link_sample(&l, PC_LINK_SRC_TCP_INFO, 1, &s, 0);
+	link_prime(&l, 1, &s);
 	pc_link_rate(&l, 0, 55.0 * MB, false);
 	pc_link_rate(&l, 0, 3000.0 * MB, true); /* app-limited: a lower bound */
 	pc_link_rate(&l, 0, 60.0 * MB, false);
@@ -822,14 +826,108 @@ static void link__capped_sender_uses_delivery_rate(void **state)
 	pc_link_sample(&l, PC_LINK_SRC_TCP_INFO, 1, &s, 400 * MS);
 	assert_near(pc_link_bps(&l), 60.0 * MB, 1e-9);
 
-	pc_link_init(&l, 0);
-	pc_link_sample(&l, PC_LINK_SRC_TCP_INFO, 1, &s, 0);
+	link_prime(&l, 1, &s);
 	pc_link_rate(&l, 0, 60.0 * MB, false);
 	pc_link_rate(&l, 0, 60.0 * MB, false); /* two: not enough */
 	s.busy_ns += 20 * MS;
 	s.delivered += 10 * MB;
 	pc_link_sample(&l, PC_LINK_SRC_TCP_INFO, 1, &s, 400 * MS);
 	assert_near(pc_link_bps(&l), 500.0 * MB, 1e-9);
+}
+
+/*
+ * A capped sender's slice on a 31.25 MB/s link with four channels that
+ * send one after the other (each reaches the slice's budget after its own
+ * scan): channel c is busy from 10c to 10c + 10 ms and delivers 312.5 KB.
+ * Read every 10 ms, the link was busy 40 ms for 1.25 MB: 31.25 MB/s. The
+ * longest channel's busy time over the whole window (10 ms) said 125.
+ */
+static void link__channels_one_after_the_other_count_once(void **state)
+{
+	struct pc_link_sample s[4] = { { 0 } };
+	struct pc_link l;
+	uint64_t t = 0;
+
+	(void)state;
+	link_prime(&l, 4, s);
+	for (unsigned w = 0; w < 2; w++) {
+		for (unsigned c = 0; c < 10; c++) {
+			if (c < 4) {
+				s[c].busy_ns += 10 * MS;
+				s[c].delivered += 312500;
+			}
+			pc_link_sample(&l, PC_LINK_SRC_TCP_INFO, 4, s, t += 10 * MS);
+		}
+		assert_near(pc_link_bps(&l), 31.25 * MB, 1e-9);
+	}
+}
+
+/* One channel, @bytes delivered over @busy_ns of busy time in one 10 ms
+ * step, @queued bytes waiting at its end. */
+static void link_step_1(struct pc_link *l, struct pc_link_sample *s, uint64_t bytes,
+			uint64_t busy_ns, uint64_t queued, uint64_t now)
+{
+	s->delivered += bytes;
+	s->busy_ns += busy_ns;
+	s->queued = queued;
+	pc_link_sample(l, PC_LINK_SRC_TCP_INFO, 1, s, now);
+}
+
+/*
+ * A busy sender (mostly zero pages) on a 250 MB/s link: each 10 ms it
+ * hands over 200 KB, whose last segment then waits for its ACK, 3 ms of
+ * busy time: 66.7 MB/s, all the bulk windows can say. Then a pass of pages
+ * the guest wrote fills the link: 2.5 MB a step, 5 MB waiting. That window
+ * is a measure of the link and replaces the bulk's figure (a smoothed
+ * average of both said 112.5).
+ */
+static void link__link_limited_window_replaces_the_busy_senders(void **state)
+{
+	(void)state;
+	struct pc_link l;
+	struct pc_link_sample s = { 0 };
+	uint64_t t = 0;
+
+	link_prime(&l, 1, &s);
+	for (unsigned k = 0; k < 30; k++)
+		link_step_1(&l, &s, 200000, 3 * MS, 0, t += 10 * MS);
+	assert_near(pc_link_bps(&l), 66.0 * MB + 2.0 * MB / 3, 1e-9);
+	link_step_1(&l, &s, 200000, 3 * MS, 5 * MB, t += 10 * MS); /* the pass starts */
+	for (unsigned k = 0; k < 10; k++)
+		link_step_1(&l, &s, 2500000, 10 * MS, 5 * MB, t += 10 * MS);
+	assert_near(pc_link_bps(&l), 250.0 * MB, 1e-9);
+	assert_true(l.measured);
+	/* the busy sender again: a lower bound, left out now */
+	for (unsigned k = 0; k < 10; k++)
+		link_step_1(&l, &s, 200000, 3 * MS, 0, t += 10 * MS);
+	assert_near(pc_link_bps(&l), 250.0 * MB, 1e-9);
+}
+
+/*
+ * Windows the link set the pace of count by the bytes they carried: after
+ * 25 MB at 250 MB/s, a stall (busy 100 ms with a backlog, 70 KB acked)
+ * weighs 70 KB against 25 MB (249 MB/s), not a quarter of the estimate
+ * (188).
+ */
+static void link__sustained_windows_weighted_by_bytes(void **state)
+{
+	(void)state;
+	struct pc_link l;
+	struct pc_link_sample s = { 0 };
+	uint64_t t = 0;
+
+	pc_link_init(&l, 0);
+	s.queued = 5 * MB;
+	pc_link_sample(&l, PC_LINK_SRC_TCP_INFO, 1, &s, 0);
+	for (unsigned k = 0; k < 10; k++)
+		link_step_1(&l, &s, 2500000, 10 * MS, 5 * MB, t += 10 * MS);
+	assert_near(pc_link_bps(&l), 250.0 * MB, 1e-9);
+	for (unsigned k = 0; k < 10; k++)
+		link_step_1(&l, &s, 7000, 10 * MS, 5 * MB, t += 10 * MS);
+	/* (0.75 x 25 MB x 250 + 70 KB x 0.7) / (0.75 x 25 MB + 70 KB) */
+	assert_near(pc_link_bps(&l), (0.75 * 25e6 * 250e6 + 70e3 * 0.7e6) / (0.75 * 25e6 + 70e3),
+		    1e-9);
+	assert_true(pc_link_bps(&l) > 249.0 * MB);
 }
 
 /* The pause carries: sync, remaining + writes during the sync + queued +
@@ -1153,6 +1251,9 @@ int main(void)
 		cmocka_unit_test(link__delivered_over_busy),
 		cmocka_unit_test(link__channels_share_one_link),
 		cmocka_unit_test(link__capped_sender_uses_delivery_rate),
+		cmocka_unit_test(link__channels_one_after_the_other_count_once),
+		cmocka_unit_test(link__link_limited_window_replaces_the_busy_senders),
+		cmocka_unit_test(link__sustained_windows_weighted_by_bytes),
 		cmocka_unit_test(policy__switch_bandwidth_from_the_link),
 		cmocka_unit_test(switch_expected__zero_bandwidth_is_never),
 		cmocka_unit_test(switch_expected__nothing_to_send_is_sync_cost),

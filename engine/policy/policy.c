@@ -174,11 +174,12 @@ static void link_restart(struct pc_link *l, unsigned n, const struct pc_link_sam
 			 uint64_t now)
 {
 	for (unsigned i = 0; i < n; i++) {
-		l->busy0[i] = s[i].busy_ns;
-		l->del0[i] = s[i].delivered;
+		l->busy0[i] = l->busy1[i] = s[i].busy_ns;
+		l->del0[i] = l->del1[i] = s[i].delivered;
 	}
 	l->nchan = n;
-	l->win_start = now;
+	l->win_start = l->last = now;
+	l->win_busy = l->sus_busy = l->sus_del = 0;
 	l->primed = true;
 	memset(l->nrate, 0, sizeof(l->nrate));
 }
@@ -222,10 +223,73 @@ static double link_rate_median(struct pc_link *l, unsigned n, const struct pc_li
 	return sum;
 }
 
+/*
+ * A closed window's rate @r over @bytes into the estimate; @sustained: over
+ * steps the link set the pace of. Those are measures of the link, weighted
+ * by the bytes they carried (a window that moved 20 MB says more than one
+ * that moved 70 KB during a stall), older ones fading by the EWMA's weight;
+ * the first replaces whatever the lower bounds before it said.
+ */
+static void link_window(struct pc_link *l, double r, double bytes, bool sustained)
+{
+	if (sustained) {
+		double keep = l->measured ? 1 - PC_BW_EWMA_WEIGHT : 0;
+
+		l->wbytes = keep * l->wbytes + bytes;
+		l->wrate = keep * l->wrate + bytes * r;
+		l->bps = l->wrate / l->wbytes;
+		l->measured = true;
+	} else if (!l->measured) {
+		/* Busy in short bursts, all there is so far. Once a sustained
+		 * window closed these are left out: a burst's busy time counts
+		 * its wait for the last ACK (too low a rate), and a shaper
+		 * lets a short burst through above its rate (too high). */
+		l->bps = l->windows == 0 ? r : ewma(l->bps, r);
+	}
+	l->windows++;
+}
+
+/* One step since the last sample: the longest channel's busy time, and
+ * the bytes of every channel. */
+static int link_step(struct pc_link *l, unsigned n, const struct pc_link_sample *s, uint64_t now,
+		     uint64_t backlog, uint64_t *del)
+{
+	uint64_t step = 0, sdel = 0;
+
+	*del = 0;
+	for (unsigned i = 0; i < n; i++) {
+		if (s[i].busy_ns < l->busy1[i] || s[i].delivered < l->del1[i])
+			return -1; /* counters went back: a new connection */
+		if (s[i].busy_ns - l->busy1[i] > step)
+			step = s[i].busy_ns - l->busy1[i];
+		sdel = add_sat(sdel, s[i].delivered - l->del1[i]);
+		*del = add_sat(*del, s[i].delivered - l->del0[i]);
+	}
+	for (unsigned i = 0; i < n; i++) {
+		l->busy1[i] = s[i].busy_ns;
+		l->del1[i] = s[i].delivered;
+	}
+	l->win_busy = add_sat(l->win_busy, step);
+	/*
+	 * The link set the pace of this step if it was busy for at least
+	 * half of it (the kernel counts in jiffies) with a backlog, at the
+	 * step's start, of at least what it delivered: bytes waiting for the
+	 * link, not a sender trickling batches whose last segment waits for
+	 * an ACK (busy, but not transmitting). Such steps are long enough
+	 * for a shaper's burst allowance to be spent.
+	 */
+	if (now > l->last && 2 * step >= now - l->last && backlog >= sdel) {
+		l->sus_busy = add_sat(l->sus_busy, step);
+		l->sus_del = add_sat(l->sus_del, sdel);
+	}
+	l->last = now;
+	return 0;
+}
+
 void pc_link_sample(struct pc_link *l, enum pc_link_source source, unsigned n,
 		    const struct pc_link_sample *s, uint64_t now)
 {
-	uint64_t busy = 0, del = 0, queued = 0, rtt = 0;
+	uint64_t del, queued = 0, rtt = 0, backlog = l->queued;
 
 	if (n > PRECOPY_MAX_CHANNELS)
 		n = PRECOPY_MAX_CHANNELS;
@@ -239,28 +303,21 @@ void pc_link_sample(struct pc_link *l, enum pc_link_source source, unsigned n,
 	l->queued = queued;
 	l->rtt_ns = rtt;
 	l->source = source;
-	if (!l->primed || n != l->nchan || now < l->win_start) {
+	if (!l->primed || n != l->nchan || now < l->last || link_step(l, n, s, now, backlog, &del)) {
 		link_restart(l, n, s, now);
 		return;
 	}
-	for (unsigned i = 0; i < n; i++) {
-		if (s[i].busy_ns < l->busy0[i] || s[i].delivered < l->del0[i]) {
-			link_restart(l, n, s, now); /* counters went back: a new connection */
-			return;
-		}
-		if (s[i].busy_ns - l->busy0[i] > busy)
-			busy = s[i].busy_ns - l->busy0[i];
-		del = add_sat(del, s[i].delivered - l->del0[i]);
-	}
-	if (now - l->win_start < PC_BW_WINDOW_NS || busy < PC_LINK_MIN_BUSY_NS)
+	if (now - l->win_start < PC_BW_WINDOW_NS || l->win_busy < PC_LINK_MIN_BUSY_NS)
 		return; /* keep accumulating */
 	if (del > 0) {
-		double r = (double)del * 1e9 / (double)busy, m = link_rate_median(l, n, s);
+		bool sus = l->sus_busy >= PC_LINK_MIN_BUSY_NS && l->sus_del > 0;
+		double r = sus ? (double)l->sus_del * 1e9 / (double)l->sus_busy
+			       : (double)del * 1e9 / (double)l->win_busy;
+		double m = link_rate_median(l, n, s);
 
 		if (m > 0 && m < r)
 			r = m;
-		l->bps = l->windows == 0 ? r : ewma(l->bps, r);
-		l->windows++;
+		link_window(l, r, (double)(sus ? l->sus_del : del), sus);
 	}
 	link_restart(l, n, s, now);
 }

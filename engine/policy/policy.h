@@ -130,22 +130,37 @@ double pc_bw_wall(const struct pc_bw *b);
  * figure far too high. The transport knows better: for TCP the kernel's
  * busy time (data queued or in flight) and bytes acknowledged, for shm the
  * time spent copying. pc_link turns those cumulative counters, one set per
- * channel, into one estimate of the link:
+ * channel, read every PC_LINK_SAMPLE_NS or so, into one estimate of the
+ * link:
  *
- *   rate = sum over channels of delta(delivered) / max over channels of
- *          delta(busy)
+ *   rate = sum over channels of delta(delivered) / the link's busy time
  *
- * i.e. the channels are taken to share one link and to be busy at the
- * same time (they are: every sender works through its share of each pass
- * at once), so the link's busy time is the longest of theirs, not the sum
- * (which would count the same wall time once per channel) and the rate is
- * not the sum of the channels' rates (which would count the link once per
- * channel when each channel's own rate is measured over its own, shorter,
- * busy time). A window closes once >= PC_BW_WINDOW_NS of wall time and
- * >= PC_LINK_MIN_BUSY_NS of busy time have passed (the kernel counts busy
- * time in jiffies, 1 to 10 ms), and enters an EWMA of weight
- * PC_BW_EWMA_WEIGHT. Counters that went backwards (a new connection)
- * restart the window.
+ * The channels share one link: over each short step between two readings
+ * the link's busy time is the longest channel's (channels busy together
+ * count that time once, not once per channel), and a window's is the sum
+ * of its steps' (channels busy one after the other, as a capped sender's
+ * or a busy sender's often are, count theirs one after the other, not as
+ * if they had overlapped). A window closes once >= PC_BW_WINDOW_NS of wall
+ * time and >= PC_LINK_MIN_BUSY_NS of busy time have passed (the kernel
+ * counts busy time in jiffies, 1 to 10 ms). Counters that went backwards
+ * (a new connection) restart the window.
+ *
+ * Busy time is the link's only while bytes wait for it. A sender that
+ * hands over a batch now and then (a cap, a sender busy scanning zero
+ * pages) keeps the socket "busy" while each batch's last segment waits for
+ * its ACK, so its windows say less than the link; and a shaper lets such a
+ * short burst through above its rate, so they may say more. Hence two
+ * kinds of steps: sustained ones, busy for at least half the step with at
+ * least the step's bytes already waiting at its start (the link set the
+ * pace, long enough for a shaper's burst allowance to be spent), and the
+ * rest. A window with >= PC_LINK_MIN_BUSY_NS of sustained steps is a
+ * measure of the link, their bytes over their busy time; such windows are
+ * averaged weighted by the bytes they carried, each older one fading by
+ * PC_BW_EWMA_WEIGHT (a stall that moved 70 KB does not outweigh a pass
+ * that moved 20 MB), and the first replaces whatever came before it.
+ * Until one closes, every window's rate enters an EWMA of weight
+ * PC_BW_EWMA_WEIGHT, the best there is; after it, the other windows are
+ * left out.
  */
 
 /*
@@ -161,6 +176,15 @@ double pc_bw_wall(const struct pc_bw *b);
  */
 #define PC_LINK_RATE_SAMPLES 32
 #define PC_LINK_MIN_RATE_SAMPLES 3
+
+/**
+ * How often the source reads the channels' counters during a pass: the
+ * link's busy time in a window is the sum over these steps of the longest
+ * channel's, so channels busy one after the other (a capped sender's
+ * slices, a busy sender's batches) count their times once each, and
+ * channels busy together count theirs once.
+ */
+#define PC_LINK_SAMPLE_NS (10 * PC_NSEC_PER_MSEC)
 
 /** Busy time a window needs before it says anything (jiffies granularity). */
 #define PC_LINK_MIN_BUSY_NS (20 * PC_NSEC_PER_MSEC)
@@ -191,7 +215,13 @@ struct pc_link {
 	uint64_t win_start;
 	unsigned nchan;             /**< channels of the current window */
 	uint64_t busy0[PRECOPY_MAX_CHANNELS], del0[PRECOPY_MAX_CHANNELS];
+	uint64_t busy1[PRECOPY_MAX_CHANNELS], del1[PRECOPY_MAX_CHANNELS]; /**< at the last sample */
+	uint64_t last;              /**< time of the last sample */
+	uint64_t win_busy;          /**< the link's busy time in this window */
+	uint64_t sus_busy, sus_del; /**< of the steps the link was busy throughout */
 	bool primed;                /**< busy0/del0 hold a window's start */
+	bool measured;              /**< a sustained window closed */
+	double wbytes, wrate;       /**< sustained windows: sum of bytes, of bytes x rate */
 	double bps;                 /**< smoothed rate; 0 until a window closed */
 	unsigned windows;
 	double rate[PRECOPY_MAX_CHANNELS][PC_LINK_RATE_SAMPLES]; /**< this window's */
@@ -474,12 +504,17 @@ uint64_t pc_policy_sent(struct pc_policy *pol, unsigned chan, uint64_t bytes,
 
 /**
  * pc_policy_sender() - channel @chan's sender went through @ram_bytes of
- * guest RAM (every page it looked at, 4 KiB each, zero pages too) in
- * @active_ns of work at @now: its time not waiting for the token bucket,
- * from the end of its previous batch to the end of this one, scanning and
- * sending. The sum over channels is the rate at which an unthrottled
- * sender gets through dirty RAM, the final burst's other bound besides
- * the link (over shm, where the copy is fast, it is the one that counts).
+ * guest RAM that carries data (the pages it looked at and sent, 4 KiB
+ * each) in @active_ns of work at @now: its time not waiting for the token
+ * bucket, from the end of its previous batch to the end of this one,
+ * scanning and sending, less the time spent on pages found zero. The sum
+ * over channels is the rate at which an unthrottled sender gets through
+ * the pages the guest wrote, the final burst's other bound besides the
+ * link (over shm, where the copy is fast, it is the one that counts). Zero
+ * pages are left out because the final burst has few: a never-touched
+ * page's first read, a fault, is what makes a guest of zero pages slow to
+ * scan in the bulk pass, and the guest's writes are what the final burst
+ * sends.
  */
 void pc_policy_sender(struct pc_policy *pol, unsigned chan, uint64_t ram_bytes,
 		      uint64_t active_ns, uint64_t now);

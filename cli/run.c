@@ -382,7 +382,7 @@ int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current)
 	struct precopy_stats st;
 	struct pc_cli_reg reg;
 	void *ram = NULL;
-	int err, rc = 1, ramfd = -1;
+	int err, rc = 1;
 
 	if (!c->listen || !c->ram) {
 		fprintf(stderr, "precopy incoming: --listen URI and --ram SIZE are required\n");
@@ -394,9 +394,12 @@ int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current)
 		bad_numa_node(c->numa_node);
 		return 2;
 	}
-	/* RAM as a sealed memfd (F_SEAL_SEAL too); every transport writes
-	 * into it like any memory, and none shares it with the source. */
-	err = precopy_memfd_alloc(c->ram, c->numa_node, &ram, &ramfd);
+	/* Anonymous RAM in 2 MiB pages where THP allows: every transport
+	 * writes into it like any memory and none shares it with the source
+	 * (a handoff maps the source's memfds over it), so it needs no memfd,
+	 * and a memfd (shmem) gets 4 KiB pages unless shmem_enabled says
+	 * otherwise. */
+	err = precopy_ram_alloc(c->ram, c->numa_node, &ram);
 	if (err) {
 		fprintf(stderr, "precopy incoming: cannot allocate %" PRIu64 " bytes: %s\n", c->ram,
 			strerror(-err));
@@ -404,7 +407,7 @@ int pc_cli_incoming(struct pc_cli *c, struct precopy_session **current)
 	}
 	err = precopy_new(PRECOPY_ROLE_DEST, &c->params, &cb, &s);
 	if (!err) {
-		err = precopy_add_region_fd(s, ram, c->ram, ramfd, 0, PRECOPY_DIRTY_AUTO);
+		err = precopy_add_region(s, ram, c->ram, PRECOPY_DIRTY_AUTO);
 		err = err < 0 ? err : 0;
 	}
 	if (err) {
@@ -446,7 +449,6 @@ out:
 	if (s)
 		precopy_delete(&s);
 	munmap(ram, c->ram);
-	close(ramfd);
 	return rc;
 }
 

@@ -4,13 +4,15 @@
  * destination's memory: the public calls that let a VMM hand its RAM over
  * without a copy (shm handoff), the check of a region's size against what
  * this host can hold, and the memory set-up that keeps page faults off the
- * receiving path. See precopy.h.
+ * receiving path (anonymous RAM in huge pages, populated before listening).
+ * See precopy.h.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <numa.h>
 #include <numaif.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -87,6 +89,23 @@ int precopy_numa_node_ok(int node)
 	return 0;
 }
 
+/* MPOL_BIND [@p, +@len) to @node; nothing for a node < 0. */
+static int bind_node(void *p, size_t len, int node)
+{
+	struct bitmask *bm;
+	int err;
+
+	if (node < 0)
+		return 0;
+	bm = numa_allocate_nodemask();
+	if (!bm)
+		return -ENOMEM;
+	numa_bitmask_setbit(bm, (unsigned)node);
+	err = mbind(p, len, MPOL_BIND, bm->maskp, bm->size + 1, 0) < 0 ? -errno : 0;
+	numa_bitmask_free(bm);
+	return err;
+}
+
 int precopy_memfd_alloc(size_t len, int numa_node, void **addr, int *fdp)
 {
 	void *p;
@@ -120,27 +139,56 @@ int precopy_memfd_alloc(size_t len, int numa_node, void **addr, int *fdp)
 		close(fd);
 		return err;
 	}
-	if (numa_node >= 0) {
-		/* A shared policy on the file: pages land on the node whoever
-		 * touches them first (the peer's copy, too). */
-		struct bitmask *bm = numa_allocate_nodemask();
-
-		if (!bm) {
-			munmap(p, len);
-			close(fd);
-			return -ENOMEM;
-		}
-		numa_bitmask_setbit(bm, (unsigned)numa_node);
-		err = mbind(p, len, MPOL_BIND, bm->maskp, bm->size + 1, 0) < 0 ? -errno : 0;
-		numa_bitmask_free(bm);
-		if (err) {
-			munmap(p, len);
-			close(fd);
-			return err;
-		}
+	/* On a memfd the policy is shared, on the file: pages land on the
+	 * node whoever touches them first (the peer's copy, too). */
+	err = bind_node(p, len, numa_node);
+	if (err) {
+		munmap(p, len);
+		close(fd);
+		return err;
 	}
 	*addr = p;
 	*fdp = fd;
+	return 0;
+}
+
+#define HUGE_SIZE (2ul << 20)
+
+int precopy_ram_alloc(size_t len, int numa_node, void **addr)
+{
+	size_t span;
+	uint8_t *raw, *p;
+	int err;
+
+	if (!addr || len == 0 || len % PRECOPY_PAGE_SIZE || len > SIZE_MAX - HUGE_SIZE)
+		return -EINVAL;
+	if (pc_region_need(len) > pc_host_memory())
+		return -ENOMEM;
+	if (numa_node >= 0) {
+		err = precopy_numa_node_ok(numa_node);
+		if (err)
+			return err;
+	}
+	/* Reserve 2 MiB more, start at the first 2 MiB boundary inside and
+	 * give the rest back: every whole 2 MiB of the region can then be one
+	 * transparent huge page, and munmap(*addr, len) frees it all. */
+	span = len + HUGE_SIZE;
+	raw = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (raw == MAP_FAILED)
+		return -errno;
+	p = (uint8_t *)(((uintptr_t)raw + HUGE_SIZE - 1) & ~(uintptr_t)(HUGE_SIZE - 1));
+	if (p > raw)
+		munmap(raw, (size_t)(p - raw));
+	if (raw + span > p + len)
+		munmap(p + len, (size_t)(raw + span - (p + len)));
+	/* Best effort: refused where THP is off ("never") or not built in. */
+	(void)madvise(p, len, MADV_HUGEPAGE);
+	err = bind_node(p, len, numa_node);
+	if (err) {
+		munmap(p, len);
+		return err;
+	}
+	*addr = p;
 	return 0;
 }
 

@@ -547,6 +547,9 @@ int precopy_add_region_fd(struct precopy_session *s, void *addr, size_t len, int
  *             policy on the file, so pages land there whoever touches
  *             them first); -1 = default policy.
  * The caller owns both: munmap(*@addr, @len) and close(*@fd).
+ * A memfd is shmem, in 4 KiB pages unless THP's shmem_enabled allows huge
+ * ones (default "never"); a destination that will not hand its RAM over
+ * receives faster into anonymous memory with MADV_HUGEPAGE, 2 MiB aligned.
  * Return: 0; -EINVAL for a bad @len or a node that does not exist (see
  * precopy_numa_max_node()); -ENOMEM if @len and its checksum table (8
  * bytes a page) need more than this host's memory and swap; -ENOSYS if
@@ -554,6 +557,25 @@ int precopy_add_region_fd(struct precopy_session *s, void *addr, size_t len, int
  * memfd_create, ftruncate, mmap or mbind.
  */
 int precopy_memfd_alloc(size_t len, int numa_node, void **addr, int *fd);
+
+/**
+ * precopy_ram_alloc() - create a destination's RAM for precopy_add_region()
+ * where no memfd is needed (a destination never shares its RAM with the
+ * source; a handoff maps the source's memfds over it): @len bytes (page
+ * multiple) of private anonymous memory at *@addr, on a 2 MiB boundary,
+ * with transparent huge pages asked for (MADV_HUGEPAGE, best effort).
+ * Where THP is in "madvise" or "always" mode, populating and receiving
+ * then reach each page through a 2 MiB mapping instead of 512 separate
+ * 4 KiB ones, which on a virtual machine can cost microseconds each.
+ * @numa_node: >= 0 binds the memory to that node (MPOL_BIND on the
+ *             mapping, before any page is touched); -1 = default policy.
+ * The caller frees it with munmap(*@addr, @len). Since PRECOPY_0.3.
+ * Return: 0; -EINVAL for a bad @len or a node that does not exist; -ENOMEM
+ * if @len and its checksum table (8 bytes a page) need more than this
+ * host's memory and swap; -ENOSYS if @numa_node >= 0 and the kernel has no
+ * NUMA support; -errno of mmap or mbind.
+ */
+int precopy_ram_alloc(size_t len, int numa_node, void **addr);
 
 /**
  * precopy_numa_max_node() - the highest NUMA node number here (0 on a

@@ -12,11 +12,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include "harness.h"
+#include "session.h"
 
 #define MiB (1ull << 20)
 #define RAM (64 * MiB)
@@ -169,10 +171,77 @@ static void populate__parameter(void **state)
 	free(ram);
 }
 
+/* The VMA of /proc/self/smaps that starts at @addr: its end in *@end, its
+ * VmFlags line in @flags, its AnonHugePages in *@huge_kb. 0 if found. */
+static int vma_at(const void *addr, uintptr_t *end, char *flags, size_t flen, long *huge_kb)
+{
+	FILE *f = fopen("/proc/self/smaps", "r");
+	char line[512];
+	uintptr_t lo, hi;
+	bool in = false;
+	int rc = -1;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+			if (in)
+				break;
+			in = lo == (uintptr_t)addr;
+			if (in) {
+				*end = hi;
+				rc = 0;
+			}
+		} else if (in && !strncmp(line, "AnonHugePages:", 14)) {
+			*huge_kb = atol(line + 14);
+		} else if (in && !strncmp(line, "VmFlags:", 8)) {
+			snprintf(flags, flen, "%.200s", line + 8);
+		}
+	}
+	fclose(f);
+	return rc;
+}
+
+/* The CLI's destination RAM: anonymous, on a 2 MiB boundary so every
+ * whole 2 MiB can be a huge page, MADV_HUGEPAGE asked for, exactly @len
+ * mapped (the alignment slack given back), freed by munmap. */
+static void populate__ram_alloc_huge_aligned(void **state)
+{
+	const size_t len = 8 * MiB + PRECOPY_PAGE_SIZE; /* not a 2 MiB multiple */
+	char flags[256] = "";
+	uintptr_t end = 0;
+	long huge_kb = -1;
+	bool thp = access("/sys/kernel/mm/transparent_hugepage/enabled", F_OK) == 0;
+	unsigned char vec;
+	void *p = NULL;
+
+	(void)state;
+	assert_int_equal(precopy_ram_alloc(0, -1, &p), -EINVAL);
+	assert_int_equal(precopy_ram_alloc(PRECOPY_PAGE_SIZE + 1, -1, &p), -EINVAL);
+	assert_int_equal(precopy_ram_alloc(len, -1, NULL), -EINVAL);
+	assert_true(precopy_ram_alloc(len, 1 << 20, &p) < 0); /* no such node */
+	assert_null(p);
+	assert_int_equal(precopy_ram_alloc(len, -1, &p), 0);
+	assert_non_null(p);
+	assert_int_equal((uintptr_t)p % (2 * MiB), 0);
+	assert_int_equal(vma_at(p, &end, flags, sizeof(flags), &huge_kb), 0);
+	assert_int_equal(end, (uintptr_t)p + len);
+	if (thp) /* asked for here, not only by pc_populate() */
+		assert_non_null(strstr(flags, " hg"));
+	assert_int_equal(pc_populate(p, len, 0), (int64_t)len);
+	assert_int_equal(vma_at(p, &end, flags, sizeof(flags), &huge_kb), 0);
+	printf("precopy_ram_alloc: %zu bytes at %p, AnonHugePages %ld kB, VmFlags%s", len, p,
+	       huge_kb, flags);
+	munmap(p, len);
+	assert_int_equal(mincore(p, PRECOPY_PAGE_SIZE, &vec), -1);
+	assert_int_equal(errno, ENOMEM); /* nothing left mapped */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(populate__parameter),
+		cmocka_unit_test(populate__ram_alloc_huge_aligned),
 		cmocka_unit_test(populate__tcp_receives_without_faults),
 		cmocka_unit_test(populate__off_faults_are_counted),
 		cmocka_unit_test(populate__shm_copy_mode_without_faults),

@@ -198,22 +198,6 @@ static const char *tp_why(struct bridge *b, int err)
 	return b->tp && b->tp->why[0] ? b->tp->why : strerror(-err);
 }
 
-static int write_all(int fd, const uint8_t *p, size_t len)
-{
-	while (len > 0) {
-		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
 /* A buffer for one message, or NULL with the bridge failed. */
 static uint8_t *msg_buf(struct bridge *b)
 {
@@ -289,7 +273,7 @@ static void *downstream(void *arg)
 		}
 		kind = pc_get_le32(buf);
 		if (kind == BR_DATA && len > BR_HDR) {
-			err = write_all(b->fd, buf + BR_HDR, len - BR_HDR);
+			err = pc_fd_write_all(b->fd, buf + BR_HDR, len - BR_HDR);
 			if (err) {
 				fail(b, err, true, "writing to the unix socket: %s", strerror(-err));
 				break;

@@ -283,6 +283,13 @@ int pc_fd_writev_all(int fd, struct iovec *iov, int iovcnt)
 	return sendv(NULL, fd, iov, iovcnt, NULL, 0);
 }
 
+int pc_fd_write_all(int fd, const void *buf, size_t len)
+{
+	struct iovec v = { .iov_base = (void *)buf, .iov_len = len };
+
+	return sendv(NULL, fd, &v, 1, NULL, 0);
+}
+
 int pc_fd_read_all(int fd, void *buf, size_t len)
 {
 	uint8_t *p = buf;

@@ -283,6 +283,18 @@ int pc_fd_writev_all(int fd, struct iovec *iov, int iovcnt)
 	return sendv(NULL, fd, iov, iovcnt, NULL, 0);
 }
 
+void pc_hello_encode(uint8_t *b, uint32_t magic, unsigned chan, unsigned nchan,
+		     uint64_t cookie)
+{
+	memset(b, 0, PC_HELLO_SIZE);
+	pc_put_le32(b, magic);
+	b[4] = PC_HELLO_VERSION;
+	b[5] = PC_HELLO_BEATS;
+	b[6] = (uint8_t)chan;
+	b[8] = (uint8_t)nchan;
+	pc_put_le64(b + 12, cookie);
+}
+
 int pc_fd_write_all(int fd, const void *buf, size_t len)
 {
 	struct iovec v = { .iov_base = (void *)buf, .iov_len = len };

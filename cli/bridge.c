@@ -69,14 +69,6 @@ static volatile int g_unix_listen_fd = -1;
 static struct bridge *volatile g_bridge;
 static volatile sig_atomic_t g_stop;
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 /* Async-signal-safe: shutdown() and the transports' abort ops only. */
 static void on_signal(int sig)
 {
@@ -348,7 +340,7 @@ static void say(struct pc_cli *c, const char *event, const char *fmt, const char
 static void report(struct bridge *b, int err)
 {
 	struct pc_cli *c = b->c;
-	double secs = (double)(now_ns() - b->t0) / 1e9;
+	double secs = (double)(pc_mono_ns() - b->t0) / 1e9;
 	uint64_t up = atomic_load(&b->to_peer), down = atomic_load(&b->from_peer);
 	char s1[32], s2[32], s3[32];
 
@@ -439,7 +431,7 @@ static int bridge_source(struct bridge *b)
 	if (err)
 		return fail(b, err, false, "waiting for a connection on %s: %s", uri,
 			    strerror(-err));
-	b->t0 = now_ns();
+	b->t0 = pc_mono_ns();
 	err = pc_tp_connect(ops, rest, &o, &b->tp);
 	if (err) {
 		b->tp = NULL;
@@ -487,7 +479,7 @@ static int bridge_dest(struct bridge *b)
 		return fail(b, err, false, "waiting for the peer bridge on %s: %s", uri,
 			    strerror(-err));
 	}
-	b->t0 = now_ns();
+	b->t0 = pc_mono_ns();
 	err = hello(b);
 	if (err)
 		return err;
@@ -529,7 +521,7 @@ int pc_cli_bridge(struct pc_cli *c)
 	atomic_init(&b.err, 0);
 	atomic_init(&b.to_peer, 0);
 	atomic_init(&b.from_peer, 0);
-	b.t0 = now_ns();
+	b.t0 = pc_mono_ns();
 	g_bridge = &b;
 	err = c->listen_unix ? bridge_source(&b) : bridge_dest(&b);
 	g_bridge = NULL;

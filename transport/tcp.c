@@ -252,14 +252,6 @@ struct pending {
 #endif
 };
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static void pend_close(struct pending *p)
 {
 #if PRECOPY_HAVE_TLS
@@ -428,7 +420,7 @@ static int accept_set(struct tcp_listener *l, const struct pc_transport_opts *o,
 	while (!err) {
 		struct pollfd pfd[PENDING_MAX + 1];
 		unsigned who[PENDING_MAX + 1], n = 0, idx[PRECOPY_MAX_CHANNELS];
-		uint64_t now = now_ns(), next = now + 200 * 1000000ull;
+		uint64_t now = pc_mono_ns(), next = now + 200 * 1000000ull;
 		int r;
 
 		if (atomic_load(&l->aborted)) {
@@ -481,7 +473,7 @@ static int accept_set(struct tcp_listener *l, const struct pc_transport_opts *o,
 			err = -errno;
 			break;
 		}
-		now = now_ns();
+		now = pc_mono_ns();
 		for (unsigned k = 0; k < n && r > 0; k++) {
 			if (!pfd[k].revents)
 				continue;

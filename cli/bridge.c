@@ -190,25 +190,11 @@ static const char *tp_why(struct bridge *b, int err)
 	return b->tp && b->tp->why[0] ? b->tp->why : strerror(-err);
 }
 
-/* A buffer for one message, or NULL with the bridge failed. */
-static uint8_t *msg_buf(struct bridge *b)
-{
-	uint8_t *buf = malloc(PC_MSG_MAX);
-
-	if (!buf)
-		fail(b, -ENOMEM, true, "out of memory");
-	return buf;
-}
-
 /* Socket -> transport, until the socket's end of stream. */
-static void *upstream(void *arg)
+static void pump_up(struct bridge *b, uint8_t *buf)
 {
-	struct bridge *b = arg;
-	uint8_t *buf = msg_buf(b);
 	int err;
 
-	if (!buf)
-		return NULL;
 	pc_put_le32(buf, BR_DATA);
 	for (;;) {
 		ssize_t n = read(b->fd, buf + BR_HDR, PC_MSG_MAX - BR_HDR);
@@ -218,38 +204,32 @@ static void *upstream(void *arg)
 			continue;
 		if (n < 0) {
 			fail(b, -errno, true, "reading from the unix socket: %s", strerror(errno));
-			break;
+			return;
 		}
 		if (atomic_load(&b->err))
-			break;
+			return;
 		if (n == 0) {
 			err = send_kind(b->tp, BR_END, NULL, 0);
 			if (err)
 				fail(b, err, false, "sending end of stream: %s", tp_why(b, err));
-			break;
+			return;
 		}
 		iov.iov_base = buf;
 		iov.iov_len = BR_HDR + (size_t)n;
 		err = pc_tp_send_msg(b->tp, 0, &iov, 1);
 		if (err) {
 			fail(b, err, false, "sending to the peer bridge: %s", tp_why(b, err));
-			break;
+			return;
 		}
 		atomic_fetch_add(&b->to_peer, (uint64_t)n);
 	}
-	free(buf);
-	return NULL;
 }
 
 /* Transport -> socket, until the peer's end message. */
-static void *downstream(void *arg)
+static void pump_down(struct bridge *b, uint8_t *buf)
 {
-	struct bridge *b = arg;
-	uint8_t *buf = msg_buf(b);
 	int err;
 
-	if (!buf)
-		return NULL;
 	for (;;) {
 		size_t len = 0;
 		uint32_t kind;
@@ -257,18 +237,18 @@ static void *downstream(void *arg)
 		err = pc_tp_recv_msg(b->tp, 0, buf, PC_MSG_MAX, &len);
 		if (err) {
 			fail(b, err, false, "receiving from the peer bridge: %s", tp_why(b, err));
-			break;
+			return;
 		}
 		if (len < BR_HDR) {
 			fail(b, -EPROTO, true, "a %zu-byte message from the peer bridge", len);
-			break;
+			return;
 		}
 		kind = pc_get_le32(buf);
 		if (kind == BR_DATA && len > BR_HDR) {
 			err = pc_fd_write_all(b->fd, buf + BR_HDR, len - BR_HDR);
 			if (err) {
 				fail(b, err, true, "writing to the unix socket: %s", strerror(-err));
-				break;
+				return;
 			}
 			atomic_fetch_add(&b->from_peer, len - BR_HDR);
 		} else if (kind == BR_END && len == BR_HDR) {
@@ -277,21 +257,43 @@ static void *downstream(void *arg)
 			if (shutdown(b->fd, SHUT_WR) && errno != ENOTCONN)
 				fail(b, -errno, true, "shutting the unix socket: %s",
 				     strerror(errno));
-			break;
+			return;
 		} else if (kind == BR_ERROR) {
 			int n = (int)(len - BR_HDR);
 
 			fail(b, -ECONNABORTED, false, "the peer bridge failed: %.*s",
 			     n > 200 ? 200 : n, (const char *)buf + BR_HDR);
-			break;
+			return;
 		} else {
 			fail(b, -EPROTO, true, "unexpected message 0x%08" PRIx32 " of %zu bytes "
 			     "from the peer bridge", kind, len);
-			break;
+			return;
 		}
 	}
+}
+
+/* Run @pump with a buffer for one message, or fail the bridge. */
+static void *with_buf(struct bridge *b, void (*pump)(struct bridge *, uint8_t *))
+{
+	uint8_t *buf = malloc(PC_MSG_MAX);
+
+	if (!buf) {
+		fail(b, -ENOMEM, true, "out of memory");
+		return NULL;
+	}
+	pump(b, buf);
 	free(buf);
 	return NULL;
+}
+
+static void *upstream(void *arg)
+{
+	return with_buf(arg, pump_up);
+}
+
+static void *downstream(void *arg)
+{
+	return with_buf(arg, pump_down);
 }
 
 static int hello(struct bridge *b)

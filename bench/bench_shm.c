@@ -34,6 +34,7 @@
 #include "common.h"
 #include "guest.h"
 #include "precopy.h"
+#include "tp_pair.h"
 #include "transport.h"
 
 #define PAGE 4096u
@@ -95,46 +96,16 @@ static double bench_memcpy(const uint8_t *src, uint8_t *dst, size_t len)
 
 /* --- transport only ----------------------------------------------------------- */
 
-struct tpair {
-	const struct pc_transport_ops *ops;
-	struct pc_listener *l;
-	struct pc_transport *a, *b;
+/* A shm: pair on a socket of this process's own. */
+static void tpair_open(struct pcb_tp_pair *p)
+{
 	char path[128];
-	int cerr;
-};
-
-static void *tp_connect(void *arg)
-{
-	struct tpair *p = arg;
-	struct pc_transport_opts o = { .channels = 1 };
-
-	p->cerr = pc_tp_connect(p->ops, p->path, &o, &p->a);
-	return NULL;
-}
-
-static void tpair_open(struct tpair *p)
-{
-	struct pc_transport_opts o = { 0 };
-	pthread_t t;
 	int err;
 
-	p->ops = pc_transport_find("shm");
-	snprintf(p->path, sizeof(p->path), "/tmp/precopy-bench-shm-%d.sock", (int)getpid());
-	err = pc_tp_listen(p->ops, p->path, &o, &p->l);
+	snprintf(path, sizeof(path), "/tmp/precopy-bench-shm-%d.sock", (int)getpid());
+	err = pcb_tp_open(p, pc_transport_find("shm"), path, 1);
 	if (err)
-		die("listen", err);
-	pthread_create(&t, NULL, tp_connect, p);
-	err = pc_tp_accept(p->l, &o, &p->b);
-	pthread_join(t, NULL);
-	if (err || p->cerr)
-		die("accept/connect", err ? err : p->cerr);
-}
-
-static void tpair_close(struct tpair *p)
-{
-	pc_tp_close(p->a);
-	pc_tp_close(p->b);
-	pc_tp_listener_close(p->l);
+		die("listen/accept/connect", err);
 }
 
 struct drain {
@@ -160,7 +131,7 @@ static void *drain_main(void *arg)
 static double bench_transport(const uint8_t *src, void *dst, size_t len, int fd,
 			      double *with_map)
 {
-	struct tpair p;
+	struct pcb_tp_pair p;
 	struct drain d;
 	pthread_t th;
 	uint8_t m[16] = "marker";
@@ -168,7 +139,6 @@ static double bench_transport(const uint8_t *src, void *dst, size_t len, int fd,
 	double t0, t1, tm;
 	int err;
 
-	memset(&p, 0, sizeof(p));
 	tpair_open(&p);
 	t0 = pcb_now(); /* sharing and mapping the region counts */
 	err = fd >= 0 ? pc_tp_expose_region_fd(p.b, 0, dst, len, fd, 0) : -EOPNOTSUPP;
@@ -202,7 +172,7 @@ static double bench_transport(const uint8_t *src, void *dst, size_t len, int fd,
 		die("receiving", d.err);
 	if (memcmp((uint8_t *)dst + len - PAGE, src + len - PAGE, PAGE))
 		die("destination differs", EIO);
-	tpair_close(&p);
+	pcb_tp_close(&p);
 	if (with_map)
 		*with_map = (double)len / (t1 - t0);
 	return (double)len / (t1 - tm);

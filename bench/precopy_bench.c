@@ -38,6 +38,7 @@
 #include "common.h"
 #include "guest.h"
 #include "precopy.h"
+#include "tp_pair.h"
 #include "transport.h"
 
 #define MiB (1ull << 20)
@@ -159,57 +160,7 @@ static void *tp_sender(void *arg)
 	return NULL;
 }
 
-struct tp_pair {
-	const struct pc_transport_ops *ops;
-	struct pc_listener *l;
-	struct pc_transport *a, *b;
-	char addr[256];
-	unsigned nchan;
-	int cerr;
-};
-
-static void *tp_connect(void *arg)
-{
-	struct tp_pair *p = arg;
-	struct pc_transport_opts o = { .channels = p->nchan };
-
-	p->cerr = pc_tp_connect(p->ops, p->addr, &o, &p->a);
-	return NULL;
-}
-
-static int tp_open(struct tp_pair *p, const struct pc_transport_ops *ops, const char *listen,
-		   unsigned nchan)
-{
-	struct pc_transport_opts o = { 0 };
-	char uri[300];
-	pthread_t t;
-	int err;
-
-	memset(p, 0, sizeof(*p));
-	p->ops = ops;
-	p->nchan = nchan;
-	err = pc_tp_listen(ops, listen, &o, &p->l);
-	if (err)
-		return err;
-	pc_tp_listener_addr(p->l, uri, sizeof(uri));
-	snprintf(p->addr, sizeof(p->addr), "%s", strchr(uri, ':') + 1);
-	pthread_create(&t, NULL, tp_connect, p);
-	err = pc_tp_accept(p->l, &o, &p->b);
-	pthread_join(t, NULL);
-	if (!err)
-		err = p->cerr;
-	return err;
-}
-
-static void tp_close(struct tp_pair *p)
-{
-	pc_tp_close(p->a);
-	pc_tp_close(p->b);
-	if (p->l)
-		pc_tp_listener_close(p->l);
-}
-
-static int tp_point(struct tp_pair *p, uint8_t *src, uint8_t *dst, size_t region,
+static int tp_point(struct pcb_tp_pair *p, uint8_t *src, uint8_t *dst, size_t region,
 		    uint64_t size, uint64_t total, unsigned depth, struct point *pt)
 {
 	struct tp_send snd[PRECOPY_MAX_CHANNELS];
@@ -448,7 +399,7 @@ static bool tp_listen_addr(const char *scheme, bool json, char *buf, size_t len)
  * @shdst and @shfd, exposed with its fd as the engine does), the source
  * registers @src, and the two exchange a "ready" message. Return: 0 or
  * -errno. */
-static int tp_prepare(struct tp_pair *p, bool shm, uint8_t *src, uint8_t *dst, size_t region,
+static int tp_prepare(struct pcb_tp_pair *p, bool shm, uint8_t *src, uint8_t *dst, size_t region,
 		      uint8_t **shdst, int *shfd)
 {
 	struct iovec rv = { "redy", 4 };
@@ -485,7 +436,7 @@ static int tp_prepare(struct tp_pair *p, bool shm, uint8_t *src, uint8_t *dst, s
 
 /* Every size from lo to hi (x4) over @p, each beside its baseline.
  * Return: 0, or 1 with the failure printed. */
-static int tp_sizes(const struct tp_args *a, const char *scheme, struct tp_pair *p,
+static int tp_sizes(const struct tp_args *a, const char *scheme, struct pcb_tp_pair *p,
 		    uint8_t *src, uint8_t *dst, size_t region)
 {
 	for (uint64_t size = a->lo; size <= a->hi; size *= 4) {
@@ -539,14 +490,14 @@ static int cmd_transport(int argc, char **argv)
 	for (size_t s = 0; s < sizeof(schemes) / sizeof(schemes[0]); s++) {
 		const struct pc_transport_ops *ops = pc_transport_find(schemes[s]);
 		char listen[256];
-		struct tp_pair p;
+		struct pcb_tp_pair p;
 		uint8_t *shdst = NULL;
 		int shfd = -1, err;
 
 		if ((a.only && strcmp(a.only, schemes[s])) || !ops ||
 		    !tp_listen_addr(schemes[s], a.json, listen, sizeof(listen)))
 			continue;
-		err = tp_open(&p, ops, listen, a.nchan);
+		err = pcb_tp_open(&p, ops, listen, a.nchan);
 		if (!err)
 			err = tp_prepare(&p, !strcmp(schemes[s], "shm"), src, dst, region, &shdst,
 					 &shfd);
@@ -557,7 +508,7 @@ static int cmd_transport(int argc, char **argv)
 		} else if (tp_sizes(&a, schemes[s], &p, src, dst, region)) {
 			rc = 1;
 		}
-		tp_close(&p);
+		pcb_tp_close(&p);
 		if (shdst) {
 			munmap(shdst, region);
 			close(shfd);

@@ -69,14 +69,6 @@ static volatile int g_unix_listen_fd = -1;
 static struct bridge *volatile g_bridge;
 static volatile sig_atomic_t g_stop;
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 /* Async-signal-safe: shutdown() and the transports' abort ops only. */
 static void on_signal(int sig)
 {
@@ -198,41 +190,11 @@ static const char *tp_why(struct bridge *b, int err)
 	return b->tp && b->tp->why[0] ? b->tp->why : strerror(-err);
 }
 
-static int write_all(int fd, const uint8_t *p, size_t len)
-{
-	while (len > 0) {
-		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
-/* A buffer for one message, or NULL with the bridge failed. */
-static uint8_t *msg_buf(struct bridge *b)
-{
-	uint8_t *buf = malloc(PC_MSG_MAX);
-
-	if (!buf)
-		fail(b, -ENOMEM, true, "out of memory");
-	return buf;
-}
-
 /* Socket -> transport, until the socket's end of stream. */
-static void *upstream(void *arg)
+static void pump_up(struct bridge *b, uint8_t *buf)
 {
-	struct bridge *b = arg;
-	uint8_t *buf = msg_buf(b);
 	int err;
 
-	if (!buf)
-		return NULL;
 	pc_put_le32(buf, BR_DATA);
 	for (;;) {
 		ssize_t n = read(b->fd, buf + BR_HDR, PC_MSG_MAX - BR_HDR);
@@ -242,38 +204,32 @@ static void *upstream(void *arg)
 			continue;
 		if (n < 0) {
 			fail(b, -errno, true, "reading from the unix socket: %s", strerror(errno));
-			break;
+			return;
 		}
 		if (atomic_load(&b->err))
-			break;
+			return;
 		if (n == 0) {
 			err = send_kind(b->tp, BR_END, NULL, 0);
 			if (err)
 				fail(b, err, false, "sending end of stream: %s", tp_why(b, err));
-			break;
+			return;
 		}
 		iov.iov_base = buf;
 		iov.iov_len = BR_HDR + (size_t)n;
 		err = pc_tp_send_msg(b->tp, 0, &iov, 1);
 		if (err) {
 			fail(b, err, false, "sending to the peer bridge: %s", tp_why(b, err));
-			break;
+			return;
 		}
 		atomic_fetch_add(&b->to_peer, (uint64_t)n);
 	}
-	free(buf);
-	return NULL;
 }
 
 /* Transport -> socket, until the peer's end message. */
-static void *downstream(void *arg)
+static void pump_down(struct bridge *b, uint8_t *buf)
 {
-	struct bridge *b = arg;
-	uint8_t *buf = msg_buf(b);
 	int err;
 
-	if (!buf)
-		return NULL;
 	for (;;) {
 		size_t len = 0;
 		uint32_t kind;
@@ -281,18 +237,18 @@ static void *downstream(void *arg)
 		err = pc_tp_recv_msg(b->tp, 0, buf, PC_MSG_MAX, &len);
 		if (err) {
 			fail(b, err, false, "receiving from the peer bridge: %s", tp_why(b, err));
-			break;
+			return;
 		}
 		if (len < BR_HDR) {
 			fail(b, -EPROTO, true, "a %zu-byte message from the peer bridge", len);
-			break;
+			return;
 		}
 		kind = pc_get_le32(buf);
 		if (kind == BR_DATA && len > BR_HDR) {
-			err = write_all(b->fd, buf + BR_HDR, len - BR_HDR);
+			err = pc_fd_write_all(b->fd, buf + BR_HDR, len - BR_HDR);
 			if (err) {
 				fail(b, err, true, "writing to the unix socket: %s", strerror(-err));
-				break;
+				return;
 			}
 			atomic_fetch_add(&b->from_peer, len - BR_HDR);
 		} else if (kind == BR_END && len == BR_HDR) {
@@ -301,21 +257,43 @@ static void *downstream(void *arg)
 			if (shutdown(b->fd, SHUT_WR) && errno != ENOTCONN)
 				fail(b, -errno, true, "shutting the unix socket: %s",
 				     strerror(errno));
-			break;
+			return;
 		} else if (kind == BR_ERROR) {
 			int n = (int)(len - BR_HDR);
 
 			fail(b, -ECONNABORTED, false, "the peer bridge failed: %.*s",
 			     n > 200 ? 200 : n, (const char *)buf + BR_HDR);
-			break;
+			return;
 		} else {
 			fail(b, -EPROTO, true, "unexpected message 0x%08" PRIx32 " of %zu bytes "
 			     "from the peer bridge", kind, len);
-			break;
+			return;
 		}
 	}
+}
+
+/* Run @pump with a buffer for one message, or fail the bridge. */
+static void *with_buf(struct bridge *b, void (*pump)(struct bridge *, uint8_t *))
+{
+	uint8_t *buf = malloc(PC_MSG_MAX);
+
+	if (!buf) {
+		fail(b, -ENOMEM, true, "out of memory");
+		return NULL;
+	}
+	pump(b, buf);
 	free(buf);
 	return NULL;
+}
+
+static void *upstream(void *arg)
+{
+	return with_buf(arg, pump_up);
+}
+
+static void *downstream(void *arg)
+{
+	return with_buf(arg, pump_down);
 }
 
 static int hello(struct bridge *b)
@@ -364,7 +342,7 @@ static void say(struct pc_cli *c, const char *event, const char *fmt, const char
 static void report(struct bridge *b, int err)
 {
 	struct pc_cli *c = b->c;
-	double secs = (double)(now_ns() - b->t0) / 1e9;
+	double secs = (double)(pc_mono_ns() - b->t0) / 1e9;
 	uint64_t up = atomic_load(&b->to_peer), down = atomic_load(&b->from_peer);
 	char s1[32], s2[32], s3[32];
 
@@ -455,7 +433,7 @@ static int bridge_source(struct bridge *b)
 	if (err)
 		return fail(b, err, false, "waiting for a connection on %s: %s", uri,
 			    strerror(-err));
-	b->t0 = now_ns();
+	b->t0 = pc_mono_ns();
 	err = pc_tp_connect(ops, rest, &o, &b->tp);
 	if (err) {
 		b->tp = NULL;
@@ -503,7 +481,7 @@ static int bridge_dest(struct bridge *b)
 		return fail(b, err, false, "waiting for the peer bridge on %s: %s", uri,
 			    strerror(-err));
 	}
-	b->t0 = now_ns();
+	b->t0 = pc_mono_ns();
 	err = hello(b);
 	if (err)
 		return err;
@@ -545,7 +523,7 @@ int pc_cli_bridge(struct pc_cli *c)
 	atomic_init(&b.err, 0);
 	atomic_init(&b.to_peer, 0);
 	atomic_init(&b.from_peer, 0);
-	b.t0 = now_ns();
+	b.t0 = pc_mono_ns();
 	g_bridge = &b;
 	err = c->listen_unix ? bridge_source(&b) : bridge_dest(&b);
 	g_bridge = NULL;

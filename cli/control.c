@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "transport.h"
 
 /** Longest request or answer line. */
 #define LINE_MAX_BYTES 4096
@@ -373,21 +374,6 @@ static void handle_line(struct pc_cli_control *ct, const char *line, char *out, 
 	pthread_mutex_unlock(&ct->lock);
 }
 
-static int write_all(int fd, const char *p, size_t n)
-{
-	while (n) {
-		ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return -1;
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
 /* Serve one client until it closes, goes idle or we are stopped. */
 static void serve(struct pc_cli_control *ct, int fd)
 {
@@ -415,7 +401,7 @@ static void serve(struct pc_cli_control *ct, int fd)
 			*nl = '\0';
 			handle_line(ct, in, out, sizeof(out) - 1);
 			strcat(out, "\n");
-			if (write_all(fd, out, strlen(out)))
+			if (pc_fd_write_all(fd, out, strlen(out)))
 				return;
 			memmove(in, in + used, have - used);
 			have -= used;
@@ -424,7 +410,7 @@ static void serve(struct pc_cli_control *ct, int fd)
 		if (have == LINE_MAX_BYTES) {
 			answer_error(out, sizeof(out) - 1, "request line too long");
 			strcat(out, "\n");
-			write_all(fd, out, strlen(out));
+			pc_fd_write_all(fd, out, strlen(out));
 			return;
 		}
 	}
@@ -581,7 +567,7 @@ int pc_cli_ctl(int argc, char **argv)
 	struct sockaddr_un a = { .sun_family = AF_UNIX };
 	char req[LINE_MAX_BYTES], ans[LINE_MAX_BYTES + 1], n[80], v[300];
 	size_t have = 0;
-	int fd, rc;
+	int fd, rc, err;
 
 	if (argc < 2)
 		return ctl_usage();
@@ -612,8 +598,9 @@ int pc_cli_ctl(int argc, char **argv)
 			close(fd);
 		return 1;
 	}
-	if (write_all(fd, req, strlen(req))) {
-		fprintf(stderr, "precopy ctl: '%s': %s\n", argv[0], strerror(errno));
+	err = pc_fd_write_all(fd, req, strlen(req));
+	if (err) {
+		fprintf(stderr, "precopy ctl: '%s': %s\n", argv[0], strerror(-err));
 		close(fd);
 		return 1;
 	}

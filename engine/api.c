@@ -694,6 +694,14 @@ static int param_uint(uint64_t v, unsigned *out)
 	return 0;
 }
 
+static int param_upto(uint64_t v, uint64_t max, uint64_t *out)
+{
+	if (v > max)
+		return -EINVAL;
+	*out = v;
+	return 0;
+}
+
 /* Store @v into @p's field (or @x's) for @param; -EINVAL if it cannot
  * be held. */
 static int param_store(struct precopy_params *p, struct pc_xparams *x, enum precopy_param param,
@@ -721,16 +729,10 @@ static int param_store(struct precopy_params *p, struct pc_xparams *x, enum prec
 	case PRECOPY_PARAM_CHANNELS: return param_uint(v, &p->channels);
 	case PRECOPY_PARAM_TIMEOUT: return param_uint(v, &p->timeout_ms);
 	case PRECOPY_PARAM_MAX_FORCED_DOWNTIME:
-		if (v > PC_DOWNTIME_LIMIT_MAX_MS)
-			return -EINVAL;
-		x->max_forced_downtime_ms = v;
-		return 0;
+		return param_upto(v, PC_DOWNTIME_LIMIT_MAX_MS, &x->max_forced_downtime_ms);
 	case PRECOPY_PARAM_POPULATE: return param_bool(v, &x->populate);
 	case PRECOPY_PARAM_DEVICE_STATE_SIZE:
-		if (v > PC_WIRE_DEVSTATE_MAX)
-			return -EINVAL;
-		x->device_state_size = v;
-		return 0;
+		return param_upto(v, PC_WIRE_DEVSTATE_MAX, &x->device_state_size);
 	case PRECOPY_PARAM__COUNT: break;
 	}
 	return -EINVAL;

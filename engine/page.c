@@ -81,66 +81,51 @@ static inline uint64_t finish(const uint64_t *acc)
 #if defined(__x86_64__) || defined(__SSE2__)
 #include <immintrin.h>
 
-/* SSE2 (every x86-64 has it): two lanes a register, pmuludq for the
- * 32x32->64 multiply. Bit for bit the same function as the portable loop. */
-static uint64_t hash_words_sse2(const unsigned char *b, uint64_t *or_out)
-{
-	__m128i acc[4], key[4], any = _mm_setzero_si128();
-	const __m128i step = _mm_set1_epi64x((long long)(LANES * STEP));
-	uint64_t out[LANES], o[2];
-
-	for (int v = 0; v < 4; v++) {
-		acc[v] = _mm_set_epi64x((long long)lane_key[2 * v + 1], (long long)lane_key[2 * v]);
-		key[v] = acc[v];
+/*
+ * The portable loop in BITS-wide registers (128: SSE2, 256: AVX2), PFX
+ * being the intrinsics' prefix (_mm, _mm256): BITS / 64 lanes a register,
+ * pmuludq for the 32x32->64 multiply. Bit for bit the same function as the
+ * portable loop; the constant bounds unroll, so each width compiles to the
+ * loop it would be written out by hand.
+ */
+#define HASH_WORDS_SIMD(name, attr, PFX, BITS)                                         \
+	attr static uint64_t name(const unsigned char *b, uint64_t *or_out)              \
+	{                                                                              \
+		enum { PER = (BITS) / 64, NV = LANES / PER };                          \
+		__m##BITS##i acc[NV], key[NV], any = PFX##_setzero_si##BITS();         \
+		const __m##BITS##i step = PFX##_set1_epi64x((long long)(LANES * STEP)); \
+		uint64_t out[LANES], o[PER];                                           \
+                                                                                       \
+		for (int v = 0; v < NV; v++) {                                         \
+			acc[v] = PFX##_loadu_si##BITS(                                 \
+				(const __m##BITS##i *)(lane_key + PER * v));           \
+			key[v] = acc[v];                                               \
+		}                                                                      \
+		for (size_t i = 0; i < WORDS; i += LANES) {                            \
+			for (int v = 0; v < NV; v++) {                                 \
+				__m##BITS##i w = PFX##_loadu_si##BITS(                 \
+					(const __m##BITS##i *)(b + 8 * i + 8 * PER * v)); \
+				__m##BITS##i k = PFX##_xor_si##BITS(w, key[v]);        \
+				__m##BITS##i p = PFX##_mul_epu32(k, PFX##_srli_epi64(k, 32)); \
+                                                                                       \
+				any = PFX##_or_si##BITS(any, w);                       \
+				acc[v] = PFX##_add_epi64(acc[v], PFX##_add_epi64(p, w)); \
+				key[v] = PFX##_add_epi64(key[v], step);                \
+			}                                                              \
+		}                                                                      \
+		for (int v = 0; v < NV; v++)                                           \
+			PFX##_storeu_si##BITS((__m##BITS##i *)(out + PER * v), acc[v]);  \
+		PFX##_storeu_si##BITS((__m##BITS##i *)o, any);                         \
+		*or_out = 0;                                                           \
+		for (int j = 0; j < PER; j++)                                          \
+			*or_out |= o[j];                                               \
+		return finish(out);                                                    \
 	}
-	for (size_t i = 0; i < WORDS; i += LANES) {
-		for (int v = 0; v < 4; v++) {
-			__m128i w = _mm_loadu_si128((const __m128i *)(b + 8 * i + 16 * v));
-			__m128i k = _mm_xor_si128(w, key[v]);
-			__m128i p = _mm_mul_epu32(k, _mm_srli_epi64(k, 32));
 
-			any = _mm_or_si128(any, w);
-			acc[v] = _mm_add_epi64(acc[v], _mm_add_epi64(p, w));
-			key[v] = _mm_add_epi64(key[v], step);
-		}
-	}
-	for (int v = 0; v < 4; v++)
-		_mm_storeu_si128((__m128i *)(out + 2 * v), acc[v]);
-	_mm_storeu_si128((__m128i *)o, any);
-	*or_out = o[0] | o[1];
-	return finish(out);
-}
-
-/* AVX2: four lanes a register; the same function again, twice as wide.
- * Chosen at run time, so the library still runs on any x86-64. */
-__attribute__((target("avx2"))) static uint64_t hash_words_avx2(const unsigned char *b,
-								 uint64_t *or_out)
-{
-	__m256i acc[2], key[2], any = _mm256_setzero_si256();
-	const __m256i step = _mm256_set1_epi64x((long long)(LANES * STEP));
-	uint64_t out[LANES], o[4];
-
-	for (int v = 0; v < 2; v++) {
-		acc[v] = _mm256_loadu_si256((const __m256i *)(lane_key + 4 * v));
-		key[v] = acc[v];
-	}
-	for (size_t i = 0; i < WORDS; i += LANES) {
-		for (int v = 0; v < 2; v++) {
-			__m256i w = _mm256_loadu_si256((const __m256i *)(b + 8 * i + 32 * v));
-			__m256i k = _mm256_xor_si256(w, key[v]);
-			__m256i p = _mm256_mul_epu32(k, _mm256_srli_epi64(k, 32));
-
-			any = _mm256_or_si256(any, w);
-			acc[v] = _mm256_add_epi64(acc[v], _mm256_add_epi64(p, w));
-			key[v] = _mm256_add_epi64(key[v], step);
-		}
-	}
-	for (int v = 0; v < 2; v++)
-		_mm256_storeu_si256((__m256i *)(out + 4 * v), acc[v]);
-	_mm256_storeu_si256((__m256i *)o, any);
-	*or_out = o[0] | o[1] | o[2] | o[3];
-	return finish(out);
-}
+/* SSE2: every x86-64 has it. */
+HASH_WORDS_SIMD(hash_words_sse2, , _mm, 128)
+/* AVX2: chosen at run time, so the library still runs on any x86-64. */
+HASH_WORDS_SIMD(hash_words_avx2, __attribute__((target("avx2"))), _mm256, 256)
 
 static uint64_t (*hash_impl)(const unsigned char *, uint64_t *);
 

@@ -63,7 +63,7 @@ static void token(const void *key, size_t key_len, const char *label, const uint
 static int get_event(struct rdma_event_channel *ec, int wake_fd, atomic_bool *aborted,
 		     const atomic_bool *cancel, int ms, struct rdma_cm_event **ev)
 {
-	uint64_t deadline = now_ns() + (uint64_t)ms * 1000000ull;
+	uint64_t deadline = pc_mono_ns() + (uint64_t)ms * 1000000ull;
 
 	for (;;) {
 		struct pollfd p[2] = { { .fd = ec->fd, .events = POLLIN },
@@ -78,7 +78,7 @@ static int get_event(struct rdma_event_channel *ec, int wake_fd, atomic_bool *ab
 			return 0;
 		if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
 			return -errno;
-		now = now_ns();
+		now = pc_mono_ns();
 		if (now >= deadline)
 			return -ETIMEDOUT;
 		step = (int)((deadline - now) / 1000000ull) + 1;
@@ -165,7 +165,7 @@ static void rep_encode(uint8_t *b, const uint8_t *req, unsigned chan, struct rd_
 	pc_put_le32(b + 16, c->credit_mr->rkey);
 	if (getrandom(b + 24, CHAL_SIZE, 0) != CHAL_SIZE) {
 		/* (no entropy source at all: still never the same twice here) */
-		pc_put_le64(b + 24, now_ns());
+		pc_put_le64(b + 24, pc_mono_ns());
 		pc_put_le64(b + 32, (uint64_t)getpid() << 32 ^ (uintptr_t)c);
 	}
 	token(key, klen, "PCR2-rep", req, REQ_SIZE, b, 40, b + 40);
@@ -232,7 +232,7 @@ static int connect_chan(struct rd_conn *c, unsigned i, unsigned nchan, uint64_t 
 	int err;
 
 	if (getrandom(&nonce, sizeof(nonce), 0) != sizeof(nonce))
-		nonce = now_ns() ^ cookie;
+		nonce = pc_mono_ns() ^ cookie;
 	req_encode(req, i, nchan, cookie, nonce, c, key, klen);
 	memset(&cp, 0, sizeof(cp));
 	cp.private_data = req;
@@ -282,7 +282,7 @@ static int connect_all(struct rd_conn *c, const char *addr, const struct pc_tran
 	}
 	set_nonblock(c->ec->fd);
 	if (getrandom(&cookie, sizeof(cookie), 0) != sizeof(cookie))
-		cookie = (uint64_t)getpid() << 32 ^ now_ns();
+		cookie = (uint64_t)getpid() << 32 ^ pc_mono_ns();
 	for (unsigned i = 0; i < c->base.nchan && !err; i++) {
 		err = connect_route(c, i, addr, res->ai_addr);
 		if (!err)
@@ -446,7 +446,7 @@ static unsigned check_req(const uint8_t *req, size_t len, const void *key, size_
 static int auth_wait(struct rd_conn *c, struct rd_chan *ch, const uint8_t *req,
 		     const uint8_t *rep, const void *key, size_t klen, struct rd_listener *l)
 {
-	uint64_t deadline = now_ns() + (uint64_t)c->timeout_ms * 1000000ull;
+	uint64_t deadline = pc_mono_ns() + (uint64_t)c->timeout_ms * 1000000ull;
 	uint8_t want[AUTH_SIZE];
 	const uint8_t *p;
 	struct ibv_wc wc;
@@ -460,7 +460,7 @@ static int auth_wait(struct rd_conn *c, struct rd_chan *ch, const uint8_t *req,
 			break;
 		if (atomic_load(&l->aborted))
 			return -ECANCELED;
-		if (now_ns() >= deadline)
+		if (pc_mono_ns() >= deadline)
 			return -ETIMEDOUT;
 		sleep_us(500);
 	}

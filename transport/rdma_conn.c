@@ -356,7 +356,7 @@ static void *monitor_main(void *arg)
 
 int rd_conn_start(struct rd_conn *c)
 {
-	uint64_t now = now_ns();
+	uint64_t now = pc_mono_ns();
 
 	for (unsigned i = 0; i < c->base.nchan; i++) {
 		atomic_store(&c->ch[i].heard_ns, now);

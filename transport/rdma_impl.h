@@ -178,14 +178,6 @@ struct rd_listener {
 
 /* --- small helpers --------------------------------------------------------- */
 
-static inline uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static inline void sleep_us(unsigned us)
 {
 	struct timespec ts = { 0, (long)us * 1000 };

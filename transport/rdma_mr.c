@@ -22,11 +22,11 @@
 /* ibv_reg_mr() of guest memory, counted in reg_ns/bytes/count. */
 static struct ibv_mr *reg_timed(struct rd_conn *c, void *addr, size_t len, int access)
 {
-	uint64_t t0 = now_ns();
+	uint64_t t0 = pc_mono_ns();
 	struct ibv_mr *mr = ibv_reg_mr(c->pd, addr, len, access);
 
 	if (mr) {
-		atomic_fetch_add(&c->reg_ns, now_ns() - t0);
+		atomic_fetch_add(&c->reg_ns, pc_mono_ns() - t0);
 		atomic_fetch_add(&c->reg_bytes, len);
 		atomic_fetch_add(&c->reg_count, 1);
 	}
@@ -186,7 +186,7 @@ int pc_rdma_local_keys(struct pc_transport *t, const void *addr, uint32_t *lkey,
  * message that brings it; region keys come on channel 0. */
 static int get_remote(struct rd_conn *c, uint32_t id, struct rd_remote *out)
 {
-	uint64_t deadline = now_ns() + KEY_WAIT_MS * 1000000ull;
+	uint64_t deadline = pc_mono_ns() + KEY_WAIT_MS * 1000000ull;
 
 	if (id >= PRECOPY_MAX_REGIONS)
 		return rd_fail(c, -EINVAL, "region %u out of range", id);
@@ -201,7 +201,7 @@ static int get_remote(struct rd_conn *c, uint32_t id, struct rd_remote *out)
 		err = rd_state(c);
 		if (err)
 			return err;
-		if (now_ns() > deadline)
+		if (pc_mono_ns() > deadline)
 			return rd_fail(c, -ENOENT, "the peer has not exposed region %u", id);
 		rd_sweep(c, &c->ch[0]);
 		pthread_mutex_lock(&c->reg_lock);

@@ -135,7 +135,7 @@ static int sq_progress(struct rd_conn *c, struct rd_chan *ch)
 	if (ch->busy && ch->done == ch->posted) {
 		/* Seen when reaped, not when completed: the busy time runs a
 		 * little long when nobody polls (an idle sender). */
-		ch->busy_ns += now_ns() - ch->busy_since;
+		ch->busy_ns += pc_mono_ns() - ch->busy_since;
 		ch->busy = false;
 	}
 	return 0;
@@ -149,7 +149,7 @@ int rd_sq_link_stats(struct rd_conn *c, struct rd_chan *ch, struct pc_tp_link_st
 	err = sq_progress(c, ch);
 	*out = (struct pc_tp_link_stats){
 		.source = PC_TP_LINK_COMPLETIONS,
-		.busy_ns = ch->busy_ns + (ch->busy ? now_ns() - ch->busy_since : 0),
+		.busy_ns = ch->busy_ns + (ch->busy ? pc_mono_ns() - ch->busy_since : 0),
 		.delivered = ch->bytes_done,
 		.queued = ch->bytes_posted - ch->bytes_done,
 	};
@@ -209,7 +209,7 @@ int rd_sq_post(struct rd_conn *c, struct rd_chan *ch, struct ibv_send_wr *wr, un
 		return rd_fail(c, -ret, "channel %u: ibv_post_send: %s", ch->idx, strerror(ret));
 	if (!ch->busy) {
 		ch->busy = true;
-		ch->busy_since = now_ns();
+		ch->busy_since = pc_mono_ns();
 	}
 	for (unsigned i = 0; i < n; i++) {
 		for (int k = 0; k < wr[i].num_sge; k++)
@@ -283,8 +283,8 @@ static int wait_credit(struct rd_conn *c, struct rd_chan *ch)
 			return err;
 		if (i == 0) {
 			atomic_fetch_add(&c->credit_waits, 1);
-			deadline = now_ns() + (uint64_t)c->timeout_ms * 1000000ull;
-		} else if ((i & 63) == 0 && now_ns() >= deadline) {
+			deadline = pc_mono_ns() + (uint64_t)c->timeout_ms * 1000000ull;
+		} else if ((i & 63) == 0 && pc_mono_ns() >= deadline) {
 			return rd_fail(c, -ETIMEDOUT, "channel %u: the peer has taken no message "
 				       "for %u ms (a hung or stopped process?)", ch->idx,
 				       c->timeout_ms);
@@ -407,7 +407,7 @@ static bool hb_send(struct rd_conn *c, struct rd_chan *ch, unsigned type, uint64
  * message (a result, an ack) must not be flushed by our own disconnect. */
 void rd_drain_sends(struct rd_conn *c)
 {
-	uint64_t deadline = now_ns() + 2000000000ull;
+	uint64_t deadline = pc_mono_ns() + 2000000000ull;
 
 	for (unsigned i = 0; i < c->base.nchan; i++) {
 		struct rd_chan *ch = &c->ch[i];
@@ -417,7 +417,7 @@ void rd_drain_sends(struct rd_conn *c)
 		for (;;) {
 			bool idle;
 
-			if (atomic_load(&c->err) || now_ns() > deadline)
+			if (atomic_load(&c->err) || pc_mono_ns() > deadline)
 				return;
 			pthread_mutex_lock(&ch->post_lock);
 			sq_progress(c, ch);
@@ -478,7 +478,7 @@ static int rq_next(struct rd_conn *c, struct rd_chan *ch, struct ibv_wc *wc)
 	if (n < 0)
 		return rd_fail(c, -EIO, "channel %u: polling the receive queue failed", ch->idx);
 	if (n == 1 && wc->status == IBV_WC_SUCCESS)
-		atomic_store(&ch->heard_ns, now_ns());
+		atomic_store(&ch->heard_ns, pc_mono_ns());
 	return n;
 }
 
@@ -568,7 +568,7 @@ static int handle_internal(struct rd_conn *c, struct rd_chan *ch, const uint8_t 
 /* Wait for a receive completion event (or a wake-up, or @ms). recv_lock held. */
 static void rq_wait(struct rd_conn *c, struct rd_chan *ch, int ms)
 {
-	uint64_t now = now_ns();
+	uint64_t now = pc_mono_ns();
 
 	if (ch->reposted != ch->reported)
 		credit_write(c, ch, false);
@@ -721,7 +721,7 @@ void rd_sweep(struct rd_conn *c, struct rd_chan *ch)
 		return; /* the channel's receiver is in recv_msg: it handles them */
 	while (ch->stash_n < RQ_DEPTH && ibv_poll_cq(ch->rcq, 1, &wc) == 1) {
 		if (wc.status == IBV_WC_SUCCESS) {
-			atomic_store(&ch->heard_ns, now_ns());
+			atomic_store(&ch->heard_ns, pc_mono_ns());
 			if (wc.wr_id < RQ_DEPTH && wc.opcode == IBV_WC_RECV &&
 			    wc.byte_len > FRAG_HDR && wc.byte_len <= SLOT_SIZE) {
 				unsigned type;
@@ -769,7 +769,7 @@ void rd_heartbeat(struct rd_conn *c)
 			/* not now: again at the next tick, unless a newer PING came */
 			atomic_compare_exchange_strong(&ch->pong_due, &none, due);
 		}
-		now = now_ns();
+		now = pc_mono_ns();
 		heard = atomic_load(&ch->heard_ns);
 		if (now <= heard)
 			continue;

@@ -65,8 +65,6 @@
 #include "stream.h"
 
 #define SHM_MAGIC 0x31534350u /* "PCS1" */
-#define SHM_VERSION 1
-#define SHM_HELLO_SIZE 32
 #define SHM_REPLY_SIZE 160
 #define SHM_REPLY_FLAGS (SHM_REPLY_SIZE - 1)
 #define SHM_REPLY_TEXT (SHM_REPLY_FLAGS - 8) /* the text and its NUL */
@@ -407,13 +405,6 @@ static int read_within(int fd, void *buf, size_t n, int abort_fd, unsigned ms,
 	return 0;
 }
 
-static int write_small(int fd, const void *buf, size_t n)
-{
-	struct iovec v = { (void *)buf, n };
-
-	return pc_fd_writev_all(fd, &v, 1); /* tiny: fits any socket buffer */
-}
-
 static void reply_encode(uint8_t *b, int status, const char *text, uint8_t flags)
 {
 	size_t n = text ? strnlen(text, SHM_REPLY_TEXT - 1) : 0;
@@ -549,12 +540,12 @@ static int accept_one(struct shm_listener *l, unsigned ms, int *fdp, uint8_t *he
 	err = peer_allowed(fd, "the connecting process", why, sizeof(why));
 	if (err) {
 		reply_encode(reply, err, why, 0);
-		write_small(fd, reply, sizeof(reply));
+		pc_fd_write_all(fd, reply, sizeof(reply));
 		close(fd);
 		return -EAGAIN;
 	}
 	tune(fd);
-	err = read_within(fd, hello, SHM_HELLO_SIZE, l->abort_fd, 5000, NULL);
+	err = read_within(fd, hello, PC_HELLO_SIZE, l->abort_fd, 5000, NULL);
 	if (err) {
 		close(fd);
 		return err == -ECANCELED ? err : -EAGAIN;
@@ -563,57 +554,53 @@ static int accept_one(struct shm_listener *l, unsigned ms, int *fdp, uint8_t *he
 	return 0;
 }
 
+/* Channel @have's hello: channel 0's starts a set, the others join it. */
+static bool hello_fits(const uint8_t *h, unsigned have, unsigned nchan, uint64_t cookie)
+{
+	if (pc_get_le32(h) != SHM_MAGIC || h[6] != have)
+		return false;
+	if (!have)
+		return h[4] == PC_HELLO_VERSION && h[8] != 0 && h[8] <= PRECOPY_MAX_CHANNELS;
+	return pc_get_le64(h + 12) == cookie && h[8] == nchan;
+}
+
 static int shm_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
 		      struct pc_transport **out)
 {
 	struct shm_listener *l = (struct shm_listener *)pl;
 	struct shm_conn *c;
 	int fds[PRECOPY_MAX_CHANNELS];
-	unsigned nchan = 0, have = 0;
+	unsigned nchan = 1, have = 0;
 	uint64_t cookie = 0;
-	uint8_t h[SHM_HELLO_SIZE], reply[SHM_REPLY_SIZE];
+	uint8_t h[PC_HELLO_SIZE], reply[SHM_REPLY_SIZE];
 	bool beats = false;
 	int err;
 
 	if (!out)
 		return -EINVAL;
-	for (;;) {
-		int fd;
-
-		err = accept_one(l, 0, &fd, h);
-		if (err == -EAGAIN)
-			continue;
-		if (err)
-			return err;
-		if (pc_get_le32(h) != SHM_MAGIC || h[4] != SHM_VERSION || h[6] != 0 || h[8] == 0 ||
-		    h[8] > PRECOPY_MAX_CHANNELS) {
-			close(fd);
-			continue;
-		}
-		nchan = h[8];
-		beats = h[5] & SHM_BEATS;
-		cookie = pc_get_le64(h + 12);
-		fds[have++] = fd;
-		break;
-	}
+	/* nchan is 1 until the first hello, channel 0's, says how many. */
 	while (have < nchan) {
-		int fd;
+		int fd = -1;
 
-		err = accept_one(l, 10000, &fd, h);
+		err = accept_one(l, have ? 10000 : 0, &fd, h);
 		if (err == -EAGAIN)
 			continue;
 		if (err)
 			goto err_close;
-		if (pc_get_le32(h) != SHM_MAGIC || pc_get_le64(h + 12) != cookie || h[6] != have ||
-		    h[8] != nchan) {
+		if (!hello_fits(h, have, nchan, cookie)) {
 			close(fd);
 			continue;
+		}
+		if (!have) {
+			nchan = h[8];
+			beats = h[5] & SHM_BEATS;
+			cookie = pc_get_le64(h + 12);
 		}
 		fds[have++] = fd;
 	}
 	reply_encode(reply, 0, "", SHM_BEATS);
 	for (unsigned i = 0; i < nchan; i++) {
-		err = write_small(fds[i], reply, sizeof(reply));
+		err = pc_fd_write_all(fds[i], reply, sizeof(reply));
 		if (err)
 			goto err_close;
 	}
@@ -632,7 +619,7 @@ err_close:
 static int connect_one(const struct sockaddr_un *sa, unsigned chan, unsigned nchan,
 		       uint64_t cookie, int *fdp, char *why, size_t whylen)
 {
-	uint8_t h[SHM_HELLO_SIZE];
+	uint8_t h[PC_HELLO_SIZE];
 	int fd, err;
 
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -649,14 +636,8 @@ static int connect_one(const struct sockaddr_un *sa, unsigned chan, unsigned nch
 		return err;
 	}
 	tune(fd);
-	memset(h, 0, sizeof(h));
-	pc_put_le32(h, SHM_MAGIC);
-	h[4] = SHM_VERSION;
-	h[5] = SHM_BEATS;
-	h[6] = (uint8_t)chan;
-	h[8] = (uint8_t)nchan;
-	pc_put_le64(h + 12, cookie);
-	err = write_small(fd, h, sizeof(h));
+	pc_hello_encode(h, SHM_MAGIC, chan, nchan, cookie);
+	err = pc_fd_write_all(fd, h, sizeof(h));
 	if (err) {
 		/* refused before our hello was read: the verdict may be there */
 		uint8_t r[SHM_REPLY_SIZE];

@@ -283,6 +283,25 @@ int pc_fd_writev_all(int fd, struct iovec *iov, int iovcnt)
 	return sendv(NULL, fd, iov, iovcnt, NULL, 0);
 }
 
+void pc_hello_encode(uint8_t *b, uint32_t magic, unsigned chan, unsigned nchan,
+		     uint64_t cookie)
+{
+	memset(b, 0, PC_HELLO_SIZE);
+	pc_put_le32(b, magic);
+	b[4] = PC_HELLO_VERSION;
+	b[5] = PC_HELLO_BEATS;
+	b[6] = (uint8_t)chan;
+	b[8] = (uint8_t)nchan;
+	pc_put_le64(b + 12, cookie);
+}
+
+int pc_fd_write_all(int fd, const void *buf, size_t len)
+{
+	struct iovec v = { .iov_base = (void *)buf, .iov_len = len };
+
+	return sendv(NULL, fd, &v, 1, NULL, 0);
+}
+
 int pc_fd_read_all(int fd, void *buf, size_t len)
 {
 	uint8_t *p = buf;
@@ -386,6 +405,15 @@ int pc_stream_send_msg(struct pc_transport *t, unsigned chan, const struct iovec
 	return pc_stream_send_fds(t, chan, NULL, 0, iov, iovcnt);
 }
 
+/* The PAGES frame header that goes before run @r's bytes. */
+static void put_pages_hdr(uint8_t *h, const struct pc_page_run *r)
+{
+	pc_put_le32(h, PC_FRAME_PAGES);
+	pc_put_le32(h + 4, r->region);
+	pc_put_le64(h + 8, r->offset);
+	pc_put_le64(h + 16, r->len);
+}
+
 /* Frame up to RUNS_PER_WRITE of @runs (those the direct hook does not
  * place) into @hdr and @v; *@used: how many of @runs were taken. Return:
  * the iovecs filled, or -errno from the hook. */
@@ -403,10 +431,7 @@ static int frame_runs(struct pc_stream *s, const struct pc_page_run *runs, unsig
 		}
 		if (d)
 			continue;
-		pc_put_le32(hdr[k], PC_FRAME_PAGES);
-		pc_put_le32(hdr[k] + 4, runs[i].region);
-		pc_put_le64(hdr[k] + 8, runs[i].offset);
-		pc_put_le64(hdr[k] + 16, runs[i].len);
+		put_pages_hdr(hdr[k], &runs[i]);
 		v[2 * k].iov_base = hdr[k];
 		v[2 * k].iov_len = PC_FRAME_HDR;
 		v[2 * k + 1].iov_base = (void *)runs[i].src;
@@ -443,10 +468,7 @@ static int write_runs_bounced(struct pc_stream *s, unsigned chan,
 		}
 		if (d)
 			continue; /* placed by the transport itself */
-		pc_put_le32(hdr[nh], PC_FRAME_PAGES);
-		pc_put_le32(hdr[nh] + 4, runs[i].region);
-		pc_put_le64(hdr[nh] + 8, runs[i].offset);
-		pc_put_le64(hdr[nh] + 16, runs[i].len);
+		put_pages_hdr(hdr[nh], &runs[i]);
 		v[nv].iov_base = hdr[nh++];
 		v[nv++].iov_len = PC_FRAME_HDR;
 		while (off < runs[i].len && !err) {

@@ -192,6 +192,17 @@ int pc_stream_recv_fds(struct pc_transport *t, unsigned chan, void *buf, size_t 
 		       size_t *len, int *fds, unsigned maxfds, unsigned *nfds);
 
 /* Helpers for the transports' own handshakes. */
+/* The 32-byte hello that opens each tcp: and shm: connection (PROTOCOL.md):
+ * le32 magic, version, flags, channel index, channel count, le64 cookie. */
+#define PC_HELLO_SIZE 32
+#define PC_HELLO_VERSION 1
+#define PC_HELLO_BEATS 0x01u /* flags (byte 5): heartbeats both ways */
+/**
+ * pc_hello_encode() - a hello into the PC_HELLO_SIZE bytes at @b: @magic,
+ * PC_HELLO_VERSION, PC_HELLO_BEATS, channel @chan of @nchan, @cookie.
+ */
+void pc_hello_encode(uint8_t *b, uint32_t magic, unsigned chan, unsigned nchan,
+		     uint64_t cookie);
 /** pc_fd_writev_all() - write all of @iov (consumed), or -errno;
  *  -ETIMEDOUT when the socket's SO_SNDTIMEO passed without a byte sent. */
 int pc_fd_writev_all(int fd, struct iovec *iov, int iovcnt);

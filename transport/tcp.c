@@ -31,9 +31,6 @@
 #endif
 
 #define TCP_HELLO_MAGIC 0x31544350u /* "PCT1" */
-#define TCP_HELLO_VERSION 1
-#define TCP_HELLO_SIZE 32
-#define TCP_HELLO_BEATS 0x01u /* flags (byte 5): heartbeats both ways */
 #define DEFAULT_TIMEOUT_MS 15000
 
 struct tcp_listener {
@@ -79,17 +76,6 @@ static void tune_socket(int fd, unsigned timeout_ms)
 
 		setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	}
-}
-
-static void hello_encode(uint8_t *b, unsigned chan, unsigned nchan, uint64_t cookie)
-{
-	memset(b, 0, TCP_HELLO_SIZE);
-	pc_put_le32(b, TCP_HELLO_MAGIC);
-	b[4] = TCP_HELLO_VERSION;
-	b[5] = TCP_HELLO_BEATS;
-	b[6] = (uint8_t)chan;
-	b[8] = (uint8_t)nchan;
-	pc_put_le64(b + 12, cookie);
 }
 
 /*
@@ -258,21 +244,13 @@ struct pending {
 	enum pend_state st;
 	int fd;
 	uint64_t born_ns, deadline_ns;
-	uint8_t hello[TCP_HELLO_SIZE];
+	uint8_t hello[PC_HELLO_SIZE];
 	size_t got;
 	short events;             /* P_TLS: what the handshake waits for */
 #if PRECOPY_HAVE_TLS
 	struct pc_tls_conn *tls;
 #endif
 };
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static void pend_close(struct pending *p)
 {
@@ -290,7 +268,7 @@ static void pend_close(struct pending *p)
 /* A hello that can start a set (channel 0) or join one (the others). */
 static bool hello_ok(const uint8_t *h)
 {
-	return pc_get_le32(h) == TCP_HELLO_MAGIC && h[4] == TCP_HELLO_VERSION && h[8] != 0 &&
+	return pc_get_le32(h) == TCP_HELLO_MAGIC && h[4] == PC_HELLO_VERSION && h[8] != 0 &&
 	       h[8] <= PRECOPY_MAX_CHANNELS && h[6] < h[8];
 }
 
@@ -336,7 +314,7 @@ static void pend_step(struct pending *p, const struct pc_transport_ops *ops,
 		return;
 	}
 	if (p->st == P_HELLO) {
-		ssize_t n = recv(p->fd, p->hello + p->got, TCP_HELLO_SIZE - p->got, 0);
+		ssize_t n = recv(p->fd, p->hello + p->got, PC_HELLO_SIZE - p->got, 0);
 
 		if (n < 0 && (errno == EAGAIN || errno == EINTR))
 			return;
@@ -345,7 +323,7 @@ static void pend_step(struct pending *p, const struct pc_transport_ops *ops,
 			return;
 		}
 		p->got += (size_t)n;
-		if (p->got < TCP_HELLO_SIZE)
+		if (p->got < PC_HELLO_SIZE)
 			return;
 		if (!hello_ok(p->hello)) {
 			pend_close(p); /* not one of ours */
@@ -442,7 +420,7 @@ static int accept_set(struct tcp_listener *l, const struct pc_transport_opts *o,
 	while (!err) {
 		struct pollfd pfd[PENDING_MAX + 1];
 		unsigned who[PENDING_MAX + 1], n = 0, idx[PRECOPY_MAX_CHANNELS];
-		uint64_t now = now_ns(), next = now + 200 * 1000000ull;
+		uint64_t now = pc_mono_ns(), next = now + 200 * 1000000ull;
 		int r;
 
 		if (atomic_load(&l->aborted)) {
@@ -470,7 +448,7 @@ static int accept_set(struct tcp_listener *l, const struct pc_transport_opts *o,
 				p->fd = -1;
 				p->st = P_FREE;
 			}
-			if (tab[i].hello[5] & TCP_HELLO_BEATS)
+			if (tab[i].hello[5] & PC_HELLO_BEATS)
 				err |= 0x100;
 			break;
 		}
@@ -495,7 +473,7 @@ static int accept_set(struct tcp_listener *l, const struct pc_transport_opts *o,
 			err = -errno;
 			break;
 		}
-		now = now_ns();
+		now = pc_mono_ns();
 		for (unsigned k = 0; k < n && r > 0; k++) {
 			if (!pfd[k].revents)
 				continue;
@@ -525,6 +503,24 @@ static int wrap(struct pc_stream *s, const struct pc_transport_opts *o, bool ser
 				    cancel, o ? o->why : NULL, o ? o->whylen : 0);
 #endif
 	(void)s, (void)o, (void)server, (void)host, (void)cancel;
+	return 0;
+}
+
+/* A connection over @fds; they are the caller's to close on failure. */
+static int conn_new(const struct pc_transport_ops *ops, const int *fds, unsigned nchan,
+		    struct tcp_conn **out)
+{
+	struct tcp_conn *c = calloc(1, sizeof(*c));
+	int err;
+
+	if (!c)
+		return -ENOMEM;
+	err = pc_stream_init(&c->s, ops, fds, nchan);
+	if (err) {
+		free(c);
+		return err;
+	}
+	*out = c;
 	return 0;
 }
 
@@ -564,11 +560,8 @@ static int tcp_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
 		return err;
 	nchan = (unsigned)err & 0xff;
 	beats = err & 0x100;
-	c = calloc(1, sizeof(*c));
-	if (c)
-		err = pc_stream_init(&c->s, pl->ops, fds, nchan);
-	if (!c || err) {
-		free(c);
+	err = conn_new(pl->ops, fds, nchan, &c);
+	if (err) {
 		for (unsigned i = 0; i < nchan; i++) {
 #if PRECOPY_HAVE_TLS
 			if (tls[i])
@@ -576,7 +569,7 @@ static int tcp_accept(struct pc_listener *pl, const struct pc_transport_opts *o,
 #endif
 			close(fds[i]);
 		}
-		return c ? err : -ENOMEM;
+		return err;
 	}
 #if PRECOPY_HAVE_TLS
 	for (unsigned i = 0; i < nchan; i++)
@@ -616,7 +609,7 @@ static int connect_as(const char *scheme, const char *addr,
 		cookie = (uint64_t)getpid() << 32 ^ (uint64_t)(uintptr_t)&cookie;
 
 	for (; have < nchan; have++) {
-		uint8_t h[TCP_HELLO_SIZE];
+		uint8_t h[PC_HELLO_SIZE];
 		struct iovec v = { h, sizeof(h) };
 		int fd = -1;
 
@@ -640,7 +633,7 @@ static int connect_as(const char *scheme, const char *addr,
 		}
 		if (fd < 0)
 			goto err_close;
-		hello_encode(h, have, nchan, cookie);
+		pc_hello_encode(h, TCP_HELLO_MAGIC, have, nchan, cookie);
 		err = pc_fd_writev_all(fd, &v, 1);
 		if (err) {
 			close(fd);
@@ -649,16 +642,9 @@ static int connect_as(const char *scheme, const char *addr,
 		fds[have] = fd;
 	}
 	freeaddrinfo(res);
-	c = calloc(1, sizeof(*c));
-	if (!c) {
-		err = -ENOMEM;
+	err = conn_new(pc_transport_find(scheme), fds, nchan, &c);
+	if (err)
 		goto err_close_nores;
-	}
-	err = pc_stream_init(&c->s, pc_transport_find(scheme), fds, nchan);
-	if (err) {
-		free(c);
-		goto err_close_nores;
-	}
 	{
 		char host[256], port[8];
 
@@ -698,16 +684,10 @@ int pc_tcp_from_fds(const int *fds, unsigned nchan, struct pc_transport **out)
 
 	if (!fds || !out || nchan == 0 || nchan > PRECOPY_MAX_CHANNELS)
 		return -EINVAL;
-	c = calloc(1, sizeof(*c));
-	if (!c)
-		return -ENOMEM;
-	err = pc_stream_init(&c->s, pc_transport_find("tcp"), fds, nchan);
-	if (err) {
-		free(c);
-		return err;
-	}
-	*out = &c->s.base;
-	return 0;
+	err = conn_new(pc_transport_find("tcp"), fds, nchan, &c);
+	if (!err)
+		*out = &c->s.base;
+	return err;
 }
 
 int pc_tcp_listener_from_fds(const int *fds, unsigned nchan, struct pc_listener **out)
@@ -746,25 +726,22 @@ static int tcp_link_stats(struct pc_transport *t, unsigned chan, struct pc_tp_li
 	return pc_tcp_fd_link_stats(c->s.ch[chan].fd, out);
 }
 
+/* All but scheme, caps, listen and connect: tls: is tcp: with TLS on each channel. */
+#define TCP_SHARED_OPS \
+	.listener_addr = tcp_listener_addr, .accept = tcp_accept, \
+	.listener_abort = tcp_listener_abort, .listener_close = tcp_listener_close, \
+	.abort = pc_stream_abort, .close = tcp_close, .link_stats = tcp_link_stats, \
+	.expose_region = pc_stream_expose_region, .unexpose_all = pc_stream_unexpose_all, \
+	.reg_local = pc_stream_reg_local, .write_pages = pc_stream_write_pages, \
+	.send_msg = pc_stream_send_msg, .recv_msg = pc_stream_recv_msg
+
 const struct pc_transport_ops pc_tcp_ops = {
 	.scheme = "tcp",
 	.syntax = "tcp:HOST:PORT",
 	.caps = 0,
 	.listen = tcp_listen,
-	.listener_addr = tcp_listener_addr,
-	.accept = tcp_accept,
-	.listener_abort = tcp_listener_abort,
-	.listener_close = tcp_listener_close,
 	.connect = tcp_connect,
-	.abort = pc_stream_abort,
-	.close = tcp_close,
-	.expose_region = pc_stream_expose_region,
-	.unexpose_all = pc_stream_unexpose_all,
-	.reg_local = pc_stream_reg_local,
-	.link_stats = tcp_link_stats,
-	.send_msg = pc_stream_send_msg,
-	.recv_msg = pc_stream_recv_msg,
-	.write_pages = pc_stream_write_pages,
+	TCP_SHARED_OPS
 };
 
 #if PRECOPY_HAVE_TLS
@@ -790,19 +767,7 @@ const struct pc_transport_ops pc_tls_ops = {
 	.syntax = "tls:HOST:PORT",
 	.caps = PC_TCAP_TLS,
 	.listen = tls_listen,
-	.listener_addr = tcp_listener_addr,
-	.accept = tcp_accept,
-	.listener_abort = tcp_listener_abort,
-	.listener_close = tcp_listener_close,
 	.connect = tls_connect,
-	.abort = pc_stream_abort,
-	.close = tcp_close,
-	.expose_region = pc_stream_expose_region,
-	.unexpose_all = pc_stream_unexpose_all,
-	.reg_local = pc_stream_reg_local,
-	.link_stats = tcp_link_stats,
-	.send_msg = pc_stream_send_msg,
-	.recv_msg = pc_stream_recv_msg,
-	.write_pages = pc_stream_write_pages,
+	TCP_SHARED_OPS
 };
 #endif

@@ -34,22 +34,17 @@ static uint64_t add_sat(uint64_t a, uint64_t b)
 
 void pc_policy_params_defaults(struct precopy_params *p)
 {
-	memset(p, 0, sizeof(*p));
-	p->max_bandwidth = 0;
-	p->downtime_limit_ms = 300;
-	p->avail_switchover_bandwidth = 0;
-	p->auto_converge = false;
-	p->throttle_trigger_threshold = 50;
-	p->cpu_throttle_initial = 20;
-	p->cpu_throttle_increment = 10;
-	p->max_cpu_throttle = 99;
-	p->cpu_throttle_tailslow = false;
-	p->max_iterations = 0;
-	p->max_time_ms = 0;
-	p->stall_iterations = 0;
-	p->on_limit = PRECOPY_ON_LIMIT_FORCE;
-	p->channels = 1;
-	p->timeout_ms = 15000;
+	/* Every field not named here is 0 or false. */
+	*p = (struct precopy_params){
+		.downtime_limit_ms = 300,
+		.throttle_trigger_threshold = 50,
+		.cpu_throttle_initial = 20,
+		.cpu_throttle_increment = 10,
+		.max_cpu_throttle = 99,
+		.on_limit = PRECOPY_ON_LIMIT_FORCE,
+		.channels = 1,
+		.timeout_ms = 15000,
+	};
 }
 
 static int bad(char *why, size_t whylen, const char *what)
@@ -458,15 +453,21 @@ uint64_t pc_bucket_take(struct pc_bucket *b, uint64_t bytes, uint64_t now)
 /* Auto-converge                                                       */
 /* ------------------------------------------------------------------ */
 
-void pc_throttle_init(struct pc_throttle *t, const struct precopy_params *p, uint64_t now)
+/* The auto-converge parameters of @p, into @t. */
+static void throttle_take_params(struct pc_throttle *t, const struct precopy_params *p)
 {
-	memset(t, 0, sizeof(*t));
 	t->enabled = p->auto_converge;
 	t->threshold = p->throttle_trigger_threshold;
 	t->initial = p->cpu_throttle_initial;
 	t->increment = p->cpu_throttle_increment;
 	t->max = p->max_cpu_throttle;
 	t->tailslow = p->cpu_throttle_tailslow;
+}
+
+void pc_throttle_init(struct pc_throttle *t, const struct precopy_params *p, uint64_t now)
+{
+	memset(t, 0, sizeof(*t));
+	throttle_take_params(t, p);
 	t->period_start = now;
 }
 
@@ -671,12 +672,7 @@ unsigned pc_policy_update(struct pc_policy *pol, const struct precopy_params *p,
 		t->sent = 0;
 		t->hits = 0;
 	}
-	t->enabled = p->auto_converge;
-	t->threshold = p->throttle_trigger_threshold;
-	t->initial = p->cpu_throttle_initial;
-	t->increment = p->cpu_throttle_increment;
-	t->max = p->max_cpu_throttle;
-	t->tailslow = p->cpu_throttle_tailslow;
+	throttle_take_params(t, p);
 	if (t->pct > t->max)
 		t->pct = t->max;
 

@@ -425,6 +425,14 @@ static inline void pc_tp_close(struct pc_transport *t)
 		t->ops->close(t);
 }
 
+/**
+ * pc_fd_write_all() - send all @len bytes at @buf on the socket @fd,
+ * without SIGPIPE, retrying after EINTR.
+ * Return: 0; -ECONNRESET when the peer has gone; -ETIMEDOUT when the
+ * socket's SO_SNDTIMEO passed without a byte sent; -errno.
+ */
+int pc_fd_write_all(int fd, const void *buf, size_t len);
+
 /** pc_mono_ns() - CLOCK_MONOTONIC in ns, the clock of every transport's
  *  deadlines and figures. */
 static inline uint64_t pc_mono_ns(void)

@@ -106,20 +106,27 @@ static int bind_node(void *p, size_t len, int node)
 	return err;
 }
 
+/* What both allocators refuse: no place for the address, a size that is
+ * not whole pages or more than this host holds, a node that is not here. */
+static int ram_args_ok(size_t len, int numa_node, void **addr)
+{
+	if (!addr || len == 0 || len % PRECOPY_PAGE_SIZE)
+		return -EINVAL;
+	if (pc_region_need(len) > pc_host_memory())
+		return -ENOMEM;
+	return numa_node >= 0 ? precopy_numa_node_ok(numa_node) : 0;
+}
+
 int precopy_memfd_alloc(size_t len, int numa_node, void **addr, int *fdp)
 {
 	void *p;
 	int fd, err;
 
-	if (!addr || !fdp || len == 0 || len % PRECOPY_PAGE_SIZE)
+	if (!fdp)
 		return -EINVAL;
-	if (pc_region_need(len) > pc_host_memory())
-		return -ENOMEM;
-	if (numa_node >= 0) {
-		err = precopy_numa_node_ok(numa_node);
-		if (err)
-			return err;
-	}
+	err = ram_args_ok(len, numa_node, addr);
+	if (err)
+		return err;
 	fd = memfd_create("precopy-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (fd < 0)
 		return -errno;
@@ -160,15 +167,11 @@ int precopy_ram_alloc(size_t len, int numa_node, void **addr)
 	uint8_t *raw, *p;
 	int err;
 
-	if (!addr || len == 0 || len % PRECOPY_PAGE_SIZE || len > SIZE_MAX - HUGE_SIZE)
+	if (len > SIZE_MAX - HUGE_SIZE)
 		return -EINVAL;
-	if (pc_region_need(len) > pc_host_memory())
-		return -ENOMEM;
-	if (numa_node >= 0) {
-		err = precopy_numa_node_ok(numa_node);
-		if (err)
-			return err;
-	}
+	err = ram_args_ok(len, numa_node, addr);
+	if (err)
+		return err;
 	/* Reserve 2 MiB more, start at the first 2 MiB boundary inside and
 	 * give the rest back: every whole 2 MiB of the region can then be one
 	 * transparent huge page, and munmap(*addr, len) frees it all. */

@@ -495,10 +495,11 @@ int pc_guest_verify(const void *mem, size_t len, const struct pc_guest_desc *d, 
 	uint8_t expect[PAGE];
 	uint64_t sum = 0, first = 0, prev = 0;
 	bool seen = false, stepped = false;
-	bool seq = d->pattern == PC_GUEST_SEQUENTIAL && d->threads == 1;
+	bool seq;
 
 	if (!mem || !d || d->magic != PC_GUEST_MAGIC)
 		return bad(why, whylen, "no guest descriptor");
+	seq = d->pattern == PC_GUEST_SEQUENTIAL && d->threads == 1;
 	if (len != d->npages * PAGE)
 		return bad(why, whylen, "memory is %zu bytes, the guest had %llu pages", len,
 			   (unsigned long long)d->npages);

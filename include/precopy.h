@@ -98,6 +98,26 @@ enum precopy_on_limit {
 	PRECOPY_ON_LIMIT_FORCE = 0,
 	/** Fail the migration; the source guest keeps running. */
 	PRECOPY_ON_LIMIT_ABORT,
+	/**
+	 * Switch over to postcopy: stop the guest, send the device state and
+	 * the set of pages the destination does not hold current, and resume
+	 * the guest at the destination at once; the destination asks for a
+	 * page its guest touches before it is there (userfaultfd), and the
+	 * source pushes every missing page from its stopped copy, asked-for
+	 * pages first. Every page is still checked against the source's
+	 * checksum; the destination reports success only once every page is
+	 * in and matches. Needs userfaultfd at the destination and a
+	 * transport that carries it (tcp: and tls:): elsewhere the migration
+	 * is refused at the handshake (-EOPNOTSUPP), never run as precopy.
+	 * The mode is fixed when the migration starts: changing on-limit to
+	 * or from postcopy while it runs is refused (-EBUSY). Once the guest
+	 * was handed over, a lost connection cannot be recovered yet: the
+	 * destination fails with the pages it lacks still missing (its
+	 * guest's accesses to them stay blocked, never see wrong data) and
+	 * the source keeps its guest stopped. max-forced-downtime does not
+	 * apply (the pause carries no RAM).
+	 */
+	PRECOPY_ON_LIMIT_POSTCOPY,
 };
 
 /**
@@ -294,6 +314,26 @@ struct precopy_stats {
 	uint64_t queued_bytes;
 	/** device-state size counted in expected_downtime, bytes. */
 	uint64_t device_state_bytes;
+
+	/* --- since PRECOPY_0.3: postcopy (on-limit postcopy) ------------- */
+	/** true once the migration switched over to postcopy. */
+	bool postcopy;
+	/** ms from the guest's resumption at the destination until every
+	 *  page was in (0 until then). */
+	uint64_t postcopy_time;
+	/** pages the destination asked for because its guest touched them
+	 *  (source: requests served; destination: requests sent). */
+	uint64_t postcopy_requests;
+	/** pages sent in postcopy because they were asked for, and pages
+	 *  pushed in the background; together the pages missing at the
+	 *  handover. */
+	uint64_t postcopy_pages_requested;
+	uint64_t postcopy_pages_pushed;
+	/** Destination: time from a guest's fault to its page being placed,
+	 *  in microseconds, median and 99th percentile over the requests
+	 *  (0 without requests). */
+	uint64_t postcopy_latency_median_us;
+	uint64_t postcopy_latency_p99_us;
 };
 
 /** Size of struct precopy_stats as PRECOPY_0.1 defined it. */

@@ -173,6 +173,9 @@ static int ask(struct pc_dst_pc *p, unsigned r, uint64_t page)
 		p->out[p->nout++] = (struct asked){ r, page, pc_now() };
 	p->requests++;
 	pthread_mutex_unlock(&p->mu);
+	pthread_mutex_lock(&p->s->lock);
+	p->s->st.postcopy_requests++;
+	pthread_mutex_unlock(&p->s->lock);
 	return send_rec(p, buf, pc_wire_enc_request(buf, sizeof(buf), r, page));
 }
 

@@ -176,8 +176,11 @@ static void push_stats(struct pc_push *p, uint64_t t0, bool done)
 	s->st.postcopy_pages_requested = p->requested;
 	s->st.postcopy_pages_pushed = p->pushed;
 	s->st.remaining = p->left * PRECOPY_PAGE_SIZE;
-	if (done)
-		s->st.postcopy_time = (pc_now() - t0) / PC_NSEC_PER_MSEC;
+	if (done) { /* at least 1: done */
+		uint64_t ms = (pc_now() - t0) / PC_NSEC_PER_MSEC;
+
+		s->st.postcopy_time = ms ? ms : 1;
+	}
 	pthread_mutex_unlock(&s->lock);
 	pthread_mutex_unlock(&p->mu);
 }

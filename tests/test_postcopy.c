@@ -48,9 +48,11 @@ static void sleep_ms(unsigned ms)
 	nanosleep(&ts, NULL);
 }
 
-/* Parameters that never converge and switch to postcopy: after one
- * iteration, or (@cut_bulk) 300 ms into a bulk pass slowed to 16 MiB/s,
- * so that most pages are still missing at the handover. */
+/* Parameters that never converge (with a device-state size set, see
+ * never_converges()) and switch to postcopy in the middle of a pass, so
+ * that pages are missing at the handover whatever the guest wrote: 300 ms
+ * into a bulk pass slowed to 16 MiB/s (@cut_bulk: most pages missing), or
+ * 1 s into a migration at 128 MiB/s (a later pass). */
 static struct precopy_params postcopy_params(bool cut_bulk, unsigned channels)
 {
 	struct precopy_params p;
@@ -59,13 +61,16 @@ static struct precopy_params postcopy_params(bool cut_bulk, unsigned channels)
 	p.on_limit = PRECOPY_ON_LIMIT_POSTCOPY;
 	p.avail_switchover_bandwidth = 1;
 	p.channels = channels;
-	if (cut_bulk) {
-		p.max_bandwidth = 16 * MiB;
-		p.max_time_ms = 300;
-	} else {
-		p.max_iterations = 1;
-	}
+	p.max_bandwidth = cut_bulk ? 16 * MiB : 128 * MiB;
+	p.max_time_ms = cut_bulk ? 300 : 1000;
 	return p;
+}
+
+/* Even with nothing dirty at a pass end, a switchover would carry device
+ * state at 1 byte/s: never within the limit. */
+static void never_converges(struct h_src *s)
+{
+	assert_int_equal(precopy_set_param(s->s, PRECOPY_PARAM_DEVICE_STATE_SIZE, 4096), 0);
 }
 
 /* --- a guest at the destination: reads every page in random order ------- */
@@ -182,30 +187,15 @@ static void postcopy_ok(bool cut_bulk, unsigned channels, bool memfd, bool read)
 	assert_int_equal(h_dest_start_opts(&d, RAM, &(struct h_dest_opts){
 		.p = &p, .memfd = memfd, .on_resume = read ? start_reader : NULL }), 0);
 	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
+	never_converges(&s);
 	s.on_progress = on_progress;
 	assert_int_equal(h_src_start(&s, d.uri), 0);
 	assert_int_equal(h_src_join(&s), 0);
 	assert_int_equal(h_dest_join(&d), 0);
 	if (rd.started)
 		pthread_join(rd.th, NULL);
-	h_check_migrated(&s, &d);
 	precopy_query(s.s, &ss);
 	precopy_query(d.s, &ds);
-	assert_true(ss.postcopy && ds.postcopy);
-	assert_true(w.seen_running && w.seen_postcopy);
-	assert_int_equal(w.set_param_err, -EBUSY);
-	assert_int_equal(w.cancel_src, -EBUSY);
-	assert_int_equal(w.cancel_dst, -EBUSY);
-	/* every page missing at the handover came once, asked for or pushed */
-	assert_true(ss.postcopy_pages_pushed + ss.postcopy_pages_requested > 0);
-	assert_int_equal(ds.postcopy_pages_pushed, ss.postcopy_pages_pushed);
-	assert_int_equal(ds.postcopy_pages_requested, ss.postcopy_pages_requested);
-	assert_true(ss.postcopy_time > 0 && ds.postcopy_time > 0);
-	assert_int_equal(ss.remaining, 0);
-	assert_int_equal(ds.remaining, 0);
-	if (cut_bulk) /* the bulk pass was cut: most pages came in postcopy */
-		assert_true(ss.postcopy_pages_pushed + ss.postcopy_pages_requested >
-			    RAM / PAGE / 4);
 	if (read) {
 		if (atomic_load(&rd.wrong))
 			fail_msg("the destination's guest read page %llu wrong",
@@ -223,6 +213,26 @@ static void postcopy_ok(bool cut_bulk, unsigned channels, bool memfd, bool read)
 		       (unsigned long long)ds.postcopy_latency_median_us,
 		       (unsigned long long)ds.postcopy_latency_p99_us);
 	}
+	h_check_migrated(&s, &d);
+	if (!ss.postcopy || !ds.postcopy)
+		fail_msg("postcopy: source %d, destination %d; source forced %d, iteration %u, expected downtime %llu ms",
+			 ss.postcopy, ds.postcopy, ss.forced_switchover, ss.iteration,
+			 (unsigned long long)ss.expected_downtime);
+	assert_true(w.seen_running);
+	assert_true(w.seen_postcopy);
+	assert_int_equal(w.set_param_err, -EBUSY);
+	assert_int_equal(w.cancel_src, -EBUSY);
+	assert_int_equal(w.cancel_dst, -EBUSY);
+	/* every page missing at the handover came once, asked for or pushed */
+	assert_true(ss.postcopy_pages_pushed + ss.postcopy_pages_requested > 0);
+	assert_int_equal(ds.postcopy_pages_pushed, ss.postcopy_pages_pushed);
+	assert_int_equal(ds.postcopy_pages_requested, ss.postcopy_pages_requested);
+	assert_true(ss.postcopy_time > 0 && ds.postcopy_time > 0);
+	assert_int_equal(ss.remaining, 0);
+	assert_int_equal(ds.remaining, 0);
+	if (cut_bulk) /* the bulk pass was cut: most pages came in postcopy */
+		assert_true(ss.postcopy_pages_pushed + ss.postcopy_pages_requested >
+			    RAM / PAGE / 4);
 	h_free_all(&s, &d, &g);
 }
 
@@ -260,6 +270,7 @@ static void postcopy__source_killed(void **state)
 	struct precopy_params p = postcopy_params(true, 1);
 	struct precopy_stats ds;
 	static struct h_dest d;
+	uint64_t pages;
 	pid_t pid;
 	int status;
 
@@ -281,7 +292,8 @@ static void postcopy__source_killed(void **state)
 
 		if (pc_guest_new(&(struct pc_guest_opts){ .ram = RAM, .dirty_rate = -1,
 							   .threads = 1, .seed = 3 }, &g) ||
-		    pc_guest_start(g) || h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO))
+		    pc_guest_start(g) || h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO) ||
+		    precopy_set_param(s.s, PRECOPY_PARAM_DEVICE_STATE_SIZE, 4096))
 			_exit(2);
 		w.die = true;
 		w.d = &d; /* (not used before the exit) */
@@ -301,10 +313,13 @@ static void postcopy__source_killed(void **state)
 	assert_true(ds.postcopy);
 	assert_non_null(strstr(ds.error, "never came"));
 	assert_true(d.resumed == 1 && rd.started);
-	/* Give a wrongly woken guest time to show itself. */
+	/* The reader waits on a missing page: it reads not one page more,
+	 * however long it is given (a woken one would read empty pages). */
+	pages = atomic_load(&rd.pages);
 	sleep_ms(300);
 	assert_false(atomic_load(&rd.done));
-	assert_true(atomic_load(&rd.pages) < RAM / PAGE);
+	assert_int_equal(atomic_load(&rd.pages), pages);
+	assert_true(pages < RAM / PAGE);
 	/* d stays: deleting it would end the wait (see precopy_delete()) */
 }
 

@@ -72,7 +72,10 @@ enum precopy_status {
 	PRECOPY_STATUS_SETUP,      /**< connecting, negotiating, arming dirty log */
 	PRECOPY_STATUS_BULK,       /**< first pass: every page */
 	PRECOPY_STATUS_ITERATE,    /**< later passes: pages dirtied since */
-	PRECOPY_STATUS_SWITCHOVER, /**< guest stopped, last pages and device state */
+	/** guest stopped, last pages and device state; in postcopy until every
+	 *  missing page has come (the guest runs at the destination from GO:
+	 *  stats.postcopy) */
+	PRECOPY_STATUS_SWITCHOVER,
 	PRECOPY_STATUS_COMPLETED,
 	PRECOPY_STATUS_FAILED,
 	PRECOPY_STATUS_CANCELLED,
@@ -524,7 +527,10 @@ int precopy_new(enum precopy_role role, const struct precopy_params *params,
 /**
  * precopy_delete() - free a session and everything it holds, and set *@s
  * to NULL. The session must not be running (return from precopy_migrate()
- * or precopy_incoming() first). Registered memory stays the VMM's.
+ * or precopy_incoming() first). Registered memory stays the VMM's. A
+ * destination whose postcopy failed with pages missing keeps the guest's
+ * accesses to them waiting until this call, which ends the wait (the pages
+ * then read as zeros): stop the guest before.
  * Return: 0; -EINVAL if @s is NULL; -EBUSY if the session is running.
  */
 int precopy_delete(struct precopy_session **s);
@@ -810,7 +816,13 @@ int precopy_local_uri(struct precopy_session *s, char *buf, size_t len);
  * region's checksum matched the source's, device state was loaded, the
  * source answered the verdict with GO (it will not resume the guest
  * itself) and resume_vm succeeded. If the source goes away before GO, the
- * guest is not resumed here and the call fails.
+ * guest is not resumed here and the call fails. In postcopy
+ * (PRECOPY_ON_LIMIT_POSTCOPY at the source) resume_vm is called with pages
+ * still missing, and the call returns 0 once every one of them came and
+ * matched its checksum; if the source goes away before that, it fails with
+ * those pages still missing and the guest's accesses to them blocked
+ * (never served empty) until precopy_delete(), which ends the wait:
+ * stop the guest first.
  * Return: 0; -ECANCELED; -EPROTO for a malformed stream; -EBADMSG if the
  * checksum did not match; -ECONNRESET... (see precopy_strerror()).
  */
@@ -825,7 +837,9 @@ int precopy_incoming(struct precopy_session *s);
  * harmless. Once the source has sent GO (the destination's verdict was
  * good) the destination may resume the guest at any moment, so from then
  * on a cancel is refused (-EBUSY) rather than risk the guest running at
- * both ends; the migration ends a moment later either way. Before GO,
+ * both ends; the migration ends a moment later either way (in postcopy,
+ * once every missing page has come: a cancel is refused at both ends for
+ * as long as that takes). Before GO,
  * even while the destination verifies, a cancel is taken and the source
  * resumes its guest. At the destination a cancel is taken until the
  * moment the verified guest is about to be resumed (the guest is then not

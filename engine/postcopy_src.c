@@ -190,8 +190,6 @@ static int push_all(struct pc_push *p)
 {
 	struct source *src = p->src;
 	struct precopy_session *s = src->s;
-	uint64_t npages[PRECOPY_MAX_REGIONS], hash[PRECOPY_MAX_REGIONS];
-	uint8_t buf[PC_WIRE_HDR + 8 + 16 * PRECOPY_MAX_REGIONS];
 	uint64_t t0 = pc_now(), last = t0;
 	unsigned r;
 	uint64_t page;
@@ -219,13 +217,7 @@ static int push_all(struct pc_push *p)
 	s->st.normal_bytes += (p->requested + p->pushed) * PRECOPY_PAGE_SIZE;
 	s->st.transferred += (p->requested + p->pushed) * (uint64_t)PC_WIRE_PAGE_LEN;
 	pthread_mutex_unlock(&s->lock);
-	for (unsigned i = 0; i < s->nreg; i++) {
-		npages[i] = s->reg[i].npages;
-		hash[i] = pc_hash_combine(s->reg[i].hash, s->reg[i].npages);
-	}
-	return pc_src_send_encoded(src, buf,
-				   pc_wire_enc_complete(buf, sizeof(buf), s->nreg, npages, hash),
-				   "COMPLETE", "postcopy: sending COMPLETE: %s");
+	return pc_src_send_complete(src);
 }
 
 /* POSTCOPY records: every pending page as ranges; the count in *@total. */
@@ -274,28 +266,11 @@ static int send_missing(struct source *src, uint64_t *total)
  * runs at the destination once this returns 0. */
 static int hand_over(struct source *src, uint64_t *missing)
 {
-	static const struct pc_expect verdict = {
-		.type = PC_MSG_RESULT,
-		.type2 = PC_MSG_ERROR,
-		.lost = "postcopy: waiting for the destination's verdict: %s",
-		.malformed = "postcopy: malformed verdict from destination: %s",
-		.other = "postcopy: destination sent %s, expected RESULT",
-	};
 	struct precopy_session *s = src->s;
-	uint8_t rbuf[PC_WIRE_HDR + 8 + PC_WIRE_TEXT_MAX];
-	struct pc_wire_msg m;
 	uint64_t t_stop;
 	int err;
 
-	pc_src_hints_open(src, false);
-	pc_set_status(s, PRECOPY_STATUS_SWITCHOVER);
-	pthread_mutex_lock(&src->plock);
-	pc_policy_set_switchover(&src->pol);
-	pthread_mutex_unlock(&src->plock);
-	t_stop = pc_now();
-	err = pc_src_stop_guest(src);
-	if (!err)
-		err = pc_src_sync_dirty(src, NULL, true);
+	err = pc_src_stop_and_sync(src, &t_stop);
 	if (!err)
 		err = pc_src_send_device_state(src);
 	if (!err)
@@ -303,21 +278,16 @@ static int hand_over(struct source *src, uint64_t *missing)
 	/* Until GO the destination does not resume the guest: a refusal or a
 	 * lost verdict makes this end the one that runs (pc_src_failed()). */
 	if (!err)
-		err = pc_recv_expect(s, 0, rbuf, sizeof(rbuf), &verdict, &m, NULL, 0);
-	if (!err && m.u.result.status)
-		err = pc_fail(s, m.u.result.status, "destination refused postcopy: %s",
-			      m.u.result.text);
-	if (!err)
-		err = pc_src_go(src);
-	if (err)
-		return err;
-	pthread_mutex_lock(&s->lock);
-	s->st.downtime = (pc_now() - t_stop) / PC_NSEC_PER_MSEC;
-	s->st.postcopy = true;
-	s->st.remaining = *missing * PRECOPY_PAGE_SIZE;
-	pthread_mutex_unlock(&s->lock);
-	pc_progress(s);
-	return 0;
+		err = pc_src_verdict_and_go(src);
+	if (!err) { /* the guest runs there: the pause is over */
+		pthread_mutex_lock(&s->lock);
+		s->st.postcopy = true;
+		s->st.downtime = (pc_now() - t_stop) / PC_NSEC_PER_MSEC;
+		s->st.remaining = *missing * PRECOPY_PAGE_SIZE;
+		pthread_mutex_unlock(&s->lock);
+		pc_progress(s);
+	}
+	return err;
 }
 
 int pc_src_postcopy(struct source *src, unsigned iter)

@@ -116,8 +116,23 @@ int pc_src_send_encoded(struct source *src, uint8_t *buf, int n, const char *nam
  *  here a failure resumes it. */
 int pc_src_stop_guest(struct source *src);
 
+/** pc_src_stop_and_sync() - the start of every switchover: hints end,
+ *  status SWITCHOVER, the guest stopped (from *@t_stop), the last dirty
+ *  sync into the pending set. */
+int pc_src_stop_and_sync(struct source *src, uint64_t *t_stop);
+
 /** pc_src_send_device_state() - save the device state and send it. */
 int pc_src_send_device_state(struct source *src);
+
+/** pc_src_send_complete() - COMPLETE: every region's page count and
+ *  checksum (0 for a handoff). */
+int pc_src_send_complete(struct source *src);
+
+/** pc_src_verdict_and_go() - wait for the destination's verdict and, if
+ *  good, GO (pc_src_go()). Until GO the destination does not resume the
+ *  guest: a refusal, a lost verdict or a cancel fails here, and
+ *  pc_src_failed() resumes it. */
+int pc_src_verdict_and_go(struct source *src);
 
 /** pc_src_go() - after a good verdict: GO, and the destination's answer.
  *  From GO on this end never resumes the guest (a cancel is refused),

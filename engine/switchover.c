@@ -149,7 +149,7 @@ int pc_src_send_device_state(struct source *src)
 	return 0;
 }
 
-static int complete(struct source *src)
+int pc_src_verdict_and_go(struct source *src)
 {
 	static const struct pc_expect verdict = {
 		.type = PC_MSG_RESULT,
@@ -158,12 +158,24 @@ static int complete(struct source *src)
 		.malformed = "malformed verdict from destination: %s",
 		.other = "destination sent %s, expected RESULT",
 	};
+	uint8_t rbuf[PC_WIRE_HDR + 8 + PC_WIRE_TEXT_MAX];
+	struct pc_wire_msg m;
+	int err = pc_recv_expect(src->s, 0, rbuf, sizeof(rbuf), &verdict, &m, NULL, 0);
+
+	if (err)
+		return err;
+	if (m.u.result.status)
+		return pc_fail(src->s, m.u.result.status, "destination refused: %s",
+			       m.u.result.text);
+	return pc_src_go(src);
+}
+
+int pc_src_send_complete(struct source *src)
+{
 	struct precopy_session *s = src->s;
 	uint64_t npages[PRECOPY_MAX_REGIONS], hash[PRECOPY_MAX_REGIONS];
 	uint8_t buf[PC_WIRE_HDR + 8 + 16 * PRECOPY_MAX_REGIONS];
-	uint8_t rbuf[PC_WIRE_HDR + 8 + PC_WIRE_TEXT_MAX];
-	struct pc_wire_msg m;
-	int n, err;
+	int n;
 
 	for (unsigned i = 0; i < s->nreg; i++) {
 		npages[i] = s->reg[i].npages;
@@ -171,16 +183,16 @@ static int complete(struct source *src)
 		hash[i] = src->handoff ? 0 : pc_hash_combine(s->reg[i].hash, s->reg[i].npages);
 	}
 	n = pc_wire_enc_complete(buf, sizeof(buf), s->nreg, npages, hash);
-	err = pc_src_send_encoded(src, buf, n, "COMPLETE", "sending COMPLETE: %s");
+	return pc_src_send_encoded(src, buf, n, "COMPLETE", "sending COMPLETE: %s");
+}
+
+static int complete(struct source *src)
+{
+	int err = pc_src_send_complete(src);
+
 	/* Until GO the destination does not resume the guest: a lost or
 	 * refusing verdict, or a cancel, makes this end the one that runs. */
-	if (!err)
-		err = pc_recv_expect(s, 0, rbuf, sizeof(rbuf), &verdict, &m, NULL, 0);
-	if (err)
-		return err;
-	if (m.u.result.status)
-		return pc_fail(s, m.u.result.status, "destination refused: %s", m.u.result.text);
-	return pc_src_go(src);
+	return err ? err : pc_src_verdict_and_go(src);
 }
 
 int pc_src_go(struct source *src)
@@ -314,10 +326,9 @@ int pc_src_check_forced(struct source *src)
  * Switchover: stop the guest, send what is left, unthrottled. Hints end
  * here: the last pass is what the destination gets.
  */
-int pc_src_switchover(struct source *src, unsigned iter, bool forced)
+int pc_src_stop_and_sync(struct source *src, uint64_t *t_stop)
 {
 	struct precopy_session *s = src->s;
-	uint64_t t_stop;
 	int err;
 
 	pc_src_hints_open(src, false);
@@ -325,10 +336,17 @@ int pc_src_switchover(struct source *src, unsigned iter, bool forced)
 	pthread_mutex_lock(&src->plock);
 	pc_policy_set_switchover(&src->pol);
 	pthread_mutex_unlock(&src->plock);
-	t_stop = pc_now();
+	*t_stop = pc_now();
 	err = pc_src_stop_guest(src);
-	if (!err)
-		err = pc_src_sync_dirty(src, NULL, true);
+	return err ? err : pc_src_sync_dirty(src, NULL, true);
+}
+
+int pc_src_switchover(struct source *src, unsigned iter, bool forced)
+{
+	struct precopy_session *s = src->s;
+	uint64_t t_stop;
+	int err = pc_src_stop_and_sync(src, &t_stop);
+
 	if (err)
 		return err;
 	src->final = true;

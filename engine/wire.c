@@ -34,14 +34,23 @@ const char *pc_wire_type_name(unsigned type)
 	return type_names[type];
 }
 
-static int put_hdr(uint8_t *buf, size_t cap, unsigned type, size_t payload)
+
+/* The header of a record whose @lead bytes of payload are encoded in
+ * @buf and whose @data bytes follow from elsewhere (sent from their own
+ * buffer). Return: the length in @buf, or -ENOSPC. */
+static int put_lead(uint8_t *buf, size_t cap, unsigned type, size_t lead, size_t data)
 {
-	if (PC_WIRE_HDR + payload > cap)
+	if (PC_WIRE_HDR + lead > cap)
 		return -ENOSPC;
 	pc_put_le16(buf, (uint16_t)type);
 	pc_put_le16(buf + 2, 0);
-	pc_put_le32(buf + 4, (uint32_t)payload);
-	return (int)(PC_WIRE_HDR + payload);
+	pc_put_le32(buf + 4, (uint32_t)(lead + data));
+	return (int)(PC_WIRE_HDR + lead);
+}
+
+static int put_hdr(uint8_t *buf, size_t cap, unsigned type, size_t payload)
+{
+	return put_lead(buf, cap, type, payload, 0);
 }
 
 /* What HELLO and HELLO_ACK begin with: magic, version, capabilities. */
@@ -163,11 +172,8 @@ int pc_wire_enc_devstate_hdr(uint8_t *buf, size_t cap, uint64_t total, uint64_t 
 	if (len > PC_WIRE_DEVSTATE_CHUNK || total > PC_WIRE_DEVSTATE_MAX || offset > total ||
 	    len > total - offset)
 		return -EINVAL;
-	if (cap < PC_WIRE_HDR + 24)
+	if (put_lead(buf, cap, PC_MSG_DEVICE_STATE, 24, len) < 0)
 		return -ENOSPC;
-	pc_put_le16(buf, PC_MSG_DEVICE_STATE);
-	pc_put_le16(buf + 2, 0);
-	pc_put_le32(buf + 4, 24 + len);
 	pc_put_le64(buf + PC_WIRE_HDR, total);
 	pc_put_le64(buf + PC_WIRE_HDR + 8, offset);
 	pc_put_le32(buf + PC_WIRE_HDR + 16, len);
@@ -317,18 +323,17 @@ int pc_wire_enc_request(uint8_t *buf, size_t cap, uint32_t region, uint64_t page
 int pc_wire_enc_page_hdr(uint8_t *buf, size_t cap, uint32_t region, uint64_t page,
 			 uint64_t hash, uint32_t flags)
 {
-	if (flags & ~PC_WIRE_PAGE_REQUESTED)
-		return -EINVAL;
-	if (cap < PC_WIRE_HDR + 24)
-		return -ENOSPC;
-	pc_put_le16(buf, PC_MSG_PAGE);
-	pc_put_le16(buf + 2, 0);
-	pc_put_le32(buf + 4, 24 + PRECOPY_PAGE_SIZE);
-	pc_put_le32(buf + PC_WIRE_HDR, region);
-	pc_put_le32(buf + PC_WIRE_HDR + 4, flags);
-	pc_put_le64(buf + PC_WIRE_HDR + 8, page);
-	pc_put_le64(buf + PC_WIRE_HDR + 16, hash);
-	return PC_WIRE_HDR + 24;
+	uint8_t *p = buf + PC_WIRE_HDR;
+	int n = flags & ~PC_WIRE_PAGE_REQUESTED ? -EINVAL
+						: put_lead(buf, cap, PC_MSG_PAGE, 24, PRECOPY_PAGE_SIZE);
+
+	if (n > 0) {
+		pc_put_le32(p, region);
+		pc_put_le32(p + 4, flags);
+		pc_put_le64(p + 8, page);
+		pc_put_le64(p + 16, hash);
+	}
+	return n;
 }
 
 /* One decoder a record type: @p is the payload, @plen bytes as received
@@ -514,6 +519,9 @@ static int dec_postcopy(const uint8_t *p, uint32_t plen, struct pc_wire_msg *out
 		return bad(why, whylen, "POSTCOPY length %u does not fit %u ranges", plen, count);
 	if (flags & ~PC_WIRE_POSTCOPY_LAST)
 		return bad(why, whylen, "POSTCOPY with unknown flags 0x%x", flags);
+	out->u.postcopy.count = count;
+	out->u.postcopy.flags = flags;
+	out->u.postcopy.entries = p + 8;
 	for (uint32_t i = 0; i < count; i++) {
 		struct pc_wire_run r;
 
@@ -522,9 +530,6 @@ static int dec_postcopy(const uint8_t *p, uint32_t plen, struct pc_wire_msg *out
 			return bad(why, whylen, "POSTCOPY range %u: kind %u, %llu pages", i, r.kind,
 				   (unsigned long long)r.npages);
 	}
-	out->u.postcopy.count = count;
-	out->u.postcopy.flags = flags;
-	out->u.postcopy.entries = p + 8;
 	return 0;
 }
 

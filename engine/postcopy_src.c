@@ -325,6 +325,10 @@ int pc_src_postcopy(struct source *src, unsigned iter)
 			pc_tp_abort(src->tp); /* wake the reader */
 		pthread_join(reader, NULL);
 	}
+	/* After GO nothing undoes the handover: the guest is left stopped
+	 * here (pc_src_failed()), the one failure that says so. */
+	if (err && src->unconfirmed)
+		err = -ENOTRECOVERABLE;
 	if (!err) {
 		pthread_mutex_lock(&s->lock);
 		s->st.iteration = iter + 1;

@@ -762,7 +762,10 @@ int precopy_set_registration(struct precopy_session *s, enum precopy_registratio
  * -ENOTRECOVERABLE: the destination verified everything and was told to
  * resume the guest (GO), but its answer never came, so the guest may be
  * running there and is left stopped here; resume it only once the
- * destination is known not to run it. A destination that reports its
+ * destination is known not to run it. In postcopy, any failure after GO
+ * (the link lost while pages are still missing there, the destination's
+ * failure) is -ENOTRECOVERABLE too: the guest was handed over and is left
+ * stopped here. A destination that reports its
  * resume_vm failed gets the guest back here (resume_vm is called, the
  * error is its).
  * Return: 0 = COMPLETED; -ECANCELED; -ETIMEDOUT if the watchdog aborted;

@@ -13,7 +13,8 @@
  *    on-limit cannot change to or from postcopy while migrating;
  *  - a source that dies during postcopy leaves the destination failing
  *    with that said, and its guest blocked on the missing pages, never
- *    reading them empty;
+ *    reading them empty; a destination that dies leaves the source
+ *    failing with -ENOTRECOVERABLE, its guest stopped;
  *  - over a transport that does not carry postcopy, the migration is
  *    refused before it starts.
  * Without userfaultfd at the destination the test is skipped (77).
@@ -28,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -135,6 +137,7 @@ static struct watch {
 	int cancel_src, cancel_dst; /* once handed over */
 	bool wait_request;     /* hold the push until the destination asked */
 	bool die;              /* _exit at the handover (a source killed) */
+	pid_t kill_dest;       /* SIGKILL this destination at the handover */
 } w;
 
 static void on_progress(struct h_src *s, const struct precopy_stats *st)
@@ -152,6 +155,11 @@ static void on_progress(struct h_src *s, const struct precopy_stats *st)
 	w.seen_postcopy = true;
 	if (w.die)
 		_exit(0); /* as if killed: the kernel closes the connection */
+	if (w.kill_dest) { /* before a page is pushed */
+		kill(w.kill_dest, SIGKILL);
+		waitpid(w.kill_dest, NULL, 0);
+		return;
+	}
 	w.cancel_src = precopy_cancel(s->s);
 	w.cancel_dst = precopy_cancel(w.d->s);
 	/* Nothing is pushed before this returns: the destination's guest,
@@ -323,6 +331,56 @@ static void postcopy__source_killed(void **state)
 	/* d stays: deleting it would end the wait (see precopy_delete()) */
 }
 
+/*
+ * The destination dies once the guest is handed over, before any page
+ * was pushed: the source fails with -ENOTRECOVERABLE and never resumes
+ * its guest (it may run there).
+ */
+static void postcopy__destination_killed(void **state)
+{
+	struct precopy_params p = postcopy_params(true, 1);
+	struct pc_guest *g;
+	struct h_src s;
+	char uri[128] = "", why[PRECOPY_ERRMSG_MAX];
+	int pfd[2];
+	pid_t pid;
+
+	(void)state;
+	memset(&w, 0, sizeof(w));
+	assert_int_equal(pipe(pfd), 0);
+	fflush(NULL);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		static struct h_dest d;
+
+		close(pfd[0]);
+		if (h_dest_start_opts(&d, RAM, &(struct h_dest_opts){ .p = &p }) ||
+		    write(pfd[1], d.uri, strlen(d.uri)) < 0)
+			_exit(2);
+		close(pfd[1]);
+		h_dest_join(&d);
+		_exit(3); /* not killed: the migration ended */
+	}
+	close(pfd[1]);
+	assert_true(read(pfd[0], uri, sizeof(uri) - 1) > 0);
+	close(pfd[0]);
+	g = h_guest_new(&(struct pc_guest_opts){ .ram = RAM, .dirty_rate = -1, .threads = 1 });
+	assert_int_equal(h_src_new(&s, g, &p, PRECOPY_DIRTY_AUTO), 0);
+	never_converges(&s);
+	w.kill_dest = pid;
+	s.on_progress = on_progress;
+	assert_int_equal(h_src_start(&s, uri), 0);
+	assert_int_equal(h_src_join(&s), -ENOTRECOVERABLE);
+	assert_true(w.seen_postcopy);
+	h_expect_status(s.s, PRECOPY_STATUS_FAILED);
+	precopy_strerror(s.s, why, sizeof(why));
+	assert_non_null(strstr(why, "not resumed here"));
+	assert_int_equal(s.stops, 1);
+	assert_int_equal(s.resumes, 0);
+	h_free_all(&s, NULL, &g);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -331,6 +389,7 @@ int main(void)
 		cmocka_unit_test(postcopy__guest_reads_in_random_order),
 		cmocka_unit_test(postcopy__guest_reads_memfd),
 		cmocka_unit_test(postcopy__refused_over_shm),
+		cmocka_unit_test(postcopy__destination_killed),
 		cmocka_unit_test(postcopy__source_killed),
 	};
 	struct pc_uffd_place *u;

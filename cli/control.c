@@ -330,11 +330,15 @@ static void do_get(struct pc_cli_control *ct, const struct kv *name, char *out, 
 static void do_cancel(struct pc_cli_control *ct, char *out, size_t cap)
 {
 	int err = precopy_cancel(ct->session);
+	struct precopy_stats st;
 
 	if (!err)
 		snprintf(out, cap, "{\"ok\":true}");
 	else if (err == -EALREADY)
 		answer_error(out, cap, "the migration has already ended");
+	else if (err == -EBUSY && !precopy_query(ct->session, &st) && st.postcopy)
+		answer_error(out, cap, "too late: in postcopy the guest runs at the destination "
+				       "while its missing pages are sent; it cannot be cancelled");
 	else if (err == -EBUSY)
 		answer_error(out, cap, "too late: the guest has been handed over to the destination");
 	else

@@ -195,8 +195,7 @@ static void print_summary(struct ctx *x, const struct precopy_stats *st,
 		       " ms)%s\n",
 		       st->downtime, st->expected_downtime, x->c->params.downtime_limit_ms,
 		       st->forced_switchover ? ", switchover forced by the watchdog" : "");
-		if (st->forced_switchover && !st->postcopy &&
-		    st->forced_expected_downtime != UINT64_MAX)
+		if (st->forced_switchover && st->forced_expected_downtime != UINT64_MAX)
 			printf("  forced           expected %" PRIu64 " ms when forced, took %" PRIu64
 			       " ms\n", st->forced_expected_downtime, st->forced_downtime);
 		if (st->normal + st->duplicate == 0)

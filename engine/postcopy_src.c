@@ -330,9 +330,19 @@ int pc_src_postcopy(struct source *src, unsigned iter)
 	if (err && src->unconfirmed)
 		err = -ENOTRECOVERABLE;
 	if (!err) {
+		uint64_t ns;
+
+		pthread_mutex_lock(&src->plock);
+		ns = src->pol.expected_downtime_ns;
+		pthread_mutex_unlock(&src->plock);
 		pthread_mutex_lock(&s->lock);
 		s->st.iteration = iter + 1;
+		/* forced by the watchdog: what a precopy switchover was expected
+		 * to pause, and what postcopy's did */
 		s->st.forced_switchover = true;
+		s->st.forced_expected_downtime = ns == UINT64_MAX ? UINT64_MAX
+								  : ns / PC_NSEC_PER_MSEC;
+		s->st.forced_downtime = s->st.downtime;
 		pthread_mutex_unlock(&s->lock);
 	}
 	pthread_cond_destroy(&p->cv);

@@ -268,7 +268,10 @@ struct precopy_stats {
 	 *  instead (forced_aborted): the downtime expected when it decided,
 	 *  in ms (UINT64_MAX if it could not be predicted), and the downtime
 	 *  the forced switchover really took, in ms (0 if aborted). All 0
-	 *  when the watchdog did not force. */
+	 *  when the watchdog did not force. A switchover to postcopy is a
+	 *  forced one: the expected downtime is a precopy switchover's, the
+	 *  real one postcopy's (the guest paused until it ran at the
+	 *  destination). */
 	uint64_t forced_expected_downtime;
 	uint64_t forced_downtime;
 	bool forced_aborted;

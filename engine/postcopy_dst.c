@@ -295,6 +295,20 @@ static void pc_stats(struct pc_dst_pc *p)
 	pthread_mutex_unlock(&p->mu);
 }
 
+/* The counts so far into the stats, and the progress hook (every 16 MiB
+ * placed): the latencies wait for the end. */
+static void live_stats(struct pc_dst_pc *p)
+{
+	struct precopy_session *s = p->s;
+
+	pthread_mutex_lock(&s->lock);
+	s->st.postcopy_pages_requested = p->got_requested;
+	s->st.postcopy_pages_pushed = p->got_pushed;
+	s->st.remaining = p->left * PRECOPY_PAGE_SIZE;
+	pthread_mutex_unlock(&s->lock);
+	pc_progress(s);
+}
+
 /* COMPLETE in postcopy: every page in, every region's checksum equal. */
 static int complete(struct pc_dst_pc *p, const struct pc_wire_msg *m)
 {
@@ -358,6 +372,8 @@ static int receive_pages(struct pc_dst_pc *p, struct pc_transport *tp, uint8_t *
 				      pc_wire_type_name(m.type));
 		if (err)
 			return err;
+		if ((p->got_requested + p->got_pushed) % 4096 == 0)
+			live_stats(p);
 		if (p->left == 0 && !p->all_in) {
 			p->all_in = true;
 			pthread_mutex_lock(&s->lock);

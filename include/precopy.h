@@ -213,7 +213,8 @@ struct precopy_stats {
 	uint64_t expected_downtime;
 	/** bytes put on the transport, headers included. */
 	uint64_t transferred;
-	/** bytes of RAM still dirty (to send). */
+	/** bytes of RAM still dirty (to send); in postcopy, at either end,
+	 *  the bytes of the pages still missing at the destination. */
 	uint64_t remaining;
 	/** bytes of RAM registered. */
 	uint64_t total;

@@ -197,7 +197,11 @@ int pc_cli_param_value(int param, const char *text, uint64_t *out, char *why, si
 			*out = PRECOPY_ON_LIMIT_ABORT;
 			return 0;
 		}
-		snprintf(why, whylen, "%s: '%s' is not force or abort", name, text);
+		if (!strcmp(text, "postcopy")) {
+			*out = PRECOPY_ON_LIMIT_POSTCOPY;
+			return 0;
+		}
+		snprintf(why, whylen, "%s: '%s' is not force, abort or postcopy", name, text);
 		return -EINVAL;
 	}
 	if (pc_cli_parse_u64(text, out) == 0)
@@ -217,7 +221,9 @@ static void format_value(int param, uint64_t v, char *out, size_t cap)
 	if (is_bool((enum precopy_param)param))
 		snprintf(out, cap, "%s", v ? "true" : "false");
 	else if (param == PRECOPY_PARAM_ON_LIMIT)
-		snprintf(out, cap, "\"%s\"", v == PRECOPY_ON_LIMIT_ABORT ? "abort" : "force");
+		snprintf(out, cap, "\"%s\"", v == PRECOPY_ON_LIMIT_ABORT	 ? "abort"
+					     : v == PRECOPY_ON_LIMIT_POSTCOPY ? "postcopy"
+									    : "force");
 	else
 		snprintf(out, cap, "%" PRIu64, v);
 }
@@ -324,11 +330,15 @@ static void do_get(struct pc_cli_control *ct, const struct kv *name, char *out, 
 static void do_cancel(struct pc_cli_control *ct, char *out, size_t cap)
 {
 	int err = precopy_cancel(ct->session);
+	struct precopy_stats st;
 
 	if (!err)
 		snprintf(out, cap, "{\"ok\":true}");
 	else if (err == -EALREADY)
 		answer_error(out, cap, "the migration has already ended");
+	else if (err == -EBUSY && !precopy_query(ct->session, &st) && st.postcopy)
+		answer_error(out, cap, "too late: in postcopy the guest runs at the destination "
+				       "while its missing pages are sent; it cannot be cancelled");
 	else if (err == -EBUSY)
 		answer_error(out, cap, "too late: the guest has been handed over to the destination");
 	else

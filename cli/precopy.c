@@ -99,7 +99,10 @@ static const char usage_text[] =
 "  --max-iterations N        passes after bulk before the watchdog acts, 0 = none [0]\n"
 "  --max-time MS             time before the watchdog acts, 0 = none [0]\n"
 "  --stall-iterations N      passes without progress before it acts, 0 = off [0]\n"
-"  --on-limit force|abort    what the watchdog does [force]\n"
+"  --on-limit force|abort|postcopy\n"
+"                            what the watchdog does: force the switchover, abort,\n"
+"                            or switch to postcopy (tcp:/tls:, userfaultfd at the\n"
+"                            destination) [force]\n"
 "  --channels N              parallel connections [1]\n"
 "  --timeout MS              give up on a silent peer after MS (both ends, bridge\n"
 "                            too); a destination gives each connection this long\n"
@@ -343,7 +346,8 @@ static const struct opt_choice dirty_modes[] = {
 	{ "soft-dirty", PRECOPY_DIRTY_SOFT_DIRTY }, { NULL, 0 },
 };
 static const struct opt_choice on_limits[] = {
-	{ "force", PRECOPY_ON_LIMIT_FORCE }, { "abort", PRECOPY_ON_LIMIT_ABORT }, { NULL, 0 },
+	{ "force", PRECOPY_ON_LIMIT_FORCE }, { "abort", PRECOPY_ON_LIMIT_ABORT },
+	{ "postcopy", PRECOPY_ON_LIMIT_POSTCOPY }, { NULL, 0 },
 };
 static const struct opt_choice registrations[] = {
 	{ "on-demand", PRECOPY_REG_ON_DEMAND }, { "pin-all", PRECOPY_REG_PIN_ALL }, { NULL, 0 },
@@ -383,7 +387,7 @@ static const struct opt opts[] = {
 	UINT("max-iterations", params.max_iterations, UINT32_MAX),
 	UINT("max-time", params.max_time_ms, UINT32_MAX),
 	UINT("stall-iterations", params.stall_iterations, UINT32_MAX),
-	CHOICE("on-limit", params.on_limit, on_limits, "expected force or abort"),
+	CHOICE("on-limit", params.on_limit, on_limits, "expected force, abort or postcopy"),
 	RANGE("channels", params.channels, 1, PRECOPY_MAX_CHANNELS, "expected 1..16"),
 	RANGE("timeout", params.timeout_ms, 100, 3600000, "expected 100..3600000 (ms)"),
 	SET("verify-source-after-failure", verify_source),

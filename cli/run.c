@@ -156,6 +156,22 @@ static void get_reg(struct ctx *x, struct precopy_session *s, struct pc_cli_reg 
 	out->count = st.registrations;
 }
 
+/* How the pages missing at a postcopy handover came (nothing otherwise). */
+static void print_postcopy(const struct precopy_stats *st)
+{
+	if (!st->postcopy)
+		return;
+	printf("  postcopy         %" PRIu64 " pages missing at the handover: %" PRIu64
+	       " asked for by the guest (%" PRIu64 " requests), %" PRIu64
+	       " pushed; all in %" PRIu64 " ms after it\n",
+	       st->postcopy_pages_requested + st->postcopy_pages_pushed,
+	       st->postcopy_pages_requested, st->postcopy_requests, st->postcopy_pages_pushed,
+	       st->postcopy_time);
+	if (st->postcopy_latency_p99_us)
+		printf("                   fault to page: median %" PRIu64 " us, p99 %" PRIu64
+		       " us\n", st->postcopy_latency_median_us, st->postcopy_latency_p99_us);
+}
+
 static void print_summary(struct ctx *x, const struct precopy_stats *st,
 			  const struct pc_cli_reg *reg)
 {
@@ -184,6 +200,7 @@ static void print_summary(struct ctx *x, const struct precopy_stats *st,
 			       " ms\n", st->forced_expected_downtime, st->forced_downtime);
 		if (st->normal + st->duplicate == 0)
 			printf("  handoff          guest RAM handed over as a memfd; no page copied\n");
+		print_postcopy(st);
 		printf("  transferred      %s for %s of RAM (%.2fx) in %u pass%s after bulk\n",
 		       pc_cli_fmt_bytes((double)st->transferred, a, sizeof(a)),
 		       pc_cli_fmt_bytes(ram, b, sizeof(b)), ram ? st->transferred / ram : 0,
@@ -225,6 +242,7 @@ static void print_summary(struct ctx *x, const struct precopy_stats *st,
 		       pc_cli_fmt_bytes((double)st->normal_bytes, a, sizeof(a)), st->normal,
 		       st->duplicate);
 		printf("  checksums        every region matches the source\n");
+		print_postcopy(st);
 		if (st->populated_bytes)
 			printf("  memory           %s populated in %" PRIu64
 			       " ms before listening; %" PRIu64 " page faults while receiving\n",

@@ -162,6 +162,15 @@ void pc_cli_json_stats(FILE *f, const char *event, const char *role,
 			st->forced_expected_downtime == UINT64_MAX ? (int64_t)-1
 								   : (int64_t)st->forced_expected_downtime,
 			st->forced_downtime, st->forced_aborted ? "true" : "false");
+	/* postcopy: the pages missing at the handover, how they came */
+	if (st->postcopy)
+		fprintf(f, ",\"postcopy\":true,\"postcopy-time\":%" PRIu64
+			",\"postcopy-requests\":%" PRIu64 ",\"postcopy-pages-requested\":%" PRIu64
+			",\"postcopy-pages-pushed\":%" PRIu64 ",\"postcopy-latency-median-us\":%" PRIu64
+			",\"postcopy-latency-p99-us\":%" PRIu64,
+			st->postcopy_time, st->postcopy_requests, st->postcopy_pages_requested,
+			st->postcopy_pages_pushed, st->postcopy_latency_median_us,
+			st->postcopy_latency_p99_us);
 	/* time in ibv_reg_mr and what it registered; 0 where nothing is */
 	if (reg) {
 		fprintf(f, ",\"registration-ms\":%.1f,\"registration-bytes\":%" PRIu64

@@ -14,6 +14,7 @@
 #include "config.h"
 #include "page.h"
 #include "session.h"
+#include "uffd_place.h"
 
 uint64_t pc_now(void)
 {
@@ -228,6 +229,7 @@ int precopy_delete(struct precopy_session **sp)
 		if (s->reg[i].fd >= 0)
 			close(s->reg[i].fd);
 	}
+	pc_uffd_place_close(s->uffd_kept);
 	free(s->word_region);
 	free(s->key);
 	if (s->lst)
@@ -722,7 +724,7 @@ static int param_store(struct precopy_params *p, struct pc_xparams *x, enum prec
 	case PRECOPY_PARAM_MAX_TIME: p->max_time_ms = v; return 0;
 	case PRECOPY_PARAM_STALL_ITERATIONS: return param_uint(v, &p->stall_iterations);
 	case PRECOPY_PARAM_ON_LIMIT:
-		if (v > PRECOPY_ON_LIMIT_ABORT)
+		if (v > PRECOPY_ON_LIMIT_POSTCOPY)
 			return -EINVAL;
 		p->on_limit = (enum precopy_on_limit)v;
 		return 0;
@@ -788,6 +790,14 @@ static int param_try(struct precopy_session *s, enum precopy_param param, uint64
 	    (param == PRECOPY_PARAM_CHANNELS || param == PRECOPY_PARAM_TIMEOUT)) {
 		if (why && whylen)
 			snprintf(why, whylen, "%s: fixed once the migration has started", name);
+		return -EBUSY;
+	}
+	if (param == PRECOPY_PARAM_ON_LIMIT && state != PC_IDLE &&
+	    (value == PRECOPY_ON_LIMIT_POSTCOPY) != (s->params.on_limit == PRECOPY_ON_LIMIT_POSTCOPY)) {
+		/* the handshake agreed on postcopy, or not, for this migration */
+		if (why && whylen)
+			snprintf(why, whylen, "%s: postcopy or not is fixed once the migration has started",
+				 name);
 		return -EBUSY;
 	}
 	if (param == PRECOPY_PARAM_POPULATE && (state != PC_IDLE || s->lst)) {

@@ -30,48 +30,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "dest.h"
 #include "page.h"
-#include "session.h"
-
-struct dest;
-
-struct receiver {
-	struct dest *d;
-	unsigned chan;
-	pthread_t thread;
-	bool started;
-	bool parked;        /* under d->mu: ended a pass, reads nothing */
-	uint32_t iteration; /* the pass this channel is in */
-	uint8_t *buf;
-	struct pc_wire_run *runs; /* one RUNS record's entries, sorted */
-};
-
-struct dest {
-	struct precopy_session *s;
-	struct pc_transport *tp;
-	unsigned nchan;
-	uint64_t zero_hash;
-
-	pthread_mutex_t mu;      /* barrier and fence */
-	pthread_cond_t cv;       /* signalled when any of these change */
-	unsigned at_end;         /* channels at the end of pass @acked */
-	uint32_t acked;          /* passes acknowledged */
-	uint32_t ch0_begun;      /* passes channel 0 has begun */
-	bool fenced;             /* COMPLETE came: parked receivers end */
-	bool stop;               /* the end: parked receivers end */
-	/* per region, a bit per page a page run was placed into since its
-	 * checksum was last taken (set by on_placed, cleared by RUNS) */
-	_Atomic uint64_t *unlisted[PRECOPY_MAX_REGIONS];
-	atomic_int err;
-	atomic_bool finished;    /* COMPLETE handled: the others may stop */
-
-	uint8_t *devstate;
-	uint64_t devstate_total, devstate_have;
-	bool devstate_seen;
-	bool handoff;            /* PC_CAP_HANDOFF accepted: see receive_handoff() */
-
-	struct receiver rcv[PRECOPY_MAX_CHANNELS];
-};
+#include "postcopy_dst.h"
 
 static void set_err(struct dest *d, int err)
 {
@@ -336,7 +297,7 @@ static int commit(struct dest *d, char *text, size_t len)
  * connection is lost or the source gives up before GO, the guest is not
  * resumed here: the source resumes its own.
  */
-static int conclude(struct dest *d, int status, char *text, size_t tlen)
+int pc_dest_conclude(struct dest *d, int status, char *text, size_t tlen)
 {
 	static const struct pc_expect go = {
 		.type = PC_MSG_GO,
@@ -383,7 +344,7 @@ static int conclude(struct dest *d, int status, char *text, size_t tlen)
 }
 
 /* Hand the device state to the VMM: 0, or its error and why in @text. */
-static int load_devstate(struct dest *d, char *text, size_t tlen)
+int pc_dest_load_devstate(struct dest *d, char *text, size_t tlen)
 {
 	struct precopy_session *s = d->s;
 	int err;
@@ -398,7 +359,7 @@ static int load_devstate(struct dest *d, char *text, size_t tlen)
 }
 
 /* The first page of region @i placed since its checksum, or npages. */
-static uint64_t first_unlisted(struct dest *d, unsigned i)
+uint64_t pc_dest_first_unlisted(struct dest *d, unsigned i)
 {
 	uint64_t words = (d->s->reg[i].npages + 63) / 64;
 
@@ -411,19 +372,20 @@ static uint64_t first_unlisted(struct dest *d, unsigned i)
 	return d->s->reg[i].npages;
 }
 
-/* COMPLETE: verify everything, load device state, start the guest. */
-static int handle_complete(struct dest *d, const struct pc_wire_msg *m)
+/*
+ * The source says it has written everything: from here on nothing more
+ * may land in our memory. Revoke the peer's access (RDMA keys
+ * deregistered, stream page runs refused) before the memory is verified
+ * and long before the guest can start; stop and join the receivers of
+ * channels 1.. (@what names the record that came). Return: 0, or
+ * -EPROTO with why in @text.
+ */
+int pc_dest_fence(struct dest *d, const char *what, char *text, size_t tlen)
 {
 	struct precopy_session *s = d->s;
-	char text[PC_WIRE_TEXT_MAX + 1] = "";
 	unsigned busy = 0;
 	int status = 0;
-	uint64_t p;
 
-	/* The source says it has written everything: from here on nothing
-	 * more may land in our memory. Revoke the peer's access (RDMA keys
-	 * deregistered, stream page runs refused) before the memory is
-	 * verified and long before the guest can start. */
 	pc_tp_unexpose_all(d->tp);
 	pthread_mutex_lock(&d->mu);
 	/* The fence: a parked receiver ends without reading another byte. */
@@ -448,9 +410,23 @@ static int handle_complete(struct dest *d, const struct pc_wire_msg *m)
 	}
 	pc_set_status(s, PRECOPY_STATUS_SWITCHOVER);
 	if (busy) {
-		snprintf(text, sizeof(text), "COMPLETE while channel %u was still receiving", busy);
+		snprintf(text, tlen, "%s while channel %u was still receiving", what, busy);
 	} else if (status) {
-		snprintf(text, sizeof(text), "COMPLETE before every channel finished its pass");
+		snprintf(text, tlen, "%s before every channel finished its pass", what);
+	}
+	return status;
+}
+
+/* COMPLETE: verify everything, load device state, start the guest. */
+static int handle_complete(struct dest *d, const struct pc_wire_msg *m)
+{
+	struct precopy_session *s = d->s;
+	char text[PC_WIRE_TEXT_MAX + 1] = "";
+	int status = pc_dest_fence(d, "COMPLETE", text, sizeof(text));
+	uint64_t p;
+
+	if (status) {
+		/* said why */
 	} else if (m->u.complete.nregions != s->nreg) {
 		status = -EPROTO;
 		snprintf(text, sizeof(text), "COMPLETE for %u regions, %u registered",
@@ -469,7 +445,7 @@ static int handle_complete(struct dest *d, const struct pc_wire_msg *m)
 			snprintf(text, sizeof(text), "region %u: %llu pages at the source, %llu here",
 				 i, (unsigned long long)m->u.complete.npages[i],
 				 (unsigned long long)r->npages);
-		} else if ((p = first_unlisted(d, i)) < r->npages) {
+		} else if ((p = pc_dest_first_unlisted(d, i)) < r->npages) {
 			status = -EBADMSG;
 			snprintf(text, sizeof(text),
 				 "region %u: page %llu was written after its checksum was taken",
@@ -481,8 +457,8 @@ static int handle_complete(struct dest *d, const struct pc_wire_msg *m)
 		}
 	}
 	if (!status)
-		status = load_devstate(d, text, sizeof(text));
-	return conclude(d, status, text, sizeof(text));
+		status = pc_dest_load_devstate(d, text, sizeof(text));
+	return pc_dest_conclude(d, status, text, sizeof(text));
 }
 
 /*
@@ -533,6 +509,9 @@ static int handle(struct receiver *rc, const uint8_t *buf, size_t len)
 
 	if (err)
 		return pc_fail(s, err, "malformed stream on channel %u: %s", rc->chan, why);
+	if (d->in_postcopy && m.type != PC_MSG_POSTCOPY)
+		return pc_fail(s, -EPROTO, "malformed stream: %s among the POSTCOPY records",
+			       pc_wire_type_name(m.type));
 	switch (m.type) {
 	case PC_MSG_RUNS:
 		return handle_runs(rc, &m);
@@ -548,6 +527,10 @@ static int handle(struct receiver *rc, const uint8_t *buf, size_t len)
 			err = handle_complete(d, &m);
 			return err ? err : 1;
 		}
+		break;
+	case PC_MSG_POSTCOPY:
+		if (rc->chan == 0 && d->pc)
+			return pc_dest_postcopy(d, &m);
 		break;
 	case PC_MSG_ERROR:
 		if (rc->chan == 0)
@@ -664,6 +647,8 @@ static int handshake(struct dest *d)
 				 (unsigned long long)m.u.hello.region_len[i], s->reg[i].len);
 		}
 	}
+	if (!status && (m.u.hello.caps & PC_CAP_POSTCOPY))
+		status = pc_dest_postcopy_possible(d, text, sizeof(text));
 	if (!status && (m.u.hello.caps & PC_CAP_HANDOFF) && (d->tp->ops->caps & PC_TCAP_FD_PASS))
 		d->handoff = true; /* the source's memfds replace our regions */
 	for (unsigned i = 0; !status && !d->handoff && i < s->nreg; i++) {
@@ -681,7 +666,8 @@ static int handshake(struct dest *d)
 	}
 	err = send_rec(d, ack, pc_wire_enc_hello_ack(ack, sizeof(ack),
 						     (m.u.hello.caps & PC_CAP_ALL) |
-							     (d->handoff ? PC_CAP_HANDOFF : 0),
+							     (d->handoff ? PC_CAP_HANDOFF : 0) |
+							     (d->pc ? PC_CAP_POSTCOPY : 0),
 						     status, text));
 	if (status)
 		return pc_fail(s, status, "refused the source: %s", text);
@@ -750,10 +736,10 @@ static int handoff_complete(struct dest *d, const struct pc_wire_msg *m, const i
 		}
 	}
 	if (!status)
-		status = load_devstate(d, text, sizeof(text));
+		status = pc_dest_load_devstate(d, text, sizeof(text));
 	if (status)
 		unmap_handed(d, mapped);
-	err = conclude(d, status, text, sizeof(text));
+	err = pc_dest_conclude(d, status, text, sizeof(text));
 	if (err) {
 		if (!status)
 			unmap_handed(d, mapped);
@@ -961,6 +947,7 @@ int pc_dest_run(struct precopy_session *s)
 	for (unsigned i = 0; i < s->nreg; i++)
 		free(d->unlisted[i]);
 	free(d->devstate);
+	pc_dst_pc_free(d->pc);
 	pthread_cond_destroy(&d->cv);
 	pthread_mutex_destroy(&d->mu);
 	free(d);

@@ -21,6 +21,8 @@
 /** Pages a channel owns in a row before the next channel's turn. */
 #define PC_CHUNK_WORDS 4 /* 4 bitmap words = 256 pages = 1 MiB */
 
+struct pc_uffd_place;
+
 struct pc_region {
 	uint8_t *addr;
 	size_t len;
@@ -89,6 +91,11 @@ struct precopy_session {
 		 *  pc_device_state_last for the fallback) */
 		uint64_t device_state_size;
 	} xparams;
+
+	/* Destination: the userfaultfd of a postcopy that failed with pages
+	 * still missing; kept open until precopy_delete() so that the
+	 * guest's accesses to them wait rather than find them empty. */
+	struct pc_uffd_place *uffd_kept;
 
 	/* precopy_set_tls(): a deep copy (strings and key owned here) */
 	struct precopy_tls tls;

@@ -657,6 +657,10 @@ static int connect_dest(struct source *src, const char *uri)
 	if (err)
 		return pc_fail(s, err, "bad destination URI '%s' (expected one of %s)", uri,
 			       pc_transport_syntaxes());
+	if (src->params.on_limit == PRECOPY_ON_LIMIT_POSTCOPY && !(ops->caps & PC_TCAP_POSTCOPY))
+		return pc_fail(s, -EOPNOTSUPP,
+			       "on-limit postcopy is not available over %s: yet (only tcp: and tls: carry it)",
+			       ops->scheme);
 	if (atomic_load(&s->cancel))
 		return -ECANCELED;
 	err = pc_tp_connect(ops, rest, &o, &tp);
@@ -795,7 +799,8 @@ static int iterate(struct source *src, unsigned *iterp, bool *forced)
 		err = pc_src_run_pass(src, iter, &d);
 		if (!err)
 			err = pass_end(src, iter, t_pass, &d);
-		if (!err && d == PC_FORCE)
+		/* postcopy's pause carries no RAM: max-forced-downtime is moot */
+		if (!err && d == PC_FORCE && !src->postcopy)
 			err = pc_src_check_forced(src);
 		if (err)
 			return err;
@@ -824,6 +829,8 @@ static int precopy_pages(struct source *src)
 		return err;
 	src->peer_waits = true;
 	err = iterate(src, &iter, &forced);
+	if (!err && forced && src->postcopy)
+		return pc_src_postcopy(src, iter);
 	return err ? err : pc_src_switchover(src, iter, forced);
 }
 

@@ -60,6 +60,7 @@ struct source {
 	atomic_int err;      /* first sender error */
 	uint64_t pass_dirtied; /* pages newly dirty by every sync of this pass */
 	bool handoff;        /* PC_CAP_HANDOFF offered / accepted */
+	bool postcopy;       /* PC_CAP_POSTCOPY accepted: a forced switchover is postcopy */
 	atomic_bool link_stats; /* the transport gives link figures (else -EOPNOTSUPP) */
 	bool unconfirmed;    /* GO sent, no answer: the guest may run there */
 	bool peer_waits;     /* the destination waits for what we send: a failure is told (ERROR) */
@@ -104,6 +105,49 @@ int pc_src_check_forced(struct source *src);
 /** pc_src_switchover() - stop the guest, send what is left after pass
  *  @iter, the device state, and the end; @forced: by the watchdog. */
 int pc_src_switchover(struct source *src, unsigned iter, bool forced);
+
+/** pc_src_send_encoded() - send the record of @n bytes in @buf on channel
+ *  0; @n < 0: encoding record @name failed. @sending words a failure to
+ *  send (%s: why). */
+int pc_src_send_encoded(struct source *src, uint8_t *buf, int n, const char *name,
+			const char *sending);
+
+/** pc_src_stop_guest() - stop the guest (if the VMM has the hook); from
+ *  here a failure resumes it. */
+int pc_src_stop_guest(struct source *src);
+
+/** pc_src_stop_and_sync() - the start of every switchover: hints end,
+ *  status SWITCHOVER, the guest stopped (from *@t_stop), the last dirty
+ *  sync into the pending set. */
+int pc_src_stop_and_sync(struct source *src, uint64_t *t_stop);
+
+/** pc_src_send_device_state() - save the device state and send it. */
+int pc_src_send_device_state(struct source *src);
+
+/** pc_src_send_complete() - COMPLETE: every region's page count and
+ *  checksum (0 for a handoff). */
+int pc_src_send_complete(struct source *src);
+
+/** pc_src_verdict_and_go() - wait for the destination's verdict and, if
+ *  good, GO (pc_src_go()). Until GO the destination does not resume the
+ *  guest: a refusal, a lost verdict or a cancel fails here, and
+ *  pc_src_failed() resumes it. */
+int pc_src_verdict_and_go(struct source *src);
+
+/** pc_src_go() - after a good verdict: GO, and the destination's answer.
+ *  From GO on this end never resumes the guest (a cancel is refused),
+ *  unless the answer says the destination could not resume it. */
+int pc_src_go(struct source *src);
+
+/*
+ * postcopy_src.c: the switchover to postcopy.
+ */
+
+/** pc_src_postcopy() - stop the guest, send the device state and the
+ *  pages still pending after pass @iter as missing, hand the guest over,
+ *  then serve the destination's requests and push every missing page;
+ *  the end: COMPLETE and the destination's RESULT. */
+int pc_src_postcopy(struct source *src, unsigned iter);
 
 /** pc_src_failed() - the one failure path of a migration that failed
  *  with @err: tell the destination if it waits, lift the throttle, resume

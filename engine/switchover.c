@@ -19,7 +19,7 @@
  * Send the record of @n bytes in @buf on channel 0; @n < 0: encoding
  * record @name failed. @sending words a failure to send (%s: why).
  */
-static int send_encoded(struct source *src, uint8_t *buf, int n, const char *name,
+int pc_src_send_encoded(struct source *src, uint8_t *buf, int n, const char *name,
 			const char *sending)
 {
 	struct iovec v = { buf, (size_t)n };
@@ -59,12 +59,16 @@ int pc_src_handshake(struct source *src)
 	struct pc_wire_msg m;
 	int n, err;
 
-	src->handoff = handoff_possible(src);
+	src->postcopy = src->params.on_limit == PRECOPY_ON_LIMIT_POSTCOPY;
+	/* postcopy wants the pages to cross: no handoff */
+	src->handoff = !src->postcopy && handoff_possible(src);
 	for (unsigned i = 0; i < s->nreg; i++)
 		lens[i] = s->reg[i].len;
-	n = pc_wire_enc_hello(buf, sizeof(buf), PC_CAP_ALL | (src->handoff ? PC_CAP_HANDOFF : 0),
+	n = pc_wire_enc_hello(buf, sizeof(buf),
+			      PC_CAP_ALL | (src->handoff ? PC_CAP_HANDOFF : 0) |
+				      (src->postcopy ? PC_CAP_POSTCOPY : 0),
 			      s->nreg, lens, src->nchan);
-	err = send_encoded(src, buf, n, "HELLO", "handshake: %s");
+	err = pc_src_send_encoded(src, buf, n, "HELLO", "handshake: %s");
 	if (!err)
 		err = pc_recv_expect(s, 0, buf, sizeof(buf), &hello_ack, &m, NULL, 0);
 	if (err)
@@ -76,6 +80,9 @@ int pc_src_handshake(struct source *src)
 		return pc_fail(s, -EPROTO, "destination lacks required capabilities (0x%llx)",
 			       (unsigned long long)m.u.hello_ack.caps);
 	src->handoff = src->handoff && (m.u.hello_ack.caps & PC_CAP_HANDOFF);
+	if (src->postcopy && !(m.u.hello_ack.caps & PC_CAP_POSTCOPY))
+		return pc_fail(s, -EOPNOTSUPP,
+			       "on-limit postcopy: the destination does not take postcopy");
 	return 0;
 }
 
@@ -95,8 +102,7 @@ static void send_error(struct source *src, int err)
 	}
 }
 
-/* Stop the guest (if the VMM has the hook); from here a failure resumes it. */
-static int stop_guest(struct source *src)
+int pc_src_stop_guest(struct source *src)
 {
 	struct precopy_session *s = src->s;
 	int err = s->cb.stop_vm ? s->cb.stop_vm(s->cb.opaque) : 0;
@@ -107,7 +113,7 @@ static int stop_guest(struct source *src)
 	return 0;
 }
 
-static int send_device_state(struct source *src)
+int pc_src_send_device_state(struct source *src)
 {
 	struct precopy_session *s = src->s;
 	uint8_t hdr[PC_WIRE_HDR + 24];
@@ -143,7 +149,7 @@ static int send_device_state(struct source *src)
 	return 0;
 }
 
-static int complete(struct source *src)
+int pc_src_verdict_and_go(struct source *src)
 {
 	static const struct pc_expect verdict = {
 		.type = PC_MSG_RESULT,
@@ -152,14 +158,24 @@ static int complete(struct source *src)
 		.malformed = "malformed verdict from destination: %s",
 		.other = "destination sent %s, expected RESULT",
 	};
-	static const struct pc_expect answer = { .type = PC_MSG_RESULT };
+	uint8_t rbuf[PC_WIRE_HDR + 8 + PC_WIRE_TEXT_MAX];
+	struct pc_wire_msg m;
+	int err = pc_recv_expect(src->s, 0, rbuf, sizeof(rbuf), &verdict, &m, NULL, 0);
+
+	if (err)
+		return err;
+	if (m.u.result.status)
+		return pc_fail(src->s, m.u.result.status, "destination refused: %s",
+			       m.u.result.text);
+	return pc_src_go(src);
+}
+
+int pc_src_send_complete(struct source *src)
+{
 	struct precopy_session *s = src->s;
 	uint64_t npages[PRECOPY_MAX_REGIONS], hash[PRECOPY_MAX_REGIONS];
 	uint8_t buf[PC_WIRE_HDR + 8 + 16 * PRECOPY_MAX_REGIONS];
-	uint8_t rbuf[PC_WIRE_HDR + 8 + PC_WIRE_TEXT_MAX];
-	struct pc_wire_msg m;
-	struct iovec v = { buf, 0 };
-	int n, err;
+	int n;
 
 	for (unsigned i = 0; i < s->nreg; i++) {
 		npages[i] = s->reg[i].npages;
@@ -167,15 +183,27 @@ static int complete(struct source *src)
 		hash[i] = src->handoff ? 0 : pc_hash_combine(s->reg[i].hash, s->reg[i].npages);
 	}
 	n = pc_wire_enc_complete(buf, sizeof(buf), s->nreg, npages, hash);
-	err = send_encoded(src, buf, n, "COMPLETE", "sending COMPLETE: %s");
+	return pc_src_send_encoded(src, buf, n, "COMPLETE", "sending COMPLETE: %s");
+}
+
+static int complete(struct source *src)
+{
+	int err = pc_src_send_complete(src);
+
 	/* Until GO the destination does not resume the guest: a lost or
 	 * refusing verdict, or a cancel, makes this end the one that runs. */
-	if (!err)
-		err = pc_recv_expect(s, 0, rbuf, sizeof(rbuf), &verdict, &m, NULL, 0);
-	if (err)
-		return err;
-	if (m.u.result.status)
-		return pc_fail(s, m.u.result.status, "destination refused: %s", m.u.result.text);
+	return err ? err : pc_src_verdict_and_go(src);
+}
+
+int pc_src_go(struct source *src)
+{
+	static const struct pc_expect answer = { .type = PC_MSG_RESULT };
+	struct precopy_session *s = src->s;
+	uint8_t buf[PC_WIRE_HDR + 8 + PC_WIRE_TEXT_MAX];
+	struct pc_wire_msg m;
+	struct iovec v = { buf, 0 };
+	int err;
+
 	/* GO: from here this end never resumes the guest, unless the
 	 * destination says it could not; a cancel is refused (see
 	 * precopy_cancel()). */
@@ -189,7 +217,7 @@ static int complete(struct source *src)
 	v.iov_len = (size_t)pc_wire_enc_go(buf, sizeof(buf));
 	err = pc_tp_send_msg(src->tp, 0, &v, 1);
 	if (!err)
-		err = pc_recv_expect(s, 0, rbuf, sizeof(rbuf), &answer, &m, NULL, 0);
+		err = pc_recv_expect(s, 0, buf, sizeof(buf), &answer, &m, NULL, 0);
 	if (err > 0)
 		err = -EPROTO; /* not RESULT */
 	if (err) {
@@ -209,7 +237,7 @@ static int complete(struct source *src)
 static int finish(struct source *src, uint64_t t_stop)
 {
 	struct precopy_session *s = src->s;
-	int err = send_device_state(src);
+	int err = pc_src_send_device_state(src);
 
 	if (!err)
 		err = complete(src);
@@ -238,7 +266,7 @@ int pc_src_handoff(struct source *src)
 
 	pc_set_status(s, PRECOPY_STATUS_SWITCHOVER);
 	t_stop = pc_now();
-	err = stop_guest(src);
+	err = pc_src_stop_guest(src);
 	if (err)
 		return err;
 	src->peer_waits = true;
@@ -298,10 +326,9 @@ int pc_src_check_forced(struct source *src)
  * Switchover: stop the guest, send what is left, unthrottled. Hints end
  * here: the last pass is what the destination gets.
  */
-int pc_src_switchover(struct source *src, unsigned iter, bool forced)
+int pc_src_stop_and_sync(struct source *src, uint64_t *t_stop)
 {
 	struct precopy_session *s = src->s;
-	uint64_t t_stop;
 	int err;
 
 	pc_src_hints_open(src, false);
@@ -309,10 +336,17 @@ int pc_src_switchover(struct source *src, unsigned iter, bool forced)
 	pthread_mutex_lock(&src->plock);
 	pc_policy_set_switchover(&src->pol);
 	pthread_mutex_unlock(&src->plock);
-	t_stop = pc_now();
-	err = stop_guest(src);
-	if (!err)
-		err = pc_src_sync_dirty(src, NULL, true);
+	*t_stop = pc_now();
+	err = pc_src_stop_guest(src);
+	return err ? err : pc_src_sync_dirty(src, NULL, true);
+}
+
+int pc_src_switchover(struct source *src, unsigned iter, bool forced)
+{
+	struct precopy_session *s = src->s;
+	uint64_t t_stop;
+	int err = pc_src_stop_and_sync(src, &t_stop);
+
 	if (err)
 		return err;
 	src->final = true;

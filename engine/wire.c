@@ -22,6 +22,9 @@ static const char *const type_names[] = {
 	[PC_MSG_ERROR] = "ERROR",
 	[PC_MSG_HANDOFF] = "HANDOFF",
 	[PC_MSG_GO] = "GO",
+	[PC_MSG_POSTCOPY] = "POSTCOPY",
+	[PC_MSG_REQUEST] = "REQUEST",
+	[PC_MSG_PAGE] = "PAGE",
 };
 
 const char *pc_wire_type_name(unsigned type)
@@ -31,14 +34,23 @@ const char *pc_wire_type_name(unsigned type)
 	return type_names[type];
 }
 
-static int put_hdr(uint8_t *buf, size_t cap, unsigned type, size_t payload)
+
+/* The header of a record whose @lead bytes of payload are encoded in
+ * @buf and whose @data bytes follow from elsewhere (sent from their own
+ * buffer). Return: the length in @buf, or -ENOSPC. */
+static int put_lead(uint8_t *buf, size_t cap, unsigned type, size_t lead, size_t data)
 {
-	if (PC_WIRE_HDR + payload > cap)
+	if (PC_WIRE_HDR + lead > cap)
 		return -ENOSPC;
 	pc_put_le16(buf, (uint16_t)type);
 	pc_put_le16(buf + 2, 0);
-	pc_put_le32(buf + 4, (uint32_t)payload);
-	return (int)(PC_WIRE_HDR + payload);
+	pc_put_le32(buf + 4, (uint32_t)(lead + data));
+	return (int)(PC_WIRE_HDR + lead);
+}
+
+static int put_hdr(uint8_t *buf, size_t cap, unsigned type, size_t payload)
+{
+	return put_lead(buf, cap, type, payload, 0);
 }
 
 /* What HELLO and HELLO_ACK begin with: magic, version, capabilities. */
@@ -160,11 +172,8 @@ int pc_wire_enc_devstate_hdr(uint8_t *buf, size_t cap, uint64_t total, uint64_t 
 	if (len > PC_WIRE_DEVSTATE_CHUNK || total > PC_WIRE_DEVSTATE_MAX || offset > total ||
 	    len > total - offset)
 		return -EINVAL;
-	if (cap < PC_WIRE_HDR + 24)
+	if (put_lead(buf, cap, PC_MSG_DEVICE_STATE, 24, len) < 0)
 		return -ENOSPC;
-	pc_put_le16(buf, PC_MSG_DEVICE_STATE);
-	pc_put_le16(buf + 2, 0);
-	pc_put_le32(buf + 4, 24 + len);
 	pc_put_le64(buf + PC_WIRE_HDR, total);
 	pc_put_le64(buf + PC_WIRE_HDR + 8, offset);
 	pc_put_le32(buf + PC_WIRE_HDR + 16, len);
@@ -274,6 +283,56 @@ int pc_wire_enc_handoff(uint8_t *buf, size_t cap, uint32_t region, uint64_t offs
 	pc_put_le32(p + 4, 0);
 	pc_put_le64(p + 8, offset);
 	pc_put_le64(p + 16, len);
+	return n;
+}
+
+int pc_wire_enc_postcopy_hdr(uint8_t *buf, size_t cap)
+{
+	int n = put_hdr(buf, cap, PC_MSG_POSTCOPY, 8);
+
+	if (n < 0)
+		return n;
+	if (cap < PC_WIRE_HDR + 8 + (size_t)PC_WIRE_RUNS_MAX * PC_WIRE_RUN_SIZE)
+		return -ENOSPC;
+	pc_put_le32(buf + PC_WIRE_HDR, 0);
+	pc_put_le32(buf + PC_WIRE_HDR + 4, 0);
+	return n;
+}
+
+size_t pc_wire_finish_postcopy(uint8_t *buf, uint32_t count, uint32_t flags)
+{
+	size_t len = pc_wire_finish_runs(buf, count); /* the same layout, count first */
+
+	pc_put_le32(buf + PC_WIRE_HDR, count);
+	pc_put_le32(buf + PC_WIRE_HDR + 4, flags);
+	return len;
+}
+
+int pc_wire_enc_request(uint8_t *buf, size_t cap, uint32_t region, uint64_t page)
+{
+	int n = put_hdr(buf, cap, PC_MSG_REQUEST, 16);
+
+	if (n < 0)
+		return n;
+	pc_put_le32(buf + PC_WIRE_HDR, region);
+	pc_put_le32(buf + PC_WIRE_HDR + 4, 0);
+	pc_put_le64(buf + PC_WIRE_HDR + 8, page);
+	return n;
+}
+
+int pc_wire_enc_page_hdr(uint8_t *buf, size_t cap, uint32_t region, uint64_t page,
+			 uint64_t hash, uint32_t flags)
+{
+	uint8_t *p = buf + PC_WIRE_HDR;
+	int n = flags & ~PC_WIRE_PAGE_REQUESTED ? -EINVAL
+						: put_lead(buf, cap, PC_MSG_PAGE, 24, PRECOPY_PAGE_SIZE);
+
+	if (n > 0) {
+		pc_put_le32(p, region);
+		pc_put_le32(p + 4, flags);
+		pc_put_le64(p + 8, page);
+		pc_put_le64(p + 16, hash);
+	}
 	return n;
 }
 
@@ -449,6 +508,49 @@ static int dec_go(const uint8_t *p, uint32_t plen, struct pc_wire_msg *out, char
 	return 0;
 }
 
+static int dec_postcopy(const uint8_t *p, uint32_t plen, struct pc_wire_msg *out, char *why,
+			size_t whylen)
+{
+	uint32_t count = pc_get_le32(p), flags = pc_get_le32(p + 4);
+
+	if (count > PC_WIRE_RUNS_MAX)
+		return bad(why, whylen, "POSTCOPY with %u ranges (0..%u)", count, PC_WIRE_RUNS_MAX);
+	if ((size_t)plen != 8 + (size_t)count * PC_WIRE_RUN_SIZE)
+		return bad(why, whylen, "POSTCOPY length %u does not fit %u ranges", plen, count);
+	if (flags & ~PC_WIRE_POSTCOPY_LAST)
+		return bad(why, whylen, "POSTCOPY with unknown flags 0x%x", flags);
+	out->u.postcopy.count = count;
+	out->u.postcopy.flags = flags;
+	out->u.postcopy.entries = p + 8;
+	for (uint32_t i = 0; i < count; i++) {
+		struct pc_wire_run r;
+
+		pc_wire_get_run(p + 8, i, &r);
+		if (r.kind != 0 || r.npages == 0)
+			return bad(why, whylen, "POSTCOPY range %u: kind %u, %llu pages", i, r.kind,
+				   (unsigned long long)r.npages);
+	}
+	return 0;
+}
+
+/* REQUEST and PAGE: region, flags, page (PAGE: then hash and contents). */
+static int dec_page(const uint8_t *p, uint32_t plen, struct pc_wire_msg *out, char *why,
+		    size_t whylen)
+{
+	out->u.page.region = pc_get_le32(p);
+	out->u.page.flags = pc_get_le32(p + 4);
+	out->u.page.page = pc_get_le64(p + 8);
+	out->u.page.hash = plen > 16 ? pc_get_le64(p + 16) : 0;
+	out->u.page.data = plen > 16 ? p + 24 : NULL;
+	if (out->u.page.flags & ~(out->type == PC_MSG_PAGE ? PC_WIRE_PAGE_REQUESTED : 0))
+		return bad(why, whylen, "%s with unknown flags 0x%x", pc_wire_type_name(out->type),
+			   out->u.page.flags);
+	if (out->u.page.region >= PRECOPY_MAX_REGIONS)
+		return bad(why, whylen, "%s of region %u", pc_wire_type_name(out->type),
+			   out->u.page.region);
+	return 0;
+}
+
 #define ANY UINT32_MAX
 
 /* The decoder of each type and the payload lengths it takes: a record
@@ -469,6 +571,9 @@ static const struct decoder {
 	[PC_MSG_ERROR] = { dec_result, 8, 8 + PC_WIRE_TEXT_MAX },
 	[PC_MSG_HANDOFF] = { dec_handoff, 24, 24 },
 	[PC_MSG_GO] = { dec_go, 0, 0 },
+	[PC_MSG_POSTCOPY] = { dec_postcopy, 8, ANY },
+	[PC_MSG_REQUEST] = { dec_page, 16, 16 },
+	[PC_MSG_PAGE] = { dec_page, 24 + PRECOPY_PAGE_SIZE, 24 + PRECOPY_PAGE_SIZE },
 };
 
 int pc_wire_decode(const uint8_t *buf, size_t len, struct pc_wire_msg *out, char *why,

@@ -28,6 +28,12 @@
  *   ERROR        either    ch0  the sender gives up: -errno + text
  *   HANDOFF      src->dst  ch0  (PC_CAP_HANDOFF) region, offset in the fd,
  *                                length; the region's memfd travels with it
+ *   POSTCOPY     src->dst  ch0  (PC_CAP_POSTCOPY) ranges of pages the
+ *                                destination does not hold current; the
+ *                                last record says so (flag)
+ *   REQUEST      dst->src  ch0  (postcopy) a page the guest touched
+ *   PAGE         src->dst  ch0  (postcopy) one page: region, page, checksum,
+ *                                contents; flag: it was asked for
  */
 #ifndef PC_WIRE_H
 #define PC_WIRE_H
@@ -55,6 +61,10 @@
  * the guest only once the source has said it never will, so a lost record
  * can leave the guest stopped at both ends but never running at both. */
 #define PC_CAP_CONFIRM (1ull << 4)
+/* Postcopy: the source may switch over to postcopy (POSTCOPY, REQUEST,
+ * PAGE). Offered only by a source whose on-limit is postcopy; a
+ * destination that cannot take it refuses the handshake. */
+#define PC_CAP_POSTCOPY (1ull << 5)
 #define PC_CAP_REQUIRED (PC_CAP_ZERO_RUNS | PC_CAP_PAGE_HASH | PC_CAP_CONFIRM)
 #define PC_CAP_ALL (PC_CAP_ZERO_RUNS | PC_CAP_PAGE_HASH | PC_CAP_FREE_RUNS | PC_CAP_CONFIRM)
 
@@ -70,7 +80,10 @@ enum pc_wire_type {
 	PC_MSG_ERROR,
 	PC_MSG_HANDOFF,
 	PC_MSG_GO,
-	PC_MSG_TYPE_MAX = PC_MSG_GO,
+	PC_MSG_POSTCOPY,
+	PC_MSG_REQUEST,
+	PC_MSG_PAGE,
+	PC_MSG_TYPE_MAX = PC_MSG_PAGE,
 };
 
 enum pc_run_kind {
@@ -80,6 +93,12 @@ enum pc_run_kind {
 };
 
 #define PC_WIRE_RUN_SIZE 24
+/** POSTCOPY flag: the last of the records that list missing pages. */
+#define PC_WIRE_POSTCOPY_LAST 1u
+/** PAGE flag: the destination asked for this page. */
+#define PC_WIRE_PAGE_REQUESTED 1u
+/** Length of a PAGE record. */
+#define PC_WIRE_PAGE_LEN (PC_WIRE_HDR + 24 + PRECOPY_PAGE_SIZE)
 #define PC_WIRE_TEXT_MAX 200
 /** Most entries in one RUNS record. */
 #define PC_WIRE_RUNS_MAX 1024
@@ -140,6 +159,16 @@ struct pc_wire_msg {
 			uint32_t region;
 			uint64_t offset, len;
 		} handoff;
+		struct {
+			uint32_t count, flags;
+			const uint8_t *entries; /* count * PC_WIRE_RUN_SIZE, kind 0 */
+		} postcopy;
+		struct {
+			uint32_t region, flags; /* flags: PAGE only */
+			uint64_t page;
+			uint64_t hash;          /* PAGE only */
+			const uint8_t *data;    /* PAGE only: PRECOPY_PAGE_SIZE bytes, in the input */
+		} page; /* REQUEST and PAGE */
 	} u;
 };
 
@@ -176,6 +205,18 @@ int pc_wire_enc_go(uint8_t *buf, size_t cap);
 /** HANDOFF: region @region is @len bytes at @offset of the fd sent with it. */
 int pc_wire_enc_handoff(uint8_t *buf, size_t cap, uint32_t region, uint64_t offset,
 			uint64_t len);
+
+/** POSTCOPY header only; append ranges with pc_wire_put_run() (kind 0),
+ *  then pc_wire_finish_postcopy() to fix the length, count and flags. */
+int pc_wire_enc_postcopy_hdr(uint8_t *buf, size_t cap);
+/** Return: the record's length with @count ranges. */
+size_t pc_wire_finish_postcopy(uint8_t *buf, uint32_t count, uint32_t flags);
+/** REQUEST: the destination wants page @page of region @region. */
+int pc_wire_enc_request(uint8_t *buf, size_t cap, uint32_t region, uint64_t page);
+/** PAGE header (24 bytes after the record header); the page's
+ *  PRECOPY_PAGE_SIZE bytes follow it in the same message. */
+int pc_wire_enc_page_hdr(uint8_t *buf, size_t cap, uint32_t region, uint64_t page,
+			 uint64_t hash, uint32_t flags);
 
 /**
  * pc_wire_decode() - parse one record of @len bytes. Pointers in @out

@@ -72,7 +72,10 @@ enum precopy_status {
 	PRECOPY_STATUS_SETUP,      /**< connecting, negotiating, arming dirty log */
 	PRECOPY_STATUS_BULK,       /**< first pass: every page */
 	PRECOPY_STATUS_ITERATE,    /**< later passes: pages dirtied since */
-	PRECOPY_STATUS_SWITCHOVER, /**< guest stopped, last pages and device state */
+	/** guest stopped, last pages and device state; in postcopy until every
+	 *  missing page has come (the guest runs at the destination from GO:
+	 *  stats.postcopy) */
+	PRECOPY_STATUS_SWITCHOVER,
 	PRECOPY_STATUS_COMPLETED,
 	PRECOPY_STATUS_FAILED,
 	PRECOPY_STATUS_CANCELLED,
@@ -98,6 +101,26 @@ enum precopy_on_limit {
 	PRECOPY_ON_LIMIT_FORCE = 0,
 	/** Fail the migration; the source guest keeps running. */
 	PRECOPY_ON_LIMIT_ABORT,
+	/**
+	 * Switch over to postcopy: stop the guest, send the device state and
+	 * the set of pages the destination does not hold current, and resume
+	 * the guest at the destination at once; the destination asks for a
+	 * page its guest touches before it is there (userfaultfd), and the
+	 * source pushes every missing page from its stopped copy, asked-for
+	 * pages first. Every page is still checked against the source's
+	 * checksum; the destination reports success only once every page is
+	 * in and matches. Needs userfaultfd at the destination and a
+	 * transport that carries it (tcp: and tls:): elsewhere the migration
+	 * is refused at the handshake (-EOPNOTSUPP), never run as precopy.
+	 * The mode is fixed when the migration starts: changing on-limit to
+	 * or from postcopy while it runs is refused (-EBUSY). Once the guest
+	 * was handed over, a lost connection cannot be recovered yet: the
+	 * destination fails with the pages it lacks still missing (its
+	 * guest's accesses to them stay blocked, never see wrong data) and
+	 * the source keeps its guest stopped. max-forced-downtime does not
+	 * apply (the pause carries no RAM).
+	 */
+	PRECOPY_ON_LIMIT_POSTCOPY,
 };
 
 /**
@@ -190,7 +213,8 @@ struct precopy_stats {
 	uint64_t expected_downtime;
 	/** bytes put on the transport, headers included. */
 	uint64_t transferred;
-	/** bytes of RAM still dirty (to send). */
+	/** bytes of RAM still dirty (to send); in postcopy, at either end,
+	 *  the bytes of the pages still missing at the destination. */
 	uint64_t remaining;
 	/** bytes of RAM registered. */
 	uint64_t total;
@@ -245,7 +269,10 @@ struct precopy_stats {
 	 *  instead (forced_aborted): the downtime expected when it decided,
 	 *  in ms (UINT64_MAX if it could not be predicted), and the downtime
 	 *  the forced switchover really took, in ms (0 if aborted). All 0
-	 *  when the watchdog did not force. */
+	 *  when the watchdog did not force. A switchover to postcopy is a
+	 *  forced one: the expected downtime is a precopy switchover's, the
+	 *  real one postcopy's (the guest paused until it ran at the
+	 *  destination). */
 	uint64_t forced_expected_downtime;
 	uint64_t forced_downtime;
 	bool forced_aborted;
@@ -294,6 +321,26 @@ struct precopy_stats {
 	uint64_t queued_bytes;
 	/** device-state size counted in expected_downtime, bytes. */
 	uint64_t device_state_bytes;
+
+	/* --- since PRECOPY_0.3: postcopy (on-limit postcopy) ------------- */
+	/** true once the migration switched over to postcopy. */
+	bool postcopy;
+	/** ms from the guest's resumption at the destination until every
+	 *  page was in (0 until then). */
+	uint64_t postcopy_time;
+	/** pages the destination asked for because its guest touched them
+	 *  (source: requests served; destination: requests sent). */
+	uint64_t postcopy_requests;
+	/** pages sent in postcopy because they were asked for, and pages
+	 *  pushed in the background; together the pages missing at the
+	 *  handover. */
+	uint64_t postcopy_pages_requested;
+	uint64_t postcopy_pages_pushed;
+	/** Destination: time from a guest's fault to its page being placed,
+	 *  in microseconds, median and 99th percentile over the requests
+	 *  (0 without requests). */
+	uint64_t postcopy_latency_median_us;
+	uint64_t postcopy_latency_p99_us;
 };
 
 /** Size of struct precopy_stats as PRECOPY_0.1 defined it. */
@@ -484,7 +531,10 @@ int precopy_new(enum precopy_role role, const struct precopy_params *params,
 /**
  * precopy_delete() - free a session and everything it holds, and set *@s
  * to NULL. The session must not be running (return from precopy_migrate()
- * or precopy_incoming() first). Registered memory stays the VMM's.
+ * or precopy_incoming() first). Registered memory stays the VMM's. A
+ * destination whose postcopy failed with pages missing keeps the guest's
+ * accesses to them waiting until this call, which ends the wait (the pages
+ * then read as zeros): stop the guest before.
  * Return: 0; -EINVAL if @s is NULL; -EBUSY if the session is running.
  */
 int precopy_delete(struct precopy_session **s);
@@ -716,7 +766,10 @@ int precopy_set_registration(struct precopy_session *s, enum precopy_registratio
  * -ENOTRECOVERABLE: the destination verified everything and was told to
  * resume the guest (GO), but its answer never came, so the guest may be
  * running there and is left stopped here; resume it only once the
- * destination is known not to run it. A destination that reports its
+ * destination is known not to run it. In postcopy, any failure after GO
+ * (the link lost while pages are still missing there, the destination's
+ * failure) is -ENOTRECOVERABLE too: the guest was handed over and is left
+ * stopped here. A destination that reports its
  * resume_vm failed gets the guest back here (resume_vm is called, the
  * error is its).
  * Return: 0 = COMPLETED; -ECANCELED; -ETIMEDOUT if the watchdog aborted;
@@ -770,7 +823,13 @@ int precopy_local_uri(struct precopy_session *s, char *buf, size_t len);
  * region's checksum matched the source's, device state was loaded, the
  * source answered the verdict with GO (it will not resume the guest
  * itself) and resume_vm succeeded. If the source goes away before GO, the
- * guest is not resumed here and the call fails.
+ * guest is not resumed here and the call fails. In postcopy
+ * (PRECOPY_ON_LIMIT_POSTCOPY at the source) resume_vm is called with pages
+ * still missing, and the call returns 0 once every one of them came and
+ * matched its checksum; if the source goes away before that, it fails with
+ * those pages still missing and the guest's accesses to them blocked
+ * (never served empty) until precopy_delete(), which ends the wait:
+ * stop the guest first.
  * Return: 0; -ECANCELED; -EPROTO for a malformed stream; -EBADMSG if the
  * checksum did not match; -ECONNRESET... (see precopy_strerror()).
  */
@@ -785,7 +844,9 @@ int precopy_incoming(struct precopy_session *s);
  * harmless. Once the source has sent GO (the destination's verdict was
  * good) the destination may resume the guest at any moment, so from then
  * on a cancel is refused (-EBUSY) rather than risk the guest running at
- * both ends; the migration ends a moment later either way. Before GO,
+ * both ends; the migration ends a moment later either way (in postcopy,
+ * once every missing page has come: a cancel is refused at both ends for
+ * as long as that takes). Before GO,
  * even while the destination verifies, a cancel is taken and the source
  * resumes its guest. At the destination a cancel is taken until the
  * moment the verified guest is about to be resumed (the guest is then not

@@ -71,8 +71,15 @@ static void engine_hello(int fd)
 	msg(fd, rec, pc_wire_enc_hello(rec, sizeof(rec), PC_CAP_ALL, 1, &len, 1));
 }
 
-/* Run @feed against a fresh destination; expect failure mentioning @text. */
-static void expect_refused(void (*feed)(int fd), const char *text)
+/*
+ * Run @feed against a fresh destination; expect failure mentioning @text,
+ * the guest resumed @resumed times (a postcopy feed hands it over first).
+ * Bytes from @from on are never written: every length is checked before
+ * a byte is (below @from, pages a postcopy feed listed missing, dropped:
+ * not read, since a page that stays missing would be waited for).
+ */
+static void expect_refused_from(void (*feed)(int fd), const char *text, unsigned resumed,
+				size_t from)
 {
 	struct h_dest d;
 	char err[PRECOPY_ERRMSG_MAX];
@@ -91,15 +98,18 @@ static void expect_refused(void (*feed)(int fd), const char *text)
 	precopy_strerror(d.s, err, sizeof(err));
 	if (!strstr(err, text))
 		fail_msg("error '%s' does not mention '%s'", err, text);
-	assert_int_equal(d.resumed, 0);
-	/* Every length is checked before a byte is written: no feed here
-	 * carries a page that may land, so the memory is as it was. */
-	for (size_t i = 0; i < RAM; i++)
+	assert_int_equal(d.resumed, resumed);
+	for (size_t i = from; i < RAM; i++)
 		if (canary[i] != 0x77)
 			fail_msg("byte %zu of the destination's memory changed to %#x", i,
 				 canary[i]);
 	h_expect_status(d.s, PRECOPY_STATUS_FAILED);
 	h_dest_free(&d);
+}
+
+static void expect_refused(void (*feed)(int fd), const char *text)
+{
+	expect_refused_from(feed, text, 0, 0);
 }
 
 static void feed_bad_magic(int fd)
@@ -190,6 +200,118 @@ static void feed_oversized_message(int fd)
 	frame(fd, PC_FRAME_MSG, 0, 0, NULL, 1ull << 40);
 }
 
+/* --- postcopy: a source that agreed on it, then breaks its rules ------- */
+
+#define PC_PAGES 4 /* pages 0..3 missing */
+
+/* HELLO with postcopy, an empty pass, and POSTCOPY listing @n ranges of
+ * @r, the last of them if @last. */
+static void postcopy_start(int fd, const struct pc_wire_run *r, uint32_t n, bool last)
+{
+	static uint8_t rec[PC_WIRE_MSG_MAX];
+	uint64_t len = RAM;
+
+	struct pc_guest_desc desc = { .magic = PC_GUEST_MAGIC, .npages = RAM / 4096 };
+	int h;
+
+	msg(fd, rec, pc_wire_enc_hello(rec, sizeof(rec), PC_CAP_ALL | PC_CAP_POSTCOPY, 1, &len, 1));
+	msg(fd, rec, pc_wire_enc_iter_end(rec, sizeof(rec), 0, 0));
+	/* device state the destination's hook takes: a guest descriptor */
+	h = pc_wire_enc_devstate_hdr(rec, sizeof(rec), sizeof(desc), 0, sizeof(desc));
+	memcpy(rec + h, &desc, sizeof(desc));
+	msg(fd, rec, h + (int)sizeof(desc));
+	pc_wire_enc_postcopy_hdr(rec, sizeof(rec));
+	for (uint32_t i = 0; i < n; i++)
+		pc_wire_put_run(rec, i, &r[i]);
+	msg(fd, rec, (int)pc_wire_finish_postcopy(rec, n, last ? PC_WIRE_POSTCOPY_LAST : 0));
+}
+
+/* ... then GO: the guest runs at the destination, pages 0..3 missing. */
+static void postcopy_go(int fd)
+{
+	uint8_t rec[16];
+
+	postcopy_start(fd, &(struct pc_wire_run){ 0, 0, 0, PC_PAGES }, 1, true);
+	msg(fd, rec, pc_wire_enc_go(rec, sizeof(rec)));
+}
+
+/* A PAGE for @page whose checksum is @hash (contents 0x55). */
+static void postcopy_page(int fd, uint64_t page, uint64_t hash)
+{
+	static uint8_t rec[PC_WIRE_PAGE_LEN];
+	int n = pc_wire_enc_page_hdr(rec, sizeof(rec), 0, page, hash, 0);
+
+	memset(rec + n, 0x55, PRECOPY_PAGE_SIZE);
+	msg(fd, rec, PC_WIRE_PAGE_LEN);
+}
+
+static void feed_postcopy_page_twice(int fd)
+{
+	const struct pc_wire_run r[2] = { { 0, 0, 0, 4 }, { 0, 0, 3, 1 } };
+
+	postcopy_start(fd, r, 2, true);
+}
+
+static void feed_postcopy_runs_among(int fd)
+{
+	static uint8_t rec[PC_WIRE_MSG_MAX];
+
+	postcopy_start(fd, &(struct pc_wire_run){ 0, 0, 0, 1 }, 1, false);
+	pc_wire_enc_runs_hdr(rec, sizeof(rec), 1);
+	pc_wire_put_run(rec, 0, &(struct pc_wire_run){ 0, PC_RUN_ZERO, 5, 1 });
+	msg(fd, rec, (int)pc_wire_finish_runs(rec, 1));
+}
+
+static void feed_postcopy_without_capability(int fd)
+{
+	uint8_t rec[64];
+
+	engine_hello(fd);
+	msg(fd, rec, pc_wire_enc_iter_end(rec, sizeof(rec), 0, 0));
+	pc_wire_enc_postcopy_hdr(rec, PC_WIRE_MSG_MAX); /* (header only: 16 bytes) */
+	msg(fd, rec, (int)pc_wire_finish_postcopy(rec, 0, PC_WIRE_POSTCOPY_LAST));
+}
+
+static void feed_postcopy_bad_checksum(int fd)
+{
+	postcopy_go(fd);
+	postcopy_page(fd, 1, 0x1234); /* not the hash of 4096 bytes of 0x55 */
+}
+
+static void feed_postcopy_page_not_missing(int fd)
+{
+	postcopy_go(fd);
+	postcopy_page(fd, PC_PAGES + 2, 0);
+}
+
+static void feed_postcopy_complete_early(int fd)
+{
+	uint8_t rec[64];
+	uint64_t np = RAM / 4096, h = 0;
+
+	postcopy_go(fd);
+	msg(fd, rec, pc_wire_enc_complete(rec, sizeof(rec), 1, &np, &h));
+}
+
+/* A postcopy feed: the pages it listed missing are not checked. */
+static void expect_postcopy_refused(void (*feed)(int fd), const char *text, bool resumed)
+{
+	expect_refused_from(feed, text, resumed ? 1 : 0, PC_PAGES * PRECOPY_PAGE_SIZE);
+}
+
+H_CASE(postcopy__page_listed_twice,
+       expect_postcopy_refused(feed_postcopy_page_twice, "twice", false))
+H_CASE(postcopy__runs_among_postcopy,
+       expect_postcopy_refused(feed_postcopy_runs_among, "among the POSTCOPY", false))
+H_CASE(postcopy__without_capability,
+       expect_postcopy_refused(feed_postcopy_without_capability, "unexpected POSTCOPY", false))
+H_CASE(postcopy__page_checksum_mismatch,
+       expect_postcopy_refused(feed_postcopy_bad_checksum, "does not match its checksum", true))
+H_CASE(postcopy__page_not_missing,
+       expect_postcopy_refused(feed_postcopy_page_not_missing, "not a missing page", true))
+H_CASE(postcopy__complete_with_pages_missing,
+       expect_postcopy_refused(feed_postcopy_complete_early, "still missing", true))
+
 H_CASE(incoming__bad_magic, expect_refused(feed_bad_magic, "magic"))
 H_CASE(incoming__bad_version, expect_refused(feed_bad_version, "version"))
 H_CASE(incoming__page_for_unregistered_region,
@@ -237,6 +359,12 @@ int main(void)
 		cmocka_unit_test(incoming__complete_without_pages),
 		cmocka_unit_test(incoming__oversized_message),
 		cmocka_unit_test(incoming__stranger_dropped),
+		cmocka_unit_test(postcopy__page_listed_twice),
+		cmocka_unit_test(postcopy__runs_among_postcopy),
+		cmocka_unit_test(postcopy__without_capability),
+		cmocka_unit_test(postcopy__page_checksum_mismatch),
+		cmocka_unit_test(postcopy__page_not_missing),
+		cmocka_unit_test(postcopy__complete_with_pages_missing),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

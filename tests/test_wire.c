@@ -233,6 +233,85 @@ static void encode__no_room(void **state)
 	assert_int_equal(pc_wire_enc_hello(buf, sizeof(buf), PC_CAP_ALL, 1, &len, 0), -EINVAL);
 }
 
+/* POSTCOPY: ranges of kind 0, the last-record flag; REQUEST; PAGE with
+ * its checksum and the page after it. */
+static void postcopy__round_trip(void **state)
+{
+	struct pc_wire_msg m;
+	struct pc_wire_run r;
+	size_t len;
+	int n;
+
+	(void)state;
+	assert_int_equal(pc_wire_enc_postcopy_hdr(buf, sizeof(buf)), PC_WIRE_HDR + 8);
+	pc_wire_put_run(buf, 0, &(struct pc_wire_run){ 1, 0, 5, 7 });
+	pc_wire_put_run(buf, 1, &(struct pc_wire_run){ 0, 0, 100, 1 });
+	len = pc_wire_finish_postcopy(buf, 2, PC_WIRE_POSTCOPY_LAST);
+	assert_int_equal(len, PC_WIRE_HDR + 8 + 2 * PC_WIRE_RUN_SIZE);
+	assert_int_equal(decode(len, &m), 0);
+	assert_int_equal(m.type, PC_MSG_POSTCOPY);
+	assert_int_equal(m.u.postcopy.count, 2);
+	assert_int_equal(m.u.postcopy.flags, PC_WIRE_POSTCOPY_LAST);
+	pc_wire_get_run(m.u.postcopy.entries, 0, &r);
+	assert_true(r.region == 1 && r.first_page == 5 && r.npages == 7);
+	/* an empty one ends the list too */
+	pc_wire_enc_postcopy_hdr(buf, sizeof(buf));
+	assert_int_equal(decode(pc_wire_finish_postcopy(buf, 0, PC_WIRE_POSTCOPY_LAST), &m), 0);
+	assert_int_equal(m.u.postcopy.count, 0);
+
+	n = pc_wire_enc_request(buf, sizeof(buf), 2, 123456789);
+	assert_int_equal(decode((size_t)n, &m), 0);
+	assert_int_equal(m.type, PC_MSG_REQUEST);
+	assert_true(m.u.page.region == 2 && m.u.page.page == 123456789);
+
+	n = pc_wire_enc_page_hdr(buf, sizeof(buf), 1, 42, 0x1122334455667788ull,
+				 PC_WIRE_PAGE_REQUESTED);
+	assert_int_equal(n, PC_WIRE_HDR + 24);
+	memset(buf + n, 0xab, 4096);
+	assert_int_equal(decode(PC_WIRE_PAGE_LEN, &m), 0);
+	assert_int_equal(m.type, PC_MSG_PAGE);
+	assert_true(m.u.page.region == 1 && m.u.page.page == 42);
+	assert_true(m.u.page.hash == 0x1122334455667788ull);
+	assert_int_equal(m.u.page.flags, PC_WIRE_PAGE_REQUESTED);
+	assert_ptr_equal(m.u.page.data, buf + n);
+	assert_int_equal(pc_wire_enc_page_hdr(buf, sizeof(buf), 1, 42, 0, 2), -EINVAL);
+}
+
+static void postcopy__malformed(void **state)
+{
+	struct pc_wire_msg m;
+	size_t len;
+	int n;
+
+	(void)state;
+	/* a range with a kind, or of no pages */
+	pc_wire_enc_postcopy_hdr(buf, sizeof(buf));
+	pc_wire_put_run(buf, 0, &(struct pc_wire_run){ 0, PC_RUN_DATA, 0, 1 });
+	assert_int_equal(decode(pc_wire_finish_postcopy(buf, 1, 0), &m), -EPROTO);
+	pc_wire_put_run(buf, 0, &(struct pc_wire_run){ 0, 0, 0, 0 });
+	assert_int_equal(decode(pc_wire_finish_postcopy(buf, 1, 0), &m), -EPROTO);
+	/* unknown flags; a count the length does not hold */
+	pc_wire_put_run(buf, 0, &(struct pc_wire_run){ 0, 0, 0, 1 });
+	len = pc_wire_finish_postcopy(buf, 1, 2);
+	assert_int_equal(decode(len, &m), -EPROTO);
+	assert_non_null(strstr(why, "flags"));
+	len = pc_wire_finish_postcopy(buf, 1, 0);
+	pc_put_le32(buf + PC_WIRE_HDR, 2);
+	assert_int_equal(decode(len, &m), -EPROTO);
+	/* REQUEST: flags, a region out of range, a wrong length */
+	n = pc_wire_enc_request(buf, sizeof(buf), 0, 1);
+	pc_put_le32(buf + PC_WIRE_HDR + 4, 1);
+	assert_int_equal(decode((size_t)n, &m), -EPROTO);
+	n = pc_wire_enc_request(buf, sizeof(buf), PRECOPY_MAX_REGIONS, 1);
+	assert_int_equal(decode((size_t)n, &m), -EPROTO);
+	pc_put_le32(buf + 4, 24);
+	assert_int_equal(decode((size_t)n + 8, &m), -EPROTO);
+	/* PAGE: a page short */
+	n = pc_wire_enc_page_hdr(buf, sizeof(buf), 0, 1, 0, 0);
+	pc_put_le32(buf + 4, 24 + 4095);
+	assert_int_equal(decode(PC_WIRE_PAGE_LEN - 1, &m), -EPROTO);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -250,6 +329,8 @@ int main(void)
 		cmocka_unit_test(complete__round_trip_and_truncation),
 		cmocka_unit_test(result__text_is_sanitised),
 		cmocka_unit_test(encode__no_room),
+		cmocka_unit_test(postcopy__round_trip),
+		cmocka_unit_test(postcopy__malformed),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -738,7 +738,7 @@ static int tcp_link_stats(struct pc_transport *t, unsigned chan, struct pc_tp_li
 const struct pc_transport_ops pc_tcp_ops = {
 	.scheme = "tcp",
 	.syntax = "tcp:HOST:PORT",
-	.caps = 0,
+	.caps = PC_TCAP_POSTCOPY,
 	.listen = tcp_listen,
 	.connect = tcp_connect,
 	TCP_SHARED_OPS
@@ -765,7 +765,7 @@ static int tls_connect(const char *addr, const struct pc_transport_opts *o,
 const struct pc_transport_ops pc_tls_ops = {
 	.scheme = "tls",
 	.syntax = "tls:HOST:PORT",
-	.caps = PC_TCAP_TLS,
+	.caps = PC_TCAP_TLS | PC_TCAP_POSTCOPY,
 	.listen = tls_listen,
 	.connect = tls_connect,
 	TCP_SHARED_OPS

@@ -72,8 +72,9 @@ int pc_policy_params_check(const struct precopy_params *p, char *why, size_t why
 		return bad(why, whylen, "max_cpu_throttle: not in 1..99");
 	if (p->cpu_throttle_initial > p->max_cpu_throttle)
 		return bad(why, whylen, "cpu_throttle_initial: above max_cpu_throttle");
-	if (p->on_limit != PRECOPY_ON_LIMIT_FORCE && p->on_limit != PRECOPY_ON_LIMIT_ABORT)
-		return bad(why, whylen, "on_limit: neither FORCE nor ABORT");
+	if (p->on_limit != PRECOPY_ON_LIMIT_FORCE && p->on_limit != PRECOPY_ON_LIMIT_ABORT &&
+	    p->on_limit != PRECOPY_ON_LIMIT_POSTCOPY)
+		return bad(why, whylen, "on_limit: none of FORCE, ABORT, POSTCOPY");
 	if (p->channels < 1 || p->channels > PRECOPY_MAX_CHANNELS)
 		return bad(why, whylen, "channels: not in 1..PRECOPY_MAX_CHANNELS");
 	if (p->timeout_ms < 100 || p->timeout_ms > 3600000)
@@ -791,6 +792,7 @@ uint64_t pc_policy_downtime_limit_ns(const struct pc_policy *pol)
 	return mul_sat(pol->params.downtime_limit_ms, PC_NSEC_PER_MSEC);
 }
 
+/* POSTCOPY forces the switchover too; the source makes it a postcopy one. */
 static enum pc_decision on_limit(const struct pc_policy *pol)
 {
 	return pol->params.on_limit == PRECOPY_ON_LIMIT_ABORT ? PC_ABORT : PC_FORCE;

@@ -49,8 +49,8 @@ void pc_policy_params_defaults(struct precopy_params *p);
  * pc_policy_params_check() - validate the policy fields of @p.
  * Ranges (QEMU's where it has them): downtime_limit_ms <= 2000000,
  * throttle_trigger_threshold 1..100, cpu_throttle_initial,
- * cpu_throttle_increment and max_cpu_throttle 1..99, on_limit FORCE or
- * ABORT, channels 1..PRECOPY_MAX_CHANNELS. 0 is allowed where precopy.h
+ * cpu_throttle_increment and max_cpu_throttle 1..99, on_limit FORCE,
+ * ABORT or POSTCOPY, channels 1..PRECOPY_MAX_CHANNELS. 0 is allowed where precopy.h
  * gives it a meaning (bandwidths, limits off).
  * Return: 0, or -EINVAL with the first bad field named in @why (if
  * non-NULL, @whylen bytes, NUL-terminated).
@@ -572,7 +572,8 @@ unsigned pc_policy_synced(struct pc_policy *pol, uint64_t dirtied, uint64_t cost
  * SWITCHOVER if the expected downtime (struct pc_switch_in, with the
  * link's queued bytes and round trips, the dirty rate, the device state and
  * pc_policy_switch_bandwidth()) <= downtime limit (the bulk pass may end so); else FORCE or
- * ABORT (params.on_limit) if the watchdog says so (last_verdict tells
+ * ABORT (params.on_limit; POSTCOPY is FORCE here, the source makes it a
+ * postcopy switchover) if the watchdog says so (last_verdict tells
  * why); else CONTINUE. With no estimate yet (no window closed) and no
  * avail-switchover-bandwidth, only remaining + device state = 0 switches.
  */

@@ -51,6 +51,10 @@
 /** Authenticates the connection with pc_transport_opts.key; a transport
  *  without this bit has no use for a key (callers refuse one). */
 #define PC_TCAP_AUTH_KEY (1u << 4)
+/** Carries postcopy: messages both ways on channel 0 while the
+ *  destination's guest runs, and no page written into the destination's
+ *  memory behind the engine once the regions are withdrawn. */
+#define PC_TCAP_POSTCOPY (1u << 5)
 
 /** Largest message a transport must carry (device state comes in parts). */
 #define PC_MSG_MAX (1u << 20)

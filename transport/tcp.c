@@ -746,6 +746,16 @@ static int tcp_link_stats(struct pc_transport *t, unsigned chan, struct pc_tp_li
 	return pc_tcp_fd_link_stats(c->s.ch[chan].fd, out);
 }
 
+/* The final burst's pacing: the kernel's, per connection. */
+static int tcp_set_pacing(struct pc_transport *t, unsigned chan, uint64_t bps)
+{
+	struct tcp_conn *c = (struct tcp_conn *)t;
+
+	if (chan >= t->nchan)
+		return -EINVAL;
+	return pc_tcp_fd_set_pacing(c->s.ch[chan].fd, bps);
+}
+
 const struct pc_transport_ops pc_tcp_ops = {
 	.scheme = "tcp",
 	.syntax = "tcp:HOST:PORT",
@@ -762,6 +772,7 @@ const struct pc_transport_ops pc_tcp_ops = {
 	.unexpose_all = pc_stream_unexpose_all,
 	.reg_local = pc_stream_reg_local,
 	.link_stats = tcp_link_stats,
+	.set_pacing = tcp_set_pacing,
 	.send_msg = pc_stream_send_msg,
 	.recv_msg = pc_stream_recv_msg,
 	.write_pages = pc_stream_write_pages,
@@ -801,6 +812,7 @@ const struct pc_transport_ops pc_tls_ops = {
 	.unexpose_all = pc_stream_unexpose_all,
 	.reg_local = pc_stream_reg_local,
 	.link_stats = tcp_link_stats,
+	.set_pacing = tcp_set_pacing,
 	.send_msg = pc_stream_send_msg,
 	.recv_msg = pc_stream_recv_msg,
 	.write_pages = pc_stream_write_pages,

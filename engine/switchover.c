@@ -295,6 +295,54 @@ int pc_src_check_forced(struct source *src)
 }
 
 /*
+ * The final burst is not held to max-bandwidth, but it must not outrun
+ * the link either: after a capped pass every channel has a window sized
+ * for short slices at wire speed, and all of them emptied at once
+ * overflow the bottleneck's queue; a loss at a channel's tail, with
+ * nothing behind it to reveal it, waits for a retransmission timeout
+ * (200 ms at least). So each channel is paced, and together they send at
+ * the bandwidth the switchover decision used: each at a share of it in
+ * proportion to what it has queued (plus PACE_FLOOR, so that one with
+ * nothing queued yet can start), which the control thread renews every
+ * link sample. An even split would not do: the last pass leaves more on
+ * some channels than on others, and the fullest would finish last.
+ */
+#define PACE_FLOOR (16 * 1024)
+
+void pc_src_pace(struct source *src)
+{
+	uint64_t q[PRECOPY_MAX_CHANNELS], sum = 0;
+	unsigned n = src->tp->nchan;
+
+	if (!src->final || src->pace_bps <= 0 || n > PRECOPY_MAX_CHANNELS)
+		return;
+	for (unsigned c = 0; c < n; c++) {
+		struct pc_tp_link_stats ls;
+
+		q[c] = PACE_FLOOR;
+		if (!pc_tp_link_stats(src->tp, c, &ls))
+			q[c] += ls.queued;
+		sum += q[c];
+	}
+	for (unsigned c = 0; c < n; c++) {
+		uint64_t bps = (uint64_t)(src->pace_bps * (double)q[c] / (double)sum);
+
+		if (pc_tp_set_pacing(src->tp, c, bps ? bps : 1)) {
+			src->pace_bps = 0; /* cannot pace: the burst goes as it can */
+			return;
+		}
+	}
+}
+
+/* The last pass is in: what follows (the device state, on channel 0)
+ * may have the whole bandwidth, on any channel. */
+static void pace_after_burst(struct source *src)
+{
+	for (unsigned c = 0; src->pace_bps > 0 && c < src->tp->nchan; c++)
+		pc_tp_set_pacing(src->tp, c, (uint64_t)src->pace_bps);
+}
+
+/*
  * Switchover: stop the guest, send what is left, unthrottled. Hints end
  * here: the last pass is what the destination gets.
  */
@@ -308,6 +356,7 @@ int pc_src_switchover(struct source *src, unsigned iter, bool forced)
 	pc_set_status(s, PRECOPY_STATUS_SWITCHOVER);
 	pthread_mutex_lock(&src->plock);
 	pc_policy_set_switchover(&src->pol);
+	src->pace_bps = pc_policy_switch_bandwidth(&src->pol);
 	pthread_mutex_unlock(&src->plock);
 	t_stop = pc_now();
 	err = stop_guest(src);
@@ -316,8 +365,10 @@ int pc_src_switchover(struct source *src, unsigned iter, bool forced)
 	if (err)
 		return err;
 	src->final = true;
+	pc_src_pace(src);
 	atomic_store(&src->stop_pass, false);
 	err = pc_src_run_pass(src, ++iter, NULL);
+	pace_after_burst(src);
 	if (!err)
 		err = finish(src, t_stop);
 	if (err)

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * tcp_info.c - what the kernel knows about a TCP socket's link, for the
- * bandwidth estimate (struct pc_tp_link_stats).
+ * bandwidth estimate (struct pc_tp_link_stats), and the socket's pacing.
  *
  * struct tcp_info comes from <linux/tcp.h>, not <netinet/tcp.h>: the C
  * library's copy may lag the kernel and lack the fields used here. An

@@ -300,15 +300,17 @@ int pc_src_check_forced(struct source *src)
  * for short slices at wire speed, and all of them emptied at once
  * overflow the bottleneck's queue; a loss at a channel's tail, with
  * nothing behind it to reveal it, waits for a retransmission timeout
- * (200 ms at least). So each channel is paced, and together they send at
- * the bandwidth the switchover decision used: each at a share of it in
- * proportion to what it has queued (plus PACE_FLOOR, so that one with
- * nothing queued yet can start), which the control thread renews every
- * link sample. An even split would not do: the last pass leaves more on
- * some channels than on others, and the fullest would finish last.
+ * (200 ms at least). So each channel is paced at a share of the
+ * bandwidth the switchover decision used: in proportion to what it has
+ * queued, renewed every link sample, since the last pass's pages are not
+ * spread evenly (each channel takes every n-th chunk) and with an even
+ * split the fullest channel would finish last. A share is never below
+ * an even one: the kernel spaces a socket's next send by the rate of its
+ * last, so a channel once paced near zero would stay silent long after
+ * a new share (and a channel that had nothing queued must be able to
+ * start). The channels together may then briefly exceed the bandwidth,
+ * at most twice it, only while one of them holds nearly everything.
  */
-#define PACE_FLOOR (16 * 1024)
-
 void pc_src_pace(struct source *src)
 {
 	uint64_t q[PRECOPY_MAX_CHANNELS], sum = 0;
@@ -319,15 +321,15 @@ void pc_src_pace(struct source *src)
 	for (unsigned c = 0; c < n; c++) {
 		struct pc_tp_link_stats ls;
 
-		q[c] = PACE_FLOOR;
-		if (!pc_tp_link_stats(src->tp, c, &ls))
-			q[c] += ls.queued;
+		q[c] = pc_tp_link_stats(src->tp, c, &ls) ? 0 : ls.queued;
 		sum += q[c];
 	}
 	for (unsigned c = 0; c < n; c++) {
-		uint64_t bps = (uint64_t)(src->pace_bps * (double)q[c] / (double)sum);
+		double share = sum ? (double)q[c] / (double)sum : 0;
 
-		if (pc_tp_set_pacing(src->tp, c, bps ? bps : 1)) {
+		if (share < 1.0 / n)
+			share = 1.0 / n;
+		if (pc_tp_set_pacing(src->tp, c, (uint64_t)(src->pace_bps * share) + 1)) {
 			src->pace_bps = 0; /* cannot pace: the burst goes as it can */
 			return;
 		}

@@ -579,6 +579,7 @@ int pc_src_run_pass(struct source *src, unsigned iteration, enum pc_decision *ti
 		/* The link's counters often, so that channels busy one after
 		 * the other are not taken as busy at the same time. */
 		sample_link(src);
+		pc_src_pace(src);
 		now = pc_now();
 		if (!src->final) {
 			enum pc_decision d;
@@ -610,6 +611,7 @@ int pc_src_run_pass(struct source *src, unsigned iteration, enum pc_decision *ti
 		pthread_mutex_lock(&src->mu);
 	}
 	pthread_mutex_unlock(&src->mu);
+	pc_src_pace(src); /* the shares of what is left, while the ack waits */
 	fold_counters(src);
 	if (atomic_load(&src->err))
 		return atomic_load(&src->err);

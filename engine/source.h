@@ -56,6 +56,7 @@ struct source {
 	bool quit;
 	unsigned iteration;  /* the pass being sent */
 	bool final;          /* switchover pass: no throttle */
+	double pace_bps;     /* final burst: what the channels' pacing shares, bytes/s (0: none) */
 	atomic_bool stop_pass; /* the watchdog wants the pass cut short */
 	atomic_int err;      /* first sender error */
 	uint64_t pass_dirtied; /* pages newly dirty by every sync of this pass */
@@ -101,6 +102,11 @@ int pc_src_handoff(struct source *src);
 /** pc_src_check_forced() - the watchdog forces the switchover: refuse
  *  (-ETIMEDOUT) if its expected downtime is above max-forced-downtime. */
 int pc_src_check_forced(struct source *src);
+
+/** pc_src_pace() - during the final burst, share src->pace_bps among the
+ *  channels by what each has left to send; no-op outside it or when the
+ *  transport cannot pace. */
+void pc_src_pace(struct source *src);
 
 /** pc_src_switchover() - stop the guest, send what is left after pass
  *  @iter, the device state, and the end; @forced: by the watchdog. */

@@ -323,6 +323,56 @@ int pc_src_check_forced(struct source *src)
 }
 
 /*
+ * The final burst is not held to max-bandwidth, but it must not outrun
+ * the link either: after a capped pass every channel has a window sized
+ * for short slices at wire speed, and all of them emptied at once
+ * overflow the bottleneck's queue; a loss at a channel's tail, with
+ * nothing behind it to reveal it, waits for a retransmission timeout
+ * (200 ms at least). So each channel is paced at a share of the
+ * bandwidth the switchover decision used: in proportion to what it has
+ * queued, renewed every link sample, since the last pass's pages are not
+ * spread evenly (each channel takes every n-th chunk) and with an even
+ * split the fullest channel would finish last. A share is never below
+ * an even one: the kernel spaces a socket's next send by the rate of its
+ * last, so a channel once paced near zero would stay silent long after
+ * a new share (and a channel that had nothing queued must be able to
+ * start). The channels together may then briefly exceed the bandwidth,
+ * at most twice it, only while one of them holds nearly everything.
+ */
+void pc_src_pace(struct source *src)
+{
+	uint64_t q[PRECOPY_MAX_CHANNELS], sum = 0;
+	unsigned n = src->tp->nchan;
+
+	if (!src->final || src->pace_bps <= 0 || n > PRECOPY_MAX_CHANNELS)
+		return;
+	for (unsigned c = 0; c < n; c++) {
+		struct pc_tp_link_stats ls;
+
+		q[c] = pc_tp_link_stats(src->tp, c, &ls) ? 0 : ls.queued;
+		sum += q[c];
+	}
+	for (unsigned c = 0; c < n; c++) {
+		double share = sum ? (double)q[c] / (double)sum : 0;
+
+		if (share < 1.0 / n)
+			share = 1.0 / n;
+		if (pc_tp_set_pacing(src->tp, c, (uint64_t)(src->pace_bps * share) + 1)) {
+			src->pace_bps = 0; /* cannot pace: the burst goes as it can */
+			return;
+		}
+	}
+}
+
+/* The last pass is in: what follows (the device state, on channel 0)
+ * may have the whole bandwidth, on any channel. */
+static void pace_after_burst(struct source *src)
+{
+	for (unsigned c = 0; src->pace_bps > 0 && c < src->tp->nchan; c++)
+		pc_tp_set_pacing(src->tp, c, (uint64_t)src->pace_bps);
+}
+
+/*
  * Switchover: stop the guest, send what is left, unthrottled. Hints end
  * here: the last pass is what the destination gets.
  */
@@ -335,6 +385,7 @@ int pc_src_stop_and_sync(struct source *src, uint64_t *t_stop)
 	pc_set_status(s, PRECOPY_STATUS_SWITCHOVER);
 	pthread_mutex_lock(&src->plock);
 	pc_policy_set_switchover(&src->pol);
+	src->pace_bps = pc_policy_switch_bandwidth(&src->pol);
 	pthread_mutex_unlock(&src->plock);
 	*t_stop = pc_now();
 	err = pc_src_stop_guest(src);
@@ -350,8 +401,10 @@ int pc_src_switchover(struct source *src, unsigned iter, bool forced)
 	if (err)
 		return err;
 	src->final = true;
+	pc_src_pace(src);
 	atomic_store(&src->stop_pass, false);
 	err = pc_src_run_pass(src, ++iter, NULL);
+	pace_after_burst(src);
 	if (!err)
 		err = finish(src, t_stop);
 	if (err)

@@ -15,7 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -268,6 +271,88 @@ static void link_stats__count_what_left(void **state)
 	pair_close(&p);
 	free(src);
 	free(dst);
+}
+
+/*
+ * set_pacing: a channel held to a rate (the final burst's) still carries
+ * pages and messages, and the limit can be lifted. tcp and tls pace (the
+ * kernel's SO_MAX_PACING_RATE); the others answer -EOPNOTSUPP. A transport
+ * that paces refuses a channel the connection does not have.
+ */
+static void set_pacing__paced_channel_still_delivers(void **state)
+{
+	size_t rlen = 1 << 20;
+	uint8_t *src = malloc(rlen), *dst = calloc(1, rlen);
+	struct pc_page_run run = { src, 3, 0, rlen };
+	struct pair p;
+	int err;
+
+	(void)state;
+	memset(src, 0xa5, rlen);
+	pair_open_region(&p, 2, 3, src, dst, rlen);
+	err = pc_tp_set_pacing(p.a, 1, 256u << 20);
+	printf("# %s: set_pacing %d\n", ops->scheme, err);
+	if (!strcmp(ops->scheme, "tcp") || !strcmp(ops->scheme, "tls"))
+		assert_int_equal(err, 0);
+	if (err == -EOPNOTSUPP) {
+		assert_int_equal(pc_tp_set_pacing(p.a, 0, 0), -EOPNOTSUPP);
+	} else {
+		assert_int_equal(err, 0);
+		assert_int_equal(pc_tp_set_pacing(p.a, PRECOPY_MAX_CHANNELS, 1 << 20), -EINVAL);
+	}
+	write_then_marker(&p, 1, &run, 1);
+	assert_memory_equal(dst, src, rlen);
+	if (!err)
+		assert_int_equal(pc_tp_set_pacing(p.a, 1, 0), 0);
+	pair_close(&p);
+	free(src);
+	free(dst);
+}
+
+/* A connected loopback TCP pair: @fd[0] the connecting end. */
+static void tcp_loopback_pair(int fd[2])
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t alen = sizeof(a);
+	int l = socket(AF_INET, SOCK_STREAM, 0);
+
+	assert_true(l >= 0);
+	assert_int_equal(bind(l, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(l, 1), 0);
+	assert_int_equal(getsockname(l, (struct sockaddr *)&a, &alen), 0);
+	fd[0] = socket(AF_INET, SOCK_STREAM, 0);
+	assert_true(fd[0] >= 0);
+	assert_int_equal(connect(fd[0], (struct sockaddr *)&a, sizeof(a)), 0);
+	fd[1] = accept(l, NULL, NULL);
+	assert_true(fd[1] >= 0);
+	close(l);
+}
+
+/*
+ * tcp's set_pacing is the socket's SO_MAX_PACING_RATE, in bytes/s, and 0
+ * is no limit (~0U); the socket itself says so.
+ */
+static void set_pacing__tcp_socket_rate(void **state)
+{
+	struct pc_transport *t;
+	unsigned v = 0;
+	socklen_t vlen = sizeof(v);
+	int fd[2];
+
+	(void)state;
+	if (strcmp(ops->scheme, "tcp"))
+		skip();
+	tcp_loopback_pair(fd);
+	assert_int_equal(pc_tcp_from_fds(fd, 1, &t), 0);
+	assert_int_equal(pc_tp_set_pacing(t, 0, 3000000), 0);
+	assert_int_equal(getsockopt(fd[0], SOL_SOCKET, SO_MAX_PACING_RATE, &v, &vlen), 0);
+	assert_int_equal(v, 3000000);
+	assert_int_equal(pc_tp_set_pacing(t, 0, 0), 0);
+	assert_int_equal(getsockopt(fd[0], SOL_SOCKET, SO_MAX_PACING_RATE, &v, &vlen), 0);
+	assert_int_equal(v, ~0U);
+	assert_int_equal(pc_tp_set_pacing(t, 1, 1000), -EINVAL);
+	pc_tp_close(t);
+	close(fd[1]);
 }
 
 /*
@@ -592,6 +677,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test(write_pages__in_place_before_next_message),
 		cmocka_unit_test(write_pages__runs_of_every_size),
 		cmocka_unit_test(link_stats__count_what_left),
+		cmocka_unit_test(set_pacing__paced_channel_still_delivers),
+		cmocka_unit_test(set_pacing__tcp_socket_rate),
 		cmocka_unit_test(write_pages__outside_region_refused),
 		cmocka_unit_test(write_pages__unexposed_region_refused),
 		cmocka_unit_test(write_pages__refused_after_unexpose),

@@ -726,11 +726,22 @@ static int tcp_link_stats(struct pc_transport *t, unsigned chan, struct pc_tp_li
 	return pc_tcp_fd_link_stats(c->s.ch[chan].fd, out);
 }
 
+/* The final burst's pacing: the kernel's, per connection. */
+static int tcp_set_pacing(struct pc_transport *t, unsigned chan, uint64_t bps)
+{
+	struct tcp_conn *c = (struct tcp_conn *)t;
+
+	if (chan >= t->nchan)
+		return -EINVAL;
+	return pc_tcp_fd_set_pacing(c->s.ch[chan].fd, bps);
+}
+
 /* All but scheme, caps, listen and connect: tls: is tcp: with TLS on each channel. */
 #define TCP_SHARED_OPS \
 	.listener_addr = tcp_listener_addr, .accept = tcp_accept, \
 	.listener_abort = tcp_listener_abort, .listener_close = tcp_listener_close, \
 	.abort = pc_stream_abort, .close = tcp_close, .link_stats = tcp_link_stats, \
+	.set_pacing = tcp_set_pacing, \
 	.expose_region = pc_stream_expose_region, .unexpose_all = pc_stream_unexpose_all, \
 	.reg_local = pc_stream_reg_local, .write_pages = pc_stream_write_pages, \
 	.send_msg = pc_stream_send_msg, .recv_msg = pc_stream_recv_msg

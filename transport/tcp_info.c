@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * tcp_info.c - what the kernel knows about a TCP socket's link, for the
- * bandwidth estimate (struct pc_tp_link_stats).
+ * bandwidth estimate (struct pc_tp_link_stats), and the socket's pacing.
  *
  * struct tcp_info comes from <linux/tcp.h>, not <netinet/tcp.h>: the C
  * library's copy may lag the kernel and lack the fields used here. An
@@ -17,6 +17,7 @@
  * absorbs a send long before its bytes are on the wire.
  */
 #include <errno.h>
+#include <limits.h>
 #include <stddef.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -61,5 +62,22 @@ int pc_tcp_fd_link_stats(int fd, struct pc_tp_link_stats *out)
 		out->queued = (uint64_t)q;
 	else if (TCPINFO_HAS(len, tcpi_notsent_bytes))
 		out->queued = ti.tcpi_notsent_bytes;
+	return 0;
+}
+
+/*
+ * SO_MAX_PACING_RATE caps the socket's pacing rate, and setting it turns on
+ * the TCP stack's internal pacing when no fq qdisc paces for it (Linux
+ * 4.13). The 32-bit form is the one every kernel takes; ~0U is "no limit",
+ * and so is a rate at or above it (4 GiB/s per channel).
+ */
+int pc_tcp_fd_set_pacing(int fd, uint64_t bps)
+{
+	unsigned v = bps && bps < UINT_MAX ? (unsigned)bps : ~0U;
+
+	if (fd < 0)
+		return -EBADF;
+	if (setsockopt(fd, SOL_SOCKET, SO_MAX_PACING_RATE, &v, sizeof(v)) < 0)
+		return errno == ENOPROTOOPT ? -EOPNOTSUPP : -errno;
 	return 0;
 }

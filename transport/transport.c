@@ -75,6 +75,11 @@ static int no_link_stats(struct pc_transport *t, unsigned c, struct pc_tp_link_s
 	(void)t, (void)c, (void)out;
 	return -EOPNOTSUPP;
 }
+static int no_set_pacing(struct pc_transport *t, unsigned c, uint64_t bps)
+{
+	(void)t, (void)c, (void)bps;
+	return -EOPNOTSUPP;
+}
 static int no_send_msg(struct pc_transport *t, unsigned c, const struct iovec *v, int n)
 {
 	(void)t, (void)c, (void)v, (void)n;
@@ -125,6 +130,7 @@ static const struct pc_transport_ops no_ops = {
 	.reg_local = no_reg_local,
 	.reg_stats = no_reg_stats,
 	.link_stats = no_link_stats,
+	.set_pacing = no_set_pacing,
 	.send_msg = no_send_msg,
 	.recv_msg = no_recv_msg,
 	.write_pages = no_write_pages,
@@ -174,6 +180,7 @@ void pc_transport_merge(struct pc_transport_ops *m, const struct pc_transport_op
 	MERGE(m, src, reg_local);
 	MERGE(m, src, reg_stats);
 	MERGE(m, src, link_stats);
+	MERGE(m, src, set_pacing);
 	MERGE(m, src, send_msg);
 	MERGE(m, src, recv_msg);
 	MERGE(m, src, write_pages);

@@ -185,6 +185,7 @@ typedef int (*pc_tp_reg_local_op)(struct pc_transport *t, const void *addr, size
 typedef int (*pc_tp_reg_stats_op)(struct pc_transport *t, struct pc_tp_reg_stats *out);
 typedef int (*pc_tp_link_stats_op)(struct pc_transport *t, unsigned chan,
 				   struct pc_tp_link_stats *out);
+typedef int (*pc_tp_set_pacing_op)(struct pc_transport *t, unsigned chan, uint64_t bps);
 typedef int (*pc_tp_send_msg_op)(struct pc_transport *t, unsigned chan,
 				 const struct iovec *iov, int iovcnt);
 typedef int (*pc_tp_recv_msg_op)(struct pc_transport *t, unsigned chan, void *buf,
@@ -251,6 +252,14 @@ struct pc_transport_ops {
 	 * and the engine times its own send calls instead.
 	 */
 	pc_tp_link_stats_op link_stats;
+	/**
+	 * Sending side: let channel @chan put at most @bps bytes/s on the
+	 * wire, spread evenly in time (TCP: SO_MAX_PACING_RATE, the kernel's
+	 * own pacing; no qdisc needed); 0 lifts the limit. Bytes already
+	 * accepted are paced too. Any thread. -EOPNOTSUPP: the transport
+	 * cannot pace, its sends go out as fast as it can.
+	 */
+	pc_tp_set_pacing_op set_pacing;
 
 	/* --- data --- */
 	/** Send one message (the iovec's bytes, <= PC_MSG_MAX) on @chan. */
@@ -418,6 +427,11 @@ static inline int pc_tp_link_stats(struct pc_transport *t, unsigned chan,
 	return t->ops->link_stats(t, chan, out);
 }
 
+static inline int pc_tp_set_pacing(struct pc_transport *t, unsigned chan, uint64_t bps)
+{
+	return t->ops->set_pacing(t, chan, bps);
+}
+
 static inline int pc_tp_abort(struct pc_transport *t)
 {
 	return t->ops->abort(t);
@@ -476,5 +490,12 @@ int pc_tcp_listener_from_fds(const int *fds, unsigned nchan, struct pc_listener 
  * TCP; -errno.
  */
 int pc_tcp_fd_link_stats(int fd, struct pc_tp_link_stats *out);
+
+/**
+ * pc_tcp_fd_set_pacing() - pace the TCP socket @fd at @bps bytes/s at most
+ * (SO_MAX_PACING_RATE; 0 or a rate the option cannot hold: no limit)
+ * (tcp_info.c). Return: 0; -EBADF for a negative @fd; -errno.
+ */
+int pc_tcp_fd_set_pacing(int fd, uint64_t bps);
 
 #endif /* PC_TRANSPORT_H */

@@ -89,6 +89,34 @@ static void pair_open_region(struct pair *p, unsigned nchan, unsigned region, vo
 	assert_int_equal(p->a->ops->reg_local(p->a, src, rlen), 0);
 }
 
+/* 1 MiB of pages filled with @fill, and a pair of @nchan channels with the
+ * peer's region 3 exposed for it (empty): the one-run tests' set-up. */
+struct mib {
+	struct pair p;
+	uint8_t *src, *dst;
+	size_t len;
+	struct pc_page_run run;
+};
+
+static void mib_open(struct mib *m, uint8_t fill)
+{
+	m->len = 1 << 20;
+	m->src = malloc(m->len);
+	m->dst = calloc(1, m->len);
+	assert_non_null(m->src);
+	assert_non_null(m->dst);
+	memset(m->src, fill, m->len);
+	m->run = (struct pc_page_run){ m->src, 3, 0, m->len };
+	pair_open_region(&m->p, 2, 3, m->src, m->dst, m->len);
+}
+
+static void mib_close(struct mib *m)
+{
+	pair_close(&m->p);
+	free(m->src);
+	free(m->dst);
+}
+
 /* Write the @n @runs on channel @chan of @p and a message behind them,
  * and read that message at b: the runs must have landed by then. */
 static void write_then_marker(struct pair *p, unsigned chan, const struct pc_page_run *runs,
@@ -227,31 +255,25 @@ static void write_pages__runs_of_every_size(void **state)
  */
 static void link_stats__count_what_left(void **state)
 {
-	size_t rlen = 1 << 20;
-	uint8_t *src = malloc(rlen), *dst = calloc(1, rlen);
-	struct pc_page_run run = { src, 3, 0, rlen };
 	struct pc_tp_link_stats ls;
-	struct pair p;
+	struct mib m;
 	uint8_t msg[8] = "marker";
 	struct iovec v = { msg, sizeof(msg) };
 	size_t len;
 
 	(void)state;
-	memset(src, 0x5a, rlen);
-	pair_open_region(&p, 2, 3, src, dst, rlen);
-	if (p.a->ops->link_stats(p.a, 1, &ls) == -EOPNOTSUPP) {
+	mib_open(&m, 0x5a);
+	if (m.p.a->ops->link_stats(m.p.a, 1, &ls) == -EOPNOTSUPP) {
 		printf("# %s: no link figures (send time is used)\n", ops->scheme);
 		assert_string_not_equal(ops->scheme, "rdma"); /* completions since 0.3 */
-		pair_close(&p);
-		free(src);
-		free(dst);
+		mib_close(&m);
 		return;
 	}
-	write_then_marker(&p, 1, &run, 1);
+	write_then_marker(&m.p, 1, &m.run, 1);
 	/* the answer: once it is here, what went before was acknowledged */
-	assert_int_equal(pc_tp_send_msg(p.b, 1, &v, 1), 0);
-	assert_int_equal(pc_tp_recv_msg(p.a, 1, msg, sizeof(msg), &len), 0);
-	assert_int_equal(pc_tp_link_stats(p.a, 1, &ls), 0);
+	assert_int_equal(pc_tp_send_msg(m.p.b, 1, &v, 1), 0);
+	assert_int_equal(pc_tp_recv_msg(m.p.a, 1, msg, sizeof(msg), &len), 0);
+	assert_int_equal(pc_tp_link_stats(m.p.a, 1, &ls), 0);
 	printf("# %s: delivered %llu, busy %llu us, queued %llu, rtt %llu ns\n", ops->scheme,
 	       (unsigned long long)ls.delivered, (unsigned long long)ls.busy_ns / 1000,
 	       (unsigned long long)ls.queued, (unsigned long long)ls.rtt_ns);
@@ -260,17 +282,15 @@ static void link_stats__count_what_left(void **state)
 	 * tcp what the kernel saw acknowledged (busy: jiffies may round it
 	 * to 0) */
 	if (ls.source == PC_TP_LINK_COPY)
-		assert_int_equal(ls.delivered, rlen);
+		assert_int_equal(ls.delivered, m.len);
 	else
-		assert_true(ls.delivered >= rlen);
+		assert_true(ls.delivered >= m.len);
 	/* rdma: the bytes of completed WRs, and the time WRs were outstanding
 	 * (rxe takes far more than a ns for 1 MiB) */
 	if (ls.source == PC_TP_LINK_COMPLETIONS)
 		assert_true(ls.busy_ns > 0);
-	assert_int_equal(pc_tp_link_stats(p.a, PRECOPY_MAX_CHANNELS, &ls), -EINVAL);
-	pair_close(&p);
-	free(src);
-	free(dst);
+	assert_int_equal(pc_tp_link_stats(m.p.a, PRECOPY_MAX_CHANNELS, &ls), -EINVAL);
+	mib_close(&m);
 }
 
 /*
@@ -281,32 +301,26 @@ static void link_stats__count_what_left(void **state)
  */
 static void set_pacing__paced_channel_still_delivers(void **state)
 {
-	size_t rlen = 1 << 20;
-	uint8_t *src = malloc(rlen), *dst = calloc(1, rlen);
-	struct pc_page_run run = { src, 3, 0, rlen };
-	struct pair p;
+	struct mib m;
 	int err;
 
 	(void)state;
-	memset(src, 0xa5, rlen);
-	pair_open_region(&p, 2, 3, src, dst, rlen);
-	err = pc_tp_set_pacing(p.a, 1, 256u << 20);
+	mib_open(&m, 0xa5);
+	err = pc_tp_set_pacing(m.p.a, 1, 256u << 20);
 	printf("# %s: set_pacing %d\n", ops->scheme, err);
 	if (!strcmp(ops->scheme, "tcp") || !strcmp(ops->scheme, "tls"))
 		assert_int_equal(err, 0);
 	if (err == -EOPNOTSUPP) {
-		assert_int_equal(pc_tp_set_pacing(p.a, 0, 0), -EOPNOTSUPP);
+		assert_int_equal(pc_tp_set_pacing(m.p.a, 0, 0), -EOPNOTSUPP);
 	} else {
 		assert_int_equal(err, 0);
-		assert_int_equal(pc_tp_set_pacing(p.a, PRECOPY_MAX_CHANNELS, 1 << 20), -EINVAL);
+		assert_int_equal(pc_tp_set_pacing(m.p.a, PRECOPY_MAX_CHANNELS, 1 << 20), -EINVAL);
 	}
-	write_then_marker(&p, 1, &run, 1);
-	assert_memory_equal(dst, src, rlen);
+	write_then_marker(&m.p, 1, &m.run, 1);
+	assert_memory_equal(m.dst, m.src, m.len);
 	if (!err)
-		assert_int_equal(pc_tp_set_pacing(p.a, 1, 0), 0);
-	pair_close(&p);
-	free(src);
-	free(dst);
+		assert_int_equal(pc_tp_set_pacing(m.p.a, 1, 0), 0);
+	mib_close(&m);
 }
 
 /* A connected loopback TCP pair: @fd[0] the connecting end. */

@@ -364,6 +364,27 @@ void pc_src_pace(struct source *src)
 	}
 }
 
+/*
+ * The final burst's pace: the bandwidth the switchover decision used, but
+ * never below what the channels have carried over wall time (a figure
+ * the link has shown it can deliver), nor below PC_PACE_MIN_BPS. An
+ * estimate that collapsed (a window where a slow receiver held the
+ * senders while the kernel counted them busy) must not turn into a burst
+ * paced at a trickle: that would make the pause as long as the bad
+ * estimate says, and space a channel's segments so far apart that its
+ * peer gives it up as silent.
+ */
+#define PC_PACE_MIN_BPS (1.0 * (1 << 20))
+
+static double pace_rate(const struct pc_policy *pol)
+{
+	double bw = pc_policy_switch_bandwidth(pol), wall = pc_policy_bw_wall(pol);
+
+	if (bw < wall)
+		bw = wall;
+	return bw < PC_PACE_MIN_BPS ? PC_PACE_MIN_BPS : bw;
+}
+
 /* The last pass is in: what follows (the device state, on channel 0)
  * may have the whole bandwidth, on any channel. */
 static void pace_after_burst(struct source *src)
@@ -385,7 +406,7 @@ int pc_src_stop_and_sync(struct source *src, uint64_t *t_stop)
 	pc_set_status(s, PRECOPY_STATUS_SWITCHOVER);
 	pthread_mutex_lock(&src->plock);
 	pc_policy_set_switchover(&src->pol);
-	src->pace_bps = pc_policy_switch_bandwidth(&src->pol);
+	src->pace_bps = pace_rate(&src->pol);
 	pthread_mutex_unlock(&src->plock);
 	*t_stop = pc_now();
 	err = pc_src_stop_guest(src);

@@ -43,14 +43,18 @@
 
 int rd_fail(struct rd_conn *c, int err, const char *fmt, ...)
 {
-	int none = 0;
 	va_list ap;
 
+	/* The reason is written before the error is published: a thread
+	 * that sees c->err (without the lock) may at once report the
+	 * reason, and must not find it empty. Only this function sets
+	 * c->err, always under why_lock. */
 	pthread_mutex_lock(&c->why_lock);
-	if (atomic_compare_exchange_strong(&c->err, &none, err)) {
+	if (atomic_load(&c->err) == 0) {
 		va_start(ap, fmt);
 		vsnprintf(c->base.why, sizeof(c->base.why), fmt, ap);
 		va_end(ap);
+		atomic_store(&c->err, err);
 		rd_poke(c->wake_fd);
 		rd_poke(c->stop_fd);
 	}
